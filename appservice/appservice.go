@@ -1,0 +1,318 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// Service is one running Custodian: the appservice listener, the durable inbox and its
+// dispatcher, the hosted bridges and bots. Create it with [New] and run it with [Service.Run].
+type Service struct {
+	cfg *Config
+	reg *mxas.Registration
+	log zerolog.Logger
+
+	rawDB      *dbutil.Database
+	db         *database.Database
+	as         *mxas.AppService
+	stateStore *sqlstatestore.SQLStateStore
+	metrics    *metrics
+
+	bridges    []*bridgeHost
+	bridgeByID map[string]*bridgeHost
+
+	bot        *botHost
+	dispatcher *dispatcher
+	roomOwners roomOwnerCache
+
+	ingestLock sync.Mutex
+	ready      bool
+	readyLock  sync.RWMutex
+
+	server        *http.Server
+	metricsServer *http.Server
+	listenAddr    net.Addr
+}
+
+// New validates the configuration and the registration against each other, opens the database
+// and prepares (but does not start) every bridge. Bridges must already have had their config
+// sections decoded into their targets (see [Config.DecodeBridges]). New does no network I/O
+// towards the homeserver.
+func New(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerolog.Logger) (*Service, error) {
+	rawDB, err := openDatabase(&cfg.Database, log)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := newService(cfg, reg, bridges, log, rawDB)
+	if err != nil {
+		_ = rawDB.Close()
+		return nil, err
+	}
+	return svc, nil
+}
+
+// newService builds a Service on an already opened database; tests use it directly.
+func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerolog.Logger, rawDB *dbutil.Database) (*Service, error) {
+	svc := &Service{
+		cfg:        cfg,
+		reg:        reg,
+		log:        log,
+		rawDB:      rawDB,
+		bridgeByID: make(map[string]*bridgeHost),
+	}
+	svc.db = database.New(svc.rawDB)
+	svc.as = mxas.Create()
+	svc.as.Log = log.With().Str("component", "mautrix").Logger()
+	svc.as.HomeserverDomain = cfg.Homeserver.Domain
+	svc.as.Registration = reg
+	if err := svc.as.SetHomeserverURL(cfg.Homeserver.Address); err != nil {
+		return nil, fmt.Errorf("invalid homeserver.address: %w", err)
+	}
+	svc.stateStore = sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), true)
+	svc.as.StateStore = svc.stateStore
+	svc.metrics = newMetrics()
+	for _, br := range bridges {
+		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
+		bh.log = log.With().Str("bridge", bh.id).Logger()
+		svc.bridges = append(svc.bridges, bh)
+		svc.bridgeByID[bh.id] = bh
+	}
+	svc.bot = newBotHost(svc)
+	svc.dispatcher = newDispatcher(svc)
+	return svc, nil
+}
+
+// Run starts the service and blocks until ctx is cancelled or a fatal error happens; then it
+// stops everything, giving handlers up to 30 seconds to finish. It returns nil after a clean
+// shutdown.
+func (svc *Service) Run(ctx context.Context) error {
+	ctx = svc.log.WithContext(ctx)
+	if err := svc.start(ctx); err != nil {
+		svc.stop()
+		return err
+	}
+	<-ctx.Done()
+	svc.log.Info().Msg("Shutting down")
+	svc.stop()
+	return nil
+}
+
+func (svc *Service) start(ctx context.Context) error {
+	if err := svc.upgradeDatabases(ctx); err != nil {
+		return err
+	}
+	if err := checkInventory(ctx, svc.rawDB, svc.inventory()); err != nil {
+		return fmt.Errorf("personal-data inventory does not match the schema:\n%w", err)
+	}
+	for _, bh := range svc.bridges {
+		if err := bh.br.Init(bh); err != nil {
+			return &BridgeError{Bridge: bh.id, Op: "initialize", Err: err}
+		}
+	}
+	svc.bot.init(ctx)
+	if err := svc.startListeners(ctx); err != nil {
+		return err
+	}
+	// Replay what an earlier run acknowledged but did not finish, before new transactions come
+	// in, so events of one room stay in order.
+	if err := svc.dispatcher.start(ctx); err != nil {
+		return err
+	}
+	for _, bh := range svc.bridges {
+		if err := bh.br.Start(ctx); err != nil {
+			return &BridgeError{Bridge: bh.id, Op: "start", Err: err}
+		}
+	}
+	svc.setReady(true)
+	go svc.connectHomeserver(ctx)
+	go svc.pruneLoop(ctx)
+	return nil
+}
+
+// pruneLoop forgets old transaction and event IDs once they are past database.processed_ttl.
+func (svc *Service) pruneLoop(ctx context.Context) {
+	ttl := svc.cfg.Database.ProcessedTTL
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	ticker := time.NewTicker(min(ttl/4, 10*time.Minute))
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		txns, events, err := svc.db.Inbox.Prune(ctx, time.Now().Add(-ttl))
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune processed transaction and event IDs")
+		} else if txns > 0 || events > 0 {
+			zerolog.Ctx(ctx).Debug().Int64("transactions", txns).Int64("events", events).Msg("Pruned processed IDs")
+		}
+	}
+}
+
+func (svc *Service) stop() {
+	svc.stopServing()
+	if err := svc.rawDB.Close(); err != nil {
+		svc.log.Warn().Err(err).Msg("Failed to close database")
+	}
+}
+
+// stopServing stops the listeners, the dispatcher and the bridges, leaving the database open.
+func (svc *Service) stopServing() {
+	svc.setReady(false)
+	ctx, cancel := context.WithTimeout(svc.log.WithContext(context.Background()), 30*time.Second)
+	defer cancel()
+	if svc.server != nil {
+		_ = svc.server.Shutdown(ctx)
+	}
+	if svc.metricsServer != nil {
+		_ = svc.metricsServer.Shutdown(ctx)
+	}
+	svc.dispatcher.stop(ctx)
+	for _, bh := range svc.bridges {
+		if err := bh.br.Stop(ctx); err != nil {
+			svc.log.Warn().Err(err).Str("bridge", bh.id).Msg("Failed to stop bridge cleanly")
+		}
+	}
+}
+
+func (svc *Service) setReady(ready bool) {
+	svc.readyLock.Lock()
+	svc.ready = ready
+	svc.readyLock.Unlock()
+}
+
+func (svc *Service) isReady() bool {
+	svc.readyLock.RLock()
+	defer svc.readyLock.RUnlock()
+	return svc.ready
+}
+
+func (svc *Service) upgradeDatabases(ctx context.Context) error {
+	if err := svc.db.Upgrade(ctx); err != nil {
+		return err
+	}
+	if err := svc.stateStore.Upgrade(ctx); err != nil {
+		return fmt.Errorf("failed to upgrade state store: %w", err)
+	}
+	for _, bh := range svc.bridges {
+		bh.db = svc.rawDB.Child(bh.id+"_version", bh.br.Migrations(), dbutil.ZeroLogger(bh.log))
+		if err := bh.db.Upgrade(ctx); err != nil {
+			return &BridgeError{Bridge: bh.id, Op: "upgrade database", Err: err}
+		}
+	}
+	return nil
+}
+
+func (svc *Service) startListeners(ctx context.Context) error {
+	addr := net.JoinHostPort(svc.cfg.AppService.Hostname, fmt.Sprint(svc.cfg.AppService.Port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("failed to listen on %s: %w", addr, err)
+	}
+	svc.server = &http.Server{
+		Handler:           svc.router(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Transactions can be large and the database slow; the body size is bounded separately.
+		ReadTimeout:  2 * time.Minute,
+		WriteTimeout: 2 * time.Minute,
+	}
+	go func() {
+		if err := svc.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			svc.log.Error().Err(err).Msg("Appservice listener failed")
+		}
+	}()
+	svc.listenAddr = ln.Addr()
+	svc.log.Info().Str("address", ln.Addr().String()).Msg("Appservice listener started")
+	if svc.cfg.Metrics.Listen != nil && *svc.cfg.Metrics.Listen != "" {
+		mln, err := net.Listen("tcp", *svc.cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("failed to listen on metrics.listen %s: %w", *svc.cfg.Metrics.Listen, err)
+		}
+		svc.metricsServer = &http.Server{Handler: svc.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := svc.metricsServer.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				svc.log.Error().Err(err).Msg("Metrics listener failed")
+			}
+		}()
+		svc.log.Info().Str("address", mln.Addr().String()).Msg("Metrics listener started")
+	}
+	return nil
+}
+
+// connectHomeserver checks that the homeserver is reachable and that it can reach us, retrying
+// with capped exponential backoff for as long as the service runs: an unreachable homeserver is
+// reported, not fatal. The ping also makes Synapse flush transactions it was holding back after
+// earlier failures.
+func (svc *Service) connectHomeserver(ctx context.Context) {
+	log := zerolog.Ctx(ctx)
+	backoff := time.Second
+	const maxBackoff = 2 * time.Minute
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		resp, err := svc.as.BotIntent().AppservicePing(ctx, svc.reg.ID, "")
+		if err == nil {
+			log.Info().
+				Int64("duration_ms", resp.DurationMS).
+				Dur("round_trip", time.Since(start)).
+				Msg("Homeserver ping succeeded")
+			svc.bot.afterConnect(ctx)
+			return
+		}
+		var httpErr mautrix.HTTPError
+		if errors.As(err, &httpErr) && httpErr.RespError != nil && httpErr.RespError.ErrCode == mautrix.MUnrecognized.ErrCode {
+			// Homeservers without the ping endpoint (older Synapse, Dendrite): check
+			// reachability with whoami instead.
+			if _, err = svc.as.BotIntent().Whoami(ctx); err == nil {
+				log.Info().Msg("Homeserver has no appservice ping; whoami succeeded")
+				svc.bot.afterConnect(ctx)
+				return
+			}
+		}
+		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", backoff).Msg("Homeserver ping failed")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// isOwnUser reports whether userID is the Custodian bot or in any bridge's user namespace.
+func (svc *Service) isOwnUser(userID id.UserID) bool {
+	if userID == svc.as.BotMXID() {
+		return true
+	}
+	return svc.bridgeForUser(userID) != nil
+}
+
+// bridgeForUser returns the bridge whose user namespace contains userID, or nil.
+func (svc *Service) bridgeForUser(userID id.UserID) *bridgeHost {
+	localpart, server, err := userID.Parse()
+	if err != nil || server != svc.cfg.Homeserver.Domain {
+		return nil
+	}
+	for _, bh := range svc.bridges {
+		if bh.ns.UserPrefix != "" && len(localpart) >= len(bh.ns.UserPrefix) && localpart[:len(bh.ns.UserPrefix)] == bh.ns.UserPrefix {
+			return bh
+		}
+	}
+	return nil
+}

@@ -1,0 +1,160 @@
+package appservice
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Bridge is the contract between the core and one bridge or bot. The core owns transactions,
+// deduplication, routing, intents, storage and everything to do with personal data; a bridge only
+// sees events for the rooms, ghosts and aliases it owns.
+//
+// The describing methods (ID, Namespaces, Config, Migrations, PersonalData) return constant data
+// and are called before the configuration is loaded; they must not depend on Init having run.
+type Bridge interface {
+	// ID returns the bridge's permanent short name ("irc", "webhook"). It is the config key under
+	// bridges:, the table prefix, the version table name (<id>_version), the log field "bridge"
+	// and the default ghost localpart prefix. It never changes once released.
+	ID() string
+
+	// Namespaces returns the Matrix user and alias namespaces this bridge claims. The core puts
+	// them into the generated registration as exclusive namespaces and refuses to start if two
+	// bridges overlap.
+	Namespaces() Namespaces
+
+	// Config returns the bridge's commented example configuration (YAML, embedded in the binary)
+	// and a pointer the core decodes the bridge's section into, strictly. A bridge without
+	// configuration returns "" and nil.
+	Config() (example string, target any)
+
+	// Migrations returns the bridge's schema upgrades. The core runs them after its own, on a
+	// child database with the version table <id>_version. A bridge without tables returns an
+	// empty table.
+	Migrations() dbutil.UpgradeTable
+
+	// PersonalData declares every table this bridge keeps about Matrix users. Erasure and export
+	// are generic over this inventory; a schema test fails on any table that references users
+	// or holds a user-ID column without being declared here.
+	PersonalData() []UserTable
+
+	// Init hands the bridge its Host. It is called once, after the configuration was decoded
+	// and validated and the migrations ran. It must not do network I/O or block.
+	Init(host Host) error
+
+	// Start starts the bridge's background work. It is called after Init and before the core
+	// starts delivering events. It may block briefly for connections but should return once the
+	// bridge is running; long-lived loops run in goroutines the bridge stops in Stop.
+	Start(ctx context.Context) error
+
+	// Stop stops the bridge. ctx carries the shutdown deadline; Stop should return by then.
+	Stop(ctx context.Context) error
+
+	// HandleEvent handles one Matrix event routed to this bridge: an event in a room the bridge
+	// owns, or one that concerns one of its ghosts (an invite, a DM). Events of one room arrive
+	// in order; events of different rooms may arrive concurrently. The core has already dropped
+	// echoes of the bridge's own ghosts and events it has handled before, but after a crash an
+	// event whose handler had not returned is delivered again, so side effects must be
+	// idempotent on evt.ID (for example, send with a transaction ID derived from it, see
+	// [TxnIDFor]). A returned error is logged once by the core with all context fields; the event
+	// is not retried.
+	HandleEvent(ctx context.Context, evt *event.Event) error
+}
+
+// Namespaces are the parts of the Matrix namespace a bridge claims.
+type Namespaces struct {
+	// UserPrefix is the localpart prefix of the bridge's ghosts and bots ("irc_"). Every user
+	// whose localpart starts with it belongs to the bridge exclusively. Empty means the bridge has
+	// no ghosts.
+	UserPrefix string
+	// AliasPrefix is the localpart prefix of room aliases the bridge answers for ("irc_").
+	// Empty means none.
+	AliasPrefix string
+}
+
+// ConfigValidator is an optional interface that bridges can implement to check their decoded
+// configuration. The core calls ValidateConfig after decoding and before starting anything, and
+// reports every problem of every bridge at once.
+type ConfigValidator interface {
+	Bridge
+	// ValidateConfig returns nil or the problems found, with key paths relative to the bridge's
+	// section (the core prefixes bridges.<id>.).
+	ValidateConfig() error
+}
+
+// UserQuerier is an optional interface that bridges can implement to answer the homeserver's
+// user queries (GET /_matrix/app/v1/users/{userId}) for users in their namespace.
+type UserQuerier interface {
+	Bridge
+	// QueryUser reports whether the user exists on the bridge's side; if so the bridge should
+	// have registered it (Host.Intent(...).EnsureRegistered) before returning true.
+	QueryUser(ctx context.Context, userID id.UserID) (bool, error)
+}
+
+// AliasQuerier is an optional interface that bridges can implement to answer the homeserver's
+// room alias queries (GET /_matrix/app/v1/rooms/{alias}) for aliases in their namespace.
+type AliasQuerier interface {
+	Bridge
+	// QueryAlias reports whether the alias exists; if so the bridge must have created the room
+	// and pointed the alias at it before returning true.
+	QueryAlias(ctx context.Context, alias id.RoomAlias) (bool, error)
+}
+
+// CommandProvider is an optional interface that bridges can implement to add commands to the
+// Custodian bot. Commands are grouped under the bridge's ID: a bridge "irc" with a command
+// "login" is invoked as "!irc login …".
+type CommandProvider interface {
+	Bridge
+	// Commands returns the bridge's commands. It is called once, after Init.
+	Commands() []*Command
+}
+
+// Host is the only handle a bridge gets on the core. It is safe for concurrent use.
+type Host interface {
+	// Intent returns an intent for the user with the given full localpart, which must start with
+	// the bridge's UserPrefix. Any other localpart is refused with [ErrOutsideNamespace]. The
+	// intent is not yet registered; call EnsureRegistered or EnsureJoined before acting.
+	Intent(localpart string) (*mxas.IntentAPI, error)
+	// Bot returns the intent of the Custodian bot, for replies and notices.
+	Bot() *mxas.IntentAPI
+	// DB returns the bridge's database: a child of the core database that shares its pool and
+	// its transactions (db.DoTxn in the core and in the bridge see the same transaction).
+	DB() *dbutil.Database
+	// Log returns the bridge's logger, with the field bridge=<id>.
+	Log() *zerolog.Logger
+	// ClaimRoom records that the bridge owns the room, so its events are routed to the bridge.
+	// Provenance fields record who asked and through which event.
+	ClaimRoom(ctx context.Context, roomID id.RoomID, prov Provenance) error
+	// ReleaseRoom forgets the room's ownership.
+	ReleaseRoom(ctx context.Context, roomID id.RoomID) error
+	// EnsureUser makes sure the users row for a real Matrix user exists, so the bridge can
+	// reference it from its own tables. It must be called (in the same transaction, if any)
+	// before inserting a row that references users(mxid).
+	EnsureUser(ctx context.Context, userID id.UserID) error
+	// Domain returns the homeserver's server name.
+	Domain() string
+}
+
+// ErrOutsideNamespace is returned by [Host.Intent] when a bridge asks for a user outside its own
+// namespace. It is a programming error in the bridge.
+var ErrOutsideNamespace = fmt.Errorf("appservice: localpart outside the bridge's namespace")
+
+// BridgeError is an error that happened in one bridge while the core was doing something with
+// it (decoding its config, upgrading its database, starting it).
+type BridgeError struct {
+	Bridge string
+	Op     string
+	Err    error
+}
+
+func (e *BridgeError) Error() string {
+	return fmt.Sprintf("bridge %s: failed to %s: %v", e.Bridge, e.Op, e.Err)
+}
+
+// Unwrap returns the underlying error.
+func (e *BridgeError) Unwrap() error { return e.Err }

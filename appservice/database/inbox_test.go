@@ -1,0 +1,128 @@
+package database_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+func inboxEvents(txnID string, eventIDs ...string) []*database.InboxEvent {
+	out := make([]*database.InboxEvent, len(eventIDs))
+	for i, evtID := range eventIDs {
+		out[i] = &database.InboxEvent{
+			TxnID:   txnID,
+			Index:   i,
+			EventID: id.EventID(evtID),
+			RoomID:  "!room:example.org",
+			Sender:  "@alice:example.org",
+			JSON:    []byte(fmt.Sprintf(`{"event_id":%q}`, evtID)),
+		}
+	}
+	return out
+}
+
+func eventIDs(events []*database.InboxEvent) []id.EventID {
+	out := make([]id.EventID, len(events))
+	for i, evt := range events {
+		out[i] = evt.EventID
+	}
+	return out
+}
+
+func TestInboxAccept(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_700_000_000, 0)
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.CoreDB(t, dialect)
+			iq := db.Inbox
+
+			added, dup, err := iq.Accept(ctx, "1", inboxEvents("1", "$a", "$b", "$a"), now)
+			if err != nil || dup {
+				t.Fatalf("Accept(1) = dup %v, err %v; want new", dup, err)
+			}
+			if got := eventIDs(added); len(got) != 2 || got[0] != "$a" || got[1] != "$b" {
+				t.Fatalf("Accept(1) added %v, want [$a $b] (in-batch duplicate dropped)", got)
+			}
+
+			added, dup, err = iq.Accept(ctx, "1", inboxEvents("1", "$c"), now)
+			if err != nil || !dup || added != nil {
+				t.Fatalf("repeated Accept(1) = %v, dup %v, err %v; want duplicate and nothing added", added, dup, err)
+			}
+
+			// $b is still pending: a new transaction repeating it must not queue it again.
+			added, _, err = iq.Accept(ctx, "2", inboxEvents("2", "$b", "$c"), now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := eventIDs(added); len(got) != 1 || got[0] != "$c" {
+				t.Fatalf("Accept(2) added %v, want [$c]", got)
+			}
+
+			pending, err := iq.Pending(ctx, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := eventIDs(pending); fmt.Sprint(got) != "[$a $b $c]" {
+				t.Fatalf("Pending = %v, want [$a $b $c] in order", got)
+			}
+			if string(pending[0].JSON) != `{"event_id":"$a"}` || pending[2].TxnID != "2" || pending[2].Index != 1 {
+				t.Fatalf("Pending[0..2] = %+v %+v, stored fields changed", pending[0], pending[2])
+			}
+
+			if err = iq.MarkDone(ctx, []database.Done{{TxnID: "1", Index: 0, EventID: "$a"}}, now); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := iq.CountPending(ctx); err != nil || n != 2 {
+				t.Fatalf("CountPending after MarkDone = %d, %v; want 2", n, err)
+			}
+			// $a is done: the homeserver sending it again in yet another transaction is a no-op.
+			added, _, err = iq.Accept(ctx, "3", inboxEvents("3", "$a"), now)
+			if err != nil || len(added) != 0 {
+				t.Fatalf("Accept(3) of a handled event added %v, err %v; want nothing", eventIDs(added), err)
+			}
+			pending, err = iq.Pending(ctx, pending[1].Seq, 100)
+			if err != nil || fmt.Sprint(eventIDs(pending)) != "[$c]" {
+				t.Fatalf("Pending after $b = %v, %v; want [$c]", eventIDs(pending), err)
+			}
+
+			txns, evts, err := iq.Prune(ctx, now.Add(time.Second))
+			if err != nil || txns != 3 || evts != 1 {
+				t.Fatalf("Prune = %d txns, %d events, %v; want 3, 1", txns, evts, err)
+			}
+		})
+	}
+}
+
+func TestInboxEphemeralAndLargeTransactions(t *testing.T) {
+	ctx := context.Background()
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.CoreDB(t, dialect)
+			// More events than one INSERT chunk, plus ephemeral events without IDs.
+			var events []*database.InboxEvent
+			for i := 0; i < 600; i++ {
+				evt := &database.InboxEvent{TxnID: "big", Index: i, RoomID: "!r:x", Sender: "@u:x", JSON: []byte(`{}`)}
+				if i%3 == 0 {
+					evt.Ephemeral = true
+				} else {
+					evt.EventID = id.EventID(fmt.Sprintf("$e%d", i))
+				}
+				events = append(events, evt)
+			}
+			added, dup, err := db.Inbox.Accept(ctx, "big", events, time.Now())
+			if err != nil || dup || len(added) != 600 {
+				t.Fatalf("Accept(big) = %d added, dup %v, err %v; want 600", len(added), dup, err)
+			}
+			if n, err := db.Inbox.CountPending(ctx); err != nil || n != 600 {
+				t.Fatalf("CountPending = %d, %v; want 600", n, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,383 @@
+package appservice
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// The dispatcher drains the inbox: events of one room strictly in order, different rooms in
+// parallel (at most cfg.AppService.Workers at a time). Ingest hands it events only after they
+// are committed; at startup it first replays whatever an earlier run left unfinished.
+//
+// A handled event is marked done in batches (one database transaction per batch) to keep the
+// write rate independent of the event rate. A crash between handling and marking means the event
+// is handled again after restart, which is why handlers must be idempotent on the event ID.
+type dispatcher struct {
+	svc *Service
+
+	lock     sync.Mutex
+	rooms    map[id.RoomID]*roomQueue
+	backlog  int
+	drained  chan struct{} // closed and replaced whenever the backlog shrinks
+	stopping bool
+
+	slots   chan struct{}
+	workers sync.WaitGroup
+
+	done        chan database.Done
+	flusherDone chan struct{}
+}
+
+type roomQueue struct {
+	events  []*database.InboxEvent
+	running bool
+}
+
+const (
+	// handlerTimeout bounds one event's handling, so a stuck handler cannot block its room
+	// forever.
+	handlerTimeout = 2 * time.Minute
+	// doneBatchSize and doneFlushInterval bound how many handled events wait to be marked done,
+	// and for how long.
+	doneBatchSize     = 256
+	doneFlushInterval = 20 * time.Millisecond
+	replayPageSize    = 500
+)
+
+func newDispatcher(svc *Service) *dispatcher {
+	workers := svc.cfg.AppService.Workers
+	if workers <= 0 {
+		workers = 16
+	}
+	return &dispatcher{
+		svc:         svc,
+		rooms:       make(map[id.RoomID]*roomQueue),
+		drained:     make(chan struct{}),
+		slots:       make(chan struct{}, workers),
+		done:        make(chan database.Done, doneBatchSize*4),
+		flusherDone: make(chan struct{}),
+	}
+}
+
+// start launches the done-flusher and replays unfinished inbox events. It takes the ingest lock
+// before returning and releases it once every unfinished event is queued, so transactions that
+// arrive meanwhile wait and cannot overtake older events of the same room.
+func (d *dispatcher) start(ctx context.Context) error {
+	go d.flushLoop(ctx)
+	n, err := d.svc.db.Inbox.CountPending(ctx)
+	if err != nil {
+		return fmt.Errorf("failed to read inbox: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	zerolog.Ctx(ctx).Info().Int("events", n).Msg("Replaying unfinished events from the inbox")
+	d.svc.ingestLock.Lock()
+	go func() {
+		defer d.svc.ingestLock.Unlock()
+		var after int64
+		for {
+			if err := d.waitBacklog(ctx); err != nil {
+				return
+			}
+			page, err := d.svc.db.Inbox.Pending(ctx, after, replayPageSize)
+			if err != nil {
+				zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to read inbox for replay; retrying")
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+			if len(page) == 0 {
+				zerolog.Ctx(ctx).Info().Msg("Finished queueing inbox replay")
+				return
+			}
+			after = page[len(page)-1].Seq
+			d.enqueue(ctx, page)
+		}
+	}()
+	return nil
+}
+
+// waitBacklog blocks while more than cfg.AppService.MaxBacklog events are queued. It returns
+// ctx's error if ctx ends first.
+func (d *dispatcher) waitBacklog(ctx context.Context) error {
+	limit := d.svc.cfg.AppService.MaxBacklog
+	if limit <= 0 {
+		limit = 10000
+	}
+	for {
+		d.lock.Lock()
+		if d.backlog < limit {
+			d.lock.Unlock()
+			return nil
+		}
+		ch := d.drained
+		d.lock.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// enqueue queues committed inbox events for handling.
+func (d *dispatcher) enqueue(ctx context.Context, events []*database.InboxEvent) {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	for _, evt := range events {
+		rq, ok := d.rooms[evt.RoomID]
+		if !ok {
+			rq = &roomQueue{}
+			d.rooms[evt.RoomID] = rq
+		}
+		rq.events = append(rq.events, evt)
+		d.backlog++
+		if !rq.running && !d.stopping {
+			rq.running = true
+			d.workers.Add(1)
+			go d.runRoom(ctx, evt.RoomID, rq)
+		}
+	}
+	d.svc.metrics.inboxDepth.Set(float64(d.backlog))
+}
+
+func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueue) {
+	defer d.workers.Done()
+	d.slots <- struct{}{}
+	defer func() { <-d.slots }()
+	for {
+		d.lock.Lock()
+		if len(rq.events) == 0 || d.stopping {
+			rq.running = false
+			if len(rq.events) == 0 {
+				delete(d.rooms, roomID)
+			}
+			d.lock.Unlock()
+			return
+		}
+		evt := rq.events[0]
+		rq.events[0] = nil
+		rq.events = rq.events[1:]
+		d.lock.Unlock()
+
+		d.svc.handleInboxEvent(ctx, evt)
+		d.done <- database.Done{TxnID: evt.TxnID, Index: evt.Index, EventID: evt.EventID}
+
+		d.lock.Lock()
+		d.backlog--
+		d.svc.metrics.inboxDepth.Set(float64(d.backlog))
+		close(d.drained)
+		d.drained = make(chan struct{})
+		d.lock.Unlock()
+	}
+}
+
+// flushLoop marks handled events done in batches until the dispatcher stops.
+func (d *dispatcher) flushLoop(ctx context.Context) {
+	defer close(d.flusherDone)
+	batch := make([]database.Done, 0, doneBatchSize)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		// Keep trying: if the database is down, the events stay in the inbox and would be
+		// replayed, which is safe but wasteful; there is nothing better to do with them.
+		for attempt := 0; ; attempt++ {
+			err := d.svc.db.Inbox.MarkDone(context.WithoutCancel(ctx), batch, time.Now())
+			if err == nil {
+				break
+			}
+			zerolog.Ctx(ctx).Error().Err(err).Int("events", len(batch)).Msg("Failed to mark events done; retrying")
+			if attempt >= 5 {
+				zerolog.Ctx(ctx).Error().Int("events", len(batch)).Msg("Giving up marking events done; they will be replayed after restart")
+				break
+			}
+			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+		}
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case item, ok := <-d.done:
+			if !ok {
+				flush()
+				return
+			}
+			if len(batch) == 0 {
+				timer.Reset(doneFlushInterval)
+			}
+			batch = append(batch, item)
+			if len(batch) >= doneBatchSize {
+				timer.Stop()
+				flush()
+			}
+		case <-timer.C:
+			flush()
+		}
+	}
+}
+
+// stop lets every room finish the event it is handling, then flushes the done marks. Queued
+// events stay in the inbox for the next run.
+func (d *dispatcher) stop(ctx context.Context) {
+	d.lock.Lock()
+	if d.stopping {
+		d.lock.Unlock()
+		return
+	}
+	d.stopping = true
+	d.lock.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		d.workers.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		close(d.done)
+		<-d.flusherDone
+	case <-ctx.Done():
+		zerolog.Ctx(ctx).Warn().Msg("Handlers did not finish before the shutdown deadline; their events will be replayed")
+	}
+}
+
+// handleInboxEvent decodes one inbox event and runs every handler it concerns. It never fails:
+// errors are logged once here, with every context field attached, and counted.
+func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEvent) {
+	start := time.Now()
+	log := zerolog.Ctx(ctx).With().
+		Str("transaction_id", ie.TxnID).
+		Stringer("event_id", ie.EventID).
+		Stringer("room_id", ie.RoomID).
+		Stringer("sender", ie.Sender).
+		Logger()
+	ctx = log.WithContext(ctx)
+	defer func() {
+		svc.metrics.eventsHandled.Inc()
+		svc.metrics.handleLatency.Observe(time.Since(start).Seconds())
+	}()
+
+	evt, err := decodeEvent(ie)
+	if evt == nil {
+		log.Warn().Err(err).Msg("Dropping undecodable event")
+		svc.metrics.handlerErrors.WithLabelValues("core").Inc()
+		return
+	} else if err != nil {
+		log.Warn().Err(err).Msg("Event content did not parse; delivering it unparsed")
+	}
+	log = log.With().Str("event_type", evt.Type.Type).Logger()
+	ctx = log.WithContext(ctx)
+	ctx, cancel := context.WithTimeout(ctx, handlerTimeout)
+	defer cancel()
+
+	if evt.Type.IsState() {
+		// Our own members' state matters too (the bot's joins), so the cache is updated before
+		// echoes are dropped.
+		mautrix.UpdateStateStore(ctx, svc.stateStore, evt)
+	}
+	if svc.isOwnUser(evt.Sender) {
+		log.Trace().Msg("Dropping echo of our own event")
+		return
+	}
+	log.Debug().Msg("Handling event")
+
+	svc.runHandler(ctx, "bot", func(ctx context.Context) error {
+		return svc.bot.handleEvent(ctx, evt)
+	})
+	for _, bh := range svc.routeToBridges(ctx, evt) {
+		br := bh.br
+		bctx := log.With().Str("bridge", bh.id).Logger().WithContext(ctx)
+		svc.runHandler(bctx, bh.id, func(ctx context.Context) error {
+			return br.HandleEvent(ctx, evt)
+		})
+	}
+}
+
+// runHandler runs one handler, logging its error or panic once and counting it.
+func (svc *Service) runHandler(ctx context.Context, module string, fn func(ctx context.Context) error) {
+	defer func() {
+		if p := recover(); p != nil {
+			svc.metrics.handlerErrors.WithLabelValues(module).Inc()
+			zerolog.Ctx(ctx).Error().
+				Str("module", module).
+				Str("panic", fmt.Sprint(p)).
+				Bytes("stack", debug.Stack()).
+				Msg("Event handler panicked")
+		}
+	}()
+	if err := fn(ctx); err != nil {
+		svc.metrics.handlerErrors.WithLabelValues(module).Inc()
+		zerolog.Ctx(ctx).Error().Err(err).Str("module", module).Msg("Event handler failed")
+	}
+}
+
+// routeToBridges returns the bridges an event concerns: the one whose ghost is the target of a
+// membership event, and the one that owns the room.
+func (svc *Service) routeToBridges(ctx context.Context, evt *event.Event) []*bridgeHost {
+	if len(svc.bridges) == 0 {
+		return nil
+	}
+	var out []*bridgeHost
+	if evt.Type == event.StateMember && evt.StateKey != nil {
+		if bh := svc.bridgeForUser(id.UserID(*evt.StateKey)); bh != nil {
+			out = append(out, bh)
+		}
+	}
+	if evt.RoomID != "" {
+		owner, err := svc.roomOwner(ctx, evt.RoomID)
+		if err != nil {
+			zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to look up room owner")
+		} else if bh := svc.bridgeByID[owner]; bh != nil && (len(out) == 0 || out[0] != bh) {
+			out = append(out, bh)
+		}
+	}
+	return out
+}
+
+// decodeEvent parses an inbox event the way mautrix's own appservice handler does, setting the
+// type class and parsing the content.
+func decodeEvent(ie *database.InboxEvent) (*event.Event, error) {
+	var evt event.Event
+	if err := json.Unmarshal(ie.JSON, &evt); err != nil {
+		return nil, fmt.Errorf("failed to decode event: %w", err)
+	}
+	switch {
+	case ie.Ephemeral:
+		evt.Mautrix.EventSource = event.SourceEphemeral
+		evt.Type.Class = event.EphemeralEventType
+		if evt.RoomID == "" {
+			evt.RoomID = ie.RoomID
+		}
+	case evt.StateKey != nil:
+		evt.Mautrix.EventSource = event.SourceTimeline
+		evt.Type.Class = event.StateEventType
+	default:
+		evt.Mautrix.EventSource = event.SourceTimeline
+		evt.Type.Class = event.MessageEventType
+	}
+	// Unsupported types keep only their raw content, which bridges may still read; content that
+	// fails to parse is reported but the event is still delivered, with Parsed left nil.
+	err := evt.Content.ParseRaw(evt.Type)
+	if errors.Is(err, event.ErrUnsupportedContentType) {
+		err = nil
+	}
+	return &evt, err
+}

@@ -1,0 +1,270 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"go.mau.fi/util/dbutil"
+)
+
+// CoreModule is the module name under which the core's own personal-data tables are declared,
+// in exports and in inventory errors.
+const CoreModule = "core"
+
+// coreInventory declares the core's tables about Matrix users, and those of the mautrix state
+// cache, which the core owns.
+func coreInventory() []UserTable {
+	return []UserTable{
+		{
+			Table: "users", UserColumn: "mxid", Export: []string{"mxid", "created_at"},
+			Description: "that Custodian holds data about you, and since when",
+		},
+		{
+			Table: "as_bot_setup", UserColumn: "inviter_mxid", Policy: EraseSetNull,
+			Export:      []string{"room_id", "bot", "invite_event_id", "invited_at", "joined_at", "is_direct", "config"},
+			Description: "rooms where you invited a bot: when, with which event and its configuration then",
+		},
+		{
+			Table: "as_room", UserColumn: "actor_mxid", Policy: EraseSetNull,
+			Export:      []string{"room_id", "bridge_id", "event_id", "created_at"},
+			Description: "rooms you connected to a bridge",
+		},
+		{
+			Table: "as_inbox", UserColumn: "sender", Policy: EraseDeleteRows,
+			Export:      []string{"event_id", "room_id", "received_at"},
+			Description: "your events received but not yet handled (normally held for milliseconds)",
+		},
+		{
+			Table: "mx_user_profile", UserColumn: "user_id", Policy: EraseDeleteRows,
+			Export:      []string{"room_id", "membership", "displayname", "avatar_url"},
+			Description: "the homeserver state cache: your membership, display name and avatar in rooms Custodian's bots share with you",
+		},
+		{
+			Table: "mx_registrations", UserColumn: "user_id", Policy: EraseDeleteRows,
+			Description: "appservice users Custodian registered (only its own bot and ghosts)",
+		},
+	}
+}
+
+// userColumnPattern matches column names that hold a Matrix user ID by the naming conventions
+// used in this codebase and in mautrix: anything with mxid, user_id, sender, inviter or actor in
+// its name. A table with such a column must be declared.
+var userColumnPattern = regexp.MustCompile(`(?i)(mxid|user_id|sender|inviter|actor|_user$)`)
+
+// schemaColumn is one column found by introspection.
+type schemaColumn struct {
+	Table, Column string
+}
+
+// schemaForeignKey is one foreign key to users(mxid) found by introspection.
+type schemaForeignKey struct {
+	Table, Column, OnDelete string
+}
+
+// introspectSchema lists every column and every foreign key that references users, on either
+// dialect. Version tables and the core's own bookkeeping of the schema are included; callers
+// filter.
+func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaColumn, fks []schemaForeignKey, err error) {
+	switch db.Dialect {
+	case dbutil.Postgres:
+		rows, err := db.Query(ctx, `
+			SELECT table_name, column_name FROM information_schema.columns
+			WHERE table_schema = current_schema()`)
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			var c schemaColumn
+			if err = rows.Scan(&c.Table, &c.Column); err != nil {
+				_ = rows.Close()
+				return nil, nil, err
+			}
+			cols = append(cols, c)
+		}
+		if err = rows.Close(); err != nil {
+			return nil, nil, err
+		}
+		rows, err = db.Query(ctx, `
+			SELECT kcu.table_name, kcu.column_name, rc.delete_rule
+			FROM information_schema.referential_constraints rc
+			JOIN information_schema.key_column_usage kcu
+				ON kcu.constraint_name = rc.constraint_name AND kcu.constraint_schema = rc.constraint_schema
+			JOIN information_schema.constraint_column_usage ccu
+				ON ccu.constraint_name = rc.unique_constraint_name AND ccu.constraint_schema = rc.unique_constraint_schema
+			WHERE rc.constraint_schema = current_schema() AND ccu.table_name = 'users' AND ccu.column_name = 'mxid'`)
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			var fk schemaForeignKey
+			if err = rows.Scan(&fk.Table, &fk.Column, &fk.OnDelete); err != nil {
+				_ = rows.Close()
+				return nil, nil, err
+			}
+			fks = append(fks, fk)
+		}
+		return cols, fks, rows.Close()
+	case dbutil.SQLite:
+		var tables []string
+		rows, err := db.Query(ctx, `SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'`)
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			var name string
+			if err = rows.Scan(&name); err != nil {
+				_ = rows.Close()
+				return nil, nil, err
+			}
+			tables = append(tables, name)
+		}
+		if err = rows.Close(); err != nil {
+			return nil, nil, err
+		}
+		for _, table := range tables {
+			rows, err = db.Query(ctx, `SELECT name FROM pragma_table_info($1)`, table)
+			if err != nil {
+				return nil, nil, err
+			}
+			for rows.Next() {
+				c := schemaColumn{Table: table}
+				if err = rows.Scan(&c.Column); err != nil {
+					_ = rows.Close()
+					return nil, nil, err
+				}
+				cols = append(cols, c)
+			}
+			if err = rows.Close(); err != nil {
+				return nil, nil, err
+			}
+			rows, err = db.Query(ctx, `SELECT "table", "from", COALESCE("to", ''), on_delete FROM pragma_foreign_key_list($1)`, table)
+			if err != nil {
+				return nil, nil, err
+			}
+			for rows.Next() {
+				var refTable, from, to, onDelete string
+				if err = rows.Scan(&refTable, &from, &to, &onDelete); err != nil {
+					_ = rows.Close()
+					return nil, nil, err
+				}
+				if refTable == "users" && (to == "mxid" || to == "") {
+					fks = append(fks, schemaForeignKey{Table: table, Column: from, OnDelete: onDelete})
+				}
+			}
+			if err = rows.Close(); err != nil {
+				return nil, nil, err
+			}
+		}
+		return cols, fks, nil
+	default:
+		return nil, nil, fmt.Errorf("unsupported dialect %s", db.Dialect)
+	}
+}
+
+// checkInventory compares the declared personal-data inventory (module → tables) with the
+// migrated schema and reports every mismatch at once:
+//   - a declared table or column that does not exist;
+//   - a table that references users(mxid) without being declared;
+//   - a table with a user-ID-like column (see userColumnPattern) that is not declared;
+//   - a declared table whose foreign key does not match its policy (CASCADE for EraseCascade,
+//     SET NULL for EraseSetNull), or EraseRetain without a reason.
+//
+// The service runs it at startup and refuses to start on any error, so a bridge cannot ship a
+// table that erasure and export would miss.
+func checkInventory(ctx context.Context, db *dbutil.Database, inventory map[string][]UserTable) error {
+	cols, fks, err := introspectSchema(ctx, db)
+	if err != nil {
+		return fmt.Errorf("failed to introspect schema: %w", err)
+	}
+	columns := make(map[string][]string)
+	for _, c := range cols {
+		columns[c.Table] = append(columns[c.Table], c.Column)
+	}
+	fkByTable := make(map[string][]schemaForeignKey)
+	for _, fk := range fks {
+		fkByTable[fk.Table] = append(fkByTable[fk.Table], fk)
+	}
+	declared := make(map[string]string) // table → module
+	var errs []error
+	for _, module := range sortedKeys(inventory) {
+		for _, ut := range inventory[module] {
+			prefix := fmt.Sprintf("%s: table %s", module, ut.Table)
+			if other, dup := declared[ut.Table]; dup {
+				errs = append(errs, fmt.Errorf("%s: already declared by %s", prefix, other))
+				continue
+			}
+			declared[ut.Table] = module
+			tableCols, ok := columns[ut.Table]
+			if !ok {
+				errs = append(errs, fmt.Errorf("%s: declared but does not exist", prefix))
+				continue
+			}
+			for _, col := range slices.Concat([]string{ut.UserColumn}, ut.Export, ut.Secret) {
+				if !slices.Contains(tableCols, col) {
+					errs = append(errs, fmt.Errorf("%s: declared column %s does not exist", prefix, col))
+				}
+			}
+			if ut.Table == "users" {
+				continue
+			}
+			var fkRule string
+			for _, fk := range fkByTable[ut.Table] {
+				if fk.Column == ut.UserColumn {
+					fkRule = strings.ToUpper(fk.OnDelete)
+				}
+			}
+			switch ut.Policy {
+			case EraseCascade:
+				if fkRule != "CASCADE" {
+					errs = append(errs, fmt.Errorf("%s: column %s must reference users (mxid) ON DELETE CASCADE (found %q)", prefix, ut.UserColumn, fkRule))
+				}
+			case EraseSetNull:
+				if fkRule != "SET NULL" {
+					errs = append(errs, fmt.Errorf("%s: column %s must reference users (mxid) ON DELETE SET NULL (found %q)", prefix, ut.UserColumn, fkRule))
+				}
+			case EraseRetain:
+				if ut.Reason == "" {
+					errs = append(errs, fmt.Errorf("%s: EraseRetain needs a Reason", prefix))
+				}
+			}
+		}
+	}
+	for _, table := range sortedKeys(columns) {
+		if _, ok := declared[table]; ok || strings.HasSuffix(table, "_version") {
+			continue
+		}
+		if len(fkByTable[table]) > 0 {
+			errs = append(errs, fmt.Errorf("table %s references users but is not declared in any personal-data inventory", table))
+			continue
+		}
+		for _, col := range columns[table] {
+			if userColumnPattern.MatchString(col) {
+				errs = append(errs, fmt.Errorf("table %s has user-ID column %s but is not declared in any personal-data inventory", table, col))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// inventory returns every module's declared personal-data tables, keyed by module (the core and
+// each bridge ID).
+func (svc *Service) inventory() map[string][]UserTable {
+	inv := map[string][]UserTable{CoreModule: coreInventory()}
+	for _, bh := range svc.bridges {
+		inv[bh.id] = bh.br.PersonalData()
+	}
+	return inv
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,80 @@
+package appservice
+
+import (
+	"time"
+
+	"maunium.net/go/mautrix/id"
+)
+
+// ErasePolicy says how erasure treats a declared personal-data table.
+type ErasePolicy int
+
+const (
+	// EraseCascade is the default: the table's user column references users(mxid) ON DELETE
+	// CASCADE, so deleting the users row removes the table's rows about the user. The schema test
+	// fails if the foreign key is missing or does not cascade.
+	EraseCascade ErasePolicy = iota
+	// EraseDeleteRows is for tables about users who need not have a users row (the homeserver
+	// state cache, the transient inbox): erasure runs DELETE FROM <table> WHERE <column> = $1 in
+	// the same transaction that deletes the users row.
+	EraseDeleteRows
+	// EraseSetNull is for provenance on configuration shared by a room (who set a bot up, who
+	// claimed a portal): the column references users(mxid) ON DELETE SET NULL, so erasure keeps
+	// the room's configuration working but the row no longer names the user.
+	EraseSetNull
+	// EraseRetain keeps the rows on erasure, for a stated reason (UserTable.Reason must be set),
+	// and relies on the table's Retention to remove them.
+	EraseRetain
+)
+
+// String returns the policy's name as used in exports and docs.
+func (p ErasePolicy) String() string {
+	switch p {
+	case EraseCascade:
+		return "cascade"
+	case EraseDeleteRows:
+		return "delete_rows"
+	case EraseSetNull:
+		return "set_null"
+	case EraseRetain:
+		return "retain"
+	default:
+		return "unknown"
+	}
+}
+
+// UserTable declares one table that holds data about Matrix users. Every module (the core and
+// each bridge) lists its tables in its inventory; erasure and export are generic over it.
+type UserTable struct {
+	// Table is the SQL table name.
+	Table string
+	// UserColumn is the column that holds the user's Matrix ID.
+	UserColumn string
+	// Export lists the columns included in the user's export. Nil exports no column but still
+	// counts the rows.
+	Export []string
+	// Secret lists columns that hold sealed secrets; they are exported as "[redacted]".
+	Secret []string
+	// Policy says how erasure treats the table; see [ErasePolicy].
+	Policy ErasePolicy
+	// Reason explains why rows are kept on erasure; required with [EraseRetain].
+	Reason string
+	// Retention is how long rows are kept before the sweeper deletes them; zero means as long
+	// as the user's data is kept.
+	Retention time.Duration
+	// Description says in plain words what the table holds, for !mydata and the docs.
+	Description string
+}
+
+// Provenance records who created or last changed a configuration row, where and through which
+// event, so that redacting that event can purge the row.
+type Provenance struct {
+	// Actor is the Matrix user who issued the command.
+	Actor id.UserID
+	// RoomID is the room the command was issued in.
+	RoomID id.RoomID
+	// EventID is the event that created or last changed the row.
+	EventID id.EventID
+	// At is when the change happened.
+	At time.Time
+}

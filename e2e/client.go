@@ -1,0 +1,392 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// requestTimeout bounds each client request the harness makes on a test's behalf.
+const requestTimeout = 30 * time.Second
+
+// syncFilter keeps timelines unlimited enough that a busy room never skips events between two
+// syncs, and leaves out what tests never look at.
+const syncFilter = `{"room":{"timeline":{"limit":1000}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`
+
+// Register creates the user localpart on the test's Synapse with the shared-secret admin API and
+// returns a client logged in as them. The password is available from [Env.Password].
+func (env *Env) Register(t testing.TB, localpart string) *mautrix.Client {
+	t.Helper()
+	return env.register(t, localpart, false)
+}
+
+// RegisterAdmin is [Env.Register] for a homeserver admin, who may call Synapse's admin API.
+func (env *Env) RegisterAdmin(t testing.TB, localpart string) *mautrix.Client {
+	t.Helper()
+	return env.register(t, localpart, true)
+}
+
+// Password returns the password [Env.Register] gave user, or "" for a user it did not create.
+func (env *Env) Password(user id.UserID) string {
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	return env.passwords[user]
+}
+
+func (env *Env) register(t testing.TB, localpart string, admin bool) *mautrix.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	endpoint := env.HomeserverURL() + "/_synapse/admin/v1/register"
+
+	var nonce struct {
+		Nonce string `json:"nonce"`
+	}
+	if err := doJSON(ctx, http.MethodGet, endpoint, "", nil, &nonce); err != nil {
+		t.Fatalf("registering %s: getting a nonce: %v", localpart, err)
+	}
+	password := "pw-" + localpart + "-" + randomHex(t, 8)
+	adminWord := "notadmin"
+	if admin {
+		adminWord = "admin"
+	}
+	mac := hmac.New(sha1.New, []byte(env.synapse.sharedSecret))
+	mac.Write([]byte(nonce.Nonce + "\x00" + localpart + "\x00" + password + "\x00" + adminWord))
+	req := map[string]any{
+		"nonce":    nonce.Nonce,
+		"username": localpart,
+		"password": password,
+		"admin":    admin,
+		"mac":      hex.EncodeToString(mac.Sum(nil)),
+	}
+	var resp struct {
+		UserID      id.UserID   `json:"user_id"`
+		AccessToken string      `json:"access_token"`
+		DeviceID    id.DeviceID `json:"device_id"`
+	}
+	if err := doJSON(ctx, http.MethodPost, endpoint, "", req, &resp); err != nil {
+		t.Fatalf("registering %s: %v", localpart, err)
+	}
+	cli, err := mautrix.NewClient(env.HomeserverURL(), resp.UserID, resp.AccessToken)
+	if err != nil {
+		t.Fatalf("creating a client for %s: %v", resp.UserID, err)
+	}
+	cli.DeviceID = resp.DeviceID
+	cli.Client = &http.Client{Timeout: 2 * time.Minute}
+
+	env.mu.Lock()
+	env.passwords[resp.UserID] = password
+	env.clients[cli] = &clientState{}
+	env.mu.Unlock()
+	return cli
+}
+
+// clientState is what the harness remembers of a client's syncs: the next_batch token and every
+// event received so far, in the order the homeserver gave them.
+type clientState struct {
+	mu      sync.Mutex
+	since   string
+	history []*event.Event
+}
+
+func (env *Env) state(cli *mautrix.Client) *clientState {
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	st, ok := env.clients[cli]
+	if !ok {
+		st = &clientState{}
+		env.clients[cli] = st
+	}
+	return st
+}
+
+// ErrSyncTimeout is wrapped by the error [Env.SyncUntil] returns when its deadline passes
+// before the predicate is satisfied.
+var ErrSyncTimeout = errors.New("e2e: sync deadline passed")
+
+// SyncUntil syncs cli until pred returns true for an event and returns that event. pred is called
+// exactly once per event, in order: first for every event cli has received in earlier calls (the
+// harness keeps them), then for new ones as they arrive. So pred sees the same event again in a
+// later call, and should match something specific (an event ID, a reply relation), or be a
+// stateful predicate built fresh for each call, such as one from [After].
+//
+// Events come from joined rooms' state and timelines, invited rooms' stripped state and left
+// rooms' timelines; each has RoomID set and its content parsed where mautrix knows the type.
+// SyncUntil waits at most timeout and then returns an error wrapping [ErrSyncTimeout].
+// Concurrent calls for the same client wait for each other.
+func (env *Env) SyncUntil(cli *mautrix.Client, timeout time.Duration, pred func(evt *event.Event) bool) (*event.Event, error) {
+	st := env.state(cli)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, evt := range st.history {
+		if pred(evt) {
+			return evt, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	seen := len(st.history)
+	for {
+		deadline, _ := ctx.Deadline()
+		poll := min(time.Until(deadline), 5*time.Second)
+		if poll <= 0 {
+			break
+		}
+		resp, err := cli.FullSyncRequest(ctx, mautrix.ReqSync{
+			Timeout:  int(poll.Milliseconds()),
+			Since:    st.since,
+			FilterID: syncFilter,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return nil, fmt.Errorf("syncing as %s: %w", cli.UserID, err)
+		}
+		st.since = resp.NextBatch
+		var found *event.Event
+		for _, evt := range syncEvents(resp) {
+			st.history = append(st.history, evt)
+			if found == nil && pred(evt) {
+				found = evt
+			}
+		}
+		if found != nil {
+			return found, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s waited %v; %d events seen, %d of them in this wait; the last ones:\n%s",
+		ErrSyncTimeout, cli.UserID, timeout, len(st.history), len(st.history)-seen, describeEvents(st.history, 15))
+}
+
+// MustSyncUntil is [Env.SyncUntil] that fails the test on a timeout or error.
+func (env *Env) MustSyncUntil(t testing.TB, cli *mautrix.Client, timeout time.Duration, pred func(evt *event.Event) bool) *event.Event {
+	t.Helper()
+	evt, err := env.SyncUntil(cli, timeout, pred)
+	if err != nil {
+		t.Fatalf("MustSyncUntil: %v", err)
+	}
+	return evt
+}
+
+// MustWaitForMessage waits until a message event from sender appears in roomID after the event
+// after (or anywhere, if after is empty), and returns it.
+func (env *Env) MustWaitForMessage(t testing.TB, cli *mautrix.Client, roomID id.RoomID, sender id.UserID, after id.EventID, timeout time.Duration) *event.Event {
+	t.Helper()
+	pred := IsMessageFrom(roomID, sender)
+	if after != "" {
+		pred = After(after, pred)
+	}
+	return env.MustSyncUntil(t, cli, timeout, pred)
+}
+
+// syncEvents flattens a sync response into events with RoomID set and content parsed.
+func syncEvents(resp *mautrix.RespSync) []*event.Event {
+	var out []*event.Event
+	add := func(roomID id.RoomID, events []*event.Event) {
+		for _, evt := range events {
+			evt.RoomID = roomID
+			if evt.StateKey != nil {
+				evt.Type.Class = event.StateEventType
+			} else {
+				evt.Type.Class = event.MessageEventType
+			}
+			_ = evt.Content.ParseRaw(evt.Type)
+			out = append(out, evt)
+		}
+	}
+	for roomID, room := range resp.Rooms.Invite {
+		add(roomID, room.State.Events)
+	}
+	for roomID, room := range resp.Rooms.Join {
+		add(roomID, room.State.Events)
+		add(roomID, room.Timeline.Events)
+	}
+	for roomID, room := range resp.Rooms.Leave {
+		add(roomID, room.State.Events)
+		add(roomID, room.Timeline.Events)
+	}
+	return out
+}
+
+func describeEvents(events []*event.Event, n int) string {
+	if len(events) > n {
+		events = events[len(events)-n:]
+	}
+	var b strings.Builder
+	for _, evt := range events {
+		fmt.Fprintf(&b, "  %s %s %s from %s", evt.RoomID, evt.ID, evt.Type.Type, evt.Sender)
+		if evt.StateKey != nil {
+			fmt.Fprintf(&b, " state_key=%q", *evt.StateKey)
+		}
+		switch evt.Type {
+		case event.StateMember:
+			fmt.Fprintf(&b, " membership=%s", evt.Content.AsMember().Membership)
+		case event.EventMessage:
+			msg := evt.Content.AsMessage()
+			fmt.Fprintf(&b, " msgtype=%s reply_to=%s", msg.MsgType, msg.RelatesTo.GetReplyTo())
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// SendText sends a plain-text message as cli and returns its event ID, failing the test on error.
+func (env *Env) SendText(t testing.TB, cli *mautrix.Client, roomID id.RoomID, body string) id.EventID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := cli.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{
+		MsgType: event.MsgText,
+		Body:    body,
+	})
+	if err != nil {
+		t.Fatalf("sending a message as %s: %v", cli.UserID, err)
+	}
+	return resp.EventID
+}
+
+// MustCreateRoom creates a private room as cli, inviting invitees, and returns its ID.
+func (env *Env) MustCreateRoom(t testing.TB, cli *mautrix.Client, invitees ...id.UserID) id.RoomID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset: "private_chat",
+		Invite: invitees,
+	})
+	if err != nil {
+		t.Fatalf("creating a room as %s: %v", cli.UserID, err)
+	}
+	return resp.RoomID
+}
+
+// MustCreateRoomWithBot creates a private room as cli, invites the Custodian bot and waits (up
+// to 60 s) until the bot has joined.
+func (env *Env) MustCreateRoomWithBot(t testing.TB, cli *mautrix.Client) id.RoomID {
+	t.Helper()
+	roomID := env.MustCreateRoom(t, cli, env.BotUserID())
+	env.MustSyncUntil(t, cli, 60*time.Second, IsMember(roomID, env.BotUserID(), event.MembershipJoin))
+	return roomID
+}
+
+// IsMember matches the m.room.member event that gives user the membership in roomID.
+func IsMember(roomID id.RoomID, user id.UserID, membership event.Membership) func(*event.Event) bool {
+	return func(evt *event.Event) bool {
+		return evt.RoomID == roomID && evt.Type == event.StateMember &&
+			evt.GetStateKey() == user.String() && evt.Content.AsMember().Membership == membership
+	}
+}
+
+// IsMessageFrom matches any m.room.message event from sender in roomID.
+func IsMessageFrom(roomID id.RoomID, sender id.UserID) func(*event.Event) bool {
+	return func(evt *event.Event) bool {
+		return evt.RoomID == roomID && evt.Sender == sender && evt.Type == event.EventMessage
+	}
+}
+
+// IsNoticeFrom matches an m.notice message from sender in roomID.
+func IsNoticeFrom(roomID id.RoomID, sender id.UserID) func(*event.Event) bool {
+	return func(evt *event.Event) bool {
+		return IsMessageFrom(roomID, sender)(evt) && evt.Content.AsMessage().MsgType == event.MsgNotice
+	}
+}
+
+// IsReplyTo matches a message from sender in roomID that replies (m.relates_to.m.in_reply_to)
+// to the event to.
+func IsReplyTo(roomID id.RoomID, sender id.UserID, to id.EventID) func(*event.Event) bool {
+	return func(evt *event.Event) bool {
+		return IsMessageFrom(roomID, sender)(evt) && evt.Content.AsMessage().RelatesTo.GetReplyTo() == to
+	}
+}
+
+// After matches the first event pred matches after the event with ID eventID has gone by. It
+// keeps state, so build a fresh one for each [Env.SyncUntil] call.
+func After(eventID id.EventID, pred func(*event.Event) bool) func(*event.Event) bool {
+	passed := false
+	return func(evt *event.Event) bool {
+		if !passed {
+			passed = evt.ID == eventID
+			return false
+		}
+		return pred(evt)
+	}
+}
+
+// Eventually calls check until it returns nil, at most for timeout, and fails the test with
+// check's last error if it never does. For state that has no event to sync on, such as database
+// rows.
+func Eventually(t testing.TB, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	ticker := time.NewTicker(100 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not true within %v: %v", timeout, err)
+		}
+		<-ticker.C
+	}
+}
+
+// doJSON makes a request with an optional bearer token and JSON body and decodes a JSON answer
+// into out. A non-2xx answer is an error carrying the status and the body.
+func doJSON(ctx context.Context, method, url, token string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: status %d: %s", method, url, resp.StatusCode, data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decoding the answer: %w", method, url, err)
+		}
+	}
+	return nil
+}
