@@ -46,6 +46,7 @@ type Service struct {
 	server        *http.Server
 	metricsServer *http.Server
 	listenAddr    net.Addr
+	metricsAddr   net.Addr
 }
 
 // New validates the configuration and the registration against each other, opens the database
@@ -89,6 +90,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
 		bh.log = log.With().Str("bridge", bh.id).Logger()
 		svc.bridges = append(svc.bridges, bh)
+		svc.metrics.handlerErrors.WithLabelValues(bh.id)
 		svc.bridgeByID[bh.id] = bh
 	}
 	svc.bot = newBotHost(svc)
@@ -245,6 +247,7 @@ func (svc *Service) startListeners(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("failed to listen on metrics.listen %s: %w", *svc.cfg.Metrics.Listen, err)
 		}
+		svc.metricsAddr = mln.Addr()
 		svc.metricsServer = &http.Server{Handler: svc.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := svc.metricsServer.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -262,3 +262,37 @@ func FuzzParseTransaction(f *testing.F) {
 		_ = skipped
 	})
 }
+
+func TestMetricsEndpoint(t *testing.T) {
+	db := newTestDB(t, astest.SQLite)
+	cfg := testConfig(deadHomeserver(t).URL)
+	listen := "127.0.0.1:0"
+	cfg.Metrics.Listen = &listen
+	svc, base := startTestService(t, db, cfg)
+	if status, _ := do(t, base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/m1", testHSToken,
+		transaction(messageEvent("$m1", "!r:example.org", "@alice:example.org", "secret body text"))}); status != 200 {
+		t.Fatalf("PUT = %d, want 200", status)
+	}
+	do(t, base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/m2", "wrong", "{}"})
+	resp, err := http.Get("http://" + svc.metricsAddr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`custodian_transactions_received_total{outcome="accepted"} 1`,
+		`custodian_transactions_received_total{outcome="rejected"} 1`,
+		`custodian_events_received_total{kind="pdu"} 1`,
+		`custodian_ingest_duration_seconds_count 1`,
+		`custodian_inbox_depth`,
+		`custodian_handler_errors_total`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), "secret body text") {
+		t.Error("/metrics contains a message body")
+	}
+}

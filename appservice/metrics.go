@@ -62,6 +62,13 @@ func newMetrics() *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// Export zeroes from the start, so rate() and alerts work before the first error.
+	for _, module := range []string{"core", "bot"} {
+		m.handlerErrors.WithLabelValues(module)
+	}
+	for _, outcome := range []string{"accepted", "duplicate", "rejected"} {
+		m.txnReceived.WithLabelValues(outcome)
+	}
 	return m
 }
 

@@ -56,8 +56,13 @@ const (
 	countPendingQuery    = `SELECT COUNT(*) FROM as_inbox`
 	deleteInboxQuery     = `DELETE FROM as_inbox WHERE txn_id=$1 AND idx=$2`
 	insertEventDoneQuery = `INSERT INTO as_event_done (event_id, done_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING`
-	pruneTxnQuery        = `DELETE FROM as_txn WHERE received_at < $1`
-	pruneEventDoneQuery  = `DELETE FROM as_event_done WHERE done_at < $1`
+	// The newest transaction is never pruned: after an outage longer than the TTL it is the one
+	// the homeserver may still resend.
+	pruneTxnQuery = `
+		DELETE FROM as_txn WHERE received_at < $1
+			AND txn_id <> (SELECT txn_id FROM as_txn ORDER BY received_at DESC, txn_id DESC LIMIT 1)
+	`
+	pruneEventDoneQuery = `DELETE FROM as_event_done WHERE done_at < $1`
 )
 
 // insertChunk bounds the rows of one multi-row INSERT (8 parameters each), well under SQLite's
@@ -223,8 +228,10 @@ func (iq *InboxQuery) MarkDone(ctx context.Context, done []Done, now time.Time) 
 	})
 }
 
-// Prune forgets transaction and event IDs recorded before cutoff. After that, a transaction or
-// event with the same ID would be treated as new; the homeserver never resends that late.
+// Prune forgets transaction and event IDs recorded before cutoff, except the newest transaction
+// ID. After that, a transaction or event with the same ID would be treated as new; the homeserver
+// never resends that late (only its oldest unacknowledged transaction, which is newer than any
+// acknowledged one).
 func (iq *InboxQuery) Prune(ctx context.Context, cutoff time.Time) (txns, events int64, err error) {
 	res, err := iq.db.Exec(ctx, pruneTxnQuery, cutoff.UnixMilli())
 	if err != nil {
