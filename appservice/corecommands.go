@@ -30,7 +30,6 @@ func (bh *botHost) coreCommands() []*Command {
 		{
 			Name:    "setup",
 			Help:    "Show who set me up in this room, when, and how I was configured then.",
-			Scope:   ScopeRoom,
 			Handler: bh.cmdSetup,
 		},
 	}
