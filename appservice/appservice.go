@@ -85,6 +85,9 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	}
 	svc.stateStore = sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), true)
 	svc.as.StateStore = svc.stateStore
+	// mautrix creates the bot's client and intent lazily and without locking; create them now,
+	// before any goroutine can race to.
+	svc.as.BotIntent()
 	svc.metrics = newMetrics()
 	for _, br := range bridges {
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
