@@ -38,6 +38,8 @@ type Service struct {
 	bot        *botHost
 	dispatcher *dispatcher
 	roomOwners roomOwnerCache
+	// vault is nil when no master key is configured.
+	vault vaultBackend
 
 	ingestLock sync.Mutex
 	ready      bool

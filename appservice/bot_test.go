@@ -392,7 +392,7 @@ func TestBotSetupEndsWhenKickedOrBanned(t *testing.T) {
 			if !slices.Equal(env.bridge.purged, []id.RoomID{botTestRoom}) {
 				t.Errorf("PurgeRoom calls = %v, want [%s]", env.bridge.purged, botTestRoom)
 			}
-			if owner, err := env.svc.roomOwner(env.ctx, botTestRoom); err != nil || owner != "" {
+			if owner, err := env.svc.roomBridges(env.ctx, botTestRoom); err != nil || len(owner) != 0 {
 				t.Errorf("room owner after %s = %q (%v), want none", membership, owner, err)
 			}
 			// Replaying the kick is harmless.

@@ -9,6 +9,8 @@ import (
 	mxas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // Bridge is the contract between the core and one bridge or bot. The core owns transactions,
@@ -138,6 +140,41 @@ type Host interface {
 	EnsureUser(ctx context.Context, userID id.UserID) error
 	// Domain returns the homeserver's server name.
 	Domain() string
+	// Vault returns the credential vault, scoped to the bridge: what it seals is bound to the
+	// bridge's ID, the user and the secret's name.
+	Vault() SecretStore
+	// IsPaused reports whether the user has paused Custodian (!pause). While paused, bridges
+	// must not act for the user (relay their messages, keep remote connections for them), but
+	// keep their data. The core already withholds a paused user's Matrix events from bridges.
+	IsPaused(ctx context.Context, userID id.UserID) (bool, error)
+}
+
+// SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's
+// data key. A sealed value is bound to (user, bridge, name): opened under any other triple it
+// fails, so copying a ciphertext to another row or user does not work. Name the secret after
+// the row it belongs to ("sasl_password/libera", "outbound_url/<hook id>"). Bridges store the
+// sealed bytes in their own tables and declare those columns as Secret in their inventory.
+// Erasing the user destroys their data key, so every ciphertext of theirs, in any backup,
+// becomes unreadable. Safe for concurrent use.
+type SecretStore interface {
+	// Seal encrypts secret for user under name. It creates the user's data key if needed; the
+	// users row must exist (see Host.EnsureUser).
+	Seal(ctx context.Context, user id.UserID, name string, secret vault.Secret) ([]byte, error)
+	// Open decrypts a value Seal returned for the same user and name. It fails with
+	// vault.ErrKeyUnavailable if the master key that wraps the user's data key is missing or
+	// wrong (the bridge should tell the user to link again), and vault.ErrDecrypt if the value
+	// was tampered with or belongs to another user, bridge or name.
+	Open(ctx context.Context, user id.UserID, name string, sealed []byte) (vault.Secret, error)
+}
+
+// Eraser is an optional interface that bridges can implement to undo a user's remote side
+// effects before their data is erased: quit their IRC connections, revoke their webhooks. The
+// core calls EraseRemote first, logs a failure with the bridge ID and goes on; then it deletes
+// the user's rows in one transaction. EraseRemote must be idempotent: an erasure interrupted by
+// a crash is resumed and calls it again.
+type Eraser interface {
+	Bridge
+	EraseRemote(ctx context.Context, user id.UserID) error
 }
 
 // ErrOutsideNamespace is returned by [Host.Intent] when a bridge asks for a user outside its own

@@ -59,6 +59,12 @@ type Config struct {
 	Metrics MetricsConfig `yaml:"metrics"`
 	// Logging configures logs.
 	Logging LoggingConfig `yaml:"logging"`
+	// Vault configures the credential vault's master key.
+	Vault VaultConfig `yaml:"vault"`
+	// Privacy configures retention limits and deactivation detection.
+	Privacy PrivacyConfig `yaml:"privacy"`
+	// AdminAPI configures the admin API listener.
+	AdminAPI AdminAPIConfig `yaml:"admin_api"`
 	// Bridges holds each bridge's section raw, keyed by bridge ID; a bridge runs only if its key
 	// is present (see [Config.EnabledBridges]). [Config.DecodeBridges] decodes each node strictly
 	// into the bridge's own target. A key that names no compiled-in bridge is an error.

@@ -698,6 +698,9 @@ func (cfg *Config) validate(checkTokens bool, configPath string) []*ConfigError 
 	default:
 		add("logging.format", "unknown format %q: use %s or %s", cfg.Logging.Format, LogFormatPretty, LogFormatJSON)
 	}
+	p = append(p, cfg.Vault.validate()...)
+	p = append(p, cfg.Privacy.validate()...)
+	p = append(p, cfg.AdminAPI.validate()...)
 	return p
 }
 

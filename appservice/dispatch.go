@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -302,7 +303,17 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 	svc.runHandler(ctx, "bot", func(ctx context.Context) error {
 		return svc.bot.handleEvent(ctx, evt)
 	})
-	for _, bh := range svc.routeToBridges(ctx, evt) {
+	targets := svc.routeToBridges(ctx, evt)
+	if len(targets) > 0 && evt.Sender != "" {
+		// A paused user's events still reach the bot (so !resume works) but no bridge.
+		if paused, err := svc.db.User.IsPaused(ctx, evt.Sender); err != nil {
+			log.Error().Err(err).Msg("Failed to check whether the sender paused Custodian")
+		} else if paused {
+			log.Debug().Msg("Not routing event of a paused user to bridges")
+			return
+		}
+	}
+	for _, bh := range targets {
 		br := bh.br
 		bctx := log.With().Str("bridge", bh.id).Logger().WithContext(ctx)
 		svc.runHandler(bctx, bh.id, func(ctx context.Context) error {
@@ -330,7 +341,7 @@ func (svc *Service) runHandler(ctx context.Context, module string, fn func(ctx c
 }
 
 // routeToBridges returns the bridges an event concerns: the one whose ghost is the target of a
-// membership event, and the one that owns the room.
+// membership event, and those that claimed the room.
 func (svc *Service) routeToBridges(ctx context.Context, evt *event.Event) []*bridgeHost {
 	if len(svc.bridges) == 0 {
 		return nil
@@ -342,11 +353,14 @@ func (svc *Service) routeToBridges(ctx context.Context, evt *event.Event) []*bri
 		}
 	}
 	if evt.RoomID != "" {
-		owner, err := svc.roomOwner(ctx, evt.RoomID)
+		owners, err := svc.roomBridges(ctx, evt.RoomID)
 		if err != nil {
-			zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to look up room owner")
-		} else if bh := svc.bridgeByID[owner]; bh != nil && (len(out) == 0 || out[0] != bh) {
-			out = append(out, bh)
+			zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to look up the room's bridges")
+		}
+		for _, owner := range owners {
+			if bh := svc.bridgeByID[owner]; bh != nil && !slices.Contains(out, bh) {
+				out = append(out, bh)
+			}
 		}
 	}
 	return out

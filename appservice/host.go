@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"go.mau.fi/util/dbutil"
 	mxas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // bridgeHost is the [Host] one bridge gets: everything it may do, scoped to its namespace.
@@ -45,6 +48,44 @@ func (bh *bridgeHost) Log() *zerolog.Logger { return &bh.log }
 
 func (bh *bridgeHost) Domain() string { return bh.svc.cfg.Homeserver.Domain }
 
+func (bh *bridgeHost) IsPaused(ctx context.Context, userID id.UserID) (bool, error) {
+	return bh.svc.db.User.IsPaused(ctx, userID)
+}
+
+func (bh *bridgeHost) Vault() SecretStore {
+	return scopedVault{svc: bh.svc, bridge: bh.id}
+}
+
+// vaultBackend is what the core needs of the credential vault (package vault).
+type vaultBackend interface {
+	Seal(ctx context.Context, user id.UserID, bridge, name string, secret vault.Secret) ([]byte, error)
+	Open(ctx context.Context, user id.UserID, bridge, name string, sealed []byte) (vault.Secret, error)
+}
+
+// ErrVaultDisabled is returned by a bridge's [SecretStore] when no master key is configured
+// (vault.key_file). Bridges should tell the user that this Custodian cannot store credentials.
+var ErrVaultDisabled = errors.New("appservice: the credential vault has no master key configured")
+
+// scopedVault is one bridge's view of the vault.
+type scopedVault struct {
+	svc    *Service
+	bridge string
+}
+
+func (sv scopedVault) Seal(ctx context.Context, user id.UserID, name string, secret vault.Secret) ([]byte, error) {
+	if sv.svc.vault == nil {
+		return nil, ErrVaultDisabled
+	}
+	return sv.svc.vault.Seal(ctx, user, sv.bridge, name, secret)
+}
+
+func (sv scopedVault) Open(ctx context.Context, user id.UserID, name string, sealed []byte) (vault.Secret, error) {
+	if sv.svc.vault == nil {
+		return vault.Secret{}, ErrVaultDisabled
+	}
+	return sv.svc.vault.Open(ctx, user, sv.bridge, name, sealed)
+}
+
 func (bh *bridgeHost) EnsureUser(ctx context.Context, userID id.UserID) error {
 	return bh.svc.db.User.Ensure(ctx, userID)
 }
@@ -62,30 +103,28 @@ func (bh *bridgeHost) ClaimRoom(ctx context.Context, roomID id.RoomID, prov Prov
 		}
 		return bh.svc.db.Room.Claim(ctx, roomID, bh.id, prov.Actor, prov.EventID, at)
 	})
-	if err == nil {
-		bh.svc.roomOwners.Store(roomID, bh.id)
-	}
-	return err
-}
-
-func (bh *bridgeHost) ReleaseRoom(ctx context.Context, roomID id.RoomID) error {
-	err := bh.svc.db.Room.Delete(ctx, roomID)
 	bh.svc.roomOwners.Delete(roomID)
 	return err
 }
 
-// roomOwner returns the ID of the bridge that owns roomID, or "". Owners are cached; a room's
-// owner changes only through ClaimRoom and ReleaseRoom, which update the cache.
-func (svc *Service) roomOwner(ctx context.Context, roomID id.RoomID) (string, error) {
-	if owner, ok := svc.roomOwners.Load(roomID); ok {
-		return owner.(string), nil
+func (bh *bridgeHost) ReleaseRoom(ctx context.Context, roomID id.RoomID) error {
+	err := bh.svc.db.Room.Release(ctx, roomID, bh.id)
+	bh.svc.roomOwners.Delete(roomID)
+	return err
+}
+
+// roomBridges returns the IDs of the bridges that claimed roomID. The answer is cached; claims
+// change only through ClaimRoom, ReleaseRoom and the end of a setup, which invalidate it.
+func (svc *Service) roomBridges(ctx context.Context, roomID id.RoomID) ([]string, error) {
+	if owners, ok := svc.roomOwners.Load(roomID); ok {
+		return owners.([]string), nil
 	}
-	owner, err := svc.db.Room.GetBridge(ctx, roomID)
+	owners, err := svc.db.Room.GetBridges(ctx, roomID)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	svc.roomOwners.Store(roomID, owner)
-	return owner, nil
+	svc.roomOwners.Store(roomID, owners)
+	return owners, nil
 }
 
 // bridgeForAlias returns the bridge whose alias namespace contains alias, or nil.

@@ -64,6 +64,13 @@ type UserTable struct {
 	Retention time.Duration
 	// Description says in plain words what the table holds, for !mydata and the docs.
 	Description string
+	// SourceEventColumn, if set, names the column holding the ID of the Matrix event that created
+	// or last changed the row (its provenance). Redacting that event deletes the row, and what
+	// cascades from it.
+	SourceEventColumn string
+	// TimeColumn names the column (milliseconds since the epoch) that Retention is measured
+	// from; required when Retention is set.
+	TimeColumn string
 }
 
 // Provenance records who created or last changed a configuration row, where and through which

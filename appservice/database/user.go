@@ -30,3 +30,20 @@ func (uq *UserQuery) Exists(ctx context.Context, userID id.UserID) (exists bool,
 	err = uq.db.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM users WHERE mxid=$1)`, userID).Scan(&exists)
 	return
 }
+
+// IsPaused reports whether userID has paused Custodian. A user without a users row is not paused.
+func (uq *UserQuery) IsPaused(ctx context.Context, userID id.UserID) (paused bool, err error) {
+	err = uq.db.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM users WHERE mxid=$1 AND paused)`, userID).Scan(&paused)
+	return
+}
+
+// SetPaused sets or clears userID's paused flag, creating the users row if needed.
+func (uq *UserQuery) SetPaused(ctx context.Context, userID id.UserID, paused bool) error {
+	return uq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := uq.Ensure(ctx, userID); err != nil {
+			return err
+		}
+		_, err := uq.db.Exec(ctx, `UPDATE users SET paused=$2 WHERE mxid=$1`, userID, paused)
+		return err
+	})
+}

@@ -4,8 +4,10 @@
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
 -- declared in its owner's personal-data inventory.
 CREATE TABLE users (
-	mxid       TEXT   PRIMARY KEY,
-	created_at BIGINT NOT NULL
+	mxid       TEXT    PRIMARY KEY,
+	created_at BIGINT  NOT NULL,
+	-- paused is set by !pause: bridges stop acting for the user but keep their data.
+	paused     BOOLEAN NOT NULL DEFAULT false
 );
 
 -- as_txn remembers the IDs of acknowledged transactions, so a retried transaction is a no-op.
@@ -60,12 +62,14 @@ CREATE TABLE as_bot_setup (
 );
 CREATE INDEX as_bot_setup_inviter_idx ON as_bot_setup (inviter_mxid);
 
--- as_room records which bridge owns a room, with its provenance.
+-- as_room records which bridges have claimed a room (a portal, a room with webhooks), with the
+-- provenance of the claim. Events in the room are routed to every bridge that claimed it.
 CREATE TABLE as_room (
-	room_id    TEXT   PRIMARY KEY,
+	room_id    TEXT   NOT NULL,
 	bridge_id  TEXT   NOT NULL,
 	actor_mxid TEXT   REFERENCES users (mxid) ON DELETE SET NULL ON UPDATE CASCADE,
 	event_id   TEXT,
-	created_at BIGINT NOT NULL
+	created_at BIGINT NOT NULL,
+	PRIMARY KEY (room_id, bridge_id)
 );
 CREATE INDEX as_room_actor_idx ON as_room (actor_mxid);
