@@ -55,6 +55,17 @@ func main() {
 
 // run is main without the process: it parses args, does what they ask and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
+	// Subcommands for admins: key management (keys.go) and privacy operations (privacy.go).
+	if len(args) > 0 {
+		switch args[0] {
+		case "keys":
+			return runKeys(args[1:], stdout, stderr)
+		case "export":
+			return runExport(args[1:], stdout, stderr)
+		case "forget":
+			return runForget(args[1:], stdout, stderr)
+		}
+	}
 	flags := flag.NewFlagSet("custodian", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	configPath := flags.String("c", "config.yaml", "the configuration file")
@@ -63,7 +74,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	example := flags.Bool("e", false, "print the example configuration and exit")
 	showVersion := flags.Bool("v", false, "print the version and exit")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: custodian [-c config.yaml] [-r registration.yaml] [-g | -e | -v]\n\n")
+		fmt.Fprintf(stderr, "Usage: custodian [-c config.yaml] [-r registration.yaml] [-g | -e | -v]\n"+
+			"       custodian keys generate|rotate|status [-c config.yaml]\n"+
+			"       custodian export|forget [-c config.yaml] @user:server\n\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
