@@ -53,9 +53,7 @@ const (
 		SELECT seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json
 		FROM as_inbox WHERE seq > $1 ORDER BY seq LIMIT $2
 	`
-	countPendingQuery    = `SELECT COUNT(*) FROM as_inbox`
-	deleteInboxQuery     = `DELETE FROM as_inbox WHERE txn_id=$1 AND idx=$2`
-	insertEventDoneQuery = `INSERT INTO as_event_done (event_id, done_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING`
+	countPendingQuery = `SELECT COUNT(*) FROM as_inbox`
 	// The newest transaction is never pruned: after an outage longer than the TTL it is the one
 	// the homeserver may still resend.
 	pruneTxnQuery = `
@@ -208,19 +206,41 @@ func (iq *InboxQuery) CountPending(ctx context.Context) (n int, err error) {
 }
 
 // MarkDone removes handled events from the inbox and remembers their event IDs, in one
-// transaction.
+// transaction with a few multi-row statements, however many events there are.
 func (iq *InboxQuery) MarkDone(ctx context.Context, done []Done, now time.Time) error {
 	if len(done) == 0 {
 		return nil
 	}
 	return iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		for _, d := range done {
-			if _, err := iq.db.Exec(ctx, deleteInboxQuery, d.TxnID, d.Index); err != nil {
-				return fmt.Errorf("failed to delete inbox row: %w", err)
+		for start := 0; start < len(done); start += insertChunk {
+			chunk := done[start:min(start+insertChunk, len(done))]
+			var del, ins strings.Builder
+			del.WriteString(`DELETE FROM as_inbox WHERE (txn_id, idx) IN (`)
+			ins.WriteString(`INSERT INTO as_event_done (event_id, done_at) VALUES `)
+			delArgs := make([]any, 0, len(chunk)*2)
+			insArgs := []any{now.UnixMilli()}
+			for i, d := range chunk {
+				if i > 0 {
+					del.WriteByte(',')
+				}
+				fmt.Fprintf(&del, "($%d,$%d)", len(delArgs)+1, len(delArgs)+2)
+				delArgs = append(delArgs, d.TxnID, d.Index)
+				if d.EventID != "" {
+					if len(insArgs) > 1 {
+						ins.WriteByte(',')
+					}
+					fmt.Fprintf(&ins, "($%d,$1)", len(insArgs)+1)
+					insArgs = append(insArgs, d.EventID)
+				}
 			}
-			if d.EventID != "" {
-				if _, err := iq.db.Exec(ctx, insertEventDoneQuery, d.EventID, now.UnixMilli()); err != nil {
-					return fmt.Errorf("failed to record handled event: %w", err)
+			del.WriteByte(')')
+			ins.WriteString(` ON CONFLICT (event_id) DO NOTHING`)
+			if _, err := iq.db.Exec(ctx, del.String(), delArgs...); err != nil {
+				return fmt.Errorf("failed to delete inbox rows: %w", err)
+			}
+			if len(insArgs) > 1 {
+				if _, err := iq.db.Exec(ctx, ins.String(), insArgs...); err != nil {
+					return fmt.Errorf("failed to record handled events: %w", err)
 				}
 			}
 		}

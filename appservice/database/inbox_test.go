@@ -123,6 +123,20 @@ func TestInboxEphemeralAndLargeTransactions(t *testing.T) {
 			if n, err := db.Inbox.CountPending(ctx); err != nil || n != 600 {
 				t.Fatalf("CountPending = %d, %v; want 600", n, err)
 			}
+			done := make([]database.Done, len(events))
+			for i, evt := range events {
+				done[i] = database.Done{TxnID: evt.TxnID, Index: evt.Index, EventID: evt.EventID}
+			}
+			if err = db.Inbox.MarkDone(ctx, done, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := db.Inbox.CountPending(ctx); err != nil || n != 0 {
+				t.Fatalf("CountPending after MarkDone = %d, %v; want 0", n, err)
+			}
+			var remembered int
+			if err = db.QueryRow(ctx, `SELECT COUNT(*) FROM as_event_done`).Scan(&remembered); err != nil || remembered != 400 {
+				t.Fatalf("as_event_done has %d rows, %v; want 400 (ephemeral events have no ID)", remembered, err)
+			}
 		})
 	}
 }
