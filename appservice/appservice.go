@@ -40,10 +40,15 @@ type Service struct {
 	roomOwners roomOwnerCache
 	// vault is nil when no master key is configured.
 	vault vaultBackend
+	// privacy is the state of the privacy operations (privacy.go).
+	privacy privacyState
 
 	ingestLock sync.Mutex
-	ready      bool
-	readyLock  sync.RWMutex
+	// bgCancel stops the background loops started by start; bg waits for them.
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup
+	ready     bool
+	readyLock sync.RWMutex
 
 	server        *http.Server
 	metricsServer *http.Server
@@ -89,7 +94,10 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	svc.as.StateStore = svc.stateStore
 	// mautrix creates the bot's client and intent lazily and without locking; create them now,
 	// before any goroutine can race to.
-	svc.as.BotIntent()
+	// The sender_localpart user exists as soon as the homeserver loads the registration, so
+	// the bot never needs registering; marking it so also keeps mautrix's unlocked Registered
+	// flag from being written while handlers read it.
+	svc.as.BotIntent().Registered = true
 	svc.metrics = newMetrics()
 	for _, br := range bridges {
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
@@ -119,12 +127,18 @@ func (svc *Service) Run(ctx context.Context) error {
 }
 
 func (svc *Service) start(ctx context.Context) error {
+	// Everything start launches in the background ends when stopServing cancels this context,
+	// and stopServing waits for it, so nothing outlives the service.
+	ctx, svc.bgCancel = context.WithCancel(ctx)
 	if err := svc.upgradeDatabases(ctx); err != nil {
 		return err
 	}
 	if err := checkInventory(ctx, svc.rawDB, svc.inventory()); err != nil {
 		return fmt.Errorf("personal-data inventory does not match the schema:\n%w", err)
 	}
+	// A missing or wrong master key is logged and leaves the vault unable to open the affected
+	// secrets; it never stops the service.
+	svc.setupVault(ctx)
 	for _, bh := range svc.bridges {
 		if err := bh.br.Init(bh); err != nil {
 			return &BridgeError{Bridge: bh.id, Op: "initialize", Err: err}
@@ -134,20 +148,33 @@ func (svc *Service) start(ctx context.Context) error {
 	if err := svc.startListeners(ctx); err != nil {
 		return err
 	}
-	// Replay what an earlier run acknowledged but did not finish, before new transactions come
-	// in, so events of one room stay in order.
-	if err := svc.dispatcher.start(ctx); err != nil {
-		return err
-	}
 	for _, bh := range svc.bridges {
 		if err := bh.br.Start(ctx); err != nil {
 			return &BridgeError{Bridge: bh.id, Op: "start", Err: err}
 		}
 	}
+	// Replay what an earlier run acknowledged but did not finish, before new transactions come
+	// in, so events of one room stay in order. Bridges have started, so they can handle it.
+	if err := svc.dispatcher.start(ctx); err != nil {
+		return err
+	}
+	// After the bridges: interrupted erasures resume, and they need EraseRemote.
+	if err := svc.startPrivacy(ctx); err != nil {
+		return err
+	}
 	svc.setReady(true)
-	go svc.connectHomeserver(ctx)
-	go svc.pruneLoop(ctx)
+	svc.goBackground(ctx, svc.connectHomeserver)
+	svc.goBackground(ctx, svc.pruneLoop)
 	return nil
+}
+
+// goBackground runs fn in a goroutine that stopServing waits for.
+func (svc *Service) goBackground(ctx context.Context, fn func(ctx context.Context)) {
+	svc.bg.Add(1)
+	go func() {
+		defer svc.bg.Done()
+		fn(ctx)
+	}()
 }
 
 // pruneLoop forgets old transaction and event IDs once they are past database.processed_ttl.
@@ -191,12 +218,18 @@ func (svc *Service) stopServing() {
 	if svc.metricsServer != nil {
 		_ = svc.metricsServer.Shutdown(ctx)
 	}
+	svc.stopPrivacy(ctx)
 	svc.dispatcher.stop(ctx)
 	for _, bh := range svc.bridges {
 		if err := bh.br.Stop(ctx); err != nil {
 			svc.log.Warn().Err(err).Str("bridge", bh.id).Msg("Failed to stop bridge cleanly")
 		}
 	}
+	if svc.bgCancel != nil {
+		svc.bgCancel()
+	}
+	svc.bg.Wait()
+	svc.privacy.loops.Wait()
 }
 
 func (svc *Service) setReady(ready bool) {
@@ -217,6 +250,9 @@ func (svc *Service) upgradeDatabases(ctx context.Context) error {
 	}
 	if err := svc.stateStore.Upgrade(ctx); err != nil {
 		return fmt.Errorf("failed to upgrade state store: %w", err)
+	}
+	if err := svc.upgradeVault(ctx); err != nil {
+		return err
 	}
 	for _, bh := range svc.bridges {
 		bh.db = svc.rawDB.Child(bh.id+"_version", bh.br.Migrations(), dbutil.ZeroLogger(bh.log))

@@ -517,6 +517,7 @@ func (bh *botHost) runCommand(ctx context.Context, ce *CommandEvent, pc parsedCo
 		}
 	}
 
+	bh.svc.recordActivity(ctx, ce)
 	err := cmd.Handler(ctx, ce)
 	if err == nil {
 		return nil

@@ -12,10 +12,10 @@ import (
 	"maunium.net/go/mautrix/format"
 )
 
-// coreCommands returns the commands of the core bot, invoked without a group. Privacy commands
-// (mydata, export, forget, pause, resume) are added here as they are written.
+// coreCommands returns the commands of the core bot, invoked without a group, including the
+// privacy commands (mydata, export, forget, pause, resume; see privacycommands.go).
 func (bh *botHost) coreCommands() []*Command {
-	return []*Command{
+	return append([]*Command{
 		{
 			Name:    "help",
 			Args:    "[group or command]",
@@ -32,7 +32,7 @@ func (bh *botHost) coreCommands() []*Command {
 			Help:    "Show who set me up in this room, when, and how I was configured then.",
 			Handler: bh.cmdSetup,
 		},
-	}
+	}, bh.privacyCommands()...)
 }
 
 func (bh *botHost) cmdHelp(ctx context.Context, ce *CommandEvent) error {

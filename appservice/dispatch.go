@@ -32,6 +32,7 @@ type dispatcher struct {
 	rooms    map[id.RoomID]*roomQueue
 	backlog  int
 	drained  chan struct{} // closed and replaced whenever the backlog shrinks
+	started  bool
 	stopping bool
 
 	slots   chan struct{}
@@ -76,6 +77,9 @@ func newDispatcher(svc *Service) *dispatcher {
 // before returning and releases it once every unfinished event is queued, so transactions that
 // arrive meanwhile wait and cannot overtake older events of the same room.
 func (d *dispatcher) start(ctx context.Context) error {
+	d.lock.Lock()
+	d.started = true
+	d.lock.Unlock()
 	go d.flushLoop(ctx)
 	n, err := d.svc.db.Inbox.CountPending(ctx)
 	if err != nil {
@@ -160,6 +164,9 @@ func (d *dispatcher) enqueue(ctx context.Context, events []*database.InboxEvent)
 
 func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueue) {
 	defer d.workers.Done()
+	// Shutdown must not cancel a handler halfway: stop lets each room finish its current event
+	// (bounded by handlerTimeout and the shutdown deadline) before the done marks are flushed.
+	ctx = context.WithoutCancel(ctx)
 	d.slots <- struct{}{}
 	defer func() { <-d.slots }()
 	for {
@@ -245,7 +252,12 @@ func (d *dispatcher) stop(ctx context.Context) {
 		return
 	}
 	d.stopping = true
+	started := d.started
 	d.lock.Unlock()
+	if !started {
+		// start failed before the dispatcher ran: nothing to wait for.
+		return
+	}
 	finished := make(chan struct{})
 	go func() {
 		d.workers.Wait()
@@ -300,6 +312,11 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 	}
 	log.Debug().Msg("Handling event")
 
+	// Before the bot and the bridges: a redaction purges configuration they would otherwise
+	// still see, and a leave may start an erasure.
+	svc.runHandler(ctx, "privacy", func(ctx context.Context) error {
+		return svc.handlePrivacyEvent(ctx, evt)
+	})
 	svc.runHandler(ctx, "bot", func(ctx context.Context) error {
 		return svc.bot.handleEvent(ctx, evt)
 	})

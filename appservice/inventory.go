@@ -47,6 +47,25 @@ func coreInventory() []UserTable {
 			Table: "mx_registrations", UserColumn: "user_id", Policy: EraseDeleteRows,
 			Description: "appservice users Custodian registered (only its own bot and ghosts)",
 		},
+		{
+			// Never the key: only which master key wraps it and when. Erasure deletes it by
+			// cascade, which makes every secret ever sealed for the user unreadable.
+			Table: "as_vault_dek", UserColumn: "user_mxid", Export: []string{"dek_id", "kek_id", "created_at", "rewrapped_at"},
+			Description: "the data key your stored credentials are encrypted with (exported as its ID and dates, never the key)",
+		},
+		{
+			Table: "as_activity", UserColumn: "user_mxid", Export: []string{"action", "room_id", "at"},
+			TimeColumn: "at", RetentionClass: RetentionActivity,
+			Description: "commands you sent to Custodian's bot, by name only (never what you typed after it)",
+		},
+		{
+			// The job names the user only while the erasure is pending; the erasing transaction
+			// clears the column (see erasure.go), so erasure itself handles this table.
+			Table: "as_erasure", UserColumn: "user_mxid", Policy: EraseRetain,
+			Export:      []string{"job_id", "erase_trigger", "scope", "state", "created_at"},
+			Reason:      "erasure bookkeeping: names you only until your erasure is done, then no longer",
+			Description: "erasures of your data that are under way",
+		},
 	}
 }
 
@@ -203,7 +222,13 @@ func checkInventory(ctx context.Context, db *dbutil.Database, inventory map[stri
 				errs = append(errs, fmt.Errorf("%s: declared but does not exist", prefix))
 				continue
 			}
-			for _, col := range slices.Concat([]string{ut.UserColumn}, ut.Export, ut.Secret) {
+			named := slices.Concat([]string{ut.UserColumn}, ut.Export, ut.Secret)
+			for _, col := range []string{ut.SourceEventColumn, ut.TimeColumn, ut.RoomColumn} {
+				if col != "" {
+					named = append(named, col)
+				}
+			}
+			for _, col := range named {
 				if !slices.Contains(tableCols, col) {
 					errs = append(errs, fmt.Errorf("%s: declared column %s does not exist", prefix, col))
 				}

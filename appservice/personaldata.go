@@ -69,9 +69,32 @@ type UserTable struct {
 	// cascades from it.
 	SourceEventColumn string
 	// TimeColumn names the column (milliseconds since the epoch) that Retention is measured
-	// from; required when Retention is set.
+	// from; required when Retention or RetentionClass is set.
 	TimeColumn string
+	// RetentionClass, if set, takes the table's retention from the configuration instead of
+	// Retention, so that the administrator decides it: [RetentionActivity] for records of what
+	// users did, [RetentionNetwork] for IP addresses and user agents. The retention sweeper
+	// deletes rows whose TimeColumn is older than that.
+	RetentionClass RetentionClass
+	// RoomColumn, if set, names the column holding the room where the row's source event was
+	// sent (see SourceEventColumn). A redaction purges only rows of the room it was sent in.
+	// Without it, the core asks the homeserver whether the redacted event belongs to the room
+	// before purging.
+	RoomColumn string
 }
+
+// RetentionClass names a retention limit set in the configuration (see
+// [UserTable.RetentionClass]).
+type RetentionClass string
+
+const (
+	// RetentionActivity is privacy.activity_retention (14 days by default): records of what a
+	// user did, such as the commands they ran.
+	RetentionActivity RetentionClass = "activity"
+	// RetentionNetwork is privacy.network_retention (60 days by default): IP addresses and user
+	// agents, for example of webhook callers.
+	RetentionNetwork RetentionClass = "network"
+)
 
 // Provenance records who created or last changed a configuration row, where and through which
 // event, so that redacting that event can purge the row.

@@ -72,6 +72,12 @@ func TestCheckInventoryCatchesUndeclaredData(t *testing.T) {
 			wantErr: "declared column nick does not exist",
 		},
 		{
+			name:    "declared source event column missing",
+			ddl:     `CREATE TABLE x_acct (user_mxid TEXT REFERENCES users (mxid) ON DELETE CASCADE)`,
+			extra:   []UserTable{{Table: "x_acct", UserColumn: "user_mxid", SourceEventColumn: "source_event"}},
+			wantErr: "declared column source_event does not exist",
+		},
+		{
 			name:    "retain without reason",
 			ddl:     `CREATE TABLE x_audit (actor_mxid TEXT)`,
 			extra:   []UserTable{{Table: "x_audit", UserColumn: "actor_mxid", Policy: EraseRetain}},

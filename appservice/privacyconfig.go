@@ -1,13 +1,42 @@
 package appservice
 
-import "time"
+import (
+	"net"
+	"strings"
+	"time"
 
-// PrivacyConfig configures retention limits and deactivation detection.
+	"maunium.net/go/mautrix/id"
+)
+
+// PrivacyConfig configures retention limits and deactivation detection. Zero durations (a Config
+// built in code rather than loaded) mean the defaults of example-config.yaml.
 type PrivacyConfig struct {
-	// ActivityRetention is how long activity records are kept.
+	// ActivityRetention is how long activity records are kept ([RetentionActivity]).
 	ActivityRetention time.Duration `yaml:"activity_retention"`
-	// NetworkRetention is how long IP address and user-agent records are kept.
+	// NetworkRetention is how long IP address and user-agent records are kept
+	// ([RetentionNetwork]).
 	NetworkRetention time.Duration `yaml:"network_retention"`
+	// SweepInterval is how often the retention sweeper runs.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// Deactivation configures how Custodian learns that the homeserver deactivated an account.
+	Deactivation DeactivationConfig `yaml:"deactivation"`
+}
+
+// DeactivationConfig configures deactivation detection: with admin access to the homeserver
+// (Synapse's admin API) Custodian confirms deactivation on a user's leave events and in a
+// periodic sweep; without it, it can only infer deactivation from a leave followed by a profile
+// lookup answering 404. At most one of AdminTokenFile and AdminLocalpart may be set.
+type DeactivationConfig struct {
+	// AdminTokenFile is the path of a file holding a homeserver admin's access token, used for
+	// GET /_synapse/admin/v2/users/{userId}. Null means none.
+	AdminTokenFile *string `yaml:"admin_token_file"`
+	// AdminLocalpart is the localpart of one of Custodian's own ghosts (inside a bridge's
+	// namespace) that the homeserver admin promoted to server admin; Custodian calls the admin
+	// API as that ghost. Null means none.
+	AdminLocalpart *string `yaml:"admin_localpart"`
+	// SweepInterval is how often every local user Custodian holds data about is checked, when
+	// admin access is configured.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
 }
 
 // AdminAPIConfig configures the admin API listener.
@@ -16,6 +45,41 @@ type AdminAPIConfig struct {
 	Listen *string `yaml:"listen"`
 	// TokenFile is the path of a file holding the admin API's bearer token.
 	TokenFile *string `yaml:"token_file"`
+}
+
+// Defaults of the privacy section for a Config built in code.
+const (
+	defaultActivityRetention = 14 * 24 * time.Hour
+	defaultNetworkRetention  = 60 * 24 * time.Hour
+	defaultSweepInterval     = 10 * time.Minute
+	defaultDeactivationSweep = 6 * time.Hour
+)
+
+// activityRetention returns privacy.activity_retention, or its default.
+func (pc *PrivacyConfig) activityRetention() time.Duration {
+	return orDefault(pc.ActivityRetention, defaultActivityRetention)
+}
+
+// networkRetention returns privacy.network_retention, or its default.
+func (pc *PrivacyConfig) networkRetention() time.Duration {
+	return orDefault(pc.NetworkRetention, defaultNetworkRetention)
+}
+
+// sweepInterval returns privacy.sweep_interval, or its default.
+func (pc *PrivacyConfig) sweepInterval() time.Duration {
+	return orDefault(pc.SweepInterval, defaultSweepInterval)
+}
+
+// deactivationSweepInterval returns privacy.deactivation.sweep_interval, or its default.
+func (pc *PrivacyConfig) deactivationSweepInterval() time.Duration {
+	return orDefault(pc.Deactivation.SweepInterval, defaultDeactivationSweep)
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // validate reports problems in the privacy section.
@@ -27,14 +91,50 @@ func (pc *PrivacyConfig) validate() []*ConfigError {
 	if pc.NetworkRetention <= 0 {
 		p = append(p, &ConfigError{Path: "privacy.network_retention", Message: "must be a positive duration, such as 1440h"})
 	}
+	if pc.SweepInterval < time.Minute {
+		p = append(p, &ConfigError{Path: "privacy.sweep_interval", Message: "must be at least 1m, such as 10m"})
+	}
+	dc := &pc.Deactivation
+	if dc.SweepInterval < time.Minute {
+		p = append(p, &ConfigError{Path: "privacy.deactivation.sweep_interval", Message: "must be at least 1m, such as 6h"})
+	}
+	if dc.AdminTokenFile != nil && *dc.AdminTokenFile == "" {
+		p = append(p, &ConfigError{Path: "privacy.deactivation.admin_token_file", Message: "must be a path or null"})
+	}
+	if dc.AdminLocalpart != nil {
+		if *dc.AdminLocalpart == "" || id.ValidateUserLocalpart(*dc.AdminLocalpart) != nil {
+			p = append(p, &ConfigError{Path: "privacy.deactivation.admin_localpart", Message: "must be a valid localpart of one of Custodian's ghosts, or null"})
+		}
+		if dc.AdminTokenFile != nil {
+			p = append(p, &ConfigError{Path: "privacy.deactivation.admin_localpart", Message: "set admin_token_file or admin_localpart, not both"})
+		}
+	}
 	return p
 }
 
 // validate reports problems in the admin_api section.
 func (ac *AdminAPIConfig) validate() []*ConfigError {
 	var p []*ConfigError
-	if ac.Listen != nil && ac.TokenFile == nil {
-		p = append(p, &ConfigError{Path: "admin_api.token_file", Message: "must be set when admin_api.listen is set"})
+	if ac.Listen != nil {
+		if _, port, err := net.SplitHostPort(*ac.Listen); err != nil || port == "" {
+			p = append(p, &ConfigError{Path: "admin_api.listen", Message: "must be host:port, such as 127.0.0.1:29331, or null"})
+		}
+		if ac.TokenFile == nil || *ac.TokenFile == "" {
+			p = append(p, &ConfigError{Path: "admin_api.token_file", Message: "must be set when admin_api.listen is set"})
+		}
 	}
 	return p
+}
+
+// isLoopbackListen reports whether a listen address binds to loopback only.
+func isLoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -1,12 +1,30 @@
 package appservice
 
-// VaultConfig configures the credential vault: where the master key (KEK) comes from.
+import "github.com/custodian-matrix/custodian/appservice/vault"
+
+// VaultConfig configures the credential vault: where the master keys (KEKs) come from. At most
+// one of KeyFile and KeyEnv is set; both null turn the vault off.
 type VaultConfig struct {
-	// KeyFile is the path of the master key file, written by "custodian keys generate" (mode
-	// 0600). Null (with KeyEnv null too) disables the vault: bridges cannot store credentials.
+	// KeyFile is the path of the master key file, relative to the working directory. "custodian
+	// keys generate" (and custodian -g) write it with mode 0600. It holds one key per line, the
+	// current key first; "custodian keys add" puts a new key in front during a rotation. A
+	// running Custodian re-reads it every minute, so rotation needs no restart.
 	KeyFile *string `yaml:"key_file"`
-	// KeyEnv names an environment variable holding the master key instead of a file.
+	// KeyEnv names an environment variable holding the master keys instead of a file, in the
+	// same format, keys separated by ";". Custodian reads it only at start-up.
 	KeyEnv *string `yaml:"key_env"`
+}
+
+// KeySource returns the vault's key source as configured, or nil when the vault is off.
+func (vc *VaultConfig) KeySource() vault.KeySource {
+	switch {
+	case vc.KeyFile != nil:
+		return vault.FileKeys(*vc.KeyFile)
+	case vc.KeyEnv != nil:
+		return vault.EnvKeys(*vc.KeyEnv)
+	default:
+		return nil
+	}
 }
 
 // validate reports problems in the vault section.
@@ -17,6 +35,9 @@ func (vc *VaultConfig) validate() []*ConfigError {
 	}
 	if vc.KeyEnv != nil && *vc.KeyEnv == "" {
 		p = append(p, &ConfigError{Path: "vault.key_env", Message: "must be a variable name or null"})
+	}
+	if vc.KeyFile != nil && vc.KeyEnv != nil {
+		p = append(p, &ConfigError{Path: "vault.key_env", Message: "set either vault.key_file or vault.key_env, not both (the other must be null)"})
 	}
 	return p
 }

@@ -26,8 +26,8 @@ import (
 // requestTimeout bounds each client request the harness makes on a test's behalf.
 const requestTimeout = 30 * time.Second
 
-// syncFilter keeps timelines unlimited enough that a busy room never skips events between two
-// syncs, and leaves out what tests never look at.
+// syncFilter asks for long timelines (Synapse still sends at most 100 events per room; see
+// fetchGap) and leaves out what tests never look at.
 const syncFilter = `{"room":{"timeline":{"limit":1000}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`
 
 // Register creates the user localpart on the test's Synapse with the shared-secret admin API and
@@ -99,11 +99,12 @@ func (env *Env) register(t testing.TB, localpart string, admin bool) *mautrix.Cl
 }
 
 // clientState is what the harness remembers of a client's syncs: the next_batch token and every
-// event received so far, in the order the homeserver gave them.
+// event received so far, in timeline order, without duplicates.
 type clientState struct {
 	mu      sync.Mutex
 	since   string
 	history []*event.Event
+	seen    map[id.EventID]bool
 }
 
 func (env *Env) state(cli *mautrix.Client) *clientState {
@@ -129,6 +130,9 @@ var ErrSyncTimeout = errors.New("e2e: sync deadline passed")
 //
 // Events come from joined rooms' state and timelines, invited rooms' stripped state and left
 // rooms' timelines; each has RoomID set and its content parsed where mautrix knows the type.
+// Synapse sends at most 100 timeline events of a room per sync; when it leaves a gap (a limited
+// timeline), SyncUntil fills it from /messages, so no event is ever skipped.
+//
 // SyncUntil waits at most timeout and then returns an error wrapping [ErrSyncTimeout].
 // Concurrent calls for the same client wait for each other.
 func (env *Env) SyncUntil(cli *mautrix.Client, timeout time.Duration, pred func(evt *event.Event) bool) (*event.Event, error) {
@@ -154,26 +158,46 @@ func (env *Env) SyncUntil(cli *mautrix.Client, timeout time.Duration, pred func(
 			Since:    st.since,
 			FilterID: syncFilter,
 		})
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			return nil, fmt.Errorf("syncing as %s: %w", cli.UserID, err)
-		}
-		st.since = resp.NextBatch
-		var found *event.Event
-		for _, evt := range syncEvents(resp) {
-			st.history = append(st.history, evt)
-			if found == nil && pred(evt) {
-				found = evt
+		if err == nil {
+			var events []*event.Event
+			events, err = syncEvents(ctx, cli, st.since, resp)
+			if err == nil {
+				st.since = resp.NextBatch
+				if found := st.add(events, pred); found != nil {
+					return found, nil
+				}
+				continue
 			}
 		}
-		if found != nil {
-			return found, nil
+		if ctx.Err() != nil {
+			break
 		}
+		return nil, fmt.Errorf("syncing as %s: %w", cli.UserID, err)
 	}
 	return nil, fmt.Errorf("%w: %s waited %v; %d events seen, %d of them in this wait; the last ones:\n%s",
 		ErrSyncTimeout, cli.UserID, timeout, len(st.history), len(st.history)-seen, describeEvents(st.history, 15))
+}
+
+// add appends the events not seen before to the history and returns the first of them pred
+// matches; pred is not called after a match.
+func (st *clientState) add(events []*event.Event, pred func(*event.Event) bool) *event.Event {
+	if st.seen == nil {
+		st.seen = map[id.EventID]bool{}
+	}
+	var found *event.Event
+	for _, evt := range events {
+		if evt.ID != "" {
+			if st.seen[evt.ID] {
+				continue
+			}
+			st.seen[evt.ID] = true
+		}
+		st.history = append(st.history, evt)
+		if found == nil && pred(evt) {
+			found = evt
+		}
+	}
+	return found
 }
 
 // MustSyncUntil is [Env.SyncUntil] that fails the test on a timeout or error.
@@ -197,8 +221,10 @@ func (env *Env) MustWaitForMessage(t testing.TB, cli *mautrix.Client, roomID id.
 	return env.MustSyncUntil(t, cli, timeout, pred)
 }
 
-// syncEvents flattens a sync response into events with RoomID set and content parsed.
-func syncEvents(resp *mautrix.RespSync) []*event.Event {
+// syncEvents flattens a sync response into events in timeline order, with RoomID set and content
+// parsed. For a limited timeline of an incremental sync it fetches the gap since the previous
+// sync from /messages first.
+func syncEvents(ctx context.Context, cli *mautrix.Client, since string, resp *mautrix.RespSync) ([]*event.Event, error) {
 	var out []*event.Event
 	add := func(roomID id.RoomID, events []*event.Event) {
 		for _, evt := range events {
@@ -212,18 +238,55 @@ func syncEvents(resp *mautrix.RespSync) []*event.Event {
 			out = append(out, evt)
 		}
 	}
+	timeline := func(roomID id.RoomID, state []*event.Event, tl mautrix.SyncTimeline) error {
+		if tl.Limited && since != "" && tl.PrevBatch != "" {
+			gap, err := fetchGap(ctx, cli, roomID, tl.PrevBatch, since)
+			if err != nil {
+				return err
+			}
+			add(roomID, gap)
+		}
+		add(roomID, state)
+		add(roomID, tl.Events)
+		return nil
+	}
 	for roomID, room := range resp.Rooms.Invite {
 		add(roomID, room.State.Events)
 	}
 	for roomID, room := range resp.Rooms.Join {
-		add(roomID, room.State.Events)
-		add(roomID, room.Timeline.Events)
+		if err := timeline(roomID, room.State.Events, room.Timeline); err != nil {
+			return nil, err
+		}
 	}
 	for roomID, room := range resp.Rooms.Leave {
-		add(roomID, room.State.Events)
-		add(roomID, room.Timeline.Events)
+		if err := timeline(roomID, room.State.Events, room.Timeline); err != nil {
+			return nil, err
+		}
 	}
-	return out
+	return out, nil
+}
+
+// fetchGap pages backwards through /messages from the start of a limited timeline to the
+// previous sync's token, and returns the events in between, oldest first.
+func fetchGap(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, from, to string) ([]*event.Event, error) {
+	const pageSize, maxPages = 100, 1000
+	var newestFirst []*event.Event
+	for range maxPages {
+		resp, err := cli.Messages(ctx, roomID, from, to, mautrix.DirectionBackward, nil, pageSize)
+		if err != nil {
+			return nil, fmt.Errorf("filling a sync gap in %s: %w", roomID, err)
+		}
+		newestFirst = append(newestFirst, resp.Chunk...)
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.End == from {
+			break
+		}
+		from = resp.End
+	}
+	oldestFirst := make([]*event.Event, 0, len(newestFirst))
+	for i := len(newestFirst) - 1; i >= 0; i-- {
+		oldestFirst = append(oldestFirst, newestFirst[i])
+	}
+	return oldestFirst, nil
 }
 
 func describeEvents(events []*event.Event, n int) string {

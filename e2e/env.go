@@ -147,6 +147,7 @@ func New(t testing.TB, backend Backend, opts ...Option) *Env {
 		opt(&env.opts)
 	}
 	root := synapseRoot(t)
+	pruneStale(root)
 	env.dir = workDir(t, "custodian-e2e-")
 
 	ports := freePorts(t, 3)

@@ -5,10 +5,13 @@ package e2e_test
 import (
 	"context"
 	"net/http"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/e2e"
 )
@@ -49,5 +52,29 @@ func TestHarnessSynapseStarts(t *testing.T) {
 	status, _ = env.HSRequest(t, http.MethodGet, "/_synapse/admin/v2/users/"+alice.UserID.String(), alice.AccessToken, nil)
 	if status != http.StatusForbidden {
 		t.Errorf("non-admin user lookup: status %d, want 403", status)
+	}
+}
+
+// TestHarnessSyncFillsGaps checks that SyncUntil sees every event, in order, even when more
+// arrive between two syncs than Synapse puts in one timeline (100).
+func TestHarnessSyncFillsGaps(t *testing.T) {
+	const total = 150
+	env := e2e.New(t, e2e.SQLite, e2e.WithoutCustodian())
+	alice := env.Register(t, "alice")
+	roomID := env.MustCreateRoom(t, alice)
+	env.MustSyncUntil(t, alice, 30*time.Second, e2e.IsMember(roomID, alice.UserID, event.MembershipJoin))
+	sent := make([]id.EventID, 0, total)
+	for i := range total {
+		sent = append(sent, env.SendText(t, alice, roomID, strconv.Itoa(i)))
+	}
+	var got []id.EventID
+	env.MustSyncUntil(t, alice, 30*time.Second, func(evt *event.Event) bool {
+		if e2e.IsMessageFrom(roomID, alice.UserID)(evt) {
+			got = append(got, evt.ID)
+		}
+		return len(got) == total
+	})
+	if !slices.Equal(got, sent) {
+		t.Errorf("synced messages differ from the sent ones (%d synced, %d sent)", len(got), len(sent))
 	}
 }

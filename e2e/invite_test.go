@@ -3,7 +3,6 @@
 package e2e_test
 
 import (
-	"database/sql"
 	"testing"
 	"time"
 
@@ -42,8 +41,7 @@ func TestInvitePolicy(t *testing.T) {
 			t.Errorf("as_bot_setup has %d rows for the rejected room %s, want 0", n, bobRoom)
 		}
 		e2e.Eventually(t, 30*time.Second, func() error {
-			var inviter sql.NullString
-			return env.DB(t).QueryRow(`SELECT inviter_mxid FROM as_bot_setup WHERE room_id=$1`, aliceRoom.String()).Scan(&inviter)
+			return checkBotSetup(t, env, aliceRoom.String(), botSetupID, alice.UserID.String())
 		})
 	})
 }

@@ -40,7 +40,8 @@ type process struct {
 }
 
 // startProcess starts cmd in a new session (so it and everything it forks form one process
-// group that can be killed at once) with stdout and stderr appended to logPath.
+// group that can be killed at once) with stdout and stderr appended to logPath. The child is
+// killed if the test process dies.
 func startProcess(cmd *exec.Cmd, logPath string) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -48,7 +49,12 @@ func startProcess(cmd *exec.Cmd, logPath string) (*process, error) {
 	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid: true,
+		// If the test binary dies without running its cleanups (a test timeout panics, or
+		// it is killed), the kernel kills the child rather than leaving it orphaned.
+		Pdeathsig: syscall.SIGKILL,
+	}
 	if err := cmd.Start(); err != nil {
 		_ = logFile.Close()
 		return nil, err
@@ -176,6 +182,30 @@ func removeWorkDir(t testing.TB, dir string) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Logf("removing %s: %v", dir, err)
 	}
+}
+
+// staleAge is how old a work directory must be before [pruneStale] removes it.
+const staleAge = 12 * time.Hour
+
+var pruned sync.Once
+
+// pruneStale removes work directories that test binaries killed before their cleanups ran left
+// behind, once per test binary. Only directories older than staleAge go, so concurrent runs
+// are safe.
+func pruneStale(chrootDir string) {
+	pruned.Do(func() {
+		for _, pattern := range []string{
+			filepath.Join(os.TempDir(), "custodian-e2e-*"),
+			filepath.Join(chrootDir, "tmp", "custodian-e2e-*"),
+		} {
+			matches, _ := filepath.Glob(pattern)
+			for _, dir := range matches {
+				if info, err := os.Stat(dir); err == nil && info.IsDir() && time.Since(info.ModTime()) > staleAge {
+					_ = os.RemoveAll(dir)
+				}
+			}
+		}
+	})
 }
 
 // logTail prints the last lines of a log file to the test log.

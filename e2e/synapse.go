@@ -221,7 +221,7 @@ func waitHTTP(timeout time.Duration, proc *process, url string) error {
 	client := &http.Client{Timeout: 5 * time.Second}
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
-	lastErr := fmt.Errorf("no answer yet")
+	var lastErr error
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {

@@ -2,12 +2,22 @@
 # Prepares this machine for Custodian's whole test suite and demo: installs what is missing
 # (PostgreSQL, debootstrap, zstd, make) with at most one apt-get update, then builds or restores the
 # Synapse chroot (scripts/testbed-synapse.sh). Prints the chroot's path on stdout; progress goes to
-# stderr.
+# stderr. With --no-synapse (for benchmarks) it installs only PostgreSQL and prints nothing.
 #
 # Meant for a Debian 12 machine, run as root. Idempotent, and fast (well under a second) when
 # everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+synapse=1
+case "${1:-}" in
+"") ;;
+--no-synapse) synapse= ;;
+*)
+	echo "usage: $0 [--no-synapse]" >&2
+	exit 2
+	;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
 	echo "testbed-setup: must run as root (apt-get, debootstrap and chroot need it)" >&2
@@ -16,11 +26,13 @@ fi
 
 need=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v zstd >/dev/null || need+=(zstd)
 command -v make >/dev/null || need+=(make)
 command -v runuser >/dev/null || need+=(util-linux)
-command -v flock >/dev/null || need+=(util-linux)
+if [ -n "$synapse" ]; then
+	command -v debootstrap >/dev/null || need+=(debootstrap)
+	command -v zstd >/dev/null || need+=(zstd)
+	command -v flock >/dev/null || need+=(util-linux)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
 	echo "testbed-setup: installing ${need[*]}" >&2
@@ -47,4 +59,6 @@ if ! id postgres >/dev/null 2>&1; then
 	exit 1
 fi
 
-scripts/testbed-synapse.sh
+if [ -n "$synapse" ]; then
+	scripts/testbed-synapse.sh
+fi

@@ -1,6 +1,3 @@
-// Package vault seals users' credentials at rest and keeps them out of logs, errors and output.
-//
-// For now it holds only [Secret], the type every credential travels in while it is in memory.
 package vault
 
 import (

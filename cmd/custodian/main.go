@@ -32,12 +32,13 @@ import (
 	mxas "maunium.net/go/mautrix/appservice"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/bridges/webhook"
 )
 
 // bridges lists every bridge and bot compiled into the binary, in the order they start. A bridge
 // runs only if its ID is a key under bridges: in the configuration. Add new bridges here and
 // nowhere else.
-var bridges = []appservice.Bridge{}
+var bridges = []appservice.Bridge{webhook.New()}
 
 // version is the release version, set at build time with -ldflags "-X main.version=v1.2.3".
 var version = "dev"
@@ -112,6 +113,12 @@ func generateRegistration(configPath, registrationPath string, stdout, stderr io
 		printConfigProblems(stderr, configPath, err)
 		return exitConfig
 	}
+	// The vault's key file first: it is never overwritten, so running -g again is harmless.
+	keyNote, err := ensureKeyFile(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "custodian: %v\n", err)
+		return exitConfig
+	}
 	reg := appservice.GenerateRegistration(cfg, bridges)
 	// The registration first: if updating the config fails after it, the next start says the two
 	// differ and how to fix it, and running -g again does.
@@ -139,6 +146,7 @@ Next:
 
 Both files hold the tokens: keep them private and out of version control.
 `, registrationPath, configPath, absReg, configPath, registrationPath)
+	fmt.Fprint(stdout, keyNote)
 	return exitOK
 }
 

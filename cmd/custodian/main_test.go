@@ -61,6 +61,7 @@ func TestGenerateThenRun(t *testing.T) {
 	// The database cannot be opened, so a start gets as far as the runtime and fails there.
 	example = strings.Replace(example, "uri: file:custodian.db?_txlock=immediate", "uri: file:"+filepath.Join(dir, "missing", "c.db"), 1)
 	example = strings.Replace(example, "listen: 127.0.0.1:9330", "listen: null", 1)
+	example = strings.Replace(example, "key_file: custodian.key", "key_file: "+filepath.Join(dir, "custodian.key"), 1)
 	if err := os.WriteFile(cfgPath, []byte(example), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,261 @@
+package appservice
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/vault"
+)
+
+// AdminAPIPrefix is the path prefix of every admin API endpoint.
+const AdminAPIPrefix = "/_custodian/admin/v1"
+
+// minAdminTokenLength is the shortest admin API token accepted from admin_api.token_file.
+const minAdminTokenLength = 32
+
+// maxAdminBodyBytes bounds an admin API request body.
+const maxAdminBodyBytes = 64 << 10
+
+// AdminForgetRequest is the optional JSON body of POST …/users/{userId}/forget.
+type AdminForgetRequest struct {
+	// Modules limits the erasure to these bridges; empty erases everything.
+	Modules []string `json:"modules,omitempty"`
+}
+
+// AdminKeyStatus is the answer of GET …/keys.
+type AdminKeyStatus struct {
+	// Enabled is false when the vault has no master key configured.
+	Enabled bool `json:"enabled"`
+	// Keys is the vault's status report, as the vault gives it: for each master key, its ID,
+	// how many data keys it wraps and whether it is loaded.
+	Keys any `json:"keys,omitempty"`
+}
+
+// AdminTombstones is the answer of GET …/users/{userId}/erasures.
+type AdminTombstones struct {
+	// UserHash is the keyed hash the tombstones are filed under.
+	UserHash string `json:"user_hash"`
+	// Erasures are the tombstones, oldest first.
+	Erasures []*EraseReceipt `json:"erasures"`
+}
+
+// startAdminAPI starts the admin API listener if admin_api.listen is set.
+func (svc *Service) startAdminAPI(ctx context.Context) error {
+	cfg := &svc.cfg.AdminAPI
+	if cfg.Listen == nil || *cfg.Listen == "" {
+		return nil
+	}
+	if cfg.TokenFile == nil {
+		return fmt.Errorf("admin_api.token_file must be set when admin_api.listen is set")
+	}
+	token, err := readTokenFile(*cfg.TokenFile, minAdminTokenLength)
+	if err != nil {
+		return fmt.Errorf("admin_api.token_file: %w", err)
+	}
+	ln, err := net.Listen("tcp", *cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on admin_api.listen %s: %w", *cfg.Listen, err)
+	}
+	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
+	svc.privacy.adminAddr = ln.Addr()
+	svc.privacy.adminServer = &http.Server{
+		Handler:           svc.adminRouter(token, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		// Erasures wait for the bridges' remote side effects.
+		WriteTimeout: 5 * time.Minute,
+	}
+	go func() {
+		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("Admin API listener failed")
+		}
+	}()
+	if !isLoopbackListen(ln.Addr().String()) {
+		log.Warn().Str("address", ln.Addr().String()).Msg("Admin API listens beyond loopback; make sure only admins can reach it")
+	}
+	log.Info().Str("address", ln.Addr().String()).Msg("Admin API listener started")
+	return nil
+}
+
+// adminRouter is the admin API: every request needs the bearer token; without it, or with a
+// wrong one, the answer is the same 401 whatever the path, so nothing is revealed.
+func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/export", svc.adminExport)
+	mux.HandleFunc("POST "+AdminAPIPrefix+"/users/{userID}/forget", svc.adminForget)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/erasures", svc.adminTombstones)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/erasures/{jobID}", svc.adminErasure)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/keys", svc.adminKeys)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
+	})
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := log.WithContext(r.Context())
+		r = r.WithContext(ctx)
+		given, isBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !isBearer {
+			given = ""
+		}
+		// Comparing hashes keeps the comparison constant-time whatever the lengths.
+		got := sha256.Sum256([]byte(given))
+		if given == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			if given != "" {
+				log.Warn().Str("remote_addr", r.RemoteAddr).Msg("Rejected admin API request with a wrong token")
+			}
+			writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Unauthorized")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// adminUser parses the {userID} path value, answering 400 if it is not a user ID.
+func adminUser(w http.ResponseWriter, r *http.Request) (id.UserID, bool) {
+	user := id.UserID(r.PathValue("userID"))
+	if err := checkUserID(user); err != nil {
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Not a valid Matrix user ID")
+		return "", false
+	}
+	return user, true
+}
+
+func (svc *Service) adminExport(w http.ResponseWriter, r *http.Request) {
+	user, ok := adminUser(w, r)
+	if !ok {
+		return
+	}
+	export, err := svc.Export(r.Context(), user)
+	if err != nil {
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Admin export failed")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Export failed; see the log")
+		return
+	}
+	zerolog.Ctx(r.Context()).Info().Stringer("user_id", user).Msg("Exported user data for an admin")
+	writeJSON(w, http.StatusOK, export)
+}
+
+func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
+	user, ok := adminUser(w, r)
+	if !ok {
+		return
+	}
+	var req AdminForgetRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBodyBytes))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "Failed to read the body")
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err = json.Unmarshal(body, &req); err != nil {
+			writeError(w, http.StatusBadRequest, "M_NOT_JSON", "The body is not a JSON object with an optional modules list")
+			return
+		}
+	}
+	// The erasure runs to the end even if the admin's client goes away; its ctx keeps only the
+	// logger of the request.
+	ctx := context.WithoutCancel(r.Context())
+	receipt, err := svc.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
+	switch {
+	case errors.Is(err, ErrUnknownModule):
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Unknown module; use bridge IDs")
+		return
+	case err != nil:
+		zerolog.Ctx(ctx).Error().Err(err).Msg("Admin erasure failed")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Erasure failed; see the log. It is resumed at the next start.")
+		return
+	}
+	writeJSON(w, http.StatusOK, receipt)
+}
+
+func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
+	user, ok := adminUser(w, r)
+	if !ok {
+		return
+	}
+	hash, _, err := svc.UserHash(r.Context(), user)
+	var tombstones []*database.Tombstone
+	if err == nil {
+		tombstones, err = svc.privacyDB().Tombstones(r.Context(), hash)
+	}
+	if err != nil {
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to look up tombstones")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+		return
+	}
+	out := &AdminTombstones{UserHash: hash, Erasures: []*EraseReceipt{}}
+	for _, ts := range tombstones {
+		receipt, err := receiptFor(&database.ErasureJob{
+			JobID: ts.JobID, UserHash: ts.UserHash, Trigger: ts.Trigger, Modules: ts.Modules,
+			State: database.ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
+		})
+		if err != nil {
+			zerolog.Ctx(r.Context()).Error().Err(err).Msg("Invalid tombstone")
+			continue
+		}
+		out.Erasures = append(out.Erasures, receipt)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
+	receipt, err := svc.ErasureStatus(r.Context(), r.PathValue("jobID"))
+	switch {
+	case errors.Is(err, ErrUnknownErasure):
+		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such erasure job")
+	case err != nil:
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to get erasure status")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+	default:
+		writeJSON(w, http.StatusOK, receipt)
+	}
+}
+
+func (svc *Service) adminKeys(w http.ResponseWriter, r *http.Request) {
+	if svc.vault == nil {
+		writeJSON(w, http.StatusOK, &AdminKeyStatus{Enabled: false})
+		return
+	}
+	keys, ok, err := vaultStatus(r.Context(), svc.vault)
+	switch {
+	case !ok:
+		writeError(w, http.StatusNotImplemented, "M_UNRECOGNIZED", "This vault does not report key status")
+	case err != nil:
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to get key status")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Key status failed; see the log")
+	default:
+		writeJSON(w, http.StatusOK, &AdminKeyStatus{Enabled: true, Keys: keys})
+	}
+}
+
+// vaultStatus asks the vault for its key status report, if it gives one: either the vault
+// package's per-key report or a plain map of key ID to data key count. ok is false if the vault
+// has neither method.
+func vaultStatus(ctx context.Context, v any) (report any, ok bool, err error) {
+	switch statuser := v.(type) {
+	case interface {
+		Status(ctx context.Context) ([]vault.KeyStatus, error)
+	}:
+		report, err = statuser.Status(ctx)
+		return report, true, err
+	case interface {
+		Status(ctx context.Context) (map[string]int, error)
+	}:
+		report, err = statuser.Status(ctx)
+		return report, true, err
+	}
+	return nil, false, nil
+}

@@ -1,0 +1,406 @@
+// Package fakehost provides a test implementation of [appservice.Host] for bridge tests: a real
+// test database with the core's, the state store's and the bridge's migrations, intents that
+// talk to an [astest.FakeHomeserver], and an in-memory credential vault.
+//
+// It lives outside package astest because it imports package appservice, whose own tests
+// import astest.
+package fakehost
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
+
+	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// Defaults of a [Host].
+const (
+	Domain       = "example.org"
+	ASToken      = "fakehost-as-token"
+	BotLocalpart = "custodian"
+)
+
+// Host is an [appservice.Host] for one bridge, backed by a real database and a fake homeserver.
+// Create it with [New]. Its methods are safe for concurrent use.
+type Host struct {
+	// HS is the fake homeserver the intents talk to (through Front).
+	HS *astest.FakeHomeserver
+	// AS is the mautrix appservice the intents come from.
+	AS *mxas.AppService
+	// RawDB is the whole database; CoreDB the core's queries on it; BridgeDB the bridge's child.
+	RawDB    *dbutil.Database
+	CoreDB   *database.Database
+	BridgeDB *dbutil.Database
+	// Secrets is the in-memory vault behind Vault.
+	Secrets *MemoryVault
+	// Front serves the endpoints the fake homeserver lacks (createRoom, invite) and passes
+	// everything else on to HS.
+	Front *httptest.Server
+
+	t        testing.TB
+	bridgeID string
+	ns       appservice.Namespaces
+	log      zerolog.Logger
+
+	logs *syncBuffer
+
+	lock    sync.Mutex
+	created []CreatedRoom
+	invites []Invite
+	nextID  int
+}
+
+var _ appservice.Host = (*Host)(nil)
+
+// CreatedRoom is a room created through the front's createRoom endpoint.
+type CreatedRoom struct {
+	RoomID   id.RoomID
+	Creator  id.UserID
+	Invite   []id.UserID
+	IsDirect bool
+	Preset   string
+}
+
+// Invite is an invite sent through the front's invite endpoint.
+type Invite struct {
+	RoomID  id.RoomID
+	Inviter id.UserID
+	Invitee id.UserID
+}
+
+// New returns a Host for br on a fresh database of the given dialect (see
+// [astest.Dialects]): the core's and the state store's migrations and then br's have run. It
+// does not call br.Init.
+func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+	ctx := log.WithContext(context.Background())
+	h := &Host{
+		logs:     logs,
+		t:        t,
+		HS:       astest.NewFakeHomeserver(t, Domain, ASToken),
+		RawDB:    astest.TestDB(t, dialect),
+		Secrets:  NewMemoryVault(),
+		bridgeID: br.ID(),
+		ns:       br.Namespaces(),
+		log:      log.With().Str("bridge", br.ID()).Logger(),
+	}
+	h.CoreDB = database.New(h.RawDB)
+	if err := h.CoreDB.Upgrade(ctx); err != nil {
+		t.Fatalf("fakehost: %v", err)
+	}
+	stateStore := sqlstatestore.NewSQLStateStore(h.RawDB, dbutil.ZeroLogger(log), true)
+	if err := stateStore.Upgrade(ctx); err != nil {
+		t.Fatalf("fakehost: failed to upgrade state store: %v", err)
+	}
+	h.BridgeDB = h.RawDB.Child(br.ID()+"_version", br.Migrations(), dbutil.ZeroLogger(h.log))
+	if err := h.BridgeDB.Upgrade(ctx); err != nil {
+		t.Fatalf("fakehost: failed to upgrade %s database: %v", br.ID(), err)
+	}
+
+	h.Front = httptest.NewServer(h.frontHandler())
+	t.Cleanup(h.Front.Close)
+
+	h.AS = mxas.Create()
+	h.AS.Log = log.With().Str("component", "mautrix").Logger()
+	h.AS.HomeserverDomain = Domain
+	h.AS.Registration = &mxas.Registration{ID: "custodian", AppToken: ASToken, SenderLocalpart: BotLocalpart}
+	h.AS.StateStore = stateStore
+	// Injected failures should fail at once, not after mautrix's retries.
+	h.AS.DefaultHTTPRetries = 0
+	if err := h.AS.SetHomeserverURL(h.Front.URL); err != nil {
+		t.Fatalf("fakehost: %v", err)
+	}
+	h.AS.BotIntent()
+	return h
+}
+
+// Logger returns a logger that writes to the test log and to [Host.Logs], for the contexts a
+// test passes to the bridge.
+func (h *Host) Logger() zerolog.Logger {
+	return zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(h.t), h.logs)).Level(zerolog.DebugLevel)
+}
+
+// Logs returns everything logged so far through the host's loggers (the bridge's, mautrix's
+// and [Host.Logger]'s), at debug level and above, for tests that check what logs never hold.
+func (h *Host) Logs() string {
+	return h.logs.String()
+}
+
+// Intent returns an intent for localpart, which must be in the bridge's user namespace.
+func (h *Host) Intent(localpart string) (*mxas.IntentAPI, error) {
+	if h.ns.UserPrefix == "" || len(localpart) <= len(h.ns.UserPrefix) || !strings.HasPrefix(localpart, h.ns.UserPrefix) {
+		return nil, appservice.ErrOutsideNamespace
+	}
+	userID := id.NewUserID(localpart, Domain)
+	if _, _, err := userID.ParseAndValidateStrict(); err != nil {
+		return nil, err
+	}
+	return h.AS.Intent(userID), nil
+}
+
+// Bot returns the bot's intent.
+func (h *Host) Bot() *mxas.IntentAPI { return h.AS.BotIntent() }
+
+// BotID returns the bot's user ID.
+func (h *Host) BotID() id.UserID { return h.AS.BotMXID() }
+
+// DB returns the bridge's child database.
+func (h *Host) DB() *dbutil.Database { return h.BridgeDB }
+
+// Log returns a logger that writes to the test log.
+func (h *Host) Log() *zerolog.Logger { return &h.log }
+
+// Domain returns [Domain].
+func (h *Host) Domain() string { return Domain }
+
+// Vault returns the in-memory vault, scoped to the bridge.
+func (h *Host) Vault() appservice.SecretStore { return h.Secrets.For(h.bridgeID) }
+
+// EnsureUser creates the users row.
+func (h *Host) EnsureUser(ctx context.Context, userID id.UserID) error {
+	return h.CoreDB.User.Ensure(ctx, userID)
+}
+
+// IsPaused reports the users row's paused flag.
+func (h *Host) IsPaused(ctx context.Context, userID id.UserID) (bool, error) {
+	return h.CoreDB.User.IsPaused(ctx, userID)
+}
+
+// ClaimRoom records the claim in as_room, like the core.
+func (h *Host) ClaimRoom(ctx context.Context, roomID id.RoomID, prov appservice.Provenance) error {
+	at := prov.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return h.CoreDB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if prov.Actor != "" {
+			if err := h.CoreDB.User.Ensure(ctx, prov.Actor); err != nil {
+				return err
+			}
+		}
+		return h.CoreDB.Room.Claim(ctx, roomID, h.bridgeID, prov.Actor, prov.EventID, at)
+	})
+}
+
+// ReleaseRoom forgets the claim.
+func (h *Host) ReleaseRoom(ctx context.Context, roomID id.RoomID) error {
+	return h.CoreDB.Room.Release(ctx, roomID, h.bridgeID)
+}
+
+// Claimed reports whether the bridge has claimed roomID.
+func (h *Host) Claimed(t testing.TB, roomID id.RoomID) bool {
+	t.Helper()
+	owners, err := h.CoreDB.Room.GetBridges(context.Background(), roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, owner := range owners {
+		if owner == h.bridgeID {
+			return true
+		}
+	}
+	return false
+}
+
+// EraseUser deletes userID's users row, as the core's erasure does after EraseRemote, and
+// destroys their data key in the vault.
+func (h *Host) EraseUser(t testing.TB, userID id.UserID) {
+	t.Helper()
+	if _, err := h.RawDB.Exec(context.Background(), `DELETE FROM users WHERE mxid=$1`, userID); err != nil {
+		t.Fatal(err)
+	}
+	h.Secrets.Forget(userID)
+}
+
+// PurgeRedacted does what the core's redaction purge does when redacted (an event in roomID) is
+// redacted by someone allowed to: it deletes the rows of br's declared tables whose
+// SourceEventColumn is redacted (and RoomColumn, if declared, is roomID), then calls
+// br.RedactionPurged if br implements [appservice.RedactionPurger] and rows were deleted. It
+// returns the rows deleted per table. Permission checks are the core's and are not repeated.
+func (h *Host) PurgeRedacted(t testing.TB, br appservice.Bridge, roomID id.RoomID, redacted id.EventID) map[string]int64 {
+	t.Helper()
+	ctx := h.Logger().WithContext(context.Background())
+	purged := map[string]int64{}
+	for _, ut := range br.PersonalData() {
+		if ut.SourceEventColumn == "" {
+			continue
+		}
+		query := fmt.Sprintf(`DELETE FROM %s WHERE %s=$1`, ut.Table, ut.SourceEventColumn)
+		args := []any{redacted}
+		if ut.RoomColumn != "" {
+			query += fmt.Sprintf(` AND %s=$2`, ut.RoomColumn)
+			args = append(args, roomID)
+		}
+		res, err := h.RawDB.Exec(ctx, query, args...)
+		if err != nil {
+			t.Fatalf("fakehost: failed to purge %s: %v", ut.Table, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			purged[ut.Table] = n
+		}
+	}
+	if purger, ok := br.(appservice.RedactionPurger); ok && len(purged) > 0 {
+		if err := purger.RedactionPurged(ctx, roomID, redacted, purged); err != nil {
+			t.Errorf("fakehost: RedactionPurged = %v", err)
+		}
+	}
+	return purged
+}
+
+// SetPaused sets userID's paused flag, as !pause does.
+func (h *Host) SetPaused(t testing.TB, userID id.UserID, paused bool) {
+	t.Helper()
+	if err := h.CoreDB.User.SetPaused(context.Background(), userID, paused); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SetUpRoom makes the bot and members joined members of roomID on the fake homeserver and in
+// the state store, as after the bot accepted an invite.
+func (h *Host) SetUpRoom(t testing.TB, roomID id.RoomID, members ...id.UserID) {
+	t.Helper()
+	ctx := context.Background()
+	for _, userID := range append([]id.UserID{h.BotID()}, members...) {
+		h.HS.SetMembership(roomID, userID, event.MembershipJoin)
+		if err := h.AS.StateStore.SetMembership(ctx, roomID, userID, event.MembershipJoin); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// SetMembership changes userID's membership on the fake homeserver and in the state store, as
+// when the homeserver sends the member event.
+func (h *Host) SetMembership(t testing.TB, roomID id.RoomID, userID id.UserID, membership event.Membership) {
+	t.Helper()
+	h.HS.SetMembership(roomID, userID, membership)
+	if err := h.AS.StateStore.SetMembership(context.Background(), roomID, userID, membership); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CreatedRooms returns the rooms created so far.
+func (h *Host) CreatedRooms() []CreatedRoom {
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	return append([]CreatedRoom(nil), h.created...)
+}
+
+// Invites returns the invites sent so far.
+func (h *Host) Invites() []Invite {
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	return append([]Invite(nil), h.invites...)
+}
+
+// frontHandler serves createRoom and invite, which the fake homeserver lacks, and proxies the
+// rest to it.
+func (h *Host) frontHandler() http.Handler {
+	target, _ := url.Parse(h.HS.URL())
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /_matrix/client/v3/createRoom", h.createRoom)
+	mux.HandleFunc("POST /_matrix/client/v3/rooms/{roomID}/invite", h.invite)
+	mux.Handle("/", proxy)
+	return mux
+}
+
+func (h *Host) createRoom(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+ASToken {
+		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
+		return
+	}
+	var req struct {
+		Invite   []id.UserID `json:"invite"`
+		IsDirect bool        `json:"is_direct"`
+		Preset   string      `json:"preset"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Body is not JSON")
+		return
+	}
+	creator := id.UserID(r.URL.Query().Get("user_id"))
+	h.lock.Lock()
+	h.nextID++
+	roomID := id.RoomID(fmt.Sprintf("!created%d:%s", h.nextID, Domain))
+	h.created = append(h.created, CreatedRoom{RoomID: roomID, Creator: creator, Invite: req.Invite, IsDirect: req.IsDirect, Preset: req.Preset})
+	h.lock.Unlock()
+	h.HS.SetMembership(roomID, creator, event.MembershipJoin)
+	for _, invitee := range req.Invite {
+		h.HS.SetMembership(roomID, invitee, event.MembershipInvite)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room_id": roomID})
+}
+
+func (h *Host) invite(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+ASToken {
+		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
+		return
+	}
+	var req struct {
+		UserID id.UserID `json:"user_id"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Body is not JSON")
+		return
+	}
+	roomID := id.RoomID(r.PathValue("roomID"))
+	inviter := id.UserID(r.URL.Query().Get("user_id"))
+	if h.HS.Membership(roomID, inviter) != event.MembershipJoin {
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not in this room.")
+		return
+	}
+	h.lock.Lock()
+	h.invites = append(h.invites, Invite{RoomID: roomID, Inviter: inviter, Invitee: req.UserID})
+	h.lock.Unlock()
+	h.HS.SetMembership(roomID, req.UserID, event.MembershipInvite)
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	lock sync.Mutex
+	buf  bytes.Buffer
+}
+
+func (sb *syncBuffer) Write(p []byte) (int, error) {
+	sb.lock.Lock()
+	defer sb.lock.Unlock()
+	return sb.buf.Write(p)
+}
+
+func (sb *syncBuffer) String() string {
+	sb.lock.Lock()
+	defer sb.lock.Unlock()
+	return sb.buf.String()
+}
+
+func writeJSON(w http.ResponseWriter, status int, data any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(data)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"errcode": code, "error": msg})
+}

@@ -1,0 +1,115 @@
+package fakehost
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/vault"
+)
+
+// nopBridge is the smallest bridge a Host can be made for.
+type nopBridge struct{}
+
+func (nopBridge) ID() string                                      { return "nop" }
+func (nopBridge) Namespaces() appservice.Namespaces               { return appservice.Namespaces{UserPrefix: "nop_"} }
+func (nopBridge) Config() (string, any)                           { return "", nil }
+func (nopBridge) Migrations() dbutil.UpgradeTable                 { return dbutil.UpgradeTable{} }
+func (nopBridge) PersonalData() []appservice.UserTable            { return nil }
+func (nopBridge) Init(appservice.Host) error                      { return nil }
+func (nopBridge) Start(context.Context) error                     { return nil }
+func (nopBridge) Stop(context.Context) error                      { return nil }
+func (nopBridge) HandleEvent(context.Context, *event.Event) error { return nil }
+
+func TestMemoryVault(t *testing.T) {
+	ctx := context.Background()
+	mv := NewMemoryVault()
+	store := mv.For("nop")
+	alice, bob := id.UserID("@alice:example.org"), id.UserID("@bob:example.org")
+	sealed, err := store.Seal(ctx, alice, "token/1", vault.NewSecret("hunter2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := store.Open(ctx, alice, "token/1", sealed); err != nil || got.Reveal() != "hunter2" {
+		t.Fatalf("Open = %v, %v; want the secret", got, err)
+	}
+	_, _ = store.Seal(ctx, bob, "x", vault.NewSecret("y"))
+	tests := []struct {
+		name    string
+		store   appservice.SecretStore
+		user    id.UserID
+		secret  string
+		wantErr error
+	}{
+		{name: "other name", store: store, user: alice, secret: "token/2", wantErr: vault.ErrDecrypt},
+		{name: "other user", store: store, user: bob, secret: "token/1", wantErr: vault.ErrDecrypt},
+		{name: "other bridge", store: mv.For("other"), user: alice, secret: "token/1", wantErr: vault.ErrDecrypt},
+	}
+	for _, tt := range tests {
+		if _, err := tt.store.Open(ctx, tt.user, tt.secret, sealed); !errors.Is(err, tt.wantErr) {
+			t.Errorf("%s: Open = %v, want %v", tt.name, err, tt.wantErr)
+		}
+	}
+	mv.SetKeyUnavailable(true)
+	if _, err := store.Open(ctx, alice, "token/1", sealed); !errors.Is(err, vault.ErrKeyUnavailable) {
+		t.Errorf("Open with the key unavailable = %v", err)
+	}
+	if _, err := store.Seal(ctx, alice, "token/1", vault.NewSecret("x")); !errors.Is(err, vault.ErrNoKey) {
+		t.Errorf("Seal with the key unavailable = %v", err)
+	}
+	mv.SetKeyUnavailable(false)
+	mv.Forget(alice)
+	if _, err := store.Open(ctx, alice, "token/1", sealed); !errors.Is(err, vault.ErrDecrypt) {
+		t.Errorf("Open after Forget = %v, want ErrDecrypt", err)
+	}
+	mv.SetDisabled(true)
+	if _, err := store.Seal(ctx, alice, "token/1", vault.NewSecret("x")); !errors.Is(err, appservice.ErrVaultDisabled) {
+		t.Errorf("Seal with the vault disabled = %v", err)
+	}
+}
+
+func TestHost(t *testing.T) {
+	h := New(t, "sqlite", nopBridge{})
+	ctx := context.Background()
+	if _, err := h.Intent("other_x"); !errors.Is(err, appservice.ErrOutsideNamespace) {
+		t.Errorf("Intent outside the namespace = %v", err)
+	}
+	room := id.RoomID("!r:example.org")
+	alice := id.UserID("@alice:example.org")
+	h.SetUpRoom(t, room, alice)
+	if err := h.ClaimRoom(ctx, room, appservice.Provenance{Actor: alice, EventID: "$e"}); err != nil || !h.Claimed(t, room) {
+		t.Fatalf("ClaimRoom = %v, claimed %v", err, h.Claimed(t, room))
+	}
+	// Ghosts join through the bot's invite, via the front's invite endpoint.
+	ghost, err := h.Intent("nop_ghost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = ghost.SendText(ctx, room, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if inv := h.Invites(); len(inv) != 1 || inv[0].Invitee != ghost.UserID || inv[0].Inviter != h.BotID() {
+		t.Errorf("invites = %+v, want the bot inviting the ghost", inv)
+	}
+	// Rooms can be created.
+	resp, err := h.Bot().CreateRoom(ctx, &mautrix.ReqCreateRoom{IsDirect: true, Invite: []id.UserID{alice}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created := h.CreatedRooms(); len(created) != 1 || created[0].RoomID != resp.RoomID || !created[0].IsDirect {
+		t.Errorf("created rooms = %+v", created)
+	}
+	if m := h.HS.Membership(resp.RoomID, alice); m != event.MembershipInvite {
+		t.Errorf("invitee membership = %q", m)
+	}
+	h.SetPaused(t, alice, true)
+	if paused, err := h.IsPaused(ctx, alice); err != nil || !paused {
+		t.Errorf("IsPaused = %v, %v", paused, err)
+	}
+}

@@ -1,0 +1,75 @@
+-- v0 -> v1: Latest revision
+
+-- users is the root of all personal data: every table that holds data about a Matrix user
+-- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
+-- declared in its owner's personal-data inventory.
+CREATE TABLE users (
+	mxid       TEXT    PRIMARY KEY,
+	created_at BIGINT  NOT NULL,
+	-- paused is set by !pause: bridges stop acting for the user but keep their data.
+	paused     BOOLEAN NOT NULL DEFAULT false
+);
+
+-- as_txn remembers the IDs of acknowledged transactions, so a retried transaction is a no-op.
+-- Rows older than database.processed_ttl are pruned.
+CREATE TABLE as_txn (
+	txn_id      TEXT    PRIMARY KEY,
+	received_at BIGINT  NOT NULL,
+	event_count INTEGER NOT NULL
+);
+
+-- as_inbox holds events that were acknowledged but not yet handled. A row is deleted in the same
+-- transaction that marks its event done, so the inbox only ever holds unfinished work.
+CREATE TABLE as_inbox (
+-- only: postgres
+	seq         BIGSERIAL PRIMARY KEY,
+-- only: sqlite
+	seq         INTEGER   PRIMARY KEY,
+	txn_id      TEXT    NOT NULL,
+	idx         INTEGER NOT NULL,
+	event_id    TEXT,
+	room_id     TEXT    NOT NULL,
+	sender      TEXT    NOT NULL,
+	ephemeral   BOOLEAN NOT NULL,
+	event_json  TEXT    NOT NULL,
+	received_at BIGINT  NOT NULL,
+	UNIQUE (txn_id, idx)
+);
+CREATE UNIQUE INDEX as_inbox_event_idx ON as_inbox (event_id);
+CREATE INDEX as_inbox_sender_idx ON as_inbox (sender);
+
+-- as_event_done remembers handled event IDs, so an event is handled at most once even if the
+-- homeserver sends it again in another transaction. Pruned after database.processed_ttl.
+CREATE TABLE as_event_done (
+	event_id TEXT   PRIMARY KEY,
+	done_at  BIGINT NOT NULL
+);
+CREATE INDEX as_event_done_time_idx ON as_event_done (done_at);
+
+-- as_bot_setup is a bot's setup in a room: who invited it, with which event, when it joined and
+-- the configuration it had then. It ends (the row is deleted) when the bot is kicked, banned or
+-- left alone in the room.
+CREATE TABLE as_bot_setup (
+	room_id         TEXT   NOT NULL,
+	bot             TEXT   NOT NULL,
+	inviter_mxid    TEXT   REFERENCES users (mxid) ON DELETE SET NULL ON UPDATE CASCADE,
+	invite_event_id TEXT   NOT NULL,
+	invited_at      BIGINT NOT NULL,
+	joined_at       BIGINT NOT NULL,
+	is_direct       BOOLEAN NOT NULL,
+	config          TEXT   NOT NULL,
+	PRIMARY KEY (room_id, bot)
+);
+CREATE INDEX as_bot_setup_inviter_idx ON as_bot_setup (inviter_mxid);
+
+-- as_room records which bridges have claimed a room (a portal, a room with webhooks), with the
+-- provenance of the claim. Events in the room are routed to every bridge that claimed it.
+CREATE TABLE as_room (
+	room_id    TEXT   NOT NULL,
+	bridge_id  TEXT   NOT NULL,
+	actor_mxid TEXT   REFERENCES users (mxid) ON DELETE SET NULL ON UPDATE CASCADE,
+	event_id   TEXT,
+	created_at BIGINT NOT NULL,
+	PRIMARY KEY (room_id, bridge_id)
+);
+CREATE INDEX as_room_actor_idx ON as_room (actor_mxid);

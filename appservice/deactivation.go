@@ -1,0 +1,249 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+)
+
+// deactivationRecheck is how long after checking a user's account the next leave event of
+// theirs is not checked again: one deactivation sends a leave per room, in a burst.
+const deactivationRecheck = time.Minute
+
+// deactivationSweepPage is how many users one query of the sweep reads.
+const deactivationSweepPage = 200
+
+// setUpDeactivation prepares the client for the homeserver's admin API from
+// privacy.deactivation, or says in the log that deactivation can only be inferred.
+func (svc *Service) setUpDeactivation(ctx context.Context) error {
+	log := zerolog.Ctx(ctx)
+	dc := &svc.cfg.Privacy.Deactivation
+	switch {
+	case dc.AdminTokenFile != nil:
+		token, err := readTokenFile(*dc.AdminTokenFile, 1)
+		if err != nil {
+			return fmt.Errorf("privacy.deactivation.admin_token_file: %w", err)
+		}
+		cli, err := mautrix.NewClient(svc.cfg.Homeserver.Address, "", token)
+		if err != nil {
+			return fmt.Errorf("failed to create homeserver admin client: %w", err)
+		}
+		cli.Log = log.With().Str("component", "homeserver_admin").Logger()
+		svc.privacy.hsAdmin = cli
+		log.Info().Msg("Account deactivation is confirmed with the homeserver's admin API, using the configured admin token")
+	case dc.AdminLocalpart != nil:
+		ghost := id.NewUserID(*dc.AdminLocalpart, svc.cfg.Homeserver.Domain)
+		if svc.bridgeForUser(ghost) == nil {
+			return fmt.Errorf("privacy.deactivation.admin_localpart: %s is not in any enabled bridge's user namespace", ghost)
+		}
+		svc.privacy.hsAdmin = svc.as.Client(ghost)
+		log.Info().Stringer("admin_user", ghost).Msg("Account deactivation is confirmed with the homeserver's admin API, as a promoted ghost")
+	default:
+		log.Warn().Msg("No admin access to the homeserver (privacy.deactivation): account deactivation can only be " +
+			"inferred from a user's leave followed by a missing profile, and is not noticed for users who share no room with Custodian")
+	}
+	return nil
+}
+
+// readTokenFile reads a bearer token from path: the file's content without surrounding white
+// space, at least minLen bytes long.
+func readTokenFile(path string, minLen int) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("failed to read token file: %w", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if len(token) < minLen {
+		return "", fmt.Errorf("token file %s holds %d characters, want at least %d", path, len(token), minLen)
+	}
+	return token, nil
+}
+
+// checkDeactivationAfterLeave is run when a user leaves a room by themselves: if they are a
+// local user Custodian holds data about and their account turns out to be deactivated, their
+// data is erased.
+func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.UserID) error {
+	if user.Homeserver() != svc.cfg.Homeserver.Domain || svc.isOwnUser(user) {
+		return nil
+	}
+	if exists, err := svc.db.User.Exists(ctx, user); err != nil {
+		return fmt.Errorf("failed to check for the leaving user's data: %w", err)
+	} else if !exists {
+		return svc.forgetLeaveOfErasedUser(ctx, user)
+	}
+	now := svc.now()
+	svc.privacy.lock.Lock()
+	if svc.privacy.deactChecks == nil {
+		svc.privacy.deactChecks = make(map[id.UserID]time.Time)
+	}
+	last, seen := svc.privacy.deactChecks[user]
+	if seen && now.Sub(last) < deactivationRecheck {
+		svc.privacy.lock.Unlock()
+		return nil
+	}
+	for other, at := range svc.privacy.deactChecks {
+		if now.Sub(at) >= deactivationRecheck {
+			delete(svc.privacy.deactChecks, other)
+		}
+	}
+	svc.privacy.deactChecks[user] = now
+	svc.privacy.lock.Unlock()
+
+	deactivated, method, err := svc.accountDeactivated(ctx, user, true)
+	if err != nil {
+		return err
+	}
+	if !deactivated {
+		zerolog.Ctx(ctx).Debug().Str("method", method).Msg("User left a room; their account is active")
+		return nil
+	}
+	zerolog.Ctx(ctx).Info().Str("method", method).Msg("Account of a leaving user is deactivated; erasing their data")
+	_, err = svc.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation})
+	return err
+}
+
+// forgetLeaveOfErasedUser removes from the state cache the membership a leave event of an
+// erased user just put there. A deactivation sends one leave per room; the first starts the
+// erasure, and without this the others would bring the user's ID back into the cache. Users
+// Custodian never held data about have no tombstone and are left alone.
+func (svc *Service) forgetLeaveOfErasedUser(ctx context.Context, user id.UserID) error {
+	hash, _, err := svc.UserHash(ctx, user)
+	if err != nil {
+		return err
+	}
+	tombstones, err := svc.privacyDB().Tombstones(ctx, hash)
+	if err != nil || len(tombstones) == 0 {
+		return err
+	}
+	res, err := svc.rawDB.Exec(ctx, `DELETE FROM mx_user_profile WHERE user_id=$1`, user)
+	if err != nil {
+		return fmt.Errorf("failed to drop an erased user's membership from the state cache: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	zerolog.Ctx(ctx).Debug().Int64("rows", n).Msg("Dropped the cached membership of an erased user")
+	return nil
+}
+
+// accountDeactivated asks the homeserver whether user's account is deactivated: through
+// Synapse's admin API if configured, else (with profileFallback) by looking the profile up,
+// where 404 M_NOT_FOUND counts as deactivated, since Synapse deletes the profile of an account
+// deactivated with erase. method says which answered ("admin_api", "profile" or "none").
+func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID, profileFallback bool) (deactivated bool, method string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if cli := svc.privacy.hsAdmin; cli != nil {
+		if cli.SetAppServiceUserID {
+			// The promoted ghost must exist before it can make requests.
+			if err := svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
+				return false, "admin_api", fmt.Errorf("failed to register the admin ghost: %w", err)
+			}
+		}
+		var resp struct {
+			Deactivated bool `json:"deactivated"`
+		}
+		_, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v2", "users", user}), nil, &resp)
+		switch {
+		case errors.Is(err, mautrix.MNotFound):
+			// The homeserver does not know the user: nothing to confirm.
+			return false, "admin_api", nil
+		case err != nil:
+			return false, "admin_api", fmt.Errorf("failed to ask the homeserver's admin API about an account: %w", err)
+		}
+		return resp.Deactivated, "admin_api", nil
+	}
+	if !profileFallback {
+		return false, "none", nil
+	}
+	_, err = svc.as.BotIntent().GetProfile(ctx, user)
+	switch {
+	case err == nil:
+		return false, "profile", nil
+	case errors.Is(err, mautrix.MNotFound), errors.Is(err, mautrix.MUserDeactivated):
+		return true, "profile", nil
+	default:
+		// Homeservers may refuse profile lookups (limit_profile_requests_to_users_who_share_rooms);
+		// that says nothing about the account.
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Profile lookup after a leave failed; not treating the account as deactivated")
+		return false, "profile", nil
+	}
+}
+
+// deactivationLoop checks every local user Custodian holds data about every
+// privacy.deactivation.sweep_interval, if admin access to the homeserver is configured.
+func (svc *Service) deactivationLoop(ctx context.Context) {
+	if svc.privacy.hsAdmin == nil {
+		return
+	}
+	ticks, stop := svc.clock().NewTicker(svc.cfg.Privacy.deactivationSweepInterval())
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+		}
+		_, erased, err := svc.sweepDeactivated(ctx)
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Deactivation sweep failed; will try again at the next interval")
+		}
+		if hook := svc.privacy.afterSweep; hook != nil {
+			hook("deactivation", int64(erased), err)
+		}
+	}
+}
+
+// sweepDeactivated asks the homeserver's admin API about every local user in the users table
+// and erases those whose account is deactivated. It returns how many users it checked and
+// erased. On PostgreSQL only one instance sweeps at a time. It stops at the first failed
+// question: a wrong token would fail them all.
+func (svc *Service) sweepDeactivated(ctx context.Context) (checked, erased int, err error) {
+	if svc.privacy.hsAdmin == nil {
+		return 0, 0, nil
+	}
+	start := time.Now()
+	ran, err := svc.withSweepLock(ctx, "deactivation", func(ctx context.Context) error {
+		var after id.UserID
+		for {
+			users, err := svc.privacyDB().LocalUsers(ctx, svc.cfg.Homeserver.Domain, after, deactivationSweepPage)
+			if err != nil {
+				return err
+			}
+			if len(users) == 0 {
+				return nil
+			}
+			after = users[len(users)-1]
+			for _, user := range users {
+				if svc.isOwnUser(user) {
+					continue
+				}
+				checked++
+				deactivated, _, err := svc.accountDeactivated(ctx, user, false)
+				if err != nil {
+					return err
+				}
+				if !deactivated {
+					continue
+				}
+				if _, err = svc.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
+					return err
+				}
+				erased++
+			}
+		}
+	})
+	if !ran {
+		zerolog.Ctx(ctx).Debug().Msg("Another instance is sweeping for deactivated accounts")
+		return 0, 0, nil
+	}
+	zerolog.Ctx(ctx).Info().Int("checked", checked).Int("erased", erased).Dur("duration", time.Since(start)).
+		Msg("Swept for deactivated accounts")
+	return checked, erased, err
+}

@@ -1,0 +1,159 @@
+package appservice
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+)
+
+const pvAdminToken = "synapse-admin-token-for-tests"
+
+// withAdminToken configures privacy.deactivation.admin_token_file.
+func withAdminToken(t *testing.T) func(cfg *Config) {
+	path := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(path, []byte(pvAdminToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(cfg *Config) { cfg.Privacy.Deactivation.AdminTokenFile = &path }
+}
+
+func TestDeactivationAfterLeave(t *testing.T) {
+	ghost := "hooks_admin"
+	tests := []struct {
+		name        string
+		access      string // "token", "ghost" or "" for none
+		deactivated bool
+		hasProfile  bool
+		kicked      bool
+		wantErased  bool
+	}{
+		{name: "admin token, deactivated", access: "token", deactivated: true, wantErased: true},
+		{name: "admin token, active", access: "token", hasProfile: true},
+		{name: "admin token, active without profile", access: "token"},
+		{name: "promoted ghost, deactivated", access: "ghost", deactivated: true, wantErased: true},
+		{name: "no admin access, profile gone", deactivated: true, wantErased: true},
+		{name: "no admin access, profile present", hasProfile: true},
+		{name: "kicked, not a leave of their own", deactivated: true, kicked: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var configure func(cfg *Config)
+			switch tt.access {
+			case "token":
+				configure = withAdminToken(t)
+			case "ghost":
+				configure = func(cfg *Config) { cfg.Privacy.Deactivation.AdminLocalpart = &ghost }
+			}
+			env := newPrivacyEnv(t, astest.SQLite, configure)
+			env.hs.adminToken = pvAdminToken
+			env.hs.adminGhost = id.NewUserID(ghost, testDomain)
+			env.start()
+			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			if tt.deactivated {
+				env.hs.setDeactivated(pvAlice)
+			}
+			if tt.hasProfile {
+				env.hs.SetProfileField(pvAlice, "displayname", "Alice")
+			}
+			sender := pvAlice
+			if tt.kicked {
+				sender = pvBob
+			}
+			// Synapse sends one leave per room, all at once.
+			for _, room := range []id.RoomID{pvRoom, pvDM} {
+				env.hs.SetMembership(room, pvAlice, event.MembershipLeave)
+				env.member(room, sender, pvAlice, event.MembershipLeave, nil)
+			}
+
+			exists, err := env.svc.db.User.Exists(env.ctx, pvAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exists == tt.wantErased {
+				t.Errorf("users row exists = %v after the leaves, want erased = %v", exists, tt.wantErased)
+			}
+			if tt.wantErased {
+				if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), pvAlice.String()); len(rows) > 0 {
+					t.Errorf("rows still name alice after her account's deactivation: %q", rows)
+				}
+				if n := env.count(`SELECT COUNT(*) FROM as_tombstone WHERE erase_trigger='deactivation'`); n != 1 {
+					t.Errorf("%d deactivation tombstones, want 1", n)
+				}
+			}
+			if tt.access != "" && !tt.kicked {
+				env.hs.lock.Lock()
+				calls := env.hs.adminCalls
+				env.hs.lock.Unlock()
+				if calls != 1 {
+					t.Errorf("admin API calls for two leaves = %d, want 1", calls)
+				}
+			}
+		})
+	}
+}
+
+func TestDeactivationSweep(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			swept := make(chan int64, 1)
+			env.svc.privacy.afterSweep = func(kind string, n int64, err error) {
+				if kind == "deactivation" {
+					if err != nil {
+						t.Errorf("deactivation sweep failed: %v", err)
+					}
+					swept <- n
+				}
+			}
+			env.start()
+			env.seedUser(pvAlice, pvDM)
+			env.seedUser(pvBob, "!dm-bob:example.org")
+			env.seedUser("@dave:elsewhere.example", "!dm-dave:example.org")
+			env.hs.setDeactivated(pvAlice)
+
+			// The sweep runs every privacy.deactivation.sweep_interval (6h by default).
+			if !env.clock.WaitForTickers(2, 10*time.Second) {
+				t.Fatal("the retention and deactivation loops did not start their tickers")
+			}
+			env.clock.Advance(6 * time.Hour)
+			select {
+			case n := <-swept:
+				if n != 1 {
+					t.Errorf("sweep erased %d users, want 1", n)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("no deactivation sweep after its interval")
+			}
+			for user, want := range map[id.UserID]bool{pvAlice: false, pvBob: true, "@dave:elsewhere.example": true} {
+				if exists, _ := env.svc.db.User.Exists(env.ctx, user); exists != want {
+					t.Errorf("users row of %s exists = %v, want %v", user, exists, want)
+				}
+			}
+			env.hs.lock.Lock()
+			calls := env.hs.adminCalls
+			env.hs.lock.Unlock()
+			if calls != 2 {
+				t.Errorf("admin API calls = %d, want 2 (the local users, not the remote one)", calls)
+			}
+		})
+	}
+}
+
+func TestDeactivationNeedsAUsableAdminGhost(t *testing.T) {
+	notOurs := "someone"
+	env := newPrivacyEnv(t, astest.SQLite, func(cfg *Config) { cfg.Privacy.Deactivation.AdminLocalpart = &notOurs })
+	err := env.svc.start(env.ctx)
+	env.started = true
+	if err == nil {
+		t.Fatal("start with an admin ghost outside every namespace succeeded, want an error")
+	}
+}

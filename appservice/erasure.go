@@ -1,0 +1,645 @@
+package appservice
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/format"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// Erasure triggers, recorded in the job, the tombstone and the logs.
+const (
+	// TriggerUser is an erasure the user asked for (!forget).
+	TriggerUser = "user"
+	// TriggerAdmin is an erasure an admin asked for (admin API, custodian forget).
+	TriggerAdmin = "admin"
+	// TriggerDeactivation is an erasure after the homeserver deactivated the account.
+	TriggerDeactivation = "deactivation"
+)
+
+// bookkeepingTables are declared tables that erasure handles itself and does not count: the
+// erasure jobs name the user only while pending, and the erasing transaction clears that.
+var bookkeepingTables = []string{"as_erasure"}
+
+// EraseRequest says what [Service.Erase] erases, why, and whom it tells.
+type EraseRequest struct {
+	// Trigger is [TriggerUser], [TriggerAdmin] or [TriggerDeactivation].
+	Trigger string
+	// Modules limits the erasure to these bridges' data (bridge IDs); nil or empty erases
+	// everything, including the users row, the state cache entries about the user and, through
+	// the cascade, their vault data key. The core's own module cannot be erased alone.
+	Modules []string
+	// NotifyRoom, if set, is where the bot posts the receipt once the data is gone (the
+	// user's direct chat with the bot). Empty sends none.
+	NotifyRoom id.RoomID
+	// RequestID, if set, makes the request idempotent: another Erase with the same RequestID
+	// finishes or returns the first one's job instead of starting a new one. Commands pass
+	// their event ID, so that a command handled again after a crash erases once.
+	RequestID string
+}
+
+// EraseReceipt says what an erasure did. It never names the user.
+type EraseReceipt struct {
+	// JobID identifies the erasure (admin API: GET /_custodian/admin/v1/erasures/{jobId}).
+	JobID string `json:"job_id"`
+	// State is "pending", "cleanup" (data erased; telling the user or leaving their direct
+	// chats is still to do) or "done".
+	State string `json:"state"`
+	// Trigger is who asked, see [EraseRequest].
+	Trigger string `json:"trigger"`
+	// Modules is the scope; empty means everything.
+	Modules []string `json:"modules,omitempty"`
+	// UserHash is the keyed hash the tombstone records instead of the user ID.
+	UserHash string `json:"user_hash"`
+	// Erased counts the rows erased (deleted, or for provenance unlinked from the user) per
+	// module and table.
+	Erased map[string]map[string]int64 `json:"erased"`
+	// Kept counts the rows kept for a declared reason (EraseRetain) per module and table.
+	Kept map[string]map[string]int64 `json:"kept,omitempty"`
+	// RemoteFailures lists the bridges whose remote erasure (EraseRemote) failed; their local
+	// data was erased regardless.
+	RemoteFailures []string `json:"remote_failures,omitempty"`
+	// StartedAt is when the job was recorded; FinishedAt when it was done (nil before).
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}
+
+// ModuleTotals returns the rows erased per module.
+func (r *EraseReceipt) ModuleTotals() map[string]int64 {
+	out := make(map[string]int64, len(r.Erased))
+	for module, tables := range r.Erased {
+		for _, n := range tables {
+			out[module] += n
+		}
+	}
+	return out
+}
+
+// Total returns the rows erased in all modules.
+func (r *EraseReceipt) Total() int64 {
+	var total int64
+	for _, n := range r.ModuleTotals() {
+		total += n
+	}
+	return total
+}
+
+// eraseCounts is the JSON stored in as_erasure.counts and as_tombstone.counts.
+type eraseCounts struct {
+	Erased map[string]map[string]int64 `json:"erased"`
+	Kept   map[string]map[string]int64 `json:"kept,omitempty"`
+}
+
+// ErrUnknownModule is returned by [Service.Erase] when EraseRequest.Modules names something
+// that is not a bridge of this service. The caller should show the user the valid names.
+var ErrUnknownModule = errors.New("appservice: unknown module")
+
+// ErrUnknownErasure is returned by [Service.ErasureStatus] for a job ID that does not exist.
+var ErrUnknownErasure = errors.New("appservice: unknown erasure job")
+
+// Erase erases what Custodian holds about user, and returns the receipt.
+//
+// It first records a job (as_erasure), so that an erasure interrupted by a crash is finished at
+// the next start. Then it asks every bridge in scope that implements [Eraser] to undo the user's
+// remote side effects (best effort: a failure is logged with the bridge ID and listed in the
+// receipt). Then, in one database transaction, it counts the user's rows in every declared
+// table in scope and deletes them: for everything, the rows of EraseDeleteRows tables, the
+// state cache's entries that mention the user, and the users row, whose deletion cascades to
+// every EraseCascade table (the vault's data keys too: crypto-shredding) and unlinks
+// EraseSetNull provenance; for some modules, each declared table's rows directly. The same
+// transaction records a tombstone (when, trigger, scope, counts, under a keyed hash of the user
+// ID) and clears the job's user ID. After the commit it evicts the user from the vault's cache,
+// posts the receipt in req.NotifyRoom, and, for a full erasure, leaves the direct chats the bot
+// shared with the user alone.
+//
+// Erase is idempotent: erasing again erases nothing more and records another tombstone, unless
+// req.RequestID repeats an earlier request, which returns that request's receipt. It blocks for
+// as long as the bridges' remote erasure takes, and erasures run one at a time. It never logs
+// the user ID: log lines carry the job ID and the hash.
+func (svc *Service) Erase(ctx context.Context, user id.UserID, req EraseRequest) (*EraseReceipt, error) {
+	if err := checkUserID(user); err != nil {
+		return nil, err
+	}
+	switch req.Trigger {
+	case TriggerUser, TriggerAdmin, TriggerDeactivation:
+	default:
+		return nil, fmt.Errorf("appservice: invalid erasure trigger %q", req.Trigger)
+	}
+	modules, err := svc.eraseScope(req.Modules)
+	if err != nil {
+		return nil, err
+	}
+	svc.privacy.eraseLock.Lock()
+	defer svc.privacy.eraseLock.Unlock()
+
+	hash, keyID, err := svc.UserHash(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	var jobID string
+	if req.RequestID != "" {
+		if jobID, err = svc.jobIDFor(ctx, req.RequestID); err != nil {
+			return nil, err
+		}
+	} else {
+		var buf [12]byte
+		_, _ = rand.Read(buf[:])
+		jobID = "er_" + hex.EncodeToString(buf[:])
+	}
+	job := &database.ErasureJob{
+		JobID: jobID, User: user, UserHash: hash, HashKeyID: keyID, Trigger: req.Trigger,
+		Modules: modules, State: database.ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: svc.now(),
+	}
+	created, err := svc.privacyDB().CreateErasure(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	if !created {
+		if job, err = svc.privacyDB().GetErasure(ctx, jobID); err != nil {
+			return nil, err
+		} else if job == nil {
+			return nil, fmt.Errorf("erasure job %s vanished", jobID)
+		}
+		zerolog.Ctx(ctx).Debug().Str("job_id", jobID).Str("state", string(job.State)).
+			Msg("Erasure request seen before; continuing its job")
+	}
+	return svc.runErasure(ctx, job)
+}
+
+// jobIDFor returns the ID of the erasure job of an idempotent request: a keyed hash, so that
+// the job ID does not reveal the request (an event ID) to whoever reads the logs.
+func (svc *Service) jobIDFor(ctx context.Context, requestID string) (string, error) {
+	key, _, err := svc.userHashKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	return "er_" + keyedHash(key, "request\x00"+requestID)[:24], nil
+}
+
+// eraseScope validates, sorts and deduplicates the modules of an erasure request.
+func (svc *Service) eraseScope(modules []string) ([]string, error) {
+	if len(modules) == 0 {
+		return nil, nil
+	}
+	out := make([]string, 0, len(modules))
+	for _, module := range modules {
+		if _, ok := svc.bridgeByID[module]; !ok {
+			return nil, fmt.Errorf("%w %q", ErrUnknownModule, module)
+		}
+		if !slices.Contains(out, module) {
+			out = append(out, module)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// runErasure takes job from wherever it is to done. The caller holds eraseLock.
+func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*EraseReceipt, error) {
+	scope := database.ScopeAll
+	if len(job.Modules) > 0 {
+		scope = strings.Join(job.Modules, ",")
+	}
+	log := zerolog.Ctx(ctx).With().
+		Str("job_id", job.JobID).
+		Str("user_hash", job.UserHash[:min(16, len(job.UserHash))]).
+		Str("trigger", job.Trigger).
+		Str("scope", scope).
+		Logger()
+	ctx = log.WithContext(ctx)
+
+	if job.State == database.ErasurePending && job.User == "" {
+		// A full erasure of the same user superseded this job while it was pending.
+		if err := svc.privacyDB().FinishErasure(ctx, job.JobID, svc.now()); err != nil {
+			return nil, err
+		}
+		job.State = database.ErasureDone
+	}
+	if job.State == database.ErasurePending {
+		start := time.Now()
+		user := job.User
+		log.Info().Msg("Erasing user data")
+		job.RemoteFailed = svc.eraseRemote(ctx, user, job.Modules)
+		if len(job.Modules) == 0 {
+			job.LeaveRooms = svc.directChatsWith(ctx, user)
+		}
+		counts, err := svc.eraseRows(ctx, job)
+		if err != nil {
+			return nil, fmt.Errorf("failed to erase user data: %w", err)
+		}
+		if len(job.Modules) == 0 {
+			// The data key is gone with the users row; drop any copy the vault keeps in memory.
+			if forgetter, ok := any(svc.vault).(interface{ Forget(id.UserID) }); ok {
+				forgetter.Forget(user)
+			}
+		}
+		var erased, kept int64
+		for _, tables := range counts.Erased {
+			for _, n := range tables {
+				erased += n
+			}
+		}
+		for _, tables := range counts.Kept {
+			for _, n := range tables {
+				kept += n
+			}
+		}
+		log.Info().
+			Int64("rows_erased", erased).
+			Int64("rows_kept", kept).
+			Int("remote_failures", len(job.RemoteFailed)).
+			Int("direct_chats", len(job.LeaveRooms)).
+			Dur("duration", time.Since(start)).
+			Msg("Erased user data")
+	}
+	if job.State == database.ErasureCleanup {
+		svc.cleanUpErasure(ctx, job)
+	}
+	return receiptFor(job)
+}
+
+// eraseRemote calls EraseRemote on every bridge in scope that implements [Eraser]. It returns
+// the IDs of the bridges that failed; their failures are logged, not returned.
+func (svc *Service) eraseRemote(ctx context.Context, user id.UserID, modules []string) (failed []string) {
+	for _, bh := range svc.bridges {
+		eraser, ok := bh.br.(Eraser)
+		if !ok || (len(modules) > 0 && !slices.Contains(modules, bh.id)) {
+			continue
+		}
+		bctx, cancel := context.WithTimeout(zerolog.Ctx(ctx).With().Str("bridge", bh.id).Logger().WithContext(ctx), time.Minute)
+		err := callSafely(func() error { return eraser.EraseRemote(bctx, user) })
+		cancel()
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Str("bridge", bh.id).Msg("Remote erasure failed; erasing the local data anyway")
+			failed = append(failed, bh.id)
+		}
+	}
+	return failed
+}
+
+// callSafely calls fn, turning a panic into an error.
+func callSafely(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return fn()
+}
+
+// directChatsWith returns the rooms where the bot's only company (apart from our own users) is
+// user, according to the state cache. They are read before the erasure, which clears the
+// cache's entries about the user.
+func (svc *Service) directChatsWith(ctx context.Context, user id.UserID) []id.RoomID {
+	rows, err := svc.rawDB.Query(ctx, `SELECT room_id FROM mx_user_profile WHERE user_id=$1 AND membership='join'`, user)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to list the user's rooms; not leaving direct chats")
+		return nil
+	}
+	var rooms []id.RoomID
+	for rows.Next() {
+		var roomID id.RoomID
+		if err = rows.Scan(&roomID); err == nil {
+			rooms = append(rooms, roomID)
+		}
+	}
+	_ = rows.Close()
+	botID := svc.as.BotMXID()
+	var out []id.RoomID
+	for _, roomID := range rooms {
+		if !svc.stateStore.IsInRoom(ctx, roomID, botID) {
+			continue
+		}
+		members, err := svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
+		if err != nil {
+			continue
+		}
+		others := 0
+		for member := range members {
+			if !svc.isOwnUser(member) {
+				others++
+			}
+		}
+		if _, ok := members[user]; ok && others == 1 {
+			out = append(out, roomID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// eraseRows is the erasure's one database transaction; see [Service.Erase]. It moves the job
+// to cleanup (or done, if there is nothing left to do) and records the tombstone.
+func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*eraseCounts, error) {
+	full := len(job.Modules) == 0
+	user := job.User
+	inv := svc.inventory()
+	modules := job.Modules
+	if full {
+		modules = sortedKeys(inv)
+	}
+	var counts *eraseCounts
+	now := svc.now()
+	err := svc.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		counts = &eraseCounts{Erased: map[string]map[string]int64{}, Kept: map[string]map[string]int64{}}
+		add := func(into map[string]map[string]int64, module, table string, n int64) {
+			if n == 0 {
+				return
+			}
+			if into[module] == nil {
+				into[module] = map[string]int64{}
+			}
+			into[module][table] += n
+		}
+		if full {
+			// Before the state cache's member rows go: the rooms whose member lists will be
+			// incomplete must be fetched again when needed.
+			scrubbed, err := svc.scrubStateCache(ctx, user)
+			if err != nil {
+				return err
+			}
+			add(counts.Erased, CoreModule, "mx_room_state", scrubbed)
+		}
+		for _, module := range modules {
+			tables := inv[module]
+			for _, ut := range tables {
+				if slices.Contains(bookkeepingTables, ut.Table) {
+					continue
+				}
+				n, err := countUserRows(ctx, svc, ut, user)
+				if err != nil {
+					return err
+				}
+				if ut.Policy == EraseRetain {
+					add(counts.Kept, module, ut.Table, n)
+				} else {
+					add(counts.Erased, module, ut.Table, n)
+				}
+			}
+			// Children before parents, in case a table references another without cascading.
+			for i := len(tables) - 1; i >= 0; i-- {
+				ut := tables[i]
+				var query string
+				switch {
+				case ut.Table == "users" || ut.Policy == EraseRetain || slices.Contains(bookkeepingTables, ut.Table):
+					continue
+				case full && (ut.Policy == EraseCascade || ut.Policy == EraseSetNull):
+					// Deleting the users row takes care of these.
+					continue
+				case ut.Policy == EraseSetNull:
+					query = fmt.Sprintf(`UPDATE %s SET %s=NULL WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn), quoteIdent(ut.UserColumn))
+				default:
+					query = fmt.Sprintf(`DELETE FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
+				}
+				if _, err := svc.rawDB.Exec(ctx, query, user); err != nil {
+					return fmt.Errorf("failed to erase rows of %s: %w", ut.Table, err)
+				}
+			}
+		}
+		if full {
+			if _, err := svc.privacyDB().SupersedeErasures(ctx, user, job.JobID, now); err != nil {
+				return err
+			}
+			if _, err := svc.rawDB.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, user); err != nil {
+				return fmt.Errorf("failed to delete users row: %w", err)
+			}
+		}
+		if len(counts.Kept) == 0 {
+			counts.Kept = nil
+		}
+		data, err := json.Marshal(counts)
+		if err != nil {
+			return err
+		}
+		job.Counts = data
+		err = svc.privacyDB().PutTombstone(ctx, &database.Tombstone{
+			JobID: job.JobID, UserHash: job.UserHash, HashKeyID: job.HashKeyID, Trigger: job.Trigger,
+			Modules: job.Modules, ErasedAt: now, Counts: data,
+		})
+		if err != nil {
+			return err
+		}
+		next := database.ErasureDone
+		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 {
+			next = database.ErasureCleanup
+		}
+		if err = svc.privacyDB().CommitErasure(ctx, job, next, now); err != nil {
+			return err
+		}
+		job.State = next
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	job.User = ""
+	if job.State == database.ErasureDone {
+		job.FinishedAt = now
+	}
+	return counts, nil
+}
+
+// countUserRows counts ut's rows about user.
+func countUserRows(ctx context.Context, svc *Service, ut UserTable, user id.UserID) (int64, error) {
+	var n int64
+	query := fmt.Sprintf(`SELECT COUNT(*) FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
+	if err := svc.rawDB.QueryRow(ctx, query, user).Scan(&n); err != nil {
+		return 0, fmt.Errorf("failed to count rows of %s: %w", ut.Table, err)
+	}
+	return n, nil
+}
+
+// scrubStateCache clears what the mautrix state cache holds about user besides their member
+// rows (which the inventory deletes): cached power levels and create events whose JSON mentions
+// them. The cache fetches those from the homeserver again when it needs them. Rooms where the
+// user's member row goes are marked as not having their full member list. It returns how many
+// cached room-state rows it changed.
+func (svc *Service) scrubStateCache(ctx context.Context, user id.UserID) (int64, error) {
+	if _, err := svc.rawDB.Exec(ctx, `
+		UPDATE mx_room_state SET members_fetched=false
+		WHERE room_id IN (SELECT room_id FROM mx_user_profile WHERE user_id=$1)`, user); err != nil {
+		return 0, fmt.Errorf("failed to reset member lists in the state cache: %w", err)
+	}
+	pattern := "%" + database.EscapeLike(jsonStringBody(user.String())) + "%"
+	var total int64
+	for _, column := range []string{"power_levels", "create_event"} {
+		res, err := svc.rawDB.Exec(ctx, fmt.Sprintf(
+			`UPDATE mx_room_state SET %[1]s=NULL WHERE %[1]s IS NOT NULL AND CAST(%[1]s AS TEXT) LIKE $1 ESCAPE '\'`, column), pattern)
+		if err != nil {
+			return 0, fmt.Errorf("failed to clear %s in the state cache: %w", column, err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
+}
+
+// jsonStringBody returns s as it appears inside a JSON string, without the quotes.
+func jsonStringBody(s string) string {
+	var sb strings.Builder
+	enc := json.NewEncoder(&sb)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	out := strings.TrimSpace(sb.String())
+	return out[1 : len(out)-1]
+}
+
+// quoteIdent quotes a SQL identifier for both dialects. Identifiers come from the inventory,
+// which is code, never from users, and the schema check has made sure they exist.
+func quoteIdent(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+// cleanUpErasure tells the user (if asked to) and leaves the direct chats the bot shared with
+// them, then marks the job done. A failure to send the receipt leaves the job in cleanup, to be
+// retried at the next start; failures to leave are logged.
+func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob) {
+	log := zerolog.Ctx(ctx)
+	bot := svc.as.BotIntent()
+	if job.NotifyRoom != "" {
+		receipt, err := receiptFor(job)
+		if err == nil {
+			content := format.RenderMarkdown(receiptMarkdown(receipt, len(job.LeaveRooms) > 0), true, false)
+			content.MsgType = event.MsgNotice
+			_, err = bot.SendMessageEvent(ctx, job.NotifyRoom, event.EventMessage, &content, mautrix.ReqSendEvent{
+				TransactionID: TxnIDFor(id.EventID("erasure:"+job.JobID), "receipt"),
+			})
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("Failed to send the erasure receipt; will retry at the next start")
+			return
+		}
+	}
+	for _, roomID := range job.LeaveRooms {
+		_, err := bot.LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
+		if err != nil && !isRoomGone(err) {
+			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to leave direct chat after erasure")
+			continue
+		}
+		if err = svc.bot.endSetup(ctx, roomID, "user erased"); err != nil {
+			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to end setup of direct chat after erasure")
+		}
+	}
+	if err := svc.privacyDB().FinishErasure(ctx, job.JobID, svc.now()); err != nil {
+		log.Warn().Err(err).Msg("Failed to mark erasure job done; will retry at the next start")
+		return
+	}
+	job.State = database.ErasureDone
+	job.FinishedAt = svc.now()
+}
+
+// receiptFor builds the receipt of job.
+func receiptFor(job *database.ErasureJob) (*EraseReceipt, error) {
+	r := &EraseReceipt{
+		JobID: job.JobID, State: string(job.State), Trigger: job.Trigger, Modules: job.Modules,
+		UserHash: job.UserHash, RemoteFailures: job.RemoteFailed, StartedAt: job.CreatedAt,
+		Erased: map[string]map[string]int64{},
+	}
+	if !job.FinishedAt.IsZero() {
+		finished := job.FinishedAt
+		r.FinishedAt = &finished
+	}
+	if len(job.Counts) > 0 {
+		var counts eraseCounts
+		if err := json.Unmarshal(job.Counts, &counts); err != nil {
+			return nil, fmt.Errorf("invalid counts in erasure job %s: %w", job.JobID, err)
+		}
+		if counts.Erased != nil {
+			r.Erased = counts.Erased
+		}
+		r.Kept = counts.Kept
+	}
+	return r, nil
+}
+
+// receiptMarkdown is the receipt the user gets in their direct chat.
+func receiptMarkdown(r *EraseReceipt, leaving bool) string {
+	var sb strings.Builder
+	totals := r.ModuleTotals()
+	if len(r.Modules) == 0 {
+		sb.WriteString("Done: I erased everything Custodian held about you.\n\n")
+	} else {
+		fmt.Fprintf(&sb, "Done: I erased what %s held about you. Everything else is untouched.\n\n", strings.Join(r.Modules, ", "))
+	}
+	if len(totals) == 0 {
+		sb.WriteString("There was nothing to erase.\n")
+	}
+	for _, module := range slices.Sorted(maps.Keys(totals)) {
+		fmt.Fprintf(&sb, "* %s: %s\n", module, plural(totals[module], "entry", "entries"))
+	}
+	for _, module := range slices.Sorted(maps.Keys(r.Kept)) {
+		var n int64
+		for _, c := range r.Kept[module] {
+			n += c
+		}
+		fmt.Fprintf(&sb, "* %s kept %s for a stated reason until they expire (send `mydata` to see why)\n", module, plural(n, "entry", "entries"))
+	}
+	if len(r.RemoteFailures) > 0 {
+		fmt.Fprintf(&sb, "\nUndoing what %s did for you on the remote side failed; the administrator can see it in the logs. Your data here is erased regardless.\n",
+			strings.Join(r.RemoteFailures, ", "))
+	}
+	fmt.Fprintf(&sb, "\nAll that remains is a record that an erasure happened, when, and these counts, filed under a one-way keyed hash instead of your user ID (erasure %s).",
+		format.SafeMarkdownCode(r.JobID))
+	if leaving {
+		sb.WriteString(" I'm leaving this chat now; invite me again whenever you like, and I will start from scratch.")
+	}
+	return sb.String()
+}
+
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// resumeErasures finishes the erasure jobs an earlier run left pending or in cleanup.
+func (svc *Service) resumeErasures(ctx context.Context) {
+	log := zerolog.Ctx(ctx)
+	jobs, err := svc.privacyDB().UnfinishedErasures(ctx)
+	if err != nil {
+		log.Error().Err(err).Msg("Failed to list unfinished erasure jobs")
+		return
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	log.Info().Int("jobs", len(jobs)).Msg("Finishing erasures interrupted by a restart")
+	for _, job := range jobs {
+		svc.privacy.eraseLock.Lock()
+		// Another request may have moved the job on since it was listed.
+		current, err := svc.privacyDB().GetErasure(ctx, job.JobID)
+		if err == nil && current != nil && current.State != database.ErasureDone {
+			_, err = svc.runErasure(ctx, current)
+		}
+		svc.privacy.eraseLock.Unlock()
+		if err != nil {
+			log.Error().Err(err).Str("job_id", job.JobID).Msg("Failed to finish interrupted erasure; will retry at the next start")
+		}
+	}
+}
+
+// ErasureStatus returns the receipt of erasure job jobID as it stands, or [ErrUnknownErasure].
+func (svc *Service) ErasureStatus(ctx context.Context, jobID string) (*EraseReceipt, error) {
+	job, err := svc.privacyDB().GetErasure(ctx, jobID)
+	if err != nil {
+		return nil, err
+	} else if job == nil {
+		return nil, ErrUnknownErasure
+	}
+	return receiptFor(job)
+}

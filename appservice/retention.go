@@ -1,0 +1,104 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// finishedErasureTTL is how long a finished erasure job stays visible in the admin API. The job
+// no longer names the user; its tombstone stays for good.
+const finishedErasureTTL = 90 * 24 * time.Hour
+
+// checkRetention reports declarations the retention sweeper cannot enforce: a retention without
+// a time column, or an unknown retention class. start refuses to run with them.
+func checkRetention(inventory map[string][]UserTable) error {
+	var errs []error
+	for _, module := range sortedKeys(inventory) {
+		for _, ut := range inventory[module] {
+			switch ut.RetentionClass {
+			case "", RetentionActivity, RetentionNetwork:
+			default:
+				errs = append(errs, fmt.Errorf("%s: table %s: unknown retention class %q", module, ut.Table, ut.RetentionClass))
+			}
+			if (ut.RetentionClass != "" || ut.Retention > 0) && ut.TimeColumn == "" {
+				errs = append(errs, fmt.Errorf("%s: table %s: a retention needs a TimeColumn", module, ut.Table))
+			}
+			if ut.Retention < 0 {
+				errs = append(errs, fmt.Errorf("%s: table %s: negative retention", module, ut.Table))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retentionLoop runs the retention sweeper every privacy.sweep_interval until ctx ends.
+func (svc *Service) retentionLoop(ctx context.Context) {
+	ticks, stop := svc.clock().NewTicker(svc.cfg.Privacy.sweepInterval())
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+		}
+		deleted, err := svc.sweepRetention(ctx)
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Retention sweep failed; will try again at the next interval")
+		}
+		if hook := svc.privacy.afterSweep; hook != nil {
+			hook("retention", deleted, err)
+		}
+	}
+}
+
+// sweepRetention deletes, in every module's declared tables with a retention (their own, or
+// their retention class's from the configuration), the rows whose TimeColumn is older than the
+// retention, and finished erasure jobs older than 90 days. It returns how many rows it deleted.
+// On PostgreSQL only one instance sweeps at a time (an advisory lock); the others skip the
+// sweep. A table that fails does not stop the others; the failures are returned together.
+func (svc *Service) sweepRetention(ctx context.Context) (int64, error) {
+	var total int64
+	start := time.Now()
+	ran, err := svc.withSweepLock(ctx, "retention", func(ctx context.Context) error {
+		now := svc.now()
+		inv := svc.inventory()
+		var errs []error
+		for _, module := range sortedKeys(inv) {
+			for _, ut := range inv[module] {
+				retention := svc.effectiveRetention(ut)
+				if retention <= 0 || ut.TimeColumn == "" {
+					continue
+				}
+				res, err := svc.rawDB.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s < $1`, quoteIdent(ut.Table), quoteIdent(ut.TimeColumn)),
+					now.Add(-retention).UnixMilli())
+				if err != nil {
+					errs = append(errs, fmt.Errorf("failed to delete expired rows of %s: %w", ut.Table, err))
+					continue
+				}
+				if n, _ := res.RowsAffected(); n > 0 {
+					total += n
+					zerolog.Ctx(ctx).Debug().Str("module", module).Str("table", ut.Table).Int64("rows", n).
+						Msg("Deleted expired rows")
+				}
+			}
+		}
+		n, err := svc.privacyDB().DeleteFinishedErasures(ctx, now.Add(-finishedErasureTTL))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		total += n
+		return errors.Join(errs...)
+	})
+	if !ran {
+		zerolog.Ctx(ctx).Debug().Msg("Another instance is running the retention sweep")
+		return 0, err
+	}
+	if total > 0 {
+		zerolog.Ctx(ctx).Info().Int64("rows", total).Dur("duration", time.Since(start)).Msg("Retention sweep deleted expired rows")
+	}
+	return total, err
+}

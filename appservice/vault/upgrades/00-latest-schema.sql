@@ -1,0 +1,33 @@
+-- v0 -> v1: Latest revision
+
+-- as_vault_kek records every master key (KEK) that has wrapped a data key, by its ID, with a
+-- check value: the first 16 bytes of HMAC-SHA256(key, "custodian-kek-check v1" || key ID). The
+-- check value tells a wrong key file apart from the right one without touching any user's data;
+-- it reveals nothing about the key. The key itself is never stored in the database.
+CREATE TABLE as_vault_kek (
+	kek_id      TEXT   PRIMARY KEY,
+-- only: postgres
+	check_value BYTEA  NOT NULL,
+-- only: sqlite
+	check_value BLOB   NOT NULL,
+	created_at  BIGINT NOT NULL
+);
+
+-- as_vault_dek holds each user's data keys (DEKs), wrapped (AES-256-GCM) by a master key. A user
+-- normally has one; a new one is added only when the newest cannot be unwrapped (its master key
+-- is missing or wrong), so that the user can link again without destroying the old one. Deleting
+-- the users row deletes these rows (crypto-shredding): every value sealed under them, in any
+-- copy of any table, can no longer be opened with this database.
+CREATE TABLE as_vault_dek (
+	user_mxid    TEXT    NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	dek_id       INTEGER NOT NULL,
+	kek_id       TEXT    NOT NULL REFERENCES as_vault_kek (kek_id),
+-- only: postgres
+	wrapped      BYTEA   NOT NULL,
+-- only: sqlite
+	wrapped      BLOB    NOT NULL,
+	created_at   BIGINT  NOT NULL,
+	rewrapped_at BIGINT,
+	PRIMARY KEY (user_mxid, dek_id)
+);
+CREATE INDEX as_vault_dek_kek_idx ON as_vault_dek (kek_id);

@@ -1,0 +1,91 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/vault"
+)
+
+// upgradeVault runs the vault's migrations on its child database (version table
+// as_vault_version). It runs whether or not the vault is on, after the core's migrations: the
+// vault's tables reference users, and the personal-data inventory declares them.
+func (svc *Service) upgradeVault(ctx context.Context) error {
+	if err := vault.ChildDB(svc.rawDB, svc.log).Upgrade(ctx); err != nil {
+		return fmt.Errorf("failed to upgrade vault database: %w", err)
+	}
+	return nil
+}
+
+// setupVault creates the credential vault from the vault section and sets svc.vault, then keeps
+// its keys current in the background until ctx ends. Key problems (a missing or unreadable key
+// file, a missing or wrong key) never stop the service: the vault logs an Error that names the
+// key file and key ID and says what to do, and only the affected secrets are unavailable. With
+// the vault off, svc.vault stays nil and bridges get ErrVaultDisabled.
+func (svc *Service) setupVault(ctx context.Context) {
+	log := zerolog.Ctx(ctx).With().Str("component", "vault").Logger()
+	ctx = log.WithContext(ctx)
+	src := svc.cfg.Vault.KeySource()
+	if src == nil {
+		log.Warn().Msg("The credential vault is off (vault.key_file and vault.key_env are null): bridges cannot store credentials")
+		return
+	}
+	if svc.cfg.Vault.KeyFile != nil {
+		warnKeyFileMode(log, *svc.cfg.Vault.KeyFile)
+	}
+	v := vault.New(vault.ChildDB(svc.rawDB, svc.log), vault.Options{Keys: src})
+	// Reload logs what went wrong and how to fix it; the service runs on regardless.
+	_ = v.Reload(ctx)
+	svc.vault = v
+	svc.goBackground(ctx, v.Run)
+}
+
+// warnKeyFileMode warns when the key file can be read by others than its owner.
+func warnKeyFileMode(log zerolog.Logger, path string) {
+	info, err := os.Stat(path)
+	if err != nil || info.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	log.Warn().Str("key_file", path).Str("mode", fmt.Sprintf("%04o", info.Mode().Perm())).
+		Str("fix", "chmod 600 "+path).
+		Msg("The vault's key file can be read by other users")
+}
+
+// ErrNoVaultTables is returned by [OpenVault] when the database has no vault tables yet.
+var ErrNoVaultTables = errors.New("the database has no vault tables yet: start Custodian once (it creates them), then try again")
+
+// OpenVault opens the database cfg names and a vault on it, for the admin commands ("custodian
+// keys status|rotate|retire") run next to a live service. It does not run migrations (the
+// service owns the schema: [ErrNoVaultTables] if they have not run), does not load the keys
+// (call Reload) and starts nothing in the background. The caller must call closeDB when done.
+// It fails if the vault is off in cfg.
+func OpenVault(ctx context.Context, cfg *Config, log zerolog.Logger) (v *vault.Vault, closeDB func() error, err error) {
+	src := cfg.Vault.KeySource()
+	if src == nil {
+		return nil, nil, errors.New("the vault is off: vault.key_file and vault.key_env are both null")
+	}
+	rawDB, err := openDatabase(&cfg.Database, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	db := vault.ChildDB(rawDB, log)
+	exists, err := db.TableExists(ctx, "as_vault_dek")
+	if err == nil && !exists {
+		err = ErrNoVaultTables
+	}
+	if err != nil {
+		_ = rawDB.Close()
+		return nil, nil, err
+	}
+	return vault.New(db, vault.Options{Keys: src}), rawDB.Close, nil
+}
+
+var (
+	_ vaultBackend                   = (*vault.Vault)(nil)
+	_ interface{ Forget(id.UserID) } = (*vault.Vault)(nil)
+)
