@@ -462,6 +462,28 @@ func (bh *botHost) handleMessage(ctx context.Context, evt *event.Event) error {
 	return bh.runCommand(ctx, ce, pc)
 }
 
+// carriesSecret reports whether evt is a text message that looks like a sensitive command (or a
+// typo of one), wherever it was sent and with or without the prefix. The dispatcher withholds
+// such messages from bridges, so a credential typed into a bridged room never leaves Matrix.
+func (bh *botHost) carriesSecret(evt *event.Event) bool {
+	if evt.Type != event.EventMessage || bh.commands == nil {
+		return false
+	}
+	content, ok := evt.Content.Parsed.(*event.MessageEventContent)
+	if !ok || content.MsgType != event.MsgText {
+		return false
+	}
+	pc, ok := parseCommand(content.Body, bh.prefix(), true, bh.commands.isGroup)
+	if !ok {
+		return false
+	}
+	if cmd := bh.commands.lookup(pc); cmd != nil {
+		return cmd.Sensitive
+	}
+	_, sensitive := bh.commands.suggest(pc)
+	return sensitive
+}
+
 // isDM reports whether roomID is a direct chat between the bot and sender: the bot was invited
 // with is_direct, or the two are the room's only joined members.
 func (bh *botHost) isDM(ctx context.Context, roomID id.RoomID, sender id.UserID) (bool, error) {

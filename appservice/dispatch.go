@@ -321,6 +321,10 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 		return svc.bot.handleEvent(ctx, evt)
 	})
 	targets := svc.routeToBridges(ctx, evt)
+	if len(targets) > 0 && svc.bot.carriesSecret(evt) {
+		log.Debug().Msg("Not routing a message that carries a secret to bridges")
+		return
+	}
 	if len(targets) > 0 && evt.Sender != "" {
 		// A paused user's events still reach the bot (so !resume works) but no bridge.
 		if paused, err := svc.db.User.IsPaused(ctx, evt.Sender); err != nil {

@@ -296,3 +296,35 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Error("/metrics contains a message body")
 	}
 }
+
+// secretBridge is a recording bridge with a sensitive command, like !irc login.
+type secretBridge struct{ *recordingBridge }
+
+func (sb secretBridge) Commands() []*Command {
+	return []*Command{{
+		Name: "login", Args: "<password>", Help: "Log in.", Scope: ScopeDM, Sensitive: true,
+		Handler: func(ctx context.Context, ce *CommandEvent) error { return nil },
+	}}
+}
+
+func TestMessagesCarryingSecretsNeverReachBridges(t *testing.T) {
+	db := newTestDB(t, astest.SQLite)
+	br := secretBridge{newRecordingBridge("rec")}
+	_, base := startTestService(t, db, testConfig(deadHomeserver(t).URL), br)
+	room := id.RoomID("!portal:example.org")
+	if err := br.host.ClaimRoom(context.Background(), room, Provenance{}); err != nil {
+		t.Fatal(err)
+	}
+	body := transaction(
+		messageEvent("$secret", string(room), "@alice:example.org", "!rec login hunter2"),
+		messageEvent("$typo", string(room), "@alice:example.org", "rec logn hunter2"),
+		messageEvent("$plain", string(room), "@alice:example.org", "just chatting"),
+	)
+	if status, _ := do(t, base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/s1", testHSToken, body}); status != 200 {
+		t.Fatalf("PUT = %d, want 200", status)
+	}
+	if got := br.next(t).ID; got != "$plain" {
+		t.Fatalf("bridge got %s first, want $plain (commands carrying secrets withheld)", got)
+	}
+	br.assertNoEvent(t, 200*time.Millisecond)
+}
