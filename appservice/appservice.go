@@ -38,6 +38,8 @@ type Service struct {
 	bot        *botHost
 	dispatcher *dispatcher
 	roomOwners roomOwnerCache
+	// botRooms caches whether the bot is joined to a room (see botInRoom).
+	botRooms sync.Map
 	// vault is nil when no master key is configured.
 	vault vaultBackend
 	// privacy is the state of the privacy operations (privacy.go).

@@ -225,6 +225,7 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 			Stringer("room_id", evt.RoomID).
 			Stringer("inviter", evt.Sender).
 			Msg("Rejecting invite from a user the invite policy does not allow")
+		bh.svc.botRooms.Delete(evt.RoomID)
 		_, err := bot.LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{Reason: inviteRejectReason(policy, domain)})
 		if err != nil && !isRoomGone(err) {
 			return fmt.Errorf("failed to reject invite: %w", err)
@@ -235,6 +236,7 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 	if err := bot.EnsureRegistered(ctx); err != nil {
 		return err
 	}
+	bh.svc.botRooms.Delete(evt.RoomID)
 	if _, err := bot.JoinRoomByID(ctx, evt.RoomID); err != nil {
 		if isRoomGone(err) {
 			log.Info().Err(err).Stringer("room_id", evt.RoomID).Msg("Invite is no longer valid; not joining")
@@ -362,6 +364,7 @@ func (bh *botHost) checkRoomEmpty(ctx context.Context, roomID id.RoomID) error {
 	// the room and finishes the job, while the other order would leave the setup behind. A
 	// failed leave does not undo the purge, as nobody is left who could use the configuration.
 	purgeErr := bh.endSetup(ctx, roomID, "room empty")
+	bh.svc.botRooms.Delete(roomID)
 	_, err = bh.svc.as.BotIntent().LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Everyone else left the room"})
 	if err != nil && !isRoomGone(err) {
 		return errors.Join(purgeErr, fmt.Errorf("failed to leave empty room: %w", err))

@@ -432,8 +432,7 @@ func (bh *botHost) handleMessage(ctx context.Context, evt *event.Event) error {
 	if _, puppeted := evt.Content.Raw["fi.mau.double_puppet_source"]; puppeted || bh.svc.isOwnUser(evt.Sender) {
 		return nil
 	}
-	botID := bh.svc.as.BotMXID()
-	if !bh.svc.stateStore.IsInRoom(ctx, evt.RoomID, botID) {
+	if !bh.svc.botInRoom(ctx, evt.RoomID) {
 		return nil
 	}
 	text := content.Body

@@ -305,6 +305,9 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 		// Our own members' state matters too (the bot's joins), so the cache is updated before
 		// echoes are dropped.
 		mautrix.UpdateStateStore(ctx, svc.stateStore, evt)
+		if evt.Type == event.StateMember && evt.GetStateKey() == svc.as.BotMXID().String() {
+			svc.botRooms.Delete(evt.RoomID)
+		}
 	}
 	if svc.isOwnUser(evt.Sender) {
 		log.Trace().Msg("Dropping echo of our own event")

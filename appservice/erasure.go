@@ -525,6 +525,7 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 		}
 	}
 	for _, roomID := range job.LeaveRooms {
+		svc.botRooms.Delete(roomID)
 		_, err := bot.LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
 		if err != nil && !isRoomGone(err) {
 			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to leave direct chat after erasure")

@@ -152,3 +152,16 @@ func TxnIDFor(evtID id.EventID, purpose string) string {
 
 // roomOwnerCache is the type of Service.roomOwners.
 type roomOwnerCache = sync.Map
+
+// botInRoom reports whether the Custodian bot is joined to roomID, from an in-memory cache in
+// front of the state store: every message asks, and a database query per message would cost more
+// than the rest of handling it. The dispatcher drops a room's entry whenever a membership event
+// of the bot passes through the state cache, so the answer follows the room's state.
+func (svc *Service) botInRoom(ctx context.Context, roomID id.RoomID) bool {
+	if joined, ok := svc.botRooms.Load(roomID); ok {
+		return joined.(bool)
+	}
+	joined := svc.stateStore.IsInRoom(ctx, roomID, svc.as.BotMXID())
+	svc.botRooms.Store(roomID, joined)
+	return joined
+}

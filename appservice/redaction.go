@@ -191,7 +191,7 @@ func (svc *Service) handleRedaction(ctx context.Context, evt *event.Event) error
 // there. The transaction ID is derived from the redaction, so a replay posts nothing new.
 func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged map[string]map[string]int64) error {
 	bot := svc.as.BotIntent()
-	if !svc.stateStore.IsInRoom(ctx, evt.RoomID, bot.UserID) {
+	if !svc.botInRoom(ctx, evt.RoomID) {
 		return nil
 	}
 	var parts []string
