@@ -3,6 +3,7 @@ module github.com/custodian-matrix/custodian
 go 1.26.8
 
 require (
+	github.com/ergochat/irc-go v0.7.0
 	github.com/lib/pq v1.12.3
 	github.com/mattn/go-sqlite3 v1.14.53
 	github.com/prometheus/client_golang v1.22.0

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Starts a throwaway IRC network for the IRC bridge's tests: InspIRCd 3 with Atheme services
+# linked (SASL PLAIN, NickServ REGISTER without e-mail, IRCv3 caps), on 127.0.0.1 with free
+# ports. Installs inspircd and atheme-services with apt if missing (needs root on Debian 12).
+#
+#   port=$(scripts/testbed-irc.sh [WORKDIR])   # prints the client port once SASL is offered
+#   scripts/testbed-irc-stop.sh WORKDIR         # stops both daemons
+#
+# WORKDIR defaults to a new directory under /tmp; its path, the port and the PIDs are written to
+# $WORKDIR/env (shell syntax). Everything else goes to stderr. The settings follow the team's
+# notes in TESTBED.md: no clone, flood or registration limits, no rDNS or ident, no TLS.
+set -euo pipefail
+
+log() { echo "testbed-irc: $*" >&2; }
+
+if ! [ -x /usr/sbin/inspircd ] || ! [ -x /usr/bin/atheme-services ]; then
+	log "installing inspircd and atheme-services"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y --no-install-recommends inspircd atheme-services >&2 ||
+		{ apt-get update >&2 && apt-get install -y --no-install-recommends inspircd atheme-services >&2; }
+fi
+
+workdir=${1:-$(mktemp -d /tmp/custodian-irc.XXXXXX)}
+mkdir -p "$workdir/inspircd" "$workdir/atheme"
+workdir=$(cd "$workdir" && pwd)
+
+# A port nobody listens on. Another process may take it before the daemon binds it; the
+# readiness check below then fails and says so.
+free_port() {
+	local p
+	for _ in $(seq 100); do
+		p=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return
+		fi
+	done
+	log "no free port found"
+	exit 1
+}
+client_port=$(free_port)
+link_port=$(free_port)
+while [ "$link_port" = "$client_port" ]; do link_port=$(free_port); done
+linkpass=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+: >"$workdir/inspircd/motd.txt"
+cat >"$workdir/inspircd/inspircd.conf" <<EOF
+<config format="xml">
+<server name="irc.test" description="Custodian test network" network="TestNet" id="0IR">
+<admin name="test" nick="test" email="admin@example.com">
+<path configdir="$workdir/inspircd" datadir="$workdir/inspircd" logdir="$workdir/inspircd" moduledir="/usr/lib/inspircd/modules">
+<pid file="$workdir/inspircd/inspircd.pid">
+<files motd="$workdir/inspircd/motd.txt">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$workdir/inspircd/ircd.log">
+
+<bind address="127.0.0.1" port="$client_port" type="clients">
+<bind address="127.0.0.1" port="$link_port" type="servers">
+<dns server="127.0.0.1" timeout="1">
+
+<connect name="main" allow="*" maxchans="1000" timeout="60" pingfreq="5m"
+         hardsendq="64M" softsendq="16M" recvq="16M"
+         threshold="1000000" commandrate="100000000" fakelag="yes"
+         localmax="100000" globalmax="100000" maxconnwarn="no" limit="100000"
+         resolvehostnames="no" useident="no" usests="no">
+<cidr ipv4clone="32" ipv6clone="128">
+<channels users="1000" opers="1000">
+<performance netbuffersize="65534" somaxconn="4096" softlimit="19968"
+             clonesonconnect="no" timeskipwarn="0" quietbursts="yes">
+<options syntaxhints="no" announcets="yes" allowmismatch="no" defaultbind="auto"
+         hostintopic="yes" pingwarning="15" serverpingfreq="1m" splitwhois="no"
+         defaultmodes="nt" allowzerolimit="no" modesinlist="no">
+<security announceinvites="dynamic" hideulines="no" flatlinks="no" hidebans="no"
+          hidekills="" hideulinekills="yes" hidesplits="no" maxtargets="20"
+          customversion="" restrictbannedusers="yes" genericoper="no" userstats="Pu">
+<limits maxaway="200" maxchan="64" maxhost="64" maxident="10" maxkick="300"
+        maxmodes="20" maxnick="30" maxquit="300" maxreal="130" maxtopic="330">
+<whowas groupsize="10" maxgroups="10000" maxkeep="1h">
+
+EOF
+# Modules: the services link and what Atheme needs (deaf is required: Atheme's clients are
+# +d), then the IRCv3 capabilities the bridge uses.
+for m in spanningtree services_account cap sasl chghost cban svshold servprotect hidechans deaf alias \
+	ircv3 ircv3_accounttag ircv3_batch ircv3_capnotify ircv3_chghost ircv3_ctctags ircv3_echomessage \
+	ircv3_invitenotify ircv3_labeledresponse ircv3_msgid ircv3_servertime monitor namesx uhnames setname botmode; do
+	echo "<module name=\"$m\">"
+done >>"$workdir/inspircd/inspircd.conf"
+cat >>"$workdir/inspircd/inspircd.conf" <<EOF
+
+<sasl target="services.int" requiressl="no">
+<monitor maxentries="1000">
+<link name="services.int" ipaddr="127.0.0.1" port="$link_port" allowmask="127.0.0.1/32" timeout="30"
+      sendpass="$linkpass" recvpass="$linkpass" hidden="no">
+<uline server="services.int" silent="yes">
+EOF
+for svc in NickServ ChanServ SaslServ; do
+	echo "<badnick nick=\"$svc\" reason=\"Reserved for services\">"
+done >>"$workdir/inspircd/inspircd.conf"
+for alias in NICKSERV:NickServ NS:NickServ CHANSERV:ChanServ CS:ChanServ; do
+	echo "<alias text=\"${alias%%:*}\" replace=\"PRIVMSG ${alias##*:} :\$2-\" requires=\"${alias##*:}\" uline=\"yes\">"
+done >>"$workdir/inspircd/inspircd.conf"
+
+{
+	echo 'loadmodule "modules/protocol/inspircd";'
+	echo 'loadmodule "modules/backend/opensex";'
+	echo 'loadmodule "modules/crypto/posix";'
+	for m in nickserv/main nickserv/register nickserv/identify nickserv/logout nickserv/info nickserv/help \
+		nickserv/drop nickserv/ghost nickserv/group nickserv/status nickserv/set_core nickserv/set_password \
+		nickserv/set_email nickserv/set_accountname chanserv/main chanserv/register chanserv/drop chanserv/info \
+		chanserv/help chanserv/flags chanserv/op chanserv/voice saslserv/main saslserv/plain; do
+		echo "loadmodule \"modules/$m\";"
+	done
+	cat <<EOF
+serverinfo {
+	name = "services.int"; desc = "Atheme IRC Services"; numeric = "00A"; recontime = 1;
+	netname = "TestNet"; hidehostsuffix = "users.testnet";
+	adminname = "test"; adminemail = "admin@example.com"; registeremail = "noreply@example.com";
+	loglevel = { error; info; admin; network; register; };
+	maxlogins = 1000; maxusers = 0; mdlimit = 30; emaillimit = 10; emailtime = 300;
+	auth = none; casemapping = rfc1459;
+};
+uplink "irc.test" { host = "127.0.0.1"; port = $link_port; send_password = "$linkpass"; receive_password = "$linkpass"; };
+nickserv { nick = "NickServ"; user = "NickServ"; host = "services.int"; real = "Nickname Services"; maxnicks = 5; expire = 0; };
+chanserv {
+	nick = "ChanServ"; user = "ChanServ"; host = "services.int"; real = "Channel Services";
+	maxchans = 1000; trigger = "!"; expire = 0; maxchanacs = 0; maxfounders = 4;
+	templates { vop = "+AV"; hop = "+AHehitrv"; aop = "+AOehiortv"; sop = "+AOaefhiorstv"; founder = "+AFORaefhiorstv"; };
+};
+saslserv { nick = "SaslServ"; user = "SaslServ"; host = "services.int"; real = "SASL Authentication Agent"; };
+logfile "$workdir/atheme/account.log" { register; set; };
+/* No flood detection and no ratelimit_* keys: the REGISTER throttle is off. */
+general { flood_msgs = 0; flood_time = 10; kline_time = 7; clone_time = 0; commit_interval = 1;
+	uplink_sendq_limit = 104857600; language = "en"; exempts { }; immune_level = immune; };
+operclass "user" { };
+EOF
+} >"$workdir/atheme/atheme.conf"
+chmod 600 "$workdir/inspircd/inspircd.conf" "$workdir/atheme/atheme.conf"
+
+/usr/sbin/inspircd --config "$workdir/inspircd/inspircd.conf" --nofork --runasroot \
+	>"$workdir/inspircd/stdout.log" 2>&1 </dev/null &
+ircd_pid=$!
+/usr/bin/atheme-services -n -c "$workdir/atheme/atheme.conf" -D "$workdir/atheme" \
+	-l "$workdir/atheme/atheme.log" -p "$workdir/atheme/atheme.pid" \
+	>"$workdir/atheme/stdout.log" 2>&1 </dev/null &
+services_pid=$!
+cat >"$workdir/env" <<EOF
+IRC_WORKDIR=$workdir
+IRC_PORT=$client_port
+IRC_LINK_PORT=$link_port
+IRC_INSPIRCD_PID=$ircd_pid
+IRC_ATHEME_PID=$services_pid
+EOF
+
+# Ready when a client sees sasl in CAP LS: it is offered only while Atheme is linked.
+sasl_offered() {
+	local line
+	exec 3<>"/dev/tcp/127.0.0.1/$client_port" || return 1
+	printf 'CAP LS 302\r\n' >&3
+	while IFS= read -r -t 3 line <&3; do
+		case $line in
+		*" CAP "*" LS "*sasl*) exec 3<&-; return 0 ;;
+		*" CAP "*" LS :"*) break ;; # the last CAP LS line, without sasl
+		esac
+	done
+	exec 3<&-
+	return 1
+}
+for _ in $(seq 60); do
+	if ! kill -0 "$ircd_pid" 2>/dev/null || ! kill -0 "$services_pid" 2>/dev/null; then
+		log "a daemon exited; see $workdir/inspircd/ and $workdir/atheme/"
+		kill "$ircd_pid" "$services_pid" 2>/dev/null || true
+		exit 1
+	fi
+	if sasl_offered 2>/dev/null; then
+		log "ready in $workdir"
+		echo "$client_port"
+		exit 0
+	fi
+	sleep 0.5
+done
+log "sasl not offered after 30 s; see $workdir/inspircd/ircd.log and $workdir/atheme/atheme.log"
+kill "$ircd_pid" "$services_pid" 2>/dev/null || true
+exit 1
