@@ -525,11 +525,30 @@ func TestBotCommandsInDirectChat(t *testing.T) {
 			t.Errorf("help reply = %q, want it to list ping and the test group", body)
 		}
 	})
-	t.Run("two members", func(t *testing.T) {
+	t.Run("two members without a setup record", func(t *testing.T) {
+		env := newBotEnv(t, nil)
+		env.setUpRoom(false, botTestAlice)
+		if _, err := env.svc.db.BotSetup.Delete(env.ctx, botTestRoom, botTestBot); err != nil {
+			t.Fatal(err)
+		}
+		env.hs.Reset()
+		ping := env.text(botTestRoom, botTestAlice, "ping")
+		env.mustDeliver(ping)
+		if body := env.onlyReply(ping); body != "Pong" {
+			t.Errorf("ping reply = %q, want Pong", body)
+		}
+	})
+	t.Run("two members in a room set up as a group", func(t *testing.T) {
+		// A private room of one user and the bot (say for their webhooks) is a group room: the
+		// prefix is needed, and room commands work there.
 		env := newBotEnv(t, nil)
 		env.setUpRoom(false, botTestAlice)
 		env.hs.Reset()
-		ping := env.text(botTestRoom, botTestAlice, "ping")
+		env.mustDeliver(env.text(botTestRoom, botTestAlice, "ping"))
+		if got := env.messages(); len(got) != 0 {
+			t.Fatalf("bot answered an unprefixed message in a group room: %d messages", len(got))
+		}
+		ping := env.text(botTestRoom, botTestAlice, "!ping")
 		env.mustDeliver(ping)
 		if body := env.onlyReply(ping); body != "Pong" {
 			t.Errorf("ping reply = %q, want Pong", body)

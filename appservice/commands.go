@@ -483,15 +483,17 @@ func (bh *botHost) carriesSecret(evt *event.Event) bool {
 	return sensitive
 }
 
-// isDM reports whether roomID is a direct chat between the bot and sender: the bot was invited
-// with is_direct, or the two are the room's only joined members.
+// isDM reports whether roomID is a direct chat between the bot and sender. Where the bot has a
+// setup record, the invite said: is_direct, or a group room (a private room of one user and the
+// bot, say for their webhooks, is still a group room). Rooms without a record (a direct chat a
+// bridge opened) count as direct when the two are the only joined members.
 func (bh *botHost) isDM(ctx context.Context, roomID id.RoomID, sender id.UserID) (bool, error) {
 	botID := bh.svc.as.BotMXID()
 	setup, err := bh.svc.db.BotSetup.Get(ctx, roomID, botID)
 	if err != nil {
 		return false, err
-	} else if setup != nil && setup.IsDirect {
-		return true, nil
+	} else if setup != nil {
+		return setup.IsDirect, nil
 	}
 	members, err := bh.svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
 	if err != nil {

@@ -453,3 +453,111 @@ func doJSON(ctx context.Context, method, url, token string, in, out any) error {
 	}
 	return nil
 }
+
+// MustJoinRoom joins cli to roomID (an invite it has, or a public room), failing the test on
+// error.
+func (env *Env) MustJoinRoom(t testing.TB, cli *mautrix.Client, roomID id.RoomID) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if _, err := cli.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatalf("%s joining %s: %v", cli.UserID, roomID, err)
+	}
+}
+
+// MustCreateDMWithBot creates a direct chat (is_direct invite, trusted_private_chat) between cli
+// and the Custodian bot, waits (up to 60 s) until the bot has joined, and returns its ID.
+func (env *Env) MustCreateDMWithBot(t testing.TB, cli *mautrix.Client) id.RoomID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset:   "trusted_private_chat",
+		IsDirect: true,
+		Invite:   []id.UserID{env.BotUserID()},
+	})
+	if err != nil {
+		t.Fatalf("creating a direct chat with the bot as %s: %v", cli.UserID, err)
+	}
+	env.MustSyncUntil(t, cli, 60*time.Second, IsMember(resp.RoomID, env.BotUserID(), event.MembershipJoin))
+	return resp.RoomID
+}
+
+// MustRedact redacts eventID in roomID as cli and returns the redaction's event ID.
+func (env *Env) MustRedact(t testing.TB, cli *mautrix.Client, roomID id.RoomID, eventID id.EventID) id.EventID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	resp, err := cli.RedactEvent(ctx, roomID, eventID)
+	if err != nil {
+		t.Fatalf("%s redacting %s in %s: %v", cli.UserID, eventID, roomID, err)
+	}
+	return resp.EventID
+}
+
+// RoomHistory reads roomID's whole timeline as cli sees it now, oldest first, straight from
+// /messages (not from the harness's sync history, which keeps events as they were first seen:
+// a redaction does not change them there). At most 5,000 events.
+func (env *Env) RoomHistory(t testing.TB, cli *mautrix.Client, roomID id.RoomID) []*event.Event {
+	t.Helper()
+	const pageSize, maxPages = 100, 50
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	var newestFirst []*event.Event
+	from := ""
+	for range maxPages {
+		resp, err := cli.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, pageSize)
+		if err != nil {
+			t.Fatalf("reading the history of %s as %s: %v", roomID, cli.UserID, err)
+		}
+		newestFirst = append(newestFirst, resp.Chunk...)
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.End == from {
+			break
+		}
+		from = resp.End
+	}
+	oldestFirst := make([]*event.Event, 0, len(newestFirst))
+	for i := len(newestFirst) - 1; i >= 0; i-- {
+		evt := newestFirst[i]
+		evt.RoomID = roomID
+		oldestFirst = append(oldestFirst, evt)
+	}
+	return oldestFirst
+}
+
+// DownloadMedia downloads an mxc:// URI through the authenticated media API
+// (/_matrix/client/v1/media/download) as cli and returns its bytes (at most 16 MiB).
+func (env *Env) DownloadMedia(t testing.TB, cli *mautrix.Client, mxc id.ContentURIString) []byte {
+	t.Helper()
+	uri, err := mxc.Parse()
+	if err != nil {
+		t.Fatalf("parsing media URI %q: %v", mxc, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	endpoint := env.HomeserverURL() + "/_matrix/client/v1/media/download/" + uri.Homeserver + "/" + uri.FileID
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+	if err != nil {
+		t.Fatalf("building the media download: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cli.AccessToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("downloading %s: %v", mxc, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		t.Fatalf("downloading %s: %v", mxc, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("downloading %s: status %d: %s", mxc, resp.StatusCode, data)
+	}
+	return data
+}
+
+// RandomHex returns n random bytes as hex, for distinctive values such as message canaries.
+func RandomHex(t testing.TB, n int) string {
+	t.Helper()
+	return randomHex(t, n)
+}

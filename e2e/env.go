@@ -59,6 +59,7 @@ type options struct {
 	patches     []func(cfg map[string]any)
 	noCustodian bool
 	noStart     bool
+	webhookBase string // set by WithWebhookBridge
 }
 
 // WithConfig lets a test change Custodian's config.yaml before the registration is generated.
@@ -117,6 +118,7 @@ type Env struct {
 	configPath       string
 	registrationPath string
 	logPath          string
+	keyFilePath      string
 	asPort           int
 	metricsPort      int
 	asToken          string
@@ -221,10 +223,23 @@ func (env *Env) prepare(t testing.TB, dbType, dbURI, hsURL string) {
 			"level":  "debug",
 			"format": "json",
 		},
+		// An absolute path, so that the keys subcommands find the key file from anywhere;
+		// custodian -g creates it.
+		"vault": map[string]any{
+			"key_file": filepath.Join(env.dir, "custodian.key"),
+		},
 		"bridges": map[string]any{},
 	}
 	for _, patch := range env.opts.patches {
 		patch(cfg)
+	}
+	if vaultCfg, ok := cfg["vault"].(map[string]any); ok {
+		if path, ok := vaultCfg["key_file"].(string); ok {
+			env.keyFilePath = path
+			if !filepath.IsAbs(path) {
+				env.keyFilePath = filepath.Join(env.dir, path)
+			}
+		}
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -349,6 +364,10 @@ func (env *Env) ConfigPath() string { return env.configPath }
 // RegistrationPath is the path of the registration custodian -g generated.
 func (env *Env) RegistrationPath() string { return env.registrationPath }
 
+// KeyFilePath is the path of the vault's master key file (vault.key_file), which custodian -g
+// created; "" if a [WithConfig] patch turned the key file off.
+func (env *Env) KeyFilePath() string { return env.keyFilePath }
+
 // LogPath is the path of Custodian's log file; every start of Custodian appends to it.
 func (env *Env) LogPath() string { return env.logPath }
 
@@ -396,3 +415,6 @@ func readYAML(t testing.TB, path string, into any) {
 func (env *Env) String() string {
 	return fmt.Sprintf("e2e.Env{backend: %s, homeserver: %s, appservice: %s}", env.Backend, env.HomeserverURL(), env.ASURL())
 }
+
+// DBDriver is the database/sql driver name of [Env.DB]: "sqlite3" or "postgres".
+func (env *Env) DBDriver() string { return env.dbDriver }
