@@ -42,6 +42,8 @@ type Service struct {
 	botRooms sync.Map
 	// vault is nil when no master key is configured.
 	vault vaultBackend
+	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
+	shredder *backupShredder
 	// privacy is the state of the privacy operations (privacy.go).
 	privacy privacyState
 

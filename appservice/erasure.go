@@ -246,6 +246,11 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 			if forgetter, ok := any(svc.vault).(interface{ Forget(id.UserID) }); ok {
 				forgetter.Forget(user)
 			}
+			// With vault.shred_backups, backups taken before now become unreadable once the
+			// master key that wraps the data keys in them is rotated out.
+			if svc.requestShred() {
+				log.Info().Msg("Erasure committed; database backups will be shredded at the next master key rotation, within seconds")
+			}
 		}
 		var erased, kept int64
 		for _, tables := range counts.Erased {

@@ -29,6 +29,10 @@ import (
 type privacyState struct {
 	// clock is nil for the real clock; tests set a fake one before start.
 	clock Clock
+	// shredDebounce and shredDone configure the backup shredder (shred.go) when set before
+	// start (tests): the wait after an erasure, and a call after every shred rotation.
+	shredDebounce time.Duration
+	shredDone     func(shredResult, error)
 
 	// eraseLock serialises erasures: they are rare, and one at a time keeps the resumption of
 	// jobs and the idempotency checks simple.

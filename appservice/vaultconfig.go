@@ -13,6 +13,11 @@ type VaultConfig struct {
 	// KeyEnv names an environment variable holding the master keys instead of a file, in the
 	// same format, keys separated by ";". Custodian reads it only at start-up.
 	KeyEnv *string `yaml:"key_env"`
+	// ShredBackups makes the service rotate the master key itself after every full erasure
+	// (debounced): a new key in key_file, every data key re-wrapped under it, the old key
+	// removed from key_file. Database backups taken before the erasure then cannot be opened
+	// with the keys Custodian holds. It requires KeyFile (not KeyEnv), writable by the service.
+	ShredBackups bool `yaml:"shred_backups"`
 }
 
 // KeySource returns the vault's key source as configured, or nil when the vault is off.
@@ -38,6 +43,14 @@ func (vc *VaultConfig) validate() []*ConfigError {
 	}
 	if vc.KeyFile != nil && vc.KeyEnv != nil {
 		p = append(p, &ConfigError{Path: "vault.key_env", Message: "set either vault.key_file or vault.key_env, not both (the other must be null)"})
+	}
+	if vc.ShredBackups {
+		switch {
+		case vc.KeyEnv != nil:
+			p = append(p, &ConfigError{Path: "vault.shred_backups", Message: "needs vault.key_file: Custodian cannot change the keys in vault.key_env (set key_env to null and put the keys in a key file, or set shred_backups to false)"})
+		case vc.KeyFile == nil:
+			p = append(p, &ConfigError{Path: "vault.shred_backups", Message: "needs vault.key_file, which Custodian rotates after erasures (or set shred_backups to false)"})
+		}
 	}
 	return p
 }

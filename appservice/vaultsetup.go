@@ -43,6 +43,15 @@ func (svc *Service) setupVault(ctx context.Context) {
 	_ = v.Reload(ctx)
 	svc.vault = v
 	svc.goBackground(ctx, v.Run)
+	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
+		svc.shredder = &backupShredder{
+			v: v, path: *svc.cfg.Vault.KeyFile, kick: make(chan struct{}, 1),
+			debounce: svc.privacy.shredDebounce, done: svc.privacy.shredDone,
+		}
+		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).
+			Msg("Backup shredding is on: the master key is rotated after every erasure")
+		svc.goBackground(ctx, svc.shredder.run)
+	}
 }
 
 // warnKeyFileMode warns when the key file can be read by others than its owner.

@@ -212,6 +212,9 @@ func TestVaultConfigValidate(t *testing.T) {
 		{name: "both", vc: VaultConfig{KeyFile: &path, KeyEnv: &env}, want: []string{"vault.key_env: set either vault.key_file or vault.key_env, not both (the other must be null)"}},
 		{name: "empty file", vc: VaultConfig{KeyFile: &empty}, want: []string{"vault.key_file: must be a path or null"}},
 		{name: "empty env", vc: VaultConfig{KeyEnv: &empty}, want: []string{"vault.key_env: must be a variable name or null"}},
+		{name: "shred with file", vc: VaultConfig{KeyFile: &path, ShredBackups: true}},
+		{name: "shred with env", vc: VaultConfig{KeyEnv: &env, ShredBackups: true}, want: []string{"vault.shred_backups: needs vault.key_file: Custodian cannot change the keys in vault.key_env (set key_env to null and put the keys in a key file, or set shred_backups to false)"}},
+		{name: "shred without keys", vc: VaultConfig{ShredBackups: true}, want: []string{"vault.shred_backups: needs vault.key_file, which Custodian rotates after erasures (or set shred_backups to false)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

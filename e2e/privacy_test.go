@@ -131,10 +131,12 @@ func TestExport(t *testing.T) {
 // database is taken; then "!forget" and "!forget confirm" in her direct chat erase her: a receipt
 // arrives, the bot leaves the chat, her webhook's URL answers 404, no row of any table names her
 // (the whole database dumped as text) while bob's data is untouched, and her sealed outgoing URL
-// from the copy can no longer be opened (crypto-shredding).
+// from the copy can no longer be opened (crypto-shredding). With vault.shred_backups on, the
+// service then rotates the master key by itself, and the whole copy (her wrapped data key
+// included, and everyone else's) no longer opens with the key file: backups are shredded too.
 func TestForgetErasesEverything(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
+		env := e2e.New(t, backend, e2e.WithWebhookBridge(t), e2e.WithConfigValue("vault.shred_backups", true))
 		receiver := e2e.NewReceiver(t)
 		bot := env.BotUserID()
 		alice := env.Register(t, "alice")
@@ -169,6 +171,11 @@ func TestForgetErasesEverything(t *testing.T) {
 		copyVault := openVault(t, backup.Driver, backup.DB, env.KeyFilePath())
 		if got, err := copyVault.Open(ctx, alice.UserID, "webhook", "outbound_url/"+aliceOut.ID, aliceSealed.url); err != nil || !got.Equal(aliceOut.URL) {
 			t.Fatalf("opening alice's outgoing URL from the copy with the current key: %v; want it to open (control)", err)
+		}
+
+		oldKeys, err := vault.FileKeys(env.KeyFilePath()).LoadKeys()
+		if err != nil {
+			t.Fatal(err)
 		}
 
 		forget := env.SendText(t, alice, in.DMRoomID, "!forget")
@@ -215,9 +222,8 @@ func TestForgetErasesEverything(t *testing.T) {
 		// database and the current master key, because her data key is gone from the database.
 		// This is what anyone with the current keys (the service, an admin, a restored process)
 		// can do. Bob's values from the same copy still open, so the failure is alice's alone.
-		// (A full backup restored with the current master key still holds her wrapped data key,
-		// as shown above; rotating the master key and retiring the old one ends that, as
-		// appservice/vault's TestCryptoShredding shows.)
+		// A full backup also holds her wrapped data key; with vault.shred_backups the service
+		// rotates the master key right after the erasure and retires the old one (checked below).
 		liveVault := openVault(t, env.DBDriver(), env.DB(t), env.KeyFilePath())
 		for name, sealed := range map[string][]byte{"outbound_url/" + aliceOut.ID: aliceSealed.url, "signing_secret/" + aliceOut.ID: aliceSealed.secret} {
 			if got, err := liveVault.Open(ctx, alice.UserID, "webhook", name, sealed); !errors.Is(err, vault.ErrDecrypt) {
@@ -227,6 +233,78 @@ func TestForgetErasesEverything(t *testing.T) {
 		if got, err := liveVault.Open(ctx, bob.UserID, "webhook", "outbound_url/"+bobOut.ID, bobSealed.url); err != nil || !got.Equal(bobOut.URL) {
 			t.Errorf("opening bob's outgoing URL from the copy: %v; want it to open", err)
 		}
+
+		// Backup shredding: within seconds of the erasure, the key file holds none of the keys
+		// it held before, and then nothing in the pre-erasure copy (its data key rows and its
+		// sealed values) opens with the key file, alice's nor bob's.
+		e2e.Eventually(t, time.Minute, func() error {
+			keys, err := vault.FileKeys(env.KeyFilePath()).LoadKeys()
+			if err != nil {
+				return err
+			}
+			for _, k := range keys {
+				for _, old := range oldKeys {
+					if k.ID() == old.ID() {
+						return fmt.Errorf("the key file still holds key %s from before the erasure", old.ID())
+					}
+				}
+			}
+			return nil
+		})
+		newKeys, err := vault.FileKeys(env.KeyFilePath()).LoadKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(newKeys) != 1 {
+			t.Errorf("the key file holds %d keys after the shred rotation, want 1 (the new current key)", len(newKeys))
+		}
+		rows, err := backup.DB.Query(`SELECT DISTINCT kek_id FROM as_vault_dek`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var copiedKEKs []string
+		for rows.Next() {
+			var kekID string
+			if err = rows.Scan(&kekID); err != nil {
+				t.Fatal(err)
+			}
+			copiedKEKs = append(copiedKEKs, kekID)
+		}
+		if err = rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(copiedKEKs) == 0 {
+			t.Fatal("the copy holds no data keys")
+		}
+		for _, kekID := range copiedKEKs {
+			for _, k := range newKeys {
+				if k.ID() == kekID {
+					t.Errorf("the copy's data keys are wrapped by %s, which the key file still holds", kekID)
+				}
+			}
+		}
+		shreddedCopy := openVault(t, backup.Driver, backup.DB, env.KeyFilePath())
+		for _, c := range []struct {
+			user   id.UserID
+			name   string
+			sealed []byte
+		}{
+			{alice.UserID, "outbound_url/" + aliceOut.ID, aliceSealed.url},
+			{alice.UserID, "signing_secret/" + aliceOut.ID, aliceSealed.secret},
+			{bob.UserID, "outbound_url/" + bobOut.ID, bobSealed.url},
+			{bob.UserID, "signing_secret/" + bobOut.ID, bobSealed.secret},
+		} {
+			if got, err := shreddedCopy.Open(ctx, c.user, "webhook", c.name, c.sealed); !errors.Is(err, vault.ErrKeyUnavailable) {
+				t.Errorf("opening %s's %s from the pre-erasure copy with the key file after the shred rotation: %q, %v; want vault.ErrKeyUnavailable", c.user, c.name, got.Reveal(), err)
+			}
+		}
+		// The live service and a fresh process still open bob's values.
+		liveVault = openVault(t, env.DBDriver(), env.DB(t), env.KeyFilePath())
+		if got, err := liveVault.Open(ctx, bob.UserID, "webhook", "outbound_url/"+bobOut.ID, bobSealed.url); err != nil || !got.Equal(bobOut.URL) {
+			t.Errorf("opening bob's outgoing URL with the rotated key file: %v; want it to open", err)
+		}
+		bobMsg = env.SendText(t, bob, bobRoom, "hello from bob after the rotation")
+		receiver.WaitFor(t, deliveryWait, deliveryOf(bobOut.ID, bobMsg))
 	})
 }
 

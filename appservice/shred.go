@@ -1,0 +1,268 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/custodian-matrix/custodian/appservice/vault"
+)
+
+// Timing of the backup shredder (vault.shred_backups).
+const (
+	// shredDebounce is how long the shredder waits after an erasure before rotating, so that a
+	// burst of erasures costs one rotation.
+	shredDebounce = 2 * time.Second
+	// shredRetryMin and shredRetryMax bound the wait before a failed shred rotation is retried;
+	// it doubles from the one to the other.
+	shredRetryMin = 10 * time.Second
+	shredRetryMax = 30 * time.Minute
+	// shredAttempts bounds the rotate-check-retire rounds of one shred rotation, for data keys
+	// another process wraps with an old key meanwhile.
+	shredAttempts = 5
+)
+
+// backupShredder rotates the master key after erasures, so that database backups taken before
+// an erasure cannot be opened with the keys Custodian holds (vault.shred_backups). One goroutine
+// (run) does every rotation, so two never run at once.
+type backupShredder struct {
+	v    *vault.Vault
+	path string
+	// kick holds one pending request: erasures arriving while one is pending coalesce.
+	kick chan struct{}
+	// debounce and retryMin override shredDebounce and shredRetryMin when positive (tests).
+	debounce time.Duration
+	retryMin time.Duration
+	// done, if set, is called after every shred rotation with its outcome (tests).
+	done func(shredResult, error)
+}
+
+// shredResult reports one shred rotation.
+type shredResult struct {
+	// KeyID is the current master key, which every data key is wrapped by afterwards.
+	KeyID string
+	// Retired are the master keys removed from the key file.
+	Retired []string
+	// Rewrapped counts the data keys re-wrapped.
+	Rewrapped int
+	// Kept are master keys left in the key file because data keys under them could not be
+	// re-wrapped (the key is wrong).
+	Kept []string
+}
+
+// requestShred asks for a shred rotation after a full erasure has committed. It never blocks.
+func (svc *Service) requestShred() bool {
+	if svc.shredder == nil {
+		return false
+	}
+	select {
+	case svc.shredder.kick <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// run waits for requests and rotates, until ctx ends. A failed rotation is logged and retried
+// with a growing delay; the keys stay usable throughout.
+func (bs *backupShredder) run(ctx context.Context) {
+	log := zerolog.Ctx(ctx)
+	debounce := cmpOr(bs.debounce, shredDebounce)
+	retryMin := cmpOr(bs.retryMin, shredRetryMin)
+	retry := retryMin
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-bs.kick:
+		}
+		// needKey: an erasure committed since the current key was generated. A retry after a
+		// failure that had already added a key reuses it, unless another erasure came since.
+		needKey := true
+		for {
+			if !sleepCtx(ctx, debounce) {
+				return
+			}
+			res, err := bs.rotate(ctx, needKey)
+			if bs.done != nil {
+				bs.done(res, err)
+			}
+			if err == nil {
+				retry = retryMin
+				log.Info().Str("key_id", res.KeyID).Strs("retired_key_ids", res.Retired).
+					Int("rewrapped", res.Rewrapped).Str("key_file", bs.path).
+					Msg("Shredded database backups: rotated the vault's master key after an erasure; backups taken before it cannot be opened with the current keys")
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if res.KeyID != "" {
+				needKey = false
+			}
+			log.Error().Err(err).Str("key_id", res.KeyID).Strs("retired_key_ids", res.Retired).
+				Strs("kept_key_ids", res.Kept).Str("key_file", bs.path).Dur("retry_in", retry).
+				Str("fix", "make sure the key file and its directory are writable by the user Custodian runs as, and that 'custodian keys status' shows every key available; the current keys stay usable").
+				Msg("Failed to rotate the vault's master key after an erasure: database backups from before it can still be opened with the key file")
+			if !sleepCtx(ctx, retry) {
+				return
+			}
+			retry = min(retry*2, shredRetryMax)
+			select {
+			case <-bs.kick:
+				needKey = true
+			default:
+			}
+		}
+	}
+}
+
+// rotate makes one shred rotation. With newKey, it first writes a new key in front of the key
+// file (atomically, the old keys kept as previous). Then, up to shredAttempts times: it reloads
+// the keys, re-wraps every data key under the current one, and retires every other key no data
+// key needs any more (its check value, then the key file line). Keys are removed from the file
+// only once no data key uses them, and put back if one appeared meanwhile (another process
+// still wrapping with an old key), so no key that wraps a data key is ever lost.
+// res.KeyID is set once the key file holds the new key.
+func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredResult, err error) {
+	if newKey {
+		keys, err := vault.FileKeys(bs.path).LoadKeys()
+		if err != nil {
+			return res, err
+		}
+		k, err := vault.GenerateKey()
+		if err != nil {
+			return res, err
+		}
+		if err = vault.ReplaceKeyFile(bs.path, slices.Concat([]vault.Key{k}, keys)...); err != nil {
+			return res, err
+		}
+		res.KeyID = k.ID()
+	}
+	for range shredAttempts {
+		if err = bs.v.Reload(ctx); err != nil {
+			return res, err
+		}
+		keys, err := vault.FileKeys(bs.path).LoadKeys()
+		if err != nil {
+			return res, err
+		}
+		cur := keys[0]
+		res.KeyID = cur.ID()
+		rot, err := bs.v.Rotate(ctx, vault.RotateOptions{})
+		res.Rewrapped += rot.Rewrapped
+		if err != nil {
+			return res, err
+		}
+		if rot.KeyID != cur.ID() {
+			// The file changed after the reload: start over with it.
+			continue
+		}
+		statuses, err := bs.v.Status(ctx)
+		if err != nil {
+			return res, err
+		}
+		inUse := make(map[string]bool)
+		for _, st := range statuses {
+			if !st.Current && st.DataKeys > 0 {
+				inUse[st.ID] = true
+			}
+		}
+		keep := []vault.Key{cur}
+		var retire []vault.Key
+		retry := false
+		for _, k := range keys[1:] {
+			if inUse[k.ID()] {
+				keep = append(keep, k)
+				if st := statusOf(statuses, k.ID()); st.Available() {
+					// Wrapped by another process since the rotation: rotate again.
+					retry = true
+				}
+				continue
+			}
+			if err = bs.v.RetireKey(ctx, k.ID()); errors.Is(err, vault.ErrKeyInUse) {
+				keep = append(keep, k)
+				retry = true
+				continue
+			} else if err != nil {
+				return res, err
+			}
+			retire = append(retire, k)
+		}
+		if len(retire) > 0 {
+			if err = vault.ReplaceKeyFile(bs.path, keep...); err != nil {
+				return res, err
+			}
+			if err = bs.v.Reload(ctx); err != nil {
+				return res, err
+			}
+			// A data key wrapped by a retired key since RetireKey checked (another process that
+			// had not re-read the key file): put those keys back and go round again.
+			statuses, err = bs.v.Status(ctx)
+			if err != nil {
+				return res, err
+			}
+			var back []vault.Key
+			for _, k := range retire {
+				if statusOf(statuses, k.ID()).DataKeys > 0 {
+					back = append(back, k)
+				} else {
+					res.Retired = append(res.Retired, k.ID())
+				}
+			}
+			if len(back) > 0 {
+				keep = append(keep, back...)
+				if err = vault.ReplaceKeyFile(bs.path, keep...); err != nil {
+					return res, err
+				}
+				retry = true
+			}
+		}
+		if retry {
+			continue
+		}
+		res.Kept = nil
+		for _, k := range keep[1:] {
+			res.Kept = append(res.Kept, k.ID())
+		}
+		if len(res.Kept) > 0 {
+			return res, fmt.Errorf("data keys under master keys %s could not be re-wrapped (the keys are wrong); they stay in the key file", strings.Join(res.Kept, ", "))
+		}
+		return res, nil
+	}
+	return res, fmt.Errorf("data keys kept being wrapped by old master keys after %d rounds (another process uses an old copy of the key file)", shredAttempts)
+}
+
+// statusOf returns the status of key kekID among statuses (the zero status if absent).
+func statusOf(statuses []vault.KeyStatus, kekID string) vault.KeyStatus {
+	for _, st := range statuses {
+		if st.ID == kekID {
+			return st
+		}
+	}
+	return vault.KeyStatus{ID: kekID}
+}
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// cmpOr returns d if positive, else def.
+func cmpOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}

@@ -1,0 +1,186 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/vault"
+)
+
+// copyVaultTables copies the users and the vault's tables of db into a fresh database, as a
+// database backup would, and returns the copy as the vault's child database.
+func copyVaultTables(t *testing.T, ctx context.Context, db *dbutil.Database, dialect string) *dbutil.Database {
+	t.Helper()
+	raw := astest.TestDB(t, dialect)
+	if err := database.New(raw).Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restored := vault.ChildDB(raw, zerolog.Nop())
+	if err := restored.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []struct{ name, cols string }{
+		{"users", "mxid, created_at"},
+		{"as_vault_kek", "kek_id, check_value, created_at"},
+		{"as_vault_dek", "user_mxid, dek_id, kek_id, wrapped, created_at"},
+	} {
+		n := len(strings.Split(table.cols, ","))
+		rows, err := db.Query(ctx, "SELECT "+table.cols+" FROM "+table.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var copied [][]any
+		for rows.Next() {
+			vals := make([]any, n)
+			ptrs := make([]any, n)
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err = rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			copied = append(copied, vals)
+		}
+		if err = rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+		placeholders := make([]string, n)
+		for i := range placeholders {
+			placeholders[i] = fmt.Sprintf("$%d", i+1)
+		}
+		for _, vals := range copied {
+			if _, err = restored.Exec(ctx, "INSERT INTO "+table.name+" ("+table.cols+") VALUES ("+strings.Join(placeholders, ", ")+")", vals...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return restored
+}
+
+type shredOutcome struct {
+	res shredResult
+	err error
+}
+
+// TestShredBackupsAfterErasure copies the database (data keys and sealed values) before erasing
+// alice with vault.shred_backups on, waits for the service's shred rotation, and shows that the
+// copy cannot be opened with the keys now in the key file, while bob's secrets still open in the
+// live service.
+func TestShredBackupsAfterErasure(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			keyFile := filepath.Join(t.TempDir(), "custodian.key")
+			k1 := mustGenerateKey(t)
+			writeKeys(t, keyFile, k1)
+			env := newPrivacyEnv(t, dialect, func(cfg *Config) {
+				cfg.Vault = VaultConfig{KeyFile: &keyFile, ShredBackups: true}
+			})
+			shredded := make(chan shredOutcome, 16)
+			env.svc.privacy.shredDebounce = 10 * time.Millisecond
+			env.svc.privacy.shredDone = func(res shredResult, err error) { shredded <- shredOutcome{res, err} }
+			env.start()
+			ctx := env.ctx
+			sv := env.hooks.host.Vault()
+
+			sealed := make(map[id.UserID][]byte)
+			for _, user := range []id.UserID{pvAlice, pvBob} {
+				if err := env.hooks.host.EnsureUser(ctx, user); err != nil {
+					t.Fatal(err)
+				}
+				s, err := sv.Seal(ctx, user, "pw", vault.NewSecret(string(user)+"-pw"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sealed[user] = s
+			}
+			backup := copyVaultTables(t, ctx, env.svc.rawDB, dialect)
+			// The copy is a real backup: with the key it was taken under, it opens.
+			withOld := vault.New(backup, vault.Options{Keys: vault.StaticKeys{k1}})
+			if err := withOld.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := withOld.Open(ctx, pvAlice, "hooks", "pw", sealed[pvAlice]); err != nil || got.Reveal() != string(pvAlice)+"-pw" {
+				t.Fatalf("backup Open(alice) with the old key = %q, %v", got.Reveal(), err)
+			}
+
+			// Module-only erasures do not rotate; a full one does.
+			if _, err := env.svc.Erase(ctx, pvBob, EraseRequest{Trigger: TriggerAdmin, Modules: []string{"other"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := env.svc.Erase(ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				t.Fatal(err)
+			}
+			var out shredOutcome
+			select {
+			case out = <-shredded:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no shred rotation within 30 s of the erasure")
+			}
+			if out.err != nil {
+				t.Fatalf("shred rotation failed: %v", out.err)
+			}
+			select {
+			case extra := <-shredded:
+				t.Errorf("a second shred rotation ran: %+v", extra)
+			default:
+			}
+
+			keys, err := vault.FileKeys(keyFile).LoadKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 1 || keys[0].ID() == k1.ID() || keys[0].ID() != out.res.KeyID {
+				t.Fatalf("key file holds %v after the shred rotation, want only the new key %s", keys, out.res.KeyID)
+			}
+			if !slices.Equal(out.res.Retired, []string{k1.ID()}) || out.res.Rewrapped != 1 {
+				t.Errorf("shred result = %+v, want k1 retired and bob's data key re-wrapped", out.res)
+			}
+
+			// The pre-erasure copy, data keys included, opens for nobody with the keys in the
+			// key file.
+			fromBackup := vault.New(backup, vault.Options{Keys: vault.FileKeys(keyFile)})
+			_ = fromBackup.Reload(ctx)
+			for _, user := range []id.UserID{pvAlice, pvBob} {
+				if got, err := fromBackup.Open(ctx, user, "hooks", "pw", sealed[user]); !errors.Is(err, vault.ErrKeyUnavailable) {
+					t.Errorf("backup Open(%s) with the key file after the shred = %q, %v; want ErrKeyUnavailable", user, got.Reveal(), err)
+				}
+			}
+			// The live service: bob's secret opens, alice's is gone.
+			if got, err := sv.Open(ctx, pvBob, "pw", sealed[pvBob]); err != nil || got.Reveal() != string(pvBob)+"-pw" {
+				t.Errorf("live Open(bob) after the shred = %q, %v", got.Reveal(), err)
+			}
+			if got, err := sv.Open(ctx, pvAlice, "pw", sealed[pvAlice]); !errors.Is(err, vault.ErrDecrypt) {
+				t.Errorf("live Open(alice) after the shred = %q, %v; want ErrDecrypt", got.Reveal(), err)
+			}
+			// A fresh process on the live database, with the key file, opens bob's too.
+			fresh := vault.New(vault.ChildDB(env.svc.rawDB, zerolog.Nop()), vault.Options{Keys: vault.FileKeys(keyFile)})
+			if err = fresh.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := fresh.Open(ctx, pvBob, "hooks", "pw", sealed[pvBob]); err != nil || got.Reveal() != string(pvBob)+"-pw" {
+				t.Errorf("fresh Open(bob) after the shred = %q, %v", got.Reveal(), err)
+			}
+			statuses, err := fresh.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range statuses {
+				if st.ID == k1.ID() && (st.DataKeys > 0 || st.Recorded) {
+					t.Errorf("old key still in the database: %+v", st)
+				}
+			}
+		})
+	}
+}
