@@ -163,10 +163,14 @@ func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID, prof
 		return false, "none", nil
 	}
 	_, err = svc.as.BotIntent().GetProfile(ctx, user)
+	var httpErr mautrix.HTTPError
 	switch {
 	case err == nil:
 		return false, "profile", nil
-	case errors.Is(err, mautrix.MNotFound), errors.Is(err, mautrix.MUserDeactivated):
+	case errors.Is(err, mautrix.MNotFound), errors.Is(err, mautrix.MUserDeactivated),
+		// Synapse answers an erased account's profile with 404 M_UNKNOWN ("No row found"):
+		// for a local user we hold data about, any 404 means the profile is gone.
+		errors.As(err, &httpErr) && httpErr.Response != nil && httpErr.Response.StatusCode == http.StatusNotFound:
 		return true, "profile", nil
 	default:
 		// Homeservers may refuse profile lookups (limit_profile_requests_to_users_who_share_rooms);
