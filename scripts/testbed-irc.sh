@@ -3,15 +3,101 @@
 # linked (SASL PLAIN, NickServ REGISTER without e-mail, IRCv3 caps), on 127.0.0.1 with free
 # ports. Installs inspircd and atheme-services with apt if missing (needs root on Debian 12).
 #
-#   port=$(scripts/testbed-irc.sh [WORKDIR])   # prints the client port once SASL is offered
-#   scripts/testbed-irc-stop.sh WORKDIR         # stops both daemons
+#   port=$(scripts/testbed-irc.sh [WORKDIR])          # prints the client port once SASL is offered
+#   port=$(scripts/testbed-irc.sh --restart WORKDIR)  # the same network again, after a stop
+#   scripts/testbed-irc-stop.sh WORKDIR [--rm]        # stops both daemons
 #
-# WORKDIR defaults to a new directory under /tmp; its path, the port and the PIDs are written to
+# WORKDIR defaults to a new directory under /tmp; its path, the ports and the PIDs are written to
 # $WORKDIR/env (shell syntax). Everything else goes to stderr. The settings follow the team's
 # notes in TESTBED.md: no clone, flood or registration limits, no rDNS or ident, no TLS.
+#
+# --restart starts the network of an existing WORKDIR again with its configs, its ports and
+# Atheme's database (services.db, which Atheme writes when it stops), so registered accounts
+# survive. It first stops that WORKDIR's daemons if they still run.
+#
+# With IRC_WATCH_PID set, a watchdog stops both daemons once that process is gone, so that a test
+# binary killed before its cleanups ran leaves no daemons behind.
 set -euo pipefail
 
 log() { echo "testbed-irc: $*" >&2; }
+
+# Starts both daemons from the configs in $workdir, records them in $workdir/env, and exits once
+# a client sees sasl in CAP LS (offered only while Atheme is linked), printing the client port.
+launch() {
+	/usr/sbin/inspircd --config "$workdir/inspircd/inspircd.conf" --nofork --runasroot \
+		>>"$workdir/inspircd/stdout.log" 2>&1 </dev/null &
+	ircd_pid=$!
+	/usr/bin/atheme-services -n -c "$workdir/atheme/atheme.conf" -D "$workdir/atheme" \
+		-l "$workdir/atheme/atheme.log" -p "$workdir/atheme/atheme.pid" \
+		>>"$workdir/atheme/stdout.log" 2>&1 </dev/null &
+	services_pid=$!
+	printf '%s\n' "IRC_WORKDIR=$workdir" "IRC_PORT=$client_port" "IRC_LINK_PORT=$link_port" \
+		"IRC_INSPIRCD_PID=$ircd_pid" "IRC_ATHEME_PID=$services_pid" >"$workdir/env"
+	if [ -n "${IRC_WATCH_PID:-}" ]; then
+		watchdog "$IRC_WATCH_PID" >/dev/null 2>&1 </dev/null &
+	fi
+
+	for _ in $(seq 60); do
+		if ! kill -0 "$ircd_pid" 2>/dev/null || ! kill -0 "$services_pid" 2>/dev/null; then
+			log "a daemon exited; see $workdir/inspircd/ and $workdir/atheme/"
+			kill "$ircd_pid" "$services_pid" 2>/dev/null || true
+			exit 1
+		fi
+		if sasl_offered 2>/dev/null; then
+			log "ready in $workdir"
+			echo "$client_port"
+			exit 0
+		fi
+		sleep 0.5
+	done
+	log "sasl not offered after 30 s; see $workdir/inspircd/ircd.log and $workdir/atheme/atheme.log"
+	kill "$ircd_pid" "$services_pid" 2>/dev/null || true
+	exit 1
+}
+
+# Whether a client on the client port sees sasl in CAP LS from our server (irc.test), not from
+# whatever else may have taken the port.
+sasl_offered() {
+	local line
+	exec 3<>"/dev/tcp/127.0.0.1/$client_port" || return 1
+	printf 'CAP LS 302\r\n' >&3
+	while IFS= read -r -t 3 line <&3; do
+		case $line in
+		":irc.test CAP "*" LS "*sasl*) exec 3<&-; return 0 ;;
+		*" CAP "*" LS :"*) break ;; # the last CAP LS line, without sasl
+		esac
+	done
+	exec 3<&-
+	return 1
+}
+
+# Whether process $1 runs: exists and is no zombie (the daemons outlive this script, and an init
+# that is slow to reap leaves them as zombies).
+alive() {
+	local state
+	{ read -r _ _ state _ </proc/"$1"/stat; } 2>/dev/null && [ "$state" != Z ]
+}
+
+# Runs in the background while either daemon runs, and stops both (SIGTERM, so that Atheme saves
+# its database) if process $1 is gone first.
+watchdog() {
+	while alive "$ircd_pid" || alive "$services_pid"; do
+		if ! alive "$1"; then
+			kill "$services_pid" "$ircd_pid" 2>/dev/null || true
+			return
+		fi
+		sleep 1
+	done
+}
+
+restart=
+if [ "${1:-}" = --restart ]; then
+	restart=1
+	if [ -z "${2:-}" ]; then
+		echo "usage: $0 [WORKDIR] | $0 --restart WORKDIR" >&2
+		exit 2
+	fi
+fi
 
 if ! [ -x /usr/sbin/inspircd ] || ! [ -x /usr/bin/atheme-services ]; then
 	log "installing inspircd and atheme-services"
@@ -20,12 +106,28 @@ if ! [ -x /usr/sbin/inspircd ] || ! [ -x /usr/bin/atheme-services ]; then
 		{ apt-get update >&2 && apt-get install -y --no-install-recommends inspircd atheme-services >&2; }
 fi
 
+if [ -n "$restart" ]; then
+	workdir=$(cd "$2" && pwd)
+	for f in env inspircd/inspircd.conf atheme/atheme.conf; do
+		if ! [ -f "$workdir/$f" ]; then
+			log "$workdir has no $f: not a testbed-irc.sh work directory"
+			exit 1
+		fi
+	done
+	"$(dirname "$0")/testbed-irc-stop.sh" "$workdir"
+	# shellcheck source=/dev/null
+	. "$workdir/env"
+	client_port=$IRC_PORT
+	link_port=$IRC_LINK_PORT
+	launch
+fi
+
 workdir=${1:-$(mktemp -d /tmp/custodian-irc.XXXXXX)}
 mkdir -p "$workdir/inspircd" "$workdir/atheme"
 workdir=$(cd "$workdir" && pwd)
 
 # A port nobody listens on. Another process may take it before the daemon binds it; the
-# readiness check below then fails and says so.
+# readiness check in launch then fails and says so.
 free_port() {
 	local p
 	for _ in $(seq 100); do
@@ -81,7 +183,8 @@ EOF
 # +d), then the IRCv3 capabilities the bridge uses.
 for m in spanningtree services_account cap sasl chghost cban svshold servprotect hidechans deaf alias \
 	ircv3 ircv3_accounttag ircv3_batch ircv3_capnotify ircv3_chghost ircv3_ctctags ircv3_echomessage \
-	ircv3_invitenotify ircv3_labeledresponse ircv3_msgid ircv3_servertime monitor namesx uhnames setname botmode; do
+	ircv3_invitenotify ircv3_labeledresponse ircv3_msgid ircv3_servertime monitor namesx uhnames setname botmode \
+	chanhistory permchannels; do
 	echo "<module name=\"$m\">"
 done >>"$workdir/inspircd/inspircd.conf"
 cat >>"$workdir/inspircd/inspircd.conf" <<EOF
@@ -91,6 +194,10 @@ cat >>"$workdir/inspircd/inspircd.conf" <<EOF
 <link name="services.int" ipaddr="127.0.0.1" port="$link_port" allowmask="127.0.0.1/32" timeout="30"
       sendpass="$linkpass" recvpass="$linkpass" hidden="no">
 <uline server="services.int" silent="yes">
+<chanhistory maxlines="100" prefixmsg="no" bots="yes">
+# #persist outlives restarts and replays its last 100 lines (of the past day) to whoever joins,
+# so a test can check what reached the channel while no test client was in it.
+<permchannels channel="#persist" modes="ntPH 100:1d" topic="Custodian test channel">
 EOF
 for svc in NickServ ChanServ SaslServ; do
 	echo "<badnick nick=\"$svc\" reason=\"Reserved for services\">"
@@ -135,48 +242,4 @@ EOF
 } >"$workdir/atheme/atheme.conf"
 chmod 600 "$workdir/inspircd/inspircd.conf" "$workdir/atheme/atheme.conf"
 
-/usr/sbin/inspircd --config "$workdir/inspircd/inspircd.conf" --nofork --runasroot \
-	>"$workdir/inspircd/stdout.log" 2>&1 </dev/null &
-ircd_pid=$!
-/usr/bin/atheme-services -n -c "$workdir/atheme/atheme.conf" -D "$workdir/atheme" \
-	-l "$workdir/atheme/atheme.log" -p "$workdir/atheme/atheme.pid" \
-	>"$workdir/atheme/stdout.log" 2>&1 </dev/null &
-services_pid=$!
-cat >"$workdir/env" <<EOF
-IRC_WORKDIR=$workdir
-IRC_PORT=$client_port
-IRC_LINK_PORT=$link_port
-IRC_INSPIRCD_PID=$ircd_pid
-IRC_ATHEME_PID=$services_pid
-EOF
-
-# Ready when a client sees sasl in CAP LS: it is offered only while Atheme is linked.
-sasl_offered() {
-	local line
-	exec 3<>"/dev/tcp/127.0.0.1/$client_port" || return 1
-	printf 'CAP LS 302\r\n' >&3
-	while IFS= read -r -t 3 line <&3; do
-		case $line in
-		*" CAP "*" LS "*sasl*) exec 3<&-; return 0 ;;
-		*" CAP "*" LS :"*) break ;; # the last CAP LS line, without sasl
-		esac
-	done
-	exec 3<&-
-	return 1
-}
-for _ in $(seq 60); do
-	if ! kill -0 "$ircd_pid" 2>/dev/null || ! kill -0 "$services_pid" 2>/dev/null; then
-		log "a daemon exited; see $workdir/inspircd/ and $workdir/atheme/"
-		kill "$ircd_pid" "$services_pid" 2>/dev/null || true
-		exit 1
-	fi
-	if sasl_offered 2>/dev/null; then
-		log "ready in $workdir"
-		echo "$client_port"
-		exit 0
-	fi
-	sleep 0.5
-done
-log "sasl not offered after 30 s; see $workdir/inspircd/ircd.log and $workdir/atheme/atheme.log"
-kill "$ircd_pid" "$services_pid" 2>/dev/null || true
-exit 1
+launch

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this machine for Custodian's whole test suite and demo: installs what is missing
-# (PostgreSQL, debootstrap, zstd, make) with at most one apt-get update, then builds or restores the
-# Synapse chroot (scripts/testbed-synapse.sh). Prints the chroot's path on stdout; progress goes to
+# (PostgreSQL, debootstrap, zstd, make, and InspIRCd and Atheme for the IRC network of the
+# end-to-end tests) with at most one apt-get update, then builds or restores the Synapse chroot
+# (scripts/testbed-synapse.sh). Prints the chroot's path on stdout; progress goes to
 # stderr. With --no-synapse (for benchmarks) it installs only PostgreSQL and prints nothing.
 #
 # Meant for a Debian 12 machine, run as root. Idempotent, and fast (well under a second) when
@@ -32,12 +33,16 @@ if [ -n "$synapse" ]; then
 	command -v debootstrap >/dev/null || need+=(debootstrap)
 	command -v zstd >/dev/null || need+=(zstd)
 	command -v flock >/dev/null || need+=(util-linux)
+	# scripts/testbed-irc.sh runs these for the IRC bridge's end-to-end tests.
+	[ -x /usr/sbin/inspircd ] || need+=(inspircd)
+	[ -x /usr/bin/atheme-services ] || need+=(atheme-services)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
 	echo "testbed-setup: installing ${need[*]}" >&2
-	# Keep package scripts from starting daemons (postgresql's own cluster): tests start their own
-	# clusters on random ports, and starting services can fail in containers without an init.
+	# Keep package scripts from starting daemons (postgresql's own cluster, inspircd on port 6667):
+	# tests start their own on random ports, and starting services can fail in containers without
+	# an init.
 	created_policy=
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d

@@ -32,13 +32,14 @@ import (
 	mxas "maunium.net/go/mautrix/appservice"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/bridges/irc"
 	"github.com/custodian-matrix/custodian/bridges/webhook"
 )
 
 // bridges lists every bridge and bot compiled into the binary, in the order they start. A bridge
 // runs only if its ID is a key under bridges: in the configuration. Add new bridges here and
 // nowhere else.
-var bridges = []appservice.Bridge{webhook.New()}
+var bridges = []appservice.Bridge{webhook.New(), irc.New()}
 
 // version is the release version, set at build time with -ldflags "-X main.version=v1.2.3".
 var version = "dev"

@@ -1,0 +1,305 @@
+package irc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
+)
+
+// target is where a Matrix room's messages go on IRC: a portal's channel or a private chat's
+// nick.
+type target struct {
+	net *network
+	// name is the channel or nick as sent; folded its folded form.
+	name, folded string
+	portal       *ircdb.Portal
+	pm           *ircdb.PM
+}
+
+// targetFor returns the IRC target of roomID, or nil if the room is neither a portal nor a
+// private chat of the bridge.
+func (br *Bridge) targetFor(ctx context.Context, roomID id.RoomID) (*target, error) {
+	p, err := br.db.Portal.GetByRoom(ctx, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("failed to get portal: %w", err)
+	}
+	if p != nil {
+		n := br.network(p.Network)
+		if n == nil {
+			return nil, nil
+		}
+		return &target{net: n, name: p.ChannelName, folded: p.Channel, portal: p}, nil
+	}
+	pm, err := br.db.PM.GetByRoom(ctx, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("failed to get private chat: %w", err)
+	}
+	if pm != nil {
+		n := br.network(pm.Network)
+		if n == nil {
+			return nil, nil
+		}
+		return &target{net: n, name: pm.Nick, folded: pm.Nick, pm: pm}, nil
+	}
+	return nil, nil
+}
+
+// puppetConn returns a usable connection of sender's puppet on t's network, connecting it if
+// needed and joining t's channel. It waits for the connection as long as ctx allows, so that a
+// message sent while the network is down goes out once it is back, in order.
+func (br *Bridge) puppetConn(ctx context.Context, t *target, sender id.UserID) (*puppet, error) {
+	p, err := t.net.puppetFor(sender, true)
+	if err != nil {
+		return nil, err
+	}
+	if t.portal != nil {
+		if err = p.sess.join(ctx, t.folded, t.name); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// handleMatrixMessage relays a message from a portal or private chat to IRC through the
+// sender's puppet.
+func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) error {
+	t, err := br.targetFor(ctx, evt.RoomID)
+	if err != nil || t == nil {
+		return err
+	}
+	content, ok := evt.Content.Parsed.(*event.MessageEventContent)
+	if !ok {
+		return nil
+	}
+	if t.pm != nil && t.pm.UserID != evt.Sender {
+		// Someone else in a private chat: only its owner's messages go to IRC.
+		return nil
+	}
+	msg, ok := br.convertMatrix(ctx, evt, content)
+	if !ok {
+		return nil
+	}
+	p, err := br.puppetConn(ctx, t, evt.Sender)
+	if errors.Is(err, ErrTooManyPuppets) {
+		br.notifyUser(ctx, evt.Sender, fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("failed to get puppet: %w", err)
+	}
+	c, err := p.sess.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("puppet not connected: %w", err)
+	}
+	if t.portal != nil && !p.sess.inChannel(t.folded) {
+		if err = p.sess.join(ctx, t.folded, t.name); err != nil {
+			return err
+		}
+	}
+	lines, err := ircconv.Render(msg, ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name))
+	if err != nil {
+		return fmt.Errorf("failed to render message: %w", err)
+	}
+	for _, line := range lines {
+		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
+			return fmt.Errorf("failed to send message: %w", err)
+		}
+	}
+	if len(lines) > 0 {
+		err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+			if err := br.host.EnsureUser(ctx, evt.Sender); err != nil {
+				return err
+			}
+			return br.db.Message.Put(ctx, &ircdb.Message{
+				EventID: evt.ID, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
+				Sender: evt.Sender, CreatedAt: br.clock.Now(),
+			})
+		})
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record relayed message")
+		}
+	}
+	zerolog.Ctx(ctx).Debug().Int("lines", len(lines)).Str("network", t.net.cfg.ID).Msg("Relayed message to IRC")
+	return nil
+}
+
+// convertMatrix turns a Matrix message into an IRC message; ok is false for messages that are
+// not relayed (verification requests, unknown types).
+func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *event.MessageEventContent) (ircconv.Message, bool) {
+	msg := ircconv.Message{Kind: ircconv.KindText}
+	if content.NewContent != nil && content.RelatesTo != nil && content.RelatesTo.Type == event.RelReplace {
+		msg.Edit = true
+		content = content.NewContent
+	}
+	switch content.MsgType {
+	case event.MsgText:
+	case event.MsgNotice:
+		msg.Kind = ircconv.KindNotice
+	case event.MsgEmote:
+		msg.Kind = ircconv.KindEmote
+	case event.MsgImage, event.MsgFile, event.MsgAudio, event.MsgVideo:
+		name := content.FileName
+		if name == "" {
+			name = content.Body
+		}
+		url := string(content.URL)
+		if parsed, err := content.URL.Parse(); err == nil {
+			url = br.mediaURL(parsed)
+		}
+		msg.Text = ircconv.MediaText(name, url)
+		return msg, true
+	default:
+		return msg, false
+	}
+	if content.Format == event.FormatHTML && content.FormattedBody != "" {
+		msg.Text = ircconv.HTMLToIRC(content.FormattedBody)
+	} else {
+		msg.Text = ircconv.PlainToIRC(content.Body)
+	}
+	if !msg.Edit && content.RelatesTo != nil && content.RelatesTo.InReplyTo != nil {
+		msg.Reply = br.replyInfo(ctx, evt.RoomID, content.RelatesTo.InReplyTo.EventID)
+	}
+	return msg, true
+}
+
+// replyInfo describes the replied-to event for the quote IRC users see: its sender's nick and
+// its text. Failures leave the reply unquoted.
+func (br *Bridge) replyInfo(ctx context.Context, roomID id.RoomID, eventID id.EventID) *ircconv.Reply {
+	evt, err := br.host.Bot().GetEvent(ctx, roomID, eventID)
+	if err != nil {
+		return &ircconv.Reply{}
+	}
+	_ = evt.Content.ParseRaw(evt.Type)
+	reply := &ircconv.Reply{Nick: br.senderNick(evt.Sender)}
+	if c, ok := evt.Content.Parsed.(*event.MessageEventContent); ok {
+		reply.Text = c.Body
+	}
+	return reply
+}
+
+// senderNick returns the IRC nick that stands for a Matrix sender: a ghost's nick, or the
+// sender's localpart.
+func (br *Bridge) senderNick(userID id.UserID) string {
+	if v, ok := br.ghosts.Load(string(userID)); ok {
+		return v.(string)
+	}
+	if _, nick, ok := br.parseGhost(userID); ok {
+		return nick
+	}
+	localpart, _, _ := userID.Parse()
+	return localpart
+}
+
+// mediaURL returns a link IRC users can open for Matrix media.
+func (br *Bridge) mediaURL(uri id.ContentURI) string {
+	base := strings.TrimSuffix(br.host.Bot().Client.HomeserverURL.String(), "/")
+	return base + "/_matrix/client/v1/media/download/" + uri.Homeserver + "/" + uri.FileID
+}
+
+// handleMatrixRedaction deletes a bridged message's IRC copy where the server supports
+// draft/message-redaction, and otherwise forgets its ID mapping.
+func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) error {
+	redacts := evt.Redacts
+	if c, ok := evt.Content.Parsed.(*event.RedactionEventContent); ok && c.Redacts != "" {
+		redacts = c.Redacts
+	}
+	if redacts == "" {
+		return nil
+	}
+	m, err := br.db.Message.Get(ctx, redacts)
+	if err != nil || m == nil {
+		return err
+	}
+	if n := br.network(m.Network); n != nil && m.MsgID != "" && m.Sender == evt.Sender {
+		if p, _ := n.puppetFor(evt.Sender, false); p != nil {
+			if c := p.sess.current(); c != nil && c.HasCap("draft/message-redaction") {
+				if err = c.Send(ctx, nil, "REDACT", m.Target, m.MsgID); err != nil {
+					zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to send REDACT")
+				}
+			}
+		}
+	}
+	return br.db.Message.Delete(ctx, redacts)
+}
+
+// handleMatrixMember mirrors membership: a user who leaves a portal has their puppet part the
+// channel; an invite of a ghost to a room makes a private chat with that IRC user.
+func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) error {
+	content, ok := evt.Content.Parsed.(*event.MemberEventContent)
+	if !ok || evt.StateKey == nil {
+		return nil
+	}
+	target := id.UserID(*evt.StateKey)
+	if n, nick, ok := br.parseGhost(target); ok {
+		if content.Membership == event.MembershipInvite {
+			return br.acceptGhostInvite(ctx, evt, n, nick)
+		}
+		return nil
+	}
+	if content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan {
+		return nil
+	}
+	t, err := br.targetFor(ctx, evt.RoomID)
+	if err != nil || t == nil {
+		return err
+	}
+	if t.pm != nil {
+		if t.pm.UserID == target {
+			br.closePM(ctx, t.pm, "The private chat was left")
+			return br.db.PM.Delete(ctx, t.pm.RoomID)
+		}
+		return nil
+	}
+	if p, _ := t.net.puppetFor(target, false); p != nil {
+		p.sess.part(ctx, t.folded, "Left the room")
+	}
+	return nil
+}
+
+// acceptGhostInvite opens a private chat when a user invites an IRC user's ghost to a room.
+func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *network, nick string) error {
+	if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
+		return err
+	} else if existing != nil && existing.portal != nil {
+		// Invited into a portal: just join.
+		_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
+		return err
+	}
+	intent, err := br.ghost(ctx, n, nick)
+	if err != nil {
+		return err
+	}
+	if _, err = intent.JoinRoomByID(ctx, evt.RoomID); err != nil {
+		return fmt.Errorf("failed to accept invite: %w", err)
+	}
+	return br.recordPM(ctx, &ircdb.PM{UserID: evt.Sender, Network: n.cfg.ID, Nick: n.fold(nick), RoomID: evt.RoomID, CreatedAt: br.clock.Now()})
+}
+
+// handleMatrixTopic sends a portal's new topic to its channel through the sender's puppet. The
+// channel may refuse it (+t without operator status); the room keeps the topic regardless.
+func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error {
+	t, err := br.targetFor(ctx, evt.RoomID)
+	if err != nil || t == nil || t.portal == nil {
+		return err
+	}
+	content, ok := evt.Content.Parsed.(*event.TopicEventContent)
+	if !ok {
+		return nil
+	}
+	p, err := br.puppetConn(ctx, t, evt.Sender)
+	if err != nil {
+		return nil
+	}
+	c, err := p.sess.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("puppet not connected: %w", err)
+	}
+	return c.Send(ctx, nil, "TOPIC", t.name, ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " ")))
+}

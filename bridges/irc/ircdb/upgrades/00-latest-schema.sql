@@ -1,0 +1,78 @@
+-- v0 -> v1: Latest revision
+
+-- irc_portal links a Matrix room to an IRC channel. A portal made by joining its alias
+-- (#irc_<network>_<channel>) belongs to nobody: actor_mxid and source_event_id are NULL. A
+-- portal made with !irc link records its provenance; redacting that command, or erasing the
+-- user who issued it, unlinks the room.
+CREATE TABLE irc_portal (
+	network         TEXT   NOT NULL,
+	-- The channel folded under the network's casemapping, and as it was first written.
+	channel         TEXT   NOT NULL,
+	channel_name    TEXT   NOT NULL,
+	room_id         TEXT   NOT NULL UNIQUE,
+	actor_mxid      TEXT   REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	source_event_id TEXT,
+	created_at      BIGINT NOT NULL,
+	PRIMARY KEY (network, channel)
+);
+CREATE INDEX irc_portal_actor_idx ON irc_portal (actor_mxid);
+CREATE INDEX irc_portal_source_idx ON irc_portal (source_event_id);
+
+-- irc_account is a user's linked account on a network: the SASL account name and its password,
+-- sealed in the credential vault under the user's data key. Redacting the !irc login command
+-- that stored it deletes it.
+CREATE TABLE irc_account (
+	user_mxid       TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	network         TEXT   NOT NULL,
+	account         TEXT   NOT NULL,
+-- only: postgres
+	sasl_password   BYTEA  NOT NULL,
+-- only: sqlite
+	sasl_password   BLOB   NOT NULL,
+	room_id         TEXT   NOT NULL,
+	source_event_id TEXT   NOT NULL,
+	created_at      BIGINT NOT NULL,
+	PRIMARY KEY (user_mxid, network)
+);
+CREATE INDEX irc_account_source_idx ON irc_account (source_event_id);
+
+-- irc_nick is the nick a user chose for their puppet on a network (!irc nick), instead of the
+-- network's nick template.
+CREATE TABLE irc_nick (
+	user_mxid       TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	network         TEXT   NOT NULL,
+	nick            TEXT   NOT NULL,
+	room_id         TEXT   NOT NULL,
+	source_event_id TEXT   NOT NULL,
+	updated_at      BIGINT NOT NULL,
+	PRIMARY KEY (user_mxid, network)
+);
+CREATE INDEX irc_nick_source_idx ON irc_nick (source_event_id);
+
+-- irc_pm is a direct chat between a user and the ghost of an IRC user, for private messages.
+CREATE TABLE irc_pm (
+	user_mxid  TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	network    TEXT   NOT NULL,
+	-- The IRC nick, folded under the network's casemapping.
+	nick       TEXT   NOT NULL,
+	room_id    TEXT   NOT NULL UNIQUE,
+	created_at BIGINT NOT NULL,
+	PRIMARY KEY (user_mxid, network, nick)
+);
+
+-- irc_message maps a bridged message's Matrix event to its IRC message ID (the msgid tag, where
+-- the server gives one), for replies and redactions. It never holds the message's text. Rows of
+-- messages sent from Matrix name their sender (user_mxid); rows of messages from IRC do not.
+-- Rows expire after the bridge's message_ttl.
+CREATE TABLE irc_message (
+	event_id   TEXT   PRIMARY KEY,
+	room_id    TEXT   NOT NULL,
+	network    TEXT   NOT NULL,
+	target     TEXT   NOT NULL,
+	msgid      TEXT,
+	user_mxid  TEXT   REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	created_at BIGINT NOT NULL
+);
+CREATE INDEX irc_message_msgid_idx ON irc_message (network, msgid);
+CREATE INDEX irc_message_user_idx ON irc_message (user_mxid);
+CREATE INDEX irc_message_created_idx ON irc_message (created_at);

@@ -1,0 +1,222 @@
+package irc
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ergochat/irc-go/ircmsg"
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
+)
+
+// inboundQueueSize bounds the server messages waiting to be bridged per network. When it is
+// full, the connections' readers wait, and TCP pushes back on the server.
+const inboundQueueSize = 1024
+
+// inbound is one server message to bridge, with the connection it came on: the bridge's own
+// connection (puppet nil) or a user's puppet.
+type inbound struct {
+	conn   *ircconn.Conn
+	msg    ircmsg.Message
+	puppet *puppet
+}
+
+// network is the bridge's state for one IRC network: its own connection, which sits in every
+// portal channel, the users' puppets, and what it knows of the channels.
+type network struct {
+	br  *Bridge
+	cfg *NetworkConfig
+	log zerolog.Logger
+
+	bot *session
+	// cm is the network's casemapping (an ircid.CaseMapping), from ISUPPORT.
+	cm atomic.Int32
+
+	queue chan inbound
+	done  chan struct{}
+
+	mu      sync.Mutex
+	puppets map[id.UserID]*puppet
+	// members holds, per portal channel (folded), the folded nicks the bridge's connection
+	// saw in it, so that a QUIT or NICK reaches the right rooms.
+	members map[string]map[string]string
+	// portals caches portals by folded channel.
+	portals map[string]*ircdb.Portal
+}
+
+func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
+	n := &network{
+		br:      br,
+		cfg:     cfg,
+		log:     br.log.With().Str("network", cfg.ID).Logger(),
+		queue:   make(chan inbound, inboundQueueSize),
+		done:    make(chan struct{}),
+		puppets: make(map[id.UserID]*puppet),
+		members: make(map[string]map[string]string),
+		portals: make(map[string]*ircdb.Portal),
+	}
+	n.cm.Store(int32(ircid.RFC1459))
+	return n
+}
+
+// casemapping returns the network's casemapping.
+func (n *network) casemapping() ircid.CaseMapping { return ircid.CaseMapping(n.cm.Load()) }
+
+// fold folds a nick or channel under the network's casemapping.
+func (n *network) fold(s string) string { return n.casemapping().Fold(s) }
+
+// enqueue hands a server message to the network's worker. It blocks while the queue is full
+// and drops the message once the network stopped.
+func (n *network) enqueue(in inbound) {
+	select {
+	case n.queue <- in:
+	case <-n.done:
+	}
+}
+
+// start connects the bridge's own connection and starts the worker that bridges what arrives.
+func (n *network) start(ctx context.Context) error {
+	portals, err := n.br.db.Portal.GetAll(ctx, n.cfg.ID)
+	if err != nil {
+		return err
+	}
+	n.bot = newSession(n, n.log.With().Str("connection", "bridge").Logger())
+	n.mu.Lock()
+	for _, p := range portals {
+		n.portals[p.Channel] = p
+		n.bot.channels[p.Channel] = p.ChannelName
+	}
+	n.mu.Unlock()
+	n.bot.dialConfig = func(ctx context.Context) (ircconn.Config, error) {
+		cfg := n.baseConfig(n.cfg.BotNick)
+		cfg.Handler = n.bot.handler(nil)
+		return cfg, nil
+	}
+	n.bot.onConnect = func(ctx context.Context, c *ircconn.Conn) {
+		n.cm.Store(int32(c.CaseMapping()))
+		n.mu.Lock()
+		// Fresh NAMES replies will fill this again.
+		n.members = make(map[string]map[string]string)
+		n.mu.Unlock()
+	}
+	go n.work(n.br.runCtx)
+	n.bot.start(n.br.runCtx)
+	return nil
+}
+
+// stop quits every connection of the network and stops its worker.
+func (n *network) stop(ctx context.Context) {
+	n.mu.Lock()
+	puppets := make([]*puppet, 0, len(n.puppets))
+	for _, p := range n.puppets {
+		puppets = append(puppets, p)
+	}
+	n.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range puppets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.sess.stop(ctx, "Bridge shutting down")
+		}()
+	}
+	if n.bot != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.bot.stop(ctx, "Bridge shutting down")
+		}()
+	}
+	wg.Wait()
+	close(n.done)
+}
+
+// baseConfig returns the connection settings every connection to the network shares.
+func (n *network) baseConfig(nick string) ircconn.Config {
+	cfg := ircconn.Config{
+		Addr:      n.cfg.Address,
+		Nick:      nick,
+		Username:  "custodian",
+		RealName:  "Custodian Matrix bridge",
+		LineBurst: n.cfg.LineRate.Burst,
+		Log:       &n.log,
+	}
+	if n.cfg.LineRate.PerSecond > 0 {
+		cfg.LineRate = secondsDuration(1 / n.cfg.LineRate.PerSecond)
+	}
+	if n.cfg.TLS {
+		cfg.TLS = n.br.tlsConfig(n.cfg)
+	}
+	return cfg
+}
+
+// work bridges the network's server messages, one at a time, in the order they arrived.
+func (n *network) work(ctx context.Context) {
+	for {
+		select {
+		case in := <-n.queue:
+			n.handleIRC(ctx, in)
+		case <-n.done:
+			return
+		}
+	}
+}
+
+// portal returns the portal of channel (folded), from the cache or the database, or nil.
+func (n *network) portal(ctx context.Context, folded string) *ircdb.Portal {
+	n.mu.Lock()
+	p := n.portals[folded]
+	n.mu.Unlock()
+	if p != nil {
+		return p
+	}
+	p, err := n.br.db.Portal.Get(ctx, n.cfg.ID, folded)
+	if err != nil {
+		n.log.Err(err).Msg("Failed to get portal")
+		return nil
+	}
+	if p != nil {
+		n.mu.Lock()
+		n.portals[folded] = p
+		n.mu.Unlock()
+	}
+	return p
+}
+
+// forgetPortal drops a portal from the cache and the bridge's channel list, parting it.
+func (n *network) forgetPortal(ctx context.Context, p *ircdb.Portal, reason string) {
+	n.mu.Lock()
+	delete(n.portals, p.Channel)
+	delete(n.members, p.Channel)
+	puppets := make([]*puppet, 0, len(n.puppets))
+	for _, pp := range n.puppets {
+		puppets = append(puppets, pp)
+	}
+	n.mu.Unlock()
+	if n.bot != nil {
+		n.bot.part(ctx, p.Channel, reason)
+	}
+	for _, pp := range puppets {
+		pp.sess.part(ctx, p.Channel, reason)
+	}
+}
+
+// isOurNick reports whether nick (folded) is the bridge's own connection or one of the puppets.
+func (n *network) isOurNick(folded string) bool {
+	if c := n.bot.current(); c != nil && n.fold(c.Nick()) == folded {
+		return true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range n.puppets {
+		if c := p.sess.current(); c != nil && n.fold(c.Nick()) == folded {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,248 @@
+package irc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/vault"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
+)
+
+// puppet is one Matrix user's connection to one network.
+type puppet struct {
+	net  *network
+	user id.UserID
+	sess *session
+	// accountEvent and nickEvent are the commands that stored the credentials and the nick the
+	// current connection uses, so that a redaction of either can reconnect without them.
+	accountEvent atomic.Pointer[id.EventID]
+	nickEvent    atomic.Pointer[id.EventID]
+	// saslFailed is set when the network refused the stored credentials, so the user is told
+	// once and the puppet connects without them.
+	saslFailed atomic.Bool
+}
+
+// ErrTooManyPuppets is returned when a network's max_puppets connections are in use.
+var ErrTooManyPuppets = errors.New("irc: too many puppet connections to this network")
+
+// puppetFor returns userID's puppet on the network, creating and starting it if create is set.
+// It returns nil without create if the user has none.
+func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if p := n.puppets[userID]; p != nil || !create {
+		return p, nil
+	}
+	if n.cfg.MaxPuppets > 0 && len(n.puppets) >= n.cfg.MaxPuppets {
+		return nil, ErrTooManyPuppets
+	}
+	p := &puppet{net: n, user: userID}
+	p.sess = newSession(n, n.log.With().Str("connection", "puppet").Stringer("user_id", userID).Logger())
+	p.sess.dialConfig = p.dialConfig
+	p.sess.onDialError = p.onDialError
+	n.puppets[userID] = p
+	p.sess.start(n.br.runCtx)
+	return p, nil
+}
+
+// dropPuppet stops userID's puppet, if any, with a QUIT carrying reason.
+func (n *network) dropPuppet(ctx context.Context, userID id.UserID, reason string) bool {
+	n.mu.Lock()
+	p := n.puppets[userID]
+	delete(n.puppets, userID)
+	n.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	p.sess.stop(ctx, reason)
+	return true
+}
+
+// dialConfig builds the puppet's next connection: the user's chosen nick or the template's, and
+// their linked account's SASL credentials if they have one and the network did not refuse them.
+func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
+	br := p.net.br
+	nick, nickEvent, err := br.puppetNick(ctx, p.net, p.user)
+	if err != nil {
+		return ircconn.Config{}, err
+	}
+	cfg := p.net.baseConfig(nick)
+	cfg.Username = identFor(p.user)
+	cfg.RealName = string(p.user)
+	cfg.Handler = p.sess.handler(p)
+	p.nickEvent.Store(&nickEvent)
+	var accountEvent id.EventID
+	if !p.saslFailed.Load() && p.net.cfg.AllowsLogin() {
+		acct, err := br.db.Account.Get(ctx, p.user, p.net.cfg.ID)
+		if err != nil {
+			return ircconn.Config{}, fmt.Errorf("failed to get linked account: %w", err)
+		}
+		if acct != nil {
+			password, err := br.host.Vault().Open(ctx, p.user, secretName(p.net.cfg.ID), acct.Password)
+			if err != nil {
+				// A missing master key or a tampered value: connect without the account, and
+				// tell the user to link again.
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open linked account's password")
+				p.saslFailed.Store(true)
+				br.notifyUser(ctx, p.user, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
+					"connection to %s is not logged in. Link it again with `!irc login %s <account> <password>`.",
+					p.net.cfg.Name, p.net.cfg.Name, p.net.cfg.ID))
+			} else {
+				cfg.SASL = &ircconn.SASL{Account: acct.Account, Password: password}
+				accountEvent = acct.SourceEventID
+			}
+		}
+	}
+	p.accountEvent.Store(&accountEvent)
+	return cfg, nil
+}
+
+// onDialError tells the user once when the network refused their stored credentials, and makes
+// the next attempt connect without them; the credentials stay until the user logs out or links
+// again.
+func (p *puppet) onDialError(ctx context.Context, err error) bool {
+	if errors.Is(err, ircconn.ErrSASLFailed) && !p.saslFailed.Swap(true) {
+		p.net.br.notifyUser(ctx, p.user, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
+			"without logging in. Link your account again with `!irc login %s <account> <password>`.",
+			p.net.cfg.Name, p.net.cfg.ID))
+	}
+	return false
+}
+
+// secretName is the vault name of a network's SASL password.
+func secretName(network string) string { return "sasl_password/" + network }
+
+// puppetNick returns the nick userID's puppet asks for on n: their chosen one, or the template's.
+// event is the command that chose it, or "".
+func (br *Bridge) puppetNick(ctx context.Context, n *network, userID id.UserID) (nick string, event id.EventID, err error) {
+	chosen, err := br.db.Nick.Get(ctx, userID, n.cfg.ID)
+	if err != nil {
+		return "", "", fmt.Errorf("failed to get chosen nick: %w", err)
+	}
+	if chosen != nil {
+		return chosen.Nick, chosen.SourceEventID, nil
+	}
+	return templateNick(n.cfg.NickTemplate, userID, br.displayName(ctx, userID)), "", nil
+}
+
+// templateNick fills a nick template for userID. Characters IRC does not allow in nicks are
+// dropped; a nick that would start with a digit or '-' gets a leading '_'.
+func templateNick(template string, userID id.UserID, displayName string) string {
+	localpart, _, _ := userID.Parse()
+	nick := strings.NewReplacer("{localpart}", nickSafe(localpart), "{displayname}", nickSafe(displayName)).Replace(template)
+	if nick == "" || nick[0] >= '0' && nick[0] <= '9' || nick[0] == '-' {
+		nick = "_" + nick
+	}
+	if len(nick) > 30 {
+		nick = nick[:30]
+	}
+	if !ircid.ValidNick(nick) {
+		return "matrix_user"
+	}
+	return nick
+}
+
+// nickSafe keeps the characters of s that are valid in any position of an IRC nick.
+func nickSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		case strings.ContainsRune("-_[]{}\\|^`", r):
+			return r
+		case unicode.IsSpace(r):
+			return '_'
+		}
+		return -1
+	}, s)
+}
+
+// identFor returns the ident (username) of userID's puppet: their localpart, cut to what
+// servers accept.
+func identFor(userID id.UserID) string {
+	localpart, _, _ := userID.Parse()
+	ident := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, localpart)
+	if ident == "" {
+		ident = "matrix"
+	}
+	if len(ident) > 10 {
+		ident = ident[:10]
+	}
+	return ident
+}
+
+// displayName returns userID's display name, or "" if it is not known.
+func (br *Bridge) displayName(ctx context.Context, userID id.UserID) string {
+	store := br.host.Bot().StateStore
+	if store == nil {
+		return ""
+	}
+	// Any room's member event will do; the state store keeps the global profile too.
+	if profile, err := br.host.Bot().GetProfile(ctx, userID); err == nil && profile != nil {
+		return profile.DisplayName
+	}
+	return ""
+}
+
+// verifyLogin connects to n once with the given credentials and reports whether SASL succeeded.
+// The connection quits at once. It never logs or returns the password.
+func (br *Bridge) verifyLogin(ctx context.Context, n *network, userID id.UserID, account string, password vault.Secret) error {
+	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := br.limiter.Wait(ctx); err != nil {
+		return err
+	}
+	nick, _, err := br.puppetNick(ctx, n, userID)
+	if err != nil {
+		return err
+	}
+	// Another nick than the puppet's, so as not to collide with a running puppet.
+	cfg := n.baseConfig(verifyNick(nick))
+	cfg.Username = identFor(userID)
+	cfg.SASL = &ircconn.SASL{Account: account, Password: password}
+	c, err := br.dial(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	quitCtx, quitCancel := context.WithTimeout(ctx, 5*time.Second)
+	defer quitCancel()
+	_ = c.Quit(quitCtx, "Account check done")
+	return nil
+}
+
+// verifyNick returns a nick for a short-lived credentials check, derived from nick.
+func verifyNick(nick string) string {
+	if len(nick) > 25 {
+		nick = nick[:25]
+	}
+	return nick + "-chk"
+}
+
+// userFacingDialError turns a connection error into words for the user.
+func userFacingDialError(err error) string {
+	switch {
+	case errors.Is(err, ircconn.ErrSASLFailed):
+		return "the network refused the account name or password"
+	case errors.Is(err, ircconn.ErrSASLUnavailable):
+		return "the network does not offer SASL login right now"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ircconn.ErrRegistrationTimeout):
+		return "the network did not answer in time"
+	default:
+		return "I could not connect to the network"
+	}
+}
+

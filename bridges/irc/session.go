@@ -1,0 +1,272 @@
+package irc
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ergochat/irc-go/ircmsg"
+	"github.com/rs/zerolog"
+
+	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
+)
+
+// session keeps one IRC connection alive: the bridge's own connection to a network, or one
+// user's puppet. It dials through the bridge's shared connection-rate limiter, reconnects with
+// jittered exponential backoff when the connection drops, and rejoins its channels. Callers wait
+// for a usable connection with conn.
+type session struct {
+	net *network
+	log zerolog.Logger
+	// dialConfig returns the connection's configuration for the next attempt: the nick and SASL
+	// credentials may have changed since the last one.
+	dialConfig func(ctx context.Context) (ircconn.Config, error)
+	// onConnect runs once per established connection, before waiters are released.
+	onConnect func(ctx context.Context, c *ircconn.Conn)
+	// onDialError is told about failed attempts; it returns true to stop trying.
+	onDialError func(ctx context.Context, err error) (stop bool)
+
+	mu       sync.Mutex
+	cur      *ircconn.Conn
+	ready    chan struct{} // closed while cur is usable; replaced when it drops
+	channels map[string]string
+	lastUsed time.Time
+	restart  bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopped  bool
+}
+
+func newSession(n *network, log zerolog.Logger) *session {
+	return &session{
+		net:      n,
+		log:      log,
+		ready:    make(chan struct{}),
+		channels: make(map[string]string),
+		done:     make(chan struct{}),
+		lastUsed: n.br.clock.Now(),
+	}
+}
+
+// errSessionStopped is returned by conn once the session was stopped.
+var errSessionStopped = errors.New("irc: connection stopped")
+
+// start runs the session's connection loop until stop.
+func (s *session) start(ctx context.Context) {
+	ctx, s.cancel = context.WithCancel(ctx)
+	go s.run(ctx)
+}
+
+func (s *session) run(ctx context.Context) {
+	defer close(s.done)
+	br := s.net.br
+	bo := backoff.New(backoff.Policy{
+		Initial: br.cfg.Reconnect.Initial, Max: br.cfg.Reconnect.Max, Multiplier: 2, Jitter: 0.5,
+	}, rand.Float64)
+	for ctx.Err() == nil {
+		if err := br.limiter.Wait(ctx); err != nil {
+			return
+		}
+		cfg, err := s.dialConfig(ctx)
+		var c *ircconn.Conn
+		if err == nil {
+			c, err = br.dial(ctx, cfg)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if s.onDialError != nil && s.onDialError(ctx, err) {
+				s.stopLocked()
+				return
+			}
+			delay := bo.Next()
+			s.log.Warn().Err(err).Dur("retry_in", delay).Int("attempt", bo.Attempts()).Msg("Failed to connect to IRC")
+			if backoff.Sleep(ctx, br.clock, delay) != nil {
+				return
+			}
+			continue
+		}
+		bo.Reset()
+		s.log.Debug().Str("nick", c.Nick()).Bool("account", c.Account() != "").Msg("Connected to IRC")
+		if s.onConnect != nil {
+			s.onConnect(ctx, c)
+		}
+		s.mu.Lock()
+		s.cur = c
+		channels := make([]string, 0, len(s.channels))
+		for _, name := range s.channels {
+			channels = append(channels, name)
+		}
+		s.restart = false
+		close(s.ready)
+		s.mu.Unlock()
+		for _, name := range channels {
+			if err := c.Send(ctx, nil, "JOIN", name); err != nil {
+				break
+			}
+		}
+		select {
+		case <-c.Done():
+		case <-ctx.Done():
+			_ = c.Close()
+		}
+		s.mu.Lock()
+		s.cur = nil
+		s.ready = make(chan struct{})
+		restart := s.restart
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if restart {
+			// A deliberate reconnect (new credentials or nick): no backoff.
+			continue
+		}
+		delay := bo.Next()
+		s.log.Warn().AnErr("reason", c.Err()).Dur("retry_in", delay).Msg("IRC connection lost; reconnecting")
+		if backoff.Sleep(ctx, br.clock, delay) != nil {
+			return
+		}
+	}
+}
+
+// conn waits until the session has a usable connection or ctx ends. It marks the session used.
+func (s *session) conn(ctx context.Context) (*ircconn.Conn, error) {
+	for {
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			return nil, errSessionStopped
+		}
+		s.lastUsed = s.net.br.clock.Now()
+		c, ready := s.cur, s.ready
+		s.mu.Unlock()
+		if c != nil {
+			select {
+			case <-c.Done():
+				// Dropped, and the loop has not noticed yet: wait for the next one.
+			default:
+				return c, nil
+			}
+		}
+		select {
+		case <-ready:
+		case <-s.done:
+			return nil, errSessionStopped
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+			// Re-check: the connection may have dropped between our two looks.
+		}
+	}
+}
+
+// current returns the connection if there is one right now, without waiting.
+func (s *session) current() *ircconn.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// join makes the session be in channel (folded) from now on, across reconnects, and sends JOIN
+// if it is connected and was not in it yet.
+func (s *session) join(ctx context.Context, folded, name string) error {
+	s.mu.Lock()
+	_, had := s.channels[folded]
+	s.channels[folded] = name
+	c := s.cur
+	s.mu.Unlock()
+	if had || c == nil {
+		return nil
+	}
+	return c.Send(ctx, nil, "JOIN", name)
+}
+
+// inChannel reports whether the session is meant to be in channel (folded).
+func (s *session) inChannel(folded string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.channels[folded]
+	return ok
+}
+
+// part leaves channel (folded) and stops rejoining it.
+func (s *session) part(ctx context.Context, folded, reason string) {
+	s.mu.Lock()
+	name, had := s.channels[folded]
+	delete(s.channels, folded)
+	c := s.cur
+	s.mu.Unlock()
+	if had && c != nil {
+		_ = c.Send(ctx, nil, "PART", name, reason)
+	}
+}
+
+// forgetChannel drops channel (folded) from the channels to rejoin, without sending anything
+// (we were kicked, or the server refused the join).
+func (s *session) forgetChannel(folded string) {
+	s.mu.Lock()
+	delete(s.channels, folded)
+	s.mu.Unlock()
+}
+
+// reconnect drops the connection on purpose so that the loop dials again at once, with the
+// configuration dialConfig then returns (new credentials, a new nick).
+func (s *session) reconnect(ctx context.Context, reason string) {
+	s.mu.Lock()
+	c := s.cur
+	s.restart = true
+	s.mu.Unlock()
+	if c != nil {
+		quitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = c.Quit(quitCtx, reason)
+	}
+}
+
+// idleSince returns when the session was last used.
+func (s *session) idleSince() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastUsed
+}
+
+// stop ends the session: it sends QUIT with reason if connected, waits for the server to close
+// the connection until ctx ends, and stops the loop. It is idempotent.
+func (s *session) stop(ctx context.Context, reason string) {
+	s.mu.Lock()
+	c := s.cur
+	already := s.stopped
+	s.stopped = true
+	s.mu.Unlock()
+	if c != nil && !already {
+		quitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_ = c.Quit(quitCtx, reason)
+		cancel()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+	}
+}
+
+func (s *session) stopLocked() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+}
+
+// handler returns the function ircconn calls for each server message: it hands the message to
+// the network's inbound queue, tagged with who received it.
+func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) {
+	return func(c *ircconn.Conn, msg *ircmsg.Message) {
+		s.net.enqueue(inbound{conn: c, msg: *msg, puppet: p})
+	}
+}
