@@ -47,6 +47,12 @@ type Service struct {
 	// privacy is the state of the privacy operations (privacy.go).
 	privacy privacyState
 
+	// clk is the service's clock (see clock); nil means the real one. Tests set a fake one
+	// before start.
+	clk Clock
+	// afterPrune, if set, is called after each round of pruneLoop with what it did (tests).
+	afterPrune func(txns, events int64, err error)
+
 	ingestLock sync.Mutex
 	// bgCancel stops the background loops started by start; bg waits for them.
 	bgCancel  context.CancelFunc
@@ -122,6 +128,12 @@ func (svc *Service) Run(ctx context.Context) error {
 	ctx = svc.log.WithContext(ctx)
 	if err := svc.start(ctx); err != nil {
 		svc.stop()
+		if ctx.Err() != nil {
+			// Asked to stop while starting (start's queries fail with the cancelled context):
+			// that is a shutdown, not a failure.
+			svc.log.Info().Msg("Shut down while starting")
+			return nil
+		}
 		return err
 	}
 	<-ctx.Done()
@@ -182,24 +194,28 @@ func (svc *Service) goBackground(ctx context.Context, fn func(ctx context.Contex
 }
 
 // pruneLoop forgets old transaction and event IDs once they are past database.processed_ttl.
+// It runs on the service's clock.
 func (svc *Service) pruneLoop(ctx context.Context) {
 	ttl := svc.cfg.Database.ProcessedTTL
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	ticker := time.NewTicker(min(ttl/4, 10*time.Minute))
-	defer ticker.Stop()
+	ticks, stop := svc.clock().NewTicker(min(ttl/4, 10*time.Minute))
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
+		case <-ticks:
 		}
-		txns, events, err := svc.db.Inbox.Prune(ctx, time.Now().Add(-ttl))
+		txns, events, err := svc.db.Inbox.Prune(ctx, svc.now().Add(-ttl))
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune processed transaction and event IDs")
 		} else if txns > 0 || events > 0 {
 			zerolog.Ctx(ctx).Debug().Int64("transactions", txns).Int64("events", events).Msg("Pruned processed IDs")
+		}
+		if svc.afterPrune != nil {
+			svc.afterPrune(txns, events, err)
 		}
 	}
 }
@@ -305,9 +321,9 @@ func (svc *Service) startListeners(ctx context.Context) error {
 }
 
 // connectHomeserver checks that the homeserver is reachable and that it can reach us, retrying
-// with capped exponential backoff for as long as the service runs: an unreachable homeserver is
-// reported, not fatal. The ping also makes Synapse flush transactions it was holding back after
-// earlier failures.
+// with capped exponential backoff on the service's clock for as long as the service runs: an
+// unreachable homeserver is reported (a Warn per failed attempt), not fatal. The ping also makes
+// Synapse flush transactions it was holding back after earlier failures.
 func (svc *Service) connectHomeserver(ctx context.Context) {
 	log := zerolog.Ctx(ctx)
 	backoff := time.Second
@@ -319,6 +335,7 @@ func (svc *Service) connectHomeserver(ctx context.Context) {
 			log.Info().
 				Int64("duration_ms", resp.DurationMS).
 				Dur("round_trip", time.Since(start)).
+				Int("attempts", attempt).
 				Msg("Homeserver ping succeeded")
 			svc.bot.afterConnect(ctx)
 			return
@@ -328,16 +345,17 @@ func (svc *Service) connectHomeserver(ctx context.Context) {
 			// Homeservers without the ping endpoint (older Synapse, Dendrite): check
 			// reachability with whoami instead.
 			if _, err = svc.as.BotIntent().Whoami(ctx); err == nil {
-				log.Info().Msg("Homeserver has no appservice ping; whoami succeeded")
+				log.Info().Int("attempts", attempt).Msg("Homeserver has no appservice ping; whoami succeeded")
 				svc.bot.afterConnect(ctx)
 				return
 			}
 		}
-		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", backoff).Msg("Homeserver ping failed")
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return
-		case <-time.After(backoff):
+		}
+		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", backoff).Msg("Homeserver ping failed")
+		if !svc.sleep(ctx, backoff) {
+			return
 		}
 		backoff = min(backoff*2, maxBackoff)
 	}

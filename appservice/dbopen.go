@@ -25,7 +25,7 @@ const dbConnectTimeout = 30 * time.Second
 func openDatabase(cfg *DatabaseConfig, log zerolog.Logger) (*dbutil.Database, error) {
 	uri := cfg.URI
 	if isSQLite(cfg.Type) {
-		uri = withSQLiteTxLock(uri)
+		uri = withSQLiteParams(uri)
 	}
 	safeURI := redactURI(cfg.URI)
 	dbCfg := dbutil.Config{PoolConfig: dbutil.PoolConfig{
@@ -61,19 +61,35 @@ func isSQLite(dbType string) bool {
 	return dbType == DatabaseSQLite || dbType == DatabaseSQLiteFullSync
 }
 
-// withSQLiteTxLock adds _txlock=immediate to a SQLite URI that sets no _txlock. A deferred
-// transaction that reads and then writes cannot wait for the write lock in WAL mode: it fails at
-// once with SQLITE_BUSY when another connection wrote in between. Taking the lock at BEGIN makes
-// writers queue on busy_timeout instead. go-sqlite3 reads the parameters after "?" from plain
-// paths as well as from file: URIs.
-func withSQLiteTxLock(uri string) string {
-	if strings.Contains(uri, "_txlock=") {
-		return uri
+// sqliteParams are the go-sqlite3 DSN parameters the service adds to a SQLite URI that does not
+// set them itself, in this order.
+//
+//   - _txlock=immediate: a deferred transaction that reads and then writes cannot wait for the
+//     write lock in WAL mode: it fails at once with SQLITE_BUSY when another connection wrote in
+//     between. Taking the lock at BEGIN makes writers queue on busy_timeout instead.
+//   - _secure_delete=on (PRAGMA secure_delete on every connection): SQLite overwrites deleted
+//     content with zeros, so an erased user's rows do not linger in free pages of the database
+//     file. Erasure checkpoints the WAL afterwards, which carries the zeroed pages into the file
+//     and truncates the WAL (see checkpointAfterErasure).
+var sqliteParams = []struct{ key, value string }{
+	{"_txlock", "immediate"},
+	{"_secure_delete", "on"},
+}
+
+// withSQLiteParams adds each of [sqliteParams] that the URI does not set already. go-sqlite3
+// reads the parameters after "?" from plain paths as well as from file: URIs.
+func withSQLiteParams(uri string) string {
+	for _, p := range sqliteParams {
+		if strings.Contains(uri, p.key+"=") {
+			continue
+		}
+		sep := "?"
+		if strings.Contains(uri, "?") {
+			sep = "&"
+		}
+		uri += sep + p.key + "=" + p.value
 	}
-	if strings.Contains(uri, "?") {
-		return uri + "&_txlock=immediate"
-	}
-	return uri + "?_txlock=immediate"
+	return uri
 }
 
 var (

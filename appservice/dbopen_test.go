@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -33,19 +34,20 @@ func TestRedactURI(t *testing.T) {
 	}
 }
 
-func TestWithSQLiteTxLock(t *testing.T) {
+func TestWithSQLiteParams(t *testing.T) {
 	tests := []struct {
 		in, want string
 	}{
-		{"file:custodian.db", "file:custodian.db?_txlock=immediate"},
-		{"file:custodian.db?mode=rwc", "file:custodian.db?mode=rwc&_txlock=immediate"},
-		{"file:custodian.db?_txlock=immediate", "file:custodian.db?_txlock=immediate"},
-		{"file:custodian.db?_txlock=exclusive", "file:custodian.db?_txlock=exclusive"},
-		{"custodian.db", "custodian.db?_txlock=immediate"},
+		{"file:custodian.db", "file:custodian.db?_txlock=immediate&_secure_delete=on"},
+		{"file:custodian.db?mode=rwc", "file:custodian.db?mode=rwc&_txlock=immediate&_secure_delete=on"},
+		{"file:custodian.db?_txlock=immediate", "file:custodian.db?_txlock=immediate&_secure_delete=on"},
+		{"file:custodian.db?_txlock=exclusive", "file:custodian.db?_txlock=exclusive&_secure_delete=on"},
+		{"file:custodian.db?_secure_delete=fast", "file:custodian.db?_secure_delete=fast&_txlock=immediate"},
+		{"custodian.db", "custodian.db?_txlock=immediate&_secure_delete=on"},
 	}
 	for _, tt := range tests {
-		if got := withSQLiteTxLock(tt.in); got != tt.want {
-			t.Errorf("withSQLiteTxLock(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := withSQLiteParams(tt.in); got != tt.want {
+			t.Errorf("withSQLiteParams(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -79,6 +81,25 @@ func TestOpenDatabase(t *testing.T) {
 		}
 		if err = db.QueryRow(ctx, "PRAGMA foreign_keys").Scan(&foreignKeys); err != nil || foreignKeys != 1 {
 			t.Errorf("foreign_keys = %d, %v; want 1", foreignKeys, err)
+		}
+		// Every connection of the pool, not just the first: hold several at once.
+		conns := make([]*sql.Conn, 0, 3)
+		defer func() {
+			for _, conn := range conns {
+				_ = conn.Close()
+			}
+		}()
+		for i := range cap(conns) {
+			conn, err := db.RawDB.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn)
+			// 1 is on (2 would be "fast", which leaves deleted content in the WAL's pages).
+			var secureDelete int
+			if err = conn.QueryRowContext(ctx, "PRAGMA secure_delete").Scan(&secureDelete); err != nil || secureDelete != 1 {
+				t.Errorf("connection %d: secure_delete = %d, %v; want 1", i, secureDelete, err)
+			}
 		}
 		if got := db.RawDB.Stats().MaxOpenConnections; got != cfg.MaxOpenConns {
 			t.Errorf("max open connections = %d, want %d", got, cfg.MaxOpenConns)

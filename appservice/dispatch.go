@@ -209,7 +209,7 @@ func (d *dispatcher) flushLoop(ctx context.Context) {
 		// Keep trying: if the database is down, the events stay in the inbox and would be
 		// replayed, which is safe but wasteful; there is nothing better to do with them.
 		for attempt := 0; ; attempt++ {
-			err := d.svc.db.Inbox.MarkDone(context.WithoutCancel(ctx), batch, time.Now())
+			err := d.svc.db.Inbox.MarkDone(context.WithoutCancel(ctx), batch, d.svc.now())
 			if err == nil {
 				break
 			}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
@@ -241,6 +242,7 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 		if err != nil {
 			return nil, fmt.Errorf("failed to erase user data: %w", err)
 		}
+		svc.checkpointAfterErasure(ctx)
 		if len(job.Modules) == 0 {
 			// The data key is gone with the users row; drop any copy the vault keeps in memory.
 			if forgetter, ok := any(svc.vault).(interface{ Forget(id.UserID) }); ok {
@@ -648,4 +650,23 @@ func (svc *Service) ErasureStatus(ctx context.Context, jobID string) (*EraseRece
 		return nil, ErrUnknownErasure
 	}
 	return receiptFor(job)
+}
+
+// checkpointAfterErasure copies SQLite's write-ahead log into the database file and truncates
+// it, so the pages an erasure zeroed (PRAGMA secure_delete, see sqliteParams) replace the old
+// ones in the file and the WAL's older copies of those pages are gone with it. It is best
+// effort: while another connection reads, the WAL cannot be truncated (SQLite reports busy), and
+// the next automatic checkpoint overwrites it later. PostgreSQL needs nothing here.
+func (svc *Service) checkpointAfterErasure(ctx context.Context) {
+	if svc.rawDB.Dialect != dbutil.SQLite {
+		return
+	}
+	var busy, logFrames, checkpointed int
+	err := svc.rawDB.QueryRow(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &checkpointed)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to checkpoint the SQLite WAL after an erasure")
+	} else if busy != 0 {
+		zerolog.Ctx(ctx).Warn().Int("wal_frames", logFrames).Int("checkpointed", checkpointed).
+			Msg("SQLite WAL was busy after an erasure; it is overwritten at a later checkpoint")
+	}
 }

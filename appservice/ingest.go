@@ -162,7 +162,7 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "M_LIMIT_EXCEEDED", "Backlog full, try again later")
 		return
 	}
-	added, dup, err := svc.db.Inbox.Accept(ctx, txnID, events, time.Now())
+	added, dup, err := svc.db.Inbox.Accept(ctx, txnID, events, svc.now())
 	if err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		log.Error().Err(err).Msg("Failed to store transaction")

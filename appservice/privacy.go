@@ -27,8 +27,6 @@ import (
 // purges, deactivation, retention, the admin API). Its zero value is ready to use, so tests that
 // build a Service by hand get working privacy commands.
 type privacyState struct {
-	// clock is nil for the real clock; tests set a fake one before start.
-	clock Clock
 	// shredDebounce and shredDone configure the backup shredder (shred.go) when set before
 	// start (tests): the wait after an erasure, and a call after every shred rotation.
 	shredDebounce time.Duration
@@ -60,22 +58,6 @@ type privacyState struct {
 	// deactivation ("deactivation") loops with what it did (tests).
 	afterSweep func(kind string, n int64, err error)
 	loops      sync.WaitGroup
-}
-
-// now returns the privacy operations' current time.
-func (svc *Service) now() time.Time {
-	if c := svc.privacy.clock; c != nil {
-		return c.Now()
-	}
-	return time.Now()
-}
-
-// clock returns the privacy operations' clock.
-func (svc *Service) clock() Clock {
-	if c := svc.privacy.clock; c != nil {
-		return c
-	}
-	return RealClock{}
 }
 
 // privacyDB returns the privacy queries.

@@ -272,7 +272,7 @@ func newPrivacyEnv(t *testing.T, dialect string, configure func(cfg *Config)) *p
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc.privacy.clock = env.clock
+	svc.clk = env.clock
 	env.svc = svc
 	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
 	env.ctx, env.cancel = ctx, cancel

@@ -106,3 +106,32 @@ func (c *FakeClock) WaitForTickers(n int, timeout time.Duration) bool {
 		}
 	}
 }
+
+// WaitForTicker blocks until a ticker with interval every exists that was not stopped, or
+// timeout passes; it reports whether one did. Unlike [FakeClock.WaitForTickers] it tells apart
+// loops that share the clock, as long as their intervals differ (a retry with backoff and a
+// periodic sweep).
+func (c *FakeClock) WaitForTicker(every, timeout time.Duration) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		c.lock.Lock()
+		found := false
+		for _, ft := range c.tickers {
+			if !ft.stopped && ft.every == every {
+				found = true
+				break
+			}
+		}
+		changed := c.changed
+		c.lock.Unlock()
+		if found {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return false
+		}
+	}
+}

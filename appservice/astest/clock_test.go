@@ -49,3 +49,27 @@ func TestFakeClock(t *testing.T) {
 		t.Error("WaitForTickers(1) = true after the only ticker stopped")
 	}
 }
+
+func TestFakeClockWaitForTicker(t *testing.T) {
+	c := NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	_, stopMinute := c.NewTicker(time.Minute)
+	if !c.WaitForTicker(time.Minute, time.Second) {
+		t.Error("WaitForTicker(1m) = false with a 1m ticker")
+	}
+	if c.WaitForTicker(2*time.Minute, 10*time.Millisecond) {
+		t.Error("WaitForTicker(2m) = true with only a 1m ticker")
+	}
+	created := make(chan func())
+	go func() {
+		_, stop := c.NewTicker(2 * time.Minute)
+		created <- stop
+	}()
+	if !c.WaitForTicker(2*time.Minute, 10*time.Second) {
+		t.Error("WaitForTicker(2m) = false after a 2m ticker was created")
+	}
+	(<-created)()
+	stopMinute()
+	if c.WaitForTicker(time.Minute, 10*time.Millisecond) {
+		t.Error("WaitForTicker(1m) = true after the 1m ticker stopped")
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,13 +27,13 @@ const pgAdminTimeout = 30 * time.Second
 //
 // POSTGRES_TEST_URI may be a postgres:// URI or a key=value connection string; make test and
 // scripts/with-postgres.sh set it to a throwaway cluster. Without it, PostgresURI fails the test
-// when CI is set to a true value (nothing may be skipped in CI) and skips it otherwise. It must
+// in CI (see [InCI]; nothing may be skipped there) and skips it otherwise. It must
 // be called from the test's goroutine.
 func PostgresURI(t testing.TB) string {
 	t.Helper()
 	base := os.Getenv("POSTGRES_TEST_URI")
 	if base == "" {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
+		if InCI() {
 			t.Fatal("POSTGRES_TEST_URI is not set, and CI is: PostgreSQL tests must run in CI (make test sets it)")
 		}
 		t.Skip("POSTGRES_TEST_URI is not set; skipping PostgreSQL (make test starts a throwaway server)")

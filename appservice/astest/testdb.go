@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -21,17 +22,29 @@ const (
 )
 
 // Dialects returns the database dialects tests run on: SQLite always, and PostgreSQL when
-// POSTGRES_TEST_URI is set. In CI (CI=true) PostgreSQL is required, so nothing is silently
+// POSTGRES_TEST_URI is set. In CI (see [InCI]) PostgreSQL is required, so nothing is silently
 // skipped there.
 func Dialects(t testing.TB) []string {
 	t.Helper()
 	if os.Getenv("POSTGRES_TEST_URI") == "" {
-		if os.Getenv("CI") == "true" {
+		if InCI() {
 			t.Fatal("POSTGRES_TEST_URI must be set in CI")
 		}
 		return []string{SQLite}
 	}
 	return []string{SQLite, Postgres}
+}
+
+// InCI reports whether the tests run in CI: the environment variable CI is set to anything but
+// "", "false" or "0". CI systems spell it differently (GitHub Actions and GitLab set "true",
+// others "1" or "yes"), and a test that requires PostgreSQL must not be skipped in any of them.
+func InCI() bool {
+	return isCIValue(os.Getenv("CI"))
+}
+
+func isCIValue(v string) bool {
+	v = strings.TrimSpace(v)
+	return v != "" && v != "0" && !strings.EqualFold(v, "false")
 }
 
 // ForEachDialect runs fn once per dialect from [Dialects], as a subtest named after it, with a
@@ -53,7 +66,8 @@ func TestDB(t testing.TB, dialect string) *dbutil.Database {
 	var err error
 	switch dialect {
 	case SQLite:
-		uri := "file:" + filepath.Join(t.TempDir(), "test.db") + "?_txlock=immediate"
+		// The parameters the service adds to SQLite URIs (appservice/dbopen.go).
+		uri := "file:" + filepath.Join(t.TempDir(), "test.db") + "?_txlock=immediate&_secure_delete=on"
 		db, err = dbutil.NewWithDialect(uri, "sqlite3-fk-wal")
 	case Postgres:
 		db, err = dbutil.NewWithDialect(PostgresURI(t), "postgres")

@@ -121,7 +121,7 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Export: []string{
 				"id", "room_id", "name", "kind", "source_event_id", "created_at", "updated_at",
 				"secret_sent", "revoked_at", "last_success_at", "last_failure_at", "last_error",
-				"consecutive_failures", "dropped_count",
+				"consecutive_failures", "dropped_count", "vault_notice_at",
 			},
 			Secret:            []string{"token_hash", "outbound_url", "signing_secret"},
 			SourceEventColumn: "source_event_id",

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice"
@@ -194,7 +195,23 @@ type attemptResult struct {
 	reason     string
 	retry      bool
 	retryAfter time.Duration
+	// vault says why the hook's secrets could not be opened; vaultOpened if they were.
+	vault vaultProblem
 }
+
+// vaultProblem is why an outbound hook's sealed URL and signing secret could not be opened.
+type vaultProblem int
+
+const (
+	vaultOpened vaultProblem = iota
+	// vaultDisabled: no master key is configured at all (appservice.ErrVaultDisabled).
+	vaultDisabled
+	// vaultKeyUnavailable: the master key that wraps the owner's data key is missing or wrong
+	// (vault.ErrKeyUnavailable); the values open again if it comes back.
+	vaultKeyUnavailable
+	// vaultUnopenable: the values are lost (vault.ErrDecrypt, or any other failure).
+	vaultUnopenable
+)
 
 // deliver POSTs d to q's hook, retrying with backoff up to outbound.max_attempts times. Before
 // every attempt it reads the hook again, so a hook removed meanwhile (a redaction, !webhook
@@ -230,6 +247,7 @@ func (br *Bridge) deliver(ctx context.Context, q *deliveryQueue, d *delivery) bo
 			if ctx.Err() != nil {
 				return false
 			}
+			br.trackVaultEpisode(ctx, hook, d, result.vault)
 			log.Debug().Int("attempt", attempt).Int("status", result.status).Bool("ok", result.ok).
 				Str("reason", result.reason).Dur("duration", time.Since(start)).Msg("Outbound webhook delivery attempt")
 			now := br.clock.Now()
@@ -338,15 +356,76 @@ func (br *Bridge) attempt(ctx context.Context, hook *webhookdb.Hook, d *delivery
 func vaultFailure(ctx context.Context, err error) attemptResult {
 	switch {
 	case errors.Is(err, appservice.ErrVaultDisabled):
-		return attemptResult{reason: "the credential vault is not configured, so the URL cannot be opened"}
+		return attemptResult{reason: "the credential vault is not configured, so the URL cannot be opened", vault: vaultDisabled}
 	case errors.Is(err, vault.ErrKeyUnavailable):
 		// The vault has logged what the administrator must do; the value opens again once the
 		// key is back.
-		return attemptResult{reason: "the credential vault's master key is unavailable; ask the administrator"}
+		return attemptResult{reason: "the credential vault's master key is unavailable; ask the administrator", vault: vaultKeyUnavailable}
 	default:
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open outbound webhook secrets")
-		return attemptResult{reason: "the stored URL cannot be opened; remove the webhook and set it up again"}
+		return attemptResult{reason: "the stored URL cannot be opened; remove the webhook and set it up again", vault: vaultUnopenable}
 	}
+}
+
+// trackVaultEpisode tells the hook's owner, once per episode, in their direct chat with the bot,
+// that the hook is disabled because its secrets cannot be opened, and what to do. An episode
+// starts at the first delivery whose secrets do not open and ends at the first whose secrets
+// open again (or when the owner rotates the hook); it is recorded in the hook's row, so neither
+// later messages nor a restart bring a second notice. Deliveries of one hook run in one worker,
+// so nothing else changes the record meanwhile.
+func (br *Bridge) trackVaultEpisode(ctx context.Context, hook *webhookdb.Hook, d *delivery, problem vaultProblem) {
+	log := zerolog.Ctx(ctx)
+	if problem == vaultOpened {
+		if !hook.VaultNoticeAt.IsZero() {
+			if err := br.db.Hook.SetVaultNotice(ctx, hook.ID, time.Time{}); err != nil {
+				log.Err(err).Msg("Failed to clear the record of the outbound webhook's vault notice")
+				return
+			}
+			log.Info().Msg("Outbound webhook's secrets open again")
+		}
+		return
+	}
+	if !hook.VaultNoticeAt.IsZero() {
+		return
+	}
+	// Derived from the first failed delivery's event: if the worker runs it again after a
+	// crash, the homeserver posts the notice once.
+	txnID := appservice.TxnIDFor(d.eventID, "webhook-vault-notice-"+hook.ID)
+	if err := br.sendPrivately(ctx, hook.Actor, vaultNoticeMessage(hook, problem), txnID); err != nil {
+		// Not recorded, so the next message tries again.
+		log.Warn().Err(err).Stringer("owner", hook.Actor).
+			Msg("Failed to tell the outbound webhook's owner that its secrets cannot be opened")
+		return
+	}
+	if err := br.db.Hook.SetVaultNotice(ctx, hook.ID, br.clock.Now()); err != nil {
+		log.Err(err).Msg("Failed to record the outbound webhook's vault notice")
+		return
+	}
+	hook.VaultNoticeAt = br.clock.Now()
+	log.Info().Stringer("owner", hook.Actor).Msg("Told the outbound webhook's owner that its secrets cannot be opened")
+}
+
+// vaultNoticeMessage is the private notice trackVaultEpisode sends: which hook in which room is
+// disabled, why, and what to do.
+func vaultNoticeMessage(hook *webhookdb.Hook, problem vaultProblem) string {
+	// The bridge does not know the room's command prefix outside a command; "!" is the default.
+	relink := fmt.Sprintf("send %s in that room, then %s with the URL",
+		format.SafeMarkdownCode("!webhook remove "+hook.Name), format.SafeMarkdownCode("!webhook out <url> "+hook.Name))
+	msg := fmt.Sprintf("Your outgoing webhook **%s** (ID %s) in %s is disabled: I cannot open its stored URL and "+
+		"signing secret, so I am not sending that room's messages to it.\n\n",
+		hook.Name, format.SafeMarkdownCode(hook.ID), roomLink(hook.RoomID))
+	switch problem {
+	case vaultKeyUnavailable:
+		msg += "The master key of Custodian's credential vault is missing or wrong; its administrator has been told. " +
+			"If they restore it, deliveries resume by themselves. To use the webhook again without waiting, " +
+			"set it up again: " + relink + "."
+	case vaultDisabled:
+		msg += "This Custodian no longer has a credential vault configured. Ask its administrator to set one up " +
+			"(`vault.key_file`), then set the webhook up again: " + relink + "."
+	default:
+		msg += "The stored values can no longer be opened. To use the webhook again, set it up again: " + relink + "."
+	}
+	return msg
 }
 
 // classifyDeliveryError turns a transport error into a fixed description and whether to retry.

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookdb"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookid"
 )
@@ -369,5 +371,132 @@ func (env *testEnv) waitQueueGone(hookID string) {
 			env.t.Fatalf("queue of hook %s still exists", hookID)
 		}
 		<-time.After(5 * time.Millisecond)
+	}
+}
+
+// vaultNotices returns the notices in owner's direct chat that say a hook is disabled.
+func (env *testEnv) vaultNotices(owner id.UserID) []string {
+	env.t.Helper()
+	var out []string
+	for _, body := range env.dmBodies(owner) {
+		if strings.Contains(body, "is disabled") {
+			out = append(out, body)
+		}
+	}
+	return out
+}
+
+// failDeliveries has bob send n messages and waits until the hook recorded n more failures.
+func (env *testEnv) failDeliveries(hookID string, n int) {
+	env.t.Helper()
+	want := env.status(hookID).ConsecutiveFailures + n
+	for range n {
+		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+			env.t.Fatal(err)
+		}
+	}
+	env.waitStatus(hookID, func(h *webhookdb.Hook) bool { return h.ConsecutiveFailures == want })
+}
+
+func TestOutboundVaultFailureNotifiesOwnerOnce(t *testing.T) {
+	tests := []struct {
+		name       string
+		breakVault func(env *testEnv)
+		want       string
+	}{
+		{"key unavailable", func(env *testEnv) { env.host.Secrets.SetKeyUnavailable(true) }, "master key of Custodian's credential vault is missing or wrong"},
+		{"values lost", func(env *testEnv) { env.host.Secrets.Forget(testAlice) }, "can no longer be opened"},
+		{"vault disabled", func(env *testEnv) { env.host.Secrets.SetDisabled(true) }, "no longer has a credential vault"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newTestEnv(t, "sqlite", nil)
+			rc := newReceiver(t)
+			hook, _ := setUpOutbound(t, env, rc)
+			tt.breakVault(env)
+			env.failDeliveries(hook.ID, 3)
+			rc.none(t)
+
+			notices := env.vaultNotices(testAlice)
+			if len(notices) != 1 {
+				t.Fatalf("owner got %d notices after 3 failed deliveries, want 1: %q", len(notices), notices)
+			}
+			for _, want := range []string{"**relay**", hook.ID, tt.want, "!webhook remove relay", "!webhook out <url> relay"} {
+				if !strings.Contains(notices[0], want) {
+					t.Errorf("notice %q does not contain %q", notices[0], want)
+				}
+			}
+			// It names the room with a link, and it is private: nothing about it in the room.
+			dm := env.host.HS.Messages(env.dmRoom(testAlice))
+			var content event.MessageEventContent
+			if err := dm[len(dm)-1].Decode(&content); err != nil {
+				t.Fatal(err)
+			}
+			if content.MsgType != event.MsgNotice || !strings.Contains(content.FormattedBody, "https://matrix.to/#/") ||
+				!strings.Contains(content.FormattedBody, testRoom.String()[1:]) {
+				t.Errorf("notice is %s %q, want an m.notice linking to %s", content.MsgType, content.FormattedBody, testRoom)
+			}
+			for _, evt := range env.roomMessages() {
+				var c event.MessageEventContent
+				if err := evt.Decode(&c); err == nil && strings.Contains(c.Body, "disabled") {
+					t.Errorf("the room got %q; the notice belongs in the owner's direct chat", c.Body)
+				}
+			}
+			if env.status(hook.ID).VaultNoticeAt.IsZero() {
+				t.Error("the notice is not recorded on the hook, so a restart would send it again")
+			}
+		})
+	}
+}
+
+func TestOutboundVaultNoticeEpisodeEndsWhenSecretsOpen(t *testing.T) {
+	env := newTestEnv(t, "sqlite", nil)
+	rc := newReceiver(t)
+	hook, secret := setUpOutbound(t, env, rc)
+
+	env.host.Secrets.SetKeyUnavailable(true)
+	env.failDeliveries(hook.ID, 2)
+	if n := len(env.vaultNotices(testAlice)); n != 1 {
+		t.Fatalf("notices in the first episode = %d, want 1", n)
+	}
+
+	// The key is back: the next message is delivered, and the episode is over.
+	env.host.Secrets.SetKeyUnavailable(false)
+	msg := env.message(testBob, "key is back")
+	if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := verify(t, rc.next(t), secret); got.EventID != msg.ID {
+		t.Fatalf("delivered %s, want %s", got.EventID, msg.ID)
+	}
+	env.waitStatus(hook.ID, func(h *webhookdb.Hook) bool { return h.VaultNoticeAt.IsZero() && h.ConsecutiveFailures == 0 })
+	if n := len(env.vaultNotices(testAlice)); n != 1 {
+		t.Fatalf("notices after the key came back = %d, want still 1", n)
+	}
+
+	// A second episode brings a second notice, once.
+	env.host.Secrets.SetKeyUnavailable(true)
+	env.failDeliveries(hook.ID, 2)
+	if n := len(env.vaultNotices(testAlice)); n != 2 {
+		t.Fatalf("notices after a second episode = %d, want 2", n)
+	}
+}
+
+func TestOutboundVaultNoticeRetriedWhenDirectChatFails(t *testing.T) {
+	env := newTestEnv(t, "sqlite", nil)
+	rc := newReceiver(t)
+	hook, _ := setUpOutbound(t, env, rc)
+	env.host.Secrets.SetKeyUnavailable(true)
+
+	// The homeserver refuses the notice: nothing is recorded, so the next failure tries again.
+	env.host.HS.Fail(astest.PatternSend, http.StatusBadRequest, "M_UNKNOWN")
+	env.failDeliveries(hook.ID, 1)
+	if !env.status(hook.ID).VaultNoticeAt.IsZero() {
+		t.Fatal("a notice that was not sent is recorded as sent")
+	}
+	env.host.HS.Unfail(astest.PatternSend)
+	env.failDeliveries(hook.ID, 2)
+	if n := len(env.vaultNotices(testAlice)); n != 1 {
+		t.Fatalf("notices = %d, want 1 once the homeserver accepts it", n)
 	}
 }

@@ -61,6 +61,9 @@ type Hook struct {
 	LastError           string
 	ConsecutiveFailures int
 	DroppedCount        int64
+	// VaultNoticeAt is when Actor was told that the hook's secrets cannot be opened; zero if
+	// they were not, or opened again since.
+	VaultNoticeAt time.Time
 }
 
 // MarshalZerologObject writes the hook's IDs and kind, never its name or secrets.
@@ -73,18 +76,18 @@ func newHook(_ *dbutil.QueryHelper[*Hook]) *Hook { return &Hook{} }
 const hookColumns = `
 	id, room_id, name, kind, actor_mxid, source_event_id, created_at, updated_at, token_hash,
 	outbound_url, signing_secret, secret_sent, revoked_at, last_success_at, last_failure_at,
-	last_error, consecutive_failures, dropped_count
+	last_error, consecutive_failures, dropped_count, vault_notice_at
 `
 
 // Scan reads one webhook_hook row selected with hookColumns.
 func (h *Hook) Scan(row dbutil.Scannable) (*Hook, error) {
 	var createdAt, updatedAt int64
 	var tokenHash, lastError sql.NullString
-	var revokedAt, lastSuccess, lastFailure sql.NullInt64
+	var revokedAt, lastSuccess, lastFailure, vaultNotice sql.NullInt64
 	err := row.Scan(
 		&h.ID, &h.RoomID, &h.Name, &h.Kind, &h.Actor, &h.SourceEventID, &createdAt, &updatedAt,
 		&tokenHash, &h.OutboundURL, &h.SigningSecret, &h.SecretSent, &revokedAt, &lastSuccess,
-		&lastFailure, &lastError, &h.ConsecutiveFailures, &h.DroppedCount,
+		&lastFailure, &lastError, &h.ConsecutiveFailures, &h.DroppedCount, &vaultNotice,
 	)
 	if err != nil {
 		return nil, err
@@ -96,6 +99,7 @@ func (h *Hook) Scan(row dbutil.Scannable) (*Hook, error) {
 	h.RevokedAt = millis(revokedAt)
 	h.LastSuccessAt = millis(lastSuccess)
 	h.LastFailureAt = millis(lastFailure)
+	h.VaultNoticeAt = millis(vaultNotice)
 	return h, nil
 }
 
@@ -134,7 +138,7 @@ const (
 	`
 	setOutboundSecretsQuery = `
 		UPDATE webhook_hook SET outbound_url=$2, signing_secret=$3, actor_mxid=$4, source_event_id=$5,
-			updated_at=$6, secret_sent=false
+			updated_at=$6, secret_sent=false, vault_notice_at=NULL
 		WHERE id=$1 AND kind='out'
 	`
 	markSecretSentQuery = `UPDATE webhook_hook SET secret_sent=true WHERE id=$1`
@@ -145,7 +149,8 @@ const (
 		UPDATE webhook_hook SET last_failure_at=$2, last_error=$3, consecutive_failures=consecutive_failures+1
 		WHERE id=$1
 	`
-	addDroppedQuery = `
+	setVaultNoticeQuery = `UPDATE webhook_hook SET vault_notice_at=$2 WHERE id=$1`
+	addDroppedQuery     = `
 		UPDATE webhook_hook SET dropped_count=dropped_count+$2, last_failure_at=$3, last_error=$4 WHERE id=$1
 	`
 )
@@ -224,7 +229,8 @@ func (hq *HookQuery) SetToken(ctx context.Context, hookID, tokenHash string, act
 }
 
 // SetOutboundSecrets replaces an outbound hook's sealed URL and signing secret after a
-// rotation by actor with event eventID, like SetToken.
+// rotation by actor with event eventID, like SetToken. Freshly sealed secrets open, so any
+// record of a notice that they did not (SetVaultNotice) is cleared.
 func (hq *HookQuery) SetOutboundSecrets(ctx context.Context, hookID string, sealedURL, sealedSecret []byte, actor id.UserID, eventID id.EventID, at time.Time) error {
 	return hq.Exec(ctx, setOutboundSecretsQuery, hookID, sealedURL, sealedSecret, actor, eventID, at.UnixMilli())
 }
@@ -250,4 +256,15 @@ func (hq *HookQuery) RecordFailure(ctx context.Context, hookID string, at time.T
 // description, as in RecordFailure).
 func (hq *HookQuery) AddDropped(ctx context.Context, hookID string, n int, at time.Time, reason string) error {
 	return hq.Exec(ctx, addDroppedQuery, hookID, n, at.UnixMilli(), reason)
+}
+
+// SetVaultNotice records that the hook's actor was told at at that its secrets cannot be
+// opened; a zero at clears the record, when they open again.
+func (hq *HookQuery) SetVaultNotice(ctx context.Context, hookID string, at time.Time) error {
+	var v *int64
+	if !at.IsZero() {
+		ms := at.UnixMilli()
+		v = &ms
+	}
+	return hq.Exec(ctx, setVaultNoticeQuery, hookID, v)
 }

@@ -1,4 +1,4 @@
--- v0 -> v1: Latest revision
+-- v0 -> v2: Latest revision
 
 -- webhook_hook is one webhook in a room: inbound (a secret URL whose POSTs appear in the room as
 -- the hook's ghost) or outbound (the room's messages are POSTed to a URL). Every row records its
@@ -35,6 +35,10 @@ CREATE TABLE webhook_hook (
 	last_error           TEXT,
 	consecutive_failures INTEGER NOT NULL DEFAULT 0,
 	dropped_count        BIGINT  NOT NULL DEFAULT 0,
+	-- When the actor was sent a private notice that the hook's sealed secrets cannot be opened
+	-- (a missing or wrong master key); cleared once they open again, so each such episode
+	-- brings one notice.
+	vault_notice_at      BIGINT,
 	UNIQUE (room_id, name)
 );
 CREATE INDEX webhook_hook_actor_idx ON webhook_hook (actor_mxid);
