@@ -417,6 +417,15 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 		}
 		n.mu.Unlock()
 		for _, p := range affected {
+			if ev := p.nickEvent.Load(); ev != nil && *ev == redacted {
+				// Only the nick changed: change it without reconnecting.
+				nick, nickEvent, err := br.puppetNick(ctx, n, p.user)
+				p.nickEvent.Store(&nickEvent)
+				if c := p.sess.current(); err == nil && c != nil {
+					_ = c.Send(ctx, nil, "NICK", nick)
+				}
+				continue
+			}
 			p.saslFailed.Store(false)
 			p.sess.reconnect(ctx, "Reconnecting")
 		}

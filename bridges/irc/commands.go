@@ -183,12 +183,18 @@ func (br *Bridge) cmdNick(ctx context.Context, ce *appservice.CommandEvent) erro
 			return fmt.Errorf("failed to store nick: %w", err)
 		}
 	}
-	if p, _ := n.puppetFor(ce.Sender, false); p != nil && p.sess.current() != nil {
-		p.sess.reconnect(ctx, "Changing nick")
-	}
-	nick, _, err := br.puppetNick(ctx, n, ce.Sender)
+	nick, nickEvent, err := br.puppetNick(ctx, n, ce.Sender)
 	if err != nil {
 		return err
+	}
+	if p, _ := n.puppetFor(ce.Sender, false); p != nil {
+		p.nickEvent.Store(&nickEvent)
+		if c := p.sess.current(); c != nil && c.Nick() != nick {
+			// The next connection asks for it anyway; this one changes now.
+			if err = c.Send(ctx, nil, "NICK", nick); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to send NICK")
+			}
+		}
 	}
 	return ce.Reply(ctx, fmt.Sprintf("Your nick on %s is now %s (if it is taken, the network gives you a variant).",
 		n.cfg.Name, format.SafeMarkdownCode(nick)))

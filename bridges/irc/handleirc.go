@@ -58,6 +58,8 @@ func (n *network) handleIRC(ctx context.Context, in inbound) {
 		n.onNick(ctx, msg.Nick(), ircline.Param(msg, 0))
 	case "TOPIC":
 		n.setTopic(ctx, n.fold(ircline.Param(msg, 0)), ircline.Param(msg, 1))
+	case "REDACT":
+		n.onRedact(ctx, msg)
 	case "332": // RPL_TOPIC: <me> <channel> :<topic>
 		n.setTopic(ctx, n.fold(ircline.Param(msg, 1)), ircline.Param(msg, 2))
 	case "353": // RPL_NAMREPLY: <me> <type> <channel> :<prefixed nicks>
@@ -144,6 +146,10 @@ func (n *network) handlePuppetMessage(ctx context.Context, in inbound) {
 	switch msg.Command {
 	case "PRIVMSG", "NOTICE":
 		targetName := ircline.Param(msg, 0)
+		if n.fold(msg.Nick()) == n.fold(in.conn.Nick()) {
+			n.recordEcho(ctx, p, msg)
+			return
+		}
 		if len(targetName) == 0 || strings.ContainsRune("#&+!", rune(targetName[0])) {
 			return
 		}
@@ -317,5 +323,47 @@ func (n *network) setTopic(ctx context.Context, channel, topic string) {
 	}
 	if _, err := bot.SendStateEvent(ctx, portal.RoomID, event.StateTopic, "", &event.TopicEventContent{Topic: plain}); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to set portal topic")
+	}
+}
+
+// recordEcho stores the message ID the server gave a line a puppet sent, from its echo.
+func (n *network) recordEcho(ctx context.Context, p *puppet, msg *ircmsg.Message) {
+	_, msgID := msg.GetTag("msgid")
+	line, ok := p.matchEcho(ircline.Param(msg, 1))
+	if !ok || msgID == "" {
+		return
+	}
+	err := n.br.db.Message.Put(ctx, &ircdb.Message{
+		EventID: line.eventID, Part: line.part, RoomID: line.roomID, Network: n.cfg.ID, Target: line.target,
+		MsgID: msgID, Sender: p.user, CreatedAt: n.br.clock.Now(),
+	})
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record message ID")
+	}
+}
+
+// onRedact deletes the Matrix copy of an IRC message that was deleted on IRC
+// (draft/message-redaction): REDACT <target> <msgid> [reason]. The sender's ghost redacts it if
+// it sent it; otherwise the bot does, where it may.
+func (n *network) onRedact(ctx context.Context, msg *ircmsg.Message) {
+	m, err := n.br.db.Message.GetByMsgID(ctx, n.cfg.ID, ircline.Param(msg, 1))
+	if err != nil || m == nil || m.Sender != "" {
+		// Unknown, or a message from Matrix: the Matrix side already decided about it.
+		return
+	}
+	req := mautrix.ReqRedact{Reason: ircconv.Strip(ircconv.DecodeText(ircline.Param(msg, 2)))}
+	var redactErr error
+	if intent, err := n.br.ghostIntent(n, msg.Nick()); err == nil {
+		_, redactErr = intent.RedactEvent(ctx, m.RoomID, m.EventID, req)
+	}
+	if redactErr != nil {
+		_, redactErr = n.br.host.Bot().RedactEvent(ctx, m.RoomID, m.EventID, req)
+	}
+	if redactErr != nil {
+		zerolog.Ctx(ctx).Warn().Err(redactErr).Msg("Failed to redact a message deleted on IRC")
+		return
+	}
+	if err = n.br.db.Message.Delete(ctx, m.EventID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to forget a redacted message")
 	}
 }

@@ -107,23 +107,37 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if err != nil {
 		return fmt.Errorf("failed to render message: %w", err)
 	}
-	for _, line := range lines {
-		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
-			return fmt.Errorf("failed to send message: %w", err)
-		}
+	if len(lines) == 0 {
+		return nil
 	}
-	if len(lines) > 0 {
-		err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-			if err := br.host.EnsureUser(ctx, evt.Sender); err != nil {
+	// Record the lines first: the server's echoes, which carry their message IDs, may be
+	// handled before the sends return.
+	now := br.clock.Now()
+	err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := br.host.EnsureUser(ctx, evt.Sender); err != nil {
+			return err
+		}
+		for i := range lines {
+			err := br.db.Message.Put(ctx, &ircdb.Message{
+				EventID: evt.ID, Part: i, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
+				Sender: evt.Sender, CreatedAt: now,
+			})
+			if err != nil {
 				return err
 			}
-			return br.db.Message.Put(ctx, &ircdb.Message{
-				EventID: evt.ID, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
-				Sender: evt.Sender, CreatedAt: br.clock.Now(),
-			})
-		})
-		if err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record relayed message")
+		}
+		return nil
+	})
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record relayed message")
+	}
+	trackEchoes := wantsEchoes(c)
+	for i, line := range lines {
+		if trackEchoes {
+			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
+		}
+		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
+			return fmt.Errorf("failed to send message: %w", err)
 		}
 	}
 	zerolog.Ctx(ctx).Debug().Int("lines", len(lines)).Str("network", t.net.cfg.ID).Msg("Relayed message to IRC")
@@ -213,19 +227,30 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	if redacts == "" {
 		return nil
 	}
-	m, err := br.db.Message.Get(ctx, redacts)
-	if err != nil || m == nil {
+	rows, err := br.db.Message.Get(ctx, redacts)
+	if err != nil || len(rows) == 0 {
 		return err
 	}
-	if n := br.network(m.Network); n != nil && m.MsgID != "" && m.Sender == evt.Sender {
+	sent := 0
+	// Only the author's own redaction deletes the IRC copy: it goes out through their puppet,
+	// and IRC lets users delete only their own messages.
+	if n := br.network(rows[0].Network); n != nil && rows[0].Sender == evt.Sender {
 		if p, _ := n.puppetFor(evt.Sender, false); p != nil {
 			if c := p.sess.current(); c != nil && c.HasCap("draft/message-redaction") {
-				if err = c.Send(ctx, nil, "REDACT", m.Target, m.MsgID); err != nil {
-					zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to send REDACT")
+				for _, m := range rows {
+					if m.MsgID == "" {
+						continue
+					}
+					if err = c.Send(ctx, nil, "REDACT", n.targetName(m.Target), m.MsgID); err != nil {
+						zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to send REDACT")
+						break
+					}
+					sent++
 				}
 			}
 		}
 	}
+	zerolog.Ctx(ctx).Debug().Int("lines", len(rows)).Int("redacted_on_irc", sent).Msg("Forgot a redacted message's IRC IDs")
 	return br.db.Message.Delete(ctx, redacts)
 }
 

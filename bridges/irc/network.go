@@ -220,3 +220,14 @@ func (n *network) isOurNick(folded string) bool {
 	}
 	return false
 }
+
+// targetName returns how to address a folded channel or nick: a portal channel as it was first
+// written, anything else as it is.
+func (n *network) targetName(folded string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if p := n.portals[folded]; p != nil {
+		return p.ChannelName
+	}
+	return folded
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -29,6 +30,56 @@ type puppet struct {
 	// saslFailed is set when the network refused the stored credentials, so the user is told
 	// once and the puppet connects without them.
 	saslFailed atomic.Bool
+
+	// echoes are the lines sent and not yet echoed by the server, oldest first (see
+	// wantsEchoes). Their text stays in memory only until the echo arrives.
+	echoMu sync.Mutex
+	echoes []pendingLine
+}
+
+// pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.
+type pendingLine struct {
+	eventID id.EventID
+	part    int
+	roomID  id.RoomID
+	target  string
+	text    string
+}
+
+// maxPendingEchoes bounds the lines a puppet remembers while waiting for their echoes.
+const maxPendingEchoes = 64
+
+// wantsEchoes reports whether a connection's own messages should be matched with their echoes:
+// only where the server can delete messages (draft/message-redaction), which needs their IDs,
+// and echoes them with those IDs (echo-message).
+func wantsEchoes(c *ircconn.Conn) bool {
+	return c.HasCap("echo-message") && c.HasCap("draft/message-redaction")
+}
+
+// expectEcho remembers a line about to be sent.
+func (p *puppet) expectEcho(l pendingLine) {
+	p.echoMu.Lock()
+	defer p.echoMu.Unlock()
+	if len(p.echoes) >= maxPendingEchoes {
+		p.echoes[0] = pendingLine{}
+		p.echoes = p.echoes[1:]
+	}
+	p.echoes = append(p.echoes, l)
+}
+
+// matchEcho returns the pending line an echo of text answers, dropping older lines that were
+// never echoed (the server refused them).
+func (p *puppet) matchEcho(text string) (pendingLine, bool) {
+	p.echoMu.Lock()
+	defer p.echoMu.Unlock()
+	for i, l := range p.echoes {
+		if l.text == text {
+			clear(p.echoes[:i+1])
+			p.echoes = p.echoes[i+1:]
+			return l, true
+		}
+	}
+	return pendingLine{}, false
 }
 
 // ErrTooManyPuppets is returned when a network's max_puppets connections are in use.
@@ -76,6 +127,8 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 		return ircconn.Config{}, err
 	}
 	cfg := p.net.baseConfig(nick)
+	// Echoes carry the IDs of our own messages, which REDACT needs; see wantsEchoes.
+	cfg.Caps = append(ircconn.DefaultCaps(), "echo-message")
 	cfg.Username = identFor(p.user)
 	cfg.RealName = string(p.user)
 	cfg.Handler = p.sess.handler(p)
@@ -245,4 +298,3 @@ func userFacingDialError(err error) string {
 		return "I could not connect to the network"
 	}
 }
-

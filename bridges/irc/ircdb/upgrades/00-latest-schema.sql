@@ -60,18 +60,21 @@ CREATE TABLE irc_pm (
 	PRIMARY KEY (user_mxid, network, nick)
 );
 
--- irc_message maps a bridged message's Matrix event to its IRC message ID (the msgid tag, where
--- the server gives one), for replies and redactions. It never holds the message's text. Rows of
--- messages sent from Matrix name their sender (user_mxid); rows of messages from IRC do not.
--- Rows expire after the bridge's message_ttl.
+-- irc_message maps a bridged message's Matrix event to its IRC message IDs (the msgid tag, where
+-- the server gives one), for replies and redactions: one row per IRC line the message became
+-- (part 0, 1, …). It never holds the message's text. Rows of messages sent from Matrix name their
+-- sender (user_mxid); rows of messages from IRC do not. Rows expire after the bridge's
+-- message_ttl.
 CREATE TABLE irc_message (
-	event_id   TEXT   PRIMARY KEY,
-	room_id    TEXT   NOT NULL,
-	network    TEXT   NOT NULL,
-	target     TEXT   NOT NULL,
+	event_id   TEXT    NOT NULL,
+	part       INTEGER NOT NULL,
+	room_id    TEXT    NOT NULL,
+	network    TEXT    NOT NULL,
+	target     TEXT    NOT NULL,
 	msgid      TEXT,
-	user_mxid  TEXT   REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
-	created_at BIGINT NOT NULL
+	user_mxid  TEXT    REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	created_at BIGINT  NOT NULL,
+	PRIMARY KEY (event_id, part)
 );
 CREATE INDEX irc_message_msgid_idx ON irc_message (network, msgid);
 CREATE INDEX irc_message_user_idx ON irc_message (user_mxid);
