@@ -35,7 +35,8 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 
-	env := e2e.New(t, e2e.SQLite)
+	ircNet := e2e.StartIRC(t)
+	env := e2e.New(t, e2e.SQLite, e2e.WithIRCBridge(ircNet))
 	bot := env.BotUserID()
 	alice := env.Register(t, "alice")
 	roomID := env.MustCreateRoomWithBot(t, alice)
@@ -48,6 +49,16 @@ func TestDemo(t *testing.T) {
 		msg := evt.Content.AsMessage()
 		return msg.RelatesTo.GetReplyTo() == help || strings.Contains(msg.Body, "ping")
 	}))
+
+	// The IRC bridge: alice joins #demo on the test network through its portal alias, and an
+	// IRC user there greets her.
+	ircUser := ircNet.Connect(t, "ircfriend")
+	ircUser.Join(t, "#demo")
+	portal := mustJoinPortal(t, env, alice, "#demo")
+	ircUser.Privmsg(t, "#demo", "hello from IRC!")
+	env.MustSyncUntil(t, alice, 30*time.Second, isMessage(portal, ircGhost(t, "ircfriend"), event.MsgText, "hello from IRC!"))
+	env.SendText(t, alice, portal, "hello from Matrix!")
+	ircUser.WaitFor(t, 30*time.Second, e2e.IsIRCMessage("PRIVMSG", "alice[m]", "#demo", "hello from Matrix!"))
 
 	hs := env.HomeserverURL()
 	fmt.Printf(`
@@ -70,11 +81,19 @@ Try next, as alice:
   tail -f %s
   curl -s %s | grep custodian_
 
+IRC: alice joined #irc_testnet_demo:localhost (room %s), the portal of #demo on the test
+network at %s (InspIRCd + Atheme). ircfriend said "hello from IRC!" there and alice's answer
+reached IRC from her own connection, alice[m]. Join the channel with any IRC client, e.g.
+  irssi -c 127.0.0.1 -p %d -n you    then   /join #demo
+and talk to alice; as alice, send into the portal:  ROOM='%s' send 'hi IRC'
+In a direct chat with the bot, alice can link a services account: !irc login testnet <account> <password>
+
 Press Ctrl-C to stop and delete everything.
 `, hs, env.ASURL(), env.MetricsURL(), env.Dir(),
 		env.Password(alice.UserID), bot, roomID,
 		indent(reply.Content.AsMessage().Body),
-		hs, alice.AccessToken, roomID, env.LogPath(), env.MetricsURL())
+		hs, alice.AccessToken, roomID, env.LogPath(), env.MetricsURL(),
+		portal, ircNet.Addr(), ircNet.Port(), portal)
 
 	<-ctx.Done()
 	fmt.Println("\nStopping the demo.")

@@ -263,8 +263,13 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 	}
 	target := id.UserID(*evt.StateKey)
 	if n, nick, ok := br.parseGhost(target); ok {
-		if content.Membership == event.MembershipInvite {
+		switch content.Membership {
+		case event.MembershipInvite:
 			return br.acceptGhostInvite(ctx, evt, n, nick)
+		case event.MembershipLeave, event.MembershipBan:
+			if evt.Sender != target {
+				return br.kickOnIRC(ctx, evt, n, nick, content.Reason)
+			}
 		}
 		return nil
 	}
@@ -327,4 +332,33 @@ func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error
 		return fmt.Errorf("puppet not connected: %w", err)
 	}
 	return c.Send(ctx, nil, "TOPIC", t.name, ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " ")))
+}
+
+// kickOnIRC mirrors a Matrix user kicking or banning an IRC user's ghost from a portal: their
+// puppet sends KICK. The channel refuses it unless the puppet is a channel operator there (IRC
+// has no other way); the ghost stays out of the room either way, and comes back when the IRC user
+// next speaks or joins.
+func (br *Bridge) kickOnIRC(ctx context.Context, evt *event.Event, n *network, nick, reason string) error {
+	t, err := br.targetFor(ctx, evt.RoomID)
+	if err != nil || t == nil || t.portal == nil || t.net != n {
+		return err
+	}
+	p, _ := n.puppetFor(evt.Sender, false)
+	if p == nil || !p.sess.inChannel(t.folded) {
+		return nil
+	}
+	c := p.sess.current()
+	if c == nil {
+		return nil
+	}
+	name := nick
+	n.mu.Lock()
+	if members := n.members[t.folded]; members != nil && members[n.fold(nick)] != "" {
+		name = members[n.fold(nick)]
+	}
+	n.mu.Unlock()
+	if reason == "" {
+		reason = "Kicked from Matrix"
+	}
+	return c.Send(ctx, nil, "KICK", t.name, name, ircconv.PlainToIRC(strings.ReplaceAll(reason, "\n", " ")))
 }

@@ -104,7 +104,8 @@ type Config struct {
 	// ending the connection with [ErrPingTimeout] (default 1 min). Both are checked every
 	// half of the smaller one, so an idle connection notices a dead server within about
 	// PingInterval+PingTimeout+half of the smaller. PingTimeout also bounds each socket
-	// write.
+	// write, on the wall clock (a socket deadline), so a server that stops reading cannot
+	// wedge the writer.
 	PingInterval time.Duration
 	PingTimeout  time.Duration
 	// RegisterTimeout bounds all of Dial: connecting, TLS, CAP, SASL and waiting for 001
@@ -126,17 +127,23 @@ type Config struct {
 	// binding a source address, or tests). It must honour ctx.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Handler is called for every message the server sends from 001 on, except PING (which
-	// the connection answers) and the MOTD text (372). It is called serially on the reader
-	// goroutine, the burst received during Dial first, possibly before Dial returns; while
-	// it runs nothing is read, so it must not block for long ([Conn.Send] may block under
-	// flood control). msg is the handler's to keep. A panic in Handler is recovered and
-	// logged with the command only, and the connection goes on with the next message.
-	// Nil means messages are only used for the connection's own state.
+	// the connection answers) and the MOTD text (372); lines before 001 (NOTICE AUTH, CAP,
+	// SASL) are the connection's business. It is called serially on the reader goroutine:
+	// first the messages received during Dial (at most 512), possibly before Dial returns,
+	// then each line as it arrives. An ERROR is handed over before the connection ends.
+	// The connection's state (Nick, Account, HasCap, ISupport) is updated before Handler
+	// sees the message that changed it. While Handler runs nothing is read, so it must not
+	// block for long ([Conn.Send] may block under flood control, and a handler blocked past
+	// PingTimeout makes the connection time out). msg is the handler's to
+	// keep. A panic in Handler is recovered and logged with the command only, and the
+	// connection goes on with the next message. Nil means messages only update the
+	// connection's state.
 	Handler func(c *Conn, msg *ircmsg.Message)
 	// OnClose, if not nil, is called exactly once when a connection returned by Dial ends,
-	// with [Conn.Err], after both goroutines have stopped and before [Conn.Done] is closed.
-	// It runs on one of the connection's goroutines, so it must not wait for Done or call
-	// Quit; it may start a reconnect in a new goroutine.
+	// with [Conn.Err] (never nil), after both goroutines have stopped and before
+	// [Conn.Done] is closed. It runs on the last of the connection's goroutines, so it must
+	// not wait for Done; it may start a reconnect, preferably in a new goroutine. It is not
+	// called when Dial fails.
 	OnClose func(c *Conn, err error)
 	// Clock supplies the time for every timeout and for flood control; nil means
 	// [RealClock].
@@ -235,19 +242,19 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 func (cfg *Config) validate() error {
 	switch {
 	case cfg.Addr == "":
-		return errors.New("irc: invalid config: address is empty")
+		return fmt.Errorf("%w: address is empty", ErrInvalidConfig)
 	case !ircid.ValidNick(cfg.Nick):
-		return errors.New("irc: invalid config: nick is not a valid IRC nick")
+		return fmt.Errorf("%w: nick is not a valid IRC nick", ErrInvalidConfig)
 	case cfg.Username != "" && !validUser(cfg.Username):
-		return errors.New("irc: invalid config: username is not a valid IRC user name")
+		return fmt.Errorf("%w: username is not a valid IRC user name", ErrInvalidConfig)
 	case cfg.SASL != nil && cfg.SASL.Account == "":
-		return errors.New("irc: invalid config: SASL account is empty")
+		return fmt.Errorf("%w: SASL account is empty", ErrInvalidConfig)
 	case cfg.SASL != nil && strings.ContainsRune(cfg.SASL.Account, 0):
-		return errors.New("irc: invalid config: SASL account contains NUL")
+		return fmt.Errorf("%w: SASL account contains NUL", ErrInvalidConfig)
 	case cfg.SASL != nil && strings.ContainsRune(cfg.SASL.Password.Reveal(), 0):
-		return errors.New("irc: invalid config: SASL password contains NUL")
+		return fmt.Errorf("%w: SASL password contains NUL", ErrInvalidConfig)
 	case strings.ContainsAny(cfg.Password.Reveal(), "\r\n\x00"):
-		return errors.New("irc: invalid config: server password contains CR, LF or NUL")
+		return fmt.Errorf("%w: server password contains CR, LF or NUL", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -336,7 +343,7 @@ func (c *Conn) Send(ctx context.Context, tags map[string]string, command string,
 // Close there.
 func (c *Conn) Quit(ctx context.Context, reason string) error {
 	var params []string
-	if reason = ircmsg.TruncateUTF8Safe(ircline.Clean(reason), maxQuitReason); reason != "" {
+	if reason = truncateUTF8(ircline.Clean(reason), maxQuitReason); reason != "" {
 		params = []string{reason}
 	}
 	b, err := ircline.Build(nil, "QUIT", params...)
@@ -535,16 +542,22 @@ func (c *Conn) process(msg *ircmsg.Message) bool {
 		c.dispatch(msg)
 		c.shutdown(&ServerError{Reason: ircline.Param(msg, 0)})
 		return false
+	}
+	if req := c.track(msg); req != nil {
+		c.sendPrio(req)
+	}
+	c.dispatch(msg)
+	return true
+}
+
+// track updates the connection's own state (nick, account, capabilities, ISUPPORT) from a
+// message received after 001. It returns a line to send in reply, or nil.
+func (c *Conn) track(msg *ircmsg.Message) []byte {
+	switch msg.Command {
 	case "NICK":
 		c.mu.Lock()
 		if c.casemap.Equal(msg.Nick(), c.nick) && ircline.Param(msg, 0) != "" {
 			c.nick = strings.Clone(ircline.Param(msg, 0))
-		}
-		c.mu.Unlock()
-	case "001":
-		c.mu.Lock()
-		if n := ircline.Param(msg, 0); n != "" {
-			c.nick = strings.Clone(n)
 		}
 		c.mu.Unlock()
 	case "005":
@@ -558,12 +571,9 @@ func (c *Conn) process(msg *ircmsg.Message) bool {
 		c.account = ""
 		c.mu.Unlock()
 	case "CAP":
-		if req := c.capUpdate(msg); req != nil {
-			c.sendPrio(req)
-		}
+		return c.capUpdate(msg)
 	}
-	c.dispatch(msg)
-	return true
+	return nil
 }
 
 func pong(msg *ircmsg.Message) []byte {

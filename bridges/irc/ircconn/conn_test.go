@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/ergochat/irc-go/ircutils"
@@ -39,6 +40,9 @@ func TestFallbackNick(t *testing.T) {
 		{"a", 11, 1, "a10"},
 		{"zoë", 1, 3, "zo_"},
 		{"zoë", 2, 4, "zo1"},
+		{"ëa", 1, 2, "ë_"},
+		{"ëa", 1, 1, "ë_"},
+		{"a\xff\xfe", 2, 2, "a1"},
 	}
 	for _, tt := range tests {
 		if got := FallbackNick(tt.nick, tt.attempt, tt.nickLen); got != tt.want {
@@ -104,7 +108,9 @@ func TestDialRegistration(t *testing.T) {
 					func() error { return p.handshake("alice") },
 					func() error {
 						return p.send(":srv 421 alice CAP :Unknown command", ":srv 001 alice :Welcome",
-							":srv 005 alice NICKLEN=16 :are supported", ":srv 422 alice :MOTD File is missing")
+							":srv 005 alice NICKLEN=16 :are supported",
+							":srv 900 alice alice!a@h acct2 :You are now logged in (server password)",
+							":srv 422 alice :MOTD File is missing")
 					},
 				)
 			}
@@ -121,6 +127,9 @@ func TestDialRegistration(t *testing.T) {
 			}
 			if got := c.Caps(); len(got) != 0 {
 				t.Errorf("Caps() = %q, want none", got)
+			}
+			if got := c.Account(); got != "acct2" {
+				t.Errorf("Account() = %q, want acct2", got)
 			}
 		},
 	}, {
@@ -439,18 +448,43 @@ func TestDialRegistration(t *testing.T) {
 }
 
 func TestDialTimeouts(t *testing.T) {
-	t.Run("registration timeout", func(t *testing.T) {
+	t.Run("registration timeout, maybe while connecting", func(t *testing.T) {
 		srv := newFakeServer(t)
 		clock := astest.NewFakeClock(time.Unix(1e9, 0))
 		cfg := testConfig(srv.addr(), &syncBuffer{})
 		cfg.Clock, cfg.RegisterTimeout = clock, 30*time.Second
-		// The clock may run out before the client even connects: the server only waits.
-		wait := serve(t, srv, func(p *peer) error { return p.expectEOF() })
+		// The clock may run out before the client even connects, so no server script: the
+		// listener accepts whatever comes and the cleanup closes it.
 		errc := make(chan error, 1)
 		go func() {
 			_, err := Dial(context.Background(), cfg)
 			errc <- err
 		}()
+		if !clock.WaitForTickers(1, waitLimit) {
+			t.Fatal("Dial started no timer")
+		}
+		clock.Advance(30 * time.Second)
+		if err := receive(t, errc); !errors.Is(err, ErrRegistrationTimeout) {
+			t.Errorf("Dial() = %v, want %v", err, ErrRegistrationTimeout)
+		}
+	})
+	t.Run("registration timeout after the handshake", func(t *testing.T) {
+		srv := newFakeServer(t)
+		clock := astest.NewFakeClock(time.Unix(1e9, 0))
+		cfg := testConfig(srv.addr(), &syncBuffer{})
+		cfg.Clock, cfg.RegisterTimeout = clock, 30*time.Second
+		ready := make(chan struct{})
+		wait := serve(t, srv, func(p *peer) error {
+			err := p.handshake("alice")
+			close(ready)
+			return steps(func() error { return err }, p.expectEOF)
+		})
+		errc := make(chan error, 1)
+		go func() {
+			_, err := Dial(context.Background(), cfg)
+			errc <- err
+		}()
+		receive(t, ready)
 		if !clock.WaitForTickers(1, waitLimit) {
 			t.Fatal("Dial started no timer")
 		}
@@ -931,9 +965,12 @@ func TestDialInvalidConfig(t *testing.T) {
 		{"server password with CRLF", Config{Addr: "127.0.0.1:1", Nick: "alice", Password: vault.NewSecret("a\r\nQUIT")}},
 	}
 	for _, tt := range tests {
-		if c, err := Dial(context.Background(), tt.cfg); err == nil {
+		c, err := Dial(context.Background(), tt.cfg)
+		if err == nil {
 			c.Close()
-			t.Errorf("%s: Dial() = nil, want an error", tt.name)
+		}
+		if !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: Dial() = %v, want %v", tt.name, err, ErrInvalidConfig)
 		}
 	}
 }
@@ -967,4 +1004,43 @@ func TestDialTLS(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+func FuzzFallbackNick(f *testing.F) {
+	f.Add("alice", 3, 5)
+	f.Add("ëa", 1, 1)
+	f.Fuzz(func(t *testing.T, nick string, attempt, nickLen int) {
+		if nick == "" {
+			return
+		}
+		got := FallbackNick(nick, attempt%1000, nickLen%100)
+		if attempt%1000 <= 0 && got != nick {
+			t.Errorf("FallbackNick(%q, %d, %d) = %q, want the nick itself", nick, attempt, nickLen, got)
+		}
+		if utf8.ValidString(nick) && !utf8.ValidString(got) {
+			t.Errorf("FallbackNick(%q, %d, %d) = %q, not valid UTF-8", nick, attempt, nickLen, got)
+		}
+	})
+}
+
+func TestTruncateUTF8(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"hello", 10, "hello"},
+		{"hello", 3, "hel"},
+		{"héllo", 2, "h"},
+		{"ëa", 1, ""},
+		{"ëa", 0, ""},
+		{"ëa", -1, ""},
+		{"a€b", 3, "a"},
+		{"a€b", 4, "a€"},
+	}
+	for _, tt := range tests {
+		if got := truncateUTF8(tt.in, tt.n); got != tt.want {
+			t.Errorf("truncateUTF8(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
 }

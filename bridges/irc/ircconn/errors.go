@@ -8,6 +8,10 @@ import (
 // Errors returned by [Dial] and reported by [Conn.Err]. None of them carries line contents or
 // credentials, so callers may log them.
 var (
+	// ErrInvalidConfig is wrapped by the error [Dial] returns, before any I/O, for a
+	// [Config] it cannot use (no address, an invalid nick or user name, NUL in credentials).
+	// Retrying will not help; the message names the field.
+	ErrInvalidConfig = errors.New("irc: invalid config")
 	// ErrClosed is returned by [Conn.Send] and [Conn.Quit] once the connection is closing or
 	// closed, and is [Conn.Err] after [Conn.Close] or [Conn.Quit]: the end was asked for
 	// locally, so the caller should not reconnect.

@@ -58,7 +58,12 @@ func newFakeServer(t testing.TB) *fakeServer {
 			s.conns <- conn
 		}
 	}()
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() {
+		ln.Close()
+		for conn := range s.conns { // connections no script accepted
+			conn.Close()
+		}
+	})
 	return s
 }
 

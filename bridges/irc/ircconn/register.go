@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/ergochat/irc-go/ircutils"
@@ -20,8 +21,8 @@ import (
 
 // FallbackNick returns the nick registration tries at attempt (0 for the first): nick itself,
 // then nick+"_", then nick+"1", nick+"2", and so on. A fallback longer than nickLen bytes has
-// nick shortened (on a UTF-8 boundary, to at least one byte) so that its suffix fits; nick
-// itself is never shortened. It is pure; the bridge can use it to predict the nick a
+// nick shortened (on a UTF-8 boundary, keeping at least its first character) so that the
+// suffix fits; nick itself is never shortened. It is pure; the bridge can use it to predict the nick a
 // connection will get.
 func FallbackNick(nick string, attempt, nickLen int) string {
 	var suffix string
@@ -34,13 +35,28 @@ func FallbackNick(nick string, attempt, nickLen int) string {
 		suffix = strconv.Itoa(attempt - 1)
 	}
 	if len(nick)+len(suffix) > nickLen {
-		base := ircmsg.TruncateUTF8Safe(nick, max(nickLen-len(suffix), 1))
+		base := truncateUTF8(nick, nickLen-len(suffix))
 		if base == "" {
-			base = nick[:1]
+			_, size := utf8.DecodeRuneInString(nick)
+			base = nick[:size]
 		}
 		nick = base
 	}
 	return nick + suffix
+}
+
+// truncateUTF8 returns the longest prefix of s of at most n bytes that does not end inside a
+// UTF-8 sequence. (Not ircmsg.TruncateUTF8Safe: in irc-go v0.7.0 it panics when a limit of 1
+// to 3 bytes falls inside the first character.)
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	n = max(n, 0)
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // errMOTDWait interrupts the wait for the end of the MOTD; registration then succeeds.
@@ -151,9 +167,17 @@ func (r *registration) run(ctx context.Context) ([]*ircmsg.Message, error) {
 	defer cancelDial(nil)
 	w := &watch{cancelDial: cancelDial}
 	r.welcomedCh = make(chan struct{})
-	stop := make(chan struct{})
-	defer close(stop)
-	go w.run(ctx, c.clock, r.cfg.RegisterTimeout, r.cfg.MOTDTimeout, r.welcomedCh, stop)
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		w.run(ctx, c.clock, r.cfg.RegisterTimeout, r.cfg.MOTDTimeout, r.welcomedCh, stop)
+	}()
+	// Dial leaves nothing behind: not the watcher, not its tickers (which a test's fake
+	// clock would count).
+	defer func() {
+		close(stop)
+		<-exited
+	}()
 
 	conn, err := r.dial(dialCtx)
 	if err != nil {
@@ -216,7 +240,7 @@ func (r *registration) dial(ctx context.Context) (net.Conn, error) {
 	return tlsConn, nil
 }
 
-// send writes one line during registration; what is the config key named in an error.
+// send writes one line during registration, straight to the socket (no writer runs yet).
 func (r *registration) send(command string, params ...string) error {
 	b, err := ircline.Build(nil, command, params...)
 	if err != nil {
@@ -231,8 +255,9 @@ func (r *registration) send(command string, params ...string) error {
 func (r *registration) register() error {
 	cfg := r.cfg
 	if !cfg.Password.IsZero() {
+		// send's errors never quote parameters, so this one cannot leak the password.
 		if err := r.send("PASS", cfg.Password.Reveal()); err != nil {
-			return errors.New("irc: failed to send server password")
+			return err
 		}
 	}
 	if err := r.send("CAP", "LS", "302"); err != nil {
@@ -279,8 +304,11 @@ func (r *registration) handle(msg *ircmsg.Message) (bool, error) {
 		case "376", "422":
 			r.keep(msg)
 			return true, nil
-		case "CAP":
-			c.capUpdate(msg)
+		}
+		if req := c.track(msg); req != nil {
+			if _, err := c.conn.Write(req); err != nil {
+				return false, fmt.Errorf("irc: failed to write: %w", err)
+			}
 		}
 		r.keep(msg)
 		return false, nil
