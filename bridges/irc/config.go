@@ -37,30 +37,41 @@ type Config struct {
 	Networks map[string]*NetworkConfig `yaml:"networks"`
 }
 
-// ReconnectConfig is an exponential backoff with jitter.
+// ReconnectConfig is an exponential backoff with jitter: the first delay is Initial, each next
+// one doubles up to Max, and each is drawn within ±50 % of that.
 type ReconnectConfig struct {
 	Initial time.Duration `yaml:"initial"`
 	Max     time.Duration `yaml:"max"`
 }
 
-// RateConfig is a token bucket.
+// RateConfig is a token bucket: Burst at once, refilled at PerSecond.
 type RateConfig struct {
 	PerSecond float64 `yaml:"per_second"`
 	Burst     int     `yaml:"burst"`
 }
 
-// NetworkConfig is one IRC network.
+// NetworkConfig is one IRC network (bridges.irc.networks.<id>). Keys left out take the example
+// network's values.
 type NetworkConfig struct {
 	// ID is the network's key under networks; it is set by validation, not read from YAML.
-	ID             string     `yaml:"-"`
-	Name           string     `yaml:"name"`
-	Address        string     `yaml:"address"`
-	TLS            bool       `yaml:"tls"`
-	SASLMechanisms []string   `yaml:"sasl_mechanisms"`
-	NickTemplate   string     `yaml:"nick_template"`
-	BotNick        string     `yaml:"bot_nick"`
-	MaxPuppets     int        `yaml:"max_puppets"`
-	LineRate       RateConfig `yaml:"line_rate"`
+	ID string `yaml:"-"`
+	// Name is the network's name as shown to users; empty means the ID.
+	Name string `yaml:"name"`
+	// Address is the server's host:port.
+	Address string `yaml:"address"`
+	// TLS says whether to connect with TLS, verifying the server's certificate.
+	TLS bool `yaml:"tls"`
+	// SASLMechanisms are the mechanisms users may link accounts with; only PLAIN is
+	// supported, and an empty list turns !irc login off for the network.
+	SASLMechanisms []string `yaml:"sasl_mechanisms"`
+	// NickTemplate makes a puppet's nick from {localpart} and {displayname}.
+	NickTemplate string `yaml:"nick_template"`
+	// BotNick is the nick of the bridge's own connection.
+	BotNick string `yaml:"bot_nick"`
+	// MaxPuppets bounds the puppet connections to the network; 0 means no limit.
+	MaxPuppets int `yaml:"max_puppets"`
+	// LineRate is each connection's flood control.
+	LineRate RateConfig `yaml:"line_rate"`
 }
 
 // AllowsLogin reports whether users may link accounts on the network (SASL PLAIN offered).
