@@ -24,6 +24,9 @@ log() { echo "testbed-irc: $*" >&2; }
 # Starts both daemons from the configs in $workdir, records them in $workdir/env, and exits once
 # a client sees sasl in CAP LS (offered only while Atheme is linked), printing the client port.
 launch() {
+	# Only what this launch logs counts (the logs are appended to).
+	local logstart
+	logstart=$({ wc -l <"$workdir/inspircd/stdout.log"; } 2>/dev/null || echo 0)
 	/usr/sbin/inspircd --config "$workdir/inspircd/inspircd.conf" --nofork --runasroot \
 		>>"$workdir/inspircd/stdout.log" 2>&1 </dev/null &
 	ircd_pid=$!
@@ -41,18 +44,25 @@ launch() {
 		if ! kill -0 "$ircd_pid" 2>/dev/null || ! kill -0 "$services_pid" 2>/dev/null; then
 			log "a daemon exited; see $workdir/inspircd/ and $workdir/atheme/"
 			kill "$ircd_pid" "$services_pid" 2>/dev/null || true
-			exit 1
+			return 1
+		fi
+		if tail -n "+$((logstart + 1))" "$workdir/inspircd/stdout.log" 2>/dev/null | grep -q "listeners failed to bind"; then
+			# Another process took a port between free_port and the bind.
+			log "a port was taken; see $workdir/inspircd/stdout.log"
+			kill "$ircd_pid" "$services_pid" 2>/dev/null || true
+			wait "$ircd_pid" "$services_pid" 2>/dev/null || true
+			return 2
 		fi
 		if sasl_offered 2>/dev/null; then
 			log "ready in $workdir"
 			echo "$client_port"
-			exit 0
+			return 0
 		fi
 		sleep 0.5
 	done
 	log "sasl not offered after 30 s; see $workdir/inspircd/ircd.log and $workdir/atheme/atheme.log"
 	kill "$ircd_pid" "$services_pid" 2>/dev/null || true
-	exit 1
+	return 1
 }
 
 # Whether a client on the client port sees sasl in CAP LS from our server (irc.test), not from
@@ -119,7 +129,9 @@ if [ -n "$restart" ]; then
 	. "$workdir/env"
 	client_port=$IRC_PORT
 	link_port=$IRC_LINK_PORT
-	launch
+	rc=0
+	launch || rc=$?
+	exit "$rc"
 fi
 
 workdir=${1:-$(mktemp -d /tmp/custodian-irc.XXXXXX)}
@@ -140,6 +152,8 @@ free_port() {
 	log "no free port found"
 	exit 1
 }
+# configure picks free ports and writes both daemons' configs into $workdir.
+configure() {
 client_port=$(free_port)
 link_port=$(free_port)
 while [ "$link_port" = "$client_port" ]; do link_port=$(free_port); done
@@ -170,7 +184,7 @@ cat >"$workdir/inspircd/inspircd.conf" <<EOF
              clonesonconnect="no" timeskipwarn="0" quietbursts="yes">
 <options syntaxhints="no" announcets="yes" allowmismatch="no" defaultbind="auto"
          hostintopic="yes" pingwarning="15" serverpingfreq="1m" splitwhois="no"
-         defaultmodes="nt" allowzerolimit="no" modesinlist="no">
+         defaultmodes="not" allowzerolimit="no" modesinlist="no">
 <security announceinvites="dynamic" hideulines="no" flatlinks="no" hidebans="no"
           hidekills="" hideulinekills="yes" hidesplits="no" maxtargets="20"
           customversion="" restrictbannedusers="yes" genericoper="no" userstats="Pu">
@@ -241,5 +255,16 @@ operclass "user" { };
 EOF
 } >"$workdir/atheme/atheme.conf"
 chmod 600 "$workdir/inspircd/inspircd.conf" "$workdir/atheme/atheme.conf"
+}
 
-launch
+for attempt in 1 2 3 4 5; do
+	configure
+	rc=0
+	launch || rc=$?
+	case $rc in
+	0) exit 0 ;;
+	2) log "retrying with other ports (attempt $attempt)" ;;
+	*) exit 1 ;;
+	esac
+done
+exit 1

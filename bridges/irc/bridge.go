@@ -51,6 +51,10 @@ type Bridge struct {
 
 	// ghosts caches which ghosts have their display name set (localpart → nick).
 	ghosts sync.Map
+	// dmRooms remembers, per user, the direct chat with the bot they last used for !irc
+	// commands, where notices about their connections go. It is memory only: after a restart
+	// the next notice opens a new chat if needed.
+	dmRooms sync.Map
 }
 
 var (
@@ -297,7 +301,7 @@ func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, markdown str
 // botDM returns a direct chat between the bot and userID: the last one they ran an !irc command
 // in, or a new one.
 func (br *Bridge) botDM(ctx context.Context, userID id.UserID) (id.RoomID, error) {
-	if v, ok := dmRooms.Load(userID); ok {
+	if v, ok := br.dmRooms.Load(userID); ok {
 		return v.(id.RoomID), nil
 	}
 	resp, err := br.host.Bot().CreateRoom(ctx, &mautrix.ReqCreateRoom{
@@ -307,13 +311,9 @@ func (br *Bridge) botDM(ctx context.Context, userID id.UserID) (id.RoomID, error
 	if err != nil {
 		return "", fmt.Errorf("failed to create direct chat: %w", err)
 	}
-	dmRooms.Store(userID, resp.RoomID)
+	br.dmRooms.Store(userID, resp.RoomID)
 	return resp.RoomID, nil
 }
-
-// dmRooms remembers, per user, the direct chat with the bot they last used for !irc commands.
-// It is memory only: after a restart the next notice opens a new chat if needed.
-var dmRooms sync.Map
 
 // EraseRemote undoes the user's presence on IRC before the core erases their data: every puppet
 // sends QUIT and disconnects, the ghosts leave the user's private chats, and the rooms the user
@@ -327,7 +327,7 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 			quit++
 		}
 	}
-	dmRooms.Delete(userID)
+	br.dmRooms.Delete(userID)
 	pms, err := br.db.PM.GetByUser(ctx, userID)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("failed to get private chats: %w", err))

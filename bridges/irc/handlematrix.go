@@ -98,8 +98,11 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if err != nil {
 		return fmt.Errorf("puppet not connected: %w", err)
 	}
-	if t.portal != nil && !p.sess.inChannel(t.folded) {
+	if t.portal != nil {
 		if err = p.sess.join(ctx, t.folded, t.name); err != nil {
+			return err
+		}
+		if err = p.sess.ensureJoined(ctx, c, t.folded, t.name); err != nil {
 			return err
 		}
 	}

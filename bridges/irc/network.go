@@ -37,8 +37,9 @@ type network struct {
 	// cm is the network's casemapping (an ircid.CaseMapping), from ISUPPORT.
 	cm atomic.Int32
 
-	queue chan inbound
-	done  chan struct{}
+	queue      chan inbound
+	done       chan struct{}
+	workerDone chan struct{}
 
 	mu      sync.Mutex
 	puppets map[id.UserID]*puppet
@@ -51,14 +52,15 @@ type network struct {
 
 func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
 	n := &network{
-		br:      br,
-		cfg:     cfg,
-		log:     br.log.With().Str("network", cfg.ID).Logger(),
-		queue:   make(chan inbound, inboundQueueSize),
-		done:    make(chan struct{}),
-		puppets: make(map[id.UserID]*puppet),
-		members: make(map[string]map[string]string),
-		portals: make(map[string]*ircdb.Portal),
+		br:         br,
+		cfg:        cfg,
+		log:        br.log.With().Str("network", cfg.ID).Logger(),
+		queue:      make(chan inbound, inboundQueueSize),
+		done:       make(chan struct{}),
+		workerDone: make(chan struct{}),
+		puppets:    make(map[id.UserID]*puppet),
+		members:    make(map[string]map[string]string),
+		portals:    make(map[string]*ircdb.Portal),
 	}
 	n.cm.Store(int32(ircid.RFC1459))
 	return n
@@ -134,6 +136,10 @@ func (n *network) stop(ctx context.Context) {
 	}
 	wg.Wait()
 	close(n.done)
+	select {
+	case <-n.workerDone:
+	case <-ctx.Done():
+	}
 }
 
 // baseConfig returns the connection settings every connection to the network shares.
@@ -157,6 +163,7 @@ func (n *network) baseConfig(nick string) ircconn.Config {
 
 // work bridges the network's server messages, one at a time, in the order they arrived.
 func (n *network) work(ctx context.Context) {
+	defer close(n.workerDone)
 	for {
 		select {
 		case in := <-n.queue:

@@ -63,7 +63,9 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 			"m.federate": true,
 		},
 		PowerLevelOverride: &event.PowerLevelsEventContent{
-			Users:           map[id.UserID]int{br.host.Bot().UserID: 100},
+			Users: map[id.UserID]int{br.host.Bot().UserID: 100},
+			// Anyone may try to change the topic, as on IRC: the channel decides (+t).
+			Events:          map[string]int{event.StateTopic.Type: 0},
 			EventsDefault:   0,
 			StateDefaultPtr: ptr(50),
 			RedactPtr:       ptr(50),
@@ -222,12 +224,9 @@ func (br *Bridge) pmRoom(ctx context.Context, n *network, userID id.UserID, nick
 		return "", err
 	}
 	if pm != nil {
-		if intent.StateStore == nil || intent.StateStore.IsMembership(ctx, pm.RoomID, userID, event.MembershipJoin, event.MembershipInvite) {
-			return pm.RoomID, nil
-		}
-		// The user left: start a new chat.
-		_ = br.db.PM.Delete(ctx, pm.RoomID)
-		_ = br.host.ReleaseRoom(ctx, pm.RoomID)
+		// The row goes when the user leaves the chat (handleMatrixMember); the state store may
+		// not know they joined, since their join can precede the ghost's.
+		return pm.RoomID, nil
 	}
 	resp, err := intent.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{userID},

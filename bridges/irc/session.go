@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircline"
 )
 
 // session keeps one IRC connection alive: the bridge's own connection to a network, or one
@@ -28,6 +30,11 @@ type session struct {
 	onConnect func(ctx context.Context, c *ircconn.Conn)
 	// onDialError is told about failed attempts; it returns true to stop trying.
 	onDialError func(ctx context.Context, err error) (stop bool)
+
+	// joinMu orders a channel's JOIN before the messages to it on each connection; joinedOn
+	// says on which connection each channel's JOIN was queued. Guarded by joinMu.
+	joinMu   sync.Mutex
+	joinedOn map[string]*ircconn.Conn
 
 	mu       sync.Mutex
 	cur      *ircconn.Conn
@@ -46,6 +53,7 @@ func newSession(n *network, log zerolog.Logger) *session {
 		log:      log,
 		ready:    make(chan struct{}),
 		channels: make(map[string]string),
+		joinedOn: make(map[string]*ircconn.Conn),
 		done:     make(chan struct{}),
 		lastUsed: n.br.clock.Now(),
 	}
@@ -95,17 +103,21 @@ func (s *session) run(ctx context.Context) {
 		if s.onConnect != nil {
 			s.onConnect(ctx, c)
 		}
+		// A new connection is in no channel yet; this also lets go of the old one.
+		s.joinMu.Lock()
+		clear(s.joinedOn)
+		s.joinMu.Unlock()
 		s.mu.Lock()
 		s.cur = c
-		channels := make([]string, 0, len(s.channels))
-		for _, name := range s.channels {
-			channels = append(channels, name)
+		channels := make(map[string]string, len(s.channels))
+		for folded, name := range s.channels {
+			channels[folded] = name
 		}
 		s.restart = false
 		close(s.ready)
 		s.mu.Unlock()
-		for _, name := range channels {
-			if err := c.Send(ctx, nil, "JOIN", name); err != nil {
+		for folded, name := range channels {
+			if err := s.ensureJoined(ctx, c, folded, name); err != nil {
 				break
 			}
 		}
@@ -113,6 +125,7 @@ func (s *session) run(ctx context.Context) {
 		case <-c.Done():
 		case <-ctx.Done():
 			_ = c.Close()
+			<-c.Done()
 		}
 		s.mu.Lock()
 		s.cur = nil
@@ -183,7 +196,22 @@ func (s *session) join(ctx context.Context, folded, name string) error {
 	if had || c == nil {
 		return nil
 	}
-	return c.Send(ctx, nil, "JOIN", name)
+	return s.ensureJoined(ctx, c, folded, name)
+}
+
+// ensureJoined queues JOIN name on c unless that was done already. Call it before sending
+// anything to the channel: a JOIN queued by another goroutine is queued before it returns.
+func (s *session) ensureJoined(ctx context.Context, c *ircconn.Conn, folded, name string) error {
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	if s.joinedOn[folded] == c {
+		return nil
+	}
+	if err := c.Send(ctx, nil, "JOIN", name); err != nil {
+		return err
+	}
+	s.joinedOn[folded] = c
+	return nil
 }
 
 // inChannel reports whether the session is meant to be in channel (folded).
@@ -201,6 +229,9 @@ func (s *session) part(ctx context.Context, folded, reason string) {
 	delete(s.channels, folded)
 	c := s.cur
 	s.mu.Unlock()
+	s.joinMu.Lock()
+	delete(s.joinedOn, folded)
+	s.joinMu.Unlock()
 	if had && c != nil {
 		_ = c.Send(ctx, nil, "PART", name, reason)
 	}
@@ -212,6 +243,9 @@ func (s *session) forgetChannel(folded string) {
 	s.mu.Lock()
 	delete(s.channels, folded)
 	s.mu.Unlock()
+	s.joinMu.Lock()
+	delete(s.joinedOn, folded)
+	s.joinMu.Unlock()
 }
 
 // reconnect drops the connection on purpose so that the loop dials again at once, with the
@@ -267,6 +301,28 @@ func (s *session) stopLocked() {
 // the network's inbound queue, tagged with who received it.
 func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) {
 	return func(c *ircconn.Conn, msg *ircmsg.Message) {
+		if p != nil && !puppetWants(c, msg) {
+			// Channel traffic is bridged from the bridge's own connection; with many puppets in
+			// a channel, queueing each line once per puppet only to drop it would cost.
+			return
+		}
 		s.net.enqueue(inbound{conn: c, msg: *msg, puppet: p})
 	}
+}
+
+// puppetWants reports whether a message a puppet received is one handlePuppetMessage acts on:
+// private messages, echoes of our own messages where they carry IDs we keep (see wantsEchoes),
+// KICK, and numerics refusing a JOIN.
+func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
+	switch msg.Command {
+	case "PRIVMSG", "NOTICE":
+		target := ircline.Param(msg, 0)
+		if target == "" || !strings.ContainsRune("#&+!", rune(target[0])) {
+			return true
+		}
+		return wantsEchoes(c) && c.CaseMapping().Equal(msg.Nick(), c.Nick())
+	case "KICK", "474", "473", "475", "471", "403":
+		return true
+	}
+	return false
 }
