@@ -190,15 +190,16 @@ func TestIRCEditsRepliesMedia(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uploading an image: %v", err)
 	}
-	sendContent(t, alice, roomID, &event.MessageEventContent{
+	imageEvent := sendContent(t, alice, roomID, &event.MessageEventContent{
 		MsgType: event.MsgImage, Body: "tiny.png", URL: upload.ContentURI.CUString(),
 		Info: &event.FileInfo{MimeType: "image/png", Size: len(png), Width: 1, Height: 1},
 	})
 	line := bob.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "alice[m]", channel))
 	text := line.Params[1]
 	name, link, _ := strings.Cut(text, ": ")
-	if name != "tiny.png" || !strings.HasPrefix(link, "http") || !strings.Contains(link, upload.ContentURI.FileID) {
-		t.Fatalf("the image reached IRC as %q, want %q followed by an http(s) URL of %s", text, "tiny.png: ", upload.ContentURI)
+	if name != "tiny.png" || !strings.HasPrefix(link, ircNet.MediaURL()+"/media/") || strings.Contains(link, upload.ContentURI.FileID) {
+		t.Fatalf("the image reached IRC as %q, want %q followed by a link of the bridge's media listener %s (not naming the media ID)",
+			text, "tiny.png: ", ircNet.MediaURL())
 	}
 	// An IRC user has no Matrix access token: the link must open without one.
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, link, nil)
@@ -215,6 +216,23 @@ func TestIRCEditsRepliesMedia(t *testing.T) {
 		t.Errorf("opening the image's link %s without a Matrix token: status %d, %d bytes (%.200q); want 200 with the image",
 			link, resp.StatusCode, len(body), body)
 	}
+	if got := resp.Header.Get("Content-Type"); got != "image/png" {
+		t.Errorf("the image's link serves Content-Type %q, want image/png", got)
+	}
+
+	// Redacting the image makes its link stop working.
+	env.MustRedact(t, alice, roomID, imageEvent)
+	e2e.Eventually(t, ircWait, func() error {
+		resp, err := http.Get(link)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("the link of a redacted image answers %d, want 404", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 // TestIRCPrivateChatFromMatrix: inviting an IRC user's ghost to a new room makes it a private

@@ -37,7 +37,13 @@ const IRCNetworkID = "testnet"
 type IRCNet struct {
 	dir  string
 	port int
+	// mediaPort is the port of the IRC bridge's media listener, chosen by StartIRC.
+	mediaPort int
 }
+
+// MediaURL is the public URL of the IRC bridge's media listener that [WithIRCBridge] configures
+// (media_proxy): links to Matrix media that IRC users get start with it.
+func (n *IRCNet) MediaURL() string { return "http://127.0.0.1:" + strconv.Itoa(n.mediaPort) }
 
 // StartIRC starts an IRC network for t with scripts/testbed-irc.sh (which installs inspircd and
 // atheme-services with apt if they are missing) and returns once it offers SASL. When t ends, the
@@ -49,6 +55,7 @@ func StartIRC(t testing.TB) *IRCNet {
 	n := &IRCNet{dir: workDir(t, "custodian-e2e-irc-")}
 	t.Cleanup(func() { n.teardown(t) })
 	n.port = n.start(t, n.dir)
+	n.mediaPort = FreePort(t)
 	return n
 }
 
@@ -202,6 +209,10 @@ func WithIRCBridge(ircNet *IRCNet) Option {
 			"message_ttl":  "168h",
 			"reconnect":    map[string]any{"initial": "200ms", "max": "2s"},
 			"connect_rate": map[string]any{"per_second": 100, "burst": 100},
+			"media_proxy": map[string]any{
+				"listen":     "127.0.0.1:" + strconv.Itoa(ircNet.mediaPort),
+				"public_url": ircNet.MediaURL(),
+			},
 			"networks": map[string]any{
 				IRCNetworkID: map[string]any{
 					"name":            "TestNet",

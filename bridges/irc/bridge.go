@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -51,6 +52,11 @@ type Bridge struct {
 
 	// ghosts caches which ghosts have their display name set (localpart → nick).
 	ghosts sync.Map
+	// mediaServer and mediaListener serve relayed media to IRC users (media_proxy); Start
+	// sets them.
+	mediaServer   *http.Server
+	mediaListener net.Listener
+
 	// dmRooms remembers, per user, the direct chat with the bot they last used for !irc
 	// commands, where notices about their connections go. It is memory only: after a restart
 	// the next notice opens a new chat if needed.
@@ -127,6 +133,14 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "your private chats with IRC users: the network, their nick and the room",
 		},
 		{
+			Table: "irc_media", UserColumn: "user_mxid",
+			Export:         []string{"event_id", "room_id", "created_at"},
+			TimeColumn:     "created_at",
+			RetentionClass: appservice.RetentionActivity,
+			Description: "links that let IRC users open media you sent (only their hash is kept); " +
+				"they stop working when you redact the message, after message_ttl, or when you are forgotten",
+		},
+		{
 			Table: "irc_message", UserColumn: "user_mxid",
 			Export:         []string{"event_id", "room_id", "network", "target", "msgid", "created_at"},
 			TimeColumn:     "created_at",
@@ -166,6 +180,9 @@ func (br *Bridge) Start(ctx context.Context) error {
 			return fmt.Errorf("failed to start network %s: %w", netID, err)
 		}
 	}
+	if err := br.startMediaProxy(); err != nil {
+		return err
+	}
 	br.janitor.Add(1)
 	go br.janitorLoop(br.runCtx)
 	return nil
@@ -182,11 +199,15 @@ func (br *Bridge) Stop(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	var err error
+	if br.mediaServer != nil {
+		err = br.mediaServer.Shutdown(ctx)
+	}
 	if br.runCancel != nil {
 		br.runCancel()
 	}
 	br.janitor.Wait()
-	return nil
+	return err
 }
 
 // dial opens one connection.
@@ -235,6 +256,11 @@ func (br *Bridge) janitorLoop(ctx context.Context) {
 				br.log.Warn().Err(err).Msg("Failed to expire message ID maps")
 			} else if n > 0 {
 				br.log.Debug().Int64("rows", n).Msg("Expired message ID maps")
+			}
+			if n, err := br.db.Media.Prune(ctx, now.Add(-br.cfg.MessageTTL)); err != nil {
+				br.log.Warn().Err(err).Msg("Failed to expire media links")
+			} else if n > 0 {
+				br.log.Debug().Int64("rows", n).Msg("Expired media links")
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -33,8 +34,20 @@ type Config struct {
 	Reconnect ReconnectConfig `yaml:"reconnect"`
 	// ConnectRate limits how fast connections are opened, across all networks.
 	ConnectRate RateConfig `yaml:"connect_rate"`
+	// MediaProxy, if not nil, serves relayed Matrix media to IRC users.
+	MediaProxy *MediaProxyConfig `yaml:"media_proxy"`
 	// Networks are the networks to bridge, by their permanent ID.
 	Networks map[string]*NetworkConfig `yaml:"networks"`
+}
+
+// MediaProxyConfig is the listener that serves relayed media to IRC users.
+type MediaProxyConfig struct {
+	// Listen is the listener's host:port; port 0 picks a free one (tests).
+	Listen string `yaml:"listen"`
+	// PublicURL is the listener's external base URL.
+	PublicURL string `yaml:"public_url"`
+	// MaxBytes bounds the size of a file served; larger ones answer 413.
+	MaxBytes int64 `yaml:"max_bytes"`
 }
 
 // ReconnectConfig is an exponential backoff with jitter: the first delay is Initial, each next
@@ -129,6 +142,8 @@ const (
 	maxPuppetsCap  = 100000
 	minIdleTimeout = time.Minute
 	minMessageTTL  = time.Minute
+	// defaultMediaMaxBytes is media_proxy.max_bytes when left out: 50 MiB.
+	defaultMediaMaxBytes = 50 << 20
 )
 
 // ValidateConfig checks the decoded configuration and reports every problem at once, each
@@ -159,6 +174,22 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.ConnectRate.Burst < 1 {
 		problem("connect_rate.burst", "must be at least 1")
+	}
+	if mp := cfg.MediaProxy; mp != nil {
+		if _, port, err := net.SplitHostPort(mp.Listen); err != nil {
+			problem("media_proxy.listen", "must be host:port, such as 127.0.0.1:29333")
+		} else if _, err = strconv.ParseUint(port, 10, 16); err != nil {
+			problem("media_proxy.listen", "the port must be a number from 0 to 65535")
+		}
+		if u, err := url.Parse(mp.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			problem("media_proxy.public_url", "must be an absolute http or https URL without query or fragment, such as https://irc-media.example.org")
+		}
+		if mp.MaxBytes == 0 {
+			mp.MaxBytes = defaultMediaMaxBytes
+		} else if mp.MaxBytes < 0 {
+			problem("media_proxy.max_bytes", "must be positive")
+		}
 	}
 	if len(cfg.Networks) == 0 {
 		problem("networks", "at least one network is required")

@@ -166,11 +166,16 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 		if name == "" {
 			name = content.Body
 		}
-		url := string(content.URL)
-		if parsed, err := content.URL.Parse(); err == nil {
-			url = br.mediaURL(parsed)
+		parsed, err := content.URL.Parse()
+		if err != nil {
+			return msg, false // encrypted or broken: nothing IRC users could open
 		}
-		msg.Text = ircconv.MediaText(name, url)
+		link, err := br.mediaLink(ctx, evt, parsed, name)
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to make a media link")
+			return msg, false
+		}
+		msg.Text = ircconv.MediaText(name, link)
 		return msg, true
 	default:
 		return msg, false
@@ -214,12 +219,6 @@ func (br *Bridge) senderNick(userID id.UserID) string {
 	return localpart
 }
 
-// mediaURL returns a link IRC users can open for Matrix media.
-func (br *Bridge) mediaURL(uri id.ContentURI) string {
-	base := strings.TrimSuffix(br.host.Bot().Client.HomeserverURL.String(), "/")
-	return base + "/_matrix/client/v1/media/download/" + uri.Homeserver + "/" + uri.FileID
-}
-
 // handleMatrixRedaction deletes a bridged message's IRC copy where the server supports
 // draft/message-redaction, and otherwise forgets its ID mapping.
 func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) error {
@@ -229,6 +228,10 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	}
 	if redacts == "" {
 		return nil
+	}
+	// Links to the message's media stop working, whoever redacted it.
+	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {
+		return fmt.Errorf("failed to delete media links: %w", err)
 	}
 	rows, err := br.db.Message.Get(ctx, redacts)
 	if err != nil || len(rows) == 0 {

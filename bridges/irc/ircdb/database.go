@@ -1,6 +1,7 @@
 // Package ircdb holds the IRC bridge's queries and schema (tables irc_*, version table
 // irc_version): portals, linked accounts, chosen nicks, private-message rooms and the map from
-// Matrix events to IRC message IDs. No table holds a message's text.
+// Matrix events to IRC message IDs, and the media links given to IRC users. No table holds a
+// message's text.
 package ircdb
 
 import (
@@ -20,6 +21,7 @@ type Database struct {
 	Nick    *NickQuery
 	PM      *PMQuery
 	Message *MessageQuery
+	Media   *MediaQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -32,6 +34,7 @@ func New(db *dbutil.Database) *Database {
 		Nick:     &NickQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Nick]) *Nick { return &Nick{} })},
 		PM:       &PMQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*PM]) *PM { return &PM{} })},
 		Message:  &MessageQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Message]) *Message { return &Message{} })},
+		Media:    &MediaQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Media]) *Media { return &Media{} })},
 	}
 }
 

@@ -79,3 +79,19 @@ CREATE TABLE irc_message (
 CREATE INDEX irc_message_msgid_idx ON irc_message (network, msgid);
 CREATE INDEX irc_message_user_idx ON irc_message (user_mxid);
 CREATE INDEX irc_message_created_idx ON irc_message (created_at);
+
+-- irc_media is one link the bridge gave IRC users for a Matrix user's media (IRC users have no
+-- Matrix access token, so the homeserver's own links do not open for them). The link's token is
+-- kept only as its SHA-256; the row goes, and the link stops working, when the message is
+-- redacted, the row expires (message_ttl) or its sender is erased.
+CREATE TABLE irc_media (
+	token_hash TEXT   PRIMARY KEY,
+	event_id   TEXT   NOT NULL,
+	room_id    TEXT   NOT NULL,
+	mxc        TEXT   NOT NULL,
+	user_mxid  TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	created_at BIGINT NOT NULL
+);
+CREATE INDEX irc_media_event_idx ON irc_media (event_id);
+CREATE INDEX irc_media_user_idx ON irc_media (user_mxid);
+CREATE INDEX irc_media_created_idx ON irc_media (created_at);
