@@ -21,6 +21,18 @@
 // registration, and starts Custodian. Everything is torn down by t.Cleanup; when a test fails,
 // the tails of Synapse's and Custodian's logs are printed.
 //
+// For the IRC bridge, [StartIRC] starts a real IRC network (InspIRCd with Atheme services for
+// SASL, from Debian's packages, through scripts/testbed-irc.sh) on 127.0.0.1, and
+// [WithIRCBridge] points Custodian's IRC bridge at it:
+//
+//	ircNet := e2e.StartIRC(t)
+//	env := e2e.New(t, e2e.SQLite, e2e.WithIRCBridge(ircNet))
+//	bob := ircNet.Connect(t, "bob")
+//	bob.Join(t, "#persist")
+//
+// The network can be stopped and started again on the same ports ([IRCNet.Restart]); its
+// channel #persist survives that and replays its recent lines to whoever joins.
+//
 // The environment variables it reads:
 //
 //   - CUSTODIAN_SYNAPSE_ROOT: the Synapse chroot; without it the harness runs
