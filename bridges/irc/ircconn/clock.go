@@ -1,17 +1,15 @@
 package ircconn
 
-import "time"
+import (
+	"time"
 
-// Clock tells the time and makes tickers: the method set of appservice.Clock and
-// backoff.Clock, so appservice.RealClock, astest.FakeClock and [RealClock] all satisfy it.
-// Implementations must be safe for concurrent use.
-type Clock interface {
-	// Now returns the current time.
-	Now() time.Time
-	// NewTicker returns a channel that receives the time every d (dropping ticks a slow
-	// reader misses) and a function that stops it. d is always positive.
-	NewTicker(d time.Duration) (<-chan time.Time, func())
-}
+	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
+)
+
+// Clock tells the time and makes tickers. It is [backoff.Clock], whose method set
+// appservice.Clock shares, so appservice.RealClock, astest.FakeClock and [RealClock] all
+// satisfy it. Implementations must be safe for concurrent use.
+type Clock = backoff.Clock
 
 // RealClock is the [Clock] of the wall clock and the time package's tickers; it is what a
 // nil [Config.Clock] means.
