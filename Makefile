@@ -4,7 +4,7 @@
 #   make test    lint, then unit tests (SQLite and PostgreSQL) and the end-to-end suite (Synapse)
 #   make lint    gofmt, go vet, staticcheck
 #   make demo    a throwaway Synapse + Custodian on SQLite, until Ctrl-C
-#   make bench   benchmarks of appservice/... on SQLite and a durable PostgreSQL
+#   make bench   benchmarks of appservice/... on SQLite and a durable PostgreSQL, and of the IRC bridge
 #
 # test, demo and bench need root on a Debian 12 machine: scripts/testbed-setup.sh installs
 # PostgreSQL, debootstrap and zstd if missing and builds (or restores) the Synapse chroot.
@@ -68,3 +68,4 @@ demo:
 bench:
 	scripts/testbed-setup.sh --no-synapse; \
 	PG_DURABLE=1 scripts/with-postgres.sh $(GO) test -run '^$$' -bench . -benchmem ./appservice/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./bridges/irc/ ./bridges/irc/ircconn/
