@@ -36,6 +36,11 @@ type session struct {
 	joinMu   sync.Mutex
 	joinedOn map[string]*ircconn.Conn
 
+	// loopMu serializes connect; bo is the reconnect backoff, used under loopMu.
+	loopMu     sync.Mutex
+	bo         *backoff.Backoff
+	finishOnce sync.Once
+
 	mu       sync.Mutex
 	cur      *ircconn.Conn
 	ready    chan struct{} // closed while cur is usable; replaced when it drops
@@ -62,43 +67,75 @@ func newSession(n *network, log zerolog.Logger) *session {
 // errSessionStopped is returned by conn once the session was stopped.
 var errSessionStopped = errors.New("irc: connection stopped")
 
-// start runs the session's connection loop until stop.
+// start starts connecting. It returns at once; the session runs until stop.
 func (s *session) start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
-	go s.run(ctx)
-}
-
-func (s *session) run(ctx context.Context) {
-	defer close(s.done)
 	br := s.net.br
-	bo := backoff.New(backoff.Policy{
+	s.bo = backoff.New(backoff.Policy{
 		Initial: br.cfg.Reconnect.Initial, Max: br.cfg.Reconnect.Max, Multiplier: 2, Jitter: 0.5,
 	}, rand.Float64)
-	for ctx.Err() == nil {
-		if err := br.limiter.Wait(ctx); err != nil {
+	go s.connect(ctx, nil)
+}
+
+// connect runs between connections: after one dropped (dropped is not nil) it waits the
+// backoff, then dials until a connection is up, sets it up and returns; that connection's
+// OnClose starts connect again. So no goroutine of the session waits while it is connected,
+// which keeps an idle puppet small (ircconn's reader and writer are all it has). When ctx ends,
+// connect marks the session done.
+func (s *session) connect(ctx context.Context, dropped *ircconn.Conn) {
+	// One connect at a time: a connection that drops at once may call it again before the call
+	// that made it has returned.
+	s.loopMu.Lock()
+	defer s.loopMu.Unlock()
+	br := s.net.br
+	if dropped != nil {
+		s.mu.Lock()
+		if s.cur == dropped {
+			s.cur = nil
+			s.ready = make(chan struct{})
+		}
+		restart := s.restart
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			s.finish()
 			return
+		}
+		// A deliberate reconnect (new credentials or nick) goes at once.
+		if !restart {
+			delay := s.bo.Next()
+			s.log.Warn().AnErr("reason", dropped.Err()).Dur("retry_in", delay).Msg("IRC connection lost; reconnecting")
+			if backoff.Sleep(ctx, br.clock, delay) != nil {
+				s.finish()
+				return
+			}
+		}
+	}
+	for ctx.Err() == nil && !s.isStopped() {
+		if err := br.limiter.Wait(ctx); err != nil {
+			break
 		}
 		cfg, err := s.dialConfig(ctx)
 		var c *ircconn.Conn
 		if err == nil {
+			cfg.OnClose = func(c *ircconn.Conn, _ error) { go s.connect(ctx, c) }
 			c, err = br.dial(ctx, cfg)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				break
 			}
 			if s.onDialError != nil && s.onDialError(ctx, err) {
 				s.stopLocked()
-				return
+				break
 			}
-			delay := bo.Next()
-			s.log.Warn().Err(err).Dur("retry_in", delay).Int("attempt", bo.Attempts()).Msg("Failed to connect to IRC")
+			delay := s.bo.Next()
+			s.log.Warn().Err(err).Dur("retry_in", delay).Int("attempt", s.bo.Attempts()).Msg("Failed to connect to IRC")
 			if backoff.Sleep(ctx, br.clock, delay) != nil {
-				return
+				break
 			}
 			continue
 		}
-		bo.Reset()
+		s.bo.Reset()
 		s.log.Debug().Str("nick", c.Nick()).Bool("account", c.Account() != "").Msg("Connected to IRC")
 		if s.onConnect != nil {
 			s.onConnect(ctx, c)
@@ -121,30 +158,18 @@ func (s *session) run(ctx context.Context) {
 				break
 			}
 		}
-		select {
-		case <-c.Done():
-		case <-ctx.Done():
-			_ = c.Close()
-			<-c.Done()
-		}
-		s.mu.Lock()
-		s.cur = nil
-		s.ready = make(chan struct{})
-		restart := s.restart
-		s.mu.Unlock()
 		if ctx.Err() != nil {
-			return
+			// Stopped while connecting: the connection's OnClose finishes the session.
+			_ = c.Close()
 		}
-		if restart {
-			// A deliberate reconnect (new credentials or nick): no backoff.
-			continue
-		}
-		delay := bo.Next()
-		s.log.Warn().AnErr("reason", c.Err()).Dur("retry_in", delay).Msg("IRC connection lost; reconnecting")
-		if backoff.Sleep(ctx, br.clock, delay) != nil {
-			return
-		}
+		return
 	}
+	s.finish()
+}
+
+// finish marks the session done; it is idempotent.
+func (s *session) finish() {
+	s.finishOnce.Do(func() { close(s.done) })
 }
 
 // conn waits until the session has a usable connection or ctx ends. It marks the session used.
@@ -161,7 +186,9 @@ func (s *session) conn(ctx context.Context) (*ircconn.Conn, error) {
 		if c != nil {
 			select {
 			case <-c.Done():
-				// Dropped, and the loop has not noticed yet: wait for the next one.
+				// Dropped, and connect has not noticed yet: ready is still closed, so wait for the
+				// poll below.
+				ready = nil
 			default:
 				return c, nil
 			}
@@ -285,10 +312,21 @@ func (s *session) stop(ctx context.Context, reason string) {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	if c != nil {
+		// Whether or not QUIT went through: the connection's OnClose then finishes the session.
+		_ = c.Close()
+	}
 	select {
 	case <-s.done:
 	case <-ctx.Done():
 	}
+}
+
+// isStopped reports whether stop was called (or the session gave up).
+func (s *session) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
 }
 
 func (s *session) stopLocked() {
