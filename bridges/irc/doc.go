@@ -1,8 +1,18 @@
-// Package irc will be the IRC bridge: portal rooms for IRC channels, ghosts for IRC users,
-// and a puppet connection per Matrix user, with SASL-linked accounts and the privacy
-// operations of the core (issue 4). This session laid its foundations, in pure packages the
-// bridge builds on:
+// Package irc is Custodian's IRC bridge: portal rooms for IRC channels (joined through their
+// alias #irc_<network>_<channel>, or linked with !irc link), ghosts @irc_<network>_<nick> for IRC
+// users, and a puppet connection per Matrix user who talks, which can log in to a services
+// account over SASL with credentials sealed in the core's vault (!irc login). Forget-me and
+// deactivation make a user's puppets QUIT before their data is erased; redacting a command
+// undoes what it configured; no message text is stored or logged. README.md in this directory
+// is the user's and admin's guide; docs/ARCHITECTURE.md ("The IRC bridge") the design.
 //
+// The bridge (bridge.go: lifecycle and privacy hooks; session.go: keeping one connection alive;
+// network.go, puppet.go, portal.go; handlematrix.go and handleirc.go by direction; commands.go;
+// media.go, the media links for IRC users) stands on packages that need no fakes to test:
+//
+//   - ircconn: one IRC client connection: CAP, SASL PLAIN, nick fallbacks, flood control,
+//     keepalive, two goroutines;
+//   - ircdb: the tables irc_* and their queries;
 //   - ircid: ghost localparts irc_<network>_<nick> and portal aliases #irc_<network>_<channel>,
 //     folded by the network's CASEMAPPING and escaped reversibly;
 //   - ircconv: Matrix HTML/plain ↔ IRC formatting codes, and splitting messages into lines
@@ -10,7 +20,8 @@
 //   - ircline: parsing hostile server lines without panicking, and building outbound lines that
 //     can never carry CR, LF or NUL;
 //   - backoff: jittered exponential reconnect delays and a token-bucket connection-rate limit,
-//     on an injectable clock.
+//     on an injectable clock;
+//   - irctest: an in-process IRC server for the tests and benchmarks.
 //
 // # IRC library
 //
@@ -19,7 +30,8 @@
 // with IRCv3 message tags and their escapes, UTF-8-safe truncation, validation of CR/LF/NUL
 // on output), ircreader (a line reader with a hard cap on buffered bytes) and ircutils (SASL
 // response chunking and reassembly). The connection itself (registration, CAP negotiation,
-// SASL PLAIN, PING, reconnects, flood control) will be our own small ircconn package.
+// SASL PLAIN, PING, flood control) is our own small ircconn package; reconnects are the
+// bridge's (session.go).
 //
 // Why irc-go: it is maintained (tagged releases in 2026, security fixes for hostile servers,
 // e.g. batch limits in v0.7.0), it tracks IRCv3 closely (its authors write the specs and the
@@ -38,7 +50,6 @@
 // backoff per connection, a global connection-rate limit so a network restart with thousands
 // of puppets does not stampede, per-network flood control, and ≤ 40 KB per connected puppet at
 // 1,000 puppets; owning the loop (a few hundred lines on top of ircmsg and ircreader) is how we
-// get all four, and the protocol details stay in the library. If ircconn turns out costlier
-// than expected, ircevent is the fallback: Connect without Loop, reconnects driven by package
-// backoff.
+// get all four (BENCHMARKS.md: about 20 KB per idle puppet), and the protocol details stay in
+// the library.
 package irc
