@@ -337,6 +337,10 @@ func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error
 	if err != nil {
 		return fmt.Errorf("puppet not connected: %w", err)
 	}
+	// On a fresh connection the channel's JOIN may not be queued yet; TOPIC must follow it.
+	if err = p.sess.ensureJoined(ctx, c, t.folded, t.name); err != nil {
+		return err
+	}
 	return c.Send(ctx, nil, "TOPIC", t.name, ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " ")))
 }
 

@@ -1,8 +1,12 @@
 package irc
 
 import (
+	"fmt"
 	"net"
 	"testing"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
@@ -49,6 +53,22 @@ func TestMaxPuppets(t *testing.T) {
 		}
 		if p := env.puppet(testBob); p != nil {
 			t.Errorf("bob has a puppet beyond max_puppets")
+		}
+	})
+}
+
+// TestTopicFromFreshPuppet: a room topic set by a user without a connection yet connects their
+// puppet, which joins the channel before it sends TOPIC (a TOPIC before the JOIN is refused).
+func TestTopicFromFreshPuppet(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		for i := range 3 {
+			topic := fmt.Sprintf("topic number %d", i)
+			user := id.UserID(fmt.Sprintf("@topicsetter%d:example.org", i))
+			env.handle(&event.Event{
+				ID: env.newEventID(), RoomID: testPortalRoom, Sender: user, Type: event.StateTopic,
+				StateKey: ptr(""), Content: event.Content{Parsed: &event.TopicEventContent{Topic: topic}},
+			})
+			env.srv.WaitUntil(t, "the channel's topic is "+topic, func() bool { return env.srv.Topic(testChannel) == topic })
 		}
 	})
 }
