@@ -8,6 +8,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
 
@@ -69,6 +70,62 @@ func TestTopicFromFreshPuppet(t *testing.T) {
 				StateKey: ptr(""), Content: event.Content{Parsed: &event.TopicEventContent{Topic: topic}},
 			})
 			env.srv.WaitUntil(t, "the channel's topic is "+topic, func() bool { return env.srv.Topic(testChannel) == topic })
+		}
+	})
+}
+
+// TestRedactionSendsREDACT: where the server offers draft/message-redaction and echo-message,
+// the puppet learns its lines' message IDs from their echoes, and redacting the Matrix message
+// sends REDACT for each; the ID mapping is gone afterwards.
+func TestRedactionSendsREDACT(t *testing.T) {
+	ec := envConfig{srvOpts: []irctest.Option{irctest.WithCaps(
+		"sasl=PLAIN", "server-time", "message-tags", "echo-message", "draft/message-redaction",
+	)}}
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		msg := env.message(testPortalRoom, testAlice, event.MsgText, "one\ntwo")
+		env.handle(msg)
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "two"))
+		var rows []*ircdb.Message
+		env.eventually("both lines' message IDs are recorded", func() bool {
+			var err error
+			rows, err = env.br.db.Message.Get(env.ctx, msg.ID)
+			return err == nil && len(rows) == 2 && rows[0].MsgID != "" && rows[1].MsgID != ""
+		})
+		seq := env.srv.Seq()
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.EventRedaction,
+			Redacts: msg.ID, Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: msg.ID}},
+		})
+		for _, row := range rows {
+			env.srv.WaitFor(t, irctest.After(seq, irctest.Match("alice[m]", "REDACT", testChannel, row.MsgID)))
+		}
+		if left, err := env.br.db.Message.Get(env.ctx, msg.ID); err != nil || len(left) != 0 {
+			t.Errorf("after the redaction %d message-ID rows are left (%v), want none", len(left), err)
+		}
+	})
+}
+
+// TestRedactionWithoutServerSupport: without draft/message-redaction, a redaction only drops
+// the message's ID mapping; nothing is sent.
+func TestRedactionWithoutServerSupport(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		msg := env.message(testPortalRoom, testAlice, event.MsgText, "stays on IRC")
+		env.handle(msg)
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "stays on IRC"))
+		seq := env.srv.Seq()
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.EventRedaction,
+			Redacts: msg.ID, Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: msg.ID}},
+		})
+		if left, err := env.br.db.Message.Get(env.ctx, msg.ID); err != nil || len(left) != 0 {
+			t.Errorf("after the redaction %d message-ID rows are left (%v), want none", len(left), err)
+		}
+		env.say(testAlice, "marker")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker"))
+		if lines := env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "REDACT"))); len(lines) != 0 {
+			t.Errorf("REDACT sent to a server without draft/message-redaction: %v", lines)
 		}
 	})
 }
