@@ -83,6 +83,9 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		// Someone else in a private chat: only its owner's messages go to IRC.
 		return nil
 	}
+	if done, err := br.relayedBefore(ctx, evt.ID); err != nil || done {
+		return err
+	}
 	msg, ok := br.convertMatrix(ctx, evt, content)
 	if !ok {
 		return nil
@@ -113,13 +116,24 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if len(lines) == 0 {
 		return nil
 	}
-	// Record the lines first: the server's echoes, which carry their message IDs, may be
-	// handled before the sends return.
+	// The server's echoes, which carry the lines' message IDs, may be recorded before the sends
+	// return; their rows reference the sender.
+	if err = br.host.EnsureUser(ctx, evt.Sender); err != nil {
+		return fmt.Errorf("failed to record sender: %w", err)
+	}
+	trackEchoes := wantsEchoes(c)
+	for i, line := range lines {
+		if trackEchoes {
+			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
+		}
+		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
+			return fmt.Errorf("failed to send message: %w", err)
+		}
+	}
+	// Recorded once sent: the rows are also what makes a replay of this event after a crash
+	// send nothing again (see relayedBefore).
 	now := br.clock.Now()
 	err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		if err := br.host.EnsureUser(ctx, evt.Sender); err != nil {
-			return err
-		}
 		for i := range lines {
 			err := br.db.Message.Put(ctx, &ircdb.Message{
 				EventID: evt.ID, Part: i, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
@@ -134,17 +148,18 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record relayed message")
 	}
-	trackEchoes := wantsEchoes(c)
-	for i, line := range lines {
-		if trackEchoes {
-			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
-		}
-		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
-			return fmt.Errorf("failed to send message: %w", err)
-		}
-	}
 	zerolog.Ctx(ctx).Debug().Int("lines", len(lines)).Str("network", t.net.cfg.ID).Msg("Relayed message to IRC")
 	return nil
+}
+
+// relayedBefore reports whether eventID already went to IRC: the core delivers an event again
+// after a crash if its handler had not returned, and IRC has no way to drop a repeated line.
+func (br *Bridge) relayedBefore(ctx context.Context, eventID id.EventID) (bool, error) {
+	rows, err := br.db.Message.Get(ctx, eventID)
+	if err != nil {
+		return false, fmt.Errorf("failed to look up relayed message: %w", err)
+	}
+	return len(rows) > 0, nil
 }
 
 // convertMatrix turns a Matrix message into an IRC message; ok is false for messages that are

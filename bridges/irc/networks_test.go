@@ -5,6 +5,7 @@ import (
 	"net"
 	"testing"
 
+	"go.mau.fi/util/ptr"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -67,7 +68,7 @@ func TestTopicFromFreshPuppet(t *testing.T) {
 			user := id.UserID(fmt.Sprintf("@topicsetter%d:example.org", i))
 			env.handle(&event.Event{
 				ID: env.newEventID(), RoomID: testPortalRoom, Sender: user, Type: event.StateTopic,
-				StateKey: ptr(""), Content: event.Content{Parsed: &event.TopicEventContent{Topic: topic}},
+				StateKey: ptr.Ptr(""), Content: event.Content{Parsed: &event.TopicEventContent{Topic: topic}},
 			})
 			env.srv.WaitUntil(t, "the channel's topic is "+topic, func() bool { return env.srv.Topic(testChannel) == topic })
 		}
@@ -126,6 +127,23 @@ func TestRedactionWithoutServerSupport(t *testing.T) {
 		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker"))
 		if lines := env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "REDACT"))); len(lines) != 0 {
 			t.Errorf("REDACT sent to a server without draft/message-redaction: %v", lines)
+		}
+	})
+}
+
+// TestReplayedMessageSentOnce: the core delivers an event again after a crash if its handler
+// had not returned; a message that already went to IRC is not sent a second time.
+func TestReplayedMessageSentOnce(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		seq := env.srv.Seq()
+		msg := env.message(testPortalRoom, testAlice, event.MsgText, "only once")
+		env.handle(msg)
+		env.handle(msg)
+		env.say(testAlice, "marker")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker"))
+		if lines := env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "PRIVMSG", testChannel, "only once"))); len(lines) != 1 {
+			t.Errorf("a message handled twice reached IRC %d times, want once", len(lines))
 		}
 	})
 }

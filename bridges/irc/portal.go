@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/ptr"
 	"maunium.net/go/mautrix"
 	mxas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
@@ -67,11 +68,11 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 			// Anyone may try to change the topic, as on IRC: the channel decides (+t).
 			Events:          map[string]int{event.StateTopic.Type: 0},
 			EventsDefault:   0,
-			StateDefaultPtr: ptr(50),
-			RedactPtr:       ptr(50),
-			KickPtr:         ptr(50),
-			BanPtr:          ptr(50),
-			InvitePtr:       ptr(0),
+			StateDefaultPtr: ptr.Ptr(50),
+			RedactPtr:       ptr.Ptr(50),
+			KickPtr:         ptr.Ptr(50),
+			BanPtr:          ptr.Ptr(50),
+			InvitePtr:       ptr.Ptr(0),
 		},
 	}
 	resp, err := br.host.Bot().CreateRoom(ctx, req)
@@ -257,5 +258,3 @@ func (br *Bridge) recordPM(ctx context.Context, pm *ircdb.PM) error {
 	}
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
