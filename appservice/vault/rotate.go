@@ -55,7 +55,10 @@ type rewrap struct {
 	user     id.UserID
 	dekID    uint32
 	oldKEKID string
-	wrapped  []byte
+	// oldWrapped is the wrapped key as read: the write compares it, so that a row an erasure
+	// deleted and a re-creation of the user brought back under the same IDs is left alone.
+	oldWrapped []byte
+	wrapped    []byte
 }
 
 // Rotate re-wraps every data key that is not wrapped by the current master key under it, in
@@ -115,35 +118,9 @@ func (v *Vault) rotatePass(ctx context.Context, cur *masterKey, opts RotateOptio
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		rows, err := v.db.Query(ctx, rotateBatchQuery, cur.ID(), afterUser, afterDEK, opts.BatchSize)
+		batch, count, err := v.readRewraps(ctx, cur, &afterUser, &afterDEK, opts.BatchSize, res)
 		if err != nil {
-			return total, fmt.Errorf("failed to read data keys: %w", err)
-		}
-		var batch []rewrap
-		var count int
-		for rows.Next() {
-			var row dekRow
-			var user id.UserID
-			var dekID int64
-			if err = rows.Scan(&user, &dekID, &row.kekID, &row.wrapped); err != nil {
-				_ = rows.Close()
-				return total, fmt.Errorf("failed to read data keys: %w", err)
-			}
-			count++
-			row.dekID = uint32(dekID)
-			afterUser, afterDEK = user, dekID
-			wrapped, err := v.rewrapRow(ctx, cur, user, row)
-			if errors.Is(err, ErrKeyUnavailable) {
-				res.Unavailable[row.kekID]++
-				continue
-			} else if err != nil {
-				_ = rows.Close()
-				return total, err
-			}
-			batch = append(batch, rewrap{user: user, dekID: row.dekID, oldKEKID: row.kekID, wrapped: wrapped})
-		}
-		if err = rows.Close(); err != nil {
-			return total, fmt.Errorf("failed to read data keys: %w", err)
+			return total, err
 		}
 		if count == 0 {
 			return total, nil
@@ -158,6 +135,44 @@ func (v *Vault) rotatePass(ctx context.Context, cur *masterKey, opts RotateOptio
 			opts.Progress(*res)
 		}
 	}
+}
+
+// readRewraps reads up to limit data keys not wrapped by cur after (*afterUser, *afterDEK) in
+// primary key order, moves that position past them, and re-wraps each under cur. It returns the
+// re-wrapped keys and how many rows it read; rows whose master key is unavailable are counted in
+// res.Unavailable and left out of the batch.
+func (v *Vault) readRewraps(ctx context.Context, cur *masterKey, afterUser *id.UserID, afterDEK *int64, limit int, res *RotateResult) ([]rewrap, int, error) {
+	rows, err := v.db.Query(ctx, rotateBatchQuery, cur.ID(), *afterUser, *afterDEK, limit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("failed to read data keys: %w", err)
+	}
+	var batch []rewrap
+	var count int
+	for rows.Next() {
+		var row dekRow
+		var user id.UserID
+		var dekID int64
+		if err = rows.Scan(&user, &dekID, &row.kekID, &row.wrapped); err != nil {
+			_ = rows.Close()
+			return nil, count, fmt.Errorf("failed to read data keys: %w", err)
+		}
+		count++
+		row.dekID = uint32(dekID)
+		*afterUser, *afterDEK = user, dekID
+		wrapped, err := v.rewrapRow(ctx, cur, user, row)
+		if errors.Is(err, ErrKeyUnavailable) {
+			res.Unavailable[row.kekID]++
+			continue
+		} else if err != nil {
+			_ = rows.Close()
+			return nil, count, err
+		}
+		batch = append(batch, rewrap{user: user, dekID: row.dekID, oldKEKID: row.kekID, oldWrapped: row.wrapped, wrapped: wrapped})
+	}
+	if err = rows.Close(); err != nil {
+		return nil, count, fmt.Errorf("failed to read data keys: %w", err)
+	}
+	return batch, count, nil
 }
 
 // rewrapRow unwraps row's data key and wraps it again under cur.
@@ -179,8 +194,10 @@ func (v *Vault) rewrapRow(ctx context.Context, cur *masterKey, user id.UserID, r
 }
 
 // writeRewraps stores a batch of re-wrapped data keys in one statement (so one transaction),
-// each only if its row is still wrapped by the key it was read with. It returns how many rows
-// changed.
+// each only if its row still holds the wrapped bytes it was read with under the same master key.
+// Comparing the bytes, not only the IDs, matters: an erasure deletes the row, and a re-creation
+// of the user inserts a new data key under the same user, data-key ID and master-key ID; writing
+// the batch's re-wrap over it would bring the erased key back. It returns how many rows changed.
 func (v *Vault) writeRewraps(ctx context.Context, kekID string, batch []rewrap) (int, error) {
 	if len(batch) == 0 {
 		return 0, nil
@@ -200,13 +217,13 @@ func (v *Vault) writeRewraps(ctx context.Context, kekID string, batch []rewrap) 
 			sb.WriteString(", ")
 		}
 		n := len(args)
-		fmt.Fprintf(&sb, "($%d, $%d%s, $%d, $%d%s)", n+1, n+2, intCast, n+3, n+4, blobCast)
-		args = append(args, rw.user, int64(rw.dekID), rw.oldKEKID, rw.wrapped)
+		fmt.Fprintf(&sb, "($%d, $%d%s, $%d, $%d%s, $%d%s)", n+1, n+2, intCast, n+3, n+4, blobCast, n+5, blobCast)
+		args = append(args, rw.user, int64(rw.dekID), rw.oldKEKID, rw.wrapped, rw.oldWrapped)
 	}
 	// The batch was read in primary key order: bounding user_mxid by its first and last rows
 	// lets PostgreSQL find them by index instead of scanning the whole table for each batch.
 	fmt.Fprintf(&sb, `) AS v WHERE as_vault_dek.user_mxid=v.column1 AND as_vault_dek.dek_id=v.column2 AND as_vault_dek.kek_id=v.column3
-		AND as_vault_dek.user_mxid >= $%d AND as_vault_dek.user_mxid <= $%d`, len(args)+1, len(args)+2)
+		AND as_vault_dek.wrapped=v.column5 AND as_vault_dek.user_mxid >= $%d AND as_vault_dek.user_mxid <= $%d`, len(args)+1, len(args)+2)
 	args = append(args, batch[0].user, batch[len(batch)-1].user)
 	res, err := v.db.Exec(ctx, sb.String(), args...)
 	if err != nil {

@@ -444,3 +444,57 @@ func (ck *countingKeys) count() int {
 	defer ck.mu.Unlock()
 	return ck.loads
 }
+
+// TestRotateDoesNotRestoreErasedKey forces a rotation batch to interleave with an erasure and
+// a re-creation of the same user: the batch reads alice's data key, alice is erased (her users
+// row and, by the cascade, her data key go) and comes back with a new data key under the same
+// IDs, then the batch writes. The write must not put the erased key back, or ciphertexts sealed
+// before the erasure would open again.
+func TestRotateDoesNotRestoreErasedKey(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			ctx := testCtx(t, nil)
+			db := vaultDB(t, dialect)
+			k1, k2 := mustKey(t), mustKey(t)
+			const alice = id.UserID("@alice:example.org")
+			svc := newVault(t, ctx, db, Options{Keys: StaticKeys{k1}})
+			ensureUser(t, db, alice)
+			old := mustSeal(t, ctx, svc, alice, "irc", "pw", "before-erasure")
+
+			cli := newVault(t, ctx, db, Options{Keys: StaticKeys{k2, k1}})
+			cur := cli.ring.Load().current
+			if err := cli.recordKey(ctx, cur); err != nil {
+				t.Fatal(err)
+			}
+			var afterUser id.UserID
+			afterDEK := int64(-1)
+			res := RotateResult{Unavailable: map[string]int{}}
+			batch, count, err := cli.readRewraps(ctx, cur, &afterUser, &afterDEK, 10, &res)
+			if err != nil || count != 1 || len(batch) != 1 {
+				t.Fatalf("readRewraps() = %d rows, %d to write, %v; want alice's one data key", count, len(batch), err)
+			}
+
+			// The erasure and the re-creation happen between the batch's read and its write.
+			if _, err = db.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, alice); err != nil {
+				t.Fatal(err)
+			}
+			svc.Forget(alice)
+			ensureUser(t, db, alice)
+			fresh := mustSeal(t, ctx, svc, alice, "irc", "pw", "after-recreation")
+
+			if _, err = cli.writeRewraps(ctx, cur.ID(), batch); err != nil {
+				t.Fatal(err)
+			}
+			after := newVault(t, ctx, db, Options{Keys: StaticKeys{k2, k1}})
+			if got, err := after.Open(ctx, alice, "irc", "pw", old); err == nil {
+				t.Errorf("Open(pre-erasure ciphertext) after the interleaved rotation = %q, want an error", got.Reveal())
+			}
+			mustOpen(t, ctx, after, alice, "irc", "pw", fresh, "after-recreation")
+			// A later rotation still re-wraps the new data key.
+			if res, err := cli.Rotate(ctx, RotateOptions{}); err != nil || res.Rewrapped != 1 {
+				t.Fatalf("Rotate() after the interleaving = %+v, %v; want the new data key re-wrapped", res, err)
+			}
+			mustOpen(t, ctx, newVault(t, ctx, db, Options{Keys: StaticKeys{k2}}), alice, "irc", "pw", fresh, "after-recreation")
+		})
+	}
+}
