@@ -144,6 +144,7 @@ func (svc *Service) Erase(ctx context.Context, user id.UserID, req EraseRequest)
 	if err != nil {
 		return nil, err
 	}
+	ctx = svc.erasureContext(ctx)
 	svc.privacy.eraseLock.Lock()
 	defer svc.privacy.eraseLock.Unlock()
 
@@ -179,6 +180,13 @@ func (svc *Service) Erase(ctx context.Context, user id.UserID, req EraseRequest)
 			Msg("Erasure request seen before; continuing its job")
 	}
 	return svc.runErasure(ctx, job)
+}
+
+// erasureContext returns ctx with a logger built from the service's logger alone. The caller's
+// logger may carry the user ID (the dispatcher adds the event's sender), and an erasure's log
+// lines carry its job ID and hash: together they would tie the tombstone to the user.
+func (svc *Service) erasureContext(ctx context.Context) context.Context {
+	return svc.log.With().Str("component", "erasure").Logger().WithContext(ctx)
 }
 
 // jobIDFor returns the ID of the erasure job of an idempotent request: a keyed hash, so that

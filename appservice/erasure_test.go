@@ -367,3 +367,52 @@ func (fv *fakeVault) DeriveKey(_ context.Context, purpose string) ([]byte, strin
 func (fv *fakeVault) Status(context.Context) (map[string]int, error) {
 	return map[string]int{"kek1": 3}, nil
 }
+
+// TestErasureLogsNeverNameTheUser captures everything the service logs while an erasure
+// triggered by a dispatched event runs (the dispatcher's logger carries the sender): no log line
+// about the erasure (one with its job ID or hash) holds the user ID.
+func TestErasureLogsNeverNameTheUser(t *testing.T) {
+	tests := []struct {
+		name    string
+		trigger string
+	}{
+		{name: "forget command", trigger: TriggerUser},
+		{name: "deactivation after a leave", trigger: TriggerDeactivation},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newPrivacyEnv(t, astest.SQLite, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			env.start()
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			switch tt.trigger {
+			case TriggerUser:
+				env.text(pvDM, pvAlice, "forget")
+				env.text(pvDM, pvAlice, "forget confirm")
+			case TriggerDeactivation:
+				env.hs.setDeactivated(pvAlice)
+				env.hs.SetMembership(pvRoom, pvAlice, event.MembershipLeave)
+				env.member(pvRoom, pvAlice, pvAlice, event.MembershipLeave, nil)
+			}
+			env.awaitErasures()
+			if n := env.count(`SELECT COUNT(*) FROM as_tombstone WHERE erase_trigger=$1`, tt.trigger); n != 1 {
+				t.Fatalf("%d tombstones of trigger %s, want 1", n, tt.trigger)
+			}
+			var erasureLines int
+			for _, line := range strings.Split(env.logs.String(), "\n") {
+				if !strings.Contains(line, `"job_id"`) && !strings.Contains(line, `"user_hash"`) {
+					continue
+				}
+				erasureLines++
+				if strings.Contains(line, pvAlice.String()) {
+					t.Errorf("an erasure log line names the user: %s", line)
+				}
+			}
+			if erasureLines == 0 {
+				t.Fatal("no log line about the erasure; the test would prove nothing")
+			}
+		})
+	}
+}

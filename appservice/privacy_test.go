@@ -250,6 +250,8 @@ type privacyEnv struct {
 	seq     int
 	started bool
 	cancel  context.CancelFunc
+	// logs holds everything the service logged.
+	logs *lockedBuffer
 }
 
 var pvEpoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -257,18 +259,25 @@ var pvEpoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 // newPrivacyEnv builds the service and migrates its database; start starts it.
 func newPrivacyEnv(t *testing.T, dialect string, configure func(cfg *Config)) *privacyEnv {
 	t.Helper()
+	return newPrivacyEnvOn(t, dialect, astest.TestDB(t, dialect), configure)
+}
+
+// newPrivacyEnvOn is newPrivacyEnv on an existing database, as a restarted service.
+func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configure func(cfg *Config)) *privacyEnv {
+	t.Helper()
 	hs := newPrivacyHS(t)
 	cfg := testConfig(hs.URL())
 	if configure != nil {
 		configure(cfg)
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	logs := &lockedBuffer{}
+	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	env := &privacyEnv{
 		t: t, dialect: dialect, hs: hs, clock: astest.NewFakeClock(pvEpoch),
-		hooks: newPrivacyBridge("hooks"), other: newPrivacyBridge("other"),
+		hooks: newPrivacyBridge("hooks"), other: newPrivacyBridge("other"), logs: logs,
 	}
 	env.other.noRoomColumn = true
-	svc, err := newService(cfg, testRegistration(), []Bridge{env.hooks, env.other}, log, astest.TestDB(t, dialect))
+	svc, err := newService(cfg, testRegistration(), []Bridge{env.hooks, env.other}, log, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,4 +560,13 @@ func rowsMentioning(dump []string, needle string) []string {
 		}
 	}
 	return out
+}
+
+// awaitErasures waits until no erasure job is pending: every erasure requested so far has
+// erased its data.
+func (env *privacyEnv) awaitErasures() {
+	env.t.Helper()
+	if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending'`); n != 0 {
+		env.t.Fatalf("%d erasure jobs pending, want none", n)
+	}
 }
