@@ -52,6 +52,15 @@ type AdminTombstones struct {
 	Erasures []*EraseReceipt `json:"erasures"`
 }
 
+// AdminSuspects is the answer of GET …/deactivation-suspects: the users whose account looked
+// deactivated after they left a room, while Custodian had no admin access to the homeserver to
+// confirm it. Nobody on the list was erased; an admin who confirms a deactivation erases the user
+// with POST …/users/{userId}/forget (or gives Custodian admin access, see the README).
+type AdminSuspects struct {
+	// Suspects are the suspicions, oldest first; empty, never null, if there are none.
+	Suspects []*database.DeactivationSuspect `json:"suspects"`
+}
+
 // startAdminAPI starts the admin API listener if admin_api.listen is set.
 func (svc *Service) startAdminAPI(ctx context.Context) error {
 	cfg := &svc.cfg.AdminAPI
@@ -99,6 +108,7 @@ func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/erasures", svc.adminTombstones)
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/erasures/{jobID}", svc.adminErasure)
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/keys", svc.adminKeys)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/deactivation-suspects", svc.adminSuspects)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
@@ -222,6 +232,16 @@ func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, receipt)
 	}
+}
+
+func (svc *Service) adminSuspects(w http.ResponseWriter, r *http.Request) {
+	suspects, err := svc.privacyDB().Suspects(r.Context())
+	if err != nil {
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to list deactivation suspects")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+		return
+	}
+	writeJSON(w, http.StatusOK, &AdminSuspects{Suspects: suspects})
 }
 
 func (svc *Service) adminKeys(w http.ResponseWriter, r *http.Request) {

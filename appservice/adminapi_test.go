@@ -63,6 +63,7 @@ func TestAdminAPIRefusesWithoutTheToken(t *testing.T) {
 		{http.MethodGet, userPath(pvAlice.String()) + "/erasures"},
 		{http.MethodGet, AdminAPIPrefix + "/erasures/er_123"},
 		{http.MethodGet, AdminAPIPrefix + "/keys"},
+		{http.MethodGet, AdminAPIPrefix + "/deactivation-suspects"},
 		{http.MethodGet, AdminAPIPrefix + "/no/such/endpoint"},
 	}
 	tokens := []struct{ name, header string }{

@@ -22,7 +22,7 @@ const deactivationRecheck = time.Minute
 const deactivationSweepPage = 200
 
 // setUpDeactivation prepares the client for the homeserver's admin API from
-// privacy.deactivation, or says in the log that deactivation can only be inferred.
+// privacy.deactivation, and says in the log whether deactivations can be confirmed.
 func (svc *Service) setUpDeactivation(ctx context.Context) error {
 	log := zerolog.Ctx(ctx)
 	dc := &svc.cfg.Privacy.Deactivation
@@ -38,17 +38,19 @@ func (svc *Service) setUpDeactivation(ctx context.Context) error {
 		}
 		cli.Log = log.With().Str("component", "homeserver_admin").Logger()
 		svc.privacy.hsAdmin = cli
-		log.Info().Msg("Account deactivation is confirmed with the homeserver's admin API, using the configured admin token")
+		log.Info().Msg("Account deactivations can be confirmed: the homeserver's admin API is asked, with the configured admin token")
 	case dc.AdminLocalpart != nil:
 		ghost := id.NewUserID(*dc.AdminLocalpart, svc.cfg.Homeserver.Domain)
 		if svc.bridgeForUser(ghost) == nil {
 			return fmt.Errorf("privacy.deactivation.admin_localpart: %s is not in any enabled bridge's user namespace", ghost)
 		}
 		svc.privacy.hsAdmin = svc.as.Client(ghost)
-		log.Info().Stringer("admin_user", ghost).Msg("Account deactivation is confirmed with the homeserver's admin API, as a promoted ghost")
+		log.Info().Stringer("admin_user", ghost).Msg("Account deactivations can be confirmed: the homeserver's admin API is asked, as a promoted ghost")
 	default:
-		log.Warn().Msg("No admin access to the homeserver (privacy.deactivation): account deactivation can only be " +
-			"inferred from a user's leave followed by a missing profile, and is not noticed for users who share no room with Custodian")
+		log.Warn().Str("fix", "set privacy.deactivation.admin_token_file to a file holding a Synapse admin's access token (see README, \"Admin access for deactivation\")").
+			Str("suspects", AdminAPIPrefix+"/deactivation-suspects").
+			Msg("Account deactivations cannot be confirmed: no admin access to the homeserver (privacy.deactivation). " +
+				"Nobody is erased on a guess; users whose profile is gone after a leave are recorded as suspects for admins to check")
 	}
 	return nil
 }
@@ -97,17 +99,61 @@ func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.Use
 	svc.privacy.deactChecks[user] = now
 	svc.privacy.lock.Unlock()
 
-	deactivated, method, err := svc.accountDeactivated(ctx, user, true)
+	if svc.privacy.hsAdmin == nil {
+		return svc.suspectDeactivation(ctx, user, now)
+	}
+	deactivated, err := svc.accountDeactivated(ctx, user)
 	if err != nil {
 		return err
 	}
 	if !deactivated {
-		zerolog.Ctx(ctx).Debug().Str("method", method).Msg("User left a room; their account is active")
-		return nil
+		zerolog.Ctx(ctx).Debug().Msg("User left a room; the homeserver's admin API says their account is active")
+		return svc.privacyDB().ClearSuspect(ctx, user)
 	}
-	zerolog.Ctx(ctx).Info().Str("method", method).Msg("Account of a leaving user is deactivated; erasing their data")
+	zerolog.Ctx(ctx).Info().Msg("Account of a leaving user is deactivated; queueing the erasure of their data")
 	_, err = svc.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation})
 	return err
+}
+
+// suspectDeactivation is the check after a leave without admin access to the homeserver. It
+// never erases anyone. Synapse answers a profile lookup with 404 for any local user who has
+// no display name and no avatar (synapse/handlers/profile.py, get_profile), so a missing
+// profile is only a suspicion: it is recorded (as_deactivation_suspect), logged once, and shown
+// to admins in the admin API. A profile found later clears it.
+//
+// M_USER_DEACTIVATED is not taken as a confirmation either: the specification defines it for
+// login and registration, and Synapse does not answer profile lookups with it, so here it
+// could only come from a homeserver whose meaning we cannot check.
+func (svc *Service) suspectDeactivation(ctx context.Context, user id.UserID, now time.Time) error {
+	lookupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := svc.as.BotIntent().GetProfile(lookupCtx, user)
+	cancel()
+	var httpErr mautrix.HTTPError
+	var reason string
+	switch {
+	case err == nil:
+		return svc.privacyDB().ClearSuspect(ctx, user)
+	case errors.Is(err, mautrix.MUserDeactivated):
+		reason = "profile_user_deactivated"
+	case errors.Is(err, mautrix.MNotFound),
+		errors.As(err, &httpErr) && httpErr.Response != nil && httpErr.Response.StatusCode == http.StatusNotFound:
+		reason = "profile_not_found"
+	default:
+		// Homeservers may refuse profile lookups (limit_profile_requests_to_users_who_share_rooms);
+		// that says nothing about the account.
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Profile lookup after a leave failed; nothing to suspect")
+		return nil
+	}
+	isNew, err := svc.privacyDB().RecordSuspect(ctx, user, reason, now)
+	if err != nil {
+		return err
+	}
+	if isNew {
+		zerolog.Ctx(ctx).Warn().Stringer("user_id", user).Str("reason", reason).
+			Str("listed_at", AdminAPIPrefix+"/deactivation-suspects").
+			Msg("Account of a leaving user looks deactivated; not erasing it without the homeserver's admin API to confirm (privacy.deactivation)")
+	}
+	return nil
 }
 
 // forgetLeaveOfErasedUser removes from the state cache the membership a leave event of an
@@ -132,52 +178,34 @@ func (svc *Service) forgetLeaveOfErasedUser(ctx context.Context, user id.UserID)
 	return nil
 }
 
-// accountDeactivated asks the homeserver whether user's account is deactivated: through
-// Synapse's admin API if configured, else (with profileFallback) by looking the profile up,
-// where 404 M_NOT_FOUND counts as deactivated, since Synapse deletes the profile of an account
-// deactivated with erase. method says which answered ("admin_api", "profile" or "none").
-func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID, profileFallback bool) (deactivated bool, method string, err error) {
+// accountDeactivated asks Synapse's admin API (GET /_synapse/admin/v2/users/{id}) whether
+// user's account is deactivated. It is the only confirmation of a deactivation Custodian acts
+// on. It must be called only with admin access (svc.privacy.hsAdmin set).
+func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if cli := svc.privacy.hsAdmin; cli != nil {
-		if cli.SetAppServiceUserID {
-			// The promoted ghost must exist before it can make requests.
-			if err := svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
-				return false, "admin_api", fmt.Errorf("failed to register the admin ghost: %w", err)
-			}
-		}
-		var resp struct {
-			Deactivated bool `json:"deactivated"`
-		}
-		_, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v2", "users", user}), nil, &resp)
-		switch {
-		case errors.Is(err, mautrix.MNotFound):
-			// The homeserver does not know the user: nothing to confirm.
-			return false, "admin_api", nil
-		case err != nil:
-			return false, "admin_api", fmt.Errorf("failed to ask the homeserver's admin API about an account: %w", err)
-		}
-		return resp.Deactivated, "admin_api", nil
+	cli := svc.privacy.hsAdmin
+	if cli == nil {
+		return false, errors.New("no admin access to the homeserver")
 	}
-	if !profileFallback {
-		return false, "none", nil
+	if cli.SetAppServiceUserID {
+		// The promoted ghost must exist before it can make requests.
+		if err := svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
+			return false, fmt.Errorf("failed to register the admin ghost: %w", err)
+		}
 	}
-	_, err = svc.as.BotIntent().GetProfile(ctx, user)
-	var httpErr mautrix.HTTPError
+	var resp struct {
+		Deactivated bool `json:"deactivated"`
+	}
+	_, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildURL(mautrix.SynapseAdminURLPath{"v2", "users", user}), nil, &resp)
 	switch {
-	case err == nil:
-		return false, "profile", nil
-	case errors.Is(err, mautrix.MNotFound), errors.Is(err, mautrix.MUserDeactivated),
-		// Synapse answers an erased account's profile with 404 M_UNKNOWN ("No row found"):
-		// for a local user we hold data about, any 404 means the profile is gone.
-		errors.As(err, &httpErr) && httpErr.Response != nil && httpErr.Response.StatusCode == http.StatusNotFound:
-		return true, "profile", nil
-	default:
-		// Homeservers may refuse profile lookups (limit_profile_requests_to_users_who_share_rooms);
-		// that says nothing about the account.
-		zerolog.Ctx(ctx).Debug().Err(err).Msg("Profile lookup after a leave failed; not treating the account as deactivated")
-		return false, "profile", nil
+	case errors.Is(err, mautrix.MNotFound):
+		// The homeserver does not know the user: nothing to confirm.
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("failed to ask the homeserver's admin API about an account: %w", err)
 	}
+	return resp.Deactivated, nil
 }
 
 // deactivationLoop checks every local user Custodian holds data about every
@@ -229,7 +257,7 @@ func (svc *Service) sweepDeactivated(ctx context.Context) (checked, erased int, 
 					continue
 				}
 				checked++
-				deactivated, _, err := svc.accountDeactivated(ctx, user, false)
+				deactivated, err := svc.accountDeactivated(ctx, user)
 				if err != nil {
 					return err
 				}

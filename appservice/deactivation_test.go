@@ -1,8 +1,11 @@
 package appservice
 
 import (
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,25 +35,35 @@ func TestDeactivationAfterLeave(t *testing.T) {
 		hasProfile  bool
 		kicked      bool
 		wantErased  bool
+		wantSuspect bool
 	}{
 		{name: "admin token, deactivated", access: "token", deactivated: true, wantErased: true},
 		{name: "admin token, active", access: "token", hasProfile: true},
 		{name: "admin token, active without profile", access: "token"},
 		{name: "promoted ghost, deactivated", access: "ghost", deactivated: true, wantErased: true},
-		{name: "no admin access, profile gone", deactivated: true, wantErased: true},
+		// Synapse answers 404 for the profile of any local user without a display name and an
+		// avatar: without admin access that is a suspicion, never an erasure.
+		{name: "no admin access, profile gone", deactivated: true, wantSuspect: true},
+		{name: "no admin access, active without profile", wantSuspect: true},
 		{name: "no admin access, profile present", hasProfile: true},
 		{name: "kicked, not a leave of their own", deactivated: true, kicked: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var configure func(cfg *Config)
+			var access func(cfg *Config)
 			switch tt.access {
 			case "token":
-				configure = withAdminToken(t)
+				access = withAdminToken(t)
 			case "ghost":
-				configure = func(cfg *Config) { cfg.Privacy.Deactivation.AdminLocalpart = &ghost }
+				access = func(cfg *Config) { cfg.Privacy.Deactivation.AdminLocalpart = &ghost }
 			}
-			env := newPrivacyEnv(t, astest.SQLite, configure)
+			adminAPI := withAdminAPI(t, pvAdminAPIToken)
+			env := newPrivacyEnv(t, astest.SQLite, func(cfg *Config) {
+				adminAPI(cfg)
+				if access != nil {
+					access(cfg)
+				}
+			})
 			env.hs.adminToken = pvAdminToken
 			env.hs.adminGhost = id.NewUserID(ghost, testDomain)
 			env.start()
@@ -72,6 +85,7 @@ func TestDeactivationAfterLeave(t *testing.T) {
 				env.hs.SetMembership(room, pvAlice, event.MembershipLeave)
 				env.member(room, sender, pvAlice, event.MembershipLeave, nil)
 			}
+			env.awaitErasures()
 
 			exists, err := env.svc.db.User.Exists(env.ctx, pvAlice)
 			if err != nil {
@@ -87,6 +101,27 @@ func TestDeactivationAfterLeave(t *testing.T) {
 				if n := env.count(`SELECT COUNT(*) FROM as_tombstone WHERE erase_trigger='deactivation'`); n != 1 {
 					t.Errorf("%d deactivation tombstones, want 1", n)
 				}
+			}
+			status, body := env.adminRequest(http.MethodGet, AdminAPIPrefix+"/deactivation-suspects", "Bearer "+pvAdminAPIToken, "")
+			var listed struct {
+				Suspects []struct {
+					User   id.UserID `json:"user_id"`
+					Reason string    `json:"reason"`
+					Leaves int       `json:"leaves"`
+				} `json:"suspects"`
+			}
+			if err = json.Unmarshal(body, &listed); status != http.StatusOK || err != nil {
+				t.Fatalf("GET deactivation-suspects = %d %s (%v), want 200 and a list", status, body, err)
+			}
+			if tt.wantSuspect {
+				if len(listed.Suspects) != 1 || listed.Suspects[0].User != pvAlice || listed.Suspects[0].Leaves != 1 {
+					t.Errorf("deactivation suspects = %s, want alice, seen once (one check per burst of leaves)", body)
+				}
+				if n := strings.Count(env.logs.String(), "Account of a leaving user looks deactivated"); n != 1 {
+					t.Errorf("%d log lines about the new suspicion, want 1", n)
+				}
+			} else if len(listed.Suspects) != 0 {
+				t.Errorf("deactivation suspects = %s, want none", body)
 			}
 			if tt.access != "" && !tt.kicked {
 				env.hs.lock.Lock()

@@ -66,6 +66,11 @@ func coreInventory() []UserTable {
 			Reason:      "erasure bookkeeping: names you only until your erasure is done, then no longer",
 			Description: "erasures of your data that are under way",
 		},
+		{
+			Table: "as_deactivation_suspect", UserColumn: "user_mxid",
+			Export:      []string{"reason", "first_seen", "last_seen", "leaves"},
+			Description: "a note that your account looked deactivated when you left a room, kept for the homeserver's admins to check",
+		},
 	}
 }
 

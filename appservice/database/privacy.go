@@ -130,6 +130,18 @@ const (
 		ON CONFLICT (name) DO NOTHING
 	`
 	getKeyQuery        = `SELECT key_hex FROM as_privacy_key WHERE name=$1`
+	upsertSuspectQuery = `
+		INSERT INTO as_deactivation_suspect (user_mxid, reason, first_seen, last_seen, leaves) VALUES ($1, $2, $3, $3, 1)
+		ON CONFLICT (user_mxid) DO UPDATE SET reason=excluded.reason, last_seen=excluded.last_seen,
+			leaves=as_deactivation_suspect.leaves + 1
+		RETURNING leaves
+	`
+	deleteSuspectQuery = `DELETE FROM as_deactivation_suspect WHERE user_mxid=$1`
+	listSuspectsQuery  = `SELECT user_mxid, reason, first_seen, last_seen, leaves FROM as_deactivation_suspect ORDER BY first_seen, user_mxid`
+	requestShredQuery  = `INSERT INTO as_shred_request (id, requested_at) VALUES (1, $1) ON CONFLICT (id) DO NOTHING`
+	pendingShredQuery  = `SELECT requested_at FROM as_shred_request WHERE id=1`
+	clearShredQuery    = `DELETE FROM as_shred_request WHERE id=1 AND requested_at < $1`
+	clearCleanupQuery  = `UPDATE as_erasure SET notify_room=NULL, leave_rooms=NULL WHERE job_id=$1`
 	localUsersQuery    = `SELECT mxid FROM users WHERE mxid > $1 AND mxid LIKE $2 ESCAPE '\' ORDER BY mxid LIMIT $3`
 	deleteOldJobsQuery = `DELETE FROM as_erasure WHERE state='done' AND finished_at < $1`
 )
@@ -326,6 +338,102 @@ func (pq *PrivacyQuery) LocalUsers(ctx context.Context, server string, after id.
 		return nil, fmt.Errorf("failed to list local users: %w", err)
 	}
 	return users, nil
+}
+
+// DeactivationSuspect is a user whose account looked deactivated, without admin access to the
+// homeserver to confirm it (a row of as_deactivation_suspect).
+type DeactivationSuspect struct {
+	// User is the suspected user.
+	User id.UserID `json:"user_id"`
+	// Reason says what was seen, e.g. "profile_not_found".
+	Reason string `json:"reason"`
+	// FirstSeen and LastSeen are when the first and the latest leave that raised the suspicion
+	// were handled.
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// Leaves counts the leaves that raised it.
+	Leaves int `json:"leaves"`
+}
+
+// RecordSuspect records that user's account looked deactivated at at, for reason. The users row
+// must exist. It reports whether this is a new suspicion (the first for the user).
+func (pq *PrivacyQuery) RecordSuspect(ctx context.Context, user id.UserID, reason string, at time.Time) (bool, error) {
+	var leaves int
+	if err := pq.db.QueryRow(ctx, upsertSuspectQuery, user, reason, at.UnixMilli()).Scan(&leaves); err != nil {
+		return false, fmt.Errorf("failed to record deactivation suspect: %w", err)
+	}
+	return leaves == 1, nil
+}
+
+// ClearSuspect removes the suspicion about user, if any.
+func (pq *PrivacyQuery) ClearSuspect(ctx context.Context, user id.UserID) error {
+	if _, err := pq.db.Exec(ctx, deleteSuspectQuery, user); err != nil {
+		return fmt.Errorf("failed to clear deactivation suspect: %w", err)
+	}
+	return nil
+}
+
+// Suspects lists every deactivation suspect, oldest suspicion first; an empty slice if none.
+func (pq *PrivacyQuery) Suspects(ctx context.Context) ([]*DeactivationSuspect, error) {
+	rows, err := pq.db.Query(ctx, listSuspectsQuery)
+	list, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*DeactivationSuspect, error) {
+		var s DeactivationSuspect
+		var first, last int64
+		if err := row.Scan(&s.User, &s.Reason, &first, &last, &s.Leaves); err != nil {
+			return nil, err
+		}
+		s.FirstSeen, s.LastSeen = time.UnixMilli(first).UTC(), time.UnixMilli(last).UTC()
+		return &s, nil
+	}, err).AsList()
+	if err != nil {
+		return nil, fmt.Errorf("failed to list deactivation suspects: %w", err)
+	}
+	if list == nil {
+		list = []*DeactivationSuspect{}
+	}
+	return list, nil
+}
+
+// RequestShred records that a full erasure committed at at needs a shred rotation
+// (vault.shred_backups). Call it in the erasing transaction. An older pending request is kept:
+// the oldest unserved erasure is what a rotation must start after.
+func (pq *PrivacyQuery) RequestShred(ctx context.Context, at time.Time) error {
+	if _, err := pq.db.Exec(ctx, requestShredQuery, at.UnixMilli()); err != nil {
+		return fmt.Errorf("failed to record shred request: %w", err)
+	}
+	return nil
+}
+
+// PendingShred reports whether a shred rotation is pending, and since when.
+func (pq *PrivacyQuery) PendingShred(ctx context.Context) (since time.Time, pending bool, err error) {
+	var ms int64
+	err = pq.db.QueryRow(ctx, pendingShredQuery).Scan(&ms)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, false, nil
+	} else if err != nil {
+		return time.Time{}, false, fmt.Errorf("failed to read shred request: %w", err)
+	}
+	return time.UnixMilli(ms), true, nil
+}
+
+// ClearShred removes the pending shred request if it was recorded before started, the time a
+// shred rotation that has now completed started. It reports whether one was removed.
+func (pq *PrivacyQuery) ClearShred(ctx context.Context, started time.Time) (bool, error) {
+	res, err := pq.db.Exec(ctx, clearShredQuery, started.UnixMilli())
+	if err != nil {
+		return false, fmt.Errorf("failed to clear shred request: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// ClearErasureCleanup records that job's receipt was sent and its direct chats left: what remains
+// of its cleanup is the database's own (see ErasureCleanup).
+func (pq *PrivacyQuery) ClearErasureCleanup(ctx context.Context, jobID string) error {
+	if _, err := pq.db.Exec(ctx, clearCleanupQuery, jobID); err != nil {
+		return fmt.Errorf("failed to update erasure job: %w", err)
+	}
+	return nil
 }
 
 // EscapeLike escapes s for use in a LIKE pattern with ESCAPE '\', so that it matches only

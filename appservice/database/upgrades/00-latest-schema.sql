@@ -1,4 +1,4 @@
--- v0 -> v2 (compatible with v1+): Latest revision
+-- v0 -> v3 (compatible with v2+): Latest revision
 
 -- users is the root of all personal data: every table that holds data about a Matrix user
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
@@ -128,4 +128,25 @@ CREATE TABLE as_privacy_key (
 	name       TEXT   PRIMARY KEY,
 	key_hex    TEXT   NOT NULL,
 	created_at BIGINT NOT NULL
+);
+
+-- as_deactivation_suspect records users whose account looks deactivated (their profile was
+-- gone after they left a room) while Custodian has no admin access to the homeserver to confirm
+-- it. Nobody is erased on such a guess: admins see the list in the admin API
+-- (GET /_custodian/admin/v1/deactivation-suspects) and decide.
+CREATE TABLE as_deactivation_suspect (
+	user_mxid  TEXT    PRIMARY KEY REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	reason     TEXT    NOT NULL,
+	first_seen BIGINT  NOT NULL,
+	last_seen  BIGINT  NOT NULL,
+	leaves     INTEGER NOT NULL
+);
+
+-- as_shred_request holds at most one row: a full erasure committed at requested_at (Unix ms)
+-- and the master key has not been rotated out since (vault.shred_backups). The erasing
+-- transaction writes it; a shred rotation that started later deletes it. It survives restarts,
+-- so a request is never lost.
+CREATE TABLE as_shred_request (
+	id           INTEGER PRIMARY KEY CHECK (id = 1),
+	requested_at BIGINT  NOT NULL
 );
