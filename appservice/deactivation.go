@@ -208,8 +208,10 @@ func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID) (boo
 	return resp.Deactivated, nil
 }
 
-// deactivationLoop checks every local user Custodian holds data about every
-// privacy.deactivation.sweep_interval, if admin access to the homeserver is configured.
+// deactivationLoop checks every local user Custodian holds data about at start, then every
+// privacy.deactivation.sweep_interval, if admin access to the homeserver is configured. The
+// sweep at start catches accounts deactivated while Custodian was down or before admin access
+// was configured.
 func (svc *Service) deactivationLoop(ctx context.Context) {
 	if svc.privacy.hsAdmin == nil {
 		return
@@ -217,17 +219,17 @@ func (svc *Service) deactivationLoop(ctx context.Context) {
 	ticks, stop := svc.clock().NewTicker(svc.cfg.Privacy.deactivationSweepInterval())
 	defer stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticks:
-		}
 		_, erased, err := svc.sweepDeactivated(ctx)
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Deactivation sweep failed; will try again at the next interval")
 		}
 		if hook := svc.privacy.afterSweep; hook != nil {
 			hook("deactivation", int64(erased), err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
 		}
 	}
 }

@@ -150,6 +150,15 @@ func TestDeactivationSweep(t *testing.T) {
 				}
 			}
 			env.start()
+			// The sweep at start finds nobody (see TestDeactivationSweepAtStart).
+			select {
+			case n := <-swept:
+				if n != 0 {
+					t.Fatalf("the sweep at start erased %d users, want 0", n)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("no deactivation sweep at start")
+			}
 			env.seedUser(pvAlice, pvDM)
 			env.seedUser(pvBob, "!dm-bob:example.org")
 			env.seedUser("@dave:elsewhere.example", "!dm-dave:example.org")
@@ -190,5 +199,43 @@ func TestDeactivationNeedsAUsableAdminGhost(t *testing.T) {
 	env.started = true
 	if err == nil {
 		t.Fatal("start with an admin ghost outside every namespace succeeded, want an error")
+	}
+}
+
+// TestDeactivationSweepAtStart: a user deactivated while Custodian was down (or before admin
+// access was configured) is erased right after the start, without waiting for a sweep interval.
+func TestDeactivationSweepAtStart(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			swept := make(chan int64, 4)
+			env.svc.privacy.afterSweep = func(kind string, n int64, err error) {
+				if kind == "deactivation" {
+					if err != nil {
+						t.Errorf("deactivation sweep failed: %v", err)
+					}
+					swept <- n
+				}
+			}
+			env.seedUser(pvAlice, pvDM)
+			env.seedUser(pvBob, "!dm-bob:example.org")
+			env.hs.setDeactivated(pvAlice)
+			env.start()
+			select {
+			case n := <-swept:
+				if n != 1 {
+					t.Errorf("the sweep at start erased %d users, want 1", n)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("no deactivation sweep at start (the clock was not advanced)")
+			}
+			env.awaitErasures()
+			for user, want := range map[id.UserID]bool{pvAlice: false, pvBob: true} {
+				if exists, _ := env.svc.db.User.Exists(env.ctx, user); exists != want {
+					t.Errorf("users row of %s exists = %v, want %v", user, exists, want)
+				}
+			}
+		})
 	}
 }
