@@ -185,7 +185,7 @@ func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
 		return
 	case err != nil:
 		zerolog.Ctx(ctx).Error().Err(err).Msg("Admin erasure failed")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Erasure failed; see the log. It is resumed at the next start.")
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Erasure failed; see the log. It is retried in the background.")
 		return
 	}
 	writeJSON(w, http.StatusOK, receipt)

@@ -70,8 +70,9 @@ func readTokenFile(path string, minLen int) (string, error) {
 }
 
 // checkDeactivationAfterLeave is run when a user leaves a room by themselves: if they are a
-// local user Custodian holds data about and their account turns out to be deactivated, their
-// data is erased.
+// local user Custodian holds data about and the homeserver's admin API confirms their account
+// is deactivated, the erasure of their data is queued (it runs on the erasure runner). Without
+// admin access the user may be recorded as a suspect, never erased (suspectDeactivation).
 func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.UserID) error {
 	if user.Homeserver() != svc.cfg.Homeserver.Domain || svc.isOwnUser(user) {
 		return nil
@@ -110,9 +111,13 @@ func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.Use
 		zerolog.Ctx(ctx).Debug().Msg("User left a room; the homeserver's admin API says their account is active")
 		return svc.privacyDB().ClearSuspect(ctx, user)
 	}
-	zerolog.Ctx(ctx).Info().Msg("Account of a leaving user is deactivated; queueing the erasure of their data")
-	_, err = svc.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation})
-	return err
+	// The erasure runs on the erasure runner, not on this room's worker: it may take longer than
+	// a handler may, and the runner finishes it whatever happens here.
+	if _, err = svc.queueErasure(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
+		return err
+	}
+	zerolog.Ctx(ctx).Info().Msg("Account of a leaving user is deactivated; queued the erasure of their data")
+	return nil
 }
 
 // suspectDeactivation is the check after a leave without admin access to the homeserver. It

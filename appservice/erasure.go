@@ -114,72 +114,201 @@ var ErrUnknownErasure = errors.New("appservice: unknown erasure job")
 
 // Erase erases what Custodian holds about user, and returns the receipt.
 //
-// It first records a job (as_erasure), so that an erasure interrupted by a crash is finished at
-// the next start. Then it asks every bridge in scope that implements [Eraser] to undo the user's
-// remote side effects (best effort: a failure is logged with the bridge ID and listed in the
-// receipt). Then, in one database transaction, it counts the user's rows in every declared
-// table in scope and deletes them: for everything, the rows of EraseDeleteRows tables, the
-// state cache's entries that mention the user, and the users row, whose deletion cascades to
-// every EraseCascade table (the vault's data keys too: crypto-shredding) and unlinks
-// EraseSetNull provenance; for some modules, each declared table's rows directly. The same
-// transaction records a tombstone (when, trigger, scope, counts, under a keyed hash of the user
-// ID) and clears the job's user ID. After the commit it evicts the user from the vault's cache,
-// posts the receipt in req.NotifyRoom, and, for a full erasure, leaves the direct chats the bot
-// shared with the user alone.
+// It first records a job (as_erasure), so that an erasure interrupted by a crash or a failure
+// is finished later, then hands it to the erasure runner (see [Service.erasureLoop]), which runs
+// jobs one at a time, and waits for the runner's attempt at it. The runner asks every bridge in
+// scope that implements [Eraser] to undo the user's remote side effects (best effort: a failure
+// is logged with the bridge ID and listed in the receipt). Then, in one database transaction, it
+// counts the user's rows in every declared table in scope and deletes them: for everything, the
+// rows of EraseDeleteRows tables, the state cache's entries that mention the user, and the users
+// row, whose deletion cascades to every EraseCascade table (the vault's data keys too:
+// crypto-shredding) and unlinks EraseSetNull provenance; for some modules, each declared table's
+// rows directly. The same transaction records a tombstone (when, trigger, scope, counts, under a
+// keyed hash of the user ID), clears the job's user ID and, for a full erasure with
+// vault.shred_backups, records the shred request. After the commit the runner evicts the user
+// from the vault's cache, posts the receipt in req.NotifyRoom, leaves the direct chats the bot
+// shared with the user alone (full erasure), and on SQLite truncates the write-ahead log; until
+// all that succeeded the job stays in cleanup and the runner retries it.
+//
+// The receipt's State is "cleanup" or "done" once the data is erased. If ctx ends first, Erase
+// returns ctx's error and the job goes on in the background. Before the service has started (no
+// runner), Erase runs the job itself.
 //
 // Erase is idempotent: erasing again erases nothing more and records another tombstone, unless
-// req.RequestID repeats an earlier request, which returns that request's receipt. It blocks for
-// as long as the bridges' remote erasure takes, and erasures run one at a time. It never logs
-// the user ID: log lines carry the job ID and the hash.
+// req.RequestID repeats an earlier request, which returns that request's receipt. It never logs
+// the user ID: log lines carry the job ID and the hash, from a logger that is not ctx's.
 func (svc *Service) Erase(ctx context.Context, user id.UserID, req EraseRequest) (*EraseReceipt, error) {
-	if err := checkUserID(user); err != nil {
+	job, wait, err := svc.requestErasure(ctx, user, req)
+	if err != nil {
 		return nil, err
+	}
+	if wait == nil {
+		if job.State == database.ErasureDone {
+			return receiptFor(job)
+		}
+		// No runner: run the job here, one erasure at a time all the same.
+		ctx = svc.erasureContext(ctx)
+		svc.privacy.eraseLock.Lock()
+		defer svc.privacy.eraseLock.Unlock()
+		current, err := svc.privacyDB().GetErasure(ctx, job.JobID)
+		if err != nil {
+			return nil, err
+		} else if current == nil {
+			return nil, fmt.Errorf("erasure job %s vanished", job.JobID)
+		}
+		return svc.runErasure(ctx, current)
+	}
+	select {
+	case out := <-wait:
+		return out.receipt, out.err
+	case <-ctx.Done():
+		svc.dropErasureWaiter(job.JobID, wait)
+		return nil, fmt.Errorf("stopped waiting for erasure job %s, which goes on in the background: %w", job.JobID, ctx.Err())
+	case <-svc.erasureRunnerDone():
+		return nil, fmt.Errorf("the service stopped before erasure job %s ran; it is resumed at the next start", job.JobID)
+	}
+}
+
+// queueErasure records an erasure job for user and wakes the runner, without waiting for it. It
+// is how handlers on a room's worker ask for an erasure (a confirmed deactivation): they must
+// return quickly, and the runner finishes the job whatever happens to the handler.
+func (svc *Service) queueErasure(ctx context.Context, user id.UserID, req EraseRequest) (jobID string, err error) {
+	job, wait, err := svc.requestErasure(ctx, user, req)
+	if err != nil {
+		return "", err
+	}
+	if wait != nil {
+		svc.dropErasureWaiter(job.JobID, wait)
+	}
+	return job.JobID, nil
+}
+
+// erasureOutcome is what the runner tells a waiting [Service.Erase] after an attempt at its job.
+type erasureOutcome struct {
+	receipt *EraseReceipt
+	err     error
+}
+
+// requestErasure validates req, records the job unless it exists (a repeated RequestID) and
+// wakes the runner. wait receives the outcome of the runner's next attempt at the job; it is nil
+// when there is no runner (the service has not started) or the job was done already.
+func (svc *Service) requestErasure(ctx context.Context, user id.UserID, req EraseRequest) (job *database.ErasureJob, wait chan erasureOutcome, err error) {
+	if err := checkUserID(user); err != nil {
+		return nil, nil, err
 	}
 	switch req.Trigger {
 	case TriggerUser, TriggerAdmin, TriggerDeactivation:
 	default:
-		return nil, fmt.Errorf("appservice: invalid erasure trigger %q", req.Trigger)
+		return nil, nil, fmt.Errorf("appservice: invalid erasure trigger %q", req.Trigger)
 	}
 	modules, err := svc.eraseScope(req.Modules)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx = svc.erasureContext(ctx)
-	svc.privacy.eraseLock.Lock()
-	defer svc.privacy.eraseLock.Unlock()
-
 	hash, keyID, err := svc.UserHash(ctx, user)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var jobID string
 	if req.RequestID != "" {
 		if jobID, err = svc.jobIDFor(ctx, req.RequestID); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else {
 		var buf [12]byte
 		_, _ = rand.Read(buf[:])
 		jobID = "er_" + hex.EncodeToString(buf[:])
 	}
-	job := &database.ErasureJob{
+	// Waiting starts before the job exists, so that the runner's attempt cannot come first.
+	wait = svc.addErasureWaiter(jobID)
+	job = &database.ErasureJob{
 		JobID: jobID, User: user, UserHash: hash, HashKeyID: keyID, Trigger: req.Trigger,
 		Modules: modules, State: database.ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: svc.now(),
 	}
 	created, err := svc.privacyDB().CreateErasure(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	if !created {
-		if job, err = svc.privacyDB().GetErasure(ctx, jobID); err != nil {
-			return nil, err
-		} else if job == nil {
-			return nil, fmt.Errorf("erasure job %s vanished", jobID)
+	if err == nil && !created {
+		if job, err = svc.privacyDB().GetErasure(ctx, jobID); err == nil && job == nil {
+			err = fmt.Errorf("erasure job %s vanished", jobID)
 		}
-		zerolog.Ctx(ctx).Debug().Str("job_id", jobID).Str("state", string(job.State)).
-			Msg("Erasure request seen before; continuing its job")
+		if err == nil {
+			zerolog.Ctx(ctx).Debug().Str("job_id", jobID).Str("state", string(job.State)).
+				Msg("Erasure request seen before; continuing its job")
+		}
 	}
-	return svc.runErasure(ctx, job)
+	if err != nil || job.State == database.ErasureDone {
+		svc.dropErasureWaiter(jobID, wait)
+		return job, nil, err
+	}
+	if wait != nil {
+		zerolog.Ctx(ctx).Info().Str("job_id", jobID).Str("trigger", job.Trigger).Msg("Erasure queued")
+		svc.wakeErasureRunner()
+	}
+	return job, wait, nil
+}
+
+// addErasureWaiter registers a channel for the outcome of the runner's next attempt at jobID;
+// nil if there is no runner.
+func (svc *Service) addErasureWaiter(jobID string) chan erasureOutcome {
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	if svc.privacy.runnerDone == nil {
+		return nil
+	}
+	if svc.privacy.eraseWaiters == nil {
+		svc.privacy.eraseWaiters = make(map[string][]chan erasureOutcome)
+	}
+	ch := make(chan erasureOutcome, 1)
+	svc.privacy.eraseWaiters[jobID] = append(svc.privacy.eraseWaiters[jobID], ch)
+	return ch
+}
+
+// dropErasureWaiter unregisters ch; a nil ch is ignored.
+func (svc *Service) dropErasureWaiter(jobID string, ch chan erasureOutcome) {
+	if ch == nil {
+		return
+	}
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	waiters := slices.DeleteFunc(svc.privacy.eraseWaiters[jobID], func(c chan erasureOutcome) bool { return c == ch })
+	if len(waiters) == 0 {
+		delete(svc.privacy.eraseWaiters, jobID)
+	} else {
+		svc.privacy.eraseWaiters[jobID] = waiters
+	}
+}
+
+// notifyErasureWaiters hands the outcome of an attempt at jobID to everyone waiting for it.
+func (svc *Service) notifyErasureWaiters(jobID string, out erasureOutcome) {
+	svc.privacy.lock.Lock()
+	waiters := svc.privacy.eraseWaiters[jobID]
+	delete(svc.privacy.eraseWaiters, jobID)
+	svc.privacy.lock.Unlock()
+	for _, ch := range waiters {
+		ch <- out
+	}
+}
+
+// waitingErasures returns the job IDs someone waits for.
+func (svc *Service) waitingErasures() []string {
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	return slices.Collect(maps.Keys(svc.privacy.eraseWaiters))
+}
+
+// erasureRunnerDone returns the channel closed when the runner stops (nil before start).
+func (svc *Service) erasureRunnerDone() <-chan struct{} {
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	return svc.privacy.runnerDone
+}
+
+// wakeErasureRunner makes the runner look for jobs now. It never blocks.
+func (svc *Service) wakeErasureRunner() {
+	select {
+	case svc.privacy.eraseWake <- struct{}{}:
+	default:
+	}
 }
 
 // erasureContext returns ctx with a logger built from the service's logger alone. The caller's
@@ -623,30 +752,110 @@ func plural(n int64, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
-// resumeErasures finishes the erasure jobs an earlier run left pending or in cleanup.
-func (svc *Service) resumeErasures(ctx context.Context) {
+// Timing of the erasure runner, on the service's clock.
+const (
+	// erasurePoll is how often the runner looks for jobs when none is unfinished: jobs recorded
+	// by another instance sharing the database, or by a request whose wake-up it missed.
+	erasurePoll = time.Minute
+	// erasureRetryMin and erasureRetryMax bound the wait before the runner tries unfinished jobs
+	// again (a failed step, a busy SQLite WAL); it doubles from the one to the other.
+	erasureRetryMin = 5 * time.Second
+	erasureRetryMax = 10 * time.Minute
+)
+
+// erasureLoop is the erasure runner: it runs every pending or cleanup job, one at a time, at
+// start (jobs an earlier run left), whenever a request wakes it, every erasurePoll, and while
+// jobs stay unfinished, again after a growing delay. It closes svc.privacy.resumed after its
+// first round and runs until ctx ends.
+func (svc *Service) erasureLoop(ctx context.Context) {
+	defer close(svc.privacy.runnerDone)
+	ctx = svc.erasureContext(ctx)
+	retry := erasureRetryMin
+	for first := true; ; first = false {
+		unfinished := svc.runErasureJobs(ctx, first)
+		if first {
+			close(svc.privacy.resumed)
+		}
+		wait := erasurePoll
+		if unfinished > 0 {
+			wait, retry = retry, min(retry*2, erasureRetryMax)
+		} else {
+			retry = erasureRetryMin
+		}
+		tick, stop := svc.clock().NewTicker(wait)
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-svc.privacy.eraseWake:
+		case <-tick:
+		}
+		stop()
+	}
+}
+
+// runErasureJobs takes every unfinished job as far as it goes, oldest first, and tells whoever
+// waits for one how it went. It returns how many jobs are still unfinished.
+func (svc *Service) runErasureJobs(ctx context.Context, atStart bool) (unfinished int) {
 	log := zerolog.Ctx(ctx)
 	jobs, err := svc.privacyDB().UnfinishedErasures(ctx)
 	if err != nil {
-		log.Error().Err(err).Msg("Failed to list unfinished erasure jobs")
-		return
+		log.Error().Err(err).Msg("Failed to list unfinished erasure jobs; will retry")
+		return 1
 	}
-	if len(jobs) == 0 {
-		return
+	if atStart && len(jobs) > 0 {
+		log.Info().Int("jobs", len(jobs)).Msg("Finishing erasures an earlier run left unfinished")
 	}
-	log.Info().Int("jobs", len(jobs)).Msg("Finishing erasures interrupted by a restart")
+	seen := make(map[string]bool, len(jobs))
 	for _, job := range jobs {
-		svc.privacy.eraseLock.Lock()
-		// Another request may have moved the job on since it was listed.
-		current, err := svc.privacyDB().GetErasure(ctx, job.JobID)
-		if err == nil && current != nil && current.State != database.ErasureDone {
-			_, err = svc.runErasure(ctx, current)
+		if ctx.Err() != nil {
+			return unfinished + 1
 		}
-		svc.privacy.eraseLock.Unlock()
+		seen[job.JobID] = true
+		receipt, err := svc.runErasureJob(ctx, job.JobID)
+		svc.notifyErasureWaiters(job.JobID, erasureOutcome{receipt, err})
+		state := database.ErasurePending
+		if receipt != nil {
+			state = database.ErasureState(receipt.State)
+		}
+		if state != database.ErasureDone {
+			unfinished++
+		}
 		if err != nil {
-			log.Error().Err(err).Str("job_id", job.JobID).Msg("Failed to finish interrupted erasure; will retry at the next start")
+			log.Error().Err(err).Str("job_id", job.JobID).Msg("Erasure job failed; will retry")
+		}
+		if hook := svc.privacy.erasureRan; hook != nil {
+			hook(job.JobID, state, err)
 		}
 	}
+	// Jobs someone waits for that were not unfinished: finished meanwhile (by another instance).
+	for _, jobID := range svc.waitingErasures() {
+		if !seen[jobID] {
+			receipt, err := svc.ErasureStatus(ctx, jobID)
+			if err == nil && receipt.State != string(database.ErasureDone) {
+				continue // recorded after the list was read: the next round runs it
+			}
+			svc.notifyErasureWaiters(jobID, erasureOutcome{receipt, err})
+		}
+	}
+	return unfinished
+}
+
+// runErasureJob runs job jobID as it stands in the database, under eraseLock.
+func (svc *Service) runErasureJob(ctx context.Context, jobID string) (*EraseReceipt, error) {
+	svc.privacy.eraseLock.Lock()
+	defer svc.privacy.eraseLock.Unlock()
+	// Another request may have moved the job on since it was listed.
+	job, err := svc.privacyDB().GetErasure(ctx, jobID)
+	if err != nil {
+		return nil, err
+	} else if job == nil {
+		return nil, ErrUnknownErasure
+	}
+	if job.State == database.ErasureDone {
+		return receiptFor(job)
+	}
+	return svc.runErasure(ctx, job)
 }
 
 // ErasureStatus returns the receipt of erasure job jobID as it stands, or [ErrUnknownErasure].

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -412,6 +413,72 @@ func TestErasureLogsNeverNameTheUser(t *testing.T) {
 			}
 			if erasureLines == 0 {
 				t.Fatal("no log line about the erasure; the test would prove nothing")
+			}
+		})
+	}
+}
+
+// TestErasureRunnerFinishesQueuedJobs: erasure jobs run on the service's erasure runner while
+// the service runs, not only at the next start. A deactivation erasure is queued by the leave's
+// handler, which returns while the remote step is still blocked; a job recorded directly (as by
+// another instance, or a request whose wake-up was missed) is found by the runner's poll.
+func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			env.start()
+			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			block := make(chan struct{})
+			env.hooks.lock.Lock()
+			env.hooks.block = block
+			env.hooks.lock.Unlock()
+
+			env.hs.setDeactivated(pvAlice)
+			env.hs.SetMembership(pvRoom, pvAlice, event.MembershipLeave)
+			handled := make(chan struct{})
+			go func() {
+				defer close(handled)
+				env.member(pvRoom, pvAlice, pvAlice, event.MembershipLeave, nil)
+			}()
+			select {
+			case <-handled:
+			case <-time.After(10 * time.Second):
+				close(block)
+				t.Fatal("the leave's handler waited for the erasure")
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending' AND erase_trigger='deactivation'`); n != 1 {
+				t.Errorf("%d pending deactivation jobs after the leave, want 1", n)
+			}
+			close(block)
+			env.awaitErasures()
+			if exists, _ := env.svc.db.User.Exists(env.ctx, pvAlice); exists {
+				t.Error("alice's users row exists after her queued erasure ran")
+			}
+
+			// A job recorded behind the runner's back waits for the next poll, not a restart.
+			env.seedUser(pvBob, "!dm-bob:example.org")
+			hash, keyID, err := env.svc.UserHash(env.ctx, pvBob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !env.clock.WaitForTicker(erasurePoll, 10*time.Second) {
+				t.Fatal("the erasure runner is not waiting for its poll")
+			}
+			if _, err = env.svc.privacyDB().CreateErasure(env.ctx, &database.ErasureJob{
+				JobID: "er_direct", User: pvBob, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+				State: database.ErasurePending, CreatedAt: env.clock.Now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			env.clock.Advance(erasurePoll)
+			env.awaitErasures()
+			if exists, _ := env.svc.db.User.Exists(env.ctx, pvBob); exists {
+				t.Error("bob's users row exists after the runner's poll")
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_tombstone WHERE job_id='er_direct'`); n != 1 {
+				t.Errorf("%d tombstones of the directly recorded job, want 1", n)
 			}
 		})
 	}

@@ -51,9 +51,19 @@ type privacyState struct {
 	adminServer *http.Server
 	adminAddr   net.Addr
 
-	// resumed is closed once the erasure jobs left by an earlier run are finished; nil before
-	// start.
+	// resumed is closed once the erasure runner's first round (the jobs an earlier run left)
+	// is over; nil before start.
 	resumed chan struct{}
+	// runnerDone is closed when the erasure runner stops; nil before start, which tells Erase
+	// to run jobs itself.
+	runnerDone chan struct{}
+	// eraseWake wakes the erasure runner (one pending wake-up at most).
+	eraseWake chan struct{}
+	// eraseWaiters are the Erase calls waiting for the runner's next attempt at a job, by job
+	// ID. Guarded by lock.
+	eraseWaiters map[string][]chan erasureOutcome
+	// erasureRan, if set, is called after each attempt of the runner at a job (tests).
+	erasureRan func(jobID string, state database.ErasureState, err error)
 	// afterSweep, if set, is called after each sweep of the retention ("retention") and
 	// deactivation ("deactivation") loops with what it did (tests).
 	afterSweep func(kind string, n int64, err error)
@@ -66,8 +76,8 @@ func (svc *Service) privacyDB() *database.PrivacyQuery {
 }
 
 // startPrivacy checks the retention declarations, sets up admin access to the homeserver,
-// starts the admin API, the retention sweeper and the deactivation sweep, and finishes in the
-// background the erasures an earlier run left unfinished. It is called by start once the
+// starts the admin API, the retention sweeper, the deactivation sweep and the erasure runner,
+// which first finishes the erasures an earlier run left unfinished. It is called by start once the
 // bridges have started, so that their EraseRemote works.
 func (svc *Service) startPrivacy(ctx context.Context) error {
 	if err := checkRetention(svc.inventory()); err != nil {
@@ -80,11 +90,14 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 		return err
 	}
 	svc.privacy.resumed = make(chan struct{})
+	svc.privacy.eraseWake = make(chan struct{}, 1)
+	svc.privacy.lock.Lock()
+	svc.privacy.runnerDone = make(chan struct{})
+	svc.privacy.lock.Unlock()
 	svc.privacy.loops.Add(3)
 	go func() {
 		defer svc.privacy.loops.Done()
-		defer close(svc.privacy.resumed)
-		svc.resumeErasures(ctx)
+		svc.erasureLoop(ctx)
 	}()
 	go func() {
 		defer svc.privacy.loops.Done()

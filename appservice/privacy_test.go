@@ -44,8 +44,10 @@ type privacyBridge struct {
 	lock     sync.Mutex
 	erased   []id.UserID
 	eraseErr error
-	purged   []map[string]int64
-	events   []*event.Event
+	// block, if set, holds EraseRemote until it is closed (or its ctx ends).
+	block  chan struct{}
+	purged []map[string]int64
+	events []*event.Event
 }
 
 var (
@@ -126,7 +128,17 @@ func (pb *privacyBridge) HandleEvent(_ context.Context, evt *event.Event) error 
 	return nil
 }
 
-func (pb *privacyBridge) EraseRemote(_ context.Context, user id.UserID) error {
+func (pb *privacyBridge) EraseRemote(ctx context.Context, user id.UserID) error {
+	pb.lock.Lock()
+	block := pb.block
+	pb.lock.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	pb.lock.Lock()
 	defer pb.lock.Unlock()
 	pb.erased = append(pb.erased, user)
@@ -252,6 +264,9 @@ type privacyEnv struct {
 	cancel  context.CancelFunc
 	// logs holds everything the service logged.
 	logs *lockedBuffer
+	// erasureRan is signalled after each attempt of the erasure runner at a job; signals
+	// coalesce, so waiters check the database again after each.
+	erasureRan chan struct{}
 }
 
 var pvEpoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -283,6 +298,13 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 	}
 	svc.clk = env.clock
 	env.svc = svc
+	env.erasureRan = make(chan struct{}, 1)
+	svc.privacy.erasureRan = func(string, database.ErasureState, error) {
+		select {
+		case env.erasureRan <- struct{}{}:
+		default:
+		}
+	}
 	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
 	env.ctx, env.cancel = ctx, cancel
 	if err = svc.upgradeDatabases(ctx); err != nil {
@@ -566,7 +588,16 @@ func rowsMentioning(dump []string, needle string) []string {
 // erased its data.
 func (env *privacyEnv) awaitErasures() {
 	env.t.Helper()
-	if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending'`); n != 0 {
-		env.t.Fatalf("%d erasure jobs pending, want none", n)
+	for range 50 {
+		n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending'`)
+		if n == 0 {
+			return
+		}
+		select {
+		case <-env.erasureRan:
+		case <-time.After(30 * time.Second):
+			env.t.Fatalf("%d erasure jobs still pending after 30 s", n)
+		}
 	}
+	env.t.Fatal("erasure jobs still pending after 50 runs of the erasure runner")
 }
