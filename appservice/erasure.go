@@ -57,8 +57,9 @@ type EraseRequest struct {
 type EraseReceipt struct {
 	// JobID identifies the erasure (admin API: GET /_custodian/admin/v1/erasures/{jobId}).
 	JobID string `json:"job_id"`
-	// State is "pending", "cleanup" (data erased; telling the user or leaving their direct
-	// chats is still to do) or "done".
+	// State is "pending", "cleanup" (data erased; telling the user, leaving their direct chats
+	// or, on SQLite, truncating the write-ahead log is still to do, and the erasure runner
+	// retries it) or "done".
 	State string `json:"state"`
 	// Trigger is who asked, see [EraseRequest].
 	Trigger string `json:"trigger"`
@@ -379,7 +380,6 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 		if err != nil {
 			return nil, fmt.Errorf("failed to erase user data: %w", err)
 		}
-		svc.checkpointAfterErasure(ctx)
 		if len(job.Modules) == 0 {
 			// The data key is gone with the users row; drop any copy the vault keeps in memory.
 			if forgetter, ok := any(svc.vault).(interface{ Forget(id.UserID) }); ok {
@@ -578,7 +578,8 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 			return err
 		}
 		next := database.ErasureDone
-		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 {
+		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || svc.rawDB.Dialect == dbutil.SQLite {
+			// On SQLite, cleanup also truncates the WAL (checkpointAfterErasure).
 			next = database.ErasureCleanup
 		}
 		if err = svc.privacyDB().CommitErasure(ctx, job, next, now); err != nil {
@@ -649,8 +650,10 @@ func quoteIdent(name string) string {
 }
 
 // cleanUpErasure tells the user (if asked to) and leaves the direct chats the bot shared with
-// them, then marks the job done. A failure to send the receipt leaves the job in cleanup, to be
-// retried at the next start; failures to leave are logged.
+// them, then, on SQLite, checkpoints and truncates the WAL, then marks the job done. Each step is
+// retried by the erasure runner until it succeeds: a failure to send the receipt or to
+// checkpoint leaves the job in cleanup (the receipt carries a transaction ID, so a retry does
+// not post it twice). Failures to leave a room are logged, not retried.
 func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob) {
 	log := zerolog.Ctx(ctx)
 	bot := svc.as.BotIntent()
@@ -664,7 +667,7 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 			})
 		}
 		if err != nil {
-			log.Warn().Err(err).Msg("Failed to send the erasure receipt; will retry at the next start")
+			log.Warn().Err(err).Msg("Failed to send the erasure receipt; will retry")
 			return
 		}
 	}
@@ -679,8 +682,18 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to end setup of direct chat after erasure")
 		}
 	}
+	if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 {
+		if err := svc.privacyDB().ClearErasureCleanup(ctx, job.JobID); err != nil {
+			log.Warn().Err(err).Msg("Failed to record that the erasure receipt was sent; will retry")
+			return
+		}
+		job.NotifyRoom, job.LeaveRooms = "", nil
+	}
+	if !svc.checkpointAfterErasure(ctx) {
+		return
+	}
 	if err := svc.privacyDB().FinishErasure(ctx, job.JobID, svc.now()); err != nil {
-		log.Warn().Err(err).Msg("Failed to mark erasure job done; will retry at the next start")
+		log.Warn().Err(err).Msg("Failed to mark erasure job done; will retry")
 		return
 	}
 	job.State = database.ErasureDone
@@ -871,19 +884,25 @@ func (svc *Service) ErasureStatus(ctx context.Context, jobID string) (*EraseRece
 
 // checkpointAfterErasure copies SQLite's write-ahead log into the database file and truncates
 // it, so the pages an erasure zeroed (PRAGMA secure_delete, see sqliteParams) replace the old
-// ones in the file and the WAL's older copies of those pages are gone with it. It is best
-// effort: while another connection reads, the WAL cannot be truncated (SQLite reports busy), and
-// the next automatic checkpoint overwrites it later. PostgreSQL needs nothing here.
-func (svc *Service) checkpointAfterErasure(ctx context.Context) {
+// ones in the file and the WAL's older copies of those pages, which hold the erased rows and
+// data key, are gone with it. While another connection reads an older snapshot, the WAL cannot
+// be truncated (SQLite reports busy after its busy timeout), and later automatic checkpoints
+// never truncate it: it reports false, and the erasure stays in cleanup until a retry succeeds.
+// PostgreSQL needs nothing here: it reports true.
+func (svc *Service) checkpointAfterErasure(ctx context.Context) bool {
 	if svc.rawDB.Dialect != dbutil.SQLite {
-		return
+		return true
 	}
 	var busy, logFrames, checkpointed int
 	err := svc.rawDB.QueryRow(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &checkpointed)
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to checkpoint the SQLite WAL after an erasure")
-	} else if busy != 0 {
+	switch {
+	case err != nil:
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to checkpoint the SQLite WAL after an erasure; will retry")
+		return false
+	case busy != 0:
 		zerolog.Ctx(ctx).Warn().Int("wal_frames", logFrames).Int("checkpointed", checkpointed).
-			Msg("SQLite WAL was busy after an erasure; it is overwritten at a later checkpoint")
+			Msg("SQLite WAL is in use by a reader and still holds the erased rows; the erasure stays in cleanup and the checkpoint is retried")
+		return false
 	}
+	return true
 }

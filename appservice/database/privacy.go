@@ -33,8 +33,9 @@ const (
 	// ErasurePending is a job that was recorded but whose data is not erased yet; the job still
 	// names the user.
 	ErasurePending ErasureState = "pending"
-	// ErasureCleanup is a job whose data is erased; what remains is telling the user and leaving
-	// their direct chats. The job no longer names the user.
+	// ErasureCleanup is a job whose data is erased; what remains is telling the user, leaving
+	// their direct chats and, on SQLite, truncating the write-ahead log, which may still hold the
+	// erased rows. The job no longer names the user.
 	ErasureCleanup ErasureState = "cleanup"
 	// ErasureDone is a finished job.
 	ErasureDone ErasureState = "done"
