@@ -66,7 +66,24 @@ func TestDeactivationAfterLeave(t *testing.T) {
 			})
 			env.hs.adminToken = pvAdminToken
 			env.hs.adminGhost = id.NewUserID(ghost, testDomain)
+			swept := make(chan struct{}, 1)
+			env.svc.privacy.afterSweep = func(kind string, _ int64, _ error) {
+				if kind == "deactivation" {
+					select {
+					case swept <- struct{}{}:
+					default:
+					}
+				}
+			}
 			env.start()
+			if tt.access != "" {
+				// Let the sweep at start pass before alice has data, so that it asks nothing.
+				select {
+				case <-swept:
+				case <-time.After(30 * time.Second):
+					t.Fatal("no deactivation sweep at start")
+				}
+			}
 			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
 			env.setUpRoom(pvDM, true, pvAlice)
 			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")

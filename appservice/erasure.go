@@ -386,7 +386,8 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 				forgetter.Forget(user)
 			}
 			// With vault.shred_backups, backups taken before now become unreadable once the
-			// master key that wraps the data keys in them is rotated out.
+			// master key that wraps the data keys in them is rotated out. The request is in the
+			// database already; this only wakes the shredder.
 			if svc.requestShred() {
 				log.Info().Msg("Erasure committed; database backups will be shredded at the next master key rotation, within seconds")
 			}
@@ -560,6 +561,9 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 			}
 			if _, err := svc.rawDB.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, user); err != nil {
 				return fmt.Errorf("failed to delete users row: %w", err)
+			}
+			if err := svc.recordShredRequest(ctx); err != nil {
+				return err
 			}
 		}
 		if len(counts.Kept) == 0 {

@@ -601,3 +601,14 @@ func (env *privacyEnv) awaitErasures() {
 	}
 	env.t.Fatal("erasure jobs still pending after 50 runs of the erasure runner")
 }
+
+// stop stops the service as a shutdown would, and waits for its loops.
+func (env *privacyEnv) stop() {
+	env.t.Helper()
+	env.cancel()
+	if env.started {
+		env.svc.stopServing()
+		env.svc.privacy.loops.Wait()
+		env.started = false
+	}
+}

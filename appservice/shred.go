@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -30,9 +31,16 @@ const (
 // backupShredder rotates the master key after erasures, so that database backups taken before
 // an erasure cannot be opened with the keys Custodian holds (vault.shred_backups). One goroutine
 // (run) does every rotation, so two never run at once.
+//
+// A request is recorded in the database (as_shred_request) by the erasing transaction itself,
+// so it survives a stop or a crash in the debounce window or during a retry's backoff: run
+// resumes it at start, and only a rotation that started after the request was recorded clears
+// it. The in-memory kick only wakes run sooner.
 type backupShredder struct {
 	v    *vault.Vault
 	path string
+	// db records and clears the persisted request.
+	db *database.PrivacyQuery
 	// kick holds one pending request: erasures arriving while one is pending coalesce.
 	kick chan struct{}
 	// debounce and retryMin override shredDebounce and shredRetryMin when positive (tests).
@@ -55,7 +63,18 @@ type shredResult struct {
 	Kept []string
 }
 
-// requestShred asks for a shred rotation after a full erasure has committed. It never blocks.
+// recordShredRequest records, in the erasing transaction in ctx, that the full erasure being
+// committed needs a shred rotation. It does nothing when shredding is off. The request's time is
+// the wall clock's, like the rotation's start it is compared with.
+func (svc *Service) recordShredRequest(ctx context.Context) error {
+	if svc.shredder == nil {
+		return nil
+	}
+	return svc.privacyDB().RequestShred(ctx, time.Now())
+}
+
+// requestShred wakes the shredder after a full erasure has committed (the request itself is in
+// the database already). It never blocks, and reports whether shredding is on.
 func (svc *Service) requestShred() bool {
 	if svc.shredder == nil {
 		return false
@@ -74,6 +93,15 @@ func (bs *backupShredder) run(ctx context.Context) {
 	debounce := cmpOr(bs.debounce, shredDebounce)
 	retryMin := cmpOr(bs.retryMin, shredRetryMin)
 	retry := retryMin
+	if _, pending, err := bs.db.PendingShred(ctx); err != nil {
+		log.Error().Err(err).Msg("Failed to read the pending shred request; it is resumed at the next erasure or start")
+	} else if pending {
+		log.Info().Msg("Resuming a shred rotation requested before the last stop")
+		select {
+		case bs.kick <- struct{}{}:
+		default:
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,12 +110,24 @@ func (bs *backupShredder) run(ctx context.Context) {
 		}
 		// needKey: an erasure committed since the current key was generated. A retry after a
 		// failure that had already added a key reuses it, unless another erasure came since.
+		// keyAt is when the attempt that generates the key started: requests recorded before it
+		// are served by the rotation.
 		needKey := true
+		var keyAt time.Time
 		for {
 			if !sleepCtx(ctx, debounce) {
 				return
 			}
+			if needKey {
+				keyAt = time.Now()
+			}
 			res, err := bs.rotate(ctx, needKey)
+			if err == nil {
+				if _, clearErr := bs.db.ClearShred(ctx, keyAt); clearErr != nil {
+					// The request stays: the next start rotates once more, which is harmless.
+					log.Warn().Err(clearErr).Msg("Failed to clear the served shred request")
+				}
+			}
 			if bs.done != nil {
 				bs.done(res, err)
 			}

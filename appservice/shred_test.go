@@ -184,3 +184,61 @@ func TestShredBackupsAfterErasure(t *testing.T) {
 		})
 	}
 }
+
+// TestShredRequestSurvivesRestart: the service stops after an erasure asked for a shred
+// rotation and before the rotation ran (here: in the debounce window). The request was recorded
+// with the erasure, so the next start rotates the master key, and then forgets the request.
+func TestShredRequestSurvivesRestart(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			keyFile := filepath.Join(t.TempDir(), "custodian.key")
+			k1 := mustGenerateKey(t)
+			writeKeys(t, keyFile, k1)
+			shredOn := func(cfg *Config) { cfg.Vault = VaultConfig{KeyFile: &keyFile, ShredBackups: true} }
+			first := newPrivacyEnv(t, dialect, shredOn)
+			first.svc.privacy.shredDebounce = time.Hour
+			first.svc.privacy.shredDone = func(res shredResult, err error) {
+				t.Errorf("the first service rotated (%+v, %v); it should have stopped first", res, err)
+			}
+			first.start()
+			if err := first.hooks.host.EnsureUser(first.ctx, pvAlice); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := first.hooks.host.Vault().Seal(first.ctx, pvAlice, "pw", vault.NewSecret("alice-pw")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := first.svc.Erase(first.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				t.Fatal(err)
+			}
+			first.stop()
+
+			second := newPrivacyEnvOn(t, dialect, first.svc.rawDB, shredOn)
+			shredded := make(chan shredOutcome, 4)
+			second.svc.privacy.shredDebounce = 10 * time.Millisecond
+			second.svc.privacy.shredDone = func(res shredResult, err error) { shredded <- shredOutcome{res, err} }
+			second.start()
+			var out shredOutcome
+			select {
+			case out = <-shredded:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no shred rotation within 30 s of the restart")
+			}
+			if out.err != nil {
+				t.Fatalf("shred rotation after the restart failed: %v", out.err)
+			}
+			keys, err := vault.FileKeys(keyFile).LoadKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 1 || keys[0].ID() == k1.ID() {
+				t.Errorf("key file holds %v after the restart's shred rotation, want one new key", keys)
+			}
+			if !slices.Equal(out.res.Retired, []string{k1.ID()}) {
+				t.Errorf("retired keys = %v, want [%s]", out.res.Retired, k1.ID())
+			}
+			if n := second.count(`SELECT COUNT(*) FROM as_shred_request`); n != 0 {
+				t.Errorf("%d shred requests left after the rotation, want 0", n)
+			}
+		})
+	}
+}

@@ -45,7 +45,7 @@ func (svc *Service) setupVault(ctx context.Context) {
 	svc.goBackground(ctx, v.Run)
 	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
 		svc.shredder = &backupShredder{
-			v: v, path: *svc.cfg.Vault.KeyFile, kick: make(chan struct{}, 1),
+			v: v, path: *svc.cfg.Vault.KeyFile, db: svc.privacyDB(), kick: make(chan struct{}, 1),
 			debounce: svc.privacy.shredDebounce, done: svc.privacy.shredDone,
 		}
 		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).

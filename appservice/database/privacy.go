@@ -139,9 +139,12 @@ const (
 	`
 	deleteSuspectQuery = `DELETE FROM as_deactivation_suspect WHERE user_mxid=$1`
 	listSuspectsQuery  = `SELECT user_mxid, reason, first_seen, last_seen, leaves FROM as_deactivation_suspect ORDER BY first_seen, user_mxid`
-	requestShredQuery  = `INSERT INTO as_shred_request (id, requested_at) VALUES (1, $1) ON CONFLICT (id) DO NOTHING`
-	pendingShredQuery  = `SELECT requested_at FROM as_shred_request WHERE id=1`
-	clearShredQuery    = `DELETE FROM as_shred_request WHERE id=1 AND requested_at < $1`
+	requestShredQuery  = `
+		INSERT INTO as_shred_request (id, since_at, latest_at) VALUES (1, $1, $1)
+		ON CONFLICT (id) DO UPDATE SET latest_at=excluded.latest_at
+	`
+	pendingShredQuery  = `SELECT since_at FROM as_shred_request WHERE id=1`
+	clearShredQuery    = `DELETE FROM as_shred_request WHERE id=1 AND latest_at < $1`
 	clearCleanupQuery  = `UPDATE as_erasure SET notify_room=NULL, leave_rooms=NULL WHERE job_id=$1`
 	localUsersQuery    = `SELECT mxid FROM users WHERE mxid > $1 AND mxid LIKE $2 ESCAPE '\' ORDER BY mxid LIMIT $3`
 	deleteOldJobsQuery = `DELETE FROM as_erasure WHERE state='done' AND finished_at < $1`
@@ -396,8 +399,9 @@ func (pq *PrivacyQuery) Suspects(ctx context.Context) ([]*DeactivationSuspect, e
 }
 
 // RequestShred records that a full erasure committed at at needs a shred rotation
-// (vault.shred_backups). Call it in the erasing transaction. An older pending request is kept:
-// the oldest unserved erasure is what a rotation must start after.
+// (vault.shred_backups). Call it in the erasing transaction. A pending request keeps its
+// beginning and takes at as its latest request: only a rotation that started after the latest
+// request serves it.
 func (pq *PrivacyQuery) RequestShred(ctx context.Context, at time.Time) error {
 	if _, err := pq.db.Exec(ctx, requestShredQuery, at.UnixMilli()); err != nil {
 		return fmt.Errorf("failed to record shred request: %w", err)
@@ -405,7 +409,8 @@ func (pq *PrivacyQuery) RequestShred(ctx context.Context, at time.Time) error {
 	return nil
 }
 
-// PendingShred reports whether a shred rotation is pending, and since when.
+// PendingShred reports whether a shred rotation is pending, and since when (the oldest request
+// not served yet).
 func (pq *PrivacyQuery) PendingShred(ctx context.Context) (since time.Time, pending bool, err error) {
 	var ms int64
 	err = pq.db.QueryRow(ctx, pendingShredQuery).Scan(&ms)
@@ -417,8 +422,9 @@ func (pq *PrivacyQuery) PendingShred(ctx context.Context) (since time.Time, pend
 	return time.UnixMilli(ms), true, nil
 }
 
-// ClearShred removes the pending shred request if it was recorded before started, the time a
-// shred rotation that has now completed started. It reports whether one was removed.
+// ClearShred removes the pending shred request if its latest request was recorded before
+// started, the time a shred rotation that has now completed started (a request recorded during
+// the rotation stays, for the next one). It reports whether one was removed.
 func (pq *PrivacyQuery) ClearShred(ctx context.Context, started time.Time) (bool, error) {
 	res, err := pq.db.Exec(ctx, clearShredQuery, started.UnixMilli())
 	if err != nil {

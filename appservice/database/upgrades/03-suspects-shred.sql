@@ -12,11 +12,12 @@ CREATE TABLE as_deactivation_suspect (
 	leaves     INTEGER NOT NULL
 );
 
--- as_shred_request holds at most one row: a full erasure committed at requested_at (Unix ms)
--- and the master key has not been rotated out since (vault.shred_backups). The erasing
--- transaction writes it; a shred rotation that started later deletes it. It survives restarts,
--- so a request is never lost.
+-- as_shred_request holds at most one row: full erasures committed since since_at (Unix ms),
+-- the latest at latest_at, and the master key has not been rotated out since
+-- (vault.shred_backups). The erasing transaction writes it; a shred rotation that started after
+-- latest_at deletes it. It survives restarts, so a request is never lost.
 CREATE TABLE as_shred_request (
-	id           INTEGER PRIMARY KEY CHECK (id = 1),
-	requested_at BIGINT  NOT NULL
+	id        INTEGER PRIMARY KEY CHECK (id = 1),
+	since_at  BIGINT  NOT NULL,
+	latest_at BIGINT  NOT NULL
 );
