@@ -116,7 +116,7 @@ func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.Use
 	if _, err = svc.queueErasure(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
 		return err
 	}
-	zerolog.Ctx(ctx).Info().Msg("Account of a leaving user is deactivated; queued the erasure of their data")
+	zerolog.Ctx(ctx).Info().Str("method", "admin_api").Msg("Account of a leaving user is deactivated; queued the erasure of their data")
 	return nil
 }
 

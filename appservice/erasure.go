@@ -846,13 +846,14 @@ func (svc *Service) runErasureJobs(ctx context.Context, atStart bool) (unfinishe
 		}
 	}
 	// Jobs someone waits for that were not unfinished: finished meanwhile (by another instance).
+	// A job not recorded yet, or recorded after the list was read, is for the next round, which
+	// its request wakes.
 	for _, jobID := range svc.waitingErasures() {
-		if !seen[jobID] {
-			receipt, err := svc.ErasureStatus(ctx, jobID)
-			if err == nil && receipt.State != string(database.ErasureDone) {
-				continue // recorded after the list was read: the next round runs it
-			}
-			svc.notifyErasureWaiters(jobID, erasureOutcome{receipt, err})
+		if seen[jobID] {
+			continue
+		}
+		if receipt, err := svc.ErasureStatus(ctx, jobID); err == nil && receipt.State == string(database.ErasureDone) {
+			svc.notifyErasureWaiters(jobID, erasureOutcome{receipt, nil})
 		}
 	}
 	return unfinished

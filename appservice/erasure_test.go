@@ -384,7 +384,7 @@ func TestErasureLogsNeverNameTheUser(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			env := newPrivacyEnv(t, astest.SQLite, withAdminToken(t))
 			env.hs.adminToken = pvAdminToken
-			env.start()
+			env.startAndSweep()
 			env.setUpRoom(pvDM, true, pvAlice)
 			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
 			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
@@ -427,7 +427,7 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, withAdminToken(t))
 			env.hs.adminToken = pvAdminToken
-			env.start()
+			env.startAndSweep()
 			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
 			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
 			block := make(chan struct{})

@@ -612,3 +612,25 @@ func (env *privacyEnv) stop() {
 		env.started = false
 	}
 }
+
+// startAndSweep starts a service that has admin access to the homeserver and waits for the
+// deactivation sweep at start, so that it cannot race with what the test does next.
+func (env *privacyEnv) startAndSweep() *privacyEnv {
+	env.t.Helper()
+	swept := make(chan struct{}, 1)
+	env.svc.privacy.afterSweep = func(kind string, _ int64, _ error) {
+		if kind == "deactivation" {
+			select {
+			case swept <- struct{}{}:
+			default:
+			}
+		}
+	}
+	env.start()
+	select {
+	case <-swept:
+	case <-time.After(30 * time.Second):
+		env.t.Fatal("no deactivation sweep at start")
+	}
+	return env
+}

@@ -4,9 +4,13 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -252,36 +256,108 @@ func TestRetentionSweeps(t *testing.T) {
 	})
 }
 
-// TestDeactivationWithoutAdminAccess: with no homeserver admin access configured, Custodian
-// infers a deactivation from the user's leave followed by their profile being gone (Synapse
-// answers an erased account's profile with 404), and erases them.
+// TestDeactivationWithoutAdminAccess: with no homeserver admin access configured, a leave
+// followed by a missing profile erases nobody. Synapse answers 404 for the profile of an erased
+// account, but also for any active local user with no display name and no avatar (carol here).
+// Both become deactivation suspects: one log line each, listed in the admin API, data kept.
 func TestDeactivationWithoutAdminAccess(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
+		tokenFile := filepath.Join(t.TempDir(), "admin-api.token")
+		token := e2e.RandomHex(t, 24)
+		if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		listen := fmt.Sprintf("127.0.0.1:%d", e2e.FreePort(t))
+		env := e2e.New(t, backend, e2e.WithWebhookBridge(t),
+			e2e.WithConfigValue("admin_api.listen", listen),
+			e2e.WithConfigValue("admin_api.token_file", tokenFile))
+		env.MustWaitForLog(t, "Account deactivations cannot be confirmed", 10*time.Second)
 		// The admin only makes the deactivation call; Custodian is not given its token.
 		admin := env.RegisterAdmin(t, "admin")
 		alice := env.Register(t, "alice")
 		bob := env.Register(t, "bob")
-		roomID := mustCreateGroupRoom(t, env, alice, bob)
-		in := mustAddInbound(t, env, alice, roomID, "ci")
-		mustPostText(t, in, "hello from CI")
+		carol := env.Register(t, "carol")
+		aliceRoom := mustCreateGroupRoom(t, env, alice, bob)
+		mustPostText(t, mustAddInbound(t, env, alice, aliceRoom, "ci"), "hello from CI")
+		carolRoom := mustCreateGroupRoom(t, env, carol, bob)
+		mustAddInbound(t, env, carol, carolRoom, "carols")
 
+		// carol is active; she only has no display name (and no avatar) any more.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := carol.SetDisplayName(ctx, ""); err != nil {
+			t.Fatalf("clearing carol's display name: %v", err)
+		}
+		if _, err := carol.GetProfile(ctx, carol.UserID); err == nil {
+			t.Fatal("carol's profile still answers 200 without a display name; the test would prove nothing")
+		}
+		if _, err := carol.LeaveRoom(ctx, carolRoom); err != nil {
+			t.Fatalf("carol leaving: %v", err)
+		}
 		status, body := env.HSRequest(t, http.MethodPost, "/_synapse/admin/v1/deactivate/"+alice.UserID.String(),
 			admin.AccessToken, []byte(`{"erase": true}`))
 		if status != http.StatusOK {
 			t.Fatalf("deactivating alice: status %d: %s", status, body)
 		}
+
+		var suspects struct {
+			Suspects []struct {
+				User id.UserID `json:"user_id"`
+			} `json:"suspects"`
+		}
 		e2e.Eventually(t, time.Minute, func() error {
-			if rows := env.DumpDatabase(t).Find(alice.UserID.String()); len(rows) > 0 {
-				return fmt.Errorf("%d rows still name alice:\n%s", len(rows), e2e.Describe(rows))
+			status, body := adminRequest(t, http.MethodGet, "http://"+listen+"/_custodian/admin/v1/deactivation-suspects", "Bearer "+token)
+			if status != http.StatusOK {
+				return fmt.Errorf("GET deactivation-suspects: status %d: %s", status, body)
+			}
+			if err := json.Unmarshal(body, &suspects); err != nil {
+				return err
+			}
+			if len(suspects.Suspects) < 2 {
+				return fmt.Errorf("deactivation suspects: %s, want alice and carol", body)
 			}
 			return nil
 		})
-		if line := env.MustWaitForLog(t, "Account of a leaving user is deactivated", 5*time.Second); !strings.Contains(line, `"method":"profile"`) {
-			t.Errorf("the deactivation was not inferred from the profile: %s", line)
+		var listed []id.UserID
+		for _, s := range suspects.Suspects {
+			listed = append(listed, s.User)
 		}
-		if rows := env.DumpDatabase(t).Find(bob.UserID.String()); len(rows) == 0 {
-			t.Errorf("no row names bob any more: too much was erased")
+		slices.Sort(listed)
+		if want := []id.UserID{alice.UserID, carol.UserID}; !slices.Equal(listed, want) {
+			t.Errorf("deactivation suspects = %v, want %v", listed, want)
+		}
+		log := env.CustodianLog(t)
+		for _, user := range []*mautrix.Client{alice, carol} {
+			if n := countLogLines(log, "Account of a leaving user looks deactivated", user.UserID.String()); n != 1 {
+				t.Errorf("%d log lines about the suspicion of %s, want 1", n, user.UserID)
+			}
+		}
+		if strings.Contains(log, "Erasing user data") {
+			t.Error("Custodian erased someone on a guess")
+		}
+		dump := env.DumpDatabase(t)
+		for _, user := range []*mautrix.Client{alice, bob, carol} {
+			if rows := dump.Find(user.UserID.String()); len(rows) == 0 {
+				t.Errorf("no row names %s any more: a user was erased without a confirmed deactivation", user.UserID)
+			}
 		}
 	})
+}
+
+// countLogLines counts the lines of log that contain every one of substrs.
+func countLogLines(log string, substrs ...string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		all := true
+		for _, s := range substrs {
+			if !strings.Contains(line, s) {
+				all = false
+				break
+			}
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }

@@ -353,7 +353,7 @@ func TestDeactivationErases(t *testing.T) {
 			t.Fatal(err)
 		}
 		env.StartCustodian(t)
-		env.MustWaitForLog(t, "Account deactivation is confirmed with the homeserver's admin API", 10*time.Second)
+		env.MustWaitForLog(t, "Account deactivations can be confirmed", 10*time.Second)
 
 		alice := env.Register(t, "alice")
 		bob := env.Register(t, "bob")
