@@ -102,6 +102,15 @@ func TestDeactivationAfterLeave(t *testing.T) {
 				env.hs.SetMembership(room, pvAlice, event.MembershipLeave)
 				env.member(room, sender, pvAlice, event.MembershipLeave, nil)
 			}
+			if tt.wantSuspect {
+				// A later leave, past the recheck interval, is checked again: the suspicion's
+				// count grows, and it is not logged again.
+				env.clock.Advance(deactivationRecheck)
+				env.hs.SetMembership(pvRoom, pvAlice, event.MembershipJoin)
+				env.member(pvRoom, pvAlice, pvAlice, event.MembershipJoin, nil)
+				env.hs.SetMembership(pvRoom, pvAlice, event.MembershipLeave)
+				env.member(pvRoom, pvAlice, pvAlice, event.MembershipLeave, nil)
+			}
 			env.awaitErasures()
 
 			exists, err := env.svc.db.User.Exists(env.ctx, pvAlice)
@@ -131,8 +140,8 @@ func TestDeactivationAfterLeave(t *testing.T) {
 				t.Fatalf("GET deactivation-suspects = %d %s (%v), want 200 and a list", status, body, err)
 			}
 			if tt.wantSuspect {
-				if len(listed.Suspects) != 1 || listed.Suspects[0].User != pvAlice || listed.Suspects[0].Leaves != 1 {
-					t.Errorf("deactivation suspects = %s, want alice, seen once (one check per burst of leaves)", body)
+				if len(listed.Suspects) != 1 || listed.Suspects[0].User != pvAlice || listed.Suspects[0].Leaves != 2 {
+					t.Errorf("deactivation suspects = %s, want alice, seen twice (one check per burst of leaves)", body)
 				}
 				if n := strings.Count(env.logs.String(), "Account of a leaving user looks deactivated"); n != 1 {
 					t.Errorf("%d log lines about the new suspicion, want 1", n)
