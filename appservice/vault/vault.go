@@ -86,6 +86,9 @@ type Vault struct {
 	unknownTried map[string]time.Time
 
 	cache *dekCache
+
+	// inbox holds the unwrapped inbox keys (inboxkey.go).
+	inbox inboxState
 }
 
 // keyring is one loaded set of master keys. It is immutable once published, except for
