@@ -40,6 +40,9 @@ type backupShredder struct {
 	retryMin time.Duration
 	// done, if set, is called after every shred rotation with its outcome (tests).
 	done func(shredResult, error)
+	// replaceInboxKey, if set, retires the inbox keys (Service.replaceInboxKey); rotate calls it
+	// once the new master key is loaded, so the old ones no longer wrap any inbox key.
+	replaceInboxKey func(ctx context.Context) error
 }
 
 // shredResult reports one shred rotation.
@@ -143,9 +146,16 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 		}
 		res.KeyID = k.ID()
 	}
+	inboxReplaced := bs.replaceInboxKey == nil
 	for range shredAttempts {
 		if err = bs.v.Reload(ctx); err != nil {
 			return res, err
+		}
+		if !inboxReplaced {
+			if err = bs.replaceInboxKey(ctx); err != nil {
+				return res, err
+			}
+			inboxReplaced = true
 		}
 		keys, err := vault.FileKeys(bs.path).LoadKeys()
 		if err != nil {
