@@ -163,6 +163,10 @@ func (iq *InboxQuery) Accept(ctx context.Context, txnID string, events []*InboxE
 		}
 		return nil
 	})
+	for _, evt := range events {
+		// The dispatcher keeps the events in memory until handled; the ciphertext is not needed.
+		evt.sealed = nil
+	}
 	if err != nil || dup {
 		return nil, dup, err
 	}
