@@ -178,7 +178,7 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 		}
 		inUse := make(map[string]bool)
 		for _, st := range statuses {
-			if !st.Current && st.DataKeys > 0 {
+			if !st.Current && st.Wraps() > 0 {
 				inUse[st.ID] = true
 			}
 		}
@@ -218,7 +218,7 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 			}
 			var back []vault.Key
 			for _, k := range retire {
-				if statusOf(statuses, k.ID()).DataKeys > 0 {
+				if statusOf(statuses, k.ID()).Wraps() > 0 {
 					back = append(back, k)
 				} else {
 					res.Retired = append(res.Retired, k.ID())

@@ -402,7 +402,6 @@ func (v *Vault) rotateInboxKeys(ctx context.Context, cur *masterKey, res *Rotate
 			n++
 		}
 	}
-	res.Rewrapped += n
 	res.InboxKeys += n
 	return n, nil
 }

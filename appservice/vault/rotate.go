@@ -34,9 +34,9 @@ type RotateOptions struct {
 type RotateResult struct {
 	// KeyID is the current master key, which every data key is re-wrapped under.
 	KeyID string
-	// Rewrapped counts the data keys re-wrapped, inbox keys included.
+	// Rewrapped counts the users' data keys re-wrapped.
 	Rewrapped int
-	// InboxKeys counts the inbox keys among Rewrapped.
+	// InboxKeys counts the inbox keys re-wrapped.
 	InboxKeys int
 	// Unavailable counts, per master key ID, the data keys the last pass could not re-wrap
 	// because that key is missing or wrong. They stay as they are.
@@ -229,10 +229,9 @@ func (v *Vault) writeRewraps(ctx context.Context, kekID string, batch []rewrap) 
 type KeyStatus struct {
 	// ID is the key's ID.
 	ID string `json:"id"`
-	// DataKeys counts the data keys it wraps, inbox keys included: the key is needed while
-	// DataKeys > 0.
+	// DataKeys counts the users' data keys it wraps.
 	DataKeys int `json:"data_keys"`
-	// InboxKeys counts the inbox keys among DataKeys.
+	// InboxKeys counts the inbox keys it wraps (normally 0 or 1).
 	InboxKeys int `json:"inbox_keys"`
 	// Loaded is true when the key source holds the key.
 	Loaded bool `json:"loaded"`
@@ -248,6 +247,10 @@ type KeyStatus struct {
 // Available reports whether data keys wrapped by the key can be unwrapped.
 func (ks KeyStatus) Available() bool { return ks.Loaded && !ks.Wrong }
 
+// Wraps counts the keys the master key wraps, data keys and inbox keys: it is needed while
+// Wraps() > 0.
+func (ks KeyStatus) Wraps() int { return ks.DataKeys + ks.InboxKeys }
+
 const (
 	countDEKsQuery = `
 		SELECT kek_id, SUM(dek), SUM(inbox) FROM (
@@ -262,8 +265,8 @@ const (
 			AND NOT EXISTS (SELECT 1 FROM as_vault_inbox_key WHERE kek_id=$1)
 	`
 	countKeyDEKsQuery = `
-		SELECT (SELECT COUNT(*) FROM as_vault_dek WHERE kek_id=$1)
-			+ (SELECT COUNT(*) FROM as_vault_inbox_key WHERE kek_id=$1)
+		SELECT (SELECT COUNT(*) FROM as_vault_dek WHERE kek_id=$1),
+			(SELECT COUNT(*) FROM as_vault_inbox_key WHERE kek_id=$1)
 	`
 )
 
@@ -300,7 +303,7 @@ func (v *Vault) Status(ctx context.Context) ([]KeyStatus, error) {
 			return nil, fmt.Errorf("failed to count data keys: %w", err)
 		}
 		st := get(kekID)
-		st.DataKeys, st.InboxKeys = deks+inbox, inbox
+		st.DataKeys, st.InboxKeys = deks, inbox
 	}
 	if err = rows.Close(); err != nil {
 		return nil, fmt.Errorf("failed to count data keys: %w", err)
@@ -343,11 +346,13 @@ var ErrKeyInUse = errors.New("vault: master key still wraps data keys")
 // the key from the key file. It does not touch the key source.
 func (v *Vault) RetireKey(ctx context.Context, kekID string) error {
 	return v.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		var n int
-		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n); err != nil {
+		var n, inbox int
+		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n, &inbox); err != nil {
 			return fmt.Errorf("failed to count data keys: %w", err)
 		}
-		if n > 0 {
+		if inbox > 0 {
+			return fmt.Errorf("%w: %d data keys and %d inbox keys", ErrKeyInUse, n, inbox)
+		} else if n > 0 {
 			return fmt.Errorf("%w: %d data keys", ErrKeyInUse, n)
 		}
 		if _, err := v.db.Exec(ctx, deleteKeyQuery, kekID); err != nil {
