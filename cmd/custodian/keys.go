@@ -407,7 +407,7 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 	default:
 		fmt.Fprintf(stdout, "All %d data keys are wrapped by the current key.\n", total)
 		if inbox > 0 {
-			fmt.Fprintf(stdout, "So are the %d inbox keys, which seal events waiting in the inbox.\n", inbox)
+			fmt.Fprintf(stdout, "The inbox keys (%d), which seal events waiting in the inbox, are wrapped by it too.\n", inbox)
 		}
 	}
 	if code != exitOK {
