@@ -17,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/sqlstatestore"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // Service is one running Custodian: the appservice listener, the durable inbox and its
@@ -42,6 +43,8 @@ type Service struct {
 	botRooms sync.Map
 	// vault is nil when no master key is configured.
 	vault vaultBackend
+	// inboxKeys seals the inbox's event content (inboxseal.go); nil when the vault is off.
+	inboxKeys *vault.Vault
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *backupShredder
 	// privacy is the state of the privacy operations (privacy.go).
@@ -181,6 +184,9 @@ func (svc *Service) start(ctx context.Context) error {
 	svc.setReady(true)
 	svc.goBackground(ctx, svc.connectHomeserver)
 	svc.goBackground(ctx, svc.pruneLoop)
+	if svc.inboxKeys != nil {
+		svc.goBackground(ctx, svc.inboxRetryLoop)
+	}
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -26,6 +27,9 @@ func openDatabase(cfg *DatabaseConfig, log zerolog.Logger) (*dbutil.Database, er
 	uri := cfg.URI
 	if isSQLite(cfg.Type) {
 		uri = withSQLiteParams(uri)
+		if err := makeSQLitePrivate(cfg.URI, log); err != nil {
+			return nil, err
+		}
 	}
 	safeURI := redactURI(cfg.URI)
 	dbCfg := dbutil.Config{PoolConfig: dbutil.PoolConfig{
@@ -90,6 +94,67 @@ func withSQLiteParams(uri string) string {
 		uri += sep + p.key + "=" + p.value
 	}
 	return uri
+}
+
+// sqlitePath returns the file a SQLite URI names, or "" for an in-memory database.
+func sqlitePath(uri string) string {
+	path := strings.TrimPrefix(uri, "file:")
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		if strings.Contains(path[i:], "mode=memory") {
+			return ""
+		}
+		path = path[:i]
+	}
+	if strings.HasPrefix(path, "//") {
+		// file://host/path: only the local host is allowed, and the path follows it.
+		if j := strings.IndexByte(path[2:], '/'); j >= 0 {
+			path = path[2+j:]
+		} else {
+			return ""
+		}
+	}
+	if path == "" || path == ":memory:" {
+		return ""
+	}
+	if dec, err := url.PathUnescape(path); err == nil {
+		path = dec
+	}
+	return path
+}
+
+// makeSQLitePrivate makes the SQLite database file readable and writable by its owner only, like
+// the config, registration and key files: it holds everyone's bridge data. It creates the file
+// with mode 0600 before SQLite opens it (SQLite gives the -wal and -shm files the database
+// file's mode), and tightens the database, -wal and -shm files an earlier version left readable
+// by others, logging each. The directory's own mode is left to the admin.
+func makeSQLitePrivate(uri string, log zerolog.Logger) error {
+	path := sqlitePath(uri)
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("failed to create database file %s: %w", path, err)
+	}
+	_ = f.Close()
+	for _, name := range []string{path, path + "-wal", path + "-shm"} {
+		info, err := os.Stat(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("failed to check the mode of %s: %w", name, err)
+		}
+		mode := info.Mode().Perm()
+		if mode&0o077 == 0 {
+			continue
+		}
+		if err = os.Chmod(name, mode&0o700); err != nil {
+			return fmt.Errorf("failed to make %s private: %w", name, err)
+		}
+		log.Warn().Str("file", name).Str("old_mode", fmt.Sprintf("%04o", mode)).Str("new_mode", fmt.Sprintf("%04o", mode&0o700)).
+			Msg("Database file was readable by other users; made it private")
+	}
+	return nil
 }
 
 var (

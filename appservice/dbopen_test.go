@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	_ "github.com/lib/pq"
@@ -123,4 +125,91 @@ func TestOpenDatabase(t *testing.T) {
 			t.Fatalf("openDatabase() = %v, want an error naming the missing driver import", err)
 		}
 	})
+}
+
+// TestSQLiteFilesArePrivate checks that the database file and its -wal and -shm files are
+// readable by their owner only: created so, and tightened at start when an earlier version left
+// them readable by others.
+func TestSQLiteFilesArePrivate(t *testing.T) {
+	tests := []struct {
+		name     string
+		existing os.FileMode // 0: no files before the start
+		uri      func(path string) string
+	}{
+		{"new file: URI", 0, func(p string) string { return "file:" + p + "?_txlock=immediate" }},
+		{"new plain path", 0, func(p string) string { return p }},
+		{"existing 0644 files", 0o644, func(p string) string { return "file:" + p }},
+		{"existing 0660 files", 0o660, func(p string) string { return "file:" + p }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// SQLite gives new files the mode the process umask allows; make it permissive, as on
+			// a default system, so the test shows what Custodian itself does.
+			old := syscall.Umask(0o022)
+			defer syscall.Umask(old)
+			path := filepath.Join(t.TempDir(), "custodian.db")
+			if tt.existing != 0 {
+				// A database left by an older version, readable by others.
+				cfg := DefaultConfig().Database
+				cfg.URI = "file:" + path
+				raw, err := sql.Open("sqlite3-fk-wal", cfg.URI)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err = raw.Exec("CREATE TABLE t (x TEXT)"); err != nil {
+					t.Fatal(err)
+				}
+				_ = raw.Close()
+				for _, suffix := range []string{"", "-wal", "-shm"} {
+					if err = os.WriteFile(path+suffix, nil, 0o600); err != nil && suffix != "" {
+						t.Fatal(err)
+					}
+					if err = os.Chmod(path+suffix, tt.existing); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			cfg := DefaultConfig().Database
+			cfg.URI = tt.uri(path)
+			db, err := openDatabase(&cfg, zerolog.New(zerolog.NewTestWriter(t)))
+			if err != nil {
+				t.Fatalf("openDatabase() = %v", err)
+			}
+			defer db.Close()
+			ctx := context.Background()
+			// A write creates the -wal and -shm files if they are not there yet.
+			if _, err = db.Exec(ctx, "CREATE TABLE IF NOT EXISTS w (x TEXT)"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err = db.Exec(ctx, "INSERT INTO w VALUES ('x')"); err != nil {
+				t.Fatal(err)
+			}
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				info, err := os.Stat(path + suffix)
+				if err != nil {
+					t.Fatalf("stat %s: %v", "custodian.db"+suffix, err)
+				}
+				if got := info.Mode().Perm(); got != 0o600 {
+					t.Errorf("mode of custodian.db%s = %04o, want 0600", suffix, got)
+				}
+			}
+		})
+	}
+}
+
+func TestSQLitePath(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"file:custodian.db?_txlock=immediate", "custodian.db"},
+		{"custodian.db", "custodian.db"},
+		{"file:/var/lib/custodian/c.db", "/var/lib/custodian/c.db"},
+		{"file:///var/lib/c%20d.db?mode=rwc", "/var/lib/c d.db"},
+		{"file::memory:?cache=shared", ""},
+		{":memory:", ""},
+		{"file:x.db?mode=memory", ""},
+	}
+	for _, tt := range tests {
+		if got := sqlitePath(tt.in); got != tt.want {
+			t.Errorf("sqlitePath(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // The dispatcher drains the inbox: events of one room strictly in order, different rooms in
@@ -40,6 +41,11 @@ type dispatcher struct {
 
 	done        chan database.Done
 	flusherDone chan struct{}
+
+	// held are the sequence numbers of inbox rows whose content could not be opened (their
+	// inbox key's master key is missing or wrong, or the vault is off). They stay in the inbox;
+	// the service retries them (inboxRetryLoop). Guarded by lock.
+	held map[int64]struct{}
 }
 
 type roomQueue struct {
@@ -70,6 +76,7 @@ func newDispatcher(svc *Service) *dispatcher {
 		slots:       make(chan struct{}, workers),
 		done:        make(chan database.Done, doneBatchSize*4),
 		flusherDone: make(chan struct{}),
+		held:        make(map[int64]struct{}),
 	}
 }
 
@@ -112,10 +119,72 @@ func (d *dispatcher) start(ctx context.Context) error {
 				return
 			}
 			after = page[len(page)-1].Seq
-			d.enqueue(ctx, page)
+			d.enqueue(ctx, d.holdUnopened(ctx, page))
 		}
 	}()
 	return nil
+}
+
+// holdUnopened returns the events of page whose content was opened, and records the others as
+// held: they stay in the inbox, unhandled, until retryHeld opens them. Events of a room after a
+// held one are handled before it; the alternative, stopping the room, would let one lost key
+// stop every room it touched.
+func (d *dispatcher) holdUnopened(ctx context.Context, page []*database.InboxEvent) []*database.InboxEvent {
+	ready := page[:0:0]
+	var held int
+	for _, evt := range page {
+		if evt.OpenErr == nil {
+			ready = append(ready, evt)
+			continue
+		}
+		held++
+		d.lock.Lock()
+		d.held[evt.Seq] = struct{}{}
+		d.lock.Unlock()
+		if errors.Is(evt.OpenErr, vault.ErrDecrypt) {
+			// Tampered with or moved: it will never open. Still kept, for the admin to look at.
+			zerolog.Ctx(ctx).Error().Err(evt.OpenErr).Int64("inbox_seq", evt.Seq).Stringer("event_id", evt.EventID).
+				Msg("Inbox event fails authentication: it was changed in the database; it stays in the inbox unhandled")
+		}
+	}
+	if held > 0 {
+		zerolog.Ctx(ctx).Error().Int("events", held).
+			Str("fix", "put back the vault's master key that wraps their inbox key (see 'custodian keys status'); they are retried every minute").
+			Msg("Inbox events cannot be opened; they stay in the inbox and are handled once their key is back")
+	}
+	return ready
+}
+
+// heldSeqs returns the sequence numbers of the held inbox events.
+func (d *dispatcher) heldSeqs() []int64 {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	out := make([]int64, 0, len(d.held))
+	for seq := range d.held {
+		out = append(out, seq)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// retryHeld reads the held inbox events seqs again and queues those that open now. Events no
+// longer in the inbox (erased) are forgotten.
+func (d *dispatcher) retryHeld(ctx context.Context, seqs []int64) {
+	events, err := d.svc.db.Inbox.PendingBySeq(ctx, seqs)
+	if err != nil {
+		zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to read held inbox events; retrying later")
+		return
+	}
+	d.lock.Lock()
+	for _, seq := range seqs {
+		delete(d.held, seq)
+	}
+	d.lock.Unlock()
+	ready := d.holdUnopened(ctx, events)
+	if len(ready) > 0 {
+		zerolog.Ctx(ctx).Info().Int("events", len(ready)).Msg("Handling inbox events whose key is back")
+		d.enqueue(ctx, ready)
+	}
 }
 
 // waitBacklog blocks while more than cfg.AppService.MaxBacklog events are queued. It returns

@@ -16,6 +16,7 @@ import (
 	mxas "maunium.net/go/mautrix/appservice"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // BenchmarkIngest measures what the homeserver sees: transactions of 100 events sent one at a
@@ -24,17 +25,23 @@ import (
 // acknowledges before storing anything, is measured beside it as a reference line.
 //
 //	go test -run '^$' -bench BenchmarkIngest -benchtime 2000x ./appservice/
+//
+// The sealed=yes variants run with the vault on, so every event's content is sealed (AES-256-GCM
+// under the inbox key) before it is stored; sealed=no stores it as it came (vault off).
 func BenchmarkIngest(b *testing.B) {
-	b.Run("backend=sqlite-wal-normal", func(b *testing.B) {
-		benchmarkCustodianIngest(b, openBenchSQLite(b, "sqlite3-fk-wal"))
-	})
-	b.Run("backend=sqlite-wal-fullsync", func(b *testing.B) {
-		benchmarkCustodianIngest(b, openBenchSQLite(b, "sqlite3-fk-wal-fullsync"))
-	})
-	if slices.Contains(astest.Dialects(b), astest.Postgres) {
-		b.Run("backend=postgres", func(b *testing.B) {
-			benchmarkCustodianIngest(b, astest.TestDB(b, astest.Postgres))
+	for _, sealed := range []bool{true, false} {
+		suffix := map[bool]string{true: "/sealed=yes", false: "/sealed=no"}[sealed]
+		b.Run("backend=sqlite-wal-normal"+suffix, func(b *testing.B) {
+			benchmarkCustodianIngest(b, openBenchSQLite(b, "sqlite3-fk-wal"), sealed)
 		})
+		b.Run("backend=sqlite-wal-fullsync"+suffix, func(b *testing.B) {
+			benchmarkCustodianIngest(b, openBenchSQLite(b, "sqlite3-fk-wal-fullsync"), sealed)
+		})
+		if slices.Contains(astest.Dialects(b), astest.Postgres) {
+			b.Run("backend=postgres"+suffix, func(b *testing.B) {
+				benchmarkCustodianIngest(b, astest.TestDB(b, astest.Postgres), sealed)
+			})
+		}
 	}
 	b.Run("backend=mautrix-memory-reference", func(b *testing.B) {
 		as := mxas.Create()
@@ -58,9 +65,20 @@ func openBenchSQLite(b *testing.B, driver string) *dbutil.Database {
 	return db
 }
 
-func benchmarkCustodianIngest(b *testing.B, db *dbutil.Database) {
+func benchmarkCustodianIngest(b *testing.B, db *dbutil.Database, sealed bool) {
 	cfg := testConfig(deadHomeserver(b).URL)
 	cfg.AppService.MaxBacklog = 100000
+	if sealed {
+		keyFile := filepath.Join(b.TempDir(), "custodian.key")
+		k, err := vault.GenerateKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err = vault.WriteNewKeyFile(keyFile, k); err != nil {
+			b.Fatal(err)
+		}
+		cfg.Vault = VaultConfig{KeyFile: &keyFile}
+	}
 	_, base := startTestService(b, db, cfg)
 	runIngestBenchmark(b, base)
 }

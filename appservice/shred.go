@@ -48,6 +48,9 @@ type backupShredder struct {
 	retryMin time.Duration
 	// done, if set, is called after every shred rotation with its outcome (tests).
 	done func(shredResult, error)
+	// replaceInboxKey, if set, retires the inbox keys (Service.replaceInboxKey); rotate calls it
+	// once the new master key is loaded, so the old ones no longer wrap any inbox key.
+	replaceInboxKey func(ctx context.Context) error
 }
 
 // shredResult reports one shred rotation.
@@ -183,9 +186,16 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 		}
 		res.KeyID = k.ID()
 	}
+	inboxReplaced := bs.replaceInboxKey == nil
 	for range shredAttempts {
 		if err = bs.v.Reload(ctx); err != nil {
 			return res, err
+		}
+		if !inboxReplaced {
+			if err = bs.replaceInboxKey(ctx); err != nil {
+				return res, err
+			}
+			inboxReplaced = true
 		}
 		keys, err := vault.FileKeys(bs.path).LoadKeys()
 		if err != nil {
@@ -208,7 +218,7 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 		}
 		inUse := make(map[string]bool)
 		for _, st := range statuses {
-			if !st.Current && st.DataKeys > 0 {
+			if !st.Current && st.Wraps() > 0 {
 				inUse[st.ID] = true
 			}
 		}
@@ -248,7 +258,7 @@ func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredRes
 			}
 			var back []vault.Key
 			for _, k := range retire {
-				if statusOf(statuses, k.ID()).DataKeys > 0 {
+				if statusOf(statuses, k.ID()).Wraps() > 0 {
 					back = append(back, k)
 				} else {
 					res.Retired = append(res.Retired, k.ID())

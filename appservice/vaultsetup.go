@@ -33,6 +33,7 @@ func (svc *Service) setupVault(ctx context.Context) {
 	src := svc.cfg.Vault.KeySource()
 	if src == nil {
 		log.Warn().Msg("The credential vault is off (vault.key_file and vault.key_env are null): bridges cannot store credentials")
+		svc.setupInboxSealing(ctx, nil)
 		return
 	}
 	if svc.cfg.Vault.KeyFile != nil {
@@ -42,11 +43,13 @@ func (svc *Service) setupVault(ctx context.Context) {
 	// Reload logs what went wrong and how to fix it; the service runs on regardless.
 	_ = v.Reload(ctx)
 	svc.vault = v
+	svc.setupInboxSealing(ctx, v)
 	svc.goBackground(ctx, v.Run)
 	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
 		svc.shredder = &backupShredder{
 			v: v, path: *svc.cfg.Vault.KeyFile, db: svc.privacyDB(), kick: make(chan struct{}, 1),
 			debounce: svc.privacy.shredDebounce, done: svc.privacy.shredDone,
+			replaceInboxKey: svc.replaceInboxKey,
 		}
 		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).
 			Msg("Backup shredding is on: the master key is rotated after every erasure")

@@ -39,6 +39,9 @@
 //     scripts/testbed-synapse.sh (as root) to find or build one.
 //   - POSTGRES_TEST_URI: a PostgreSQL server on which the harness may create and drop databases;
 //     without it the PostgreSQL variants are skipped, except under CI=true, where they fail.
+//   - POSTGRES_TEST_DATADIR: that server's data directory, which TestNoPlaintextAtRest reads
+//     byte by byte (pg_wal included); scripts/with-postgres.sh exports both. Without it that
+//     test's PostgreSQL variant is skipped, except under CI=true, where it fails.
 //   - CUSTODIAN_E2E_RACE=1: build custodian with the race detector; a reported race fails the
 //     test.
 //   - CUSTODIAN_E2E_BINARY: a prebuilt custodian binary to test instead of building one.

@@ -2,6 +2,8 @@ package database
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,8 +14,35 @@ import (
 
 // InboxQuery is the durable inbox: acknowledged transactions and the events they carried that
 // have not been handled yet.
+//
+// With a sealer set ([InboxQuery.SetSealer]), each event's JSON is stored sealed (event_sealed),
+// bound to the row's routing envelope (transaction ID, index, event ID, room, sender, ephemeral
+// flag), which stays in clear: it holds IDs only, and the dispatcher and erasure need it. Without
+// one, or when the sealer has no key, the JSON is stored as it came (event_json).
 type InboxQuery struct {
-	db *dbutil.Database
+	db     *dbutil.Database
+	sealer InboxSealer
+}
+
+// InboxSealer seals and opens the content of inbox events. The vault implements it with its
+// inbox keys (vault.Vault.SealInbox and OpenInbox). Both methods must be safe for concurrent use
+// and do no I/O: Seal runs on the ingest path for every event.
+type InboxSealer interface {
+	// SealInbox encrypts plaintext bound to aad; it fails if no key is loaded.
+	SealInbox(plaintext, aad []byte) ([]byte, error)
+	// OpenInbox decrypts what SealInbox returned for the same aad.
+	OpenInbox(sealed, aad []byte) ([]byte, error)
+}
+
+// ErrInboxSealed is set as [InboxEvent.OpenErr] on a sealed row read back without a sealer (the
+// vault was turned off after it was sealed). The row stays in the inbox.
+var ErrInboxSealed = errors.New("database: inbox event is sealed and the vault is off")
+
+// SetSealer makes the inbox seal the content of events it accepts from now on, and open sealed
+// rows it reads back. Call it before the inbox is used (at start); it is not safe to call
+// concurrently with the other methods.
+func (iq *InboxQuery) SetSealer(s InboxSealer) {
+	iq.sealer = s
 }
 
 // InboxEvent is one event in the inbox.
@@ -29,8 +58,35 @@ type InboxEvent struct {
 	RoomID    id.RoomID
 	Sender    id.UserID
 	Ephemeral bool
-	// JSON is the event exactly as the homeserver sent it.
+	// JSON is the event exactly as the homeserver sent it, in memory only. It is nil on an event
+	// read back by [InboxQuery.Pending] or [InboxQuery.PendingBySeq] whose sealed content could
+	// not be opened; OpenErr then says why.
 	JSON []byte
+	// OpenErr is set when the stored content could not be opened: its inbox key is not loaded
+	// (wrapping vault.ErrKeyUnavailable: the row stays and opens once the master key is back),
+	// the vault is off ([ErrInboxSealed]), or it was tampered with (vault.ErrDecrypt).
+	OpenErr error
+	// Sealed reports whether the row is stored sealed; set on events read back.
+	Sealed bool
+
+	// sealed is JSON sealed for storage, computed by Accept before its transaction.
+	sealed []byte
+}
+
+// aad returns the associated data that binds a sealed event to its row: every column of the
+// routing envelope, length-prefixed so that fields cannot run into each other. Moving a sealed
+// value to another row, or changing the row's envelope, makes it fail to open.
+func (evt *InboxEvent) aad() []byte {
+	b := make([]byte, 0, 32+len(evt.TxnID)+len(evt.EventID)+len(evt.RoomID)+len(evt.Sender))
+	for _, f := range []string{evt.TxnID, string(evt.EventID), string(evt.RoomID), string(evt.Sender)} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(evt.Index))
+	if evt.Ephemeral {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
 
 // Done identifies a handled inbox event.
@@ -46,13 +102,14 @@ const (
 		ON CONFLICT (txn_id) DO NOTHING
 	`
 	insertInboxPrefix = `
-		INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, received_at)
+		INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, received_at)
 		VALUES
 	`
-	pendingQuery = `
-		SELECT seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json
-		FROM as_inbox WHERE seq > $1 ORDER BY seq LIMIT $2
-	`
+	inboxColumns      = `seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed`
+	pendingQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE seq > $1 ORDER BY seq LIMIT $2`
+	plaintextQuery    = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE event_sealed IS NULL ORDER BY seq`
+	allRowsQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox ORDER BY seq`
+	updateSealedQuery = `UPDATE as_inbox SET event_json='', event_sealed=$1 WHERE seq=$2`
 	countPendingQuery = `SELECT COUNT(*) FROM as_inbox`
 	// The newest transaction is never pruned: after an outage longer than the TTL it is the one
 	// the homeserver may still resend.
@@ -63,7 +120,7 @@ const (
 	pruneEventDoneQuery = `DELETE FROM as_event_done WHERE done_at < $1`
 )
 
-// insertChunk bounds the rows of one multi-row INSERT (8 parameters each), well under SQLite's
+// insertChunk bounds the rows of one multi-row INSERT (9 parameters each), well under SQLite's
 // and PostgreSQL's parameter limits.
 const insertChunk = 250
 
@@ -72,7 +129,18 @@ const insertChunk = 250
 // before in another transaction) are left out. It returns dup=true and changes nothing if txnID
 // was recorded before. On success, the returned slice holds the events that were appended, in
 // order; when Accept returns, they are committed.
+//
+// With a sealer, each event's content is sealed before the transaction starts; an event the
+// sealer refuses (it has no key) is stored unsealed rather than refused, since the homeserver
+// would only retry it.
 func (iq *InboxQuery) Accept(ctx context.Context, txnID string, events []*InboxEvent, now time.Time) (added []*InboxEvent, dup bool, err error) {
+	if iq.sealer != nil {
+		for _, evt := range events {
+			// A failed seal leaves evt.sealed nil: the event is stored unsealed. The sealer
+			// fails only without a key, which the service reports where it loads the keys.
+			evt.sealed, _ = iq.sealer.SealInbox(evt.JSON, evt.aad())
+		}
+	}
 	err = iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		res, err := iq.db.Exec(ctx, insertTxnQuery, txnID, now.UnixMilli(), len(events))
 		if err != nil {
@@ -95,6 +163,10 @@ func (iq *InboxQuery) Accept(ctx context.Context, txnID string, events []*InboxE
 		}
 		return nil
 	})
+	for _, evt := range events {
+		// The dispatcher keeps the events in memory until handled; the ciphertext is not needed.
+		evt.sealed = nil
+	}
 	if err != nil || dup {
 		return nil, dup, err
 	}
@@ -146,7 +218,7 @@ func (iq *InboxQuery) filterKnown(ctx context.Context, events []*InboxEvent) ([]
 }
 
 func (iq *InboxQuery) insert(ctx context.Context, events []*InboxEvent, now time.Time) error {
-	const cols = 8
+	const cols = 9
 	var query strings.Builder
 	query.WriteString(insertInboxPrefix)
 	args := make([]any, 0, len(events)*cols)
@@ -155,8 +227,12 @@ func (iq *InboxQuery) insert(ctx context.Context, events []*InboxEvent, now time
 			query.WriteByte(',')
 		}
 		base := i * cols
-		fmt.Fprintf(&query, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", base+1, base+2, base+3, base+4, base+5, base+6, base+7, base+8)
-		args = append(args, evt.TxnID, evt.Index, dbutil.StrPtr(evt.EventID), evt.RoomID, evt.Sender, evt.Ephemeral, string(evt.JSON), now.UnixMilli())
+		fmt.Fprintf(&query, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", base+1, base+2, base+3, base+4, base+5, base+6, base+7, base+8, base+9)
+		plain, sealed := string(evt.JSON), evt.sealed
+		if sealed != nil {
+			plain = ""
+		}
+		args = append(args, evt.TxnID, evt.Index, dbutil.StrPtr(evt.EventID), evt.RoomID, evt.Sender, evt.Ephemeral, plain, sealed, now.UnixMilli())
 	}
 	if _, err := iq.db.Exec(ctx, query.String(), args...); err != nil {
 		return fmt.Errorf("failed to append events to inbox: %w", err)
@@ -175,9 +251,35 @@ func makePlaceholders(n, first int) string {
 	return sb.String()
 }
 
-// Pending returns up to limit unfinished events with a sequence number above after, oldest first.
+// Pending returns up to limit unfinished events with a sequence number above after, oldest first,
+// with their content opened. An event whose content cannot be opened is returned with JSON nil
+// and OpenErr set; it stays in the inbox.
 func (iq *InboxQuery) Pending(ctx context.Context, after int64, limit int) ([]*InboxEvent, error) {
-	rows, err := iq.db.Query(ctx, pendingQuery, after, limit)
+	return iq.scan(ctx, pendingQuery, after, limit)
+}
+
+// PendingBySeq returns the unfinished events among seqs (those not handled or erased since),
+// oldest first, opened like [InboxQuery.Pending]'s.
+func (iq *InboxQuery) PendingBySeq(ctx context.Context, seqs []int64) ([]*InboxEvent, error) {
+	var out []*InboxEvent
+	for start := 0; start < len(seqs); start += insertChunk {
+		chunk := seqs[start:min(start+insertChunk, len(seqs))]
+		args := make([]any, len(chunk))
+		for i, seq := range chunk {
+			args[i] = seq
+		}
+		page, err := iq.scan(ctx, `SELECT `+inboxColumns+` FROM as_inbox WHERE seq IN (`+makePlaceholders(len(chunk), 1)+`) ORDER BY seq`, args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+	}
+	return out, nil
+}
+
+// scan runs an inbox query selecting inboxColumns and opens each row's content.
+func (iq *InboxQuery) scan(ctx context.Context, query string, args ...any) ([]*InboxEvent, error) {
+	rows, err := iq.db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -186,17 +288,76 @@ func (iq *InboxQuery) Pending(ctx context.Context, after int64, limit int) ([]*I
 		var evt InboxEvent
 		var eventID *string
 		var raw string
-		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw); err != nil {
+		var sealed []byte
+		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw, &sealed); err != nil {
 			_ = rows.Close()
 			return nil, err
 		}
 		if eventID != nil {
 			evt.EventID = id.EventID(*eventID)
 		}
-		evt.JSON = []byte(raw)
+		switch {
+		case sealed == nil:
+			evt.JSON = []byte(raw)
+		case iq.sealer == nil:
+			evt.Sealed, evt.sealed, evt.OpenErr = true, sealed, ErrInboxSealed
+		default:
+			evt.Sealed, evt.sealed = true, sealed
+			evt.JSON, evt.OpenErr = iq.sealer.OpenInbox(sealed, evt.aad())
+		}
 		out = append(out, &evt)
 	}
 	return out, rows.Close()
+}
+
+// SealPlaintext seals every row stored unsealed (by a version before sealing, with the vault off,
+// or while no key was loaded) with the sealer, in one transaction, and returns how many it
+// sealed. It does nothing without a sealer, and fails (changing nothing) if the sealer cannot
+// seal. The service calls it at start, before replaying the inbox.
+func (iq *InboxQuery) SealPlaintext(ctx context.Context) (n int, err error) {
+	if iq.sealer == nil {
+		return 0, nil
+	}
+	seal := iq.sealer.SealInbox
+	err = iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		n, _, err = iq.reseal(ctx, plaintextQuery, seal)
+		return err
+	})
+	return n, err
+}
+
+// Reseal seals the content of every row it can open (plaintext rows and rows sealed under a
+// loaded inbox key) again with seal, and returns how many it re-sealed and how many it left as
+// they were because their content cannot be opened now (their inbox key is not loaded). It runs
+// in the transaction in ctx if there is one (vault.Vault.ReplaceInboxKey's), else in its own.
+func (iq *InboxQuery) Reseal(ctx context.Context, seal func(plaintext, aad []byte) ([]byte, error)) (resealed, kept int, err error) {
+	err = iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		resealed, kept, err = iq.reseal(ctx, allRowsQuery, seal)
+		return err
+	})
+	return resealed, kept, err
+}
+
+func (iq *InboxQuery) reseal(ctx context.Context, query string, seal func(plaintext, aad []byte) ([]byte, error)) (resealed, kept int, err error) {
+	events, err := iq.scan(ctx, query)
+	if err != nil {
+		return 0, 0, fmt.Errorf("failed to read inbox: %w", err)
+	}
+	for _, evt := range events {
+		if evt.OpenErr != nil {
+			kept++
+			continue
+		}
+		sealed, err := seal(evt.JSON, evt.aad())
+		if err != nil {
+			return resealed, kept, fmt.Errorf("failed to seal inbox event: %w", err)
+		}
+		if _, err = iq.db.Exec(ctx, updateSealedQuery, sealed, evt.Seq); err != nil {
+			return resealed, kept, fmt.Errorf("failed to store sealed inbox event: %w", err)
+		}
+		resealed++
+	}
+	return resealed, kept, nil
 }
 
 // CountPending returns how many events are in the inbox.

@@ -2,14 +2,21 @@ package database_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 func inboxEvents(txnID string, eventIDs ...string) []*database.InboxEvent {
@@ -139,4 +146,74 @@ func TestInboxEphemeralAndLargeTransactions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInboxUpgradeFromV2 builds the v2 schema, stores an event the way the version before sealing
+// did (plaintext, no event_sealed column), upgrades, and checks that the row is still read back,
+// then sealed by SealPlaintext and opened again, with no plaintext left in the row.
+func TestInboxUpgradeFromV2(t *testing.T) {
+	v2, err := os.ReadFile("testdata/v2-schema.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	astest.ForEachDialect(t, func(t *testing.T, raw *dbutil.Database) {
+		raw.UpgradeTable = dbutil.BuildUpgradeTable().WithFS(fstest.MapFS{"00-latest-schema.sql": {Data: v2}}).Finish()
+		if err := raw.Upgrade(ctx); err != nil {
+			t.Fatalf("creating the v2 schema: %v", err)
+		}
+		const body = `{"type":"m.room.message","content":{"body":"old-secret"}}`
+		if _, err := raw.Exec(ctx, `INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, received_at)
+			VALUES ('1', 0, '$old', '!r:x', '@alice:x', false, $1, 1)`, body); err != nil {
+			t.Fatal(err)
+		}
+		db := database.New(raw)
+		if err := db.Upgrade(ctx); err != nil {
+			t.Fatalf("upgrading to the latest version: %v", err)
+		}
+		events, err := db.Inbox.Pending(ctx, 0, 10)
+		if err != nil || len(events) != 1 || string(events[0].JSON) != body || events[0].Sealed {
+			t.Fatalf("Pending() after the upgrade = %+v, %v; want the plaintext row", events, err)
+		}
+
+		child := vault.ChildDB(raw, zerolog.Nop())
+		if err = child.Upgrade(ctx); err != nil {
+			t.Fatal(err)
+		}
+		k, err := vault.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := vault.New(child, vault.Options{Keys: vault.StaticKeys{k}})
+		if err = v.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = v.LoadInboxKeys(ctx); err != nil {
+			t.Fatal(err)
+		}
+		db.Inbox.SetSealer(v)
+		if n, err := db.Inbox.SealPlaintext(ctx); err != nil || n != 1 {
+			t.Fatalf("SealPlaintext() = %d, %v; want 1", n, err)
+		}
+		var plain string
+		var sealed []byte
+		if err = raw.QueryRow(ctx, `SELECT event_json, event_sealed FROM as_inbox`).Scan(&plain, &sealed); err != nil {
+			t.Fatal(err)
+		}
+		if plain != "" || len(sealed) == 0 || strings.Contains(string(sealed), "old-secret") {
+			t.Errorf("row after sealing = %q, %x; want only ciphertext", plain, sealed)
+		}
+		events, err = db.Inbox.Pending(ctx, 0, 10)
+		if err != nil || len(events) != 1 || string(events[0].JSON) != body || !events[0].Sealed || events[0].OpenErr != nil {
+			t.Fatalf("Pending() after sealing = %+v, %v; want the row opened", events, err)
+		}
+		// Bound to its row: the same ciphertext under another event ID does not open.
+		if _, err = raw.Exec(ctx, `UPDATE as_inbox SET event_id='$moved'`); err != nil {
+			t.Fatal(err)
+		}
+		events, err = db.Inbox.Pending(ctx, 0, 10)
+		if err != nil || len(events) != 1 || !errors.Is(events[0].OpenErr, vault.ErrDecrypt) || events[0].JSON != nil {
+			t.Fatalf("Pending() after moving the ciphertext = %+v, %v; want ErrDecrypt", events, err)
+		}
+	})
 }

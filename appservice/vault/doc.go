@@ -62,6 +62,19 @@
 // old key and destroy its copies). Rotating regularly bounds how long backups can reveal an
 // erased user's secrets.
 //
+// # Inbox keys
+//
+// The service's durable inbox seals each event's content under an inbox key ([Vault.SealInbox],
+// [Vault.OpenInbox]), so that no message body or command typed in a chat reaches the database,
+// its WAL or its backups in plaintext. Inbox keys are random 256-bit keys in as_vault_inbox_key,
+// wrapped by the master key like data keys (with their own associated-data label): [Vault.Rotate]
+// re-wraps them, [Vault.Status] counts them (KeyStatus.InboxKeys; KeyStatus.Wraps adds them to the data keys), and
+// [Vault.RetireKey] refuses a master key that still wraps one. [Vault.LoadInboxKeys] unwraps
+// them into memory, creating a new one when none unwraps; an inbox key whose master key is
+// missing is kept, with the events sealed under it. [Vault.ReplaceInboxKey] is the shred step:
+// a new key, every pending event re-sealed under it and the old keys deleted, in one
+// transaction.
+//
 // # Caching
 //
 // Unwrapped data keys are cached in memory for speed, bounded in number ([DefaultCacheSize],

@@ -34,8 +34,10 @@ type RotateOptions struct {
 type RotateResult struct {
 	// KeyID is the current master key, which every data key is re-wrapped under.
 	KeyID string
-	// Rewrapped counts the data keys re-wrapped.
+	// Rewrapped counts the users' data keys re-wrapped.
 	Rewrapped int
+	// InboxKeys counts the inbox keys re-wrapped.
+	InboxKeys int
 	// Unavailable counts, per master key ID, the data keys the last pass could not re-wrap
 	// because that key is missing or wrong. They stay as they are.
 	Unavailable map[string]int
@@ -93,7 +95,12 @@ func (v *Vault) Rotate(ctx context.Context, opts RotateOptions) (RotateResult, e
 		if err != nil {
 			return res, err
 		}
-		if n > 0 {
+		// The inbox keys are wrapped like data keys and rotate with them (inboxkey.go).
+		m, err := v.rotateInboxKeys(ctx, cur, &res)
+		if err != nil {
+			return res, err
+		}
+		if n+m > 0 {
 			continue
 		}
 		wait := opts.SettleUntil.Sub(v.now())
@@ -239,8 +246,10 @@ func (v *Vault) writeRewraps(ctx context.Context, kekID string, batch []rewrap) 
 type KeyStatus struct {
 	// ID is the key's ID.
 	ID string `json:"id"`
-	// DataKeys counts the data keys it wraps.
+	// DataKeys counts the users' data keys it wraps.
 	DataKeys int `json:"data_keys"`
+	// InboxKeys counts the inbox keys it wraps (normally 0 or 1).
+	InboxKeys int `json:"inbox_keys"`
 	// Loaded is true when the key source holds the key.
 	Loaded bool `json:"loaded"`
 	// Current is true for the key new data keys are wrapped by (the key source's first).
@@ -255,11 +264,27 @@ type KeyStatus struct {
 // Available reports whether data keys wrapped by the key can be unwrapped.
 func (ks KeyStatus) Available() bool { return ks.Loaded && !ks.Wrong }
 
+// Wraps counts the keys the master key wraps, data keys and inbox keys: it is needed while
+// Wraps() > 0.
+func (ks KeyStatus) Wraps() int { return ks.DataKeys + ks.InboxKeys }
+
 const (
-	countDEKsQuery    = `SELECT kek_id, COUNT(*) FROM as_vault_dek GROUP BY kek_id`
+	countDEKsQuery = `
+		SELECT kek_id, SUM(dek), SUM(inbox) FROM (
+			SELECT kek_id, 1 AS dek, 0 AS inbox FROM as_vault_dek
+			UNION ALL SELECT kek_id, 0, 1 FROM as_vault_inbox_key
+		) AS k GROUP BY kek_id
+	`
 	recordedKeysQuery = `SELECT kek_id FROM as_vault_kek`
-	deleteKeyQuery    = `DELETE FROM as_vault_kek WHERE kek_id=$1 AND NOT EXISTS (SELECT 1 FROM as_vault_dek WHERE kek_id=$1)`
-	countKeyDEKsQuery = `SELECT COUNT(*) FROM as_vault_dek WHERE kek_id=$1`
+	deleteKeyQuery    = `
+		DELETE FROM as_vault_kek WHERE kek_id=$1
+			AND NOT EXISTS (SELECT 1 FROM as_vault_dek WHERE kek_id=$1)
+			AND NOT EXISTS (SELECT 1 FROM as_vault_inbox_key WHERE kek_id=$1)
+	`
+	countKeyDEKsQuery = `
+		SELECT (SELECT COUNT(*) FROM as_vault_dek WHERE kek_id=$1),
+			(SELECT COUNT(*) FROM as_vault_inbox_key WHERE kek_id=$1)
+	`
 )
 
 // Status lists every master key the key source holds or the database refers to, with how many
@@ -289,12 +314,13 @@ func (v *Vault) Status(ctx context.Context) ([]KeyStatus, error) {
 	}
 	for rows.Next() {
 		var kekID string
-		var n int
-		if err = rows.Scan(&kekID, &n); err != nil {
+		var deks, inbox int
+		if err = rows.Scan(&kekID, &deks, &inbox); err != nil {
 			_ = rows.Close()
 			return nil, fmt.Errorf("failed to count data keys: %w", err)
 		}
-		get(kekID).DataKeys = n
+		st := get(kekID)
+		st.DataKeys, st.InboxKeys = deks, inbox
 	}
 	if err = rows.Close(); err != nil {
 		return nil, fmt.Errorf("failed to count data keys: %w", err)
@@ -327,20 +353,23 @@ func (v *Vault) Status(ctx context.Context) ([]KeyStatus, error) {
 	return append(out, rest...), nil
 }
 
-// ErrKeyInUse is returned by [Vault.RetireKey] when data keys are still wrapped by the key.
+// ErrKeyInUse is returned by [Vault.RetireKey] when data keys (or inbox keys) are still wrapped
+// by the key.
 // Run [Vault.Rotate] ("custodian keys rotate") first.
 var ErrKeyInUse = errors.New("vault: master key still wraps data keys")
 
-// RetireKey forgets the check value of the master key kekID, provided no data key is wrapped by
-// it ([ErrKeyInUse] otherwise, with the count). "custodian keys retire" calls it before removing
+// RetireKey forgets the check value of the master key kekID, provided no data key and no inbox
+// key is wrapped by it ([ErrKeyInUse] otherwise, with the count). "custodian keys retire" calls it before removing
 // the key from the key file. It does not touch the key source.
 func (v *Vault) RetireKey(ctx context.Context, kekID string) error {
 	return v.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		var n int
-		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n); err != nil {
+		var n, inbox int
+		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n, &inbox); err != nil {
 			return fmt.Errorf("failed to count data keys: %w", err)
 		}
-		if n > 0 {
+		if inbox > 0 {
+			return fmt.Errorf("%w: %d data keys and %d inbox keys", ErrKeyInUse, n, inbox)
+		} else if n > 0 {
 			return fmt.Errorf("%w: %d data keys", ErrKeyInUse, n)
 		}
 		if _, err := v.db.Exec(ctx, deleteKeyQuery, kekID); err != nil {

@@ -86,6 +86,9 @@ type Vault struct {
 	unknownTried map[string]time.Time
 
 	cache *dekCache
+
+	// inbox holds the unwrapped inbox keys (inboxkey.go).
+	inbox inboxState
 }
 
 // keyring is one loaded set of master keys. It is immutable once published, except for
@@ -229,11 +232,11 @@ func (v *Vault) logKeyProblems(ctx context.Context) {
 	for _, st := range statuses {
 		switch {
 		case st.Wrong:
-			log.Error().Str("key_source", v.opts.Keys.String()).Str("key_id", st.ID).Int("data_keys", st.DataKeys).Bool("current", st.Current).
+			log.Error().Str("key_source", v.opts.Keys.String()).Str("key_id", st.ID).Int("data_keys", st.DataKeys).Int("inbox_keys", st.InboxKeys).Bool("current", st.Current).
 				Str("fix", "the key under this ID is not the key the database recorded for it: the key file is damaged or from another installation; put back the right key file (from your backup)").
 				Msg("Wrong master key: stored credentials under it cannot be opened")
-		case !st.Loaded && st.DataKeys > 0:
-			log.Error().Str("key_source", v.opts.Keys.String()).Str("key_id", st.ID).Int("data_keys", st.DataKeys).
+		case !st.Loaded && st.Wraps() > 0:
+			log.Error().Str("key_source", v.opts.Keys.String()).Str("key_id", st.ID).Int("data_keys", st.DataKeys).Int("inbox_keys", st.InboxKeys).
 				Str("fix", "add the key with this ID back to the key file (from your backup); if it is lost, the affected users must link their accounts again").
 				Msg("Missing master key: stored credentials under it cannot be opened")
 		}

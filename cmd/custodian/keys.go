@@ -308,6 +308,9 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 		return exitRuntime
 	}
 	fmt.Fprintf(stdout, "Re-wrapped %d data keys under key %s (%d passes).\n", res.Rewrapped, res.KeyID, res.Passes)
+	if res.InboxKeys > 0 {
+		fmt.Fprintf(stdout, "Re-wrapped %d inbox keys (they seal events waiting in the inbox) too.\n", res.InboxKeys)
+	}
 	code = exitOK
 	for _, kekID := range sortedKeys(res.Unavailable) {
 		fmt.Fprintf(stdout, "%d data keys are wrapped by key %s, which is missing or wrong, and were left as they are.\n"+
@@ -369,7 +372,7 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 		return exitRuntime
 	}
 	code := exitOK
-	var total, previous int
+	var total, previous, inbox, previousInbox int
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "KEY ID\tDATA KEYS\tSTATE\n")
 	for _, st := range statuses {
@@ -384,23 +387,28 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 		default:
 			state = "previous, available"
 		}
-		if st.DataKeys > 0 && !st.Available() {
+		if st.Wraps() > 0 && !st.Available() {
 			code = exitRuntime
 		}
 		if !st.Current {
 			previous += st.DataKeys
+			previousInbox += st.InboxKeys
 		}
 		total += st.DataKeys
+		inbox += st.InboxKeys
 		fmt.Fprintf(tw, "%s\t%d\t%s\n", st.ID, st.DataKeys, state)
 	}
 	_ = tw.Flush()
 	switch {
 	case len(statuses) == 0:
 		fmt.Fprintln(stdout, "No master key loaded and no data key stored yet.")
-	case previous > 0:
-		fmt.Fprintf(stdout, "%d of %d data keys are not wrapped by the current key: run custodian keys rotate.\n", previous, total)
+	case previous > 0 || previousInbox > 0:
+		fmt.Fprintf(stdout, "%d of %d data keys and %d of %d inbox keys are not wrapped by the current key: run custodian keys rotate.\n", previous, total, previousInbox, inbox)
 	default:
 		fmt.Fprintf(stdout, "All %d data keys are wrapped by the current key.\n", total)
+		if inbox > 0 {
+			fmt.Fprintf(stdout, "The inbox keys (%d), which seal events waiting in the inbox, are wrapped by it too.\n", inbox)
+		}
 	}
 	if code != exitOK {
 		fmt.Fprintln(stdout, "Some data keys need a key that is missing or wrong: put the right key file back (from your backup);\n"+

@@ -1,4 +1,4 @@
--- v0 -> v3 (compatible with v2+): Latest revision
+-- v0 -> v4 (compatible with v4+): Latest revision
 
 -- users is the root of all personal data: every table that holds data about a Matrix user
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
@@ -31,8 +31,15 @@ CREATE TABLE as_inbox (
 	room_id     TEXT    NOT NULL,
 	sender      TEXT    NOT NULL,
 	ephemeral   BOOLEAN NOT NULL,
+	-- event_json is the event as the homeserver sent it, only when it could not be sealed (the
+	-- vault is off, or no master key is loaded); otherwise it is empty and event_sealed holds
+	-- it sealed under an inbox key (appservice/vault, inboxkey.go), bound to the row's envelope.
 	event_json  TEXT    NOT NULL,
 	received_at BIGINT  NOT NULL,
+-- only: postgres
+	event_sealed BYTEA,
+-- only: sqlite
+	event_sealed BLOB,
 	UNIQUE (txn_id, idx)
 );
 CREATE UNIQUE INDEX as_inbox_event_idx ON as_inbox (event_id);

@@ -1,4 +1,4 @@
--- v0 -> v1: Latest revision
+-- v0 -> v2 (compatible with v1+): Latest revision
 
 -- as_vault_kek records every master key (KEK) that has wrapped a data key, by its ID, with a
 -- check value: the first 16 bytes of HMAC-SHA256(key, "custodian-kek-check v1" || key ID). The
@@ -31,3 +31,19 @@ CREATE TABLE as_vault_dek (
 	PRIMARY KEY (user_mxid, dek_id)
 );
 CREATE INDEX as_vault_dek_kek_idx ON as_vault_dek (kek_id);
+
+-- as_vault_inbox_key holds the keys that seal the durable inbox's event content (as_inbox),
+-- wrapped (AES-256-GCM) by a master key like a data key. The newest key that unwraps seals new
+-- events; older ones stay only while inbox rows are sealed under them. They hold no user data:
+-- the service as a whole owns them, so they do not reference users.
+CREATE TABLE as_vault_inbox_key (
+	key_id       INTEGER PRIMARY KEY,
+	kek_id       TEXT    NOT NULL REFERENCES as_vault_kek (kek_id),
+-- only: postgres
+	wrapped      BYTEA   NOT NULL,
+-- only: sqlite
+	wrapped      BLOB    NOT NULL,
+	created_at   BIGINT  NOT NULL,
+	rewrapped_at BIGINT
+);
+CREATE INDEX as_vault_inbox_key_kek_idx ON as_vault_inbox_key (kek_id);
