@@ -57,11 +57,15 @@ type Host struct {
 	Front *httptest.Server
 
 	t        testing.TB
+	br       appservice.Bridge
 	bridgeID string
 	ns       appservice.Namespaces
 	log      zerolog.Logger
 
 	logs *syncBuffer
+
+	secretsOnce sync.Once
+	secrets     *appservice.SecretDetector
 
 	lock    sync.Mutex
 	created []CreatedRoom
@@ -98,6 +102,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	h := &Host{
 		logs:     logs,
 		t:        t,
+		br:       br,
 		HS:       astest.NewFakeHomeserver(t, Domain, ASToken),
 		RawDB:    astest.TestDB(t, dialect),
 		Secrets:  NewMemoryVault(),
@@ -185,6 +190,20 @@ func (h *Host) EnsureUser(ctx context.Context, userID id.UserID) error {
 // IsPaused reports the users row's paused flag.
 func (h *Host) IsPaused(ctx context.Context, userID id.UserID) (bool, error) {
 	return h.CoreDB.User.IsPaused(ctx, userID)
+}
+
+// CarriesSecret answers with the core's [appservice.SecretDetector] for the bridge's commands
+// (if it is an [appservice.CommandProvider]) under the default prefix. The detector is built on
+// the first call, so that it sees the commands of an initialised bridge.
+func (h *Host) CarriesSecret(evt *event.Event) bool {
+	h.secretsOnce.Do(func() {
+		groups := map[string][]*appservice.Command{}
+		if cp, ok := h.br.(appservice.CommandProvider); ok {
+			groups[h.bridgeID] = cp.Commands()
+		}
+		h.secrets = appservice.NewSecretDetector("", nil, groups)
+	})
+	return h.secrets.CarriesSecret(evt)
 }
 
 // ClaimRoom records the claim in as_room, like the core.
