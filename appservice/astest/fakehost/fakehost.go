@@ -70,6 +70,7 @@ type Host struct {
 	lock    sync.Mutex
 	created []CreatedRoom
 	invites []Invite
+	events  map[id.EventID]json.RawMessage
 	nextID  int
 }
 
@@ -332,7 +333,43 @@ func (h *Host) Invites() []Invite {
 	return append([]Invite(nil), h.invites...)
 }
 
-// frontHandler serves createRoom and invite, which the fake homeserver lacks, and proxies the
+// AddEvent makes evt known to the front's GET /rooms/{roomID}/event/{eventID}, as if it were in
+// the room's history: tests add the events a bridge handles that it may later fetch (the event
+// a reply answers). evt must have an ID, a room ID, a type and parsed or raw content.
+func (h *Host) AddEvent(t testing.TB, evt *event.Event) {
+	t.Helper()
+	data, err := json.Marshal(evt)
+	if err != nil {
+		t.Fatalf("fakehost: failed to encode event: %v", err)
+	}
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	if h.events == nil {
+		h.events = make(map[id.EventID]json.RawMessage)
+	}
+	h.events[evt.ID] = data
+}
+
+func (h *Host) getEvent(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+ASToken {
+		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
+		return
+	}
+	h.lock.Lock()
+	data, ok := h.events[id.EventID(r.PathValue("eventID"))]
+	h.lock.Unlock()
+	var evt struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	if !ok || json.Unmarshal(data, &evt) != nil || evt.RoomID != id.RoomID(r.PathValue("roomID")) {
+		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "Event not found")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(data)
+}
+
+// frontHandler serves createRoom, invite and event, which the fake homeserver lacks, and proxies the
 // rest to it.
 func (h *Host) frontHandler() http.Handler {
 	target, _ := url.Parse(h.HS.URL())
@@ -340,6 +377,7 @@ func (h *Host) frontHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /_matrix/client/v3/createRoom", h.createRoom)
 	mux.HandleFunc("POST /_matrix/client/v3/rooms/{roomID}/invite", h.invite)
+	mux.HandleFunc("GET /_matrix/client/v3/rooms/{roomID}/event/{eventID}", h.getEvent)
 	mux.Handle("/", proxy)
 	return mux
 }
