@@ -146,7 +146,7 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 				// tell the user to link again.
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open linked account's password")
 				p.saslFailed.Store(true)
-				br.notifyUser(ctx, p.user, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
+				br.notifyUser(ctx, p.user, acct.SourceEventID, "vault-open-failed:"+p.net.cfg.ID, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
 					"connection to %s is not logged in. Link it again with `!irc login %s <account> <password>`.",
 					p.net.cfg.Name, p.net.cfg.Name, p.net.cfg.ID))
 			} else {
@@ -164,7 +164,11 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 // again.
 func (p *puppet) onDialError(ctx context.Context, err error) bool {
 	if errors.Is(err, ircconn.ErrSASLFailed) && !p.saslFailed.Swap(true) {
-		p.net.br.notifyUser(ctx, p.user, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
+		var cause id.EventID
+		if ev := p.accountEvent.Load(); ev != nil {
+			cause = *ev
+		}
+		p.net.br.notifyUser(ctx, p.user, cause, "sasl-refused:"+p.net.cfg.ID, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
 			"without logging in. Link your account again with `!irc login %s <account> <password>`.",
 			p.net.cfg.Name, p.net.cfg.ID))
 	}
