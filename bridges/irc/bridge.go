@@ -134,7 +134,7 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 		},
 		{
 			Table: "irc_media", UserColumn: "user_mxid",
-			Export:         []string{"event_id", "room_id", "created_at"},
+			Export:         []string{"event_id", "original_event_id", "room_id", "created_at"},
 			TimeColumn:     "created_at",
 			RetentionClass: appservice.RetentionActivity,
 			Description: "links that let IRC users open media you sent (only their hash is kept); " +
@@ -142,7 +142,7 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 		},
 		{
 			Table: "irc_message", UserColumn: "user_mxid",
-			Export:         []string{"event_id", "room_id", "network", "target", "msgid", "created_at"},
+			Export:         []string{"event_id", "original_event_id", "room_id", "network", "target", "msgid", "created_at"},
 			TimeColumn:     "created_at",
 			RetentionClass: appservice.RetentionActivity,
 			Description: "which of your Matrix messages were relayed to IRC, by ID only (never their text), " +

@@ -142,7 +142,7 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		for i := range lines {
 			err := br.db.Message.Put(ctx, &ircdb.Message{
 				EventID: evt.ID, Part: i, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
-				Sender: evt.Sender, CreatedAt: now,
+				Sender: evt.Sender, CreatedAt: now, Original: content.RelatesTo.GetReplaceID(),
 			})
 			if err != nil {
 				return err
@@ -190,7 +190,7 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 		if err != nil {
 			return msg, false // encrypted or broken: nothing IRC users could open
 		}
-		link, err := br.mediaLink(ctx, evt, parsed, name)
+		link, err := br.mediaLink(ctx, evt, evt.Content.AsMessage().RelatesTo.GetReplaceID(), parsed, name)
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to make a media link")
 			return msg, false
@@ -263,7 +263,8 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {
 		return fmt.Errorf("failed to delete media links: %w", err)
 	}
-	rows, err := br.db.Message.Get(ctx, redacts)
+	// The message's rows and its edits': redacting a message removes its edits with it.
+	rows, err := br.db.Message.GetWithEdits(ctx, redacts)
 	if err != nil || len(rows) == 0 {
 		return err
 	}
