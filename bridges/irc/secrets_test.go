@@ -3,11 +3,13 @@ package irc
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
 
@@ -138,4 +140,82 @@ func TestNotifyUserOnceForReplayedEvent(t *testing.T) {
 			t.Errorf("bob got %d notices for one event handled twice, want 1", n)
 		}
 	})
+}
+
+// TestNickRefusesOtherUsersPuppetNicks: !irc nick refuses a nick of the form the nick template
+// gives puppets ("bob[m]"), unless it is the sender's own, and a nick another user's puppet
+// holds; other nicks are accepted.
+func TestNickRefusesOtherUsersPuppetNicks(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		env.say(testBob, "bob is here")
+		watcher.MustWaitFor(t, irctest.Match("bob[m]", "PRIVMSG", testChannel, "bob is here"))
+		if res := env.runCommand(testBob, "nick", testNet, "bobby"); !res.replied || res.userError != "" || res.err != nil {
+			t.Fatalf("bob's !irc nick bobby = %+v, want it accepted", res)
+		}
+		tests := []struct {
+			nick    string
+			refused string // part of the user error; "" if accepted
+		}{
+			{"bob[m]", "looks like the nick of another Matrix user's connection"},
+			{"BOB[M]", "looks like the nick of another Matrix user's connection"},
+			{"carol[m]", "looks like the nick of another Matrix user's connection"},
+			{"bobby", "is the nick of another Matrix user's connection"},
+			{"BobBy", "is the nick of another Matrix user's connection"},
+			{"alice[m]", ""},
+			{"alice_away", ""},
+		}
+		for _, tt := range tests {
+			res := env.runCommand(testAlice, "nick", testNet, tt.nick)
+			switch {
+			case res.err != nil:
+				t.Errorf("!irc nick %s failed: %v", tt.nick, res.err)
+			case tt.refused == "" && (!res.replied || res.userError != ""):
+				t.Errorf("!irc nick %s = %+v, want it accepted", tt.nick, res)
+			case tt.refused != "" && !strings.Contains(res.userError, tt.refused):
+				t.Errorf("!irc nick %s = %+v, want it refused with %q", tt.nick, res, tt.refused)
+			}
+			if tt.refused != "" {
+				if chosen, err := env.br.db.Nick.Get(env.ctx, testAlice, testNet); err != nil || chosen != nil && strings.EqualFold(chosen.Nick, tt.nick) {
+					t.Errorf("after the refused %s, alice's recorded nick = %+v, %v", tt.nick, chosen, err)
+				}
+			}
+		}
+		// A nick recorded before this check (say, by an older version) is not used either.
+		if err := env.br.db.Nick.Put(env.ctx, &ircdb.Nick{
+			UserID: testAlice, Network: testNet, Nick: "bob[m]", RoomID: "!dm:example.org", SourceEventID: "$old", UpdatedAt: time.Now(),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if nick, _, err := env.br.puppetNick(env.ctx, env.br.network(testNet), testAlice); err != nil || nick != "alice[m]" {
+			t.Errorf("puppetNick with a recorded bob[m] = %q, %v; want the template's alice[m]", nick, err)
+		}
+	})
+}
+
+func TestPuppetNickPattern(t *testing.T) {
+	fold := strings.ToLower
+	tests := []struct {
+		template string
+		match    []string
+		noMatch  []string
+	}{
+		{"{localpart}[m]", []string{"bob[m]", "_1bob[m]", "x[m]"}, []string{"[m]", "bob", "bob[m]_", "bob[n]"}},
+		{"mx-{displayname}", []string{"mx-bob", "mx-a"}, []string{"mx-", "bob", "xmx-bob"}},
+		{"{localpart}|{displayname}", []string{"a|b"}, []string{"a|", "ab"}},
+		{"{localpart}", nil, []string{"bob", "bob[m]"}},
+	}
+	for _, tt := range tests {
+		re := puppetNickPattern(tt.template, fold)
+		for _, nick := range tt.match {
+			if !re.MatchString(nick) {
+				t.Errorf("pattern of %q does not match %q", tt.template, nick)
+			}
+		}
+		for _, nick := range tt.noMatch {
+			if re.MatchString(nick) {
+				t.Errorf("pattern of %q matches %q", tt.template, nick)
+			}
+		}
+	}
 }
