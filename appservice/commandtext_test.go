@@ -3,13 +3,18 @@ package appservice
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"unicode/utf8"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // secretTestDetector is a detector for a "test" group whose login is sensitive, as the IRC
@@ -310,6 +315,71 @@ func TestBotWithholdsSecretsItDoesNotRun(t *testing.T) {
 			env.mustDeliver(evt)
 			if after := len(env.hs.Events(botTestRoom)); after != before {
 				t.Errorf("a replay sent %d more events, want none", after-before)
+			}
+		})
+	}
+}
+
+// secretRecordingBridge is botTestBridge recording the message events the dispatcher hands it.
+type secretRecordingBridge struct {
+	*botTestBridge
+	lock     sync.Mutex
+	messages []id.EventID
+}
+
+func (br *secretRecordingBridge) HandleEvent(_ context.Context, evt *event.Event) error {
+	if evt.Type == event.EventMessage {
+		br.lock.Lock()
+		br.messages = append(br.messages, evt.ID)
+		br.lock.Unlock()
+	}
+	return nil
+}
+
+// TestDispatcherWithholdsSecretsFromBridges: the dispatcher hands a bridge that owns the room
+// none of the shapes of a message carrying a secret, only the ordinary message.
+func TestDispatcherWithholdsSecretsFromBridges(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newBotEnvOn(t, dialect, nil)
+			env.setUpRoom(false, botTestAlice, botTestBob)
+			rec := &secretRecordingBridge{botTestBridge: env.bridge}
+			bh := env.svc.bridgeByID["test"]
+			bh.br = rec
+			if err := bh.ClaimRoom(env.ctx, botTestRoom, Provenance{Actor: botTestAlice, EventID: "$claim"}); err != nil {
+				t.Fatal(err)
+			}
+			deliver := func(content map[string]any) id.EventID {
+				env.seq++
+				evtID := id.EventID(fmt.Sprintf("$dispatch%d", env.seq))
+				data, err := json.Marshal(map[string]any{
+					"type": "m.room.message", "event_id": evtID, "room_id": botTestRoom, "sender": botTestBob,
+					"origin_server_ts": 1700000000000 + env.seq, "content": content,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				env.svc.handleInboxEvent(env.ctx, &database.InboxEvent{TxnID: "t", EventID: evtID, RoomID: botTestRoom, Sender: botTestBob, JSON: data})
+				return evtID
+			}
+			login := "!test login hunter2"
+			ordinary := deliver(map[string]any{"msgtype": "m.text", "body": "just talking"})
+			for _, content := range []map[string]any{
+				{"msgtype": "m.text", "body": login},
+				{"msgtype": "m.text", "body": "  \u00a0" + login},
+				{"msgtype": "m.text", "body": "> <@alice:example.org> hi\n\n" + login,
+					"m.relates_to": map[string]any{"m.in_reply_to": map[string]any{"event_id": ordinary}}},
+				{"msgtype": "m.text", "body": "* " + login, "m.new_content": map[string]any{"msgtype": "m.text", "body": login},
+					"m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": ordinary}},
+				{"msgtype": "m.text", "body": "look", "format": "org.matrix.custom.html", "formatted_body": "<p>" + login + "</p>"},
+				{"msgtype": "m.notice", "body": login},
+			} {
+				deliver(content)
+			}
+			rec.lock.Lock()
+			defer rec.lock.Unlock()
+			if !slices.Equal(rec.messages, []id.EventID{ordinary}) {
+				t.Errorf("the bridge received %v, want only the ordinary message %s", rec.messages, ordinary)
 			}
 		})
 	}
