@@ -147,6 +147,13 @@ type Host interface {
 	// must not act for the user (relay their messages, keep remote connections for them), but
 	// keep their data. The core already withholds a paused user's Matrix events from bridges.
 	IsPaused(ctx context.Context, userID id.UserID) (bool, error)
+	// CarriesSecret reports whether evt is an m.room.message that carries a secret: a text of
+	// it (body, formatted body, an edit's new content, line by line, without reply fallbacks,
+	// white space or case) parses as a Sensitive command of the core or any bridge, or a likely
+	// typo of one (see [SecretDetector]). The core already withholds such messages from bridges;
+	// a bridge that relays messages anywhere checks again before it does, and relays nothing
+	// for which this is true.
+	CarriesSecret(evt *event.Event) bool
 }
 
 // SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's

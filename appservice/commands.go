@@ -284,7 +284,7 @@ type parsedCommand struct {
 // followed by the command. isGroup says whether a word is a command group's ID. It reports
 // false if text is not a command.
 func parseCommand(text, prefix string, prefixOptional bool, isGroup func(string) bool) (parsedCommand, bool) {
-	rest, hadPrefix := strings.CutPrefix(text, prefix)
+	rest, hadPrefix := cutPrefixFold(text, prefix)
 	if prefix == "" || !hadPrefix {
 		if !prefixOptional {
 			return parsedCommand{}, false
@@ -308,6 +308,14 @@ func parseCommand(text, prefix string, prefixOptional bool, isGroup func(string)
 	pc.RawArgs = rest
 	pc.Args = strings.Fields(rest)
 	return pc, true
+}
+
+// cutPrefixFold is strings.CutPrefix ignoring case.
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+		return s, false
+	}
+	return s[len(prefix):], true
 }
 
 // cutWord returns the first white-space separated word of s and the rest of s after it, with
@@ -372,6 +380,16 @@ func (reg *commandRegistry) suggest(pc parsedCommand) (string, bool) {
 	return commandKey(pc.Group, best.name), best.cmd != nil && best.cmd.Sensitive
 }
 
+// sensitive reports whether pc names a Sensitive command or, naming none, is a likely typo of
+// one.
+func (reg *commandRegistry) sensitive(pc parsedCommand) bool {
+	if cmd := reg.lookup(pc); cmd != nil {
+		return cmd.Sensitive
+	}
+	_, sensitive := reg.suggest(pc)
+	return sensitive
+}
+
 // editDistance is the optimal string alignment distance between a and b: insertions, deletions,
 // substitutions and transpositions of adjacent runes each count 1.
 func editDistance(a, b string) int {
@@ -421,10 +439,19 @@ func commandPower(overrides map[string]int, key string, pl *event.PowerLevelsEve
 	return have, required, have >= required
 }
 
-// handleMessage runs the command an m.room.message carries, if any.
+// handleMessage runs the command an m.room.message carries, if any, and removes a message that
+// carries a secret (see [SecretDetector]) whether or not it runs as a command.
+//
+// Commands run only from new m.text messages. A secret in an edit, a notice, an emote or a media
+// caption is redacted and the sender is asked to send the command as a new message. An edit is
+// not run because it does not make a new command: clients show it in place of the message it
+// edits, so running it would run one message's command twice (once per version), and its earlier
+// versions stay in the edit history for anyone in the room. The original needs no redaction
+// here: it went through this same path when it arrived and was redacted then if it carried a
+// secret. Redacting the edit restores the original's text in clients.
 func (bh *botHost) handleMessage(ctx context.Context, evt *event.Event) error {
 	content, ok := evt.Content.Parsed.(*event.MessageEventContent)
-	if !ok || content.MsgType != event.MsgText || content.RelatesTo.GetReplaceID() != "" {
+	if !ok {
 		return nil
 	}
 	// Messages another bridge sends on behalf of a user (double puppeting) were typed on some
@@ -435,52 +462,70 @@ func (bh *botHost) handleMessage(ctx context.Context, evt *event.Event) error {
 	if !bh.svc.botInRoom(ctx, evt.RoomID) {
 		return nil
 	}
+	secret := bh.carriesSecret(evt)
+	isEdit := content.RelatesTo.GetReplaceID() != ""
+	if !isEdit && content.MsgType == event.MsgText {
+		isDM, err := bh.isDM(ctx, evt.RoomID, evt.Sender)
+		if err != nil {
+			return err
+		}
+		pc, ok := parseCommand(commandBody(content), bh.prefix(), isDM, bh.commands.isGroup)
+		// A command that is not sensitive itself does not run if another line of the message
+		// carries a secret ("!help" above "!irc login …"): the message is withheld instead.
+		if ok && (!secret || bh.commands.sensitive(pc)) {
+			ce := &CommandEvent{
+				Event:   evt,
+				RoomID:  evt.RoomID,
+				Sender:  evt.Sender,
+				Group:   pc.Group,
+				Command: pc.Name,
+				Args:    pc.Args,
+				RawArgs: pc.RawArgs,
+				IsDM:    isDM,
+				bot:     bh,
+			}
+			return bh.runCommand(ctx, ce, pc)
+		}
+	}
+	if !secret {
+		return nil
+	}
+	return bh.withholdSecret(ctx, evt, isEdit)
+}
+
+// commandBody returns the text of an m.text message the bot runs as a command: its body without
+// the reply fallback, with leading white space and invisible format characters trimmed.
+func commandBody(content *event.MessageEventContent) string {
 	text := content.Body
 	if content.RelatesTo.GetReplyTo() != "" {
 		text = event.TrimReplyFallbackText(text)
 	}
-	isDM, err := bh.isDM(ctx, evt.RoomID, evt.Sender)
-	if err != nil {
-		return err
-	}
-	pc, ok := parseCommand(text, bh.prefix(), isDM, bh.commands.isGroup)
-	if !ok {
-		return nil
-	}
-	ce := &CommandEvent{
-		Event:   evt,
-		RoomID:  evt.RoomID,
-		Sender:  evt.Sender,
-		Group:   pc.Group,
-		Command: pc.Name,
-		Args:    pc.Args,
-		RawArgs: pc.RawArgs,
-		IsDM:    isDM,
-		bot:     bh,
-	}
-	return bh.runCommand(ctx, ce, pc)
+	return strings.TrimLeftFunc(text, func(r rune) bool { return unicode.IsSpace(r) || isFormatChar(r) })
 }
 
-// carriesSecret reports whether evt is a text message that looks like a sensitive command (or a
-// typo of one), wherever it was sent and with or without the prefix. The dispatcher withholds
-// such messages from bridges, so a credential typed into a bridged room never leaves Matrix.
+// withholdSecret redacts a message that carries a secret but does not run as a command, and
+// tells its sender why.
+func (bh *botHost) withholdSecret(ctx context.Context, evt *event.Event, isEdit bool) error {
+	ce := &CommandEvent{Event: evt, RoomID: evt.RoomID, Sender: evt.Sender, bot: bh}
+	zerolog.Ctx(ctx).Debug().Bool("edit", isEdit).Msg("Withholding a message that carries a secret")
+	if err := bh.redactCommand(ctx, ce); err != nil {
+		replyErr := ce.Reply(ctx, "Your message looks like it carries a secret, and I could not remove it. "+
+			"Please redact it yourself, and treat the secret as exposed.")
+		return errors.Join(err, replyErr)
+	}
+	if isEdit {
+		return ce.Reply(ctx, "I removed your edit because it looks like it carries a secret, and I did not run it: "+
+			"I only run commands from new messages. Please send the command again as a new message.")
+	}
+	return ce.Reply(ctx, "I removed your message because it looks like it carries a secret. "+
+		"To run a command, send it as a plain text message of its own.")
+}
+
+// carriesSecret reports whether evt carries a secret by the one definition of [SecretDetector],
+// for the bot's registered commands. The dispatcher withholds such messages from bridges, so a
+// credential typed into a bridged room never leaves Matrix.
 func (bh *botHost) carriesSecret(evt *event.Event) bool {
-	if evt.Type != event.EventMessage || bh.commands == nil {
-		return false
-	}
-	content, ok := evt.Content.Parsed.(*event.MessageEventContent)
-	if !ok || content.MsgType != event.MsgText {
-		return false
-	}
-	pc, ok := parseCommand(content.Body, bh.prefix(), true, bh.commands.isGroup)
-	if !ok {
-		return false
-	}
-	if cmd := bh.commands.lookup(pc); cmd != nil {
-		return cmd.Sensitive
-	}
-	_, sensitive := bh.commands.suggest(pc)
-	return sensitive
+	return carriesSecret(bh.commands, bh.prefix(), evt)
 }
 
 // isDM reports whether roomID is a direct chat between the bot and sender. Where the bot has a

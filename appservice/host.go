@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/vault"
@@ -51,6 +52,9 @@ func (bh *bridgeHost) Domain() string { return bh.svc.cfg.Homeserver.Domain }
 func (bh *bridgeHost) IsPaused(ctx context.Context, userID id.UserID) (bool, error) {
 	return bh.svc.db.User.IsPaused(ctx, userID)
 }
+
+// CarriesSecret answers with the bot's commands, by the one definition the dispatcher uses.
+func (bh *bridgeHost) CarriesSecret(evt *event.Event) bool { return bh.svc.bot.carriesSecret(evt) }
 
 func (bh *bridgeHost) Vault() SecretStore {
 	return scopedVault{svc: bh.svc, bridge: bh.id}

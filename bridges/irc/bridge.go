@@ -134,7 +134,7 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 		},
 		{
 			Table: "irc_media", UserColumn: "user_mxid",
-			Export:         []string{"event_id", "room_id", "created_at"},
+			Export:         []string{"event_id", "original_event_id", "room_id", "created_at"},
 			TimeColumn:     "created_at",
 			RetentionClass: appservice.RetentionActivity,
 			Description: "links that let IRC users open media you sent (only their hash is kept); " +
@@ -142,7 +142,7 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 		},
 		{
 			Table: "irc_message", UserColumn: "user_mxid",
-			Export:         []string{"event_id", "room_id", "network", "target", "msgid", "created_at"},
+			Export:         []string{"event_id", "original_event_id", "room_id", "network", "target", "msgid", "created_at"},
 			TimeColumn:     "created_at",
 			RetentionClass: appservice.RetentionActivity,
 			Description: "which of your Matrix messages were relayed to IRC, by ID only (never their text), " +
@@ -311,13 +311,18 @@ func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
 func (br *Bridge) network(netID string) *network { return br.networks[netID] }
 
 // notifyUser tells userID something about their connections in a private notice from the bot,
-// in the direct chat with the bot they use for !irc commands. Failures are logged.
-func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, markdown string) {
+// in the direct chat with the bot they use for !irc commands. The notice's transaction ID is
+// derived from cause, the event that led to it, and purpose, so that handling the same event
+// again (a replay after a crash, a reconnection for the same stored credentials) does not post
+// it twice. Failures are logged.
+func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, cause id.EventID, purpose, markdown string) {
 	roomID, err := br.botDM(ctx, userID)
 	if err == nil {
 		content := format.RenderMarkdown(markdown, true, false)
 		content.MsgType = event.MsgNotice
-		_, err = br.host.Bot().SendMessageEvent(ctx, roomID, event.EventMessage, &content)
+		_, err = br.host.Bot().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+			TransactionID: appservice.TxnIDFor(cause, "irc-notice:"+purpose),
+		})
 	}
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to notify user")

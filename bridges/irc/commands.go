@@ -171,6 +171,16 @@ func (br *Bridge) cmdNick(ctx context.Context, ce *appservice.CommandEvent) erro
 		if !ircid.ValidNick(nick) || len(nick) > 30 || strings.ContainsAny(nick, "#&!@.,*?") {
 			return appservice.UserErrorf("%s is not a nick IRC accepts.", format.SafeMarkdownCode(nick))
 		}
+		if n.puppetFormOfOther(ctx, nick, ce.Sender) {
+			return appservice.UserErrorf("%s looks like the nick of another Matrix user's connection (%s), so only they can have it. "+
+				"Please choose a nick of another form.", format.SafeMarkdownCode(nick), format.SafeMarkdownCode(n.cfg.NickTemplate))
+		}
+		if taken, err := n.nickTakenByOther(ctx, nick, ce.Sender); err != nil {
+			return err
+		} else if taken {
+			return appservice.UserErrorf("%s is the nick of another Matrix user's connection to %s. Please choose another nick.",
+				format.SafeMarkdownCode(nick), n.cfg.Name)
+		}
 		err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 			if err := br.host.EnsureUser(ctx, ce.Sender); err != nil {
 				return err

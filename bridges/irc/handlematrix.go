@@ -79,6 +79,11 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if !ok {
 		return nil
 	}
+	if br.host.CarriesSecret(evt) {
+		// The core withholds such messages from bridges; this is the second line of defence.
+		zerolog.Ctx(ctx).Warn().Msg("Not relaying a message that carries a secret")
+		return nil
+	}
 	if t.pm != nil && t.pm.UserID != evt.Sender {
 		// Someone else in a private chat: only its owner's messages go to IRC.
 		return nil
@@ -92,7 +97,7 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	}
 	p, err := br.puppetConn(ctx, t, evt.Sender)
 	if errors.Is(err, ErrTooManyPuppets) {
-		br.notifyUser(ctx, evt.Sender, fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
+		br.notifyUser(ctx, evt.Sender, evt.ID, "too-many-puppets", fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
 		return nil
 	} else if err != nil {
 		return fmt.Errorf("failed to get puppet: %w", err)
@@ -137,7 +142,7 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		for i := range lines {
 			err := br.db.Message.Put(ctx, &ircdb.Message{
 				EventID: evt.ID, Part: i, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
-				Sender: evt.Sender, CreatedAt: now,
+				Sender: evt.Sender, CreatedAt: now, Original: content.RelatesTo.GetReplaceID(),
 			})
 			if err != nil {
 				return err
@@ -185,7 +190,7 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 		if err != nil {
 			return msg, false // encrypted or broken: nothing IRC users could open
 		}
-		link, err := br.mediaLink(ctx, evt, parsed, name)
+		link, err := br.mediaLink(ctx, evt, evt.Content.AsMessage().RelatesTo.GetReplaceID(), parsed, name)
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to make a media link")
 			return msg, false
@@ -207,11 +212,21 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 }
 
 // replyInfo describes the replied-to event for the quote IRC users see: its sender's nick and
-// its text. Failures leave the reply unquoted.
+// its text. It quotes only events that went through the bridge (relayed to IRC or received from
+// it, so irc_message has rows for them): the core withholds some events from bridges (a message
+// carrying a secret, a paused user's), and a quote must not carry their text to IRC either. For
+// any other event, and on failures, it returns nil and the reply goes unquoted.
 func (br *Bridge) replyInfo(ctx context.Context, roomID id.RoomID, eventID id.EventID) *ircconv.Reply {
+	rows, err := br.db.Message.Get(ctx, eventID)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to look up the replied-to message")
+		return nil
+	} else if len(rows) == 0 || rows[0].RoomID != roomID {
+		return nil
+	}
 	evt, err := br.host.Bot().GetEvent(ctx, roomID, eventID)
 	if err != nil {
-		return &ircconv.Reply{}
+		return nil
 	}
 	_ = evt.Content.ParseRaw(evt.Type)
 	reply := &ircconv.Reply{Nick: br.senderNick(evt.Sender)}
@@ -248,7 +263,8 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {
 		return fmt.Errorf("failed to delete media links: %w", err)
 	}
-	rows, err := br.db.Message.Get(ctx, redacts)
+	// The message's rows and its edits': redacting a message removes its edits with it.
+	rows, err := br.db.Message.GetWithEdits(ctx, redacts)
 	if err != nil || len(rows) == 0 {
 		return err
 	}

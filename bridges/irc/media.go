@@ -29,8 +29,9 @@ const mediaPathPrefix = "/media/"
 
 // mediaLink returns the link IRC users get for a Matrix user's media. With media_proxy, it is a
 // link of the bridge's own media listener, recorded in irc_media; without, the homeserver's
-// download URL (which needs a Matrix access token to open).
-func (br *Bridge) mediaLink(ctx context.Context, evt *event.Event, uri id.ContentURI, name string) (string, error) {
+// download URL (which needs a Matrix access token to open). For the media of an edit, original
+// is the event it edits, so that redacting the original removes the link too.
+func (br *Bridge) mediaLink(ctx context.Context, evt *event.Event, original id.EventID, uri id.ContentURI, name string) (string, error) {
 	mp := br.cfg.MediaProxy
 	if mp == nil {
 		base := strings.TrimSuffix(br.host.Bot().Client.HomeserverURL.String(), "/")
@@ -47,7 +48,7 @@ func (br *Bridge) mediaLink(ctx context.Context, evt *event.Event, uri id.Conten
 		}
 		return br.db.Media.Put(ctx, &ircdb.Media{
 			TokenHash: hashMediaToken(token), EventID: evt.ID, RoomID: evt.RoomID, MXC: uri.CUString(),
-			Sender: evt.Sender, CreatedAt: br.clock.Now(),
+			Sender: evt.Sender, CreatedAt: br.clock.Now(), Original: original,
 		})
 	})
 	if err != nil {

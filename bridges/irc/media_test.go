@@ -1,8 +1,16 @@
 package irc
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
 
 func TestMediaFileName(t *testing.T) {
@@ -79,4 +87,65 @@ func TestMediaProxyConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRedactingOriginalRemovesEditsMediaLinks: an edit that sends new media gets its link and
+// message rows keyed to the original it edits, so redacting the original makes the edit's link
+// answer 404 and leaves no rows of either.
+func TestRedactingOriginalRemovesEditsMediaLinks(t *testing.T) {
+	ec := envConfig{configure: func(cfg *Config) {
+		cfg.MediaProxy = &MediaProxyConfig{Listen: "127.0.0.1:0", PublicURL: "https://m.example.org/irc", MaxBytes: defaultMediaMaxBytes}
+	}}
+	linkRe := regexp.MustCompile(`https://m\.example\.org/irc(/media/\S+)`)
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		status := func(path string) int {
+			rec := httptest.NewRecorder()
+			env.br.serveMedia(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			return rec.Code
+		}
+		sendMedia := func(content *event.MessageEventContent, name string) (*event.Event, string) {
+			t.Helper()
+			evt := env.event(testPortalRoom, testAlice, content)
+			env.handle(evt)
+			l := watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel))
+			m := linkRe.FindStringSubmatch(l.Param(1))
+			if m == nil || !strings.Contains(l.Param(1), name) {
+				t.Fatalf("relayed %q, want a media link for %s", l.Param(1), name)
+			}
+			return evt, m[1]
+		}
+		original, originalLink := sendMedia(&event.MessageEventContent{
+			MsgType: event.MsgImage, Body: "first.png", URL: "mxc://example.org/first",
+		}, "first.png")
+		edit, editLink := sendMedia(&event.MessageEventContent{
+			MsgType: event.MsgImage, Body: "* second.png", URL: "mxc://example.org/second",
+			NewContent: &event.MessageEventContent{MsgType: event.MsgImage, Body: "second.png", URL: "mxc://example.org/second"},
+			RelatesTo:  &event.RelatesTo{Type: event.RelReplace, EventID: original.ID},
+		}, "second.png")
+		// Live before: the listener tries to fetch the media (the fake homeserver has none).
+		for _, link := range []string{originalLink, editLink} {
+			if code := status(link); code == http.StatusNotFound {
+				t.Fatalf("link %s answers 404 before any redaction", link)
+			}
+		}
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.EventRedaction,
+			Redacts: original.ID, Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: original.ID}},
+		})
+		for _, link := range []string{originalLink, editLink} {
+			if code := status(link); code != http.StatusNotFound && code != http.StatusGone {
+				t.Errorf("link %s answers %d after the original was redacted, want 404 or 410", link, code)
+			}
+		}
+		for _, evtID := range []id.EventID{original.ID, edit.ID} {
+			if rows, err := env.br.db.Message.Get(env.ctx, evtID); err != nil || len(rows) != 0 {
+				t.Errorf("irc_message rows of %s after redacting the original = %d, %v; want none", evtID, len(rows), err)
+			}
+		}
+		var media int
+		if err := env.host.RawDB.QueryRow(env.ctx, "SELECT COUNT(*) FROM irc_media").Scan(&media); err != nil || media != 0 {
+			t.Errorf("irc_media rows after redacting the original = %d, %v; want none", media, err)
+		}
+	})
 }

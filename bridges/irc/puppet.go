@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -146,7 +147,7 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 				// tell the user to link again.
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open linked account's password")
 				p.saslFailed.Store(true)
-				br.notifyUser(ctx, p.user, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
+				br.notifyUser(ctx, p.user, acct.SourceEventID, "vault-open-failed:"+p.net.cfg.ID, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
 					"connection to %s is not logged in. Link it again with `!irc login %s <account> <password>`.",
 					p.net.cfg.Name, p.net.cfg.Name, p.net.cfg.ID))
 			} else {
@@ -164,7 +165,11 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 // again.
 func (p *puppet) onDialError(ctx context.Context, err error) bool {
 	if errors.Is(err, ircconn.ErrSASLFailed) && !p.saslFailed.Swap(true) {
-		p.net.br.notifyUser(ctx, p.user, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
+		var cause id.EventID
+		if ev := p.accountEvent.Load(); ev != nil {
+			cause = *ev
+		}
+		p.net.br.notifyUser(ctx, p.user, cause, "sasl-refused:"+p.net.cfg.ID, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
 			"without logging in. Link your account again with `!irc login %s <account> <password>`.",
 			p.net.cfg.Name, p.net.cfg.ID))
 	}
@@ -181,10 +186,80 @@ func (br *Bridge) puppetNick(ctx context.Context, n *network, userID id.UserID) 
 	if err != nil {
 		return "", "", fmt.Errorf("failed to get chosen nick: %w", err)
 	}
-	if chosen != nil {
+	if chosen != nil && !n.puppetFormOfOther(ctx, chosen.Nick, userID) {
 		return chosen.Nick, chosen.SourceEventID, nil
 	}
 	return templateNick(n.cfg.NickTemplate, userID, br.displayName(ctx, userID)), "", nil
+}
+
+// puppetFormOfOther reports whether nick has the form n's nick template gives puppets ("bob[m]"
+// for "{localpart}[m]") without being userID's own template nick. Such nicks are reserved for the
+// puppets of the users they name: someone else using one could speak as them, and receive their
+// private messages. A template without literal characters ("{localpart}") gives every nick its
+// form, so it reserves nothing this way; nicks in use by other puppets are refused regardless
+// (see nickTakenByOther).
+func (n *network) puppetFormOfOther(ctx context.Context, nick string, userID id.UserID) bool {
+	if !puppetNickPattern(n.cfg.NickTemplate, n.fold).MatchString(n.fold(nick)) {
+		return false
+	}
+	own := templateNick(n.cfg.NickTemplate, userID, n.br.displayName(ctx, userID))
+	return n.fold(own) != n.fold(nick)
+}
+
+// templatePlaceholders matches the placeholders of a nick template.
+var templatePlaceholders = regexp.MustCompile(`\{(localpart|displayname)\}`)
+
+// puppetNickPattern returns a pattern that matches, folded, every nick template can make: its
+// literal parts in order around placeholders that stand for one or more characters. It matches
+// nothing for a template without literal parts.
+func puppetNickPattern(template string, fold func(string) string) *regexp.Regexp {
+	literals := templatePlaceholders.Split(template, -1)
+	var sb strings.Builder
+	sb.WriteString("^_?")
+	hasLiteral := false
+	for i, lit := range literals {
+		if i > 0 {
+			sb.WriteString(".+")
+		}
+		if lit != "" {
+			hasLiteral = true
+		}
+		sb.WriteString(regexp.QuoteMeta(fold(lit)))
+	}
+	if !hasLiteral {
+		return regexp.MustCompile(`[^\s\S]`)
+	}
+	sb.WriteString("$")
+	return regexp.MustCompile(sb.String())
+}
+
+// nickTakenByOther reports whether nick is held by the puppet of a user other than userID on n:
+// as the live connection's nick, or as a nick another user chose (irc_nick).
+func (n *network) nickTakenByOther(ctx context.Context, nick string, userID id.UserID) (bool, error) {
+	folded := n.fold(nick)
+	n.mu.Lock()
+	others := make([]*puppet, 0, len(n.puppets))
+	for owner, p := range n.puppets {
+		if owner != userID {
+			others = append(others, p)
+		}
+	}
+	n.mu.Unlock()
+	for _, p := range others {
+		if c := p.sess.current(); c != nil && n.fold(c.Nick()) == folded {
+			return true, nil
+		}
+	}
+	chosen, err := n.br.db.Nick.GetOthers(ctx, n.cfg.ID, userID)
+	if err != nil {
+		return false, fmt.Errorf("failed to get other users' nicks: %w", err)
+	}
+	for _, c := range chosen {
+		if n.fold(c.Nick) == folded {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // templateNick fills a nick template for userID. Characters IRC does not allow in nicks are

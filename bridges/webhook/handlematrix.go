@@ -64,7 +64,10 @@ func (br *Bridge) handleMessage(ctx context.Context, evt *event.Event) error {
 	if msg.RelatesTo.GetReplyTo() != "" || content.RelatesTo.GetReplyTo() != "" {
 		text = event.TrimReplyFallbackText(text)
 	}
-	if looksLikeCommand(text) {
+	// Commands are not for the room's audience; and whatever carries a secret by the core's one
+	// definition (an edit, a formatted body, a later line) is withheld too. The core withholds
+	// such messages from bridges already; this is the second line of defence.
+	if looksLikeCommand(text) || br.host.CarriesSecret(evt) {
 		return nil
 	}
 	out.Content = &OutboundContent{MsgType: msg.MsgType, Body: msg.Body}

@@ -57,15 +57,20 @@ type Host struct {
 	Front *httptest.Server
 
 	t        testing.TB
+	br       appservice.Bridge
 	bridgeID string
 	ns       appservice.Namespaces
 	log      zerolog.Logger
 
 	logs *syncBuffer
 
+	secretsOnce sync.Once
+	secrets     *appservice.SecretDetector
+
 	lock    sync.Mutex
 	created []CreatedRoom
 	invites []Invite
+	events  map[id.EventID]json.RawMessage
 	nextID  int
 }
 
@@ -98,6 +103,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	h := &Host{
 		logs:     logs,
 		t:        t,
+		br:       br,
 		HS:       astest.NewFakeHomeserver(t, Domain, ASToken),
 		RawDB:    astest.TestDB(t, dialect),
 		Secrets:  NewMemoryVault(),
@@ -185,6 +191,20 @@ func (h *Host) EnsureUser(ctx context.Context, userID id.UserID) error {
 // IsPaused reports the users row's paused flag.
 func (h *Host) IsPaused(ctx context.Context, userID id.UserID) (bool, error) {
 	return h.CoreDB.User.IsPaused(ctx, userID)
+}
+
+// CarriesSecret answers with the core's [appservice.SecretDetector] for the bridge's commands
+// (if it is an [appservice.CommandProvider]) under the default prefix. The detector is built on
+// the first call, so that it sees the commands of an initialised bridge.
+func (h *Host) CarriesSecret(evt *event.Event) bool {
+	h.secretsOnce.Do(func() {
+		groups := map[string][]*appservice.Command{}
+		if cp, ok := h.br.(appservice.CommandProvider); ok {
+			groups[h.bridgeID] = cp.Commands()
+		}
+		h.secrets = appservice.NewSecretDetector("", nil, groups)
+	})
+	return h.secrets.CarriesSecret(evt)
 }
 
 // ClaimRoom records the claim in as_room, like the core.
@@ -313,7 +333,43 @@ func (h *Host) Invites() []Invite {
 	return append([]Invite(nil), h.invites...)
 }
 
-// frontHandler serves createRoom and invite, which the fake homeserver lacks, and proxies the
+// AddEvent makes evt known to the front's GET /rooms/{roomID}/event/{eventID}, as if it were in
+// the room's history: tests add the events a bridge handles that it may later fetch (the event
+// a reply answers). evt must have an ID, a room ID, a type and parsed or raw content.
+func (h *Host) AddEvent(t testing.TB, evt *event.Event) {
+	t.Helper()
+	data, err := json.Marshal(evt)
+	if err != nil {
+		t.Fatalf("fakehost: failed to encode event: %v", err)
+	}
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	if h.events == nil {
+		h.events = make(map[id.EventID]json.RawMessage)
+	}
+	h.events[evt.ID] = data
+}
+
+func (h *Host) getEvent(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+ASToken {
+		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
+		return
+	}
+	h.lock.Lock()
+	data, ok := h.events[id.EventID(r.PathValue("eventID"))]
+	h.lock.Unlock()
+	var evt struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	if !ok || json.Unmarshal(data, &evt) != nil || evt.RoomID != id.RoomID(r.PathValue("roomID")) {
+		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "Event not found")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(data)
+}
+
+// frontHandler serves createRoom, invite and event, which the fake homeserver lacks, and proxies the
 // rest to it.
 func (h *Host) frontHandler() http.Handler {
 	target, _ := url.Parse(h.HS.URL())
@@ -321,6 +377,7 @@ func (h *Host) frontHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /_matrix/client/v3/createRoom", h.createRoom)
 	mux.HandleFunc("POST /_matrix/client/v3/rooms/{roomID}/invite", h.invite)
+	mux.HandleFunc("GET /_matrix/client/v3/rooms/{roomID}/event/{eventID}", h.getEvent)
 	mux.Handle("/", proxy)
 	return mux
 }

@@ -102,8 +102,16 @@ const (
 		ON CONFLICT (user_mxid, network) DO UPDATE SET nick=excluded.nick, room_id=excluded.room_id,
 			source_event_id=excluded.source_event_id, updated_at=excluded.updated_at
 	`
-	deleteNickQuery = `DELETE FROM irc_nick WHERE user_mxid=$1 AND network=$2`
+	deleteNickQuery     = `DELETE FROM irc_nick WHERE user_mxid=$1 AND network=$2`
+	getNetworkNickQuery = `SELECT ` + nickColumns + ` FROM irc_nick WHERE network=$1 AND user_mxid<>$2`
 )
+
+// GetOthers returns the nicks users other than userID chose on network, for checking that a nick
+// is not taken by another user's puppet (nicks compare under the network's casemapping, which
+// the database does not know).
+func (nq *NickQuery) GetOthers(ctx context.Context, network string, userID id.UserID) ([]*Nick, error) {
+	return nq.QueryMany(ctx, getNetworkNickQuery, network, userID)
+}
 
 // Get returns userID's chosen nick on network, or nil.
 func (nq *NickQuery) Get(ctx context.Context, userID id.UserID, network string) (*Nick, error) {

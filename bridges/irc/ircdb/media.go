@@ -2,6 +2,7 @@ package ircdb
 
 import (
 	"context"
+	"database/sql"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -17,15 +18,19 @@ type Media struct {
 	MXC       id.ContentURIString
 	Sender    id.UserID
 	CreatedAt time.Time
+	// Original is the event EventID edits, if the media was sent in an edit; else "".
+	Original id.EventID
 }
 
 // Scan reads one irc_media row.
 func (m *Media) Scan(row dbutil.Scannable) (*Media, error) {
 	var createdAt int64
-	err := row.Scan(&m.TokenHash, &m.EventID, &m.RoomID, &m.MXC, &m.Sender, &createdAt)
+	var original sql.NullString
+	err := row.Scan(&m.TokenHash, &m.EventID, &m.RoomID, &m.MXC, &m.Sender, &createdAt, &original)
 	if err != nil {
 		return nil, err
 	}
+	m.Original = id.EventID(original.String)
 	m.CreatedAt = time.UnixMilli(createdAt)
 	return m, nil
 }
@@ -36,10 +41,10 @@ type MediaQuery struct {
 }
 
 const (
-	mediaColumns     = `token_hash, event_id, room_id, mxc, user_mxid, created_at`
+	mediaColumns     = `token_hash, event_id, room_id, mxc, user_mxid, created_at, original_event_id`
 	getMediaQuery    = `SELECT ` + mediaColumns + ` FROM irc_media WHERE token_hash=$1`
-	putMediaQuery    = `INSERT INTO irc_media (` + mediaColumns + `) VALUES ($1, $2, $3, $4, $5, $6)`
-	deleteMediaQuery = `DELETE FROM irc_media WHERE event_id=$1`
+	putMediaQuery    = `INSERT INTO irc_media (` + mediaColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7)`
+	deleteMediaQuery = `DELETE FROM irc_media WHERE event_id=$1 OR original_event_id=$1`
 	pruneMediaQuery  = `DELETE FROM irc_media WHERE created_at < $1`
 )
 
@@ -50,10 +55,11 @@ func (mq *MediaQuery) Get(ctx context.Context, tokenHash string) (*Media, error)
 
 // Put records a link. The sender must have a users row.
 func (mq *MediaQuery) Put(ctx context.Context, m *Media) error {
-	return mq.Exec(ctx, putMediaQuery, m.TokenHash, m.EventID, m.RoomID, m.MXC, m.Sender, ms(m.CreatedAt))
+	return mq.Exec(ctx, putMediaQuery, m.TokenHash, m.EventID, m.RoomID, m.MXC, m.Sender, ms(m.CreatedAt),
+		nullString(string(m.Original)))
 }
 
-// DeleteByEvent removes the links made for eventID.
+// DeleteByEvent removes the links made for eventID and for the edits of eventID.
 func (mq *MediaQuery) DeleteByEvent(ctx context.Context, eventID id.EventID) error {
 	return mq.Exec(ctx, deleteMediaQuery, eventID)
 }

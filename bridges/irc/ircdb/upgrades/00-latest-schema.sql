@@ -1,4 +1,4 @@
--- v0 -> v1: Latest revision
+-- v0 -> v2: Latest revision
 
 -- irc_portal links a Matrix room to an IRC channel. A portal made by joining its alias
 -- (#irc_<network>_<channel>) belongs to nobody: actor_mxid and source_event_id are NULL. A
@@ -63,8 +63,9 @@ CREATE TABLE irc_pm (
 -- irc_message maps a bridged message's Matrix event to its IRC message IDs (the msgid tag, where
 -- the server gives one), for replies and redactions: one row per IRC line the message became
 -- (part 0, 1, …). It never holds the message's text. Rows of messages sent from Matrix name their
--- sender (user_mxid); rows of messages from IRC do not. Rows expire after the bridge's
--- message_ttl.
+-- sender (user_mxid); rows of messages from IRC do not. An edit's rows name the event it edits
+-- (original_event_id), so that redacting the original removes them too. Rows expire after the
+-- bridge's message_ttl.
 CREATE TABLE irc_message (
 	event_id   TEXT    NOT NULL,
 	part       INTEGER NOT NULL,
@@ -74,24 +75,29 @@ CREATE TABLE irc_message (
 	msgid      TEXT,
 	user_mxid  TEXT    REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
 	created_at BIGINT  NOT NULL,
+	original_event_id TEXT,
 	PRIMARY KEY (event_id, part)
 );
 CREATE INDEX irc_message_msgid_idx ON irc_message (network, msgid);
 CREATE INDEX irc_message_user_idx ON irc_message (user_mxid);
 CREATE INDEX irc_message_created_idx ON irc_message (created_at);
+CREATE INDEX irc_message_original_idx ON irc_message (original_event_id);
 
 -- irc_media is one link the bridge gave IRC users for a Matrix user's media (IRC users have no
 -- Matrix access token, so the homeserver's own links do not open for them). The link's token is
 -- kept only as its SHA-256; the row goes, and the link stops working, when the message is
--- redacted, the row expires (message_ttl) or its sender is erased.
+-- redacted (for an edit's media: the edit, or the original it edits, original_event_id), the row
+-- expires (message_ttl) or its sender is erased.
 CREATE TABLE irc_media (
 	token_hash TEXT   PRIMARY KEY,
 	event_id   TEXT   NOT NULL,
 	room_id    TEXT   NOT NULL,
 	mxc        TEXT   NOT NULL,
 	user_mxid  TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
-	created_at BIGINT NOT NULL
+	created_at BIGINT NOT NULL,
+	original_event_id TEXT
 );
 CREATE INDEX irc_media_event_idx ON irc_media (event_id);
 CREATE INDEX irc_media_user_idx ON irc_media (user_mxid);
 CREATE INDEX irc_media_created_idx ON irc_media (created_at);
+CREATE INDEX irc_media_original_idx ON irc_media (original_event_id);
