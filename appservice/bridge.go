@@ -147,6 +147,13 @@ type Host interface {
 	// must not act for the user (relay their messages, keep remote connections for them), but
 	// keep their data. The core already withholds a paused user's Matrix events from bridges.
 	IsPaused(ctx context.Context, userID id.UserID) (bool, error)
+	// MayConfigureRoom reports whether userID is joined to roomID and has the power level the
+	// room configuration command needs there: bot.command_power_levels for command (its full
+	// name without prefix, "webhook out"), else the room's state_default. It reads the state
+	// cache, which the core keeps current from the room's events while the bot is in the room
+	// and drops when the bot leaves, and asks the homeserver for what the cache lacks. An error
+	// means it could not tell: treat the user as not allowed.
+	MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error)
 }
 
 // SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's

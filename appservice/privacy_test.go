@@ -46,6 +46,9 @@ type privacyBridge struct {
 	eraseErr error
 	purged   []map[string]int64
 	events   []*event.Event
+	// purgedRooms and configured record PurgeRoom calls and runs of the configure command.
+	purgedRooms []id.RoomID
+	configured  []id.UserID
 }
 
 var (
