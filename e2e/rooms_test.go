@@ -4,8 +4,10 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -100,12 +102,12 @@ func TestDirectFlagDoesNotMakeGroupRoomDM(t *testing.T) {
 		// were handled.
 		ping := env.SendText(t, alice, roomID, "!ping")
 		mustBotReply(t, env, alice, roomID, ping, "Pong")
-		for _, evt := range env.RoomHistory(t, alice, roomID) {
-			if evt.Sender != bot || evt.Type != event.EventMessage {
-				continue
-			}
-			if to := evt.Content.AsMessage().RelatesTo.GetReplyTo(); to == mydata || to == pause {
-				t.Errorf("the bot answered bob's prefix-less command %s in a room of four: %q", to, evt.Content.AsMessage().Body)
+		// Alice's synced history holds everything up to the Pong, with parsed content.
+		for _, cmd := range []id.EventID{mydata, pause} {
+			if reply, err := env.SyncUntil(alice, time.Second, e2e.IsReplyTo(roomID, bot, cmd)); err == nil {
+				t.Errorf("the bot answered bob's prefix-less command %s in a room of four: %q", cmd, reply.Content.AsMessage().Body)
+			} else if !errors.Is(err, e2e.ErrSyncTimeout) {
+				t.Fatal(err)
 			}
 		}
 		q := "SELECT COUNT(*) FROM users WHERE mxid=$1 AND paused"
