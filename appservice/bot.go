@@ -237,6 +237,11 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 		return err
 	}
 	bh.svc.botRooms.Delete(evt.RoomID)
+	// Whatever the cache still holds from an earlier stay is stale: the bot heard nothing from
+	// the room while it was out (power levels, members).
+	if err := bh.svc.forgetRoomState(ctx, evt.RoomID); err != nil {
+		return fmt.Errorf("failed to drop the room's cached state: %w", err)
+	}
 	if _, err := bot.JoinRoomByID(ctx, evt.RoomID); err != nil {
 		if isRoomGone(err) {
 			log.Info().Err(err).Stringer("room_id", evt.RoomID).Msg("Invite is no longer valid; not joining")
@@ -269,12 +274,20 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 	if err != nil {
 		return fmt.Errorf("failed to record bot setup: %w", err)
 	}
+	// The flag only says what the inviter meant; the room is a direct chat if its members say so.
+	direct := false
+	if content.IsDirect {
+		if direct, err = bh.svc.isDirectChat(ctx, evt.RoomID, evt.Sender); err != nil {
+			log.Warn().Err(err).Msg("Failed to check whether the room is a direct chat; welcoming it as a group room")
+		}
+	}
 	log.Info().
 		Stringer("room_id", evt.RoomID).
 		Stringer("inviter", evt.Sender).
 		Bool("is_direct", content.IsDirect).
+		Bool("direct_chat", direct).
 		Msg("Bot joined room on invite")
-	return bh.sendWelcome(ctx, evt, content.IsDirect)
+	return bh.sendWelcome(ctx, evt, direct)
 }
 
 // setupConfig is the JSON recorded as the setup's configuration.
@@ -291,7 +304,8 @@ func (bh *botHost) setupConfig() json.RawMessage {
 	return data
 }
 
-// sendWelcome posts the bot's welcome notice after it joined on invite evt.
+// sendWelcome posts the bot's welcome notice after it joined on invite evt; isDirect says the
+// room is a direct chat by its members, where commands need no prefix.
 func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect bool) error {
 	help := bh.prefix() + "help"
 	if isDirect {

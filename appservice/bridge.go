@@ -154,6 +154,13 @@ type Host interface {
 	// a bridge that relays messages anywhere checks again before it does, and relays nothing
 	// for which this is true.
 	CarriesSecret(evt *event.Event) bool
+	// MayConfigureRoom reports whether userID is joined to roomID and has the power level the
+	// room configuration command needs there: bot.command_power_levels for command (its full
+	// name without prefix, "webhook out"), else the room's state_default. It reads the state
+	// cache, which the core keeps current from the room's events while the bot is in the room
+	// and drops when the bot leaves, and asks the homeserver for what the cache lacks. An error
+	// means it could not tell: treat the user as not allowed.
+	MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error)
 }
 
 // SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's

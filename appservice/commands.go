@@ -528,25 +528,18 @@ func (bh *botHost) carriesSecret(evt *event.Event) bool {
 	return carriesSecret(bh.commands, bh.prefix(), evt)
 }
 
-// isDM reports whether roomID is a direct chat between the bot and sender. Where the bot has a
-// setup record, the invite said: is_direct, or a group room (a private room of one user and the
-// bot, say for their webhooks, is still a group room). Rooms without a record (a direct chat a
-// bridge opened) count as direct when the two are the only joined members.
+// isDM reports whether roomID is a direct chat between the bot and sender: its joined members,
+// read when the command runs, are exactly those two (invariant 9). The invite's is_direct flag
+// can only narrow this: a room the bot was invited to as a group room (a private room of one
+// user and the bot, say for their webhooks) stays a group room.
 func (bh *botHost) isDM(ctx context.Context, roomID id.RoomID, sender id.UserID) (bool, error) {
-	botID := bh.svc.as.BotMXID()
-	setup, err := bh.svc.db.BotSetup.Get(ctx, roomID, botID)
+	setup, err := bh.svc.db.BotSetup.Get(ctx, roomID, bh.svc.as.BotMXID())
 	if err != nil {
 		return false, err
-	} else if setup != nil {
-		return setup.IsDirect, nil
+	} else if setup != nil && !setup.IsDirect {
+		return false, nil
 	}
-	members, err := bh.svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
-	if err != nil {
-		return false, fmt.Errorf("failed to get joined members from state store: %w", err)
-	}
-	_, hasBot := members[botID]
-	_, hasSender := members[sender]
-	return len(members) == 2 && hasBot && hasSender, nil
+	return bh.svc.isDirectChat(ctx, roomID, sender)
 }
 
 // runCommand looks up and runs one parsed command, replying to the sender with what went wrong

@@ -376,6 +376,13 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 		mautrix.UpdateStateStore(ctx, svc.stateStore, evt)
 		if evt.Type == event.StateMember && evt.GetStateKey() == svc.as.BotMXID().String() {
 			svc.botRooms.Delete(evt.RoomID)
+			// Out of the room, the bot hears nothing more from it: drop its cached state, so
+			// that power levels and members are read afresh if the bot is invited back.
+			if evt.Content.AsMember().Membership.IsLeaveOrBan() {
+				if err := svc.forgetRoomState(ctx, evt.RoomID); err != nil {
+					log.Error().Err(err).Msg("Failed to drop the cached state of a room the bot left")
+				}
+			}
 		}
 	}
 	if svc.isOwnUser(evt.Sender) {

@@ -446,45 +446,11 @@ func callSafely(fn func() error) (err error) {
 	return fn()
 }
 
-// directChatsWith returns the rooms where the bot's only company (apart from our own users) is
-// user, according to the state cache. They are read before the erasure, which clears the
+// directChatsWith returns the rooms the erasure of user leaves: see [Service.privateRoomsOf].
+// They are read from the homeserver before the erasure, whose transaction clears the state
 // cache's entries about the user.
 func (svc *Service) directChatsWith(ctx context.Context, user id.UserID) []id.RoomID {
-	rows, err := svc.rawDB.Query(ctx, `SELECT room_id FROM mx_user_profile WHERE user_id=$1 AND membership='join'`, user)
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to list the user's rooms; not leaving direct chats")
-		return nil
-	}
-	var rooms []id.RoomID
-	for rows.Next() {
-		var roomID id.RoomID
-		if err = rows.Scan(&roomID); err == nil {
-			rooms = append(rooms, roomID)
-		}
-	}
-	_ = rows.Close()
-	botID := svc.as.BotMXID()
-	var out []id.RoomID
-	for _, roomID := range rooms {
-		if !svc.stateStore.IsInRoom(ctx, roomID, botID) {
-			continue
-		}
-		members, err := svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
-		if err != nil {
-			continue
-		}
-		others := 0
-		for member := range members {
-			if !svc.isOwnUser(member) {
-				others++
-			}
-		}
-		if _, ok := members[user]; ok && others == 1 {
-			out = append(out, roomID)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return svc.privateRoomsOf(ctx, user)
 }
 
 // eraseRows is the erasure's one database transaction; see [Service.Erase]. It moves the job

@@ -48,6 +48,9 @@ type privacyBridge struct {
 	block  chan struct{}
 	purged []map[string]int64
 	events []*event.Event
+	// purgedRooms and configured record PurgeRoom calls and runs of the configure command.
+	purgedRooms []id.RoomID
+	configured  []id.UserID
 }
 
 var (

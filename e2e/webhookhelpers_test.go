@@ -61,8 +61,9 @@ var (
 // mustCreateGroupRoom creates a private room as owner with the Custodian bot and the other
 // users, who join, and waits until the bot has joined. Two things make it a room where the
 // !webhook commands work:
-//   - a third member: a room of only its creator and the bot counts as a direct chat with the
-//     bot (appservice/commands.go, isDM: two joined members), where room commands refuse to run;
+//   - a third member: a room whose joined members are only its creator and the bot can count as
+//     a direct chat with the bot (appservice/commands.go, isDM), where room commands refuse to
+//     run;
 //   - the bot has the redact power level (50), as a moderator: "!webhook out <url>" carries a
 //     secret, and the bot refuses to run it unless it can redact the message.
 func mustCreateGroupRoom(t *testing.T, env *e2e.Env, owner *mautrix.Client, others ...*mautrix.Client) id.RoomID {

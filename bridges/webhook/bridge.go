@@ -217,13 +217,16 @@ func (br *Bridge) Stop(ctx context.Context) error {
 
 // HandleEvent handles an event in a room with webhooks: room messages go to the room's
 // outbound hooks, redactions remove the hooks their command created and are passed on to
-// outbound hooks as deletion notices. Other events are ignored.
+// outbound hooks as deletion notices, and member and power level changes suspend the outbound
+// hooks whose owner lost the right to them. Other events are ignored.
 func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMessage(ctx, evt)
 	case event.EventRedaction:
 		return br.handleRedaction(ctx, evt)
+	case event.StateMember, event.StatePowerLevels:
+		return br.checkOwners(ctx, evt)
 	}
 	return nil
 }

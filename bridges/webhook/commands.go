@@ -66,6 +66,11 @@ func (br *Bridge) Commands() []*appservice.Command {
 			Help:    "Replace a webhook's secret (the URL of an incoming one, the signing secret of an outgoing one) and send you the new one.",
 			Handler: wrap(br.cmdRotate),
 		},
+		{
+			Name: "resume", Args: "<name>", Scope: appservice.ScopeRoom, RoomConfig: true,
+			Help:    "Resume your outgoing webhook, suspended when you left, were banned or lost the power level.",
+			Handler: wrap(br.cmdResume),
+		},
 	}
 }
 
@@ -192,6 +197,9 @@ func (br *Bridge) cmdList(ctx context.Context, c *cmdCall) error {
 		fmt.Fprintf(&sb, "* **%s**: %s, set up by %s on %s; %s", hook.Name, hook.Kind, format.SafeMarkdownCode(hook.Actor),
 			formatTime(hook.UpdatedAt), hookStatus(hook))
 		if hook.Kind == webhookdb.KindOutbound {
+			if !hook.SuspendedAt.IsZero() {
+				fmt.Fprintf(&sb, " (its owner can resume it with %s)", format.SafeMarkdownCode(c.prefix+"webhook resume "+hook.Name))
+			}
 			if !hook.LastSuccessAt.IsZero() {
 				fmt.Fprintf(&sb, "; last delivered %s", formatTime(hook.LastSuccessAt))
 			}
@@ -229,6 +237,13 @@ func (br *Bridge) cmdRotate(ctx context.Context, c *cmdCall) error {
 		return err
 	}
 	replay := hook.SourceEventID == c.evt.ID
+	if !replay && !hook.SuspendedAt.IsZero() {
+		// Rotating would make the sender its owner, who could resume deliveries to a URL the
+		// owner who lost the right to it chose.
+		return appservice.UserErrorf("The webhook **%s** is suspended: %s. Only its owner can resume it; "+
+			"to replace it, delete it with %s and set up a new one.", hook.Name, hook.SuspendedReason,
+			format.SafeMarkdownCode(c.prefix+"webhook remove "+hook.Name))
+	}
 	if replay && hook.SecretSent {
 		return br.replyRotated(ctx, c, hook)
 	}

@@ -156,7 +156,7 @@ func (env *testEnv) runEvent(evt *event.Event) *commandResult {
 	}
 	handlers := map[string]func(context.Context, *cmdCall) error{
 		"add": env.br.cmdAdd, "out": env.br.cmdOut, "list": env.br.cmdList, "remove": env.br.cmdRemove, "delete": env.br.cmdRemove,
-		"rotate": env.br.cmdRotate,
+		"rotate": env.br.cmdRotate, "resume": env.br.cmdResume,
 	}
 	handler, ok := handlers[words[0]]
 	if !ok {

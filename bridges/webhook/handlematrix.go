@@ -129,9 +129,9 @@ func (br *Bridge) wasPurged(eventID id.EventID) bool {
 	return ok
 }
 
-// fanOut queues out for every outbound hook of the event's room.
+// fanOut queues out for every outbound hook of the event's room that is not suspended.
 func (br *Bridge) fanOut(ctx context.Context, evt *event.Event, out *OutboundEvent) error {
-	hooks, err := br.db.Hook.GetActiveOutboundInRoom(ctx, evt.RoomID)
+	hooks, err := br.db.Hook.GetDeliveringInRoom(ctx, evt.RoomID)
 	if err != nil {
 		return fmt.Errorf("failed to get the room's outbound hooks: %w", err)
 	} else if len(hooks) == 0 {
@@ -226,6 +226,8 @@ func hookStatus(hook *webhookdb.Hook) string {
 		return "active"
 	}
 	switch {
+	case !hook.SuspendedAt.IsZero():
+		return fmt.Sprintf("**suspended** since %s: %s", formatTime(hook.SuspendedAt), hook.SuspendedReason)
 	case hook.ConsecutiveFailures > 0:
 		return fmt.Sprintf("failing: %d failed attempts in a row", hook.ConsecutiveFailures)
 	case !hook.LastSuccessAt.IsZero():

@@ -214,8 +214,10 @@ const (
 )
 
 // deliver POSTs d to q's hook, retrying with backoff up to outbound.max_attempts times. Before
-// every attempt it reads the hook again, so a hook removed meanwhile (a redaction, !webhook
-// remove, an erasure) gets nothing more. It returns false if the hook is gone or the queue was
+// every attempt it reads the hook again, so a hook removed or suspended meanwhile (a redaction,
+// !webhook remove, an erasure, its owner's loss of the right to it) gets nothing more, and
+// checks that the owner is still a member with the power level to configure webhooks, or
+// suspends the hook. It returns false if the hook is gone or the queue was
 // stopped, true when the worker should go on with the next message.
 func (br *Bridge) deliver(ctx context.Context, q *deliveryQueue, d *delivery) bool {
 	log := zerolog.Ctx(ctx).With().Stringer("event_id", d.eventID).Logger()
@@ -237,7 +239,24 @@ func (br *Bridge) deliver(ctx context.Context, q *deliveryQueue, d *delivery) bo
 		case hook == nil || hook.Kind != webhookdb.KindOutbound:
 			log.Debug().Msg("Outbound webhook is gone; dropping its queue")
 			return false
+		case !hook.SuspendedAt.IsZero():
+			log.Debug().Msg("Outbound webhook is suspended; dropping its queue")
+			return false
 		default:
+			// The owner must still be a member with the power level, whatever events the
+			// bridge missed: otherwise the hook is suspended and this message not sent.
+			allowed, err := br.host.MayConfigureRoom(ctx, hook.RoomID, hook.Actor, outboundCommand)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+				log.Warn().Err(err).Msg("Failed to check the outbound webhook's owner before delivery")
+				result = attemptResult{reason: "could not check that the owner may still receive this room's messages", retry: true}
+				break
+			} else if !allowed {
+				br.suspend(ctx, hook, suspendedNoRights, d.eventID)
+				return false
+			}
 			if paused, err := br.host.IsPaused(ctx, hook.Actor); err == nil && paused {
 				log.Debug().Msg("Outbound webhook's owner paused Custodian; not delivering")
 				return true

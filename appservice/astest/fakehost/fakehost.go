@@ -52,6 +52,9 @@ type Host struct {
 	BridgeDB *dbutil.Database
 	// Secrets is the in-memory vault behind Vault.
 	Secrets *MemoryVault
+	// CommandPowerLevels overrides, per command, the power level MayConfigureRoom requires,
+	// like bot.command_power_levels. Set it before the bridge starts.
+	CommandPowerLevels map[string]int
 	// Front serves the endpoints the fake homeserver lacks (createRoom, invite) and passes
 	// everything else on to HS.
 	Front *httptest.Server
@@ -186,6 +189,37 @@ func (h *Host) Vault() appservice.SecretStore { return h.Secrets.For(h.bridgeID)
 // EnsureUser creates the users row.
 func (h *Host) EnsureUser(ctx context.Context, userID id.UserID) error {
 	return h.CoreDB.User.Ensure(ctx, userID)
+}
+
+// MayConfigureRoom reports whether userID is joined to roomID in the state store and has the
+// power level CommandPowerLevels sets for command, else the room's state_default, by the power
+// levels in the state store. A room without cached power levels lets every joined member
+// configure it, so tests that do not care about power levels need not set any.
+func (h *Host) MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error) {
+	if !h.AS.StateStore.IsInRoom(ctx, roomID, userID) {
+		return false, nil
+	}
+	pl, err := h.AS.StateStore.GetPowerLevels(ctx, roomID)
+	if err != nil || pl == nil {
+		return err == nil, err
+	}
+	h.lock.Lock()
+	required, ok := h.CommandPowerLevels[command]
+	h.lock.Unlock()
+	if !ok {
+		required = pl.StateDefault()
+	}
+	return pl.GetUserLevel(userID) >= required, nil
+}
+
+// SetPowerLevels sets roomID's power levels on the fake homeserver and in the state store, as
+// when the homeserver sends the power levels event.
+func (h *Host) SetPowerLevels(t testing.TB, roomID id.RoomID, pl *event.PowerLevelsEventContent) {
+	t.Helper()
+	h.HS.SetState(roomID, event.StatePowerLevels, "", h.BotID(), pl)
+	if err := h.AS.StateStore.SetPowerLevels(context.Background(), roomID, pl); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // IsPaused reports the users row's paused flag.

@@ -64,6 +64,11 @@ type Hook struct {
 	// VaultNoticeAt is when Actor was told that the hook's secrets cannot be opened; zero if
 	// they were not, or opened again since.
 	VaultNoticeAt time.Time
+	// SuspendedAt is when an outbound hook was suspended because its owner (Actor) lost the
+	// right to it: they left, were banned or lost the power level; zero while it is not.
+	// SuspendedReason says which, in words shown by !webhook list.
+	SuspendedAt     time.Time
+	SuspendedReason string
 }
 
 // MarshalZerologObject writes the hook's IDs and kind, never its name or secrets.
@@ -76,18 +81,19 @@ func newHook(_ *dbutil.QueryHelper[*Hook]) *Hook { return &Hook{} }
 const hookColumns = `
 	id, room_id, name, kind, actor_mxid, source_event_id, created_at, updated_at, token_hash,
 	outbound_url, signing_secret, secret_sent, revoked_at, last_success_at, last_failure_at,
-	last_error, consecutive_failures, dropped_count, vault_notice_at
+	last_error, consecutive_failures, dropped_count, vault_notice_at, suspended_at, suspended_reason
 `
 
 // Scan reads one webhook_hook row selected with hookColumns.
 func (h *Hook) Scan(row dbutil.Scannable) (*Hook, error) {
 	var createdAt, updatedAt int64
-	var tokenHash, lastError sql.NullString
-	var revokedAt, lastSuccess, lastFailure, vaultNotice sql.NullInt64
+	var tokenHash, lastError, suspendedReason sql.NullString
+	var revokedAt, lastSuccess, lastFailure, vaultNotice, suspendedAt sql.NullInt64
 	err := row.Scan(
 		&h.ID, &h.RoomID, &h.Name, &h.Kind, &h.Actor, &h.SourceEventID, &createdAt, &updatedAt,
 		&tokenHash, &h.OutboundURL, &h.SigningSecret, &h.SecretSent, &revokedAt, &lastSuccess,
 		&lastFailure, &lastError, &h.ConsecutiveFailures, &h.DroppedCount, &vaultNotice,
+		&suspendedAt, &suspendedReason,
 	)
 	if err != nil {
 		return nil, err
@@ -100,6 +106,8 @@ func (h *Hook) Scan(row dbutil.Scannable) (*Hook, error) {
 	h.LastSuccessAt = millis(lastSuccess)
 	h.LastFailureAt = millis(lastFailure)
 	h.VaultNoticeAt = millis(vaultNotice)
+	h.SuspendedAt = millis(suspendedAt)
+	h.SuspendedReason = suspendedReason.String
 	return h, nil
 }
 
@@ -127,6 +135,7 @@ const (
 	getActiveHooksInRoom    = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE room_id=$1 AND revoked_at IS NULL ORDER BY name`
 	getAllHooksInRoom       = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE room_id=$1 ORDER BY name`
 	getActiveOutboundInRoom = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE room_id=$1 AND kind='out' AND revoked_at IS NULL ORDER BY id`
+	getDeliveringInRoom     = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE room_id=$1 AND kind='out' AND revoked_at IS NULL AND suspended_at IS NULL ORDER BY id`
 	getHooksBySourceQuery   = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE room_id=$1 AND source_event_id=$2`
 	getHooksByActorQuery    = `SELECT ` + hookColumns + ` FROM webhook_hook WHERE actor_mxid=$1 ORDER BY id`
 	countHooksInRoomQuery   = `SELECT COUNT(*) FROM webhook_hook WHERE room_id=$1 AND revoked_at IS NULL`
@@ -150,7 +159,12 @@ const (
 		WHERE id=$1
 	`
 	setVaultNoticeQuery = `UPDATE webhook_hook SET vault_notice_at=$2 WHERE id=$1`
-	addDroppedQuery     = `
+	suspendQuery        = `
+		UPDATE webhook_hook SET suspended_at=$2, suspended_reason=$3
+		WHERE id=$1 AND kind='out' AND suspended_at IS NULL AND revoked_at IS NULL
+	`
+	resumeQuery     = `UPDATE webhook_hook SET suspended_at=NULL, suspended_reason=NULL WHERE id=$1`
+	addDroppedQuery = `
 		UPDATE webhook_hook SET dropped_count=dropped_count+$2, last_failure_at=$3, last_error=$4 WHERE id=$1
 	`
 )
@@ -188,6 +202,12 @@ func (hq *HookQuery) GetAllInRoom(ctx context.Context, roomID id.RoomID) ([]*Hoo
 // GetActiveOutboundInRoom returns the room's outbound hooks that are not revoked.
 func (hq *HookQuery) GetActiveOutboundInRoom(ctx context.Context, roomID id.RoomID) ([]*Hook, error) {
 	return hq.QueryMany(ctx, getActiveOutboundInRoom, roomID)
+}
+
+// GetDeliveringInRoom returns the room's outbound hooks that are neither revoked nor suspended:
+// those that receive the room's messages.
+func (hq *HookQuery) GetDeliveringInRoom(ctx context.Context, roomID id.RoomID) ([]*Hook, error) {
+	return hq.QueryMany(ctx, getDeliveringInRoom, roomID)
 }
 
 // GetBySourceEvent returns the room's hooks whose provenance is eventID.
@@ -267,4 +287,21 @@ func (hq *HookQuery) SetVaultNotice(ctx context.Context, hookID string, at time.
 		v = &ms
 	}
 	return hq.Exec(ctx, setVaultNoticeQuery, hookID, v)
+}
+
+// Suspend suspends the outbound hook at at, for reason (a fixed description shown by !webhook
+// list, never a URL). It reports whether it did: false if the hook is already suspended,
+// revoked, inbound or gone.
+func (hq *HookQuery) Suspend(ctx context.Context, hookID string, at time.Time, reason string) (bool, error) {
+	res, err := hq.GetDB().Exec(ctx, suspendQuery, hookID, at.UnixMilli(), reason)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// Resume clears the hook's suspension.
+func (hq *HookQuery) Resume(ctx context.Context, hookID string) error {
+	return hq.Exec(ctx, resumeQuery, hookID)
 }

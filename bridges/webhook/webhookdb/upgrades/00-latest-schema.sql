@@ -1,4 +1,4 @@
--- v0 -> v2: Latest revision
+-- v0 -> v3: Latest revision
 
 -- webhook_hook is one webhook in a room: inbound (a secret URL whose POSTs appear in the room as
 -- the hook's ghost) or outbound (the room's messages are POSTed to a URL). Every row records its
@@ -39,6 +39,11 @@ CREATE TABLE webhook_hook (
 	-- (a missing or wrong master key); cleared once they open again, so each such episode
 	-- brings one notice.
 	vault_notice_at      BIGINT,
+	-- Outbound hooks: set when the hook was suspended because its owner (actor_mxid) left, was
+	-- banned or lost the power level to configure webhooks; why, as shown by !webhook list.
+	-- Cleared when the owner resumes it with the power level back.
+	suspended_at         BIGINT,
+	suspended_reason     TEXT,
 	UNIQUE (room_id, name)
 );
 CREATE INDEX webhook_hook_actor_idx ON webhook_hook (actor_mxid);

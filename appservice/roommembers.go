@@ -1,0 +1,163 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// joinedMembersNow returns the joined members of roomID as the homeserver has them now. It reads
+// /joined_members without touching the state cache, which may have been scrubbed by an erasure
+// (see scrubStateCache) and must not learn erased users again from here.
+func (svc *Service) joinedMembersNow(ctx context.Context, roomID id.RoomID) ([]id.UserID, error) {
+	bot := svc.as.BotIntent()
+	var resp mautrix.RespJoinedMembers
+	url := bot.BuildClientURL("v3", "rooms", roomID, "joined_members")
+	if _, err := bot.MakeRequest(ctx, http.MethodGet, url, nil, &resp); err != nil {
+		return nil, fmt.Errorf("failed to fetch joined members: %w", err)
+	}
+	members := make([]id.UserID, 0, len(resp.Joined))
+	for userID := range resp.Joined {
+		members = append(members, userID)
+	}
+	return members, nil
+}
+
+// onlyBotAnd reports whether members, a room's joined members, are exactly the bot and user, or
+// the bot alone when allowAlone is set. Anyone else, a real user or a ghost of any bridge, makes
+// the room shared.
+func (svc *Service) onlyBotAnd(members []id.UserID, user id.UserID, allowAlone bool) bool {
+	botID := svc.as.BotMXID()
+	if !slices.Contains(members, botID) {
+		return false
+	}
+	others := slices.DeleteFunc(slices.Clone(members), func(member id.UserID) bool { return member == botID })
+	switch len(others) {
+	case 0:
+		return allowAlone
+	case 1:
+		return others[0] == user
+	default:
+		return false
+	}
+}
+
+// isDirectChat reports whether roomID is a direct chat between the bot and user: its joined
+// members are exactly those two (invariant 9). A state cache that holds the room's full member
+// list can only rule that out; a "yes" is always confirmed with the homeserver, so a missed join
+// cannot turn a group room into a direct chat.
+func (svc *Service) isDirectChat(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	if fetched, err := svc.stateStore.HasFetchedMembers(ctx, roomID); err == nil && fetched {
+		cached, err := svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
+		if err == nil {
+			members := make([]id.UserID, 0, len(cached))
+			for member := range cached {
+				members = append(members, member)
+			}
+			if !svc.onlyBotAnd(members, user, false) {
+				return false, nil
+			}
+		}
+	}
+	members, err := svc.joinedMembersNow(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	return svc.onlyBotAnd(members, user, false), nil
+}
+
+// privateRoomsOf returns the rooms that belong to user alone among people: rooms whose joined
+// members, read fresh from the homeserver, are exactly the bot and user, or the bot alone after
+// user left. Those are the rooms an erasure of user leaves; every other room (another user, a
+// ghost of any bridge) is shared and stays as it is. The candidates are the rooms where the
+// state cache has ever seen user and believes the bot joined; a room the cache does not know is
+// kept, which can only keep the bot somewhere, never make it leave a room others use.
+func (svc *Service) privateRoomsOf(ctx context.Context, user id.UserID) []id.RoomID {
+	log := zerolog.Ctx(ctx)
+	rows, err := svc.rawDB.Query(ctx, `SELECT DISTINCT room_id FROM mx_user_profile WHERE user_id=$1`, user)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to list the user's rooms; not leaving direct chats")
+		return nil
+	}
+	var rooms []id.RoomID
+	for rows.Next() {
+		var roomID id.RoomID
+		if err = rows.Scan(&roomID); err == nil {
+			rooms = append(rooms, roomID)
+		}
+	}
+	_ = rows.Close()
+	botID := svc.as.BotMXID()
+	var out []id.RoomID
+	for _, roomID := range rooms {
+		if !svc.stateStore.IsInRoom(ctx, roomID, botID) {
+			continue
+		}
+		members, err := svc.joinedMembersNow(ctx, roomID)
+		if err != nil {
+			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to read a room's members; treating it as shared")
+			continue
+		}
+		if svc.onlyBotAnd(members, user, true) {
+			out = append(out, roomID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// forgetRoomState drops what the state cache holds about roomID: its members, power levels,
+// create event and the rest of its state. The bot calls it when it leaves a room or is removed,
+// since it hears nothing more from the room until it returns, and authorisation must then read
+// the room's power levels afresh.
+func (svc *Service) forgetRoomState(ctx context.Context, roomID id.RoomID) error {
+	return svc.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if _, err := svc.rawDB.Exec(ctx, `DELETE FROM mx_user_profile WHERE room_id=$1`, roomID); err != nil {
+			return fmt.Errorf("failed to drop cached members: %w", err)
+		}
+		if _, err := svc.rawDB.Exec(ctx, `DELETE FROM mx_room_state WHERE room_id=$1`, roomID); err != nil {
+			return fmt.Errorf("failed to drop cached room state: %w", err)
+		}
+		return nil
+	})
+}
+
+// MayConfigureRoom implements [Host.MayConfigureRoom].
+func (bh *bridgeHost) MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error) {
+	return bh.svc.mayConfigureRoom(ctx, roomID, userID, command)
+}
+
+// mayConfigureRoom reports whether userID is joined to roomID and may run the room
+// configuration command there; see [Host.MayConfigureRoom].
+func (svc *Service) mayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error) {
+	member, err := svc.stateStore.TryGetMember(ctx, roomID, userID)
+	if err != nil {
+		return false, fmt.Errorf("failed to get cached membership: %w", err)
+	}
+	if member == nil {
+		var content event.MemberEventContent
+		err = svc.as.BotIntent().StateEvent(ctx, roomID, event.StateMember, userID.String(), &content)
+		if errors.Is(err, mautrix.MNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("failed to fetch membership: %w", err)
+		}
+		member = &content
+	}
+	if member.Membership != event.MembershipJoin {
+		return false, nil
+	}
+	pl, err := svc.bot.roomPowerLevels(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	_, _, ok := commandPower(svc.cfg.Bot.CommandPowerLevels, command, pl, userID)
+	return ok, nil
+}
