@@ -66,7 +66,8 @@ func (svc *Service) privacyDB() *database.PrivacyQuery {
 }
 
 // startPrivacy checks the retention declarations, sets up admin access to the homeserver,
-// starts the admin API, the retention sweeper and the deactivation sweep, and finishes in the
+// starts the admin API, the retention sweeper, the deactivation sweep and the expiry of export
+// files, and finishes in the
 // background the erasures an earlier run left unfinished. It is called by start once the
 // bridges have started, so that their EraseRemote works.
 func (svc *Service) startPrivacy(ctx context.Context) error {
@@ -94,6 +95,7 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 		defer svc.privacy.loops.Done()
 		svc.deactivationLoop(ctx)
 	}()
+	svc.startExportExpiry(ctx)
 	return nil
 }
 
