@@ -128,6 +128,65 @@ func TestGenerateThenRun(t *testing.T) {
 	}
 }
 
+// TestExampleConnectsNowherePublic: the configuration custodian -e prints, once -g has filled in
+// the tokens, enables no bridge that connects to a network (the IRC section is there, commented
+// out); uncommented, the IRC section enables the bridge and validates.
+func TestExampleConnectsNowherePublic(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	regPath := filepath.Join(dir, "registration.yaml")
+	_, example, _ := runCLI(t, "-e")
+	if strings.Contains(example, "\n    irc:") || !strings.Contains(example, "\n    # irc:\n") {
+		t.Errorf("-e prints the irc section uncommented, or not at all:\n%s", example)
+	}
+	if err := os.WriteFile(cfgPath, []byte(example), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "-g", "-c", cfgPath, "-r", regPath); code != exitOK {
+		t.Fatalf("-g = %d, stderr %q", code, stderr)
+	}
+	cfg, err := appservice.LoadConfig(cfgPath, bridges)
+	if err != nil {
+		t.Fatalf("LoadConfig(example after -g) = %v", err)
+	}
+	var enabled []string
+	for _, br := range cfg.EnabledBridges(bridges) {
+		enabled = append(enabled, br.ID())
+	}
+	if want := []string{"webhook"}; !reflect.DeepEqual(enabled, want) {
+		t.Errorf("the example enables bridges %v, want %v (nothing that connects to a network)", enabled, want)
+	}
+
+	// Turning IRC on is removing "# " in front of its section's lines.
+	generated, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(generated), "\n")
+	inIRC := false
+	for i, line := range lines {
+		switch {
+		case line == "    # irc:":
+			inIRC = true
+		case inIRC && !strings.HasPrefix(line, "    #"):
+			inIRC = false
+		}
+		if inIRC {
+			lines[i] = strings.Replace(line, "    # ", "    ", 1)
+		}
+	}
+	if err = os.WriteFile(cfgPath, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = appservice.LoadConfig(cfgPath, bridges)
+	if err != nil {
+		t.Fatalf("LoadConfig(example with irc uncommented) = %v", err)
+	}
+	if got := len(cfg.EnabledBridges(bridges)); got != 2 {
+		t.Errorf("with the irc section uncommented %d bridges are enabled, want 2", got)
+	}
+}
+
 func TestCheckedInExamples(t *testing.T) {
 	data, err := os.ReadFile("../../config.yaml")
 	if err != nil {
