@@ -213,3 +213,41 @@ func TestCheckedInExamples(t *testing.T) {
 		t.Errorf("registration.yaml = %+v, want what -g generates for config.yaml: %+v", reg, want)
 	}
 }
+
+// TestREADMEMatchesTheCommandLine: the README's command-line section names every subcommand
+// run accepts, and no document says vault.shred_backups is off by default while the example
+// turns it on.
+func TestREADMEMatchesTheCommandLine(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"keys", "export", "forget"} {
+		// The subcommand exists: its help exits 0 or 1, never as an unknown flag or argument.
+		if _, _, stderr := runCLI(t, sub, "-h"); strings.Contains(stderr, "unexpected argument") {
+			t.Errorf("custodian %s is not a subcommand: %s", sub, stderr)
+		}
+		if !strings.Contains(string(readme), "- `custodian "+sub+" ") {
+			t.Errorf("README.md lists no subcommand `custodian %s` among the flags and subcommands", sub)
+		}
+	}
+	shredOn := strings.Contains(appservice.ExampleConfig(bridges), "\n    shred_backups: true\n")
+	for _, doc := range []string{"../../README.md", "../../docs/ARCHITECTURE.md"} {
+		data, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(strings.Fields(string(data)), " ")
+		for i := strings.Index(text, "shred_backups"); i >= 0; {
+			window := text[i:min(len(text), i+120)]
+			if shredOn && strings.Contains(window, "off by default") {
+				t.Errorf("%s says vault.shred_backups is off by default, but the example turns it on: %q", doc, window)
+			}
+			next := strings.Index(text[i+1:], "shred_backups")
+			if next < 0 {
+				break
+			}
+			i += 1 + next
+		}
+	}
+}
