@@ -115,7 +115,7 @@ func (svc *Service) withdrawExport(ctx context.Context, ef *database.ExportFile)
 	log := zerolog.Ctx(ctx)
 	if ef.EventID != "" {
 		_, err := svc.as.BotIntent().RedactEvent(ctx, ef.RoomID, ef.EventID, mautrix.ReqRedact{
-			Reason: "The export file expired",
+			Reason: "Export file withdrawn",
 			TxnID:  TxnIDFor(ef.EventID, "export-withdraw"),
 		})
 		switch {

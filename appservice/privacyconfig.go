@@ -8,7 +8,8 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// PrivacyConfig configures retention limits and deactivation detection. Zero durations (a Config
+// PrivacyConfig configures retention limits, how long export files stay, and deactivation
+// detection. Zero durations (a Config
 // built in code rather than loaded) mean the defaults of example-config.yaml.
 type PrivacyConfig struct {
 	// ActivityRetention is how long activity records are kept ([RetentionActivity]).
