@@ -171,7 +171,7 @@ func (svc *Service) withdrawExportsOf(ctx context.Context, user id.UserID) {
 	log := zerolog.Ctx(ctx)
 	files, err := svc.exportDB().OfUser(ctx, user)
 	if err != nil {
-		log.Warn().Err(err).Msg("Failed to list the user's export files; they expire on their own")
+		log.Warn().Err(err).Msg("Failed to list the user's export files; they are not withdrawn")
 		return
 	}
 	failed := 0
