@@ -75,14 +75,17 @@ func (bh *botHost) init(ctx context.Context) {
 		Msg("Bot commands registered")
 }
 
-// afterConnect makes sure the bot is registered and its profile matches the configuration. It
-// never fails: problems are logged, and the bot works without a profile.
+// afterConnect registers the bot user and makes its profile match the configuration. It never
+// fails: problems are logged, and the bot works without a profile.
 func (bh *botHost) afterConnect(ctx context.Context) {
 	log := zerolog.Ctx(ctx)
 	bot := bh.svc.as.BotIntent()
-	if err := bot.EnsureRegistered(ctx); err != nil {
-		log.Error().Err(err).Msg("Failed to register the bot user")
-		return
+	// Synapse lets the registration's sender_localpart user act without being registered, but
+	// keeps no profile for it until it is: setting its display name then fails with 500 ("No
+	// row found"). Registering it (m.login.application_service) creates the profile; every start
+	// asks, and M_USER_IN_USE means an earlier start did.
+	if err := bot.Register(ctx); err != nil && !errors.Is(err, mautrix.MUserInUse) {
+		log.Warn().Err(err).Msg("Failed to register the bot user; setting its profile may fail")
 	}
 	cfg := &bh.svc.cfg.AppService
 	if cfg.BotDisplayname != "" {

@@ -697,6 +697,43 @@ func TestBotAfterConnectSetsProfileOnce(t *testing.T) {
 	}
 }
 
+// TestBotAfterConnectRegistersTheBot: the bot user is registered before its profile is set, since
+// Synapse has no profile for an unregistered sender_localpart user; a bot registered before
+// (M_USER_IN_USE) still gets its profile.
+func TestBotAfterConnectRegistersTheBot(t *testing.T) {
+	env := newBotEnv(t, func(cfg *Config) { cfg.AppService.BotDisplayname = "Custodian" })
+	for run := 1; run <= 2; run++ {
+		env.hs.Reset()
+		env.svc.bot.afterConnect(env.ctx)
+		var order []string
+		for _, req := range env.hs.Requests() {
+			switch req.Pattern {
+			case astest.PatternRegister:
+				var body struct {
+					Username string `json:"username"`
+					Type     string `json:"type"`
+				}
+				if err := req.DecodeBody(&body); err != nil || body.Username != botTestBot.Localpart() || body.Type != "m.login.application_service" {
+					t.Errorf("run %d: register request %s, want the bot's localpart with m.login.application_service", run, req.Body)
+				}
+				order = append(order, "register")
+			case astest.PatternPutProfile:
+				order = append(order, "profile")
+			}
+		}
+		want := []string{"register", "profile"}
+		if run == 2 {
+			want = []string{"register"} // the name is set already
+		}
+		if !slices.Equal(order, want) {
+			t.Errorf("run %d: afterConnect requests %v, want %v", run, order, want)
+		}
+	}
+	if name := env.hs.Profile(botTestBot)["displayname"]; name != "Custodian" {
+		t.Errorf("bot display name = %v, want Custodian", name)
+	}
+}
+
 func TestBotDoesNotRunSensitiveCommandItCannotRedact(t *testing.T) {
 	env := newBotEnv(t, nil)
 	env.setUpRoom(true, botTestAlice)

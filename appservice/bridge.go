@@ -89,6 +89,17 @@ type ConfigValidator interface {
 	ValidateConfig() error
 }
 
+// OptInBridge is an optional interface that bridges can implement to be off in the example
+// configuration: [ExampleConfig] prints their section commented out, so that Custodian run from
+// the example as printed never connects to a third party's network. The admin turns such a
+// bridge on by uncommenting its section and editing it.
+type OptInBridge interface {
+	Bridge
+	// OptIn reports whether the example prints the bridge's section commented out. It returns
+	// constant data and is called before the configuration loads.
+	OptIn() bool
+}
+
 // UserQuerier is an optional interface that bridges can implement to answer the homeserver's
 // user queries (GET /_matrix/app/v1/users/{userId}) for users in their namespace.
 type UserQuerier interface {

@@ -768,7 +768,9 @@ func prefixesOverlap(a, b string) bool {
 const bridgesSection = "bridges: {}\n"
 
 // ExampleConfig returns the commented example configuration: the core's, with each bridge's
-// example nested under bridges.<id> (a bridge without an example gets "<id>: {}"). custodian -e
+// example nested under bridges.<id> (a bridge without an example gets "<id>: {}"); the section
+// of an [OptInBridge] is commented out, so that the bridge is off until the admin turns it on.
+// custodian -e
 // prints it. All of its tokens are [TokenPlaceholder]; after custodian -g replaces them it loads
 // cleanly, given the bridges' examples do.
 func ExampleConfig(bridges []Bridge) string {
@@ -788,6 +790,10 @@ func ExampleConfig(bridges []Bridge) string {
 		if i > 0 {
 			sb.WriteString("\n")
 		}
+		if optIn, ok := br.(OptInBridge); ok && optIn.OptIn() {
+			writeOptInExample(&sb, br.ID(), example)
+			continue
+		}
 		fmt.Fprintf(&sb, "    # The %s bridge. Remove this section to turn it off.\n", br.ID())
 		if strings.TrimSpace(example) == "" {
 			fmt.Fprintf(&sb, "    %s: {}\n", br.ID())
@@ -804,4 +810,27 @@ func ExampleConfig(bridges []Bridge) string {
 		}
 	}
 	return sb.String()
+}
+
+// writeOptInExample writes the example section of the opt-in bridge brID, commented out: every
+// line of what would be its section, prefixed with "# " after the section's indentation, so
+// that removing that "# " from each line turns the bridge on.
+func writeOptInExample(sb *strings.Builder, brID, example string) {
+	fmt.Fprintf(sb, "    # The %s bridge is off. To turn it on, remove the \"# \" in front of each line of\n", brID)
+	sb.WriteString("    # this section, then edit it: as it stands it would connect to the network in it.\n")
+	if strings.TrimSpace(example) == "" {
+		fmt.Fprintf(sb, "    # %s: {}\n", brID)
+		return
+	}
+	fmt.Fprintf(sb, "    # %s:\n", brID)
+	for _, line := range strings.Split(example, "\n") {
+		line = strings.TrimRight(line, " \t\r")
+		if line == "" {
+			sb.WriteString("    #\n")
+			continue
+		}
+		sb.WriteString("    #     ")
+		sb.WriteString(line)
+		sb.WriteString("\n")
+	}
 }

@@ -662,3 +662,38 @@ func TestConfigNeverPrintsTokens(t *testing.T) {
 		}
 	}
 }
+
+// optInCfgBridge is a cfgBridge that is off in the example configuration.
+type optInCfgBridge struct{ *cfgBridge }
+
+func (optInCfgBridge) OptIn() bool { return true }
+
+func TestExampleConfigOptInBridge(t *testing.T) {
+	fake := newCfgBridge("fake", "fake_", "")
+	remote := optInCfgBridge{newCfgBridge("remote", "remote_", "")}
+	bridges := []Bridge{fake, remote}
+	text := ExampleConfig(bridges)
+	if !strings.Contains(text, "\n    # remote:\n    #     # A greeting the bridge sends.\n") || strings.Contains(text, "\n    remote:") {
+		t.Errorf("the opt-in bridge's section is not commented out:\n%s", text)
+	}
+	out, err := setConfigTokens([]byte(text), testASTokenValue, testHSTokenValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(out, "config.yaml", bridges, true)
+	if err != nil {
+		t.Fatalf("parseConfig(example) = %v", err)
+	}
+	if got := cfg.EnabledBridges(bridges); len(got) != 1 || got[0].ID() != "fake" {
+		t.Errorf("the example enables %d bridges, want only fake", len(got))
+	}
+
+	// Only opt-in bridges: the bridges section holds nothing.
+	out, err = setConfigTokens([]byte(ExampleConfig([]Bridge{remote})), testASTokenValue, testHSTokenValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = parseConfig(out, "config.yaml", []Bridge{remote}, true); err != nil || len(cfg.EnabledBridges([]Bridge{remote})) != 0 {
+		t.Errorf("example with an opt-in bridge only: %v, want it to load with no bridge enabled", err)
+	}
+}

@@ -374,6 +374,8 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 		log.Info().Msg("Erasing user data")
 		job.RemoteFailed = svc.eraseRemote(ctx, user, job.Modules)
 		if len(job.Modules) == 0 {
+			// Before the transaction below cascades the tracking rows away.
+			svc.withdrawExportsOf(ctx, user)
 			job.LeaveRooms = svc.directChatsWith(ctx, user)
 		}
 		counts, err := svc.eraseRows(ctx, job)

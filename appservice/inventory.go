@@ -59,6 +59,13 @@ func coreInventory() []UserTable {
 			Description: "commands you sent to Custodian's bot, by name only (never what you typed after it)",
 		},
 		{
+			// Withdrawn (message redacted, upload deleted) at expiry and before erasure; see
+			// exportfile.go.
+			Table: "as_export", UserColumn: "user_mxid",
+			Export:      []string{"room_id", "event_id", "mxc_uri", "created_at", "expires_at"},
+			Description: "export files the bot sent you, until they expire: where, and the encrypted upload",
+		},
+		{
 			// The job names the user only while the erasure is pending; the erasing transaction
 			// clears the column (see erasure.go), so erasure itself handles this table.
 			Table: "as_erasure", UserColumn: "user_mxid", Policy: EraseRetain,

@@ -76,8 +76,9 @@ func (svc *Service) privacyDB() *database.PrivacyQuery {
 }
 
 // startPrivacy checks the retention declarations, sets up admin access to the homeserver,
-// starts the admin API, the retention sweeper, the deactivation sweep and the erasure runner,
-// which first finishes the erasures an earlier run left unfinished. It is called by start once the
+// starts the admin API, the retention sweeper, the deactivation sweep, the expiry of export
+// files and the erasure runner, which first finishes the erasures an earlier run left
+// unfinished. It is called by start once the
 // bridges have started, so that their EraseRemote works.
 func (svc *Service) startPrivacy(ctx context.Context) error {
 	if err := checkRetention(svc.inventory()); err != nil {
@@ -107,6 +108,7 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 		defer svc.privacy.loops.Done()
 		svc.deactivationLoop(ctx)
 	}()
+	svc.startExportExpiry(ctx)
 	return nil
 }
 

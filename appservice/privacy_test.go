@@ -174,6 +174,10 @@ type privacyHS struct {
 	adminToken  string
 	adminGhost  id.UserID
 	adminCalls  int
+	// deletedMedia lists the media deleted through the admin API, as server/mediaID;
+	// onMediaDelete, if set, runs before each deletion is answered.
+	deletedMedia  []string
+	onMediaDelete func()
 }
 
 func newPrivacyHS(t testing.TB) *privacyHS {
@@ -221,6 +225,25 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 		user := id.UserID(r.PathValue("userID"))
 		writeJSON(w, http.StatusOK, map[string]any{"name": user, "deactivated": hs.deactivated[user], "erased": hs.deactivated[user]})
 	})
+	mux.HandleFunc("DELETE /_synapse/admin/v1/media/{serverName}/{mediaID}", func(w http.ResponseWriter, r *http.Request) {
+		hs.lock.Lock()
+		auth := r.Header.Get("Authorization")
+		admin := hs.adminToken != "" && auth == "Bearer "+hs.adminToken
+		hook := hs.onMediaDelete
+		hs.lock.Unlock()
+		if !admin {
+			writeError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
+			return
+		}
+		if hook != nil {
+			hook()
+		}
+		media := r.PathValue("serverName") + "/" + r.PathValue("mediaID")
+		hs.lock.Lock()
+		hs.deletedMedia = append(hs.deletedMedia, media)
+		hs.lock.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{"deleted_media": []string{r.PathValue("mediaID")}, "total": 1})
+	})
 	mux.Handle("/", hs.FakeHomeserver.Server.Config.Handler)
 	hs.srv = httptest.NewServer(mux)
 	t.Cleanup(hs.srv.Close)
@@ -240,6 +263,12 @@ func (hs *privacyHS) setDeactivated(user id.UserID) {
 	hs.lock.Lock()
 	defer hs.lock.Unlock()
 	hs.deactivated[user] = true
+}
+
+func (hs *privacyHS) mediaDeleted() []string {
+	hs.lock.Lock()
+	defer hs.lock.Unlock()
+	return slices.Clone(hs.deletedMedia)
 }
 
 func (hs *privacyHS) upload(i int) []byte {

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 )
@@ -144,29 +142,16 @@ func (bh *botHost) cmdExport(ctx context.Context, ce *CommandEvent) error {
 		return fmt.Errorf("failed to encode export: %w", err)
 	}
 	fileName := "custodian-export-" + export.GeneratedAt.Format("2006-01-02") + ".json"
-	bot := svc.as.BotIntent()
-	// A replayed command uploads again, which is harmless; the message itself is sent once.
-	upload, err := bot.UploadMedia(ctx, mautrix.ReqUploadMedia{
-		ContentBytes: data, ContentType: "application/json", FileName: fileName,
-	})
+	content, err := svc.uploadExportFile(ctx, ce.Sender, ce.RoomID, fileName, data)
 	if err != nil {
-		return fmt.Errorf("failed to upload export: %w", err)
-	}
-	if err = ce.Reply(ctx, "Here is everything Custodian holds about you, as JSON. Secrets are listed by name, never their value."); err != nil {
 		return err
 	}
-	content := &event.MessageEventContent{
-		MsgType:  event.MsgFile,
-		Body:     fileName,
-		FileName: fileName,
-		URL:      upload.ContentURI.CUString(),
-		Info:     &event.FileInfo{MimeType: "application/json", Size: len(data)},
+	if err = ce.Reply(ctx, "Here is everything Custodian holds about you, as JSON. Secrets are listed by name, never their value. "+
+		"The file is encrypted, and it is withdrawn after "+describeTTL(svc.cfg.Privacy.exportTTL())+": save it if you want to keep it."); err != nil {
+		return err
 	}
-	_, err = bot.SendMessageEvent(ctx, ce.RoomID, event.EventMessage, content, mautrix.ReqSendEvent{
-		TransactionID: ce.TxnID("export-file"),
-	})
-	if err != nil {
-		return fmt.Errorf("failed to send export file: %w", err)
+	if err = svc.sendExportFile(ctx, ce, content); err != nil {
+		return err
 	}
 	zerolog.Ctx(ctx).Info().Int("size", len(data)).Msg("Sent data export to user")
 	return nil

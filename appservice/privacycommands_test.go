@@ -162,13 +162,24 @@ func TestExportCommandSendsAFile(t *testing.T) {
 	if file == nil {
 		t.Fatal("the bot sent no m.file")
 	}
-	if file.Info == nil || file.Info.MimeType != "application/json" || !strings.HasSuffix(file.FileName, ".json") || file.URL != "mxc://example.org/upload1" {
-		t.Errorf("file message = %+v, want a JSON file pointing at the upload", file)
+	if file.Info == nil || file.Info.MimeType != "application/json" || !strings.HasSuffix(file.FileName, ".json") {
+		t.Errorf("file message = %+v, want a JSON file", file)
 	}
-	data := env.hs.upload(0)
+	// An encrypted attachment: the media repository holds ciphertext, the key is in the message.
+	if file.URL != "" || file.File == nil || file.File.URL != "mxc://example.org/upload1" {
+		t.Fatalf("file message url %q, file %+v; want an encrypted attachment of the upload, no plain url", file.URL, file.File)
+	}
+	uploaded := env.hs.upload(0)
+	if json.Valid(uploaded) || strings.Contains(string(uploaded), pvAlice.String()) {
+		t.Errorf("the upload is readable without the key: %.100q", uploaded)
+	}
+	data := slices.Clone(uploaded)
+	if err := file.File.DecryptInPlace(data); err != nil {
+		t.Fatalf("decrypting the upload with the message's key: %v", err)
+	}
 	var export Export
 	if err := json.Unmarshal(data, &export); err != nil {
-		t.Fatalf("uploaded export is not JSON: %v", err)
+		t.Fatalf("decrypted export is not JSON: %v", err)
 	}
 	if export.User != pvAlice || export.SchemaVersion != ExportSchemaVersion {
 		t.Errorf("export = user %s, version %d; want %s, %d", export.User, export.SchemaVersion, pvAlice, ExportSchemaVersion)

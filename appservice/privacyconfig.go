@@ -8,7 +8,8 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// PrivacyConfig configures retention limits and deactivation detection. Zero durations (a Config
+// PrivacyConfig configures retention limits, how long export files stay, and deactivation
+// detection. Zero durations (a Config
 // built in code rather than loaded) mean the defaults of example-config.yaml.
 type PrivacyConfig struct {
 	// ActivityRetention is how long activity records are kept ([RetentionActivity]).
@@ -18,6 +19,10 @@ type PrivacyConfig struct {
 	NetworkRetention time.Duration `yaml:"network_retention"`
 	// SweepInterval is how often the retention sweeper runs.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// ExportTTL is how long an export file sent by !export stays available: after it, the
+	// message carrying the file's key is redacted and, with admin access to the homeserver, the
+	// encrypted upload is deleted from the media repository. At least one minute.
+	ExportTTL time.Duration `yaml:"export_ttl"`
 	// Deactivation configures how Custodian learns that the homeserver deactivated an account.
 	Deactivation DeactivationConfig `yaml:"deactivation"`
 }
@@ -53,6 +58,7 @@ const (
 	defaultNetworkRetention  = 60 * 24 * time.Hour
 	defaultSweepInterval     = 10 * time.Minute
 	defaultDeactivationSweep = 6 * time.Hour
+	defaultExportTTL         = time.Hour
 )
 
 // activityRetention returns privacy.activity_retention, or its default.
@@ -68,6 +74,11 @@ func (pc *PrivacyConfig) networkRetention() time.Duration {
 // sweepInterval returns privacy.sweep_interval, or its default.
 func (pc *PrivacyConfig) sweepInterval() time.Duration {
 	return orDefault(pc.SweepInterval, defaultSweepInterval)
+}
+
+// exportTTL returns privacy.export_ttl, or its default.
+func (pc *PrivacyConfig) exportTTL() time.Duration {
+	return orDefault(pc.ExportTTL, defaultExportTTL)
 }
 
 // deactivationSweepInterval returns privacy.deactivation.sweep_interval, or its default.
@@ -93,6 +104,9 @@ func (pc *PrivacyConfig) validate() []*ConfigError {
 	}
 	if pc.SweepInterval < time.Minute {
 		p = append(p, &ConfigError{Path: "privacy.sweep_interval", Message: "must be at least 1m, such as 10m"})
+	}
+	if pc.ExportTTL < time.Minute {
+		p = append(p, &ConfigError{Path: "privacy.export_ttl", Message: "must be at least 1m, such as 1h"})
 	}
 	dc := &pc.Deactivation
 	if dc.SweepInterval < time.Minute {

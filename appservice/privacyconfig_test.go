@@ -11,6 +11,7 @@ func TestPrivacyConfigValidate(t *testing.T) {
 	valid := func() PrivacyConfig {
 		return PrivacyConfig{
 			ActivityRetention: 336 * time.Hour, NetworkRetention: 1440 * time.Hour, SweepInterval: 10 * time.Minute,
+			ExportTTL:    time.Hour,
 			Deactivation: DeactivationConfig{SweepInterval: 6 * time.Hour},
 		}
 	}
@@ -25,6 +26,8 @@ func TestPrivacyConfigValidate(t *testing.T) {
 		{name: "zero retention", modify: func(pc *PrivacyConfig) { pc.ActivityRetention = 0 }, want: []string{"privacy.activity_retention"}},
 		{name: "sweep too often", modify: func(pc *PrivacyConfig) { pc.SweepInterval = time.Second }, want: []string{"privacy.sweep_interval"}},
 		{name: "deactivation sweep too often", modify: func(pc *PrivacyConfig) { pc.Deactivation.SweepInterval = 0 }, want: []string{"privacy.deactivation.sweep_interval"}},
+		{name: "export ttl too short", modify: func(pc *PrivacyConfig) { pc.ExportTTL = time.Second }, want: []string{"privacy.export_ttl"}},
+		{name: "export ttl missing", modify: func(pc *PrivacyConfig) { pc.ExportTTL = 0 }, want: []string{"privacy.export_ttl"}},
 		{name: "empty token path", modify: func(pc *PrivacyConfig) { pc.Deactivation.AdminTokenFile = str("") }, want: []string{"privacy.deactivation.admin_token_file"}},
 		{name: "bad localpart", modify: func(pc *PrivacyConfig) { pc.Deactivation.AdminLocalpart = str("Not Valid") }, want: []string{"privacy.deactivation.admin_localpart"}},
 		{name: "both", modify: func(pc *PrivacyConfig) {

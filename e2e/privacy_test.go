@@ -25,7 +25,7 @@ import (
 	"github.com/custodian-matrix/custodian/e2e"
 )
 
-// TestExport: !export in a direct chat with the bot answers with an m.file of JSON: the versioned
+// TestExport: !export in a direct chat with the bot answers with an encrypted m.file of JSON: the versioned
 // export, with the webhooks the user created (and their provenance) and the bot's setup metadata,
 // and no webhook token, outgoing URL or signing secret.
 func TestExport(t *testing.T) {
@@ -39,15 +39,12 @@ func TestExport(t *testing.T) {
 		out := mustAddOutbound(t, env, alice, roomID, "relay", receiver.URL("/export/"+e2e.RandomHex(t, 16)))
 		dm := in.DMRoomID
 
-		cmd := env.SendText(t, alice, dm, "!export")
-		file := env.MustSyncUntil(t, alice, replyWait, e2e.After(cmd, func(evt *event.Event) bool {
-			return e2e.IsMessageFrom(dm, bot)(evt) && evt.Content.AsMessage().MsgType == event.MsgFile
-		}))
+		file := mustGetExportFile(t, env, alice, dm)
 		content := file.Content.AsMessage()
 		if content.Info == nil || content.Info.MimeType != "application/json" {
 			t.Errorf("export file info %+v, want mimetype application/json", content.Info)
 		}
-		data := env.DownloadMedia(t, alice, content.URL)
+		data := mustDecryptExport(t, env, alice, file)
 
 		if found := findSecrets(string(data), map[string]string{
 			"incoming token": in.Token, "outgoing URL": out.URL, "signing secret": out.SigningSecret,

@@ -19,7 +19,7 @@ import (
 func schemaOf(t *testing.T, ctx context.Context, db *dbutil.Database) []string {
 	t.Helper()
 	var out []string
-	for _, table := range []string{"as_activity", "as_erasure", "as_tombstone", "as_privacy_key"} {
+	for _, table := range []string{"as_activity", "as_erasure", "as_tombstone", "as_privacy_key", "as_export"} {
 		query := `SELECT name FROM pragma_table_info($1)`
 		if db.Dialect == dbutil.Postgres {
 			query = `SELECT column_name FROM information_schema.columns WHERE table_schema=current_schema() AND table_name=$1`

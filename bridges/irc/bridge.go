@@ -72,6 +72,7 @@ var (
 	_ appservice.RedactionPurger = (*Bridge)(nil)
 	_ appservice.AliasQuerier    = (*Bridge)(nil)
 	_ appservice.UserQuerier     = (*Bridge)(nil)
+	_ appservice.OptInBridge     = (*Bridge)(nil)
 )
 
 // New returns an IRC bridge with the example configuration's defaults and the system clock.
@@ -97,6 +98,12 @@ func (br *Bridge) Namespaces() appservice.Namespaces {
 // defaults until the core decodes the bridges.irc section over it.
 func (br *Bridge) Config() (example string, target any) {
 	return exampleConfig, &br.cfg
+}
+
+// OptIn reports true: custodian -e prints the IRC section commented out, because the example
+// network is a public one, and Custodian run from the example as printed must connect nowhere.
+func (br *Bridge) OptIn() bool {
+	return true
 }
 
 // Migrations returns the bridge's schema upgrades (tables irc_*).

@@ -128,6 +128,65 @@ func TestGenerateThenRun(t *testing.T) {
 	}
 }
 
+// TestExampleConnectsNowherePublic: the configuration custodian -e prints, once -g has filled in
+// the tokens, enables no bridge that connects to a network (the IRC section is there, commented
+// out); uncommented, the IRC section enables the bridge and validates.
+func TestExampleConnectsNowherePublic(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	regPath := filepath.Join(dir, "registration.yaml")
+	_, example, _ := runCLI(t, "-e")
+	if strings.Contains(example, "\n    irc:") || !strings.Contains(example, "\n    # irc:\n") {
+		t.Errorf("-e prints the irc section uncommented, or not at all:\n%s", example)
+	}
+	if err := os.WriteFile(cfgPath, []byte(example), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "-g", "-c", cfgPath, "-r", regPath); code != exitOK {
+		t.Fatalf("-g = %d, stderr %q", code, stderr)
+	}
+	cfg, err := appservice.LoadConfig(cfgPath, bridges)
+	if err != nil {
+		t.Fatalf("LoadConfig(example after -g) = %v", err)
+	}
+	var enabled []string
+	for _, br := range cfg.EnabledBridges(bridges) {
+		enabled = append(enabled, br.ID())
+	}
+	if want := []string{"webhook"}; !reflect.DeepEqual(enabled, want) {
+		t.Errorf("the example enables bridges %v, want %v (nothing that connects to a network)", enabled, want)
+	}
+
+	// Turning IRC on is removing "# " in front of its section's lines.
+	generated, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(generated), "\n")
+	inIRC := false
+	for i, line := range lines {
+		switch {
+		case line == "    # irc:":
+			inIRC = true
+		case inIRC && !strings.HasPrefix(line, "    #"):
+			inIRC = false
+		}
+		if inIRC {
+			lines[i] = strings.Replace(line, "    # ", "    ", 1)
+		}
+	}
+	if err = os.WriteFile(cfgPath, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = appservice.LoadConfig(cfgPath, bridges)
+	if err != nil {
+		t.Fatalf("LoadConfig(example with irc uncommented) = %v", err)
+	}
+	if got := len(cfg.EnabledBridges(bridges)); got != 2 {
+		t.Errorf("with the irc section uncommented %d bridges are enabled, want 2", got)
+	}
+}
+
 func TestCheckedInExamples(t *testing.T) {
 	data, err := os.ReadFile("../../config.yaml")
 	if err != nil {
@@ -152,5 +211,43 @@ func TestCheckedInExamples(t *testing.T) {
 	want.AppToken, want.ServerToken = appservice.TokenPlaceholder, appservice.TokenPlaceholder
 	if !reflect.DeepEqual(reg, want) {
 		t.Errorf("registration.yaml = %+v, want what -g generates for config.yaml: %+v", reg, want)
+	}
+}
+
+// TestREADMEMatchesTheCommandLine: the README's command-line section names every subcommand
+// run accepts, and no document says vault.shred_backups is off by default while the example
+// turns it on.
+func TestREADMEMatchesTheCommandLine(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"keys", "export", "forget"} {
+		// The subcommand exists: its help exits 0 or 1, never as an unknown flag or argument.
+		if _, _, stderr := runCLI(t, sub, "-h"); strings.Contains(stderr, "unexpected argument") {
+			t.Errorf("custodian %s is not a subcommand: %s", sub, stderr)
+		}
+		if !strings.Contains(string(readme), "- `custodian "+sub+" ") {
+			t.Errorf("README.md lists no subcommand `custodian %s` among the flags and subcommands", sub)
+		}
+	}
+	shredOn := strings.Contains(appservice.ExampleConfig(bridges), "\n    shred_backups: true\n")
+	for _, doc := range []string{"../../README.md", "../../docs/ARCHITECTURE.md"} {
+		data, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(strings.Fields(string(data)), " ")
+		for i := strings.Index(text, "shred_backups"); i >= 0; {
+			window := text[i:min(len(text), i+120)]
+			if shredOn && strings.Contains(window, "off by default") {
+				t.Errorf("%s says vault.shred_backups is off by default, but the example turns it on: %q", doc, window)
+			}
+			next := strings.Index(text[i+1:], "shred_backups")
+			if next < 0 {
+				break
+			}
+			i += 1 + next
+		}
 	}
 }

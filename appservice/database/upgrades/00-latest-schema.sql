@@ -1,4 +1,4 @@
--- v0 -> v4 (compatible with v4+): Latest revision
+-- v0 -> v5 (compatible with v4+): Latest revision
 
 -- users is the root of all personal data: every table that holds data about a Matrix user
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
@@ -158,3 +158,19 @@ CREATE TABLE as_shred_request (
 	since_at  BIGINT  NOT NULL,
 	latest_at BIGINT  NOT NULL
 );
+
+-- as_export tracks each export file the bot sent (!export): the encrypted upload in the media
+-- repository and the message that carries its key. When expires_at passes, or when the user is
+-- erased, the message is redacted and the upload deleted through the homeserver's admin API
+-- (when Custodian has admin access); then the row goes. event_id is NULL until the message is
+-- sent.
+CREATE TABLE as_export (
+	mxc_uri    TEXT   PRIMARY KEY,
+	user_mxid  TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	room_id    TEXT   NOT NULL,
+	event_id   TEXT,
+	created_at BIGINT NOT NULL,
+	expires_at BIGINT NOT NULL
+);
+CREATE INDEX as_export_user_idx ON as_export (user_mxid);
+CREATE INDEX as_export_expires_idx ON as_export (expires_at);

@@ -1,0 +1,244 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/attachment"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// The export file that !export sends lives only as long as it is needed. It is always an
+// encrypted attachment (AES-256-CTR with a SHA-256 hash, the Matrix attachment encryption), so
+// the media repository holds ciphertext and the key is only in the message. Each file is tracked
+// in as_export; when privacy.export_ttl passes, and before the user's data is erased, the
+// message is redacted and, with admin access to the homeserver, the upload is deleted through
+// Synapse's admin API.
+
+// exportExpiryInterval is how often the expiry loop looks for export files past their TTL.
+const exportExpiryInterval = time.Minute
+
+// exportExpiryBatch is how many expired export files one pass of the expiry loop withdraws at
+// most; the rest wait for the next pass.
+const exportExpiryBatch = 100
+
+// exportDB returns the queries on the tracked export files.
+func (svc *Service) exportDB() *database.ExportQuery {
+	return svc.db.Export()
+}
+
+// uploadExportFile encrypts data, uploads the ciphertext and records the upload in as_export
+// as sent to user in roomID. It returns the m.file content that carries the file and its key,
+// for [Service.sendExportFile]. The upload is recorded before its message is sent, so that even
+// a file whose message failed is withdrawn at its expiry. A replayed command uploads again; the
+// extra upload is recorded, and withdrawn with the first.
+func (svc *Service) uploadExportFile(ctx context.Context, user id.UserID, roomID id.RoomID, fileName string, data []byte) (*event.MessageEventContent, error) {
+	file := attachment.NewEncryptedFile()
+	ciphertext := make([]byte, len(data))
+	copy(ciphertext, data)
+	file.EncryptInPlace(ciphertext)
+	upload, err := svc.as.BotIntent().UploadMedia(ctx, mautrix.ReqUploadMedia{
+		ContentBytes: ciphertext, ContentType: "application/octet-stream",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to upload export: %w", err)
+	}
+	mxc := upload.ContentURI.CUString()
+	if err = svc.db.User.Ensure(ctx, user); err != nil {
+		return nil, fmt.Errorf("failed to record export file: %w", err)
+	}
+	now := svc.now()
+	err = svc.exportDB().Put(ctx, &database.ExportFile{
+		MXC: mxc, User: user, RoomID: roomID, CreatedAt: now, ExpiresAt: now.Add(svc.cfg.Privacy.exportTTL()),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &event.MessageEventContent{
+		MsgType:  event.MsgFile,
+		Body:     fileName,
+		FileName: fileName,
+		File:     &event.EncryptedFileInfo{EncryptedFile: *file, URL: mxc},
+		Info:     &event.FileInfo{MimeType: "application/json", Size: len(data)},
+	}, nil
+}
+
+// sendExportFile sends content, made by [Service.uploadExportFile], in reply to ce, and records
+// the message's event ID for the file's withdrawal. Its transaction ID derives from ce, so a
+// replayed command sends it once.
+func (svc *Service) sendExportFile(ctx context.Context, ce *CommandEvent, content *event.MessageEventContent) error {
+	resp, err := svc.as.BotIntent().SendMessageEvent(ctx, ce.RoomID, event.EventMessage, content, mautrix.ReqSendEvent{
+		TransactionID: ce.TxnID("export-file"),
+	})
+	if err != nil {
+		return fmt.Errorf("failed to send export file: %w", err)
+	}
+	return svc.exportDB().SetEventID(ctx, content.File.URL, resp.EventID)
+}
+
+// describeTTL writes an export TTL in words for users: "1 hour", "90 minutes".
+func describeTTL(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return plural(int64(d/time.Hour), "hour", "hours")
+	case d%time.Minute == 0:
+		return plural(int64(d/time.Minute), "minute", "minutes")
+	}
+	return d.String()
+}
+
+// isPermanentHTTPError reports whether err is a homeserver answer that retrying will not change:
+// a 4xx other than 429.
+func isPermanentHTTPError(err error) bool {
+	var httpErr mautrix.HTTPError
+	if !errors.As(err, &httpErr) || httpErr.Response == nil {
+		return false
+	}
+	code := httpErr.Response.StatusCode
+	return code >= 400 && code < 500 && code != http.StatusTooManyRequests
+}
+
+// withdrawExport redacts the message carrying ef's key and, with admin access to the
+// homeserver, deletes the upload from the media repository. It returns an error only for a
+// failure worth retrying (the homeserver unreachable or failing); an answer that retrying
+// cannot change (the bot no longer in the room, no admin rights) is logged and counts as done.
+// It does not delete ef's row.
+func (svc *Service) withdrawExport(ctx context.Context, ef *database.ExportFile) error {
+	log := zerolog.Ctx(ctx)
+	if ef.EventID != "" {
+		_, err := svc.as.BotIntent().RedactEvent(ctx, ef.RoomID, ef.EventID, mautrix.ReqRedact{
+			Reason: "Export file withdrawn",
+			TxnID:  TxnIDFor(ef.EventID, "export-withdraw"),
+		})
+		switch {
+		case err == nil:
+		case isPermanentHTTPError(err):
+			log.Warn().Err(err).Msg("The homeserver refused to redact an export file's message; its key stays in the room")
+		default:
+			return fmt.Errorf("failed to redact export message: %w", err)
+		}
+	}
+	return svc.deleteExportMedia(ctx, ef.MXC)
+}
+
+// deleteExportMedia deletes mxc from the media repository through Synapse's admin API
+// (DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}), if Custodian has admin access;
+// without it, it does nothing. Media the homeserver no longer has counts as deleted.
+func (svc *Service) deleteExportMedia(ctx context.Context, mxc id.ContentURIString) error {
+	cli := svc.privacy.hsAdmin
+	if cli == nil {
+		return nil
+	}
+	uri, err := mxc.Parse()
+	if err != nil {
+		// Nothing Custodian uploaded has a malformed URI; there is nothing to delete.
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Export file has an invalid media URI; not deleting it")
+		return nil
+	}
+	if cli.SetAppServiceUserID {
+		// The promoted ghost must exist before it can make requests.
+		if err = svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
+			return fmt.Errorf("failed to register the admin ghost: %w", err)
+		}
+	}
+	_, err = cli.MakeRequest(ctx, http.MethodDelete, cli.BuildURL(mautrix.SynapseAdminURLPath{"v1", "media", uri.Homeserver, uri.FileID}), nil, nil)
+	var httpErr mautrix.HTTPError
+	switch {
+	case err == nil, errors.Is(err, mautrix.MNotFound),
+		errors.As(err, &httpErr) && httpErr.Response != nil && httpErr.Response.StatusCode == http.StatusNotFound:
+		return nil
+	case isPermanentHTTPError(err):
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("The homeserver's admin API refused to delete an export file; its ciphertext stays in the media repository")
+		return nil
+	default:
+		return fmt.Errorf("failed to delete export media: %w", err)
+	}
+}
+
+// withdrawExportsOf withdraws every export file sent to user ([Service.withdrawExport]). The
+// erasure of all of a user's data calls it before the transaction that deletes the tracking
+// rows (by cascade). It is best effort: a failure is logged, with counts only, and the erasure
+// goes on.
+func (svc *Service) withdrawExportsOf(ctx context.Context, user id.UserID) {
+	log := zerolog.Ctx(ctx)
+	files, err := svc.exportDB().OfUser(ctx, user)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to list the user's export files; they are not withdrawn")
+		return
+	}
+	failed := 0
+	for _, ef := range files {
+		if err = svc.withdrawExport(ctx, ef); err != nil {
+			failed++
+			log.Warn().Err(err).Msg("Failed to withdraw an export file before erasure")
+			continue
+		}
+		if err = svc.exportDB().Delete(ctx, ef.MXC); err != nil {
+			log.Warn().Err(err).Msg("Failed to forget a withdrawn export file")
+		}
+	}
+	if len(files) > 0 {
+		log.Info().Int("export_files", len(files)).Int("failed", failed).Msg("Withdrew export files before erasure")
+	}
+}
+
+// expireExports withdraws the export files whose TTL has passed, at most exportExpiryBatch of
+// them, and forgets those it withdrew. It returns how many it withdrew; a file whose withdrawal
+// failed stays for the next pass, and the first such failure is returned.
+func (svc *Service) expireExports(ctx context.Context) (int, error) {
+	files, err := svc.exportDB().Expired(ctx, svc.now(), exportExpiryBatch)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	done := 0
+	for _, ef := range files {
+		if err = svc.withdrawExport(ctx, ef); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err = svc.exportDB().Delete(ctx, ef.MXC); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		done++
+	}
+	if done > 0 {
+		zerolog.Ctx(ctx).Info().Int("export_files", done).Msg("Withdrew expired export files")
+	}
+	return done, errors.Join(errs...)
+}
+
+// startExportExpiry starts the loop that withdraws expired export files: once at once (files
+// that expired while Custodian was down), then every exportExpiryInterval on the service clock,
+// until ctx ends. It reports each pass to privacy.afterSweep as "export".
+func (svc *Service) startExportExpiry(ctx context.Context) {
+	svc.privacy.loops.Add(1)
+	go func() {
+		defer svc.privacy.loops.Done()
+		ticks, stop := svc.clock().NewTicker(exportExpiryInterval)
+		defer stop()
+		for {
+			n, err := svc.expireExports(ctx)
+			if err != nil && ctx.Err() == nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to withdraw expired export files; will try again")
+			}
+			if hook := svc.privacy.afterSweep; hook != nil {
+				hook("export", int64(n), err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticks:
+			}
+		}
+	}()
+}
