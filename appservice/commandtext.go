@@ -88,6 +88,7 @@ func commandCandidates(content *event.MessageEventContent) []string {
 	var out []string
 	for _, text := range messageTexts(content) {
 		lines := strings.SplitN(text, "\n", maxCommandLines+1)
+		var nonEmpty []string
 		for i, line := range lines {
 			if i == maxCommandLines {
 				break
@@ -95,6 +96,9 @@ func commandCandidates(content *event.MessageEventContent) []string {
 			variants := []string{normalizeCommandText(line, ' ')}
 			if strings.IndexFunc(line, isFormatChar) >= 0 {
 				variants = append(variants, normalizeCommandText(line, -1))
+			}
+			if variants[0] != "" {
+				nonEmpty = append(nonEmpty, variants[0])
 			}
 			for _, n := range variants {
 				if n == "" {
@@ -107,9 +111,22 @@ func commandCandidates(content *event.MessageEventContent) []string {
 				}
 			}
 		}
+		// The bot reads a line break as a space ("!irc\nlogin net acct pw" runs irc login),
+		// while a bridge relays each line on its own, so a command split over lines must count
+		// too: each line joined with the next few non-empty ones. The window is bounded so a
+		// long message costs linear time.
+		for i := range nonEmpty {
+			if end := min(i+joinedCommandLines, len(nonEmpty)); end > i+1 {
+				out = append(out, strings.Join(nonEmpty[i:end], " "))
+			}
+		}
 	}
 	return out
 }
+
+// joinedCommandLines is how many consecutive non-empty lines [commandCandidates] joins into one
+// candidate: a command word, a subcommand and its arguments, one per line.
+const joinedCommandLines = 10
 
 // cutSenderTag returns the rest of a normalised line that starts with a sender's tag
 // ("<@bob:example.org> …", as reply fallbacks quote), normalised again.

@@ -78,6 +78,12 @@ func TestCarriesSecret(t *testing.T) {
 		{"typo", text("!test lgoin net acct hunter2"), true},
 		{"space after prefix", text("! test login net acct hunter2"), true},
 		{"second line", text("hello\n!test login net acct hunter2"), true},
+		{"split over lines", text("!test\nlogin net acct hunter2"), true},
+		{"one word per line after blank lines", text("hi\n!test\n\n\nlogin\nnet\n\nacct\nhunter2"), true},
+		{"split over paragraphs", map[string]any{
+			"msgtype": "m.text", "body": "see below", "format": "org.matrix.custom.html",
+			"formatted_body": "<p>!test</p><p>login net acct hunter2</p>",
+		}, true},
 		{"markdown code", text("`!test login net acct hunter2`"), true},
 		{"quoted", text("> !test login net acct hunter2"), true},
 		{"reply fallback", map[string]any{

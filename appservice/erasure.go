@@ -644,6 +644,13 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 		}
 	}
 	for _, roomID := range job.LeaveRooms {
+		// The rooms were chosen before the erasure committed; a retried or resumed cleanup may
+		// come much later, when someone else has joined. Ask again, and leave only a room that
+		// still holds nobody but the bot and (by the job's keyed hash) the erased user.
+		if !svc.stillPrivateAfterErasure(ctx, roomID, job) {
+			log.Info().Stringer("room_id", roomID).Msg("Not leaving a room others joined since the erasure")
+			continue
+		}
 		svc.botRooms.Delete(roomID)
 		_, err := bot.LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
 		if err != nil && !isRoomGone(err) {

@@ -11,6 +11,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // joinedMembersNow returns the joined members of roomID as the homeserver has them now. It reads
@@ -160,4 +162,29 @@ func (svc *Service) mayConfigureRoom(ctx context.Context, roomID id.RoomID, user
 	}
 	_, _, ok := commandPower(svc.cfg.Bot.CommandPowerLevels, command, pl, userID)
 	return ok, nil
+}
+
+// stillPrivateAfterErasure reports whether roomID, chosen by [Service.privateRoomsOf] for job, is
+// still private at clean-up time: its joined members, read now from the homeserver, are the bot
+// and at most the erased user, recognised by the job's keyed hash because the job no longer holds
+// the user ID. A room whose members cannot be read counts as shared (the bot stays).
+func (svc *Service) stillPrivateAfterErasure(ctx context.Context, roomID id.RoomID, job *database.ErasureJob) bool {
+	members, err := svc.joinedMembersNow(ctx, roomID)
+	if err != nil {
+		return isRoomGone(err)
+	}
+	botID := svc.as.BotMXID()
+	for _, member := range members {
+		if member == botID {
+			continue
+		}
+		if job.UserHash == "" {
+			return false
+		}
+		hash, _, err := svc.UserHash(ctx, member)
+		if err != nil || hash != job.UserHash {
+			return false
+		}
+	}
+	return true
 }

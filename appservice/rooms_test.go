@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // pvGhost is a ghost of the "hooks" test bridge (say, a user of a bridged network).
@@ -216,6 +217,35 @@ func TestPowerLevelsAfterBotReturns(t *testing.T) {
 			env.deliver(pvRoom, event.EventRedaction, pvBob, nil, map[string]any{}, map[string]any{"redacts": "$alice-add"})
 			if n := env.count(`SELECT COUNT(*) FROM hooks_hook WHERE hook_id='alice-hook'`); n != 1 {
 				t.Errorf("%d hooks of alice after a demoted user's redaction, want 1", n)
+			}
+		})
+	}
+}
+
+// TestErasureCleanupRechecksMembers: the rooms an erasure leaves are chosen before it commits,
+// but its clean-up may run much later (a retried receipt, a restart). A room someone joined
+// meanwhile is shared by then and stays as it is; a room still holding only the bot and the
+// erased user is left.
+func TestErasureCleanupRechecksMembers(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.setUpRoom(pvRoom, true, pvAlice)
+			hash, _, err := env.svc.UserHash(env.ctx, pvAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Bob joins one of alice's former direct chats between the commit and the clean-up.
+			env.join(pvRoom, pvBob)
+			job := &database.ErasureJob{
+				JobID: "cleanup-recheck", UserHash: hash, State: database.ErasureCleanup,
+				LeaveRooms: []id.RoomID{pvDM, pvRoom},
+			}
+			env.svc.cleanUpErasure(env.ctx, job)
+			env.checkRoomUntouched(pvRoom)
+			if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
+				t.Errorf("bot membership in the direct chat only alice shares = %q, want leave", got)
 			}
 		})
 	}

@@ -171,6 +171,16 @@ func TestInboxUpgradeFromV2(t *testing.T) {
 		if err := db.Upgrade(ctx); err != nil {
 			t.Fatalf("upgrading to the latest version: %v", err)
 		}
+		// The sealed inbox must not meet a binary from before it: every later migration keeps
+		// the oldest compatible version at the one that introduced sealing, as fresh installs
+		// record it from 00-latest-schema.sql.
+		var version, compat int
+		if err := raw.QueryRow(ctx, `SELECT version, compat FROM version`).Scan(&version, &compat); err != nil {
+			t.Fatal(err)
+		}
+		if version != 5 || compat != 4 {
+			t.Errorf("after upgrading from v2: version %d, compat %d; want 5 and 4", version, compat)
+		}
 		events, err := db.Inbox.Pending(ctx, 0, 10)
 		if err != nil || len(events) != 1 || string(events[0].JSON) != body || events[0].Sealed {
 			t.Fatalf("Pending() after the upgrade = %+v, %v; want the plaintext row", events, err)

@@ -1,4 +1,4 @@
--- v5 (compatible with v1+): Track the export files sent to users
+-- v5 (compatible with v4+): Track the export files sent to users
 
 -- as_export tracks each export file the bot sent (!export): the encrypted upload in the media
 -- repository and the message that carries its key. When expires_at passes, or when the user is
