@@ -164,9 +164,10 @@ func (svc *Service) deleteExportMedia(ctx context.Context, mxc id.ContentURIStri
 }
 
 // withdrawExportsOf withdraws every export file sent to user ([Service.withdrawExport]). The
-// erasure of all of a user's data calls it before the transaction that deletes the tracking
-// rows (by cascade). It is best effort: a failure is logged, with counts only, and the erasure
-// goes on.
+// erasure of all of a user's data calls it before the transaction that unlinks the tracking
+// rows from the user (SET NULL). It is best effort: a failure is logged, with counts only, the
+// erasure goes on, and the file's expiry is moved to now, so the expiry loop retries it from its
+// row, which by then names nobody.
 func (svc *Service) withdrawExportsOf(ctx context.Context, user id.UserID) {
 	log := zerolog.Ctx(ctx)
 	files, err := svc.exportDB().OfUser(ctx, user)
@@ -178,7 +179,10 @@ func (svc *Service) withdrawExportsOf(ctx context.Context, user id.UserID) {
 	for _, ef := range files {
 		if err = svc.withdrawExport(ctx, ef); err != nil {
 			failed++
-			log.Warn().Err(err).Msg("Failed to withdraw an export file before erasure")
+			log.Warn().Err(err).Msg("Failed to withdraw an export file before erasure; the expiry loop retries it")
+			if err = svc.exportDB().ExpireNow(ctx, ef.MXC, svc.now()); err != nil {
+				log.Warn().Err(err).Msg("Failed to mark an export file for withdrawal")
+			}
 			continue
 		}
 		if err = svc.exportDB().Delete(ctx, ef.MXC); err != nil {

@@ -162,6 +162,50 @@ func TestForgetWithdrawsExportFiles(t *testing.T) {
 	}
 }
 
+// TestForgetRetriesFailedExportWithdrawal: when the homeserver fails to delete an export file at
+// forget, the erasure goes on, and the file's row stays, naming nobody, due at once, so the
+// expiry loop withdraws it later.
+func TestForgetRetriesFailedExportWithdrawal(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			env.start()
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.text(pvDM, pvAlice, "export")
+			env.exportFileEvent(pvDM)
+			env.hs.lock.Lock()
+			env.hs.mediaDeleteFails = true
+			env.hs.lock.Unlock()
+
+			env.text(pvDM, pvAlice, "forget")
+			env.text(pvDM, pvAlice, "forget confirm")
+			if !strings.Contains(env.lastNotice(pvDM), "Done: I erased everything") {
+				t.Fatalf("last message %q, want the erasure receipt", env.lastNotice(pvDM))
+			}
+			if got := env.hs.mediaDeleted(); len(got) != 0 {
+				t.Fatalf("deleted media %v while the homeserver failed every deletion", got)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_export WHERE user_mxid IS NULL AND expires_at<=$1`, env.svc.now().UnixMilli()); n != 1 {
+				t.Fatalf("%d export files left due and naming nobody after a failed withdrawal, want 1", n)
+			}
+
+			env.hs.lock.Lock()
+			env.hs.mediaDeleteFails = false
+			env.hs.lock.Unlock()
+			if done, err := env.svc.expireExports(env.ctx); err != nil || done != 1 {
+				t.Fatalf("expireExports() = %d, %v; want 1, nil", done, err)
+			}
+			if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
+				t.Errorf("deleted media %v after the retry, want %v", got, want)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_export`); n != 0 {
+				t.Errorf("%d tracked export files after the retry, want 0", n)
+			}
+		})
+	}
+}
+
 func TestDescribeTTL(t *testing.T) {
 	tests := []struct {
 		in   time.Duration

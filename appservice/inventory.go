@@ -61,7 +61,9 @@ func coreInventory() []UserTable {
 		{
 			// Withdrawn (message redacted, upload deleted) at expiry and before erasure; see
 			// exportfile.go.
-			Table: "as_export", UserColumn: "user_mxid",
+			// SET NULL, not CASCADE: a file whose withdrawal failed at erasure must stay listed,
+			// naming nobody, so the expiry loop can still withdraw it.
+			Table: "as_export", UserColumn: "user_mxid", Policy: EraseSetNull,
 			Export:      []string{"room_id", "event_id", "mxc_uri", "created_at", "expires_at"},
 			Description: "export files the bot sent you, until they expire: where, and the encrypted upload",
 		},

@@ -178,6 +178,8 @@ type privacyHS struct {
 	// onMediaDelete, if set, runs before each deletion is answered.
 	deletedMedia  []string
 	onMediaDelete func()
+	// mediaDeleteFails makes the admin API answer media deletions with a 500.
+	mediaDeleteFails bool
 }
 
 func newPrivacyHS(t testing.TB) *privacyHS {
@@ -229,10 +231,14 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 		hs.lock.Lock()
 		auth := r.Header.Get("Authorization")
 		admin := hs.adminToken != "" && auth == "Bearer "+hs.adminToken
-		hook := hs.onMediaDelete
+		hook, fails := hs.onMediaDelete, hs.mediaDeleteFails
 		hs.lock.Unlock()
 		if !admin {
 			writeError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
+			return
+		}
+		if fails {
+			writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Internal server error")
 			return
 		}
 		if hook != nil {

@@ -25,7 +25,8 @@ func (db *Database) Export() *ExportQuery {
 type ExportFile struct {
 	// MXC is the encrypted upload's content URI.
 	MXC id.ContentURIString
-	// User is the user the export is about; it was sent in RoomID.
+	// User is the user the export is about; it was sent in RoomID. It is empty once the user
+	// was erased while the file was still to be withdrawn.
 	User   id.UserID
 	RoomID id.RoomID
 	// EventID is the message carrying the file and its key; empty until it is sent.
@@ -42,6 +43,7 @@ const (
 		ON CONFLICT (mxc_uri) DO NOTHING`
 	setExportEventQuery = `UPDATE as_export SET event_id=$2 WHERE mxc_uri=$1`
 	deleteExportQuery   = `DELETE FROM as_export WHERE mxc_uri=$1`
+	expireExportQuery   = `UPDATE as_export SET expires_at=$2 WHERE mxc_uri=$1 AND expires_at>$2`
 	selectExportColumns = `SELECT mxc_uri, user_mxid, room_id, event_id, created_at, expires_at FROM as_export`
 	exportsOfUserQuery  = selectExportColumns + ` WHERE user_mxid=$1 ORDER BY created_at, mxc_uri`
 	expiredExportsQuery = selectExportColumns + ` WHERE expires_at<=$1 ORDER BY expires_at, mxc_uri LIMIT $2`
@@ -78,6 +80,15 @@ func (eq *ExportQuery) Delete(ctx context.Context, mxc id.ContentURIString) erro
 	return nil
 }
 
+// ExpireNow moves the expiry of the export file mxc to now (if it is later), so the expiry loop
+// retries its withdrawal at its next pass.
+func (eq *ExportQuery) ExpireNow(ctx context.Context, mxc id.ContentURIString, now time.Time) error {
+	if _, err := eq.db.Exec(ctx, expireExportQuery, mxc, now.UnixMilli()); err != nil {
+		return fmt.Errorf("failed to expire export record: %w", err)
+	}
+	return nil
+}
+
 // OfUser returns user's export files, oldest first; none is an empty slice and no error.
 func (eq *ExportQuery) OfUser(ctx context.Context, user id.UserID) ([]*ExportFile, error) {
 	return eq.list(ctx, exportsOfUserQuery, user)
@@ -97,12 +108,12 @@ func (eq *ExportQuery) list(ctx context.Context, query string, args ...any) ([]*
 	var out []*ExportFile
 	for rows.Next() {
 		var ef ExportFile
-		var eventID sql.NullString
+		var eventID, user sql.NullString
 		var created, expires int64
-		if err = rows.Scan(&ef.MXC, &ef.User, &ef.RoomID, &eventID, &created, &expires); err != nil {
+		if err = rows.Scan(&ef.MXC, &user, &ef.RoomID, &eventID, &created, &expires); err != nil {
 			return nil, fmt.Errorf("failed to read export file: %w", err)
 		}
-		ef.EventID = id.EventID(eventID.String)
+		ef.EventID, ef.User = id.EventID(eventID.String), id.UserID(user.String)
 		ef.CreatedAt, ef.ExpiresAt = time.UnixMilli(created), time.UnixMilli(expires)
 		out = append(out, &ef)
 	}
