@@ -172,6 +172,13 @@ type Host interface {
 	// and drops when the bot leaves, and asks the homeserver for what the cache lacks. An error
 	// means it could not tell: treat the user as not allowed.
 	MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id.UserID, command string) (bool, error)
+	// IsPrivateWith reports whether roomID is private to userID and the bot: its joined members,
+	// read now from the homeserver, are the bot and at most userID (who may still be only
+	// invited). A bridge that opened a room to tell userID something meant for them alone
+	// (secrets, notices) checks it before each later send into that room, and opens a new room
+	// when it is false, since the user may have invited others meanwhile. An error means it
+	// could not tell: treat the room as shared.
+	IsPrivateWith(ctx context.Context, roomID id.RoomID, userID id.UserID) (bool, error)
 }
 
 // SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's

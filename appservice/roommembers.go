@@ -36,11 +36,18 @@ func (svc *Service) joinedMembersNow(ctx context.Context, roomID id.RoomID) ([]i
 // the bot alone when allowAlone is set. Anyone else, a real user or a ghost of any bridge, makes
 // the room shared.
 func (svc *Service) onlyBotAnd(members []id.UserID, user id.UserID, allowAlone bool) bool {
-	botID := svc.as.BotMXID()
-	if !slices.Contains(members, botID) {
+	return OnlyBotAnd(members, svc.as.BotMXID(), user, allowAlone)
+}
+
+// OnlyBotAnd reports whether members, a room's joined members, are exactly bot and user, or bot
+// alone when allowAlone is set. Anyone else, a real user or a ghost of any bridge, makes the
+// room shared. It is the one rule behind [Host.IsPrivateWith] and the erasure's choice of rooms
+// to leave; test fakes call it too.
+func OnlyBotAnd(members []id.UserID, bot, user id.UserID, allowAlone bool) bool {
+	if !slices.Contains(members, bot) {
 		return false
 	}
-	others := slices.DeleteFunc(slices.Clone(members), func(member id.UserID) bool { return member == botID })
+	others := slices.DeleteFunc(slices.Clone(members), func(member id.UserID) bool { return member == bot })
 	switch len(others) {
 	case 0:
 		return allowAlone
@@ -49,6 +56,15 @@ func (svc *Service) onlyBotAnd(members []id.UserID, user id.UserID, allowAlone b
 	default:
 		return false
 	}
+}
+
+// IsPrivateWith implements [Host.IsPrivateWith].
+func (bh *bridgeHost) IsPrivateWith(ctx context.Context, roomID id.RoomID, userID id.UserID) (bool, error) {
+	members, err := bh.svc.joinedMembersNow(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	return bh.svc.onlyBotAnd(members, userID, true), nil
 }
 
 // isDirectChat reports whether roomID is a direct chat between the bot and user: its joined

@@ -340,11 +340,20 @@ func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, cause id.Eve
 // in, or a new one.
 func (br *Bridge) botDM(ctx context.Context, userID id.UserID) (id.RoomID, error) {
 	if v, ok := br.dmRooms.Load(userID); ok {
-		return v.(id.RoomID), nil
+		// It was a direct chat when the user ran a command there; others may have joined since.
+		if private, err := br.host.IsPrivateWith(ctx, v.(id.RoomID), userID); err == nil && private {
+			return v.(id.RoomID), nil
+		}
+		br.dmRooms.Delete(userID)
 	}
 	resp, err := br.host.Bot().CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{userID},
 		Topic: "Custodian tells you about your IRC connections here.",
+		// Someone the user invites later sees nothing sent before their own invite.
+		InitialState: []*event.Event{{
+			Type:    event.StateHistoryVisibility,
+			Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
+		}},
 	})
 	if err != nil {
 		return "", fmt.Errorf("failed to create direct chat: %w", err)

@@ -219,3 +219,38 @@ func TestPuppetNickPattern(t *testing.T) {
 		}
 	}
 }
+
+// TestNoticeRoomOthersJoinedIsNotReused: the bridge keeps the room it told a user something in,
+// but once anyone else joined it, the next notice goes to a new room.
+func TestNoticeRoomOthersJoinedIsNotReused(t *testing.T) {
+	ec := envConfig{configure: func(cfg *Config) { cfg.Networks[testNet].MaxPuppets = 1 }}
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		env.say(testAlice, "first")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "first"))
+		const notice = "as many bridged users as it may"
+		isNotice := func(evt *astest.SentEvent) bool {
+			var c event.MessageEventContent
+			return evt.Type == event.EventMessage && evt.Decode(&c) == nil && strings.Contains(c.Body, notice)
+		}
+		env.handle(env.message(testPortalRoom, testBob, event.MsgText, "over the limit"))
+		env.waitEvent("", "the first notice to bob", isNotice)
+		created := env.host.CreatedRooms()
+		if len(created) != 1 {
+			t.Fatalf("created rooms = %d after the first notice, want 1", len(created))
+		}
+		first := created[0].RoomID
+		env.host.SetMembership(t, first, id.UserID("@carol:example.org"), event.MembershipJoin)
+
+		env.handle(env.message(testPortalRoom, testBob, event.MsgText, "over the limit again"))
+		if created = env.host.CreatedRooms(); len(created) != 2 {
+			t.Fatalf("created rooms = %d after carol joined the notice room, want 2", len(created))
+		}
+		if n := len(env.messagesWith(first, notice)); n != 1 {
+			t.Errorf("%d notices in the room carol joined, want only the first", n)
+		}
+		if n := len(env.messagesWith(created[1].RoomID, notice)); n != 1 {
+			t.Errorf("%d notices in the new room, want 1", n)
+		}
+	})
+}

@@ -54,7 +54,14 @@ func (br *Bridge) dmRoom(ctx context.Context, userID id.UserID) (roomID id.RoomI
 		store := br.host.Bot().StateStore
 		if store == nil || (store.IsInRoom(ctx, dm.RoomID, br.host.Bot().UserID) &&
 			store.IsMembership(ctx, dm.RoomID, userID, event.MembershipJoin, event.MembershipInvite)) {
-			return dm.RoomID, false, nil
+			// The user may have invited others since (trusted_private_chat lets them): a room
+			// anyone else joined is no place for their secrets any more.
+			private, err := br.host.IsPrivateWith(ctx, dm.RoomID, userID)
+			if err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check who is in the secrets room; opening a new one")
+			} else if private {
+				return dm.RoomID, false, nil
+			}
 		}
 	}
 	roomID, err = br.createDM(ctx, userID)
@@ -69,6 +76,11 @@ func (br *Bridge) createDM(ctx context.Context, userID id.UserID) (id.RoomID, er
 		IsDirect: true,
 		Invite:   []id.UserID{userID},
 		Topic:    dmTopic,
+		// Someone the user invites later sees nothing sent before their own invite.
+		InitialState: []*event.Event{{
+			Type:    event.StateHistoryVisibility,
+			Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
+		}},
 	})
 	if err != nil {
 		return "", fmt.Errorf("failed to create direct chat: %w", err)

@@ -212,6 +212,20 @@ func (h *Host) MayConfigureRoom(ctx context.Context, roomID id.RoomID, userID id
 	return pl.GetUserLevel(userID) >= required, nil
 }
 
+// IsPrivateWith asks the fake homeserver for roomID's joined members and applies the core's
+// rule, [appservice.OnlyBotAnd], as the real host does.
+func (h *Host) IsPrivateWith(ctx context.Context, roomID id.RoomID, userID id.UserID) (bool, error) {
+	resp, err := h.Bot().JoinedMembers(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	members := make([]id.UserID, 0, len(resp.Joined))
+	for member := range resp.Joined {
+		members = append(members, member)
+	}
+	return appservice.OnlyBotAnd(members, h.BotID(), userID, true), nil
+}
+
 // SetPowerLevels sets roomID's power levels on the fake homeserver and in the state store, as
 // when the homeserver sends the power levels event.
 func (h *Host) SetPowerLevels(t testing.TB, roomID id.RoomID, pl *event.PowerLevelsEventContent) {
