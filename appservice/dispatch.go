@@ -400,6 +400,14 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 		return svc.bot.handleEvent(ctx, evt)
 	})
 	targets := svc.routeToBridges(ctx, evt)
+	if len(targets) > 0 && svc.leaveOfUserBeingErased(ctx, evt) {
+		// The privacy handler just queued the erasure of a deactivated user. Their bridges undo
+		// their remote presence in the erasure's own remote step (an IRC QUIT, seen by every
+		// channel); relaying the leave first would make it a PART, after which nobody on IRC
+		// shares a channel with the puppet to see its QUIT.
+		log.Debug().Msg("Not routing the leave of a user whose erasure is queued to bridges")
+		return
+	}
 	if len(targets) > 0 && svc.bot.carriesSecret(evt) {
 		log.Debug().Msg("Not routing a message that carries a secret to bridges")
 		return
@@ -494,4 +502,21 @@ func decodeEvent(ie *database.InboxEvent) (*event.Event, error) {
 		err = nil
 	}
 	return &evt, err
+}
+
+// leaveOfUserBeingErased reports whether evt is a user's own leave while an erasure of theirs
+// is queued and has not run yet (as after a deactivation the homeserver confirmed).
+func (svc *Service) leaveOfUserBeingErased(ctx context.Context, evt *event.Event) bool {
+	if evt.Type != event.StateMember || evt.StateKey == nil || *evt.StateKey != evt.Sender.String() {
+		return false
+	}
+	if content, ok := evt.Content.Parsed.(*event.MemberEventContent); !ok || content.Membership != event.MembershipLeave {
+		return false
+	}
+	pending, err := svc.privacyDB().HasPendingErasure(ctx, evt.Sender)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a pending erasure; routing the leave")
+		return false
+	}
+	return pending
 }

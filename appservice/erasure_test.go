@@ -483,3 +483,58 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaveOfUserBeingErasedNotRouted: a deactivated user's leave queues their erasure and does
+// not reach the bridges: their remote presence ends in the erasure's own remote step (an IRC
+// QUIT that every channel sees), not as a PART relayed before it.
+func TestLeaveOfUserBeingErasedNotRouted(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			env.startAndSweep()
+			if err := env.svc.db.User.Ensure(env.ctx, pvAlice); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.svc.db.Room.Claim(env.ctx, pvRoom, env.hooks.id, pvAlice, "$claim", env.clock.Now()); err != nil {
+				t.Fatal(err)
+			}
+			// Carol stays, so the room keeps its setup and claim after the others leave.
+			env.setUpRoom(pvRoom, false, pvAlice, pvBob, pvCarol)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			block := make(chan struct{})
+			env.hooks.lock.Lock()
+			env.hooks.block = block
+			env.hooks.lock.Unlock()
+			defer close(block)
+
+			isLeaveOf := func(user id.UserID) bool {
+				env.hooks.lock.Lock()
+				defer env.hooks.lock.Unlock()
+				for _, evt := range env.hooks.events {
+					if evt.Type == event.StateMember && evt.GetStateKey() == user.String() &&
+						evt.Content.AsMember().Membership == event.MembershipLeave {
+						return true
+					}
+				}
+				return false
+			}
+			// Control: an active user's leave reaches the bridge.
+			env.hs.SetMembership(pvRoom, pvBob, event.MembershipLeave)
+			env.member(pvRoom, pvBob, pvBob, event.MembershipLeave, nil)
+			if !isLeaveOf(pvBob) {
+				t.Fatal("the bridge did not see an active user's leave")
+			}
+
+			env.hs.setDeactivated(pvAlice)
+			env.hs.SetMembership(pvRoom, pvAlice, event.MembershipLeave)
+			env.member(pvRoom, pvAlice, pvAlice, event.MembershipLeave, nil)
+			if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending'`); n != 1 {
+				t.Fatalf("%d pending erasure jobs after the deactivated user's leave, want 1", n)
+			}
+			if isLeaveOf(pvAlice) {
+				t.Error("the bridge saw the leave of a user whose erasure is queued")
+			}
+		})
+	}
+}

@@ -105,6 +105,7 @@ const (
 	`
 	getErasureQuery        = `SELECT ` + erasureColumns + ` FROM as_erasure WHERE job_id=$1`
 	unfinishedErasureQuery = `SELECT ` + erasureColumns + ` FROM as_erasure WHERE state<>'done' ORDER BY created_at, job_id`
+	pendingErasureOfQuery  = `SELECT COUNT(*) FROM as_erasure WHERE user_mxid=$1 AND state='pending'`
 	commitErasureQuery     = `
 		UPDATE as_erasure SET user_mxid=NULL, state=$2, leave_rooms=$3, remote_failed=$4, counts=$5, finished_at=$6
 		WHERE job_id=$1
@@ -204,6 +205,16 @@ func (pq *PrivacyQuery) GetErasure(ctx context.Context, jobID string) (*ErasureJ
 		return nil, fmt.Errorf("failed to get erasure job: %w", err)
 	}
 	return job, nil
+}
+
+// HasPendingErasure reports whether a full or partial erasure of user is recorded and has not
+// erased their data yet.
+func (pq *PrivacyQuery) HasPendingErasure(ctx context.Context, user id.UserID) (bool, error) {
+	var n int
+	if err := pq.db.QueryRow(ctx, pendingErasureOfQuery, user).Scan(&n); err != nil {
+		return false, fmt.Errorf("failed to check for a pending erasure: %w", err)
+	}
+	return n > 0, nil
 }
 
 // UnfinishedErasures returns every job not yet done, oldest first.
