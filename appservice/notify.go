@@ -108,17 +108,31 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 		fresh = true
 	}
 	txnID := NoticeTxnID(scope, n)
-	resp, err := nf.bot.SendMessageEvent(ctx, roomID, event.EventMessage, n.Content, mautrix.ReqSendEvent{TransactionID: txnID})
+	evtID, err := nf.send(ctx, roomID, txnID, n.Content)
 	if err != nil && !fresh && isRoomGone(err) {
 		if roomID, err = nf.open(ctx, user); err != nil {
 			return "", "", err
 		}
-		resp, err = nf.bot.SendMessageEvent(ctx, roomID, event.EventMessage, n.Content, mautrix.ReqSendEvent{TransactionID: txnID})
+		evtID, err = nf.send(ctx, roomID, txnID, n.Content)
 	}
 	if err != nil {
 		return "", "", fmt.Errorf("failed to send notice: %w", err)
 	}
-	return roomID, resp.EventID, nil
+	return roomID, evtID, nil
+}
+
+// send sends content to roomID as the bot, marked as sensitive so that mautrix never logs the
+// body: notices carry secrets (webhook URLs, signing secrets) and personal data.
+func (nf *Notifier) send(ctx context.Context, roomID id.RoomID, txnID string, content *event.MessageEventContent) (id.EventID, error) {
+	var resp mautrix.RespSendEvent
+	_, err := nf.bot.MakeFullRequest(ctx, mautrix.FullRequest{
+		Method:           http.MethodPut,
+		URL:              nf.bot.BuildClientURL("v3", "rooms", roomID, "send", event.EventMessage.Type, txnID),
+		RequestJSON:      content,
+		ResponseJSON:     &resp,
+		SensitiveContent: true,
+	})
+	return resp.EventID, err
 }
 
 // usable reports whether roomID can still carry what is meant for user alone: the bot is joined,
