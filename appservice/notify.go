@@ -93,7 +93,13 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 		return "", "", fmt.Errorf("failed to get management room: %w", err)
 	}
 	fresh := false
-	if roomID != "" {
+	if hint, ok := ctx.Value(commandRoomKey{}).(commandRoom); ok && hint.user == user && hint.room != roomID {
+		// The user is running a command in a direct chat with the bot: answer there.
+		if err = nf.users.SetManagementRoom(ctx, user, hint.room); err != nil {
+			return "", "", fmt.Errorf("failed to record management room: %w", err)
+		}
+		roomID = hint.room
+	} else if roomID != "" {
 		usable, err := nf.usable(ctx, roomID, user)
 		if err != nil {
 			return "", "", err
@@ -192,6 +198,28 @@ func (nf *Notifier) open(ctx context.Context, user id.UserID) (id.RoomID, error)
 	}
 	zerolog.Ctx(ctx).Info().Stringer("management_room_id", resp.RoomID).Msg("Opened a management room")
 	return resp.RoomID, nil
+}
+
+// commandRoomKey is the context key of the direct chat a command runs in (see
+// [Service.useAsManagementRoom]).
+type commandRoomKey struct{}
+
+type commandRoom struct {
+	user id.UserID
+	room id.RoomID
+}
+
+// useAsManagementRoom makes roomID, a direct chat between the bot and user by its members (the
+// rule of [Service.isDirectChat]) in which user is running a command, their management room: it
+// records it if the user has a users row, and returns a context in which the notices the
+// command sends to user go there and record it (a first command creates the row only when it
+// sends a notice). A user who talks to the bot in a new direct chat is answered there, not in
+// an older room; a user who only ran "help" has no row at all.
+func (svc *Service) useAsManagementRoom(ctx context.Context, user id.UserID, roomID id.RoomID) context.Context {
+	if _, err := svc.db.User.UpdateManagementRoom(ctx, user, roomID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record the direct chat as management room")
+	}
+	return context.WithValue(ctx, commandRoomKey{}, commandRoom{user: user, room: roomID})
 }
 
 // NotifyUser implements [Host.NotifyUser], with transaction IDs scoped to the bridge.

@@ -265,3 +265,73 @@ func TestNotifyUserRejectsIncompleteNotice(t *testing.T) {
 		t.Fatalf("%d rooms created for invalid notices", c)
 	}
 }
+
+// TestDirectChatCommandUsesThatRoom: a command run in a direct chat with the bot makes that chat
+// the sender's management room, so the export file arrives where the user asked for it, even
+// when an older management room is recorded.
+func TestDirectChatCommandUsesThatRoom(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			old := id.RoomID("!old:example.org")
+			env.hs.SetMembership(old, pvBot, event.MembershipJoin)
+			env.hs.SetMembership(old, pvAlice, event.MembershipJoin)
+			if err := env.svc.db.User.SetManagementRoom(env.ctx, pvAlice, old); err != nil {
+				t.Fatal(err)
+			}
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.text(pvDM, pvAlice, "export")
+			if got := env.lastNotice(pvDM); got != "custodian-export-2026-03-01.json" {
+				t.Fatalf("last message in the direct chat %q, want the export file", got)
+			}
+			if got := env.notices(old); len(got) != 0 {
+				t.Errorf("the old management room got %q", got)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1 AND management_room=$2`, pvAlice, pvDM); n != 1 {
+				t.Errorf("the direct chat is not recorded as alice's management room")
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_export WHERE room_id=$1 AND event_id IS NOT NULL`, pvDM); n != 1 {
+				t.Errorf("%d export files tracked in the direct chat, want 1", n)
+			}
+			if n := len(env.hs.RequestsTo(astest.PatternCreateRoom)); n != 0 {
+				t.Errorf("%d rooms created, want none", n)
+			}
+
+			// A command in a room shared with others records nothing.
+			group := id.RoomID("!group:example.org")
+			env.setUpRoom(group, false, pvAlice, pvBob)
+			env.text(group, pvAlice, "!help")
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1 AND management_room=$2`, pvAlice, pvDM); n != 1 {
+				t.Errorf("a command in a group room changed alice's management room")
+			}
+		})
+	}
+}
+
+// TestCommandRoomHint: while a command runs in a direct chat, the sender's notices go there and
+// record it, even for a user without a users row (who gets one only then); another user's
+// notices are not affected.
+func TestCommandRoomHint(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			env.hs.SetMembership(pvDM, pvBot, event.MembershipJoin)
+			env.hs.SetMembership(pvDM, pvAlice, event.MembershipJoin)
+			ctx := env.svc.useAsManagementRoom(env.ctx, pvAlice, pvDM)
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1`, pvAlice); n != 0 {
+				t.Fatalf("running a command created a users row")
+			}
+			roomID, _, err := env.svc.NotifyUser(ctx, pvAlice, notice("$cmd", "file", "here"))
+			if err != nil || roomID != pvDM {
+				t.Fatalf("notice went to %q (%v), want the command's room", roomID, err)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1 AND management_room=$2`, pvAlice, pvDM); n != 1 {
+				t.Errorf("the command's room is not recorded")
+			}
+			bobRoom, _, err := env.svc.NotifyUser(ctx, pvBob, notice("$cmd", "bob", "bob"))
+			if err != nil || bobRoom == pvDM || bobRoom == "" {
+				t.Fatalf("bob's notice went to %q (%v), want a room of his own", bobRoom, err)
+			}
+		})
+	}
+}
