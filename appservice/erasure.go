@@ -376,7 +376,7 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 		if len(job.Modules) == 0 {
 			// Before the transaction below cascades the tracking rows away.
 			svc.withdrawExportsOf(ctx, user)
-			job.LeaveRooms = svc.directChatsWith(ctx, user)
+			job.LeaveRooms = svc.privateRoomsOf(ctx, user)
 		}
 		counts, err := svc.eraseRows(ctx, job)
 		if err != nil {
@@ -446,13 +446,6 @@ func callSafely(fn func() error) (err error) {
 		}
 	}()
 	return fn()
-}
-
-// directChatsWith returns the rooms the erasure of user leaves: see [Service.privateRoomsOf].
-// They are read from the homeserver before the erasure, whose transaction clears the state
-// cache's entries about the user.
-func (svc *Service) directChatsWith(ctx context.Context, user id.UserID) []id.RoomID {
-	return svc.privateRoomsOf(ctx, user)
 }
 
 // eraseRows is the erasure's one database transaction; see [Service.Erase]. It moves the job

@@ -335,3 +335,41 @@ func TestCommandRoomHint(t *testing.T) {
 		})
 	}
 }
+
+// TestEraseLeavesManagementRoom: the erasure leaves the user's management room even when the
+// state cache never saw the user there (they were only invited), and its record goes with the
+// users row; a management room someone else joined is kept.
+func TestEraseLeavesManagementRoom(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			aliceRoom, _, err := env.svc.NotifyUser(env.ctx, pvAlice, notice("$a", "", "for alice"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bobRoom, _, err := env.svc.NotifyUser(env.ctx, pvBob, notice("$b", "", "for bob"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.hs.SetMembership(bobRoom, pvBob, event.MembershipJoin)
+			env.hs.SetMembership(bobRoom, pvCarol, event.MembershipJoin)
+			// The state cache lost what it knew of alice's room (say it was created while the
+			// cache was cleared): only the users row names it.
+			env.exec(`DELETE FROM mx_user_profile WHERE room_id=$1`, aliceRoom)
+			for _, user := range []id.UserID{pvAlice, pvBob} {
+				if _, err = env.svc.Erase(env.ctx, user, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := env.hs.Membership(aliceRoom, pvBot); got == event.MembershipJoin {
+				t.Errorf("the bot is still in alice's management room after her erasure")
+			}
+			if got := env.hs.Membership(bobRoom, pvBot); got != event.MembershipJoin {
+				t.Errorf("the bot left bob's management room, which carol joined: %q", got)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE management_room IS NOT NULL`); n != 0 {
+				t.Errorf("%d management rooms recorded after the erasures", n)
+			}
+		})
+	}
+}
