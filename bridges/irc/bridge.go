@@ -273,7 +273,8 @@ func (br *Bridge) janitorLoop(ctx context.Context) {
 	}
 }
 
-// sweepPuppets disconnects puppets that were idle for idle_timeout and those of paused users.
+// sweepPuppets disconnects puppets that were idle for idle_timeout (with nothing queued) and
+// those of paused users, and drops queued events that waited too long for a connection.
 func (br *Bridge) sweepPuppets(ctx context.Context) {
 	now := br.clock.Now()
 	for _, netID := range br.netIDs {
@@ -285,16 +286,17 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 		}
 		n.mu.Unlock()
 		for _, p := range puppets {
-			reason := ""
-			if now.Sub(p.sess.idleSince()) >= br.cfg.IdleTimeout {
-				reason = "Idle"
-			} else if paused, err := br.host.IsPaused(ctx, p.user); err == nil && paused {
-				reason = "Paused"
+			if paused, err := br.host.IsPaused(ctx, p.user); err == nil && paused {
+				if n.dropPuppet(ctx, p.user, "Paused") {
+					br.log.Debug().Str("network", netID).Str("reason", "Paused").Msg("Disconnected puppet")
+				}
+				continue
 			}
-			if reason != "" {
-				br.log.Debug().Str("network", netID).Str("reason", reason).Msg("Disconnecting puppet")
-				n.dropPuppet(ctx, p.user, reason)
+			if now.Sub(p.sess.idleSince()) >= br.cfg.IdleTimeout && n.dropIdlePuppet(ctx, p.user, "Idle") {
+				br.log.Debug().Str("network", netID).Str("reason", "Idle").Msg("Disconnected puppet")
+				continue
 			}
+			p.expireOutbox(ctx, now)
 		}
 	}
 }

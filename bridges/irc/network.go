@@ -116,6 +116,8 @@ func (n *network) stop(ctx context.Context) {
 	n.mu.Lock()
 	puppets := make([]*puppet, 0, len(n.puppets))
 	for _, p := range n.puppets {
+		// Queued lines are not sent during shutdown, and nobody is told about each.
+		p.closeOutbox(false)
 		puppets = append(puppets, p)
 	}
 	n.mu.Unlock()

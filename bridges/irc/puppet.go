@@ -36,6 +36,16 @@ type puppet struct {
 	// wantsEchoes). Their text stays in memory only until the echo arrives.
 	echoMu sync.Mutex
 	echoes []pendingLine
+
+	// outMu guards the outbox (see outbox.go): the events waiting to go out, oldest first; the
+	// one being sent; whether a drain goroutine runs; whether the puppet was dropped (nothing is
+	// queued or sent any more); and whether the user was told the outbox is full.
+	outMu        sync.Mutex
+	outbox       []*outItem
+	sending      *outItem
+	draining     bool
+	outClosed    bool
+	fullNotified bool
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.
@@ -106,15 +116,27 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	return p, nil
 }
 
-// dropPuppet stops userID's puppet, if any, with a QUIT carrying reason.
+// dropPuppet stops userID's puppet, if any, with a QUIT carrying reason. What its outbox holds
+// is dropped, never sent (an erasure, a pause).
 func (n *network) dropPuppet(ctx context.Context, userID id.UserID, reason string) bool {
+	return n.dropPuppetIf(ctx, userID, reason, false)
+}
+
+// dropIdlePuppet is dropPuppet for a puppet whose outbox is empty: an idle disconnect must not
+// race a message just queued. It reports whether it dropped the puppet.
+func (n *network) dropIdlePuppet(ctx context.Context, userID id.UserID, reason string) bool {
+	return n.dropPuppetIf(ctx, userID, reason, true)
+}
+
+func (n *network) dropPuppetIf(ctx context.Context, userID id.UserID, reason string, ifIdle bool) bool {
 	n.mu.Lock()
 	p := n.puppets[userID]
-	delete(n.puppets, userID)
-	n.mu.Unlock()
-	if p == nil {
+	if p == nil || !p.closeOutbox(ifIdle) {
+		n.mu.Unlock()
 		return false
 	}
+	delete(n.puppets, userID)
+	n.mu.Unlock()
 	p.sess.stop(ctx, reason)
 	return true
 }
