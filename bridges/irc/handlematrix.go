@@ -114,7 +114,16 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if err = br.host.EnsureUser(ctx, evt.Sender); err != nil {
 		return fmt.Errorf("failed to record sender: %w", err)
 	}
+	// Recorded before it is queued, so that a restart sends it (see replayOutbox).
+	if err = br.db.Outbox.Put(ctx, &ircdb.Outbox{
+		EventID: evt.ID, RoomID: evt.RoomID, Network: t.net.cfg.ID, Sender: evt.Sender, QueuedAt: br.clock.Now(),
+	}); err != nil {
+		return fmt.Errorf("failed to record queued message: %w", err)
+	}
 	p, err := br.enqueue(ctx, evt.Sender, &outItem{kind: outMessage, evt: evt, t: t, msg: msg, replaces: content.RelatesTo.GetReplaceID()})
+	if err != nil {
+		br.forgetQueued(ctx, evt.ID)
+	}
 	switch {
 	case errors.Is(err, ErrTooManyPuppets):
 		br.notifyUser(ctx, evt.Sender, evt.ID, "too-many-puppets", fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
@@ -255,7 +264,7 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 		}
 		n.mu.Unlock()
 		for _, p := range puppets {
-			if p.unqueue(redacts) {
+			if p.unqueue(ctx, redacts) {
 				author = p
 			}
 		}

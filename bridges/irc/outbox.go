@@ -25,11 +25,14 @@ import (
 // (and their edits, redactions, topic changes and leaves) reach each network in the order they
 // were sent.
 //
-// Delivery is at most once. A line is recorded in irc_message as soon as it is sent, and a
-// replayed event with rows sends nothing (relayedBefore), nor does one still queued
-// (outbox.has). A line still queued when the process stops or crashes is not sent; the core
-// does not deliver its event again, since its handler had returned. The window is the wait for
-// the sender's connection (one registration, or while the network is down).
+// Delivery is at least once, and exactly once unless the process dies between sending a
+// message's lines and recording them. A message is recorded in irc_outbox (its ID, never its
+// text) before it is queued, and its row goes once its lines are sent and recorded in
+// irc_message, or once it is dropped. So a message still queued when the bridge stops or
+// crashes is not lost, although the core does not deliver its event again (its handler had
+// returned): at start, replayOutbox fetches each recorded event from the homeserver and queues
+// it again. A replayed event (by the core or by replayOutbox) that has irc_message rows sends
+// nothing (relayedBefore), nor does one still queued (puppet.has).
 
 const (
 	// maxOutbox bounds the events queued per puppet. An event that finds the outbox full is not
@@ -38,6 +41,9 @@ const (
 	// maxOutboxWait is how long a queued event may wait for its sender's connection (the
 	// network is down, or refuses the puppet); then the janitor drops it and tells the sender.
 	maxOutboxWait = 10 * time.Minute
+	// outboxReplayTimeout bounds how long Start spends queueing again what waited when the
+	// bridge last stopped.
+	outboxReplayTimeout = 30 * time.Second
 )
 
 // outKind is what a queued item does.
@@ -129,16 +135,38 @@ func (p *puppet) busy() bool {
 
 // unqueue drops the queued messages that are eventID or edits of it (it was redacted before it
 // went out, so it never will) and reports whether eventID was queued or is being sent.
-func (p *puppet) unqueue(eventID id.EventID) (found bool) {
+func (p *puppet) unqueue(ctx context.Context, eventID id.EventID) (found bool) {
 	p.outMu.Lock()
-	defer p.outMu.Unlock()
 	found = p.sending != nil && p.sending.evt.ID == eventID
+	var dropped []*outItem
 	p.outbox = slices.DeleteFunc(p.outbox, func(it *outItem) bool {
-		drop := it.kind == outMessage && (it.evt.ID == eventID || it.replaces == eventID)
 		found = found || it.evt.ID == eventID
-		return drop
+		if it.kind == outMessage && (it.evt.ID == eventID || it.replaces == eventID) {
+			dropped = append(dropped, it)
+			return true
+		}
+		return false
 	})
+	p.outMu.Unlock()
+	p.net.br.forgetItems(ctx, dropped)
 	return found
+}
+
+// forgetQueued deletes the irc_outbox row of eventID: it was sent or dropped.
+func (br *Bridge) forgetQueued(ctx context.Context, eventID id.EventID) {
+	if err := br.db.Outbox.Delete(ctx, eventID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to forget a queued message")
+	}
+}
+
+// forgetItems deletes the irc_outbox rows of the messages among items, which left the outbox
+// unsent.
+func (br *Bridge) forgetItems(ctx context.Context, items []*outItem) {
+	for _, it := range items {
+		if it.kind == outMessage {
+			br.forgetQueued(ctx, it.evt.ID)
+		}
+	}
 }
 
 // closeOutbox stops the outbox: what is queued is dropped, never sent, and enqueue fails from
@@ -171,6 +199,7 @@ func (p *puppet) expireOutbox(ctx context.Context, now time.Time) {
 		return false
 	})
 	p.outMu.Unlock()
+	p.net.br.forgetItems(ctx, expired)
 	if len(expired) > 0 {
 		p.notifyUndelivered(ctx, expired, "undelivered-timeout", "the connection to the network could not be made in time")
 	}
@@ -218,6 +247,10 @@ func (p *puppet) drain(ctx context.Context) {
 		p.sending = head
 		p.outMu.Unlock()
 		retry := p.send(ctx, c, head)
+		if !retry && head.kind == outMessage {
+			// Sent and recorded in irc_message, or dropped.
+			p.net.br.forgetQueued(ctx, head.evt.ID)
+		}
 		p.outMu.Lock()
 		p.sending = nil
 		if retry && !p.outClosed {
@@ -239,8 +272,11 @@ func (p *puppet) gaveUp(ctx context.Context, err error) {
 	p.draining = false
 	p.outMu.Unlock()
 	if closed || len(dropped) == 0 || ctx.Err() != nil {
+		// Closed: dropped by erasure or pause (closeOutbox's caller forgets the rows), or the
+		// bridge is stopping (the rows stay, and the next start sends them).
 		return
 	}
+	p.net.br.forgetItems(ctx, dropped)
 	zerolog.Ctx(ctx).Debug().Err(err).Msg("Puppet connection ended with events queued")
 	p.notifyUndelivered(ctx, dropped, "undelivered-connection", "the connection to the network failed")
 }
@@ -349,4 +385,51 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 	}
 	log.Debug().Int("lines", sent).Str("network", t.net.cfg.ID).Msg("Relayed message to IRC")
 	return false
+}
+
+// fetchEvent fetches an event from the homeserver (the bot's GetEvent).
+type fetchEvent func(ctx context.Context, roomID id.RoomID, eventID id.EventID) (*event.Event, error)
+
+// replayOutbox queues again the messages that were queued and not sent when the bridge last
+// stopped or crashed (irc_outbox), oldest first, fetching each from the homeserver: the bridge
+// keeps no message text. A message that went out after all (it has irc_message rows), was
+// redacted, or is no longer bridged is forgotten; a paused user's is dropped when its turn
+// comes, as any queued message is. It runs once, at start.
+func (br *Bridge) replayOutbox(ctx context.Context, fetch fetchEvent) {
+	log := br.log.With().Str("action", "replay outbox").Logger()
+	ctx = log.WithContext(ctx)
+	rows, err := br.db.Outbox.GetAll(ctx)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to read the messages queued before the restart")
+		return
+	}
+	requeued := 0
+	for _, row := range rows {
+		if ctx.Err() != nil {
+			return
+		}
+		evtLog := log.With().Stringer("event_id", row.EventID).Logger()
+		evt, err := fetch(ctx, row.RoomID, row.EventID)
+		if err == nil {
+			if evt.Content.Parsed == nil {
+				_ = evt.Content.ParseRaw(evt.Type)
+			}
+			if evt.Type == event.EventMessage {
+				err = br.handleMatrixMessage(evtLog.WithContext(ctx), evt)
+			}
+		}
+		if err != nil {
+			evtLog.Warn().Err(err).Msg("Failed to queue a message again after the restart")
+		}
+		if n := br.network(row.Network); n != nil {
+			if p, _ := n.puppetFor(row.Sender, false); p != nil && p.has(row.EventID) {
+				requeued++
+				continue
+			}
+		}
+		br.forgetQueued(ctx, row.EventID)
+	}
+	if len(rows) > 0 {
+		log.Info().Int("queued", len(rows)).Int("requeued", requeued).Msg("Queued messages again after the restart")
+	}
 }

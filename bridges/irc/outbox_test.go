@@ -2,6 +2,7 @@ package irc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -9,8 +10,10 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
 
@@ -245,6 +248,73 @@ func TestOutboxFullAndExpired(t *testing.T) {
 		}
 		if fullNotices != 1 {
 			t.Errorf("alice got %d outbox-full notices, want 1", fullNotices)
+		}
+	})
+}
+
+// TestOutboxKeptAcrossStop: a message still waiting for its sender's connection when the bridge
+// stops stays recorded in irc_outbox (by ID), for the next start to send.
+func TestOutboxKeptAcrossStop(t *testing.T) {
+	holds := &regHolds{}
+	forEachDialect(t, envConfig{srvOpts: []irctest.Option{holds.option()}}, func(t *testing.T, env *testEnv) {
+		holds.hold("alice[m]")
+		evt := env.message(testPortalRoom, testAlice, event.MsgText, "waiting")
+		env.handoff(evt)
+		env.stop()
+		rows, err := env.br.db.Outbox.GetAll(env.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 1 || rows[0].EventID != evt.ID || rows[0].Sender != testAlice || rows[0].Network != testNet {
+			t.Errorf("irc_outbox after Stop = %+v, want alice's queued message", rows)
+		}
+	})
+}
+
+// TestReplayOutbox: at start, the messages irc_outbox still lists are fetched and sent, once: a
+// message that went out before the crash is not sent again, one the homeserver no longer
+// returns is forgotten, and a second replay sends nothing.
+func TestReplayOutbox(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		sent := env.message(testPortalRoom, testAlice, event.MsgText, "sent before the crash")
+		env.handle(sent)
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "sent before the crash"))
+		env.eventually("alice's outbox is empty", func() bool { return !env.puppet(testAlice).busy() })
+		lost := env.message(testPortalRoom, testAlice, event.MsgText, "queued at the crash")
+		gone := env.message(testPortalRoom, testAlice, event.MsgText, "redacted since")
+		events := map[id.EventID]*event.Event{sent.ID: sent, lost.ID: lost}
+		for i, evt := range []*event.Event{sent, lost, gone} {
+			if err := env.br.db.Outbox.Put(env.ctx, &ircdb.Outbox{
+				EventID: evt.ID, RoomID: evt.RoomID, Network: testNet, Sender: evt.Sender, QueuedAt: time.Unix(0, int64(i+1)),
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fetches := 0
+		fetch := func(_ context.Context, roomID id.RoomID, eventID id.EventID) (*event.Event, error) {
+			fetches++
+			if evt := events[eventID]; evt != nil && evt.RoomID == roomID {
+				return evt, nil
+			}
+			return nil, errors.New("M_NOT_FOUND")
+		}
+		env.br.replayOutbox(env.ctx, fetch)
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "queued at the crash"))
+		env.eventually("irc_outbox is empty", func() bool {
+			rows, err := env.br.db.Outbox.GetAll(env.ctx)
+			return err == nil && len(rows) == 0
+		})
+		if fetches != 3 {
+			t.Errorf("fetched %d events, want 3", fetches)
+		}
+		env.br.replayOutbox(env.ctx, fetch)
+		if fetches != 3 {
+			t.Errorf("a second replay fetched %d events, want none", fetches-3)
+		}
+		env.say(testAlice, "marker")
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker"))
+		if got := strings.Join(env.privmsgs("alice[m]"), "|"); got != "sent before the crash|queued at the crash|marker" {
+			t.Errorf("alice's lines = %q, want each message once", got)
 		}
 	})
 }

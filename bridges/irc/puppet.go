@@ -137,6 +137,12 @@ func (n *network) dropPuppetIf(ctx context.Context, userID id.UserID, reason str
 	}
 	delete(n.puppets, userID)
 	n.mu.Unlock()
+	if !ifIdle {
+		// Never to be sent, not even after a restart.
+		if err := n.br.db.Outbox.DeleteUser(ctx, userID, n.cfg.ID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to forget queued messages")
+		}
+	}
 	p.sess.stop(ctx, reason)
 	return true
 }
