@@ -297,6 +297,11 @@ func (p *puppet) send(ctx context.Context, c *ircconn.Conn, it *outItem) (retry 
 			return false
 		}
 	}
+	if it.needsConn() && it.t.portal != nil && it.t.net.portal(ctx, it.t.folded) == nil {
+		// Unlinked since it was queued: joining the channel again would be wrong.
+		log.Debug().Msg("Dropped a queued event for a portal that was unlinked")
+		return false
+	}
 	var err error
 	switch it.kind {
 	case outMessage:

@@ -318,3 +318,31 @@ func TestReplayOutbox(t *testing.T) {
 		}
 	})
 }
+
+// TestOutboxDroppedOnUnlink: a message queued for a portal that is unlinked before it went out
+// is not sent, and the puppet does not join the channel again for it.
+func TestOutboxDroppedOnUnlink(t *testing.T) {
+	holds := &regHolds{}
+	forEachDialect(t, envConfig{srvOpts: []irctest.Option{holds.option()}}, func(t *testing.T, env *testEnv) {
+		holds.hold("alice[m]")
+		env.handoff(env.message(testPortalRoom, testAlice, event.MsgText, "after the unlink"))
+		p := env.puppet(testAlice)
+		if err := env.br.PurgeRoom(env.ctx, testPortalRoom); err != nil {
+			t.Fatalf("PurgeRoom = %v", err)
+		}
+		holds.release("alice[m]")
+		env.srv.WaitUntil(t, "alice's puppet registered", func() bool { return containsFold(env.srv.Nicks(), "alice[m]") })
+		env.eventually("alice's outbox is empty", func() bool { return !p.busy() })
+		// A line from alice's puppet after the dropped message, to know the server read all.
+		if c := p.sess.current(); c == nil || c.Send(env.ctx, nil, "PRIVMSG", "custodian", "marker") != nil {
+			t.Fatal("alice's puppet is not connected")
+		}
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", "custodian", "marker"))
+		if got := env.srv.Lines(irctest.Match("alice[m]", "JOIN")); len(got) != 0 {
+			t.Errorf("alice's puppet joined the unlinked channel: %v", got)
+		}
+		if got := env.privmsgs("alice[m]"); len(got) != 0 {
+			t.Errorf("alice's lines to the unlinked channel = %q, want none", got)
+		}
+	})
+}
