@@ -107,6 +107,7 @@ func (p *puppet) enqueue(it *outItem) error {
 	p.outbox = append(p.outbox, it)
 	if !p.draining {
 		p.draining = true
+		p.net.drains.Add(1)
 		go p.drain(p.net.br.runCtx)
 	}
 	return nil
@@ -216,6 +217,7 @@ func (p *puppet) notifyUndelivered(ctx context.Context, items []*outItem, purpos
 // drain sends the outbox's items in order, waiting for the connection where an item needs one,
 // until the outbox is empty or closed. One runs per non-empty outbox.
 func (p *puppet) drain(ctx context.Context) {
+	defer p.net.drains.Done()
 	log := p.sess.log.With().Str("action", "drain outbox").Logger()
 	ctx = log.WithContext(ctx)
 	for {

@@ -252,15 +252,23 @@ func TestOutboxFullAndExpired(t *testing.T) {
 	})
 }
 
-// TestOutboxKeptAcrossStop: a message still waiting for its sender's connection when the bridge
-// stops stays recorded in irc_outbox (by ID), for the next start to send.
+// TestOutboxKeptAcrossStop: Stop waits for the outboxes' goroutines, and a message still
+// waiting for its sender's connection when the bridge stops stays recorded in irc_outbox (by
+// ID), for the next start to send.
 func TestOutboxKeptAcrossStop(t *testing.T) {
 	holds := &regHolds{}
 	forEachDialect(t, envConfig{srvOpts: []irctest.Option{holds.option()}}, func(t *testing.T, env *testEnv) {
 		holds.hold("alice[m]")
 		evt := env.message(testPortalRoom, testAlice, event.MsgText, "waiting")
 		env.handoff(evt)
+		p := env.puppet(testAlice)
 		env.stop()
+		p.outMu.Lock()
+		draining := p.draining
+		p.outMu.Unlock()
+		if draining {
+			t.Error("alice's outbox goroutine still runs after Stop returned")
+		}
 		rows, err := env.br.db.Outbox.GetAll(env.ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -93,6 +93,9 @@ func (p *puppet) matchEcho(text string) (pendingLine, bool) {
 	return pendingLine{}, false
 }
 
+// errStopping is returned by puppetFor once the network is stopping.
+var errStopping = errors.New("irc: the bridge is shutting down")
+
 // ErrTooManyPuppets is returned when a network's max_puppets connections are in use.
 var ErrTooManyPuppets = errors.New("irc: too many puppet connections to this network")
 
@@ -103,6 +106,9 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	defer n.mu.Unlock()
 	if p := n.puppets[userID]; p != nil || !create {
 		return p, nil
+	}
+	if n.stopping {
+		return nil, errStopping
 	}
 	if n.cfg.MaxPuppets > 0 && len(n.puppets) >= n.cfg.MaxPuppets {
 		return nil, ErrTooManyPuppets
