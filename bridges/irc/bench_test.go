@@ -434,3 +434,52 @@ func BenchmarkReconnect1000(b *testing.B) {
 	b.ReportMetric(float64(peakHeap.Load())/(1<<20), "peak-heap-MB")
 	env.reportWarnings(b)
 }
+
+// BenchmarkFirstSpeakers measures head-of-line blocking: 300 users who have no puppet yet each
+// send one message into the same portal, handed to HandleEvent one after the other from one
+// goroutine as the core hands over one room's events, while the server holds every
+// registration back for 1 s (as real networks take seconds for ident, DNS and services) and
+// connect_rate allows 50 connections a second (burst 20). It reports the seconds from the first
+// message until the server had all 300 (s-all-on-irc), and how long handing them to the bridge
+// took (s-handled). The connection-rate limit alone allows (300 − 20) / 50 + 1 ≈ 6.6 s.
+func BenchmarkFirstSpeakers(b *testing.B) {
+	const speakers = 300
+	env := newTestEnv(b, astest.SQLite, envConfig{
+		yaml: fmt.Sprintf(benchConfigYAML, "50", "20"),
+		srvOpts: []irctest.Option{irctest.WithHistory(0), irctest.WithRegistrationHold(func(string) <-chan struct{} {
+			ch := make(chan struct{})
+			time.AfterFunc(time.Second, func() { close(ch) })
+			return ch
+		})},
+		quiet: true,
+	})
+	env.settle(5 * time.Second)
+	var arrived atomic.Int64
+	all := make(chan struct{})
+	stop := env.srv.Observe(func(l irctest.Line) {
+		if l.Command() == "PRIVMSG" && strings.HasPrefix(l.Param(1), "first ") && arrived.Add(1) == speakers {
+			close(all)
+		}
+	})
+	defer stop()
+	const wait = 10 * time.Minute
+	start := time.Now()
+	for i := range speakers {
+		ctx, cancel := context.WithTimeout(env.ctx, benchWait)
+		err := env.br.HandleEvent(ctx, env.message(testPortalRoom, benchUser(i), event.MsgText, fmt.Sprintf("first %d", i)))
+		cancel()
+		if err != nil {
+			b.Fatalf("HandleEvent = %v", err)
+		}
+	}
+	handled := time.Since(start)
+	select {
+	case <-all:
+	case <-time.After(wait):
+		b.Fatalf("only %d of %d first messages reached IRC", arrived.Load(), speakers)
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(time.Since(start).Seconds(), "s-all-on-irc")
+	b.ReportMetric(handled.Seconds(), "s-handled")
+	env.reportWarnings(b)
+}

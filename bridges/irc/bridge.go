@@ -150,6 +150,12 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "which of your Matrix messages were relayed to IRC, by ID only (never their text), " +
 				"for replies and redactions; kept at most message_ttl",
 		},
+		{
+			Table: "irc_outbox", UserColumn: "user_mxid",
+			Export: []string{"event_id", "room_id", "network", "queued_at"},
+			Description: "your Matrix messages waiting for your IRC connection, by ID only (never their text), " +
+				"so that a restart still sends them; each goes once sent or dropped",
+		},
 	}
 }
 
@@ -173,8 +179,9 @@ func (br *Bridge) Init(host appservice.Host) error {
 	return nil
 }
 
-// Start connects the bridge to every network and starts the janitor that disconnects idle and
-// paused puppets and expires message-ID maps. A network that cannot be reached is retried in
+// Start connects the bridge to every network, queues again the messages that were waiting for
+// IRC when the bridge last stopped (see replayOutbox), and starts the janitor that disconnects
+// idle and paused puppets and expires message-ID maps. A network that cannot be reached is retried in
 // the background; it never stops the other networks or bridges.
 func (br *Bridge) Start(ctx context.Context) error {
 	for _, netID := range br.netIDs {
@@ -185,6 +192,11 @@ func (br *Bridge) Start(ctx context.Context) error {
 	if err := br.startMediaProxy(); err != nil {
 		return err
 	}
+	// Before the core hands over new events, so that a user's messages queued before the
+	// restart go out before their later ones. Bounded: what is left stays for the next start.
+	replayCtx, cancel := context.WithTimeout(br.runCtx, outboxReplayTimeout)
+	br.replayOutbox(replayCtx, br.host.Bot().GetEvent)
+	cancel()
 	br.janitor.Add(1)
 	go br.janitorLoop(br.runCtx)
 	return nil
@@ -268,7 +280,8 @@ func (br *Bridge) janitorLoop(ctx context.Context) {
 	}
 }
 
-// sweepPuppets disconnects puppets that were idle for idle_timeout and those of paused users.
+// sweepPuppets disconnects puppets that were idle for idle_timeout (with nothing queued) and
+// those of paused users, and drops queued events that waited too long for a connection.
 func (br *Bridge) sweepPuppets(ctx context.Context) {
 	now := br.clock.Now()
 	for _, netID := range br.netIDs {
@@ -280,16 +293,17 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 		}
 		n.mu.Unlock()
 		for _, p := range puppets {
-			reason := ""
-			if now.Sub(p.sess.idleSince()) >= br.cfg.IdleTimeout {
-				reason = "Idle"
-			} else if paused, err := br.host.IsPaused(ctx, p.user); err == nil && paused {
-				reason = "Paused"
+			if paused, err := br.host.IsPaused(ctx, p.user); err == nil && paused {
+				if n.dropPuppet(ctx, p.user, "Paused") {
+					br.log.Debug().Str("network", netID).Str("reason", "Paused").Msg("Disconnected puppet")
+				}
+				continue
 			}
-			if reason != "" {
-				br.log.Debug().Str("network", netID).Str("reason", reason).Msg("Disconnecting puppet")
-				n.dropPuppet(ctx, p.user, reason)
+			if now.Sub(p.sess.idleSince()) >= br.cfg.IdleTimeout && n.dropIdlePuppet(ctx, p.user, "Idle") {
+				br.log.Debug().Str("network", netID).Str("reason", "Idle").Msg("Disconnected puppet")
+				continue
 			}
+			p.expireOutbox(ctx, now)
 		}
 	}
 }

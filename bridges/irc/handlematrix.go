@@ -52,24 +52,33 @@ func (br *Bridge) targetFor(ctx context.Context, roomID id.RoomID) (*target, err
 	return nil, nil
 }
 
-// puppetConn returns a usable connection of sender's puppet on t's network, connecting it if
-// needed and joining t's channel. It waits for the connection as long as ctx allows, so that a
-// message sent while the network is down goes out once it is back, in order.
-func (br *Bridge) puppetConn(ctx context.Context, t *target, sender id.UserID) (*puppet, error) {
-	p, err := t.net.puppetFor(sender, true)
-	if err != nil {
-		return nil, err
-	}
-	if t.portal != nil {
-		if err = p.sess.join(ctx, t.folded, t.name); err != nil {
+// enqueue queues it in the outbox of sender's puppet on it.t's network, creating the puppet if
+// needed, and has it join it.t's channel from now on (a portal's). It returns
+// ErrTooManyPuppets or errOutboxFull; the caller tells the user.
+func (br *Bridge) enqueue(ctx context.Context, sender id.UserID, it *outItem) (*puppet, error) {
+	it.queuedAt = br.clock.Now()
+	// A dropped puppet's outbox refuses new items: take the user's new puppet, once.
+	for range 2 {
+		p, err := it.t.net.puppetFor(sender, true)
+		if err != nil {
 			return nil, err
 		}
+		if it.t.portal != nil && it.kind != outPart {
+			if err = p.sess.join(ctx, it.t.folded, it.t.name); err != nil {
+				return nil, err
+			}
+		}
+		if err = p.enqueue(it); !errors.Is(err, errOutboxClosed) {
+			return p, err
+		}
 	}
-	return p, nil
+	return nil, errOutboxClosed
 }
 
 // handleMatrixMessage relays a message from a portal or private chat to IRC through the
-// sender's puppet.
+// sender's puppet. It returns once the message is queued in the puppet's outbox (see
+// outbox.go), without waiting for the puppet's connection: a message waits only for its own
+// sender's connection, never holding up the room's other users.
 func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) error {
 	t, err := br.targetFor(ctx, evt.RoomID)
 	if err != nil || t == nil {
@@ -88,6 +97,11 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		// Someone else in a private chat: only its owner's messages go to IRC.
 		return nil
 	}
+	// Queued or being sent; checked before the rows, which are written before the outbox lets
+	// go of the event, so that one of the two checks sees it.
+	if p, _ := t.net.puppetFor(evt.Sender, false); p != nil && p.has(evt.ID) {
+		return nil
+	}
 	if done, err := br.relayedBefore(ctx, evt.ID); err != nil || done {
 		return err
 	}
@@ -95,65 +109,39 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if !ok {
 		return nil
 	}
-	p, err := br.puppetConn(ctx, t, evt.Sender)
-	if errors.Is(err, ErrTooManyPuppets) {
-		br.notifyUser(ctx, evt.Sender, evt.ID, "too-many-puppets", fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
-		return nil
-	} else if err != nil {
-		return fmt.Errorf("failed to get puppet: %w", err)
-	}
-	c, err := p.sess.conn(ctx)
-	if err != nil {
-		return fmt.Errorf("puppet not connected: %w", err)
-	}
-	if t.portal != nil {
-		if err = p.sess.join(ctx, t.folded, t.name); err != nil {
-			return err
-		}
-		if err = p.sess.ensureJoined(ctx, c, t.folded, t.name); err != nil {
-			return err
-		}
-	}
-	lines, err := ircconv.Render(msg, ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name))
-	if err != nil {
-		return fmt.Errorf("failed to render message: %w", err)
-	}
-	if len(lines) == 0 {
-		return nil
-	}
 	// The server's echoes, which carry the lines' message IDs, may be recorded before the sends
 	// return; their rows reference the sender.
 	if err = br.host.EnsureUser(ctx, evt.Sender); err != nil {
 		return fmt.Errorf("failed to record sender: %w", err)
 	}
-	trackEchoes := wantsEchoes(c)
-	for i, line := range lines {
-		if trackEchoes {
-			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
-		}
-		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
-			return fmt.Errorf("failed to send message: %w", err)
-		}
+	// Recorded before it is queued, so that a restart sends it (see replayOutbox).
+	if err = br.db.Outbox.Put(ctx, &ircdb.Outbox{
+		EventID: evt.ID, RoomID: evt.RoomID, Network: t.net.cfg.ID, Sender: evt.Sender, QueuedAt: br.clock.Now(),
+	}); err != nil {
+		return fmt.Errorf("failed to record queued message: %w", err)
 	}
-	// Recorded once sent: the rows are also what makes a replay of this event after a crash
-	// send nothing again (see relayedBefore).
-	now := br.clock.Now()
-	err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		for i := range lines {
-			err := br.db.Message.Put(ctx, &ircdb.Message{
-				EventID: evt.ID, Part: i, RoomID: evt.RoomID, Network: t.net.cfg.ID, Target: t.folded,
-				Sender: evt.Sender, CreatedAt: now, Original: content.RelatesTo.GetReplaceID(),
-			})
-			if err != nil {
-				return err
-			}
+	p, err := br.enqueue(ctx, evt.Sender, &outItem{kind: outMessage, evt: evt, t: t, msg: msg, replaces: content.RelatesTo.GetReplaceID()})
+	if err != nil {
+		br.forgetQueued(ctx, evt.ID)
+	}
+	switch {
+	case errors.Is(err, ErrTooManyPuppets):
+		br.notifyUser(ctx, evt.Sender, evt.ID, "too-many-puppets", fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
+		return nil
+	case errors.Is(err, errOutboxFull):
+		zerolog.Ctx(ctx).Warn().Str("network", t.net.cfg.ID).Msg("Outbox full; not relaying message")
+		p.outMu.Lock()
+		told := p.fullNotified
+		p.fullNotified = true
+		p.outMu.Unlock()
+		if !told {
+			br.notifyUser(ctx, evt.Sender, evt.ID, "outbox-full:"+t.net.cfg.ID, fmt.Sprintf("Your messages to %s are arriving faster than "+
+				"I can send them, so some of them are not relayed. I will tell you again if it happens after the backlog cleared.", t.net.cfg.Name))
 		}
 		return nil
-	})
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record relayed message")
+	case err != nil:
+		return fmt.Errorf("failed to queue message: %w", err)
 	}
-	zerolog.Ctx(ctx).Debug().Int("lines", len(lines)).Str("network", t.net.cfg.ID).Msg("Relayed message to IRC")
 	return nil
 }
 
@@ -250,7 +238,10 @@ func (br *Bridge) senderNick(userID id.UserID) string {
 }
 
 // handleMatrixRedaction deletes a bridged message's IRC copy where the server supports
-// draft/message-redaction, and otherwise forgets its ID mapping.
+// draft/message-redaction, and otherwise forgets its ID mapping. A message (and its edits)
+// still queued when it is redacted is never sent. When the redacting user's puppet has events
+// queued, the rest waits in its outbox behind them, so that a redaction of a message being
+// sent follows it.
 func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) error {
 	redacts := evt.Redacts
 	if c, ok := evt.Content.Parsed.(*event.RedactionEventContent); ok && c.Redacts != "" {
@@ -263,6 +254,33 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {
 		return fmt.Errorf("failed to delete media links: %w", err)
 	}
+	var author *puppet
+	for _, netID := range br.netIDs {
+		n := br.networks[netID]
+		n.mu.Lock()
+		puppets := make([]*puppet, 0, len(n.puppets))
+		for _, p := range n.puppets {
+			puppets = append(puppets, p)
+		}
+		n.mu.Unlock()
+		for _, p := range puppets {
+			if p.unqueue(ctx, redacts) {
+				author = p
+			}
+		}
+	}
+	if author != nil && author.busy() {
+		t := &target{net: author.net}
+		if err := author.enqueue(&outItem{kind: outRedact, evt: evt, t: t, redacts: redacts, queuedAt: br.clock.Now()}); err == nil {
+			return nil
+		}
+	}
+	return br.redactOnIRC(ctx, evt, redacts)
+}
+
+// redactOnIRC deletes the IRC copy of redacts (and of its edits) if evt's sender wrote it and
+// the server supports draft/message-redaction, and forgets its ID mapping.
+func (br *Bridge) redactOnIRC(ctx context.Context, evt *event.Event, redacts id.EventID) error {
 	// The message's rows and its edits': redacting a message removes its edits with it.
 	rows, err := br.db.Message.GetWithEdits(ctx, redacts)
 	if err != nil || len(rows) == 0 {
@@ -325,7 +343,10 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 		return nil
 	}
 	if p, _ := t.net.puppetFor(target, false); p != nil {
-		p.sess.part(ctx, t.folded, "Left the room")
+		// After the messages the user sent before leaving, which would otherwise join again.
+		if !p.busy() || p.enqueue(&outItem{kind: outPart, evt: evt, t: t, text: "Left the room", queuedAt: br.clock.Now()}) != nil {
+			p.sess.part(ctx, t.folded, "Left the room")
+		}
 	}
 	return nil
 }
@@ -349,8 +370,9 @@ func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *ne
 	return br.recordPM(ctx, &ircdb.PM{UserID: evt.Sender, Network: n.cfg.ID, Nick: n.fold(nick), RoomID: evt.RoomID, CreatedAt: br.clock.Now()})
 }
 
-// handleMatrixTopic sends a portal's new topic to its channel through the sender's puppet. The
-// channel may refuse it (+t without operator status); the room keeps the topic regardless.
+// handleMatrixTopic sends a portal's new topic to its channel through the sender's puppet,
+// queued in its outbox like a message. The channel may refuse it (+t without operator status);
+// the room keeps the topic regardless.
 func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error {
 	t, err := br.targetFor(ctx, evt.RoomID)
 	if err != nil || t == nil || t.portal == nil {
@@ -360,19 +382,11 @@ func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error
 	if !ok {
 		return nil
 	}
-	p, err := br.puppetConn(ctx, t, evt.Sender)
-	if err != nil {
-		return nil
+	topic := ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " "))
+	if _, err = br.enqueue(ctx, evt.Sender, &outItem{kind: outTopic, evt: evt, t: t, text: topic}); err != nil {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Not sending topic to IRC")
 	}
-	c, err := p.sess.conn(ctx)
-	if err != nil {
-		return fmt.Errorf("puppet not connected: %w", err)
-	}
-	// On a fresh connection the channel's JOIN may not be queued yet; TOPIC must follow it.
-	if err = p.sess.ensureJoined(ctx, c, t.folded, t.name); err != nil {
-		return err
-	}
-	return c.Send(ctx, nil, "TOPIC", t.name, ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " ")))
+	return nil
 }
 
 // kickOnIRC mirrors a Matrix user kicking or banning an IRC user's ghost from a portal: their

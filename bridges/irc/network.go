@@ -41,8 +41,13 @@ type network struct {
 	done       chan struct{}
 	workerDone chan struct{}
 
-	mu      sync.Mutex
-	puppets map[id.UserID]*puppet
+	// drains counts the running outbox goroutines (see outbox.go), which stop waits for.
+	drains sync.WaitGroup
+
+	mu sync.Mutex
+	// stopping is set by stop: no puppet is created from then on.
+	stopping bool
+	puppets  map[id.UserID]*puppet
 	// members holds, per portal channel (folded), the folded nicks the bridge's connection
 	// saw in it, so that a QUIT or NICK reaches the right rooms.
 	members map[string]map[string]string
@@ -114,8 +119,12 @@ func (n *network) start(ctx context.Context) error {
 // stop quits every connection of the network and stops its worker.
 func (n *network) stop(ctx context.Context) {
 	n.mu.Lock()
+	n.stopping = true
 	puppets := make([]*puppet, 0, len(n.puppets))
 	for _, p := range n.puppets {
+		// Queued messages are not sent during shutdown; their irc_outbox rows stay for the
+		// next start.
+		p.closeOutbox(false)
 		puppets = append(puppets, p)
 	}
 	n.mu.Unlock()
@@ -135,6 +144,17 @@ func (n *network) stop(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	// No outbox starts a goroutine any more (all are closed, and no puppet is created), and
+	// with their sessions stopped the running ones end at once.
+	drained := make(chan struct{})
+	go func() {
+		n.drains.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+	}
 	close(n.done)
 	select {
 	case <-n.workerDone:

@@ -36,6 +36,16 @@ type puppet struct {
 	// wantsEchoes). Their text stays in memory only until the echo arrives.
 	echoMu sync.Mutex
 	echoes []pendingLine
+
+	// outMu guards the outbox (see outbox.go): the events waiting to go out, oldest first; the
+	// one being sent; whether a drain goroutine runs; whether the puppet was dropped (nothing is
+	// queued or sent any more); and whether the user was told the outbox is full.
+	outMu        sync.Mutex
+	outbox       []*outItem
+	sending      *outItem
+	draining     bool
+	outClosed    bool
+	fullNotified bool
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.
@@ -83,6 +93,9 @@ func (p *puppet) matchEcho(text string) (pendingLine, bool) {
 	return pendingLine{}, false
 }
 
+// errStopping is returned by puppetFor once the network is stopping.
+var errStopping = errors.New("irc: the bridge is shutting down")
+
 // ErrTooManyPuppets is returned when a network's max_puppets connections are in use.
 var ErrTooManyPuppets = errors.New("irc: too many puppet connections to this network")
 
@@ -93,6 +106,9 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	defer n.mu.Unlock()
 	if p := n.puppets[userID]; p != nil || !create {
 		return p, nil
+	}
+	if n.stopping {
+		return nil, errStopping
 	}
 	if n.cfg.MaxPuppets > 0 && len(n.puppets) >= n.cfg.MaxPuppets {
 		return nil, ErrTooManyPuppets
@@ -106,14 +122,32 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	return p, nil
 }
 
-// dropPuppet stops userID's puppet, if any, with a QUIT carrying reason.
+// dropPuppet stops userID's puppet, if any, with a QUIT carrying reason. What its outbox holds
+// is dropped, never sent (an erasure, a pause).
 func (n *network) dropPuppet(ctx context.Context, userID id.UserID, reason string) bool {
+	return n.dropPuppetIf(ctx, userID, reason, false)
+}
+
+// dropIdlePuppet is dropPuppet for a puppet whose outbox is empty: an idle disconnect must not
+// race a message just queued. It reports whether it dropped the puppet.
+func (n *network) dropIdlePuppet(ctx context.Context, userID id.UserID, reason string) bool {
+	return n.dropPuppetIf(ctx, userID, reason, true)
+}
+
+func (n *network) dropPuppetIf(ctx context.Context, userID id.UserID, reason string, ifIdle bool) bool {
 	n.mu.Lock()
 	p := n.puppets[userID]
+	if p == nil || !p.closeOutbox(ifIdle) {
+		n.mu.Unlock()
+		return false
+	}
 	delete(n.puppets, userID)
 	n.mu.Unlock()
-	if p == nil {
-		return false
+	if !ifIdle {
+		// Never to be sent, not even after a restart.
+		if err := n.br.db.Outbox.DeleteUser(ctx, userID, n.cfg.ID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to forget queued messages")
+		}
 	}
 	p.sess.stop(ctx, reason)
 	return true

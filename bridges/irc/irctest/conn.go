@@ -37,6 +37,8 @@ type conn struct {
 	realname   string
 	registered bool
 	capBlock   bool // CAP negotiation holds registration
+	holding    bool // WithRegistrationHold's wait is under way
+	held       bool // WithRegistrationHold's wait is over
 	cap302     bool
 	caps       []string // enabled
 	account    string

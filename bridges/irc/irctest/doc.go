@@ -11,7 +11,8 @@
 //     capabilities are configurable, see [WithCaps]), SASL PLAIN through AUTHENTICATE against
 //     the accounts of [Server.AddAccount] (900/903, 904 on failure, 906 on abort, 908 for other
 //     mechanisms), then 001–005 (005 with CASEMAPPING=rfc1459 and NETWORK=TestNet) and a
-//     one-line MOTD ending in 376;
+//     one-line MOTD ending in 376; [WithRegistrationHold] delays 001 per client, as slow
+//     real servers do;
 //   - nicks: 432 for invalid ones, 433 for ones in use (compared under rfc1459 folding, and
 //     held from NICK on, registered or not), NICK changes broadcast to everyone sharing a
 //     channel;

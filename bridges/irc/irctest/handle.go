@@ -314,8 +314,16 @@ func (c *conn) cmdUser(msg *ircmsg.Message) {
 // tryRegister completes registration once NICK and USER arrived and CAP negotiation ended.
 func (c *conn) tryRegister() {
 	s := c.srv
-	if c.registered || c.nick == "" || c.user == "" || c.capBlock {
+	if c.registered || c.nick == "" || c.user == "" || c.capBlock || c.holding {
 		return
+	}
+	if s.opt.holdReg != nil && !c.held {
+		if ready := s.opt.holdReg(c.nick); ready != nil {
+			c.holding = true
+			s.wg.Add(1)
+			go c.awaitRegistration(ready)
+			return
+		}
 	}
 	c.registered = true
 	s.registered++
@@ -330,6 +338,24 @@ func (c *conn) tryRegister() {
 	c.numeric("372", "- This is irctest, not a real IRC server.")
 	c.numeric("376", "End of /MOTD command.")
 	s.bump()
+}
+
+// awaitRegistration completes the registration WithRegistrationHold held back once ready is,
+// unless the connection ended first.
+func (c *conn) awaitRegistration(ready <-chan struct{}) {
+	s := c.srv
+	defer s.wg.Done()
+	select {
+	case <-ready:
+	case <-c.done:
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.holding, c.held = false, true
+	if !c.gone {
+		c.tryRegister()
+	}
 }
 
 func (c *conn) cmdQuit(msg *ircmsg.Message) {

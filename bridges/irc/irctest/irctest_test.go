@@ -331,3 +331,43 @@ func TestManyClients(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestRegistrationHold: a held client gets 001 only once its hold is released, while another
+// client registers at once; a client that disconnects while held leaves nothing behind.
+func TestRegistrationHold(t *testing.T) {
+	release := make(chan struct{})
+	srv := irctest.NewServer(t, irctest.WithRegistrationHold(func(nick string) <-chan struct{} {
+		if nick == "slow" || nick == "gone" {
+			return release
+		}
+		return nil
+	}))
+	done := make(chan *irctest.Client, 1)
+	go func() { done <- srv.Client(t, "slow") }()
+	gone, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = fmt.Fprintf(gone, "NICK gone\r\nUSER gone 0 * :gone\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	fast := srv.Client(t, "fast")
+	srv.WaitUntil(t, "three connections", func() bool { return srv.ConnCount() == 3 })
+	if got := srv.Nicks(); len(got) != 1 || got[0] != "fast" {
+		t.Fatalf("registered nicks with slow held = %v, want [fast]", got)
+	}
+	_ = gone.Close()
+	srv.WaitUntil(t, "the held connection closed", func() bool { return srv.ConnCount() == 2 })
+	close(release)
+	var slow *irctest.Client
+	select {
+	case slow = <-done:
+	case <-time.After(wait):
+		t.Fatal("slow did not register after its hold was released")
+	}
+	if got := strings.Join(srv.Nicks(), ","); got != "fast,slow" {
+		t.Errorf("registered nicks after release = %s, want fast,slow", got)
+	}
+	mustJoin(t, slow, "#c")
+	mustJoin(t, fast, "#c")
+}

@@ -58,6 +58,7 @@ type options struct {
 	waitTimeout time.Duration
 	now         func() time.Time
 	trace       func(format string, args ...any)
+	holdReg     func(nick string) <-chan struct{}
 }
 
 // WithAddr makes the server listen on addr instead of 127.0.0.1:0.
@@ -89,6 +90,16 @@ func WithWaitTimeout(d time.Duration) Option { return func(o *options) { o.waitT
 
 // WithClock sets the clock of the server-time tags; the default is time.Now.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithRegistrationHold holds each client's registration back, as a slow real server does
+// (ident and DNS look-ups, services): once NICK, USER and CAP negotiation are done, the server
+// calls hold with the client's nick and sends 001 only when the returned channel is ready
+// (closed or sent on), or at once if it is nil. Until then the client is not registered. hold
+// is called with the server's lock held and must not call the server; return, for example,
+// time.After(time.Second) for a fixed delay, or a channel the test closes.
+func WithRegistrationHold(hold func(nick string) <-chan struct{}) Option {
+	return func(o *options) { o.holdReg = hold }
+}
 
 // WithTrace logs every line the server reads (">> ") and the numerics and messages it sends
 // ("<< ") with logf, which must be safe for concurrent use (testing.TB.Logf is). For

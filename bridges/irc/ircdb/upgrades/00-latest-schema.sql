@@ -1,4 +1,4 @@
--- v0 -> v2: Latest revision
+-- v0 -> v3: Latest revision
 
 -- irc_portal links a Matrix room to an IRC channel. A portal made by joining its alias
 -- (#irc_<network>_<channel>) belongs to nobody: actor_mxid and source_event_id are NULL. A
@@ -101,3 +101,17 @@ CREATE INDEX irc_media_event_idx ON irc_media (event_id);
 CREATE INDEX irc_media_user_idx ON irc_media (user_mxid);
 CREATE INDEX irc_media_created_idx ON irc_media (created_at);
 CREATE INDEX irc_media_original_idx ON irc_media (original_event_id);
+
+-- irc_outbox lists the Matrix messages queued for IRC and not sent yet, by ID only (never their
+-- text), so that a restart sends them: the event's handler returns once it is queued, and the
+-- core does not deliver it again. A row goes once its lines are sent and recorded in irc_message,
+-- or once the message is dropped.
+CREATE TABLE irc_outbox (
+	event_id   TEXT   PRIMARY KEY,
+	room_id    TEXT   NOT NULL,
+	network    TEXT   NOT NULL,
+	user_mxid  TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	-- When it was queued, in nanoseconds: the order a restart sends them in.
+	queued_at  BIGINT NOT NULL
+);
+CREATE INDEX irc_outbox_user_idx ON irc_outbox (user_mxid);
