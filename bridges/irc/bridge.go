@@ -61,6 +61,9 @@ type Bridge struct {
 	// commands, where notices about their connections go. It is memory only: after a restart
 	// the next notice opens a new chat if needed.
 	dmRooms sync.Map
+	// truncatedTold remembers which users were told that their long message was cut, so that
+	// each is told once per network (memory only).
+	truncatedTold toldSet
 }
 
 var (
@@ -375,6 +378,7 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 		}
 	}
 	br.dmRooms.Delete(userID)
+	br.truncatedTold.forget(userID)
 	pms, err := br.db.PM.GetByUser(ctx, userID)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("failed to get private chats: %w", err))

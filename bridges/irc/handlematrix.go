@@ -114,13 +114,15 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 			return err
 		}
 	}
-	lines, err := ircconv.Render(msg, ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name))
+	budget := ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name)
+	lines, err := ircconv.Render(msg, budget)
 	if err != nil {
 		return fmt.Errorf("failed to render message: %w", err)
 	}
 	if len(lines) == 0 {
 		return nil
 	}
+	lines = br.shortenLong(ctx, evt, t, lines, budget)
 	// The server's echoes, which carry the lines' message IDs, may be recorded before the sends
 	// return; their rows reference the sender.
 	if err = br.host.EnsureUser(ctx, evt.Sender); err != nil {
@@ -170,9 +172,11 @@ func (br *Bridge) relayedBefore(ctx context.Context, eventID id.EventID) (bool, 
 // convertMatrix turns a Matrix message into an IRC message; ok is false for messages that are
 // not relayed (verification requests, unknown types).
 func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *event.MessageEventContent) (ircconv.Message, bool) {
-	msg := ircconv.Message{Kind: ircconv.KindText}
+	mc := br.cfg.Messages
+	msg := ircconv.Message{Kind: ircconv.KindText, ReplyFormat: mc.ReplyFormat, ReplyQuoteLen: mc.ReplyQuoteLength, EditMaxChange: mc.EditMaxChange}
 	if content.NewContent != nil && content.RelatesTo != nil && content.RelatesTo.Type == event.RelReplace {
 		msg.Edit = true
+		msg.Previous = br.previousText(ctx, evt, content.RelatesTo.EventID)
 		content = content.NewContent
 	}
 	switch content.MsgType {
@@ -200,11 +204,7 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 	default:
 		return msg, false
 	}
-	if content.Format == event.FormatHTML && content.FormattedBody != "" {
-		msg.Text = ircconv.HTMLToIRC(content.FormattedBody)
-	} else {
-		msg.Text = ircconv.PlainToIRC(content.Body)
-	}
+	msg.Text = matrixText(content)
 	if !msg.Edit && content.RelatesTo != nil && content.RelatesTo.InReplyTo != nil {
 		msg.Reply = br.replyInfo(ctx, evt.RoomID, content.RelatesTo.InReplyTo.EventID)
 	}

@@ -1,0 +1,135 @@
+package irc
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+
+	"maunium.net/go/mautrix/event"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
+	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
+)
+
+// TestEditsSendChangedWords: an edit that changes a few words reaches IRC as a correction of
+// those words against the version it replaces (the original, then the last edit), and a large
+// change as the whole new text.
+func TestEditsSendChangedWords(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		original := env.message(testPortalRoom, testAlice, event.MsgText, "the quick brwn fox jumps over the lazy dog")
+		env.host.AddEvent(t, original)
+		env.handle(original)
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, original.Content.AsMessage().Body))
+		edit := func(body string) {
+			t.Helper()
+			evt := env.event(testPortalRoom, testAlice, &event.MessageEventContent{
+				MsgType: event.MsgText, Body: "* " + body,
+				NewContent: &event.MessageEventContent{MsgType: event.MsgText, Body: body},
+				RelatesTo:  &event.RelatesTo{Type: event.RelReplace, EventID: original.ID},
+			})
+			env.host.AddEvent(t, evt)
+			env.handle(evt)
+		}
+		edit("the quick brown fox jumps over the lazy dog")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "s/brwn/brown/"))
+		edit("the quick brown cat jumps over the lazy dog")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "s/fox/cat/"))
+		edit("something else entirely, said differently")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "* something else entirely, said differently"))
+	})
+}
+
+// longBody is a message of ten lines.
+func longBody() string {
+	var b strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&b, "line %d of a long paste\n", i+1)
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// TestLongMessageLink: with media_proxy, a long message reaches IRC as its first line and a link
+// to the full text, which the listener serves until the message is redacted.
+func TestLongMessageLink(t *testing.T) {
+	ec := envConfig{configure: func(cfg *Config) {
+		cfg.MediaProxy = &MediaProxyConfig{Listen: "127.0.0.1:0", PublicURL: "https://m.example.org/irc", MaxBytes: defaultMediaMaxBytes}
+	}}
+	linkRe := regexp.MustCompile(`^line 1 of a long paste\x0f… \(full message: https://m\.example\.org/irc(/media/[A-Za-z0-9_-]{22}/message\.txt)\)$`)
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		body := longBody()
+		evt := env.message(testPortalRoom, testAlice, event.MsgText, body)
+		env.host.AddEvent(t, evt)
+		seq := env.srv.Seq()
+		env.handle(evt)
+		l := watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel))
+		m := linkRe.FindStringSubmatch(l.Param(1))
+		if m == nil {
+			t.Fatalf("long message relayed as %q, want its first line and a link", l.Param(1))
+		}
+		env.say(testAlice, "after")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "after"))
+		if sent := env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "PRIVMSG", testChannel))); len(sent) != 2 {
+			t.Errorf("%d lines sent for a long message and a short one, want 2", len(sent))
+		}
+		rec := httptest.NewRecorder()
+		env.br.serveMedia(rec, httptest.NewRequest(http.MethodGet, m[1], nil))
+		got, _ := io.ReadAll(rec.Body)
+		if rec.Code != http.StatusOK || string(got) != body+"\n" || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain") {
+			t.Errorf("the link answers %d %q (%s), want 200 and the full text", rec.Code, got, rec.Header().Get("Content-Type"))
+		}
+		var hashes int
+		token := strings.Split(m[1], "/")[2]
+		if err := env.host.RawDB.QueryRow(env.ctx, "SELECT COUNT(*) FROM irc_media WHERE token_hash=$1", hashMediaToken(token)).Scan(&hashes); err != nil || hashes != 1 {
+			t.Errorf("irc_media rows with the token's hash = %d, %v; want 1", hashes, err)
+		}
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.EventRedaction,
+			Redacts: evt.ID, Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: evt.ID}},
+		})
+		rec = httptest.NewRecorder()
+		env.br.serveMedia(rec, httptest.NewRequest(http.MethodGet, m[1], nil))
+		if rec.Code != http.StatusNotFound {
+			t.Errorf("the link answers %d after the message was redacted, want 404", rec.Code)
+		}
+	})
+}
+
+// TestLongMessageTruncatedWithoutProxy: without media_proxy, a long message is cut after
+// long_lines lines with a marker, and its sender is told once.
+func TestLongMessageTruncatedWithoutProxy(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		seq := env.srv.Seq()
+		env.say(testAlice, longBody())
+		lines := relayedLines(t, watcher, "alice[m]", "PRIVMSG", 3)
+		if got := lines[2].Param(1); got != "line 3 of a long paste\x0f"+ircconv.TruncatedMarker {
+			t.Errorf("last line = %q, want the third line with the marker", got)
+		}
+		env.say(testAlice, longBody())
+		relayedLines(t, watcher, "alice[m]", "PRIVMSG", 3)
+		env.say(testAlice, "after")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "after"))
+		if sent := env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "PRIVMSG", testChannel))); len(sent) != 7 {
+			t.Errorf("%d lines sent, want 3 + 3 + 1", len(sent))
+		}
+		const notice = "was cut after 3 lines"
+		env.waitEvent("", "the notice to alice", func(evt *astest.SentEvent) bool {
+			var c event.MessageEventContent
+			return evt.Type == event.EventMessage && evt.Decode(&c) == nil && strings.Contains(c.Body, notice)
+		})
+		var n int
+		for _, room := range env.host.CreatedRooms() {
+			n += len(env.messagesWith(room.RoomID, notice))
+		}
+		if n != 1 {
+			t.Errorf("alice got %d notices for two cut messages, want 1", n)
+		}
+	})
+}
