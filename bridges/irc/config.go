@@ -161,9 +161,9 @@ func (nc *NetworkConfig) UnmarshalYAML(node *yaml.Node) error {
 
 // Limits of the values ValidateConfig accepts.
 const (
-	maxPuppetsCap  = 100000
-	minIdleTimeout = time.Minute
-	minMessageTTL  = time.Minute
+	maxPuppetsCap   = 100000
+	minIdleTimeout  = time.Minute
+	minMessageTTL   = time.Minute
 	maxReplyQuote   = 400
 	minLongBytes    = 100
 	maxQuitDebounce = 10 * time.Minute
