@@ -119,6 +119,9 @@ func (n *network) sendToMatrix(ctx context.Context, intent *mxas.IntentAPI, room
 	if formatted != "" {
 		content.Format, content.FormattedBody = event.FormatHTML, formatted
 	}
+	if target != "" && strings.ContainsRune("#&+!", rune(target[0])) {
+		n.addMentions(ctx, target, roomID, content)
+	}
 	ts := ircline.ServerTime(msg, n.br.clock.Now())
 	resp, err := intent.SendMessageEvent(ctx, roomID, event.EventMessage, content, mautrix.ReqSendEvent{Timestamp: ts.UnixMilli()})
 	if err != nil {

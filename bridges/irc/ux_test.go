@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
@@ -130,6 +131,56 @@ func TestLongMessageTruncatedWithoutProxy(t *testing.T) {
 		}
 		if n != 1 {
 			t.Errorf("alice got %d notices for two cut messages, want 1", n)
+		}
+	})
+}
+
+// TestMentions: an IRC line that names a Matrix user's puppet nick as a word mentions that user
+// (m.mentions, and a pill when the line addresses them), under the network's casemapping;
+// users who are not in the room, and nicks inside words, are not mentioned.
+func TestMentions(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		ghost := ghostID(t, "carol")
+		carol := env.ircUser("carol")
+		// alice's and bob's puppets join the channel when they speak.
+		env.say(testAlice, "hi")
+		carol.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "hi"))
+		env.say(testBob, "hello")
+		carol.MustWaitFor(t, irctest.Match("bob[m]", "PRIVMSG", testChannel, "hello"))
+		// bob left the room on Matrix, but the bridge has not seen it yet: his puppet is still in
+		// the channel. He is not mentioned.
+		env.host.SetMembership(t, testPortalRoom, testBob, event.MembershipLeave)
+		tests := []struct {
+			name, line   string
+			wantMentions []id.UserID
+			wantHTML     string
+		}{
+			{"addressed", "ALICE{m}: look at this", []id.UserID{testAlice},
+				`<a href="https://matrix.to/#/@alice:example.org">ALICE{m}</a>: look at this`},
+			{"mid-line", "thanks, alice[m]!", []id.UserID{testAlice}, ""},
+			{"inside a word", "malice[m] is not a nick here", nil, ""},
+			{"not in the room", "bob[m]: are you there?", nil, ""},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := carol.Privmsg(testChannel, tt.line); err != nil {
+					t.Fatal(err)
+				}
+				_, content := env.waitMessage(testPortalRoom, ghost, tt.line)
+				var got []id.UserID
+				if content.Mentions != nil {
+					got = content.Mentions.UserIDs
+				}
+				if fmt.Sprint(got) != fmt.Sprint(tt.wantMentions) {
+					t.Errorf("m.mentions.user_ids = %v, want %v", got, tt.wantMentions)
+				}
+				if content.Mentions == nil {
+					t.Error("no m.mentions: clients would fall back to matching the body")
+				}
+				if tt.wantHTML != "" && content.FormattedBody != tt.wantHTML {
+					t.Errorf("formatted body = %q, want %q", content.FormattedBody, tt.wantHTML)
+				}
+			})
 		}
 	})
 }
