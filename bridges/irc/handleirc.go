@@ -53,7 +53,9 @@ func (n *network) handleIRC(ctx context.Context, in inbound) {
 		}
 		n.removeMember(ctx, channel, victim, "Kicked from the channel")
 	case "QUIT":
-		n.onQuit(ctx, msg.Nick())
+		if !n.holdSplitQuit(msg.Nick(), ircline.Param(msg, 0)) {
+			n.onQuit(ctx, msg.Nick())
+		}
 	case "NICK":
 		n.onNick(ctx, msg.Nick(), ircline.Param(msg, 0))
 	case "TOPIC":
@@ -255,6 +257,7 @@ func (n *network) addMember(channel, nick string) bool {
 	folded := n.fold(nick)
 	_, had := members[folded]
 	members[folded] = nick
+	n.splitRejoinedLocked(channel, folded)
 	return !had
 }
 

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -183,4 +184,81 @@ func TestMentions(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestNetsplitDamping: a user who quits in a netsplit and is back within quit_debounce keeps
+// their ghost in the room, with no leave and no second join; one who does not come back leaves
+// after it; an ordinary quit leaves at once.
+func TestNetsplitDamping(t *testing.T) {
+	ec := envConfig{configure: func(cfg *Config) { cfg.QuitDebounce = 2 * time.Second }}
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		memberships := func(ghost id.UserID, membership event.Membership) int {
+			n := 0
+			for _, evt := range env.host.HS.Events(testPortalRoom) {
+				var c event.MemberEventContent
+				if evt.Type == event.StateMember && evt.StateKey != nil && *evt.StateKey == ghost.String() &&
+					evt.Decode(&c) == nil && c.Membership == membership {
+					n++
+				}
+			}
+			return n
+		}
+		carol, dave, erin := ghostID(t, "carol"), ghostID(t, "dave"), ghostID(t, "erin")
+		clients := map[string]*irctest.Client{}
+		for _, nick := range []string{"carol", "dave", "erin"} {
+			c := env.ircUser(nick)
+			clients[nick] = c
+			if err := c.Privmsg(testChannel, "here "+nick); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env.waitMessage(testPortalRoom, erin, "here erin")
+		for _, nick := range []string{"carol", "dave"} {
+			if !env.srv.Netsplit(nick, "hub.example.net leaf.example.net") {
+				t.Fatalf("%s was not connected", nick)
+			}
+		}
+		back := env.ircUser("carol")
+		if err := back.Privmsg(testChannel, "back again"); err != nil {
+			t.Fatal(err)
+		}
+		env.waitMessage(testPortalRoom, carol, "back again")
+		// A client's own quit is "Quit: …" on the server, never taken for a netsplit.
+		if err := clients["erin"].Quit("hub.example.net leaf.example.net"); err != nil {
+			t.Fatal(err)
+		}
+		env.waitEvent(testPortalRoom, "erin's leave", func(evt *astest.SentEvent) bool {
+			return evt.Type == event.StateMember && evt.StateKey != nil && *evt.StateKey == erin.String() && memberships(erin, event.MembershipLeave) == 1
+		})
+		if got := memberships(dave, event.MembershipLeave); got != 0 {
+			t.Errorf("dave's ghost left %d times within quit_debounce, want 0", got)
+		}
+		env.waitEvent(testPortalRoom, "dave's leave after quit_debounce", func(evt *astest.SentEvent) bool {
+			return evt.Type == event.StateMember && evt.StateKey != nil && *evt.StateKey == dave.String() && memberships(dave, event.MembershipLeave) == 1
+		})
+		if got := memberships(carol, event.MembershipLeave); got != 0 {
+			t.Errorf("carol's ghost left %d times though she was back within quit_debounce, want 0", got)
+		}
+		if got := memberships(carol, event.MembershipJoin); got != 1 {
+			t.Errorf("carol's ghost joined %d times, want once", got)
+		}
+	})
+}
+
+func TestLooksLikeNetsplit(t *testing.T) {
+	for reason, want := range map[string]bool{
+		"hub.example.net leaf.example.net": true,
+		"*.net *.split":                    true,
+		"Quit: hub.example.net leaf.net":   false,
+		"Quit: bye":                        false,
+		"hub.example.net hub.example.net":  false,
+		"Ping timeout: 240 seconds":        false,
+		"a.b c.d e.f":                      false,
+		"hub. leaf.net":                    false,
+		"":                                 false,
+	} {
+		if got := looksLikeNetsplit(reason); got != want {
+			t.Errorf("looksLikeNetsplit(%q) = %v, want %v", reason, got, want)
+		}
+	}
 }
