@@ -185,6 +185,11 @@ func (n *network) handlePuppetMessage(ctx context.Context, in inbound) {
 		}
 	case "474", "473", "475", "471", "403": // cannot join: banned, invite only, key, full, no such channel
 		p.sess.forgetChannel(n.fold(ircline.Param(msg, 1)))
+		n.onRefused(ctx, p, msg)
+	default:
+		if refusalNumerics[msg.Command] {
+			n.onRefused(ctx, p, msg)
+		}
 	}
 }
 

@@ -104,6 +104,7 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	}
 	c, err := p.sess.conn(ctx)
 	if err != nil {
+		br.notifyUndelivered(ctx, evt.Sender, evt.ID, t)
 		return fmt.Errorf("puppet not connected: %w", err)
 	}
 	if t.portal != nil {
@@ -134,8 +135,10 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
 		}
 		if err = c.Send(ctx, nil, line.Command, t.name, line.Text); err != nil {
+			br.notifyUndelivered(ctx, evt.Sender, evt.ID, t)
 			return fmt.Errorf("failed to send message: %w", err)
 		}
+		p.noteSent(t.folded, evt.ID)
 	}
 	// Recorded once sent: the rows are also what makes a replay of this event after a crash
 	// send nothing again (see relayedBefore).
@@ -372,7 +375,9 @@ func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error
 	if err = p.sess.ensureJoined(ctx, c, t.folded, t.name); err != nil {
 		return err
 	}
-	return c.Send(ctx, nil, "TOPIC", t.name, ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " ")))
+	text := ircconv.PlainToIRC(strings.ReplaceAll(content.Topic, "\n", " "))
+	p.noteTopic(t.folded, evt.ID, text)
+	return c.Send(ctx, nil, "TOPIC", t.name, text)
 }
 
 // kickOnIRC mirrors a Matrix user kicking or banning an IRC user's ghost from a portal: their

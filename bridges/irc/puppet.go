@@ -36,6 +36,9 @@ type puppet struct {
 	// wantsEchoes). Their text stays in memory only until the echo arrives.
 	echoMu sync.Mutex
 	echoes []pendingLine
+
+	// sent remembers the last message and topic sent to each target, for the server's refusals.
+	sent sentLog
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.

@@ -359,7 +359,10 @@ func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 			return true
 		}
 		return wantsEchoes(c) && c.CaseMapping().Equal(msg.Nick(), c.Nick())
-	case "KICK", "474", "473", "475", "471", "403":
+	case "KICK":
+		return true
+	}
+	if refusalNumerics[msg.Command] {
 		return true
 	}
 	return false

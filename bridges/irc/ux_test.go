@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"go.mau.fi/util/ptr"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -261,4 +262,62 @@ func TestLooksLikeNetsplit(t *testing.T) {
 			t.Errorf("looksLikeNetsplit(%q) = %v, want %v", reason, got, want)
 		}
 	}
+}
+
+// noticesWith returns how many messages holding text the bot posted in the rooms it created
+// (the users' private chats with it).
+func noticesWith(env *testEnv, text string) int {
+	n := 0
+	for _, room := range env.host.CreatedRooms() {
+		n += len(env.messagesWith(room.RoomID, text))
+	}
+	return n
+}
+
+// TestRefusalFeedback: when the server refuses a message (404, here for +m), its sender gets
+// one notice quoting the server's reason, however many refusals the message got; a TOPIC
+// refused with 437 is sent again once, and a second refusal is told to the sender.
+func TestRefusalFeedback(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		env.say(testAlice, "hello")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "hello"))
+		// The puppet's worker handles these in order; the private message after them shows
+		// when they were handled.
+		refusal := ":irctest.local 404 alice[m] #test :Cannot send to channel (+m)\r\n"
+		if err := env.srv.SendRaw("alice[m]", refusal+refusal+":watcher!w@h PRIVMSG alice[m] :marker\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		env.waitEvent("", "the private message after the refusals", func(evt *astest.SentEvent) bool {
+			var c event.MessageEventContent
+			return evt.Sender == ghostID(t, "watcher") && evt.Decode(&c) == nil && c.Body == "marker"
+		})
+		const notice = "Your message to #test on Test Net was not delivered: Cannot send to channel (+m)"
+		env.eventually("the notice to alice", func() bool { return noticesWith(env, notice) > 0 })
+		if got := noticesWith(env, notice); got != 1 {
+			t.Errorf("alice got %d notices for one refused message, want 1", got)
+		}
+
+		seq := env.srv.Seq()
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.StateTopic,
+			StateKey: ptr.Ptr(""), Content: event.Content{Parsed: &event.TopicEventContent{Topic: "new topic"}},
+		})
+		topicSent := irctest.After(seq, irctest.Match("alice[m]", "TOPIC", testChannel, "new topic"))
+		env.srv.WaitFor(t, topicSent)
+		tooSoon := ":irctest.local 437 alice[m] #test :You may not change the topic again for 1 second\r\n"
+		if err := env.srv.SendRaw("alice[m]", tooSoon); err != nil {
+			t.Fatal(err)
+		}
+		env.srv.WaitUntil(t, "the TOPIC sent again", func() bool { return len(env.srv.Lines(topicSent)) == 2 })
+		if err := env.srv.SendRaw("alice[m]", tooSoon); err != nil {
+			t.Fatal(err)
+		}
+		env.eventually("the notice about the topic", func() bool {
+			return noticesWith(env, "Test Net refused your topic change in #test: You may not change the topic again") == 1
+		})
+		if got := len(env.srv.Lines(topicSent)); got != 2 {
+			t.Errorf("TOPIC sent %d times, want twice (one retry)", got)
+		}
+	})
 }
