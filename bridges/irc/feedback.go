@@ -77,14 +77,14 @@ func (sl *sentLog) recent(m map[string]sentRecord, target string, now time.Time)
 
 // refusalNumerics are the numerics by which a server refuses a message, a topic or a join.
 var refusalNumerics = map[string]bool{
-	"401": true, // ERR_NOSUCHNICK: the private chat's nick is gone
-	"404": true, // ERR_CANNOTSENDTOCHAN: +m, +n, banned, …
-	"417": true, // ERR_INPUTTOOLONG
-	"437": true, // ERR_UNAVAILRESOURCE: InspIRCd's answer to a TOPIC within a second of another
-	"442": true, // ERR_NOTONCHANNEL
-	"477": true, // ERR_NEEDREGGEDNICK
-	"482": true, // ERR_CHANOPRIVSNEEDED: +t
-	"489": true, // ERR_SECUREONLYCHAN
+	"401": true,                                                     // ERR_NOSUCHNICK: the private chat's nick is gone
+	"404": true,                                                     // ERR_CANNOTSENDTOCHAN: +m, +n, banned, …
+	"417": true,                                                     // ERR_INPUTTOOLONG
+	"437": true,                                                     // ERR_UNAVAILRESOURCE: InspIRCd's answer to a TOPIC within a second of another
+	"442": true,                                                     // ERR_NOTONCHANNEL
+	"477": true,                                                     // ERR_NEEDREGGEDNICK
+	"482": true,                                                     // ERR_CHANOPRIVSNEEDED: +t
+	"489": true,                                                     // ERR_SECUREONLYCHAN
 	"471": true, "473": true, "474": true, "475": true, "403": true, // cannot join
 }
 
