@@ -1,6 +1,7 @@
 package irc
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -318,6 +319,28 @@ func TestRefusalFeedback(t *testing.T) {
 		})
 		if got := len(env.srv.Lines(topicSent)); got != 2 {
 			t.Errorf("TOPIC sent %d times, want twice (one retry)", got)
+		}
+	})
+}
+
+// TestNotConnectedFeedback: a message that cannot be sent because the sender's puppet gets no
+// connection before the handler gives up is told to the sender, once.
+func TestNotConnectedFeedback(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		env.srv.Down()
+		evt := env.message(testPortalRoom, testAlice, event.MsgText, "into the void")
+		for range 2 {
+			ctx, cancel := context.WithTimeout(env.ctx, 300*time.Millisecond)
+			err := env.br.HandleEvent(ctx, evt)
+			cancel()
+			if err == nil {
+				t.Fatal("HandleEvent returned no error for a message it could not send")
+			}
+		}
+		const notice = "Your message to #test on Test Net was not delivered: you are not connected"
+		env.eventually("the notice to alice", func() bool { return noticesWith(env, notice) > 0 })
+		if got := noticesWith(env, notice); got != 1 {
+			t.Errorf("alice got %d notices for one message handled twice, want 1", got)
 		}
 	})
 }
