@@ -350,7 +350,7 @@ func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) 
 
 // puppetWants reports whether a message a puppet received is one handlePuppetMessage acts on:
 // private messages, echoes of our own messages where they carry IDs we keep (see wantsEchoes),
-// KICK, and numerics refusing a JOIN.
+// KICK, and numerics refusing a message, a topic or a JOIN (refusalNumerics).
 func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 	switch msg.Command {
 	case "PRIVMSG", "NOTICE":
@@ -362,8 +362,5 @@ func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 	case "KICK":
 		return true
 	}
-	if refusalNumerics[msg.Command] {
-		return true
-	}
-	return false
+	return refusalNumerics[msg.Command]
 }
