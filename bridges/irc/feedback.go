@@ -10,6 +10,7 @@ import (
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
@@ -94,13 +95,15 @@ var refusalNumerics = map[string]bool{
 // with 437 is sent again once, after the delay the server names (at least a second).
 func (n *network) onRefused(ctx context.Context, p *puppet, msg *ircmsg.Message) {
 	target := n.fold(ircline.Param(msg, 1))
-	reason := ircconv.Strip(ircconv.DecodeText(msg.Params[len(msg.Params)-1]))
-	if len(msg.Params) < 3 {
-		reason = ""
+	// <me> <target> [...] :<reason>; the server's words, shown to the user as plain text.
+	var reason string
+	if len(msg.Params) >= 3 {
+		reason = ircconv.Strip(ircconv.DecodeText(msg.Params[len(msg.Params)-1]))
 	}
 	if len(reason) > 200 {
 		reason = strings.ToValidUTF8(reason[:200], "") + "…"
 	}
+	reason = format.EscapeMarkdown(reason)
 	now := n.br.clock.Now()
 	p.sent.mu.Lock()
 	topic, isTopic := p.sent.recent(p.sent.topics, target, now)
@@ -113,7 +116,7 @@ func (n *network) onRefused(ctx context.Context, p *puppet, msg *ircmsg.Message)
 	}
 	sent, isMsg := p.sent.recent(p.sent.msgs, target, now)
 	p.sent.mu.Unlock()
-	name := n.targetName(target)
+	name := format.EscapeMarkdown(n.targetName(target))
 	switch {
 	case retry:
 		n.retryTopic(p, target, name, topic, reason)
@@ -179,5 +182,6 @@ func (br *Bridge) notifyUndelivered(ctx context.Context, user id.UserID, evtID i
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	br.notifyUser(ctx, user, evtID, "undelivered", fmt.Sprintf(
-		"Your message to %s on %s was not delivered: you are not connected to the network right now.", t.name, t.net.cfg.Name))
+		"Your message to %s on %s was not delivered: you are not connected to the network right now.",
+		format.EscapeMarkdown(t.name), t.net.cfg.Name))
 }
