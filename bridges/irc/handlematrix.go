@@ -130,6 +130,8 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		return fmt.Errorf("failed to record sender: %w", err)
 	}
 	trackEchoes := wantsEchoes(c)
+	// Before sending: the server may refuse the channel's JOIN, queued before, at once.
+	p.noteSent(t.folded, evt.ID)
 	for i, line := range lines {
 		if trackEchoes {
 			p.expectEcho(pendingLine{eventID: evt.ID, part: i, roomID: evt.RoomID, target: t.folded, text: line.Text})
@@ -138,7 +140,6 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 			br.notifyUndelivered(ctx, evt.Sender, evt.ID, t)
 			return fmt.Errorf("failed to send message: %w", err)
 		}
-		p.noteSent(t.folded, evt.ID)
 	}
 	// Recorded once sent: the rows are also what makes a replay of this event after a crash
 	// send nothing again (see relayedBefore).
