@@ -155,8 +155,9 @@ func TestIRCMembership(t *testing.T) {
 	env.MustSyncUntil(t, alice, ircWait, e2e.IsMember(roomID, bobbyGhost, event.MembershipLeave))
 }
 
-// TestIRCEditsRepliesMedia: a Matrix edit reaches IRC as "* <new text>", a reply as a quote of
-// the original and "nick: answer", and media as a link IRC users can open.
+// TestIRCEditsRepliesMedia: a Matrix edit reaches IRC as "* <new text>" (a change too large for a
+// s/old/new/ correction), a reply as one line `nick: "quote" <- answer`, and media as a link IRC
+// users can open.
 func TestIRCEditsRepliesMedia(t *testing.T) {
 	const channel = "#edits"
 	ircNet := e2e.StartIRC(t)

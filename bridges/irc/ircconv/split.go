@@ -13,7 +13,7 @@ const MaxLine = 512
 // of formatting codes carried over to a new line plus a few characters.
 const MinBudget = 64
 
-// EditPrefix starts the line an edit is sent as.
+// EditPrefix starts the line an edit is sent as when it is sent whole (see [EditLine]).
 const EditPrefix = "* "
 
 // Assumed lengths of the user and host parts of our own source, for [ConservativeSource], when
@@ -212,8 +212,10 @@ type Line struct {
 // Render turns a message into the lines to send, each fitting budget bytes of text (see
 // [Budget]; compute it for PRIVMSG, the longest command name used). Control characters other
 // than formatting codes and tabs are removed from the text, so it can never start a CTCP or
-// inject a command, and invalid UTF-8 is replaced. It returns no lines for a message without
-// visible text, and [ErrBudget] if budget is below [MinBudget].
+// inject a command, and invalid UTF-8 is replaced. A reply (not an emote) is formatted with its
+// ReplyFormat, an edit with [EditLine]. It returns no lines for a message without visible text
+// or an edit that changes no word, and [ErrBudget] if budget is below [MinBudget]. Long
+// messages are the caller's to shorten ([IsLong], [Condense], [Truncate]).
 func Render(m Message, budget int) ([]Line, error) {
 	if budget < MinBudget {
 		return nil, ErrBudget
