@@ -67,7 +67,7 @@ func (n *network) holdSplitQuit(nick, reason string) bool {
 	return true
 }
 
-// splitRejoined notes that nick (folded) is in channel (folded) again: a held-back leave there is
+// splitRejoinedLocked notes that nick (folded) is in channel (folded) again: a held-back leave there is
 // dropped. n.mu must be held.
 func (n *network) splitRejoinedLocked(channel, folded string) {
 	sq := n.splits[folded]
