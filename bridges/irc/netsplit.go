@@ -67,8 +67,8 @@ func (n *network) holdSplitQuit(nick, reason string) bool {
 	return true
 }
 
-// splitRejoinedLocked notes that nick (folded) is in channel (folded) again: a held-back leave there is
-// dropped. n.mu must be held.
+// splitRejoinedLocked notes that nick (folded) is in channel (folded) again: a held-back leave
+// there is dropped. n.mu must be held.
 func (n *network) splitRejoinedLocked(channel, folded string) {
 	sq := n.splits[folded]
 	if sq == nil {
