@@ -155,8 +155,9 @@ func TestIRCMembership(t *testing.T) {
 	env.MustSyncUntil(t, alice, ircWait, e2e.IsMember(roomID, bobbyGhost, event.MembershipLeave))
 }
 
-// TestIRCEditsRepliesMedia: a Matrix edit reaches IRC as "* <new text>", a reply as a quote of
-// the original and "nick: answer", and media as a link IRC users can open.
+// TestIRCEditsRepliesMedia: a Matrix edit reaches IRC as "* <new text>" (a change too large for a
+// s/old/new/ correction), a reply as one line `nick: "quote" <- answer`, and media as a link IRC
+// users can open.
 func TestIRCEditsRepliesMedia(t *testing.T) {
 	const channel = "#edits"
 	ircNet := e2e.StartIRC(t)
@@ -179,8 +180,7 @@ func TestIRCEditsRepliesMedia(t *testing.T) {
 	reply := &event.MessageEventContent{MsgType: event.MsgText, Body: "forty-two"}
 	reply.SetReply(question)
 	sendContent(t, alice, roomID, reply)
-	bob.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "alice[m]", channel, "> <bob> what is the question?"))
-	bob.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "alice[m]", channel, "bob: forty-two"))
+	bob.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "alice[m]", channel, `bob: "what is the question?" <- forty-two`))
 
 	png := []byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89" +
 		"\x00\x00\x00\rIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x35\x81\x84\x00\x00\x00\x00IEND\xaeB`\x82")

@@ -76,7 +76,8 @@ func TestIRCSecretsNotRelayed(t *testing.T) {
 					t.Errorf("the IRC client received a password: %q", line)
 				}
 			}
-			if strings.Contains(line, "> <alice") && !strings.Contains(line, "an innocuous message") {
+			// A reply's quote is `nick: "quote" <- answer` (messages.reply_format).
+			if strings.Contains(line, `" <- `) && !strings.Contains(line, `"an innocuous message" <- `) {
 				t.Errorf("the IRC client received a quote of a withheld message: %q", line)
 			}
 		}

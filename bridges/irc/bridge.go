@@ -56,6 +56,10 @@ type Bridge struct {
 	// sets them.
 	mediaServer   *http.Server
 	mediaListener net.Listener
+
+	// truncatedTold remembers which users were told that their long message was cut, so that
+	// each is told once per network (memory only).
+	truncatedTold toldSet
 }
 
 var (
@@ -353,6 +357,7 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 			quit++
 		}
 	}
+	br.truncatedTold.forget(userID)
 	pms, err := br.db.PM.GetByUser(ctx, userID)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("failed to get private chats: %w", err))

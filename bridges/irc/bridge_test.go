@@ -69,7 +69,9 @@ func TestMatrixToIRC(t *testing.T) {
 			command: "PRIVMSG", want: nil, // checked below: several lines that join to the text
 		},
 	}
-	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+	// Splitting is tested here; long messages are shortened otherwise (TestLongMessage…).
+	ec := envConfig{configure: func(cfg *Config) { cfg.Messages.LongLines, cfg.Messages.LongBytes = 100, 100000 }}
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
 		watcher := env.ircUser("watcher")
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

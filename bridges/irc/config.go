@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 )
 
@@ -34,8 +35,14 @@ type Config struct {
 	Reconnect ReconnectConfig `yaml:"reconnect"`
 	// ConnectRate limits how fast connections are opened, across all networks.
 	ConnectRate RateConfig `yaml:"connect_rate"`
-	// MediaProxy, if not nil, serves relayed Matrix media to IRC users.
+	// MediaProxy, if not nil, serves relayed Matrix media to IRC users, and the full text of
+	// long messages.
 	MediaProxy *MediaProxyConfig `yaml:"media_proxy"`
+	// Messages shapes how Matrix messages look on IRC.
+	Messages MessagesConfig `yaml:"messages"`
+	// QuitDebounce is how long the leave of an IRC user whose QUIT looks like a netsplit waits
+	// for their return; 0 turns the damping off.
+	QuitDebounce time.Duration `yaml:"quit_debounce"`
 	// Networks are the networks to bridge, by their permanent ID.
 	Networks map[string]*NetworkConfig `yaml:"networks"`
 }
@@ -48,6 +55,21 @@ type MediaProxyConfig struct {
 	PublicURL string `yaml:"public_url"`
 	// MaxBytes bounds the size of a file served; larger ones answer 413.
 	MaxBytes int64 `yaml:"max_bytes"`
+}
+
+// MessagesConfig shapes how Matrix replies, edits and long messages look on IRC.
+type MessagesConfig struct {
+	// ReplyFormat is the template of a reply: {nick}, {quote} and {text}.
+	ReplyFormat string `yaml:"reply_format"`
+	// ReplyQuoteLength is the longest quote in a reply, in bytes.
+	ReplyQuoteLength int `yaml:"reply_quote_length"`
+	// EditMaxChange is the share of a message's words an edit may change and still be sent as
+	// a correction (s/old/new/); 0 sends every edit whole.
+	EditMaxChange float64 `yaml:"edit_max_change"`
+	// LongLines and LongBytes make a message long: more IRC lines or more bytes of text than
+	// these. A long message is sent as its first line and a link to its full text.
+	LongLines int `yaml:"long_lines"`
+	LongBytes int `yaml:"long_bytes"`
 }
 
 // ReconnectConfig is an exponential backoff with jitter: the first delay is Initial, each next
@@ -139,9 +161,12 @@ func (nc *NetworkConfig) UnmarshalYAML(node *yaml.Node) error {
 
 // Limits of the values ValidateConfig accepts.
 const (
-	maxPuppetsCap  = 100000
-	minIdleTimeout = time.Minute
-	minMessageTTL  = time.Minute
+	maxPuppetsCap   = 100000
+	minIdleTimeout  = time.Minute
+	minMessageTTL   = time.Minute
+	maxReplyQuote   = 400
+	minLongBytes    = 100
+	maxQuitDebounce = 10 * time.Minute
 	// defaultMediaMaxBytes is media_proxy.max_bytes when left out: 50 MiB.
 	defaultMediaMaxBytes = 50 << 20
 )
@@ -190,6 +215,24 @@ func (cfg *Config) validate() error {
 		} else if mp.MaxBytes < 0 {
 			problem("media_proxy.max_bytes", "must be positive")
 		}
+	}
+	if !ircconv.ValidReplyFormat(cfg.Messages.ReplyFormat) {
+		problem("messages.reply_format", "must contain {text}")
+	}
+	if cfg.Messages.ReplyQuoteLength < 1 || cfg.Messages.ReplyQuoteLength > maxReplyQuote {
+		problem("messages.reply_quote_length", "must be between 1 and %d", maxReplyQuote)
+	}
+	if !(cfg.Messages.EditMaxChange >= 0 && cfg.Messages.EditMaxChange <= 1) {
+		problem("messages.edit_max_change", "must be between 0 and 1")
+	}
+	if cfg.Messages.LongLines < 1 {
+		problem("messages.long_lines", "must be at least 1")
+	}
+	if cfg.Messages.LongBytes < minLongBytes {
+		problem("messages.long_bytes", "must be at least %d", minLongBytes)
+	}
+	if cfg.QuitDebounce < 0 || cfg.QuitDebounce > maxQuitDebounce {
+		problem("quit_debounce", "must be between 0 and %s", maxQuitDebounce)
 	}
 	if len(cfg.Networks) == 0 {
 		problem("networks", "at least one network is required")

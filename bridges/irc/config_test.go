@@ -7,6 +7,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 )
 
 // decodeConfig decodes a bridges.irc section the way the core does: strictly, over the
@@ -38,6 +40,17 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.IdleTimeout != 24*time.Hour || cfg.Reconnect.Initial != 2*time.Second || cfg.ConnectRate.Burst != 20 {
 		t.Errorf("top-level defaults = %+v", cfg)
 	}
+	want := MessagesConfig{ReplyFormat: ircconv.DefaultReplyFormat, ReplyQuoteLength: ircconv.DefaultReplyQuoteLen,
+		EditMaxChange: ircconv.DefaultEditMaxChange, LongLines: ircconv.DefaultLongLines, LongBytes: ircconv.DefaultLongBytes}
+	if cfg.Messages != want || cfg.QuitDebounce != 2*time.Minute {
+		t.Errorf("messages = %+v, quit_debounce = %s; want %+v and 2m (the example's values, the same as ircconv's defaults)",
+			cfg.Messages, cfg.QuitDebounce, want)
+	}
+	// A section given in part keeps the defaults of the keys it leaves out.
+	cfg, err = decodeConfig(t, "messages: {long_lines: 5}\nnetworks:\n  testnet:\n    address: 127.0.0.1:6667\n")
+	if err != nil || cfg.Messages.LongLines != 5 || cfg.Messages.ReplyFormat != ircconv.DefaultReplyFormat {
+		t.Errorf("messages given in part = %+v, %v; want long_lines 5 and the default reply format", cfg.Messages, err)
+	}
 }
 
 func TestExampleConfigIsValid(t *testing.T) {
@@ -55,6 +68,15 @@ func TestConfigProblems(t *testing.T) {
 		{"no networks", "idle_timeout: 1h\n", []string{"networks: at least one network is required"}},
 		{"unknown key in network", "networks:\n  a:\n    address: x:1\n    adress: y\n", []string{"field adress not found"}},
 		{"unknown top-level key", "netwroks: {}\n", []string{"field netwroks not found"}},
+		{
+			"bad message settings",
+			"messages: {reply_format: '{nick}: {quote}', reply_quote_length: 0, edit_max_change: 1.5, long_lines: 0, long_bytes: 10}\n" +
+				"quit_debounce: -1s\nnetworks:\n  a:\n    address: x:1\n",
+			[]string{
+				"messages.reply_format: must contain {text}", "messages.reply_quote_length", "messages.edit_max_change",
+				"messages.long_lines", "messages.long_bytes", "quit_debounce",
+			},
+		},
 		{
 			"bad values",
 			"idle_timeout: 1s\nreconnect: {initial: 0s, max: 0s}\nconnect_rate: {per_second: 0, burst: 0}\n" +

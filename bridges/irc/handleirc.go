@@ -53,7 +53,9 @@ func (n *network) handleIRC(ctx context.Context, in inbound) {
 		}
 		n.removeMember(ctx, channel, victim, "Kicked from the channel")
 	case "QUIT":
-		n.onQuit(ctx, msg.Nick())
+		if !n.holdSplitQuit(msg.Nick(), ircline.Param(msg, 0)) {
+			n.onQuit(ctx, msg.Nick())
+		}
 	case "NICK":
 		n.onNick(ctx, msg.Nick(), ircline.Param(msg, 0))
 	case "TOPIC":
@@ -119,6 +121,9 @@ func (n *network) sendToMatrix(ctx context.Context, intent *mxas.IntentAPI, room
 	if formatted != "" {
 		content.Format, content.FormattedBody = event.FormatHTML, formatted
 	}
+	if target != "" && strings.ContainsRune("#&+!", rune(target[0])) {
+		n.addMentions(ctx, target, roomID, content)
+	}
 	ts := ircline.ServerTime(msg, n.br.clock.Now())
 	resp, err := intent.SendMessageEvent(ctx, roomID, event.EventMessage, content, mautrix.ReqSendEvent{Timestamp: ts.UnixMilli()})
 	if err != nil {
@@ -180,6 +185,11 @@ func (n *network) handlePuppetMessage(ctx context.Context, in inbound) {
 		}
 	case "474", "473", "475", "471", "403": // cannot join: banned, invite only, key, full, no such channel
 		p.sess.forgetChannel(n.fold(ircline.Param(msg, 1)))
+		n.onRefused(ctx, p, msg)
+	default:
+		if refusalNumerics[msg.Command] {
+			n.onRefused(ctx, p, msg)
+		}
 	}
 }
 
@@ -252,6 +262,7 @@ func (n *network) addMember(channel, nick string) bool {
 	folded := n.fold(nick)
 	_, had := members[folded]
 	members[folded] = nick
+	n.splitRejoinedLocked(channel, folded)
 	return !had
 }
 

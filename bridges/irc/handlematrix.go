@@ -158,9 +158,11 @@ func (br *Bridge) relayedBefore(ctx context.Context, eventID id.EventID) (bool, 
 // convertMatrix turns a Matrix message into an IRC message; ok is false for messages that are
 // not relayed (verification requests, unknown types).
 func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *event.MessageEventContent) (ircconv.Message, bool) {
-	msg := ircconv.Message{Kind: ircconv.KindText}
+	mc := br.cfg.Messages
+	msg := ircconv.Message{Kind: ircconv.KindText, ReplyFormat: mc.ReplyFormat, ReplyQuoteLen: mc.ReplyQuoteLength, EditMaxChange: mc.EditMaxChange}
 	if content.NewContent != nil && content.RelatesTo != nil && content.RelatesTo.Type == event.RelReplace {
 		msg.Edit = true
+		msg.Previous = br.previousText(ctx, evt, content.RelatesTo.EventID)
 		content = content.NewContent
 	}
 	switch content.MsgType {
@@ -188,11 +190,7 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 	default:
 		return msg, false
 	}
-	if content.Format == event.FormatHTML && content.FormattedBody != "" {
-		msg.Text = ircconv.HTMLToIRC(content.FormattedBody)
-	} else {
-		msg.Text = ircconv.PlainToIRC(content.Body)
-	}
+	msg.Text = matrixText(content)
 	if !msg.Edit && content.RelatesTo != nil && content.RelatesTo.InReplyTo != nil {
 		msg.Reply = br.replyInfo(ctx, evt.RoomID, content.RelatesTo.InReplyTo.EventID)
 	}

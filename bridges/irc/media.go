@@ -149,6 +149,10 @@ func (br *Bridge) serveMedia(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	if m.MXC == "" {
+		br.serveText(w, r, m)
+		return
+	}
 	uri, err := m.MXC.Parse()
 	if err != nil {
 		http.NotFound(w, r)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/rs/zerolog"
@@ -53,6 +54,9 @@ type network struct {
 	members map[string]map[string]string
 	// portals caches portals by folded channel.
 	portals map[string]*ircdb.Portal
+	// splits holds, by folded nick, users who quit in a netsplit and whose ghosts have not left
+	// yet (see quit_debounce).
+	splits map[string]*splitQuit
 }
 
 func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
@@ -66,6 +70,7 @@ func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
 		puppets:    make(map[id.UserID]*puppet),
 		members:    make(map[string]map[string]string),
 		portals:    make(map[string]*ircdb.Portal),
+		splits:     make(map[string]*splitQuit),
 	}
 	n.cm.Store(int32(ircid.RFC1459))
 	return n
@@ -184,10 +189,18 @@ func (n *network) baseConfig(nick string) ircconn.Config {
 // work bridges the network's server messages, one at a time, in the order they arrived.
 func (n *network) work(ctx context.Context) {
 	defer close(n.workerDone)
+	var splitTick <-chan time.Time
+	if d := n.br.cfg.QuitDebounce; d > 0 {
+		tick, stop := n.br.clock.NewTicker(splitCheckInterval(d))
+		defer stop()
+		splitTick = tick
+	}
 	for {
 		select {
 		case in := <-n.queue:
 			n.handleIRC(ctx, in)
+		case <-splitTick:
+			n.expireSplits(ctx)
 		case <-n.done:
 			return
 		}

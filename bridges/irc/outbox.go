@@ -313,6 +313,7 @@ func (p *puppet) send(ctx context.Context, c *ircconn.Conn, it *outItem) (retry 
 			err = p.sess.ensureJoined(ctx, c, it.t.folded, it.t.name)
 		}
 		if err == nil {
+			p.noteTopic(it.t.folded, it.evt.ID, it.text)
 			err = c.Send(ctx, nil, "TOPIC", it.t.name, it.text)
 		}
 		if errors.Is(err, ircconn.ErrClosed) {
@@ -347,7 +348,8 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 			return false
 		}
 	}
-	lines, err := ircconv.Render(it.msg, ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name))
+	budget := ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name)
+	lines, err := ircconv.Render(it.msg, budget)
 	if err != nil {
 		log.Warn().Err(err).Msg("Failed to render message")
 		return false
@@ -355,7 +357,10 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 	if len(lines) == 0 {
 		return false
 	}
+	lines = br.shortenLong(ctx, evt, t, lines, budget)
 	trackEchoes := wantsEchoes(c)
+	// Before sending: the server may refuse the channel's JOIN, queued before, at once.
+	p.noteSent(t.folded, evt.ID)
 	sent := 0
 	for i, line := range lines {
 		if trackEchoes {
@@ -370,6 +375,7 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 		return true
 	} else if err != nil {
 		log.Warn().Err(err).Int("sent", sent).Int("lines", len(lines)).Msg("Failed to send message")
+		br.notifyUndelivered(ctx, evt.Sender, evt.ID, t)
 	}
 	if sent == 0 {
 		return false

@@ -46,6 +46,9 @@ type puppet struct {
 	draining     bool
 	outClosed    bool
 	fullNotified bool
+
+	// sent remembers the last message and topic sent to each target, for the server's refusals.
+	sent sentLog
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.

@@ -92,7 +92,7 @@ func TestReplyQuotesOnlyRelayedEvents(t *testing.T) {
 		reply(login.ID, "answer to the login")
 		reply(paused.ID, "answer to the paused")
 		reply(relayed.ID, "answer to the relayed")
-		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "bob: answer to the relayed"))
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, `bob: "bob's relayed words" <- answer to the relayed`))
 		var quotedRelayed bool
 		for _, l := range env.srv.Lines(irctest.After(seq, irctest.Match("alice[m]", "PRIVMSG", testChannel))) {
 			text := l.Param(1)
@@ -100,7 +100,7 @@ func TestReplyQuotesOnlyRelayedEvents(t *testing.T) {
 				strings.Contains(text, "paused words") {
 				t.Errorf("a reply quoted a withheld event: %q", text)
 			}
-			if strings.HasPrefix(text, "> <bob> bob's relayed words") {
+			if strings.HasPrefix(text, `bob: "bob's relayed words" <- `) {
 				quotedRelayed = true
 			}
 		}

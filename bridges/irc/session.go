@@ -350,7 +350,7 @@ func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) 
 
 // puppetWants reports whether a message a puppet received is one handlePuppetMessage acts on:
 // private messages, echoes of our own messages where they carry IDs we keep (see wantsEchoes),
-// KICK, and numerics refusing a JOIN.
+// KICK, and numerics refusing a message, a topic or a JOIN (refusalNumerics).
 func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 	switch msg.Command {
 	case "PRIVMSG", "NOTICE":
@@ -359,8 +359,8 @@ func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 			return true
 		}
 		return wantsEchoes(c) && c.CaseMapping().Equal(msg.Nick(), c.Nick())
-	case "KICK", "474", "473", "475", "471", "403":
+	case "KICK":
 		return true
 	}
-	return false
+	return refusalNumerics[msg.Command]
 }

@@ -14,12 +14,17 @@
 //
 //   - emotes are CTCP ACTION (\x01ACTION text\x01), each line its own ACTION;
 //   - notices are NOTICE;
-//   - replies get a quote line first, "> <nick> excerpt…" (the first line of the replied-to
-//     message, at most [ReplyExcerptLen] bytes), and the reply text is addressed "nick: text",
-//     the IRC convention for answering someone;
-//   - edits are sent again in full prefixed with [EditPrefix] ("* "), which is also the body
-//     Matrix clients put in an edit's fallback, so IRC users see what Matrix users without edit
-//     support see; replies are not quoted again on an edit;
+//   - replies are one line made from a template ([DefaultReplyFormat], configurable): the
+//     replied-to sender's nick first, a short quote of the replied-to message (its first line,
+//     cut to a configurable length), then the reply; reply fallbacks of older clients
+//     (<mx-reply>, "> <@user> …" lines) are never repeated, neither in the reply nor in a quote;
+//     emotes are not quoted;
+//   - edits are sent as a sed-style correction of the words that changed, "s/old/new/"
+//     ([EditLine]), or whole prefixed with [EditPrefix] ("* ") when much changed or the
+//     previous version is not known; replies are not quoted again on an edit;
+//   - long messages (see [IsLong]) become their first line and a link to the full text
+//     ([Condense]), or are cut with a marker when there is no link ([Truncate]);
+//   - IRC lines that name a Matrix user's puppet nick mention that user ([Mentioned]);
 //   - media become a link: [MediaText];
 //   - newlines split messages into several lines; empty lines are not sent (IRC cannot send an
 //     empty message).

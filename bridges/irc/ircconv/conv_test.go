@@ -159,11 +159,24 @@ func TestRender(t *testing.T) {
 		{"emote", Message{Kind: KindEmote, Text: "waves\nand leaves"}, []Line{{"PRIVMSG", "\x01ACTION waves\x01"}, {"PRIVMSG", "\x01ACTION and leaves\x01"}}},
 		{"ctcp injection", Message{Text: "\x01VERSION\x01"}, []Line{{"PRIVMSG", "VERSION"}}},
 		{"reply", Message{Text: "yes", Reply: &Reply{Nick: "bob", Text: "is it?\nsecond line"}},
-			[]Line{{"PRIVMSG", "> <bob> is it?…"}, {"PRIVMSG", "bob: yes"}}},
+			[]Line{{"PRIVMSG", `bob: "is it?…" <- yes`}}},
 		{"reply long excerpt", Message{Text: "ok", Reply: &Reply{Nick: "bob", Text: strings.Repeat("é", 50)}},
-			[]Line{{"PRIVMSG", "> <bob> " + strings.Repeat("é", 40) + "…"}, {"PRIVMSG", "bob: ok"}}},
-		{"reply emote not addressed", Message{Kind: KindEmote, Text: "nods", Reply: &Reply{Nick: "bob", Text: "q"}},
-			[]Line{{"PRIVMSG", "> <bob> q"}, {"PRIVMSG", "\x01ACTION nods\x01"}}},
+			[]Line{{"PRIVMSG", `bob: "` + strings.Repeat("é", 20) + `…" <- ok`}}},
+		{"reply quote cut at a word", Message{Text: "ok", Reply: &Reply{Nick: "bob", Text: "the quick brown fox jumps over the lazy dog again"}},
+			[]Line{{"PRIVMSG", `bob: "the quick brown fox jumps over the lazy…" <- ok`}}},
+		{"reply quotes no fallback", Message{Text: "ok", Reply: &Reply{Nick: "bob", Text: "> <@carol:example.org> first\n> more\n\nbob's own words"}},
+			[]Line{{"PRIVMSG", `bob: "bob's own words" <- ok`}}},
+		{"reply custom format", Message{Text: "ok", ReplyFormat: "<{nick}> {quote} | {text}", ReplyQuoteLen: 5, Reply: &Reply{Nick: "bob", Text: "abcdefgh"}},
+			[]Line{{"PRIVMSG", "<bob> abcde… | ok"}}},
+		{"reply format without text falls back", Message{Text: "ok", ReplyFormat: "{nick}", Reply: &Reply{Nick: "bob", Text: "q"}},
+			[]Line{{"PRIVMSG", `bob: "q" <- ok`}}},
+		{"reply format does not expand twice", Message{Text: "ok", Reply: &Reply{Nick: "bob", Text: "{text}{nick}"}},
+			[]Line{{"PRIVMSG", `bob: "{text}{nick}" <- ok`}}},
+		{"reply emote not quoted", Message{Kind: KindEmote, Text: "nods", Reply: &Reply{Nick: "bob", Text: "q"}},
+			[]Line{{"PRIVMSG", "\x01ACTION nods\x01"}}},
+		{"edit small change", Message{Text: "the quick brown fox jumps", Previous: "the quick brwn fox jumps", Edit: true, EditMaxChange: 0.5},
+			[]Line{{"PRIVMSG", "s/brwn/brown/"}}},
+		{"edit nothing changed", Message{Text: "same  words", Previous: "same words", Edit: true, EditMaxChange: 0.5}, nil},
 		{"edit", Message{Text: "fixed", Edit: true, Reply: &Reply{Nick: "bob", Text: "q"}}, []Line{{"PRIVMSG", "* fixed"}}},
 		{"empty", Message{Text: "\n\n"}, nil},
 	}
@@ -366,4 +379,135 @@ func abs(n int) int {
 		return -n
 	}
 	return n
+}
+
+func TestEditLine(t *testing.T) {
+	tests := []struct {
+		name, previous, next string
+		maxChange            float64
+		want                 string
+		wantOK               bool
+	}{
+		{"one word replaced", "I love you too much", "I love them too much", 0.5, "s/you/them/", true},
+		{"word added at the end", "see you at eight", "see you at eight tomorrow", 0.5, "s/eight/eight tomorrow/", true},
+		{"word added at the start", "meeting at eight tomorrow", "no meeting at eight tomorrow", 0.5, "s/meeting/no meeting/", true},
+		{"word removed", "this is not fine at all", "this is fine at all", 0.5, "s/is not/is/", true},
+		{"large change", "hello there", "goodbye everyone", 0.5, "* goodbye everyone", true},
+		{"ratio is configurable", "alpha bravo charlie delta echo foxtrot golf hotel", "alpha xray yankee delta echo foxtrot golf hotel", 0.2,
+			"* alpha xray yankee delta echo foxtrot golf hotel", true},
+		{"ratio allows more", "alpha bravo charlie delta echo foxtrot golf hotel", "alpha xray yankee delta echo foxtrot golf hotel", 0.25,
+			"s/bravo charlie/xray yankee/", true},
+		{"corrections off", "I love you too much", "I love them too much", 0, "* I love them too much", true},
+		{"previous unknown", "", "fixed text", 0.5, "* fixed text", true},
+		{"several lines", "one\ntwo", "one\nthree", 0.5, "* one\nthree", true},
+		{"correction not shorter", "a b", "a c", 1, "* a c", true},
+		{"unchanged", "same words", "same words", 0.5, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := EditLine(tt.previous, tt.next, tt.maxChange)
+			if got != tt.want || ok != tt.wantOK {
+				t.Errorf("EditLine(%q, %q, %v) = %q, %v, want %q, %v", tt.previous, tt.next, tt.maxChange, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+func TestStripReplyFallback(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"fallback", "> <@bob:example.org> question\n> second\n\nanswer", "answer"},
+		{"emote fallback", "> * <@bob:example.org> waves\n\nhi", "hi"},
+		{"only fallback", "> <@bob:example.org> question", ""},
+		{"own quote stays", "> a quote I wrote\n\nmy words", "> a quote I wrote\n\nmy words"},
+		{"no fallback", "plain words", "plain words"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := StripReplyFallback(tt.in); got != tt.want {
+				t.Errorf("StripReplyFallback(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLongMessages(t *testing.T) {
+	const budget = 100
+	lines := []Line{{"PRIVMSG", "first line"}, {"PRIVMSG", "second"}, {"PRIVMSG", "third"}, {"PRIVMSG", "fourth"}}
+	if IsLong(lines[:3], 3, 0) || !IsLong(lines, 3, 0) {
+		t.Error("IsLong does not count lines against the limit")
+	}
+	if IsLong(lines, 0, 100) || !IsLong(lines[:1], 0, 5) {
+		t.Error("IsLong does not count bytes against the limit")
+	}
+	link := "https://media.example.org/media/tok/message.txt"
+	got := Condense(lines, budget, link)
+	if want := []Line{{"PRIVMSG", "first line\x0f… (full message: " + link + ")"}}; !slices.Equal(got, want) {
+		t.Errorf("Condense = %q, want %q", got, want)
+	}
+	long := []Line{{"PRIVMSG", strings.Repeat("word ", 40)}, {"PRIVMSG", "more"}}
+	got = Condense(long, budget, link)
+	if len(got) != 1 || len(got[0].Text) > budget || !strings.HasSuffix(got[0].Text, link+")") || !strings.HasPrefix(got[0].Text, "word word") {
+		t.Errorf("Condense of a long first line = %q, want one line of at most %d bytes ending in the link", got, budget)
+	}
+	emote := []Line{{"PRIVMSG", "\x01ACTION waves a lot\x01"}, {"PRIVMSG", "\x01ACTION more\x01"}}
+	if got = Condense(emote, budget, link); len(got) != 1 || got[0].Text != "\x01ACTION waves a lot\x0f… (full message: "+link+")\x01" {
+		t.Errorf("Condense of an emote = %q", got)
+	}
+	got = Truncate(lines, budget, 2)
+	if want := []Line{{"PRIVMSG", "first line"}, {"PRIVMSG", "second\x0f" + TruncatedMarker}}; !slices.Equal(got, want) {
+		t.Errorf("Truncate = %q, want %q", got, want)
+	}
+	if lines[1].Text != "second" {
+		t.Error("Truncate changed its input")
+	}
+	got = Truncate(long, budget, 1)
+	if len(got) != 1 || len(got[0].Text) > budget || !strings.HasSuffix(got[0].Text, TruncatedMarker) {
+		t.Errorf("Truncate of a long line = %q, want one line of at most %d bytes with the marker", got, budget)
+	}
+}
+
+func TestMentioned(t *testing.T) {
+	fold := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			switch {
+			case r >= 'A' && r <= 'Z':
+				return r + 'a' - 'A'
+			case r == '[':
+				return '{'
+			case r == ']':
+				return '}'
+			case r == '\\':
+				return '|'
+			}
+			return r
+		}, s)
+	}
+	nicks := []string{"alice[m]", "bob[m]", "al"}
+	tests := []struct {
+		name, text string
+		want       []string
+	}{
+		{"prefix colon", "alice[m]: hi", []string{"alice[m]"}},
+		{"prefix comma", "Alice{M}, hi", []string{"alice[m]"}},
+		{"mid-line", "thanks alice[m]!", []string{"alice[m]"}},
+		{"end", "ask bob[m]", []string{"bob[m]"}},
+		{"two", "bob[m] and alice[m]: look", []string{"alice[m]", "bob[m]"}},
+		{"inside a word", "malice[m] and alice[m]s", nil},
+		{"short nick only as a word", "also alright, al?", []string{"al"}},
+		{"short nick inside words", "also alright", nil},
+		{"none", "hello everyone", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Mentioned(tt.text, nicks, fold); !slices.Equal(got, tt.want) {
+				t.Errorf("Mentioned(%q) = %q, want %q", tt.text, got, tt.want)
+			}
+		})
+	}
+	if n, ok := LeadingNick("ALICE[m]: hi", "alice[m]", fold); !ok || n != 8 {
+		t.Errorf("LeadingNick = %d, %v, want 8, true", n, ok)
+	}
+	if _, ok := LeadingNick("alice[m] hi", "alice[m]", fold); ok {
+		t.Error("LeadingNick accepted a nick not followed by : or ,")
+	}
 }

@@ -13,11 +13,7 @@ const MaxLine = 512
 // of formatting codes carried over to a new line plus a few characters.
 const MinBudget = 64
 
-// ReplyExcerptLen is the longest excerpt of the replied-to message in a reply's quote line, in
-// bytes, before the ellipsis.
-const ReplyExcerptLen = 80
-
-// EditPrefix starts the line an edit is sent as.
+// EditPrefix starts the line an edit is sent as when it is sent whole (see [EditLine]).
 const EditPrefix = "* "
 
 // Assumed lengths of the user and host parts of our own source, for [ConservativeSource], when
@@ -186,6 +182,16 @@ type Message struct {
 	Reply *Reply
 	// Edit reports whether the message replaces an earlier one (Text is the new text).
 	Edit bool
+	// Previous is, for an edit, the IRC text of the version it replaces, or "" if unknown; see
+	// [EditLine].
+	Previous string
+	// EditMaxChange is the share of words an edit may change and still be sent as a correction
+	// (see [EditLine]); 0 sends every edit whole.
+	EditMaxChange float64
+	// ReplyFormat is the template of a reply (see [DefaultReplyFormat]); "" means the default.
+	ReplyFormat string
+	// ReplyQuoteLen is the longest quote in a reply, in bytes; 0 means [DefaultReplyQuoteLen].
+	ReplyQuoteLen int
 }
 
 // Reply describes the message a reply answers.
@@ -206,8 +212,10 @@ type Line struct {
 // Render turns a message into the lines to send, each fitting budget bytes of text (see
 // [Budget]; compute it for PRIVMSG, the longest command name used). Control characters other
 // than formatting codes and tabs are removed from the text, so it can never start a CTCP or
-// inject a command, and invalid UTF-8 is replaced. It returns no lines for a message without
-// visible text, and [ErrBudget] if budget is below [MinBudget].
+// inject a command, and invalid UTF-8 is replaced. A reply (not an emote) is formatted with its
+// ReplyFormat, an edit with [EditLine]. It returns no lines for a message without visible text
+// or an edit that changes no word, and [ErrBudget] if budget is below [MinBudget]. Long
+// messages are the caller's to shorten ([IsLong], [Condense], [Truncate]).
 func Render(m Message, budget int) ([]Line, error) {
 	if budget < MinBudget {
 		return nil, ErrBudget
@@ -217,26 +225,17 @@ func Render(m Message, budget int) ([]Line, error) {
 		command = "NOTICE"
 	}
 	body := sanitize(m.Text)
-	var quote string
 	switch {
 	case m.Edit:
-		body = EditPrefix + body
-	case m.Reply != nil:
-		quote = replyQuote(m.Reply)
-		if nick := sanitize(m.Reply.Nick); nick != "" && m.Kind != KindEmote && !strings.ContainsAny(nick, " \n") {
-			body = nick + ": " + body
+		line, ok := EditLine(sanitize(m.Previous), body, m.EditMaxChange)
+		if !ok {
+			return nil, nil
 		}
+		body = line
+	case m.Reply != nil && m.Kind != KindEmote:
+		body = formatReply(m.ReplyFormat, m.ReplyQuoteLen, m.Reply, body)
 	}
 	var out []Line
-	if quote != "" {
-		lines, err := Split(quote, budget)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range lines {
-			out = append(out, Line{Command: command, Text: l})
-		}
-	}
 	if m.Kind == KindEmote {
 		lines, err := Split(body, budget-len("\x01ACTION \x01"))
 		if err != nil {
@@ -255,32 +254,6 @@ func Render(m Message, budget int) ([]Line, error) {
 		out = append(out, Line{Command: command, Text: l})
 	}
 	return out, nil
-}
-
-// replyQuote returns the quote line of a reply: "> <nick> excerpt…", plain.
-func replyQuote(r *Reply) string {
-	excerpt := Strip(sanitize(r.Text))
-	excerpt, _, more := strings.Cut(excerpt, "\n")
-	excerpt = strings.TrimSpace(excerpt)
-	if len(excerpt) > ReplyExcerptLen {
-		excerpt, more = truncateUTF8(excerpt, ReplyExcerptLen), true
-	}
-	if more {
-		excerpt += "…"
-	}
-	nick := strings.Map(func(r rune) rune {
-		if r == '\n' || r == ' ' {
-			return -1
-		}
-		return r
-	}, Strip(sanitize(r.Nick)))
-	switch {
-	case nick == "" && excerpt == "":
-		return ""
-	case nick == "":
-		return "> " + excerpt
-	}
-	return "> <" + nick + "> " + excerpt
 }
 
 // sanitize makes text safe to send: valid UTF-8, and no control characters other than

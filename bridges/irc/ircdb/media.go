@@ -9,12 +9,14 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// Media is a link to a Matrix user's media that the bridge serves to IRC users.
+// Media is a link to a Matrix user's media, or to the full text of their long message, that the
+// bridge serves to IRC users.
 type Media struct {
 	// TokenHash is the SHA-256 (hex) of the link's secret token.
 	TokenHash string
 	EventID   id.EventID
 	RoomID    id.RoomID
+	// MXC is the media's URI; "" for a link to a long message's full text (EventID's body).
 	MXC       id.ContentURIString
 	Sender    id.UserID
 	CreatedAt time.Time

@@ -679,3 +679,22 @@ func (s *Server) tracef(c *conn, format string, args ...any) {
 func fold(s string) string { return ircid.RFC1459.Fold(s) }
 
 func isChannel(s string) bool { return s != "" && (s[0] == '#' || s[0] == '&') }
+
+// Netsplit drops nick's connection as a netsplit does: its channel peers see a QUIT whose reason
+// is the two servers' names ("hub.example.net leaf.example.net"), which no client can send
+// itself (the server prefixes a client's own reasons with "Quit: "). It reports whether nick was
+// connected.
+func (s *Server) Netsplit(nick, servers string) bool {
+	s.mu.Lock()
+	c := s.nicks[fold(nick)]
+	if c == nil {
+		s.mu.Unlock()
+		return false
+	}
+	c.quitReason = servers
+	s.removeConn(c, servers, true)
+	s.mu.Unlock()
+	b, _ := buildLine(nil, "", "ERROR", "Closing Link: "+c.host+" ("+servers+")")
+	c.finish(b)
+	return true
+}

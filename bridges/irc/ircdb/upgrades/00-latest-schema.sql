@@ -87,7 +87,8 @@ CREATE INDEX irc_message_original_idx ON irc_message (original_event_id);
 -- Matrix access token, so the homeserver's own links do not open for them). The link's token is
 -- kept only as its SHA-256; the row goes, and the link stops working, when the message is
 -- redacted (for an edit's media: the edit, or the original it edits, original_event_id), the row
--- expires (message_ttl) or its sender is erased.
+-- expires (message_ttl) or its sender is erased. A link to a long message's full text has an
+-- empty mxc: the text is read from the homeserver when the link is opened, never stored here.
 CREATE TABLE irc_media (
 	token_hash TEXT   PRIMARY KEY,
 	event_id   TEXT   NOT NULL,
