@@ -36,6 +36,14 @@ type puppet struct {
 	// wantsEchoes). Their text stays in memory only until the echo arrives.
 	echoMu sync.Mutex
 	echoes []pendingLine
+
+	// kicked holds, per folded channel, until when the puppet stays out of it after a KICK
+	// (see kick.go). Guarded by kickMu.
+	kickMu sync.Mutex
+	kicked map[string]time.Time
+	// source is the puppet's nick!user@host as the bridge's connection last saw it join, which
+	// ban masks are matched against.
+	source atomic.Pointer[string]
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.

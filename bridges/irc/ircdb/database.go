@@ -1,5 +1,5 @@
 // Package ircdb holds the IRC bridge's queries and schema (tables irc_*, version table
-// irc_version): portals, linked accounts, chosen nicks, private-message rooms and the map from
+// irc_version): portals, linked accounts, chosen nicks, private-message rooms, the sealed keys of keyed channels and the map from
 // Matrix events to IRC message IDs, and the media links given to IRC users. No table holds a
 // message's text.
 package ircdb
@@ -22,6 +22,8 @@ type Database struct {
 	PM      *PMQuery
 	Message *MessageQuery
 	Media   *MediaQuery
+	// ChannelKey holds the sealed keys (+k) of portal channels.
+	ChannelKey *ChannelKeyQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -35,6 +37,9 @@ func New(db *dbutil.Database) *Database {
 		PM:       &PMQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*PM]) *PM { return &PM{} })},
 		Message:  &MessageQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Message]) *Message { return &Message{} })},
 		Media:    &MediaQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Media]) *Media { return &Media{} })},
+		ChannelKey: &ChannelKeyQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*ChannelKey]) *ChannelKey {
+			return &ChannelKey{}
+		})},
 	}
 }
 
