@@ -203,7 +203,8 @@ func (br *Bridge) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop quits every connection (QUIT), waiting until ctx ends at most, and stops the workers.
+// Stop refuses the link requests still waiting for an operator's answer (telling each linker),
+// quits every connection (QUIT), waiting until ctx ends at most, and stops the workers.
 func (br *Bridge) Stop(ctx context.Context) error {
 	br.refuseConsents(ctx)
 	var wg sync.WaitGroup
