@@ -68,7 +68,7 @@ type namesQuery struct {
 }
 
 // channelOps looks up the operators of channel (as written) with NAMES on the bridge's
-// connection, and returns them folded → nick, without the bridge's own connections. It waits for
+// connection, and returns them folded → nick, the bridge's own connections included. It waits for
 // the answer until ctx ends or namesTimeout passes. It must not run on the network's worker,
 // which handles the reply.
 func (n *network) channelOps(ctx context.Context, name string) (map[string]string, error) {
@@ -101,7 +101,7 @@ func (n *network) channelOps(ctx context.Context, name string) (map[string]strin
 	}
 	ops := make(map[string]string)
 	for f, nick := range q.members {
-		if q.ops[f] && !n.isOurNick(f) && f != n.fold(c.Nick()) {
+		if q.ops[f] {
 			ops[f] = nick
 		}
 	}
@@ -166,13 +166,16 @@ func (br *Bridge) askConsent(ctx context.Context, ce *appservice.CommandEvent, n
 	op := ""
 	if opNick != "" {
 		op = ops[n.fold(opNick)]
-		if op == "" {
+		if op == "" || n.isOurNick(n.fold(opNick)) {
 			return appservice.UserErrorf("%s is not an operator of %s on %s right now.", format.SafeMarkdownCode(opNick), channel, n.cfg.Name)
 		}
 	} else {
 		names := make([]string, 0, len(ops))
 		for f := range ops {
-			names = append(names, f)
+			// The bridge's own connections cannot consent for the channel's people.
+			if !n.isOurNick(f) {
+				names = append(names, f)
+			}
 		}
 		sort.Strings(names)
 		if len(names) > 0 {

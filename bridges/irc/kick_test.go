@@ -193,3 +193,29 @@ func TestMatrixKickWithoutOperatorStatus(t *testing.T) {
 		env.waitMessage(testPortalRoom, ghostID(t, "dan"), "dan is back")
 	})
 }
+
+// TestMatrixKickAsOperator: a Matrix user whose connection is an operator of the channel kicks
+// an IRC user's ghost, and the kick reaches IRC with its reason; nobody is kept out.
+func TestMatrixKickAsOperator(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		dan := env.ircUser("dan")
+		env.say(testAlice, "hi")
+		env.waitMembers(testChannel, "alice[m]")
+		if err := env.srv.Mode(testChannel, "+o", "alice[m]"); err != nil {
+			t.Fatal(err)
+		}
+		dan.MustWaitFor(t, irctest.Match("", "MODE", testChannel, "+o", "alice[m]"))
+		danGhost := string(ghostID(t, "dan"))
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: testPortalRoom, Sender: testAlice, Type: event.StateMember, StateKey: &danGhost,
+			Content: event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipBan, Reason: "spam"}},
+		})
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "KICK", testChannel, "dan", "spam"))
+		if env.br.network(testNet).isKeptOut(testChannel, "dan") {
+			t.Error("an IRC user kicked on IRC is also kept out by the bridge")
+		}
+		if n := env.noticesWith("could not kick"); n != 0 {
+			t.Errorf("the kicker got %d failure notices for a kick that worked", n)
+		}
+	})
+}
