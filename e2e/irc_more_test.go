@@ -254,8 +254,8 @@ func TestIRCPrivateChatFromMatrix(t *testing.T) {
 }
 
 // TestIRCLinkUnlink: "!irc link" bridges an existing room to a channel both ways (topic
-// included); redacting the command unlinks it (the bot says what it removed, and nothing
-// crosses any more); "!irc unlink" does the same for another link.
+// included) once an operator of the channel agrees; the operator can unlink it from IRC (the
+// room is told, and nothing crosses any more); "!irc unlink" does the same for another link.
 func TestIRCLinkUnlink(t *testing.T) {
 	const channel, channel2 = "#linked", "#linked2"
 	ircNet := e2e.StartIRC(t)
@@ -269,7 +269,9 @@ func TestIRCLinkUnlink(t *testing.T) {
 
 	roomID := mustCreateGroupRoom(t, env, alice, carol)
 	link := env.SendText(t, alice, roomID, "!irc link testnet "+channel)
-	mustBotReply(t, env, alice, roomID, link, "bridged to")
+	mustBotReply(t, env, alice, roomID, link, "I asked")
+	dan.WaitFor(t, ircWait, isConsentRequest("dan", channel))
+	dan.Privmsg(t, botNickE2E, "yes")
 	dan.WaitFor(t, ircWait, e2e.IsIRCMessage("JOIN", "custodianbot", channel))
 	env.MustSyncUntil(t, alice, ircWait, e2e.IsMember(roomID, danGhost, event.MembershipJoin))
 	env.SendText(t, alice, roomID, "hello from a linked room")
@@ -281,24 +283,23 @@ func TestIRCLinkUnlink(t *testing.T) {
 	mustSetTopic(t, alice, roomID, "a topic from the linked room")
 	dan.WaitFor(t, ircWait, e2e.IsIRCMessage("TOPIC", "alice[m]", channel, "a topic from the linked room"))
 
-	// Redacting the link command unlinks the room.
-	env.MustRedact(t, alice, roomID, link)
-	notice := env.MustSyncUntil(t, alice, replyWait, func(evt *event.Event) bool {
+	// An operator of the channel unlinks the room from IRC.
+	dan.Privmsg(t, botNickE2E, "unlink "+channel)
+	env.MustSyncUntil(t, alice, replyWait, func(evt *event.Event) bool {
 		return e2e.IsNoticeFrom(roomID, env.BotUserID())(evt) &&
-			strings.Contains(evt.Content.AsMessage().Body, "Removed the configuration created by that message")
+			strings.Contains(evt.Content.AsMessage().Body, "unlinked this room")
 	})
-	if body := notice.Content.AsMessage().Body; !strings.Contains(body, "irc") {
-		t.Errorf("after the link command was redacted, the bot said %q, want it to name the irc bridge", body)
-	}
 	dan.WaitFor(t, ircWait, e2e.IsIRCMessage("PART", "custodianbot", channel))
 	dan.WaitFor(t, ircWait, e2e.IsIRCMessage("PART", "alice[m]", channel))
 	if n := ircRows(t, env, "irc_portal", alice.UserID); n != 0 {
-		t.Errorf("after the link command was redacted, irc_portal has %d rows linked by alice", n)
+		t.Errorf("after an operator unlinked the channel, irc_portal has %d rows linked by alice", n)
 	}
 
 	room2 := mustCreateGroupRoom(t, env, alice, carol)
 	link2 := env.SendText(t, alice, room2, "!irc link testnet "+channel2)
-	mustBotReply(t, env, alice, room2, link2, "bridged to")
+	mustBotReply(t, env, alice, room2, link2, "I asked")
+	dan.WaitFor(t, ircWait, isConsentRequest("dan", channel2))
+	dan.Privmsg(t, botNickE2E, "yes #linked2")
 	dan.WaitFor(t, ircWait, e2e.IsIRCMessage("JOIN", "custodianbot", channel2))
 
 	// Nothing crosses the unlinked room any more. Alice's puppet sends both of her messages in

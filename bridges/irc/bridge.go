@@ -134,6 +134,14 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "rooms you linked to IRC channels (!irc link), with when and which command",
 		},
 		{
+			Table: "irc_channel_key", UserColumn: "actor_mxid",
+			Export:            []string{"network", "channel", "room_id", "source_event_id", "created_at"},
+			Secret:            []string{"channel_key"},
+			SourceEventColumn: "source_event_id", RoomColumn: "room_id",
+			Description: "the keys (+k) of IRC channels you gave (!irc link, !irc key): which channel, when and with which command; " +
+				"the key is kept only sealed under your own key",
+		},
+		{
 			Table: "irc_pm", UserColumn: "user_mxid",
 			Export:      []string{"network", "nick", "room_id", "created_at"},
 			Description: "your private chats with IRC users: the network, their nick and the room",
@@ -206,8 +214,10 @@ func (br *Bridge) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop quits every connection (QUIT), waiting until ctx ends at most, and stops the workers.
+// Stop refuses the link requests still waiting for an operator's answer (telling each linker),
+// quits every connection (QUIT), waiting until ctx ends at most, and stops the workers.
 func (br *Bridge) Stop(ctx context.Context) error {
+	br.refuseConsents(ctx)
 	var wg sync.WaitGroup
 	for _, n := range br.networks {
 		wg.Add(1)
@@ -268,6 +278,7 @@ func (br *Bridge) janitorLoop(ctx context.Context) {
 		case <-tick:
 		}
 		br.sweepPuppets(ctx)
+		br.expireConsents(ctx, br.clock.Now())
 		if now := br.clock.Now(); now.Sub(lastPrune) >= time.Hour {
 			lastPrune = now
 			if n, err := br.db.Message.Prune(ctx, now.Add(-br.cfg.MessageTTL)); err != nil {
@@ -364,6 +375,12 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	}
 	for _, pm := range pms {
 		br.closePM(ctx, pm, "The user asked to be forgotten")
+	}
+	for _, netID := range br.netIDs {
+		// The rows go with the erasure (their vault key is shredded); the opened keys go now.
+		if err := br.networks[netID].forgetKeysOf(ctx, userID); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	portals, err := br.db.Portal.GetByActor(ctx, userID)
 	if err != nil {
@@ -463,6 +480,13 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 			n.forgetPortal(ctx, p, "The room was unlinked")
 			if err := br.host.ReleaseRoom(ctx, p.RoomID); err != nil {
 				log.Warn().Err(err).Msg("Failed to release unlinked portal")
+			}
+		}
+	}
+	if purged["irc_channel_key"] > 0 {
+		for _, netID := range br.netIDs {
+			if err := br.networks[netID].reloadKeys(ctx); err != nil {
+				log.Warn().Err(err).Msg("Failed to reload channel keys")
 			}
 		}
 	}

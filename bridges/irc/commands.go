@@ -36,9 +36,18 @@ func (br *Bridge) Commands() []*appservice.Command {
 			Handler: br.cmdNick,
 		},
 		{
-			Name: "link", Args: "<network> <#channel>", Scope: appservice.ScopeRoom, RoomConfig: true,
-			Help:    "Bridge this room to an IRC channel. Redacting this command unlinks the room again.",
+			Name: "link", Args: "<network> <#channel> [key] [op=<nick>]", Scope: appservice.ScopeRoom, RoomConfig: true,
+			Sensitive: true,
+			Help: "Bridge this room to an IRC channel, with the channel's key if it has one (+k). Unless the network " +
+				"links at once, I first ask an operator of the channel on IRC (the one you name with op=) to agree. " +
+				"I delete your message at once, since it may carry the key; unlink the room with !irc unlink.",
 			Handler: br.cmdLink,
+		},
+		{
+			Name: "key", Args: "[key]", Scope: appservice.ScopeRoom, RoomConfig: true, Sensitive: true,
+			Help: "Give me the key (+k) of this room's IRC channel, sealed under your own key, or forget it. " +
+				"I delete your message at once.",
+			Handler: br.cmdKey,
 		},
 		{
 			Name: "unlink", Scope: appservice.ScopeRoom, RoomConfig: true,
@@ -200,8 +209,10 @@ func (br *Bridge) cmdNick(ctx context.Context, ce *appservice.CommandEvent) erro
 }
 
 func (br *Bridge) cmdLink(ctx context.Context, ce *appservice.CommandEvent) error {
-	if len(ce.Args) != 2 {
-		return appservice.UserErrorf("Usage: %s", format.SafeMarkdownCode(ce.Prefix()+"irc link <network> <#channel>"))
+	usage := appservice.UserErrorf("Usage: %s (I delete the message at once, since it may carry the key)",
+		format.SafeMarkdownCode(ce.Prefix()+"irc link <network> <#channel> [key] [op=<nick>]"))
+	if len(ce.Args) < 2 || len(ce.Args) > 4 {
+		return usage
 	}
 	n, err := br.networkArg(ce, ce.Args[0])
 	if err != nil {
@@ -211,6 +222,17 @@ func (br *Bridge) cmdLink(ctx context.Context, ce *appservice.CommandEvent) erro
 	if !ircid.ValidChannel(channel) {
 		return appservice.UserErrorf("%s is not a channel name.", format.SafeMarkdownCode(channel))
 	}
+	var key vault.Secret
+	var opNick string
+	for _, arg := range ce.Args[2:] {
+		if nick, ok := strings.CutPrefix(arg, "op="); ok && opNick == "" && ircid.ValidNick(nick) {
+			opNick = nick
+		} else if key.IsZero() && validChannelKey(arg) {
+			key = vault.NewSecret(arg)
+		} else {
+			return usage
+		}
+	}
 	if existing, err := br.targetFor(ctx, ce.RoomID); err != nil {
 		return err
 	} else if existing != nil {
@@ -219,20 +241,21 @@ func (br *Bridge) cmdLink(ctx context.Context, ce *appservice.CommandEvent) erro
 		}
 		return appservice.UserErrorf("This room is already bridged to IRC; %s first.", format.SafeMarkdownCode(ce.Prefix()+"irc unlink"))
 	}
-	folded := n.fold(channel)
-	_, err = br.recordPortal(ctx, n, &ircdb.Portal{
-		Network: n.cfg.ID, Channel: folded, ChannelName: channel, RoomID: ce.RoomID, CreatedAt: br.clock.Now(),
-	}, appservice.Provenance{Actor: ce.Sender, RoomID: ce.RoomID, EventID: ce.Event.ID, At: br.clock.Now()})
-	if errors.Is(err, errPortalExists) {
+	if p := n.portal(ctx, n.fold(channel)); p != nil {
 		alias, _ := ircid.AliasLocalpart(n.cfg.ID, n.casemapping(), channel)
 		return appservice.UserErrorf("%s on %s is already bridged to another room (%s).", channel, n.cfg.Name,
 			format.SafeMarkdownCode("#"+alias+":"+br.host.Domain()))
-	} else if err != nil {
+	}
+	if n.cfg.ConsentRequired() {
+		return br.askConsent(ctx, ce, n, channel, opNick, key)
+	}
+	prov := appservice.Provenance{Actor: ce.Sender, RoomID: ce.RoomID, EventID: ce.Event.ID, At: br.clock.Now()}
+	outcome, err := br.linkRoom(ctx, n, ce.RoomID, channel, key, prov)
+	if err != nil {
 		return err
 	}
-	zerolog.Ctx(ctx).Info().Str("network", n.cfg.ID).Msg("Linked room to IRC channel")
-	return ce.Reply(ctx, fmt.Sprintf("This room is now bridged to **%s** on %s. Redact this command or use %s to undo it.",
-		channel, n.cfg.Name, format.SafeMarkdownCode(ce.Prefix()+"irc unlink")))
+	return ce.Reply(ctx, fmt.Sprintf("On %s, %s %s undoes it.", n.cfg.Name, outcome,
+		format.SafeMarkdownCode(ce.Prefix()+"irc unlink")))
 }
 
 func (br *Bridge) cmdUnlink(ctx context.Context, ce *appservice.CommandEvent) error {

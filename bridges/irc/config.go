@@ -107,7 +107,24 @@ type NetworkConfig struct {
 	MaxPuppets int `yaml:"max_puppets"`
 	// LineRate is each connection's flood control.
 	LineRate RateConfig `yaml:"line_rate"`
+	// LinkConsent is LinkConsentRequired (!irc link asks a channel operator on IRC first) or
+	// LinkConsentOff (it links at once).
+	LinkConsent string `yaml:"link_consent"`
+	// ConsentTimeout is how long an operator has to answer a link request.
+	ConsentTimeout time.Duration `yaml:"consent_timeout"`
+	// RejoinDelay is how long a puppet kicked from a channel stays out of it, and how long a
+	// killed puppet waits before it reconnects.
+	RejoinDelay time.Duration `yaml:"rejoin_delay"`
 }
+
+// The values of link_consent.
+const (
+	LinkConsentRequired = "required"
+	LinkConsentOff      = "off"
+)
+
+// ConsentRequired reports whether !irc link asks a channel operator first.
+func (nc *NetworkConfig) ConsentRequired() bool { return nc.LinkConsent != LinkConsentOff }
 
 // AllowsLogin reports whether users may link accounts on the network (SASL PLAIN offered).
 func (nc *NetworkConfig) AllowsLogin() bool {
@@ -167,6 +184,10 @@ const (
 	maxReplyQuote   = 400
 	minLongBytes    = 100
 	maxQuitDebounce = 10 * time.Minute
+	// Bounds of consent_timeout and rejoin_delay.
+	minConsentTimeout = 10 * time.Second
+	maxConsentTimeout = 24 * time.Hour
+	maxRejoinDelay    = 24 * time.Hour
 	// defaultMediaMaxBytes is media_proxy.max_bytes when left out: 50 MiB.
 	defaultMediaMaxBytes = 50 << 20
 )
@@ -280,6 +301,15 @@ func (cfg *Config) validate() error {
 		}
 		if nc.LineRate.Burst < 1 {
 			problem(path+".line_rate.burst", "must be at least 1")
+		}
+		if nc.LinkConsent != LinkConsentRequired && nc.LinkConsent != LinkConsentOff {
+			problem(path+".link_consent", "must be %q or %q", LinkConsentRequired, LinkConsentOff)
+		}
+		if nc.ConsentTimeout < minConsentTimeout || nc.ConsentTimeout > maxConsentTimeout {
+			problem(path+".consent_timeout", "must be between %s and %s", minConsentTimeout, maxConsentTimeout)
+		}
+		if nc.RejoinDelay < 0 || nc.RejoinDelay > maxRejoinDelay {
+			problem(path+".rejoin_delay", "must be between 0s and %s", maxRejoinDelay)
 		}
 	}
 	return errors.Join(errs...)

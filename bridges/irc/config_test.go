@@ -34,7 +34,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	nc := cfg.Networks["testnet"]
 	if nc.ID != "testnet" || nc.Name != "testnet" || !nc.TLS || nc.NickTemplate != "{localpart}[m]" ||
-		nc.BotNick != "custodian" || nc.MaxPuppets != 1000 || nc.LineRate.Burst != 5 || !nc.AllowsLogin() {
+		nc.BotNick != "custodian" || nc.MaxPuppets != 1000 || nc.LineRate.Burst != 5 || !nc.AllowsLogin() ||
+		!nc.ConsentRequired() || nc.ConsentTimeout != 5*time.Minute || nc.RejoinDelay != 5*time.Minute {
 		t.Errorf("network defaults = %+v, want the example network's values", *nc)
 	}
 	if cfg.IdleTimeout != 24*time.Hour || cfg.Reconnect.Initial != 2*time.Second || cfg.ConnectRate.Burst != 20 {
@@ -88,6 +89,11 @@ func TestConfigProblems(t *testing.T) {
 				"networks.Bad_Net.nick_template", "networks.Bad_Net.bot_nick", "networks.Bad_Net.max_puppets",
 				"networks.Bad_Net.line_rate.per_second", "networks.Bad_Net.line_rate.burst",
 			},
+		},
+		{
+			"bad consent and rejoin values",
+			"networks:\n  a:\n    address: x:1\n    link_consent: maybe\n    consent_timeout: 1s\n    rejoin_delay: -1s\n",
+			[]string{"networks.a.link_consent", "networks.a.consent_timeout", "networks.a.rejoin_delay"},
 		},
 	}
 	for _, tt := range tests {

@@ -1,14 +1,18 @@
 // Package irc is Custodian's IRC bridge: portal rooms for IRC channels (joined through their
 // alias #irc_<network>_<channel>, or linked with !irc link), ghosts @irc_<network>_<nick> for IRC
 // users, and a puppet connection per Matrix user who talks, which can log in to a services
-// account over SASL with credentials sealed in the core's vault (!irc login). Forget-me and
+// account over SASL with credentials sealed in the core's vault (!irc login). Links ask a
+// channel operator on IRC first, channel keys are sealed like passwords, and what IRC operators
+// do to puppets (kick, kill, ban) shows in Matrix. Forget-me and
 // deactivation make a user's puppets QUIT before their data is erased; redacting a command
 // undoes what it configured; no message text is stored or logged. README.md in this directory
 // is the user's and admin's guide; docs/ARCHITECTURE.md ("The IRC bridge") the design.
 //
 // The bridge (bridge.go: lifecycle and privacy hooks; session.go: keeping one connection alive;
 // network.go, puppet.go, portal.go; handlematrix.go and handleirc.go by direction; commands.go;
-// media.go, the media links for IRC users) stands on packages that need no fakes to test:
+// media.go, the media links for IRC users; consent.go, operators' consent to links and unlinks
+// from IRC; keys.go, channel keys; kick.go, kicks, kills and bans) stands on packages that need
+// no fakes to test:
 //
 //   - ircconn: one IRC client connection: CAP, SASL PLAIN, nick fallbacks, flood control,
 //     keepalive, two goroutines;

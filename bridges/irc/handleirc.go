@@ -60,12 +60,19 @@ func (n *network) handleIRC(ctx context.Context, in inbound) {
 		n.onNick(ctx, msg.Nick(), ircline.Param(msg, 0))
 	case "TOPIC":
 		n.setTopic(ctx, n.fold(ircline.Param(msg, 0)), ircline.Param(msg, 1))
+	case "MODE":
+		n.onChannelMode(ctx, msg)
 	case "REDACT":
 		n.onRedact(ctx, msg)
 	case "332": // RPL_TOPIC: <me> <channel> :<topic>
 		n.setTopic(ctx, n.fold(ircline.Param(msg, 1)), ircline.Param(msg, 2))
 	case "353": // RPL_NAMREPLY: <me> <type> <channel> :<prefixed nicks>
+		n.collectNames(msg)
 		n.onNames(ctx, in)
+	case "366": // RPL_ENDOFNAMES: <me> <channel> :<text>
+		n.finishNames(msg)
+	case "475": // ERR_BADCHANNELKEY: <me> <channel> :<text>
+		n.onBadKey(ctx, n.fold(ircline.Param(msg, 1)))
 	}
 }
 
@@ -75,7 +82,9 @@ func (n *network) relayChannelMessage(ctx context.Context, in inbound) {
 	msg := &in.msg
 	targetName := ircline.Param(msg, 0)
 	if len(targetName) == 0 || !strings.ContainsRune("#&+!", rune(targetName[0])) {
-		// A private message to the bridge's own nick: nobody reads it.
+		// A private message to the bridge's own nick: only channel operators' answers and
+		// requests are read (see consent.go).
+		n.onBotPrivate(ctx, in)
 		return
 	}
 	nick := msg.Nick()
@@ -91,6 +100,9 @@ func (n *network) relayChannelMessage(ctx context.Context, in inbound) {
 		return
 	}
 	n.addMember(portal.Channel, nick)
+	if n.isKeptOut(portal.Channel, nick) {
+		return
+	}
 	intent, err := n.br.ghostJoin(ctx, n, nick, portal.RoomID)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to get ghost into portal")
@@ -181,9 +193,15 @@ func (n *network) handlePuppetMessage(ctx context.Context, in inbound) {
 		n.sendToMatrix(ctx, intent, roomID, folded, msg)
 	case "KICK":
 		if n.fold(ircline.Param(msg, 1)) == n.fold(in.conn.Nick()) {
-			p.sess.forgetChannel(n.fold(ircline.Param(msg, 0)))
+			n.onPuppetKicked(ctx, p, msg)
 		}
-	case "474", "473", "475", "471", "403": // cannot join: banned, invite only, key, full, no such channel
+	case "KILL", "ERROR":
+		if isKill(in.conn, msg, n.fold) {
+			n.onPuppetKilled(ctx, p, msg)
+		}
+	case "474": // ERR_BANNEDFROMCHAN
+		n.onJoinRefusedBan(ctx, p, ircline.Param(msg, 1))
+	case "473", "475", "471", "403": // cannot join: invite only, key, full, no such channel
 		p.sess.forgetChannel(n.fold(ircline.Param(msg, 1)))
 		n.onRefused(ctx, p, msg)
 	default:
@@ -209,7 +227,16 @@ func (n *network) onJoin(ctx context.Context, in inbound) {
 	msg := &in.msg
 	nick := msg.Nick()
 	channel := n.fold(ircline.Param(msg, 0))
-	if n.fold(nick) == n.fold(in.conn.Nick()) || n.isOurNick(n.fold(nick)) {
+	if n.fold(nick) == n.fold(in.conn.Nick()) {
+		return
+	}
+	if p := n.puppetByNick(n.fold(nick)); p != nil {
+		// Ban masks are matched against what the network shows of the puppet.
+		source := strings.Clone(msg.Source)
+		p.source.Store(&source)
+		return
+	}
+	if n.isOurNick(n.fold(nick)) {
 		return
 	}
 	portal := n.portal(ctx, channel)
@@ -217,6 +244,9 @@ func (n *network) onJoin(ctx context.Context, in inbound) {
 		return
 	}
 	n.addMember(channel, nick)
+	if n.isKeptOut(channel, nick) {
+		return
+	}
 	if _, err := n.br.ghostJoin(ctx, n, nick, portal.RoomID); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to join ghost to portal")
 	}
@@ -240,7 +270,7 @@ func (n *network) onNames(ctx context.Context, in inbound) {
 		if nick == "" || n.isOurNick(n.fold(nick)) || n.fold(nick) == n.fold(in.conn.Nick()) {
 			continue
 		}
-		if !n.addMember(channel, nick) || joined >= maxNamesGhosts {
+		if !n.addMember(channel, nick) || joined >= maxNamesGhosts || n.isKeptOut(channel, nick) {
 			continue
 		}
 		joined++
@@ -314,6 +344,11 @@ func (n *network) onNick(ctx context.Context, oldNick, newNick string) {
 			continue
 		}
 		n.addMember(channel, newNick)
+		if n.isKeptOut(channel, oldNick) {
+			n.letIn(channel, oldNick)
+			n.keepOut(channel, newNick)
+			continue
+		}
 		if _, err := n.br.ghostJoin(ctx, n, newNick, portal.RoomID); err != nil {
 			zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to join renamed ghost to portal")
 		}

@@ -8,8 +8,10 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 )
@@ -109,6 +111,12 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	if !ok {
 		return nil
 	}
+	if t.portal != nil {
+		if p, _ := t.net.puppetFor(evt.Sender, false); p != nil && !p.mayJoin(t.folded, br.clock.Now()) {
+			br.notifyKickedWait(ctx, p, evt, t)
+			return nil
+		}
+	}
 	// The server's echoes, which carry the lines' message IDs, may be recorded before the sends
 	// return; their rows reference the sender.
 	if err = br.host.EnsureUser(ctx, evt.Sender); err != nil {
@@ -143,6 +151,14 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		return fmt.Errorf("failed to queue message: %w", err)
 	}
 	return nil
+}
+
+// notifyKickedWait tells the sender of evt that it was not relayed because their puppet was
+// kicked from t's channel a short while ago (see rejoin_delay).
+func (br *Bridge) notifyKickedWait(ctx context.Context, p *puppet, evt *event.Event, t *target) {
+	br.notifyUser(ctx, evt.Sender, evt.ID, "kicked-wait", fmt.Sprintf("You were kicked from %s on %s a short while ago; "+
+		"this message was not relayed. You can speak there again from %s.", t.name, t.net.cfg.Name,
+		p.kickedUntil(t.folded).UTC().Format("15:04 MST")))
 }
 
 // relayedBefore reports whether eventID already went to IRC: the core delivers an event again
@@ -354,7 +370,8 @@ func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *ne
 	if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
 		return err
 	} else if existing != nil && existing.portal != nil {
-		// Invited into a portal: just join.
+		// Invited into a portal: just join, also if a kick kept them out.
+		n.letIn(existing.folded, nick)
 		_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
 		return err
 	}
@@ -388,21 +405,16 @@ func (br *Bridge) handleMatrixTopic(ctx context.Context, evt *event.Event) error
 }
 
 // kickOnIRC mirrors a Matrix user kicking or banning an IRC user's ghost from a portal: their
-// puppet sends KICK. The channel refuses it unless the puppet is a channel operator there (IRC
-// has no other way); the ghost stays out of the room either way, and comes back when the IRC user
-// next speaks or joins.
+// puppet sends KICK if it is an operator of the channel right now (NAMES), the only way IRC
+// allows. Otherwise the kicker is told that the IRC user is still in the channel, and the
+// IRC user is kept out of the room: their ghost is not brought back, and what they say is not
+// relayed, until someone invites the ghost again (or the bridge restarts; this is memory only).
+// A room moderator who removes someone expects them to stay removed, even where the bridge
+// cannot remove them from IRC.
 func (br *Bridge) kickOnIRC(ctx context.Context, evt *event.Event, n *network, nick, reason string) error {
 	t, err := br.targetFor(ctx, evt.RoomID)
 	if err != nil || t == nil || t.portal == nil || t.net != n {
 		return err
-	}
-	p, _ := n.puppetFor(evt.Sender, false)
-	if p == nil || !p.sess.inChannel(t.folded) {
-		return nil
-	}
-	c := p.sess.current()
-	if c == nil {
-		return nil
 	}
 	name := nick
 	n.mu.Lock()
@@ -413,5 +425,45 @@ func (br *Bridge) kickOnIRC(ctx context.Context, evt *event.Event, n *network, n
 	if reason == "" {
 		reason = "Kicked from Matrix"
 	}
-	return c.Send(ctx, nil, "KICK", t.name, name, ircconv.PlainToIRC(strings.ReplaceAll(reason, "\n", " ")))
+	var c *ircconn.Conn
+	if p, _ := n.puppetFor(evt.Sender, false); p != nil && p.sess.inChannel(t.folded) {
+		c = p.sess.current()
+	}
+	if c != nil {
+		if ops, err := n.channelOps(ctx, t.name); err == nil && ops[n.fold(c.Nick())] != "" {
+			return c.Send(ctx, nil, "KICK", t.name, name, ircconv.PlainToIRC(strings.ReplaceAll(reason, "\n", " ")))
+		}
+	}
+	n.keepOut(t.folded, nick)
+	zerolog.Ctx(ctx).Info().Msg("Could not kick an IRC user on IRC; keeping them out of the room")
+	br.notifyUser(ctx, evt.Sender, evt.ID, "kick-failed", fmt.Sprintf(
+		"I could not kick %s from %s on %s: only a channel operator can, and your connection is not one there. "+
+			"They stay in the channel, but I keep them out of the room: I do not bring them back when they speak, "+
+			"and do not relay what they say, until someone invites them again.",
+		format.SafeMarkdownCode(name), t.name, n.cfg.Name))
+	return nil
+}
+
+// keepOut keeps nick's ghost out of channel's (folded) portal (see kickOnIRC).
+func (n *network) keepOut(channel, nick string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.keptOut[channel] == nil {
+		n.keptOut[channel] = make(map[string]bool)
+	}
+	n.keptOut[channel][n.fold(nick)] = true
+}
+
+// letIn undoes keepOut.
+func (n *network) letIn(channel, nick string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.keptOut[channel], n.fold(nick))
+}
+
+// isKeptOut reports whether nick is kept out of channel's (folded) portal.
+func (n *network) isKeptOut(channel, nick string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.keptOut[channel][n.fold(nick)]
 }

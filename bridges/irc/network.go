@@ -57,6 +57,18 @@ type network struct {
 	// splits holds, by folded nick, users who quit in a netsplit and whose ghosts have not left
 	// yet (see quit_debounce).
 	splits map[string]*splitQuit
+	// keys holds the opened keys (+k) of portal channels, by folded channel (see keys.go).
+	keys map[string]string
+	// consents are the link requests waiting for an operator's answer, by folded channel, and
+	// namesWait the NAMES lookups waiting for their reply (see consent.go).
+	consents  map[string]*linkRequest
+	namesWait map[string]*namesQuery
+	// ircBans remembers, per folded portal channel and folded ban mask, the users the bot
+	// banned in Matrix for that IRC ban, so that lifting it lifts theirs (see kick.go).
+	ircBans map[string]map[string][]id.UserID
+	// keptOut holds, per folded portal channel, the folded nicks a Matrix moderator removed
+	// from the room while the bridge could not kick them on IRC (see kickOnIRC).
+	keptOut map[string]map[string]bool
 }
 
 func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
@@ -71,6 +83,11 @@ func newNetwork(br *Bridge, cfg *NetworkConfig) *network {
 		members:    make(map[string]map[string]string),
 		portals:    make(map[string]*ircdb.Portal),
 		splits:     make(map[string]*splitQuit),
+		keys:       make(map[string]string),
+		consents:   make(map[string]*linkRequest),
+		namesWait:  make(map[string]*namesQuery),
+		ircBans:    make(map[string]map[string][]id.UserID),
+		keptOut:    make(map[string]map[string]bool),
 	}
 	n.cm.Store(int32(ircid.RFC1459))
 	return n
@@ -95,6 +112,9 @@ func (n *network) enqueue(in inbound) {
 func (n *network) start(ctx context.Context) error {
 	portals, err := n.br.db.Portal.GetAll(ctx, n.cfg.ID)
 	if err != nil {
+		return err
+	}
+	if err = n.loadKeys(ctx); err != nil {
 		return err
 	}
 	n.bot = newSession(n, n.log.With().Str("connection", "bridge").Logger())
@@ -233,6 +253,7 @@ func (n *network) forgetPortal(ctx context.Context, p *ircdb.Portal, reason stri
 	n.mu.Lock()
 	delete(n.portals, p.Channel)
 	delete(n.members, p.Channel)
+	delete(n.keys, p.Channel)
 	puppets := make([]*puppet, 0, len(n.puppets))
 	for _, pp := range n.puppets {
 		puppets = append(puppets, pp)
@@ -244,6 +265,18 @@ func (n *network) forgetPortal(ctx context.Context, p *ircdb.Portal, reason stri
 	for _, pp := range puppets {
 		pp.sess.part(ctx, p.Channel, reason)
 	}
+}
+
+// puppetByNick returns the puppet whose connection has nick (folded) now, or nil.
+func (n *network) puppetByNick(folded string) *puppet {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range n.puppets {
+		if c := p.sess.current(); c != nil && n.fold(c.Nick()) == folded {
+			return p
+		}
+	}
+	return nil
 }
 
 // isOurNick reports whether nick (folded) is the bridge's own connection or one of the puppets.

@@ -335,6 +335,11 @@ func (p *puppet) send(ctx context.Context, c *ircconn.Conn, it *outItem) (retry 
 func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, it *outItem) (retry bool) {
 	log := zerolog.Ctx(ctx)
 	evt, t := it.evt, it.t
+	if t.portal != nil && !p.mayJoin(t.folded, br.clock.Now()) {
+		// Kicked while the message waited: it stays out until rejoin_delay passed.
+		br.notifyKickedWait(ctx, p, evt, t)
+		return false
+	}
 	if t.portal != nil {
 		// join again: a leave queued before this message parted the channel.
 		if err := p.sess.join(ctx, t.folded, t.name); err != nil && errors.Is(err, ircconn.ErrClosed) {

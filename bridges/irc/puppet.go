@@ -49,6 +49,13 @@ type puppet struct {
 
 	// sent remembers the last message and topic sent to each target, for the server's refusals.
 	sent sentLog
+	// kicked holds, per folded channel, until when the puppet stays out of it after a KICK
+	// (see kick.go). Guarded by kickMu.
+	kickMu sync.Mutex
+	kicked map[string]time.Time
+	// source is the puppet's nick!user@host as the bridge's connection last saw it join, which
+	// ban masks are matched against.
+	source atomic.Pointer[string]
 }
 
 // pendingLine is a line a puppet sent whose echo, with its message ID, is awaited.

@@ -46,10 +46,12 @@ type session struct {
 	ready    chan struct{} // closed while cur is usable; replaced when it drops
 	channels map[string]string
 	lastUsed time.Time
-	restart  bool
-	cancel   context.CancelFunc
-	done     chan struct{}
-	stopped  bool
+	// holdUntil is when a killed connection may reconnect (see holdReconnect).
+	holdUntil time.Time
+	restart   bool
+	cancel    context.CancelFunc
+	done      chan struct{}
+	stopped   bool
 }
 
 func newSession(n *network, log zerolog.Logger) *session {
@@ -62,6 +64,30 @@ func newSession(n *network, log zerolog.Logger) *session {
 		done:     make(chan struct{}),
 		lastUsed: n.br.clock.Now(),
 	}
+}
+
+// holdReconnect makes the next reconnect wait until until at the earliest (after a KILL).
+func (s *session) holdReconnect(until time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holdUntil.Before(s.net.br.clock.Now()) {
+		// A KILL followed by its ERROR holds once.
+		s.holdUntil = until
+	}
+}
+
+// heldUntil returns when a killed connection may reconnect, or a past time.
+func (s *session) heldUntil() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holdUntil
+}
+
+// heldFor returns how long the next reconnect must still wait because of holdReconnect.
+func (s *session) heldFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holdUntil.Sub(s.net.br.clock.Now())
 }
 
 // errSessionStopped is returned by conn once the session was stopped.
@@ -103,6 +129,10 @@ func (s *session) connect(ctx context.Context, dropped *ircconn.Conn) {
 		// A deliberate reconnect (new credentials or nick) goes at once.
 		if !restart {
 			delay := s.bo.Next()
+			if hold := s.heldFor(); hold > delay {
+				// Killed by an operator: wait rejoin_delay.
+				delay = hold
+			}
 			s.log.Warn().AnErr("reason", dropped.Err()).Dur("retry_in", delay).Msg("IRC connection lost; reconnecting")
 			if backoff.Sleep(ctx, br.clock, delay) != nil {
 				s.finish()
@@ -234,11 +264,39 @@ func (s *session) ensureJoined(ctx context.Context, c *ircconn.Conn, folded, nam
 	if s.joinedOn[folded] == c {
 		return nil
 	}
-	if err := c.Send(ctx, nil, "JOIN", name); err != nil {
+	params := []string{name}
+	if key := s.net.channelKey(folded); key != "" {
+		params = append(params, key)
+	}
+	if err := c.Send(ctx, nil, "JOIN", params...); err != nil {
 		return err
 	}
 	s.joinedOn[folded] = c
 	return nil
+}
+
+// rejoin sends JOIN for channel (folded) again, with its current key, if the session is meant to
+// be in it and connected: after the key changed or the server refused the join.
+func (s *session) rejoin(ctx context.Context, folded string) {
+	s.mu.Lock()
+	name, ok := s.channels[folded]
+	c := s.cur
+	s.mu.Unlock()
+	if !ok || c == nil {
+		return
+	}
+	s.forgetJoin(folded)
+	if err := s.ensureJoined(ctx, c, folded, name); err != nil {
+		s.log.Debug().Err(err).Msg("Failed to send JOIN again")
+	}
+}
+
+// forgetJoin records that channel (folded) was not joined on the current connection (the server
+// refused it), so that the next ensureJoined sends JOIN again. The channel stays on the list.
+func (s *session) forgetJoin(folded string) {
+	s.joinMu.Lock()
+	delete(s.joinedOn, folded)
+	s.joinMu.Unlock()
 }
 
 // inChannel reports whether the session is meant to be in channel (folded).
@@ -339,6 +397,10 @@ func (s *session) stopLocked() {
 // the network's inbound queue, tagged with who received it.
 func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) {
 	return func(c *ircconn.Conn, msg *ircmsg.Message) {
+		if p != nil && isKill(c, msg, s.net.fold) {
+			// Held back here, on the reader, before the connection's OnClose starts connect.
+			s.holdReconnect(s.net.br.clock.Now().Add(s.net.cfg.RejoinDelay))
+		}
 		if p != nil && !puppetWants(c, msg) {
 			// Channel traffic is bridged from the bridge's own connection; with many puppets in
 			// a channel, queueing each line once per puppet only to drop it would cost.
@@ -359,7 +421,7 @@ func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 			return true
 		}
 		return wantsEchoes(c) && c.CaseMapping().Equal(msg.Nick(), c.Nick())
-	case "KICK":
+	case "KICK", "KILL", "ERROR", "474", "473", "475", "471", "403":
 		return true
 	}
 	return refusalNumerics[msg.Command]

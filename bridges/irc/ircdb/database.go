@@ -1,7 +1,7 @@
 // Package ircdb holds the IRC bridge's queries and schema (tables irc_*, version table
-// irc_version): portals, linked accounts, chosen nicks, private-message rooms and the map from
-// Matrix events to IRC message IDs, the media links given to IRC users, and the messages queued
-// for IRC. No table holds a message's text.
+// irc_version): portals, linked accounts, chosen nicks, private-message rooms, the sealed keys
+// of keyed channels, the map from Matrix events to IRC message IDs, the media links given to IRC
+// users, and the messages queued for IRC. No table holds a message's text.
 package ircdb
 
 import (
@@ -23,6 +23,8 @@ type Database struct {
 	Message *MessageQuery
 	Media   *MediaQuery
 	Outbox  *OutboxQuery
+	// ChannelKey holds the sealed keys (+k) of portal channels.
+	ChannelKey *ChannelKeyQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -37,6 +39,9 @@ func New(db *dbutil.Database) *Database {
 		Message:  &MessageQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Message]) *Message { return &Message{} })},
 		Media:    &MediaQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Media]) *Media { return &Media{} })},
 		Outbox:   &OutboxQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Outbox]) *Outbox { return &Outbox{} })},
+		ChannelKey: &ChannelKeyQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*ChannelKey]) *ChannelKey {
+			return &ChannelKey{}
+		})},
 	}
 }
 

@@ -3,9 +3,9 @@
 // protocol to drive a bridge, and lets the test watch and steer it.
 //
 // It is not a real ircd and must never face the network. It has one server, no services, no
-// channel or user modes beyond a channel creator's operator status, no flood control, no
-// ping timeouts, no bans and no persistence; a channel exists while someone is in it. What it
-// does speak:
+// channel or user modes beyond operator status (a channel's creator gets it), keys and bans, no
+// flood control, no ping timeouts and no persistence; a channel exists while someone is in it.
+// What it does speak:
 //
 //   - registration: PASS (ignored), NICK, USER, CAP LS 302 / LIST / REQ / END (the offered
 //     capabilities are configurable, see [WithCaps]), SASL PLAIN through AUTHENTICATE against
@@ -19,11 +19,14 @@
 //   - channels: JOIN (with the JOIN broadcast, 332/333 and NAMES 353/366), PART, KICK by a
 //     channel operator or by the test ([Server.Kick]), TOPIC (332 on join, broadcast on
 //     change), NAMES, and +n: only members may speak in a channel (404);
+//   - channel modes set by a channel operator or by the test ([Server.Mode]), relayed as MODE
+//     to the channel: +k/-k (a JOIN without the key gets 475), +b/-b (nick!user@host globs; a
+//     matching JOIN gets 474; MODE #chan b lists them) and +o/-o;
 //   - PRIVMSG and NOTICE to channels (to the other members) and to nicks (401 if unknown),
 //     tagged per recipient with time= (server-time), msgid= and client-only tags
 //     (message-tags) and account= (account-tag); echo-message if offered and requested;
 //   - WHOIS (311, 319, 312, 330 with the account, 318), PING/PONG, QUIT (broadcast to channel
-//     peers, ERROR to the client, then close), MODE and WHO enough not to confuse clients,
+//     peers, ERROR to the client, then close), WHO enough not to confuse clients,
 //     421 for anything else.
 //
 // Lines from clients longer than 512 bytes without tags get 417 and are ignored; lines the
@@ -33,7 +36,8 @@
 // The test side: [Server.WaitFor] and [Server.Lines] see every line any client sent (kept in a
 // bounded history, see [WithHistory]), with the sender's nick; [Server.Client] is a raw client
 // with its own [Client.WaitFor]; [Server.Restart], [Server.Down] and [Server.Up] drop every
-// connection and stop or resume listening on the same port; [Server.SendRaw] writes arbitrary
+// connection and stop or resume listening on the same port; [Server.Kill] disconnects a
+// client as a server operator's KILL would; [Server.SendRaw] writes arbitrary
 // bytes to a client, for hostile-server tests. Every wait has a deadline.
 //
 // The server is safe for concurrent use and for thousands of clients: each connection has one

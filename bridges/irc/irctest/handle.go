@@ -18,6 +18,37 @@ type channel struct {
 	topicBy string
 	topicAt time.Time
 	members map[*conn]bool // → channel operator
+	key     string         // +k, "" if none
+	bans    []string       // +b masks (nick!user@host globs, compared folded)
+}
+
+// banned reports whether c matches one of ch's ban masks.
+func (ch *channel) banned(c *conn) bool {
+	for _, mask := range ch.bans {
+		if globMatch(fold(mask), fold(c.prefix())) {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch matches s against pattern, where * stands for any run and ? for one byte.
+func globMatch(pattern, s string) bool {
+	if pattern == "" {
+		return s == ""
+	}
+	switch pattern[0] {
+	case '*':
+		for i := 0; i <= len(s); i++ {
+			if globMatch(pattern[1:], s[i:]) {
+				return true
+			}
+		}
+		return false
+	case '?':
+		return s != "" && globMatch(pattern[1:], s[1:])
+	}
+	return s != "" && s[0] == pattern[0] && globMatch(pattern[1:], s[1:])
 }
 
 func (ch *channel) has(c *conn) bool {
@@ -479,7 +510,8 @@ func (s *Server) relay(from *conn, source string, to []*conn, clientTags map[str
 
 func (c *conn) cmdJoin(msg *ircmsg.Message) {
 	s := c.srv
-	for _, name := range strings.Split(param(msg, 0), ",") {
+	keys := strings.Split(param(msg, 1), ",")
+	for i, name := range strings.Split(param(msg, 0), ",") {
 		if name == "0" {
 			for ch := range c.channels {
 				s.relay(c, c.prefix(), ch.list(nil), nil, false, "PART", ch.name)
@@ -499,6 +531,14 @@ func (c *conn) cmdJoin(msg *ircmsg.Message) {
 			op = true
 		}
 		if ch.has(c) {
+			continue
+		}
+		if ch.key != "" && (i >= len(keys) || keys[i] != ch.key) {
+			c.numeric("475", ch.name, "Cannot join channel (+k)")
+			continue
+		}
+		if ch.banned(c) {
+			c.numeric("474", ch.name, "Cannot join channel (+b)")
 			continue
 		}
 		ch.members[c] = op
@@ -721,14 +761,25 @@ func (c *conn) cmdMode(msg *ircmsg.Message) {
 		switch {
 		case ch == nil:
 			c.numeric("403", target, "No such channel")
+			return
 		case len(msg.Params) == 1:
-			c.numeric("324", ch.name, "+nt")
+			if ch.key != "" {
+				c.numeric("324", ch.name, "+ntk", ch.key)
+			} else {
+				c.numeric("324", ch.name, "+nt")
+			}
+			return
 		case strings.TrimLeft(param(msg, 1), "+") == "b":
+			for _, mask := range ch.bans {
+				c.numeric("367", ch.name, mask)
+			}
 			c.numeric("368", ch.name, "End of channel ban list")
+			return
 		case !ch.members[c]:
 			c.numeric("482", ch.name, "You're not channel operator")
+			return
 		}
-		// Mode changes by operators are accepted and ignored: the server has no modes to set.
+		s.applyModes(c.prefix(), ch, msg.Params[1], msg.Params[2:])
 		return
 	}
 	if fold(target) != fold(c.nick) {
@@ -736,4 +787,57 @@ func (c *conn) cmdMode(msg *ircmsg.Message) {
 		return
 	}
 	c.numeric("221", "+i")
+}
+
+// applyModes applies a channel operator's mode change to ch and relays it to the channel:
+// k (key), b (ban mask), o (operator status); other modes are relayed and ignored. s.mu must be
+// held.
+func (s *Server) applyModes(source string, ch *channel, modes string, args []string) {
+	add := true
+	var applied []string
+	changes := ""
+	for _, m := range modes {
+		switch m {
+		case '+', '-':
+			add = m == '+'
+			changes += string(m)
+			continue
+		}
+		arg := ""
+		if m == 'k' || m == 'b' || m == 'o' {
+			if len(args) == 0 {
+				continue
+			}
+			arg, args = args[0], args[1:]
+		}
+		switch m {
+		case 'k':
+			if add {
+				ch.key = arg
+			} else {
+				ch.key = ""
+			}
+		case 'b':
+			ch.bans = slices.DeleteFunc(ch.bans, func(b string) bool { return fold(b) == fold(arg) })
+			if add {
+				ch.bans = append(ch.bans, arg)
+			}
+		case 'o':
+			r := s.nicks[fold(arg)]
+			if r == nil || !ch.has(r) {
+				continue
+			}
+			ch.members[r] = add
+			arg = r.nick
+		}
+		changes += string(m)
+		if arg != "" {
+			applied = append(applied, arg)
+		}
+	}
+	b := s.build(nil, source, "MODE", append([]string{ch.name, changes}, applied...)...)
+	for m := range ch.members {
+		m.send(b)
+	}
+	s.bump()
 }

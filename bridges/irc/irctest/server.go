@@ -362,6 +362,39 @@ func (s *Server) Kick(channel, nick, reason string) error {
 	return nil
 }
 
+// Mode applies a channel mode change as services would (k key, b ban mask, o operator status;
+// modes holds the letters with their + and -, args their arguments in order) and relays the
+// MODE line from the server to everyone in the channel.
+func (s *Server) Mode(channel, modes string, args ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.channels[fold(channel)]
+	if ch == nil {
+		return fmt.Errorf("irctest: no channel %s", channel)
+	}
+	s.applyModes(ServerName, ch, modes, args)
+	return nil
+}
+
+// Kill disconnects nick as a server operator's KILL would: the client gets
+// ":irctest.test KILL nick :reason" and an ERROR, its channel peers a QUIT with "Killed
+// (reason)", and the connection is closed.
+func (s *Server) Kill(nick, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.nicks[fold(nick)]
+	if c == nil || !c.registered {
+		return fmt.Errorf("irctest: nobody holds nick %s", nick)
+	}
+	c.send(s.build(nil, ServerName, "KILL", c.nick, reason))
+	quit := "Killed (" + reason + ")"
+	c.quitReason = quit
+	s.removeConn(c, quit, true)
+	b, _ := buildLine(nil, "", "ERROR", "Closing Link: "+c.host+" ("+quit+")")
+	c.finish(b)
+	return nil
+}
+
 // SendRaw writes data to the client holding nick exactly as given: no CRLF is added and
 // nothing is checked, so a test can send garbage, NUL bytes or overlong lines.
 func (s *Server) SendRaw(nick, data string) error {

@@ -1,4 +1,4 @@
--- v0 -> v3: Latest revision
+-- v0 -> v4: Latest revision
 
 -- irc_portal links a Matrix room to an IRC channel. A portal made by joining its alias
 -- (#irc_<network>_<channel>) belongs to nobody: actor_mxid and source_event_id are NULL. A
@@ -17,6 +17,27 @@ CREATE TABLE irc_portal (
 );
 CREATE INDEX irc_portal_actor_idx ON irc_portal (actor_mxid);
 CREATE INDEX irc_portal_source_idx ON irc_portal (source_event_id);
+
+-- irc_channel_key is the key (+k) of a portal's channel, given with !irc link or !irc key. The
+-- key is sealed in the credential vault under the key of the user who gave it (actor_mxid), so
+-- that it is never stored in the clear; erasing that user shreds it and deletes the row, and so
+-- does redacting the command that gave it (source_event_id). Unlinking the portal deletes it.
+CREATE TABLE irc_channel_key (
+	network         TEXT   NOT NULL,
+	channel         TEXT   NOT NULL,
+-- only: postgres
+	channel_key     BYTEA  NOT NULL,
+-- only: sqlite
+	channel_key     BLOB   NOT NULL,
+	actor_mxid      TEXT   NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	room_id         TEXT   NOT NULL,
+	source_event_id TEXT   NOT NULL,
+	created_at      BIGINT NOT NULL,
+	PRIMARY KEY (network, channel),
+	FOREIGN KEY (network, channel) REFERENCES irc_portal (network, channel) ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE INDEX irc_channel_key_actor_idx ON irc_channel_key (actor_mxid);
+CREATE INDEX irc_channel_key_source_idx ON irc_channel_key (source_event_id);
 
 -- irc_account is a user's linked account on a network: the SASL account name and its password,
 -- sealed in the credential vault under the user's data key. Redacting the !irc login command
