@@ -1,6 +1,7 @@
 // Package ircdb holds the IRC bridge's queries and schema (tables irc_*, version table
 // irc_version): portals, linked accounts, chosen nicks, private-message rooms and the map from
-// Matrix events to IRC message IDs, and the media links given to IRC users. No table holds a
+// Matrix events to IRC message IDs, the media links given to IRC users, users' client
+// certificates and the bridge's own keys. No table holds a
 // message's text.
 package ircdb
 
@@ -22,6 +23,8 @@ type Database struct {
 	PM      *PMQuery
 	Message *MessageQuery
 	Media   *MediaQuery
+	Cert    *CertQuery
+	Key     *KeyQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -35,6 +38,8 @@ func New(db *dbutil.Database) *Database {
 		PM:       &PMQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*PM]) *PM { return &PM{} })},
 		Message:  &MessageQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Message]) *Message { return &Message{} })},
 		Media:    &MediaQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Media]) *Media { return &Media{} })},
+		Cert:     &CertQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Cert]) *Cert { return &Cert{} })},
+		Key:      &KeyQuery{db: db},
 	}
 }
 
