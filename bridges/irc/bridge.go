@@ -523,7 +523,8 @@ func (br *Bridge) PurgeRoom(ctx context.Context, roomID id.RoomID) error {
 }
 
 // RedactionPurged reacts to the core deleting rows whose command was redacted: a redacted
-// !irc login reconnects the user's puppet without the credentials, a redacted !irc nick
+// !irc login or !irc cert reconnects the user's puppet without the credentials or certificate, a
+// redacted !irc nick
 // reconnects it with the template's nick, and a redacted !irc link unlinks the room.
 func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error {
 	log := zerolog.Ctx(ctx)
@@ -533,6 +534,8 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 		var affected []*puppet
 		for _, p := range n.puppets {
 			if ev := p.accountEvent.Load(); ev != nil && *ev == redacted {
+				affected = append(affected, p)
+			} else if ev := p.certEvent.Load(); ev != nil && *ev == redacted {
 				affected = append(affected, p)
 			} else if ev := p.nickEvent.Load(); ev != nil && *ev == redacted {
 				affected = append(affected, p)
@@ -565,7 +568,7 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 			}
 		}
 	}
-	log.Info().Int64("accounts", purged["irc_account"]).Int64("nicks", purged["irc_nick"]).
+	log.Info().Int64("accounts", purged["irc_account"]).Int64("certs", purged["irc_cert"]).Int64("nicks", purged["irc_nick"]).
 		Int64("portals", purged["irc_portal"]).Msg("Cleaned up after IRC settings were purged by a redaction")
 	return nil
 }
