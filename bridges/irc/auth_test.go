@@ -272,3 +272,32 @@ func TestCertInventory(t *testing.T) {
 	}
 	t.Error("irc_cert is not declared")
 }
+
+// TestCertRedaction checks that redacting the !irc cert command deletes the certificate, as the
+// provenance of the row promises.
+func TestCertRedaction(t *testing.T) {
+	serverCert, caFile := testServerTLS(t)
+	ec := envConfig{
+		srvOpts: []irctest.Option{irctest.WithTLS(serverCert), irctest.WithCaps("sasl=PLAIN,EXTERNAL")},
+		configure: func(cfg *Config) {
+			nc := cfg.Networks[testNet]
+			nc.TLS, nc.TLSCAFile, nc.SASLMechanisms = true, caFile, []string{"EXTERNAL"}
+		},
+	}
+	forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+		if res := env.runCommand(testAlice, "cert", testNet); !res.replied {
+			t.Fatalf("cert = %+v", res)
+		}
+		cert, err := env.br.db.Cert.Get(env.ctx, testAlice, testNet)
+		if err != nil || cert == nil {
+			t.Fatalf("stored certificate = %v, %v", cert, err)
+		}
+		purged := env.host.PurgeRedacted(t, env.br, cert.RoomID, cert.SourceEventID)
+		if purged["irc_cert"] != 1 {
+			t.Errorf("the redaction purged %v, want the irc_cert row", purged)
+		}
+		if left, _ := env.br.db.Cert.Get(env.ctx, testAlice, testNet); left != nil {
+			t.Error("the certificate survived the redaction of its command")
+		}
+	})
+}
