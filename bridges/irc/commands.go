@@ -307,6 +307,13 @@ func (br *Bridge) cmdNetworks(ctx context.Context, ce *appservice.CommandEvent) 
 		if acct != nil {
 			state += "; linked account " + format.SafeMarkdownCode(acct.Account)
 		}
+		cert, err := br.db.Cert.Get(ctx, ce.Sender, netID)
+		if err != nil {
+			return fmt.Errorf("failed to get client certificate: %w", err)
+		}
+		if cert != nil {
+			state += "; client certificate " + format.SafeMarkdownCode(cert.Fingerprint)
+		}
 		fmt.Fprintf(&sb, "; you: %s\n", state)
 	}
 	return ce.Reply(ctx, sb.String())
