@@ -1,7 +1,10 @@
 // Package irc is Custodian's IRC bridge: portal rooms for IRC channels (joined through their
 // alias #irc_<network>_<channel>, or linked with !irc link), ghosts @irc_<network>_<nick> for IRC
 // users, and a puppet connection per Matrix user who talks, which can log in to a services
-// account over SASL with credentials sealed in the core's vault (!irc login). Forget-me and
+// account with credentials sealed in the core's vault (!irc login: SASL PLAIN, the server
+// password or NickServ IDENTIFY) or with a client certificate whose key is sealed the same way
+// (!irc cert: SASL EXTERNAL over TLS), and which tells the network a per-user ident (answered
+// by the built-in ident server) and a templated real name. Forget-me and
 // deactivation make a user's puppets QUIT before their data is erased; redacting a command
 // undoes what it configured; no message text is stored or logged. README.md in this directory
 // is the user's and admin's guide; docs/ARCHITECTURE.md ("The IRC bridge") the design.
@@ -10,8 +13,9 @@
 // network.go, puppet.go, portal.go; handlematrix.go and handleirc.go by direction; commands.go;
 // media.go, the media links for IRC users) stands on packages that need no fakes to test:
 //
-//   - ircconn: one IRC client connection: CAP, SASL PLAIN, nick fallbacks, flood control,
-//     keepalive, two goroutines;
+//   - ircconn: one IRC client connection: CAP, SASL PLAIN or EXTERNAL, PASS, NickServ
+//     IDENTIFY, nick fallbacks, flood control, keepalive, two goroutines;
+//   - identd: a bounded RFC 1413 ident server answering for the bridge's connections;
 //   - ircdb: the tables irc_* and their queries;
 //   - ircid: ghost localparts irc_<network>_<nick> and portal aliases #irc_<network>_<channel>,
 //     folded by the network's CASEMAPPING and escaped reversibly;
