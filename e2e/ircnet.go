@@ -66,6 +66,28 @@ func (n *IRCNet) Addr() string { return "127.0.0.1:" + strconv.Itoa(n.port) }
 // Port is the network's client port on 127.0.0.1.
 func (n *IRCNet) Port() int { return n.port }
 
+// TLSAddr is the network's TLS client address, 127.0.0.1:<port>, where clients may present a
+// certificate (SASL EXTERNAL after NickServ CERT ADD of its SHA-256 fingerprint) and where the
+// server asks port 113 of 127.0.0.1 who each client is (ident). The test fails if the network
+// has no TLS port (scripts/testbed-irc.sh found no openssl).
+func (n *IRCNet) TLSAddr(t testing.TB) string {
+	t.Helper()
+	env, err := os.ReadFile(filepath.Join(n.dir, "env"))
+	if err != nil {
+		t.Fatalf("reading the IRC network's env: %v", err)
+	}
+	for _, line := range strings.Split(string(env), "\n") {
+		if port, ok := strings.CutPrefix(line, "IRC_TLS_PORT="); ok && port != "" {
+			return "127.0.0.1:" + port
+		}
+	}
+	t.Fatal("the IRC network has no TLS port (is openssl installed?)")
+	return ""
+}
+
+// TLSCAFile is the PEM file of the TLS port's self-signed certificate, to trust it.
+func (n *IRCNet) TLSCAFile() string { return filepath.Join(n.dir, "inspircd", "tls.crt") }
+
 // Dir is the network's work directory: the configs, the daemons' logs (inspircd/ircd.log,
 // atheme/atheme.log) and Atheme's database.
 func (n *IRCNet) Dir() string { return n.dir }

@@ -9,7 +9,12 @@
 #
 # WORKDIR defaults to a new directory under /tmp; its path, the ports and the PIDs are written to
 # $WORKDIR/env (shell syntax). Everything else goes to stderr. The settings follow the team's
-# notes in TESTBED.md: no clone, flood or registration limits, no rDNS or ident, no TLS.
+# notes in TESTBED.md: no clone, flood or registration limits, no rDNS, and on the client port
+# no ident and no TLS. A second client port (IRC_TLS_PORT) speaks TLS with a self-signed
+# certificate for 127.0.0.1 ($WORKDIR/inspircd/tls.crt), asks clients for a certificate
+# (SHA-256 fingerprints, which Atheme's NickServ CERT ADD and SASL EXTERNAL use), and asks
+# each client's ident server (port 113 of 127.0.0.1) who it is; it is left out if openssl is
+# missing.
 #
 # --restart starts the network of an existing WORKDIR again with its configs, its ports and
 # Atheme's database (services.db, which Atheme writes when it stops), so registered accounts
@@ -35,7 +40,7 @@ launch() {
 		>>"$workdir/atheme/stdout.log" 2>&1 </dev/null &
 	services_pid=$!
 	printf '%s\n' "IRC_WORKDIR=$workdir" "IRC_PORT=$client_port" "IRC_LINK_PORT=$link_port" \
-		"IRC_INSPIRCD_PID=$ircd_pid" "IRC_ATHEME_PID=$services_pid" >"$workdir/env"
+		"IRC_TLS_PORT=$tls_port" "IRC_INSPIRCD_PID=$ircd_pid" "IRC_ATHEME_PID=$services_pid" >"$workdir/env"
 	if [ -n "${IRC_WATCH_PID:-}" ]; then
 		watchdog "$IRC_WATCH_PID" >/dev/null 2>&1 </dev/null &
 	fi
@@ -129,6 +134,7 @@ if [ -n "$restart" ]; then
 	. "$workdir/env"
 	client_port=$IRC_PORT
 	link_port=$IRC_LINK_PORT
+	tls_port=${IRC_TLS_PORT:-}
 	rc=0
 	launch || rc=$?
 	exit "$rc"
@@ -157,6 +163,13 @@ configure() {
 client_port=$(free_port)
 link_port=$(free_port)
 while [ "$link_port" = "$client_port" ]; do link_port=$(free_port); done
+tls_port=
+if command -v openssl >/dev/null; then
+	tls_port=$(free_port)
+	while [ "$tls_port" = "$client_port" ] || [ "$tls_port" = "$link_port" ]; do tls_port=$(free_port); done
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=irc.test \
+		-addext subjectAltName=IP:127.0.0.1 -keyout "$workdir/inspircd/tls.key" -out "$workdir/inspircd/tls.crt" 2>/dev/null
+fi
 linkpass=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 : >"$workdir/inspircd/motd.txt"
@@ -173,6 +186,25 @@ cat >"$workdir/inspircd/inspircd.conf" <<EOF
 <bind address="127.0.0.1" port="$link_port" type="servers">
 <dns server="127.0.0.1" timeout="1">
 
+EOF
+if [ -n "$tls_port" ]; then
+	cat >>"$workdir/inspircd/inspircd.conf" <<EOF
+<module name="ssl_gnutls">
+<module name="sslinfo">
+<module name="ident">
+<ident timeout="3">
+<sslprofile name="clients" provider="gnutls" certfile="$workdir/inspircd/tls.crt" keyfile="$workdir/inspircd/tls.key"
+            dhfile="" cafile="" crlfile="" hash="sha256" requestclientcert="yes" mindhbits="1024">
+<bind address="127.0.0.1" port="$tls_port" type="clients" sslprofile="clients">
+# Clients of the TLS port are asked who they are (ident); those of the plain port are not.
+<connect name="tls" allow="*" port="$tls_port" maxchans="1000" timeout="60" pingfreq="5m"
+         hardsendq="64M" softsendq="16M" recvq="16M"
+         threshold="1000000" commandrate="100000000" fakelag="yes"
+         localmax="100000" globalmax="100000" maxconnwarn="no" limit="100000"
+         resolvehostnames="no" useident="yes" usests="no">
+EOF
+fi
+cat >>"$workdir/inspircd/inspircd.conf" <<EOF
 <connect name="main" allow="*" maxchans="1000" timeout="60" pingfreq="5m"
          hardsendq="64M" softsendq="16M" recvq="16M"
          threshold="1000000" commandrate="100000000" fakelag="yes"
@@ -227,7 +259,8 @@ done >>"$workdir/inspircd/inspircd.conf"
 	for m in nickserv/main nickserv/register nickserv/identify nickserv/logout nickserv/info nickserv/help \
 		nickserv/drop nickserv/ghost nickserv/group nickserv/status nickserv/set_core nickserv/set_password \
 		nickserv/set_email nickserv/set_accountname chanserv/main chanserv/register chanserv/drop chanserv/info \
-		chanserv/help chanserv/flags chanserv/op chanserv/voice saslserv/main saslserv/plain; do
+		chanserv/help chanserv/flags chanserv/op chanserv/voice saslserv/main saslserv/plain \
+		saslserv/external nickserv/cert; do
 		echo "loadmodule \"modules/$m\";"
 	done
 	cat <<EOF

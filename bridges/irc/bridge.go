@@ -3,11 +3,13 @@ package irc
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
+	"github.com/custodian-matrix/custodian/bridges/irc/identd"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
@@ -60,6 +63,14 @@ type Bridge struct {
 	// truncatedTold remembers which users were told that their long message was cut, so that
 	// each is told once per network (memory only).
 	truncatedTold toldSet
+	// identKey keys the {hash} of ident templates; Start loads it (irc_key).
+	identKey []byte
+	// idents maps the bridge's open connections to their ident user names, for identd.
+	idents *identd.Registry
+	// identServer is the ident server, if identd.enabled; Start starts it.
+	identServer *identd.Server
+	// tlsRoots holds each network's tls_ca_file, by network ID; Start loads them.
+	tlsRoots map[string]*x509.CertPool
 }
 
 var (
@@ -120,6 +131,14 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			SourceEventColumn: "source_event_id", RoomColumn: "room_id",
 			Description: "the IRC accounts you linked (!irc login): network, account name, when and with which command; " +
 				"the password is kept only sealed under your own key",
+		},
+		{
+			Table: "irc_cert", UserColumn: "user_mxid",
+			Export:            []string{"network", "fingerprint", "fingerprint_512", "room_id", "source_event_id", "created_at"},
+			Secret:            []string{"private_key"},
+			SourceEventColumn: "source_event_id", RoomColumn: "room_id",
+			Description: "the client certificates you made for IRC networks (!irc cert), by network and fingerprint; " +
+				"their private keys are kept only sealed under your own key",
 		},
 		{
 			Table: "irc_nick", UserColumn: "user_mxid",
@@ -196,6 +215,35 @@ func (br *Bridge) Init(host appservice.Host) error {
 // idle and paused puppets and expires message-ID maps. A network that cannot be reached is retried in
 // the background; it never stops the other networks or bridges.
 func (br *Bridge) Start(ctx context.Context) error {
+	key, err := br.db.Key.GetOrCreate(ctx, "ident", identKeySize)
+	if err != nil {
+		return fmt.Errorf("failed to get the ident key: %w", err)
+	}
+	br.identKey = key
+	br.idents = identd.NewRegistry()
+	br.tlsRoots = make(map[string]*x509.CertPool)
+	for _, netID := range br.netIDs {
+		nc := br.networks[netID].cfg
+		if nc.TLSCAFile == "" {
+			continue
+		}
+		pem, err := os.ReadFile(nc.TLSCAFile)
+		if err != nil {
+			return fmt.Errorf("failed to read networks.%s.tls_ca_file: %w", netID, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("networks.%s.tls_ca_file holds no PEM certificate", netID)
+		}
+		br.tlsRoots[netID] = pool
+	}
+	if br.cfg.Identd.Enabled {
+		br.identServer = identd.NewServer(br.idents, br.log.With().Str("component", "identd").Logger())
+		if err := br.identServer.Listen(br.cfg.Identd.Address); err != nil {
+			return err
+		}
+		br.log.Info().Stringer("address", br.identServer.Addr()).Msg("Ident server listening")
+	}
 	for _, netID := range br.netIDs {
 		if err := br.networks[netID].start(ctx); err != nil {
 			return fmt.Errorf("failed to start network %s: %w", netID, err)
@@ -231,6 +279,11 @@ func (br *Bridge) Stop(ctx context.Context) error {
 	if br.mediaServer != nil {
 		err = br.mediaServer.Shutdown(ctx)
 	}
+	if br.identServer != nil {
+		if identErr := br.identServer.Close(ctx); identErr != nil && !errors.Is(identErr, net.ErrClosed) {
+			err = errors.Join(err, identErr)
+		}
+	}
 	if br.runCancel != nil {
 		br.runCancel()
 	}
@@ -238,18 +291,46 @@ func (br *Bridge) Stop(ctx context.Context) error {
 	return err
 }
 
-// dial opens one connection.
+// dial opens one connection. While its TCP connection is open, the ident server answers for
+// it with cfg.Username.
 func (br *Bridge) dial(ctx context.Context, cfg ircconn.Config) (*ircconn.Conn, error) {
+	base := cfg.Dialer
 	if br.dialer != nil {
-		cfg.Dialer = br.dialer
+		base = br.dialer
+	}
+	if base == nil {
+		var d net.Dialer
+		base = d.DialContext
+	}
+	username := cfg.Username
+	idents := br.idents
+	cfg.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := base(ctx, network, addr)
+		if err != nil || idents == nil {
+			return c, err
+		}
+		return &identConn{Conn: c, remove: idents.Add(c.LocalAddr(), c.RemoteAddr(), username)}, nil
 	}
 	return ircconn.Dial(ctx, cfg)
 }
 
-// tlsConfig returns the TLS settings for a network: the system's roots, the address's host name.
+// identConn is a connection the ident server answers for until it is closed.
+type identConn struct {
+	net.Conn
+	remove func()
+}
+
+// Close closes the connection and stops answering for it.
+func (c *identConn) Close() error {
+	c.remove()
+	return c.Conn.Close()
+}
+
+// tlsConfig returns the TLS settings for a network: the system's roots or its tls_ca_file's,
+// the address's host name.
 func (br *Bridge) tlsConfig(nc *NetworkConfig) *tls.Config {
 	host, _, _ := net.SplitHostPort(nc.Address)
-	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, RootCAs: br.tlsRoots[nc.ID]}
 }
 
 // secondsDuration converts seconds to a Duration, saturating.
@@ -441,7 +522,8 @@ func (br *Bridge) PurgeRoom(ctx context.Context, roomID id.RoomID) error {
 }
 
 // RedactionPurged reacts to the core deleting rows whose command was redacted: a redacted
-// !irc login reconnects the user's puppet without the credentials, a redacted !irc nick
+// !irc login or !irc cert reconnects the user's puppet without the credentials or certificate, a
+// redacted !irc nick
 // reconnects it with the template's nick, and a redacted !irc link unlinks the room.
 func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error {
 	log := zerolog.Ctx(ctx)
@@ -451,6 +533,8 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 		var affected []*puppet
 		for _, p := range n.puppets {
 			if ev := p.accountEvent.Load(); ev != nil && *ev == redacted {
+				affected = append(affected, p)
+			} else if ev := p.certEvent.Load(); ev != nil && *ev == redacted {
 				affected = append(affected, p)
 			} else if ev := p.nickEvent.Load(); ev != nil && *ev == redacted {
 				affected = append(affected, p)
@@ -490,7 +574,7 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 			}
 		}
 	}
-	log.Info().Int64("accounts", purged["irc_account"]).Int64("nicks", purged["irc_nick"]).
+	log.Info().Int64("accounts", purged["irc_account"]).Int64("certs", purged["irc_cert"]).Int64("nicks", purged["irc_nick"]).
 		Int64("portals", purged["irc_portal"]).Msg("Cleaned up after IRC settings were purged by a redaction")
 	return nil
 }

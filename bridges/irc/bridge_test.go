@@ -125,8 +125,8 @@ func TestMatrixToIRC(t *testing.T) {
 			t.Errorf("ConnCount() = %d, want 4 (bot, two puppets, watcher)", got)
 		}
 		for _, l := range env.srv.Lines(irctest.Match("alice[m]", "USER")) {
-			if l.Param(0) != "alice" || l.Param(3) != string(testAlice) {
-				t.Errorf("alice's puppet registered with %q, want ident alice and her user ID", l.Raw)
+			if l.Param(0) != identHash(env.br.identKey, testAlice) || l.Param(3) != string(testAlice) {
+				t.Errorf("alice's puppet registered with %q, want her ident hash and her user ID", l.Raw)
 			}
 		}
 		// Message text never reaches the logs.

@@ -31,6 +31,13 @@ func (br *Bridge) Commands() []*appservice.Command {
 			Handler: br.cmdLogout,
 		},
 		{
+			Name: "cert", Args: "<network> [renew|remove]", Scope: appservice.ScopeDM,
+			Help: "Make a client certificate for a network (or show yours again): register its fingerprint with " +
+				"NickServ, and your connection logs in with it (SASL EXTERNAL), without a password. " +
+				"`renew` replaces it, `remove` deletes it. I keep its key sealed under your own key.",
+			Handler: br.cmdCert,
+		},
+		{
 			Name: "nick", Args: "<network> [nick]", Scope: appservice.ScopeDM,
 			Help:    "Choose your nick on a network, or go back to the default one without a nick.",
 			Handler: br.cmdNick,
@@ -88,11 +95,15 @@ func (br *Bridge) cmdLogin(ctx context.Context, ce *appservice.CommandEvent) err
 		return appservice.UserErrorf("That is not a valid account name.")
 	}
 	password := vault.NewSecret(ce.Args[2])
-	if err = br.verifyLogin(ctx, n, ce.Sender, account, password); err != nil {
-		zerolog.Ctx(ctx).Info().Err(err).Str("network", n.cfg.ID).Msg("Account check failed")
-		return &appservice.UserError{
-			Message: fmt.Sprintf("I could not log in to %s: %s. I did not keep your credentials.", n.cfg.Name, userFacingDialError(err)),
-			Err:     err,
+	// Only SASL says whether the credentials are right before registration ends: with PASS or
+	// IDENTIFY, services answer later and in their own words, so those are not checked here.
+	if n.cfg.Auth == AuthSASL {
+		if err = br.verifyLogin(ctx, n, ce.Sender, account, password); err != nil {
+			zerolog.Ctx(ctx).Info().Err(err).Str("network", n.cfg.ID).Msg("Account check failed")
+			return &appservice.UserError{
+				Message: fmt.Sprintf("I could not log in to %s: %s. I did not keep your credentials.", n.cfg.Name, userFacingDialError(err)),
+				Err:     err,
+			}
 		}
 	}
 	sealed, err := br.host.Vault().Seal(ctx, ce.Sender, secretName(n.cfg.ID), password)
@@ -124,6 +135,16 @@ func (br *Bridge) cmdLogin(ctx context.Context, ce *appservice.CommandEvent) err
 	p.saslFailed.Store(false)
 	if p.sess.current() != nil {
 		p.sess.reconnect(ctx, "Logging in")
+	}
+	if n.cfg.Auth != AuthSASL {
+		how := "the server password"
+		if n.cfg.Auth == AuthNickServ {
+			how = "NickServ IDENTIFY"
+		}
+		return ce.Reply(ctx, fmt.Sprintf("Linked your account %s on %s: your connection logs in with %s each time it connects "+
+			"(%s cannot check the password in advance; %s shows whether you are logged in). I deleted your message with "+
+			"the password. %s unlinks the account.", format.SafeMarkdownCode(account), n.cfg.Name, how, n.cfg.Name,
+			format.SafeMarkdownCode(ce.Prefix()+"irc networks"), format.SafeMarkdownCode(ce.Prefix()+"irc logout "+n.cfg.ID)))
 	}
 	return ce.Reply(ctx, fmt.Sprintf("Logged in to %s as %s. I deleted your message with the password. "+
 		"%s unlinks the account.", n.cfg.Name, format.SafeMarkdownCode(account),
@@ -297,7 +318,124 @@ func (br *Bridge) cmdNetworks(ctx context.Context, ce *appservice.CommandEvent) 
 		if acct != nil {
 			state += "; linked account " + format.SafeMarkdownCode(acct.Account)
 		}
+		cert, err := br.db.Cert.Get(ctx, ce.Sender, netID)
+		if err != nil {
+			return fmt.Errorf("failed to get client certificate: %w", err)
+		}
+		if cert != nil {
+			state += "; client certificate " + format.SafeMarkdownCode(cert.Fingerprint)
+		}
 		fmt.Fprintf(&sb, "; you: %s\n", state)
 	}
 	return ce.Reply(ctx, sb.String())
+}
+
+func (br *Bridge) cmdCert(ctx context.Context, ce *appservice.CommandEvent) error {
+	usage := appservice.UserErrorf("Usage: %s", format.SafeMarkdownCode(ce.Prefix()+"irc cert <network> [renew|remove]"))
+	// The command takes no secret: anything but the words it knows is refused unseen.
+	if len(ce.Args) < 1 || len(ce.Args) > 2 {
+		return usage
+	}
+	action := ""
+	if len(ce.Args) == 2 {
+		action = strings.ToLower(ce.Args[1])
+		if action != "renew" && action != "remove" {
+			return usage
+		}
+	}
+	n, err := br.networkArg(ce, ce.Args[0])
+	if err != nil {
+		return err
+	}
+	if action == "remove" {
+		had, err := br.db.Cert.Delete(ctx, ce.Sender, n.cfg.ID)
+		if err != nil {
+			return fmt.Errorf("failed to delete client certificate: %w", err)
+		}
+		if !had {
+			return ce.Reply(ctx, fmt.Sprintf("You have no client certificate for %s.", n.cfg.Name))
+		}
+		if p, _ := n.puppetFor(ce.Sender, false); p != nil {
+			if ev := p.certEvent.Load(); ev != nil && *ev != "" {
+				p.sess.reconnect(ctx, "Reconnecting")
+			}
+		}
+		zerolog.Ctx(ctx).Info().Str("network", n.cfg.ID).Msg("Removed IRC client certificate")
+		return ce.Reply(ctx, fmt.Sprintf("I deleted your client certificate for %s. Remove its fingerprint from your account "+
+			"too (%s).", n.cfg.Name, format.SafeMarkdownCode("/msg NickServ CERT DEL <fingerprint>")))
+	}
+	if !n.cfg.AllowsCert() {
+		return appservice.UserErrorf("%s does not allow logging in with a client certificate here.", n.cfg.Name)
+	}
+	cert, err := br.db.Cert.Get(ctx, ce.Sender, n.cfg.ID)
+	if err != nil {
+		return fmt.Errorf("failed to get client certificate: %w", err)
+	}
+	made := false
+	if cert == nil || action == "renew" && cert.SourceEventID != ce.Event.ID {
+		if cert, err = br.makeCert(ctx, ce, n); err != nil {
+			return err
+		}
+		made = true
+	}
+	// Use it from the next connection on, also after the network refused it before. A new
+	// certificate is not registered yet, so only a known one reconnects the puppet at once.
+	p, _ := n.puppetFor(ce.Sender, !made)
+	if p != nil {
+		p.certFailed.Store(false)
+		if ev := p.certEvent.Load(); !made && p.sess.current() != nil && (ev == nil || *ev == "") {
+			p.sess.reconnect(ctx, "Logging in")
+		}
+	}
+	var sb strings.Builder
+	if made {
+		fmt.Fprintf(&sb, "I made a client certificate for your connection to %s. ", n.cfg.Name)
+	} else {
+		fmt.Fprintf(&sb, "Your connection to %s uses this client certificate. ", n.cfg.Name)
+	}
+	fmt.Fprintf(&sb, "Its fingerprint is:\n\n* SHA-256: %s\n* SHA-512: %s\n\n", format.SafeMarkdownCode(cert.Fingerprint),
+		format.SafeMarkdownCode(cert.Fingerprint512))
+	fmt.Fprintf(&sb, "Log in to your account on %s and register the fingerprint with %s "+
+		"(most networks use SHA-256; some take SHA-512). Then run %s again: from then on, your connection logs in with the "+
+		"certificate, without a password. %s deletes it.", n.cfg.Name,
+		format.SafeMarkdownCode("/msg NickServ CERT ADD "+cert.Fingerprint),
+		format.SafeMarkdownCode(ce.Prefix()+"irc cert "+n.cfg.ID), format.SafeMarkdownCode(ce.Prefix()+"irc cert "+n.cfg.ID+" remove"))
+	return ce.Reply(ctx, sb.String())
+}
+
+// makeCert makes a client certificate for the sender on n and stores it, its key sealed under
+// the sender's key.
+func (br *Bridge) makeCert(ctx context.Context, ce *appservice.CommandEvent, n *network) (*ircdb.Cert, error) {
+	certDER, keyDER, err := newClientCert(br.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err = br.host.EnsureUser(ctx, ce.Sender); err != nil {
+		return nil, err
+	}
+	key := vault.NewSecret(string(keyDER))
+	clear(keyDER)
+	sealed, err := br.host.Vault().Seal(ctx, ce.Sender, certSecretName(n.cfg.ID), key)
+	if errors.Is(err, appservice.ErrVaultDisabled) {
+		return nil, appservice.UserErrorf("This Custodian has no credential vault configured, so it cannot keep certificate keys. " +
+			"Ask its administrator to set `vault.key_file`.")
+	} else if err != nil {
+		return nil, fmt.Errorf("failed to seal certificate key: %w", err)
+	}
+	fp256, fp512 := certFingerprints(certDER)
+	cert := &ircdb.Cert{
+		UserID: ce.Sender, Network: n.cfg.ID, Fingerprint: fp256, Fingerprint512: fp512, Certificate: certDER,
+		PrivateKey: sealed, RoomID: ce.RoomID, SourceEventID: ce.Event.ID, CreatedAt: br.clock.Now(),
+	}
+	err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := br.host.EnsureUser(ctx, ce.Sender); err != nil {
+			return err
+		}
+		return br.db.Cert.Put(ctx, cert)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to store client certificate: %w", err)
+	}
+	zerolog.Ctx(ctx).Info().Str("network", n.cfg.ID).Msg("Made IRC client certificate")
+	return cert, nil
 }

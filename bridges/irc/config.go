@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 )
@@ -43,8 +45,60 @@ type Config struct {
 	// QuitDebounce is how long the leave of an IRC user whose QUIT looks like a netsplit waits
 	// for their return; 0 turns the damping off.
 	QuitDebounce time.Duration `yaml:"quit_debounce"`
+	// Identd is the built-in RFC 1413 ident server.
+	Identd IdentdConfig `yaml:"identd"`
 	// Networks are the networks to bridge, by their permanent ID.
 	Networks map[string]*NetworkConfig `yaml:"networks"`
+}
+
+// IdentdConfig is the built-in ident server, which tells IRC servers the ident user name of
+// each of the bridge's connections (see ident_template).
+type IdentdConfig struct {
+	// Enabled turns the ident server on.
+	Enabled bool `yaml:"enabled"`
+	// Address is where it listens, host:port. Port 113, the one IRC servers ask, is
+	// privileged: see the README for running it on a high port behind a redirect.
+	Address string `yaml:"address"`
+}
+
+// password reads the bot account's password from its file or environment variable. Errors
+// name the file or variable, never the password.
+func (ba *BotAccountConfig) password() (vault.Secret, error) {
+	var raw string
+	if ba.PasswordFile != "" {
+		b, err := os.ReadFile(ba.PasswordFile)
+		if err != nil {
+			return vault.Secret{}, fmt.Errorf("failed to read bot_account.password_file: %w", err)
+		}
+		raw = string(b)
+	} else {
+		var ok bool
+		if raw, ok = os.LookupEnv(ba.PasswordEnv); !ok {
+			return vault.Secret{}, fmt.Errorf("bot_account.password_env: %s is not set", ba.PasswordEnv)
+		}
+	}
+	raw = strings.TrimSpace(raw)
+	if raw == "" || strings.ContainsAny(raw, "\r\n\x00") {
+		return vault.Secret{}, errors.New("bot_account: the password is empty or holds line breaks or NUL")
+	}
+	return vault.NewSecret(raw), nil
+}
+
+// Ways a network's users log in to their services accounts (NetworkConfig.Auth).
+const (
+	AuthSASL     = "sasl"
+	AuthPass     = "pass"
+	AuthNickServ = "nickserv"
+)
+
+// BotAccountConfig is the services account the bridge's own connection logs in to.
+type BotAccountConfig struct {
+	// Account is the account name.
+	Account string `yaml:"account"`
+	// PasswordFile is a file holding the password (surrounding white space is ignored).
+	PasswordFile string `yaml:"password_file"`
+	// PasswordEnv is an environment variable holding the password, if PasswordFile is empty.
+	PasswordEnv string `yaml:"password_env"`
 }
 
 // MediaProxyConfig is the listener that serves relayed media to IRC users.
@@ -96,9 +150,26 @@ type NetworkConfig struct {
 	Address string `yaml:"address"`
 	// TLS says whether to connect with TLS, verifying the server's certificate.
 	TLS bool `yaml:"tls"`
-	// SASLMechanisms are the mechanisms users may link accounts with; only PLAIN is
-	// supported, and an empty list turns !irc login off for the network.
+	// TLSCAFile, if set, is a PEM file of the certificate authorities trusted for the
+	// server's certificate instead of the system's (private networks, test networks).
+	TLSCAFile string `yaml:"tls_ca_file"`
+	// Auth is how users' linked accounts (!irc login) and the bridge's account log in:
+	// AuthSASL (SASL PLAIN), AuthPass (server password "account:password") or AuthNickServ
+	// (IDENTIFY to NickServ after connecting).
+	Auth string `yaml:"auth"`
+	// SASLMechanisms are the SASL mechanisms the network offers users: PLAIN (with auth: sasl,
+	// !irc login) and EXTERNAL (!irc cert, needs tls). PLAIN missing with auth: sasl turns
+	// !irc login off for the network.
 	SASLMechanisms []string `yaml:"sasl_mechanisms"`
+	// BotAccount, if not nil, is the account the bridge's own connection logs in to, the
+	// same way as users' accounts (auth).
+	BotAccount *BotAccountConfig `yaml:"bot_account"`
+	// IdentTemplate makes a puppet's ident user name from {hash} (a short keyed hash of the
+	// Matrix ID) and {localpart}.
+	IdentTemplate string `yaml:"ident_template"`
+	// RealnameTemplate makes a puppet's real name (gecos) from {mxid}, {localpart},
+	// {displayname} and {server}.
+	RealnameTemplate string `yaml:"realname_template"`
 	// NickTemplate makes a puppet's nick from {localpart} and {displayname}.
 	NickTemplate string `yaml:"nick_template"`
 	// BotNick is the nick of the bridge's own connection.
@@ -126,9 +197,20 @@ const (
 // ConsentRequired reports whether !irc link asks a channel operator first.
 func (nc *NetworkConfig) ConsentRequired() bool { return nc.LinkConsent != LinkConsentOff }
 
-// AllowsLogin reports whether users may link accounts on the network (SASL PLAIN offered).
+// AllowsLogin reports whether users may link accounts on the network: with SASL PLAIN
+// offered, or through PASS or NickServ.
 func (nc *NetworkConfig) AllowsLogin() bool {
-	return slices.ContainsFunc(nc.SASLMechanisms, func(m string) bool { return strings.EqualFold(m, "PLAIN") })
+	return nc.Auth != AuthSASL || nc.offers("PLAIN")
+}
+
+// AllowsCert reports whether users may log in with a client certificate (!irc cert): SASL
+// EXTERNAL offered over TLS.
+func (nc *NetworkConfig) AllowsCert() bool {
+	return nc.TLS && nc.offers("EXTERNAL")
+}
+
+func (nc *NetworkConfig) offers(mech string) bool {
+	return slices.ContainsFunc(nc.SASLMechanisms, func(m string) bool { return strings.EqualFold(m, mech) })
 }
 
 // defaultConfig returns the example configuration's top-level values, without its networks.
@@ -255,6 +337,13 @@ func (cfg *Config) validate() error {
 	if cfg.QuitDebounce < 0 || cfg.QuitDebounce > maxQuitDebounce {
 		problem("quit_debounce", "must be between 0 and %s", maxQuitDebounce)
 	}
+	if cfg.Identd.Enabled {
+		if _, port, err := net.SplitHostPort(cfg.Identd.Address); err != nil {
+			problem("identd.address", "must be host:port, such as 127.0.0.1:113")
+		} else if _, err = strconv.ParseUint(port, 10, 16); err != nil {
+			problem("identd.address", "the port must be a number from 0 to 65535")
+		}
+	}
 	if len(cfg.Networks) == 0 {
 		problem("networks", "at least one network is required")
 	}
@@ -283,9 +372,31 @@ func (cfg *Config) validate() error {
 			problem(path+".address", "the port must be a number from 1 to 65535")
 		}
 		for _, m := range nc.SASLMechanisms {
-			if !strings.EqualFold(m, "PLAIN") {
-				problem(path+".sasl_mechanisms", "%q is not supported; only PLAIN is", m)
+			if !strings.EqualFold(m, "PLAIN") && !strings.EqualFold(m, "EXTERNAL") {
+				problem(path+".sasl_mechanisms", "%q is not supported; only PLAIN and EXTERNAL are", m)
 			}
+		}
+		if nc.offers("EXTERNAL") && !nc.TLS {
+			problem(path+".sasl_mechanisms", "EXTERNAL needs tls: true (the certificate is sent in the TLS handshake)")
+		}
+		switch nc.Auth {
+		case AuthSASL, AuthPass, AuthNickServ:
+		default:
+			problem(path+".auth", "must be sasl, pass or nickserv")
+		}
+		if ba := nc.BotAccount; ba != nil {
+			if ba.Account == "" || strings.ContainsAny(ba.Account, " :\r\n\x00") {
+				problem(path+".bot_account.account", "must be a services account name")
+			}
+			if (ba.PasswordFile == "") == (ba.PasswordEnv == "") {
+				problem(path+".bot_account", "set exactly one of password_file and password_env")
+			}
+		}
+		if !strings.Contains(nc.IdentTemplate, "{hash}") && !strings.Contains(nc.IdentTemplate, "{localpart}") {
+			problem(path+".ident_template", "must contain {hash} or {localpart}")
+		}
+		if strings.TrimSpace(nc.RealnameTemplate) == "" {
+			problem(path+".realname_template", "must not be empty")
 		}
 		if !strings.Contains(nc.NickTemplate, "{localpart}") && !strings.Contains(nc.NickTemplate, "{displayname}") {
 			problem(path+".nick_template", "must contain {localpart} or {displayname}")

@@ -79,9 +79,20 @@ func TestConfigProblems(t *testing.T) {
 			},
 		},
 		{
+			"bad authentication and identity values",
+			"identd: {enabled: true, address: nohost}\n" +
+				"networks:\n  a:\n    address: x:1\n    tls: false\n    sasl_mechanisms: [EXTERNAL, SCRAM-SHA-256]\n    auth: kerberos\n" +
+				"    bot_account: {account: 'a b', password_file: /x, password_env: X}\n    ident_template: fixed\n    realname_template: ' '\n",
+			[]string{
+				"identd.address", "networks.a.sasl_mechanisms: \"SCRAM-SHA-256\" is not supported",
+				"networks.a.sasl_mechanisms: EXTERNAL needs tls", "networks.a.auth", "networks.a.bot_account.account",
+				"networks.a.bot_account: set exactly one", "networks.a.ident_template", "networks.a.realname_template",
+			},
+		},
+		{
 			"bad values",
 			"idle_timeout: 1s\nreconnect: {initial: 0s, max: 0s}\nconnect_rate: {per_second: 0, burst: 0}\n" +
-				"networks:\n  Bad_Net:\n    address: nohost\n    sasl_mechanisms: [EXTERNAL]\n    nick_template: fixed\n" +
+				"networks:\n  Bad_Net:\n    address: nohost\n    sasl_mechanisms: [OTHER]\n    nick_template: fixed\n" +
 				"    bot_nick: '#bad'\n    max_puppets: -1\n    line_rate: {per_second: 0, burst: 0}\n",
 			[]string{
 				"idle_timeout: must be at least", "reconnect.initial", "connect_rate.per_second", "connect_rate.burst",
@@ -128,23 +139,6 @@ func TestTemplateNick(t *testing.T) {
 	for _, tt := range tests {
 		if got := templateNick(tt.template, tt.user, tt.displayName); got != tt.want {
 			t.Errorf("templateNick(%q, %q, %q) = %q, want %q", tt.template, tt.user, tt.displayName, got, tt.want)
-		}
-	}
-}
-
-func TestIdentFor(t *testing.T) {
-	tests := []struct {
-		user id.UserID
-		want string
-	}{
-		{"@alice:example.org", "alice"},
-		{"@a.b-c_d:example.org", "abcd"},
-		{"@...:example.org", "matrix"},
-		{"@averyverylongname:example.org", "averyveryl"},
-	}
-	for _, tt := range tests {
-		if got := identFor(tt.user); got != tt.want {
-			t.Errorf("identFor(%q) = %q, want %q", tt.user, got, tt.want)
 		}
 	}
 }

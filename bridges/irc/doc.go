@@ -1,9 +1,12 @@
 // Package irc is Custodian's IRC bridge: portal rooms for IRC channels (joined through their
 // alias #irc_<network>_<channel>, or linked with !irc link), ghosts @irc_<network>_<nick> for IRC
 // users, and a puppet connection per Matrix user who talks, which can log in to a services
-// account over SASL with credentials sealed in the core's vault (!irc login). Links ask a
-// channel operator on IRC first, channel keys are sealed like passwords, and what IRC operators
-// do to puppets (kick, kill, ban) shows in Matrix. Forget-me and
+// account with credentials sealed in the core's vault (!irc login: SASL PLAIN, the server
+// password or NickServ IDENTIFY) or with a client certificate whose key is sealed the same way
+// (!irc cert: SASL EXTERNAL over TLS), and which tells the network a per-user ident (answered
+// by the built-in ident server) and a templated real name. Links ask a channel operator on IRC
+// first, channel keys are sealed like passwords, and what IRC operators do to puppets (kick,
+// kill, ban) shows in Matrix. Forget-me and
 // deactivation make a user's puppets QUIT before their data is erased; redacting a command
 // undoes what it configured; no message text is stored or logged. README.md in this directory
 // is the user's and admin's guide; docs/ARCHITECTURE.md ("The IRC bridge") the design.
@@ -14,8 +17,9 @@
 // from IRC; keys.go, channel keys; kick.go, kicks, kills and bans) stands on packages that need
 // no fakes to test:
 //
-//   - ircconn: one IRC client connection: CAP, SASL PLAIN, nick fallbacks, flood control,
-//     keepalive, two goroutines;
+//   - ircconn: one IRC client connection: CAP, SASL PLAIN or EXTERNAL, PASS, NickServ
+//     IDENTIFY, nick fallbacks, flood control, keepalive, two goroutines;
+//   - identd: a bounded RFC 1413 ident server answering for the bridge's connections;
 //   - ircdb: the tables irc_* and their queries;
 //   - ircid: ghost localparts irc_<network>_<nick> and portal aliases #irc_<network>_<channel>,
 //     folded by the network's CASEMAPPING and escaped reversibly;

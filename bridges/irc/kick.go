@@ -30,7 +30,6 @@ import (
 //     Which Matrix bans came from which mask is kept in memory only: after a restart, lifting
 //     the IRC ban leaves the Matrix ban, which a room moderator lifts.
 
-
 // kickedUntil returns until when the puppet must stay out of channel (folded), or the zero
 // time.
 func (p *puppet) kickedUntil(folded string) time.Time {

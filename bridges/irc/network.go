@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
@@ -124,9 +125,18 @@ func (n *network) start(ctx context.Context) error {
 		n.bot.channels[p.Channel] = p.ChannelName
 	}
 	n.mu.Unlock()
+	var botPassword vault.Secret
+	if ba := n.cfg.BotAccount; ba != nil {
+		if botPassword, err = ba.password(); err != nil {
+			return err
+		}
+	}
 	n.bot.dialConfig = func(ctx context.Context) (ircconn.Config, error) {
 		cfg := n.baseConfig(n.cfg.BotNick)
 		cfg.Handler = n.bot.handler(nil)
+		if ba := n.cfg.BotAccount; ba != nil {
+			n.cfg.applyLogin(&cfg, ba.Account, botPassword)
+		}
 		return cfg, nil
 	}
 	n.bot.onConnect = func(ctx context.Context, c *ircconn.Conn) {

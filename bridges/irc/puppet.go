@@ -2,6 +2,7 @@ package irc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"regexp"
@@ -31,6 +32,11 @@ type puppet struct {
 	// saslFailed is set when the network refused the stored credentials, so the user is told
 	// once and the puppet connects without them.
 	saslFailed atomic.Bool
+	// certEvent is the !irc cert command whose certificate the current connection attempt
+	// uses, or nil; certFailed is set when the network refused it, so the user is told once
+	// and the puppet connects without it (with the password, if any).
+	certEvent  atomic.Pointer[id.EventID]
+	certFailed atomic.Bool
 
 	// echoes are the lines sent and not yet echoed by the server, oldest first (see
 	// wantsEchoes). Their text stays in memory only until the echo arrives.
@@ -163,10 +169,15 @@ func (n *network) dropPuppetIf(ctx context.Context, userID id.UserID, reason str
 	return true
 }
 
-// dialConfig builds the puppet's next connection: the user's chosen nick or the template's, and
-// their linked account's SASL credentials if they have one and the network did not refuse them.
+// dialConfig builds the puppet's next connection: the user's chosen nick or the template's, the
+// network's ident and real-name templates, and their login: the client certificate of !irc
+// cert with SASL EXTERNAL if they have one the network did not refuse, else their linked
+// account's credentials (!irc login) the way the network's auth says, if the network did not
+// refuse them. A certificate wins over a password: the user made it for this network on
+// purpose, and it puts no password on the wire.
 func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 	br := p.net.br
+	nc := p.net.cfg
 	nick, nickEvent, err := br.puppetNick(ctx, p.net, p.user)
 	if err != nil {
 		return ircconn.Config{}, err
@@ -174,48 +185,103 @@ func (p *puppet) dialConfig(ctx context.Context) (ircconn.Config, error) {
 	cfg := p.net.baseConfig(nick)
 	// Echoes carry the IDs of our own messages, which REDACT needs; see wantsEchoes.
 	cfg.Caps = append(ircconn.DefaultCaps(), "echo-message")
-	cfg.Username = identFor(p.user)
-	cfg.RealName = string(p.user)
+	cfg.Username = identName(nc.IdentTemplate, br.identKey, p.user)
+	var displayName string
+	if strings.Contains(nc.RealnameTemplate, "{displayname}") {
+		displayName = br.displayName(ctx, p.user)
+	}
+	cfg.RealName = realName(nc.RealnameTemplate, p.user, displayName)
 	cfg.Handler = p.sess.handler(p)
 	p.nickEvent.Store(&nickEvent)
-	var accountEvent id.EventID
-	if !p.saslFailed.Load() && p.net.cfg.AllowsLogin() {
-		acct, err := br.db.Account.Get(ctx, p.user, p.net.cfg.ID)
+	var accountEvent, certEvent id.EventID
+	defer func() {
+		p.accountEvent.Store(&accountEvent)
+		p.certEvent.Store(&certEvent)
+	}()
+	if !p.certFailed.Load() && nc.AllowsCert() {
+		cert, err := br.db.Cert.Get(ctx, p.user, nc.ID)
+		if err != nil {
+			return ircconn.Config{}, fmt.Errorf("failed to get client certificate: %w", err)
+		}
+		if cert != nil {
+			tlsCert, err := br.tlsCertificate(ctx, cert)
+			if err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open client certificate's key")
+				p.certFailed.Store(true)
+				br.notifyUser(ctx, p.user, cert.SourceEventID, "cert-open-failed:"+nc.ID, fmt.Sprintf("I could not unlock the key of "+
+					"your client certificate for %s, so your connection does not use it. Make a new one with `!irc cert %s`.",
+					nc.Name, nc.ID))
+			} else {
+				cfg.TLS = cfg.TLS.Clone()
+				cfg.TLS.Certificates = []tls.Certificate{*tlsCert}
+				cfg.SASL = &ircconn.SASL{Mechanism: ircconn.MechanismExternal}
+				certEvent = cert.SourceEventID
+				return cfg, nil
+			}
+		}
+	}
+	if !p.saslFailed.Load() && nc.AllowsLogin() {
+		acct, err := br.db.Account.Get(ctx, p.user, nc.ID)
 		if err != nil {
 			return ircconn.Config{}, fmt.Errorf("failed to get linked account: %w", err)
 		}
 		if acct != nil {
-			password, err := br.host.Vault().Open(ctx, p.user, secretName(p.net.cfg.ID), acct.Password)
+			password, err := br.host.Vault().Open(ctx, p.user, secretName(nc.ID), acct.Password)
 			if err != nil {
 				// A missing master key or a tampered value: connect without the account, and
 				// tell the user to link again.
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to open linked account's password")
 				p.saslFailed.Store(true)
-				br.notifyUser(ctx, p.user, acct.SourceEventID, "vault-open-failed:"+p.net.cfg.ID, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
+				br.notifyUser(ctx, p.user, acct.SourceEventID, "vault-open-failed:"+nc.ID, fmt.Sprintf("I could not unlock the password of your %s account, so your "+
 					"connection to %s is not logged in. Link it again with `!irc login %s <account> <password>`.",
-					p.net.cfg.Name, p.net.cfg.Name, p.net.cfg.ID))
+					nc.Name, nc.Name, nc.ID))
 			} else {
-				cfg.SASL = &ircconn.SASL{Account: acct.Account, Password: password}
+				nc.applyLogin(&cfg, acct.Account, password)
 				accountEvent = acct.SourceEventID
 			}
 		}
 	}
-	p.accountEvent.Store(&accountEvent)
 	return cfg, nil
 }
 
-// onDialError tells the user once when the network refused their stored credentials, and makes
-// the next attempt connect without them; the credentials stay until the user logs out or links
-// again.
+// applyLogin makes cfg log in to account the way the network's auth says: SASL PLAIN, the
+// server password "account:password" (the form Atheme- and Anope-backed networks such as
+// Libera.Chat and OFTC take), or IDENTIFY to NickServ after registration.
+func (nc *NetworkConfig) applyLogin(cfg *ircconn.Config, account string, password vault.Secret) {
+	switch nc.Auth {
+	case AuthPass:
+		cfg.Password = vault.NewSecret(account + ":" + password.Reveal())
+	case AuthNickServ:
+		cfg.Identify = &ircconn.Identify{Service: "NickServ", Account: account, Password: password}
+	default:
+		cfg.SASL = &ircconn.SASL{Account: account, Password: password}
+	}
+}
+
+// onDialError tells the user once when the network refused their client certificate or their
+// stored credentials, and makes the next attempt connect without them; they stay until the
+// user removes or replaces them.
 func (p *puppet) onDialError(ctx context.Context, err error) bool {
+	if !errors.Is(err, ircconn.ErrSASLFailed) && !errors.Is(err, ircconn.ErrSASLUnavailable) {
+		return false
+	}
+	nc := p.net.cfg
+	if ev := p.certEvent.Load(); ev != nil && *ev != "" {
+		if !p.certFailed.Swap(true) {
+			p.net.br.notifyUser(ctx, p.user, *ev, "cert-refused:"+nc.ID, fmt.Sprintf("%s refused your client certificate, so I connect "+
+				"you without it. Register its fingerprint with your account first (`!irc cert %s` shows it again), then "+
+				"make me use it again with `!irc cert %s`.", nc.Name, nc.ID, nc.ID))
+		}
+		return false
+	}
 	if errors.Is(err, ircconn.ErrSASLFailed) && !p.saslFailed.Swap(true) {
 		var cause id.EventID
 		if ev := p.accountEvent.Load(); ev != nil {
 			cause = *ev
 		}
-		p.net.br.notifyUser(ctx, p.user, cause, "sasl-refused:"+p.net.cfg.ID, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
+		p.net.br.notifyUser(ctx, p.user, cause, "sasl-refused:"+nc.ID, fmt.Sprintf("%s refused your linked account's credentials, so I connected you "+
 			"without logging in. Link your account again with `!irc login %s <account> <password>`.",
-			p.net.cfg.Name, p.net.cfg.ID))
+			nc.Name, nc.ID))
 	}
 	return false
 }
@@ -338,25 +404,6 @@ func nickSafe(s string) string {
 	}, s)
 }
 
-// identFor returns the ident (username) of userID's puppet: their localpart, cut to what
-// servers accept.
-func identFor(userID id.UserID) string {
-	localpart, _, _ := userID.Parse()
-	ident := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return -1
-	}, localpart)
-	if ident == "" {
-		ident = "matrix"
-	}
-	if len(ident) > 10 {
-		ident = ident[:10]
-	}
-	return ident
-}
-
 // displayName returns userID's display name, or "" if it is not known.
 func (br *Bridge) displayName(ctx context.Context, userID id.UserID) string {
 	store := br.host.Bot().StateStore
@@ -384,7 +431,7 @@ func (br *Bridge) verifyLogin(ctx context.Context, n *network, userID id.UserID,
 	}
 	// Another nick than the puppet's, so as not to collide with a running puppet.
 	cfg := n.baseConfig(verifyNick(nick))
-	cfg.Username = identFor(userID)
+	cfg.Username = identName(n.cfg.IdentTemplate, br.identKey, userID)
 	cfg.SASL = &ircconn.SASL{Account: account, Password: password}
 	c, err := br.dial(ctx, cfg)
 	if err != nil {

@@ -60,12 +60,42 @@ func DefaultCaps() []string {
 	}
 }
 
-// SASL holds credentials for SASL PLAIN, with an empty authorization identity.
+// SASL mechanisms [SASL.Mechanism] may name.
+const (
+	MechanismPlain    = "PLAIN"
+	MechanismExternal = "EXTERNAL"
+)
+
+// SASL holds credentials for SASL, with an empty authorization identity: PLAIN (account and
+// password) or EXTERNAL (the TLS client certificate of [Config.TLS], whose fingerprint the
+// network's services know).
 type SASL struct {
-	// Account is the services account name.
+	// Mechanism is [MechanismPlain] (also when empty) or [MechanismExternal].
+	Mechanism string
+	// Account is the services account name (PLAIN only).
 	Account string
 	// Password is sent only base64-encoded in AUTHENTICATE and only after the server
-	// acknowledged the sasl capability; it is never logged or put in an error.
+	// acknowledged the sasl capability; it is never logged or put in an error (PLAIN only).
+	Password vault.Secret
+}
+
+// mechanism returns the SASL mechanism, upper case.
+func (s *SASL) mechanism() string {
+	if s.Mechanism == "" {
+		return MechanismPlain
+	}
+	return strings.ToUpper(s.Mechanism)
+}
+
+// Identify holds credentials sent to a services bot after registration, for networks without
+// SASL: "PRIVMSG <Service> :IDENTIFY <Account> <Password>".
+type Identify struct {
+	// Service is the nick of the services bot, such as NickServ.
+	Service string
+	// Account is the services account name; empty sends "IDENTIFY <Password>", which
+	// identifies to the account of the current nick.
+	Account string
+	// Password is never logged or put in an error.
 	Password vault.Secret
 }
 
@@ -87,9 +117,14 @@ type Config struct {
 	// RealName is the real name (gecos) in USER; empty means Nick. CR, LF and NUL are
 	// replaced.
 	RealName string
-	// SASL, if not nil, makes registration authenticate with SASL PLAIN, and fail with
-	// [ErrSASLUnavailable] or a [*SASLError] rather than register without it.
+	// SASL, if not nil, makes registration authenticate with SASL PLAIN or EXTERNAL, and fail
+	// with [ErrSASLUnavailable] or a [*SASLError] rather than register without it. EXTERNAL
+	// needs TLS with a client certificate in [Config.TLS] (without one the server refuses it).
 	SASL *SASL
+	// Identify, if not nil, is sent to its services bot once registration is complete, before
+	// Dial returns (so before any JOIN the caller sends). Dial does not wait for the answer:
+	// services differ in how they reply.
+	Identify *Identify
 	// Caps are the capabilities requested if the server offers them; nil means
 	// [DefaultCaps], an empty non-nil slice requests none. "sasl" is ignored here.
 	Caps []string
@@ -247,8 +282,13 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("%w: nick is not a valid IRC nick", ErrInvalidConfig)
 	case cfg.Username != "" && !validUser(cfg.Username):
 		return fmt.Errorf("%w: username is not a valid IRC user name", ErrInvalidConfig)
-	case cfg.SASL != nil && cfg.SASL.Account == "":
+	case cfg.SASL != nil && cfg.SASL.mechanism() != MechanismPlain && cfg.SASL.mechanism() != MechanismExternal:
+		return fmt.Errorf("%w: unsupported SASL mechanism", ErrInvalidConfig)
+	case cfg.SASL != nil && cfg.SASL.mechanism() == MechanismPlain && cfg.SASL.Account == "":
 		return fmt.Errorf("%w: SASL account is empty", ErrInvalidConfig)
+	case cfg.Identify != nil && (!ircid.ValidNick(cfg.Identify.Service) || strings.ContainsAny(cfg.Identify.Account, " \r\n\x00") ||
+		strings.ContainsAny(cfg.Identify.Password.Reveal(), "\r\n\x00")):
+		return fmt.Errorf("%w: IDENTIFY service, account or password is not valid", ErrInvalidConfig)
 	case cfg.SASL != nil && strings.ContainsRune(cfg.SASL.Account, 0):
 		return fmt.Errorf("%w: SASL account contains NUL", ErrInvalidConfig)
 	case cfg.SASL != nil && strings.ContainsRune(cfg.SASL.Password.Reveal(), 0):

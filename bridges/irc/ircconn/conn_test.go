@@ -364,6 +364,64 @@ func TestDialRegistration(t *testing.T) {
 			}
 		},
 	}, {
+		name:   "SASL EXTERNAL",
+		config: func(cfg *Config) { cfg.SASL = &SASL{Mechanism: "EXTERNAL"} },
+		script: func(t *testing.T) func(p *peer) error {
+			return func(p *peer) error {
+				return steps(
+					func() error { return p.handshake("alice") },
+					func() error { return p.send(":srv CAP * LS :sasl=PLAIN,EXTERNAL") },
+					func() error { _, err := p.expect("CAP", "REQ", "sasl"); return err },
+					func() error { return p.send(":srv CAP * ACK :sasl") },
+					func() error { _, err := p.expect("AUTHENTICATE", "EXTERNAL"); return err },
+					func() error { return p.send("AUTHENTICATE +") },
+					// An empty authorization identity: the server takes the account from the
+					// certificate's fingerprint.
+					func() error { _, err := p.expect("AUTHENTICATE", "+"); return err },
+					func() error {
+						return p.send(":srv 900 alice alice!a@h certacct :You are now logged in as certacct",
+							":srv 903 alice :SASL authentication successful")
+					},
+					func() error { _, err := p.expect("CAP", "END"); return err },
+					func() error { return p.welcome("alice") },
+				)
+			}
+		},
+		check: func(t *testing.T, c *Conn, err error) {
+			if got := c.Account(); got != "certacct" {
+				t.Errorf("Account() = %q, want certacct", got)
+			}
+		},
+	}, {
+		name:   "SASL EXTERNAL not offered",
+		config: func(cfg *Config) { cfg.SASL = &SASL{Mechanism: "EXTERNAL"} },
+		script: func(t *testing.T) func(p *peer) error {
+			return func(p *peer) error {
+				return steps(
+					func() error { return p.handshake("alice") },
+					func() error { return p.send(":srv CAP * LS :sasl=PLAIN") },
+					p.expectEOF,
+				)
+			}
+		},
+		wantErr: ErrSASLUnavailable,
+	}, {
+		name: "NickServ IDENTIFY after registration",
+		config: func(cfg *Config) {
+			cfg.Identify = &Identify{Service: "NickServ", Account: "acct", Password: vault.NewSecret(testPassword)}
+		},
+		script: func(t *testing.T) func(p *peer) error {
+			return func(p *peer) error {
+				return steps(
+					func() error { return p.register("alice") },
+					func() error {
+						_, err := p.expect("PRIVMSG", "NickServ", "IDENTIFY acct "+testPassword)
+						return err
+					},
+				)
+			}
+		},
+	}, {
 		name: "ERROR during registration",
 		script: func(*testing.T) func(p *peer) error {
 			return func(p *peer) error {

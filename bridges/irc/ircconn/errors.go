@@ -21,10 +21,10 @@ var (
 	// caller should tell the user and wait for new credentials.
 	ErrSASLFailed = errors.New("irc: SASL authentication failed")
 	// ErrSASLUnavailable is returned by [Dial] when [Config.SASL] is set but the server does
-	// not offer the sasl capability, does not offer the PLAIN mechanism, or refuses the
+	// not offer the sasl capability, does not offer the mechanism asked for, or refuses the
 	// capability. The connection was not registered: credentials are never sent in the
 	// clear to a server that cannot take them.
-	ErrSASLUnavailable = errors.New("irc: SASL PLAIN not available")
+	ErrSASLUnavailable = errors.New("irc: SASL mechanism not available")
 	// ErrNickUnavailable is returned by [Dial] when the server rejected all
 	// [Config.MaxNickAttempts] nicks tried during registration (433, 436, 432, 437).
 	ErrNickUnavailable = errors.New("irc: no nick available")

@@ -197,7 +197,9 @@ func (r *registration) run(ctx context.Context) ([]*ircmsg.Message, error) {
 	switch {
 	case cause == errMOTDWait && r.welcomed && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)):
 		// Give up waiting for the end of the MOTD, keep the connection.
-		err = conn.SetReadDeadline(time.Time{})
+		if err = conn.SetReadDeadline(time.Time{}); err == nil {
+			err = r.identify()
+		}
 	case cause != nil:
 		// Whatever the read or write said, it failed because we interrupted it.
 		err = cause
@@ -303,7 +305,7 @@ func (r *registration) handle(msg *ircmsg.Message) (bool, error) {
 			return false, nil // MOTD text: nobody needs it
 		case "376", "422":
 			r.keep(msg)
-			return true, nil
+			return true, r.identify()
 		}
 		if req := c.track(msg); req != nil {
 			if _, err := c.conn.Write(req); err != nil {
@@ -326,6 +328,11 @@ func (r *registration) handle(msg *ircmsg.Message) (bool, error) {
 		}
 		r.saslResp = true
 		sasl := r.cfg.SASL
+		if sasl.mechanism() == MechanismExternal {
+			// An empty authorization identity: the services take the account from the
+			// certificate.
+			return false, r.send("AUTHENTICATE", "+")
+		}
 		raw := []byte("\x00" + sasl.Account + "\x00" + sasl.Password.Reveal())
 		for _, chunk := range ircutils.EncodeSASLResponse(raw) {
 			if err := r.send("AUTHENTICATE", chunk); err != nil {
@@ -436,8 +443,8 @@ func (r *registration) requestCaps() error {
 		if !ok {
 			return fmt.Errorf("%w: server does not offer sasl", ErrSASLUnavailable)
 		}
-		if mechs != "" && !hasString(strings.Split(mechs, ","), "PLAIN") {
-			return fmt.Errorf("%w: server does not offer PLAIN", ErrSASLUnavailable)
+		if mech := r.cfg.SASL.mechanism(); mechs != "" && !hasString(strings.Split(strings.ToUpper(mechs), ","), mech) {
+			return fmt.Errorf("%w: server does not offer %s", ErrSASLUnavailable, mech)
 		}
 		want = append(want, "sasl")
 	}
@@ -481,7 +488,24 @@ func (r *registration) afterCaps() error {
 		return fmt.Errorf("%w: server refused the sasl capability", ErrSASLUnavailable)
 	}
 	r.saslSent = true
-	return r.send("AUTHENTICATE", "PLAIN")
+	return r.send("AUTHENTICATE", r.cfg.SASL.mechanism())
+}
+
+// identify sends Config.Identify's IDENTIFY, if any. The error never quotes the password.
+func (r *registration) identify() error {
+	id := r.cfg.Identify
+	if id == nil || id.Password.IsZero() {
+		return nil
+	}
+	text := "IDENTIFY " + id.Password.Reveal()
+	if id.Account != "" {
+		text = "IDENTIFY " + id.Account + " " + id.Password.Reveal()
+	}
+	if err := r.send("PRIVMSG", id.Service, text); err != nil {
+		return errors.New("irc: failed to send IDENTIFY")
+	}
+	r.c.log.Debug().Str("service", id.Service).Msg("Identified to services")
+	return nil
 }
 
 func (r *registration) endCap() error {

@@ -1,7 +1,8 @@
 // Package ircdb holds the IRC bridge's queries and schema (tables irc_*, version table
-// irc_version): portals, linked accounts, chosen nicks, private-message rooms, the sealed keys
-// of keyed channels, the map from Matrix events to IRC message IDs, the media links given to IRC
-// users, and the messages queued for IRC. No table holds a message's text.
+// irc_version): portals, linked accounts, users' client certificates, chosen nicks,
+// private-message rooms, the sealed keys of keyed channels, the map from Matrix events to IRC
+// message IDs, the media links given to IRC users, the messages queued for IRC, and the bridge's
+// own keys. No table holds a message's text.
 package ircdb
 
 import (
@@ -25,6 +26,8 @@ type Database struct {
 	Outbox  *OutboxQuery
 	// ChannelKey holds the sealed keys (+k) of portal channels.
 	ChannelKey *ChannelKeyQuery
+	Cert       *CertQuery
+	Key        *KeyQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -42,6 +45,8 @@ func New(db *dbutil.Database) *Database {
 		ChannelKey: &ChannelKeyQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*ChannelKey]) *ChannelKey {
 			return &ChannelKey{}
 		})},
+		Cert: &CertQuery{dbutil.MakeQueryHelper(db, func(*dbutil.QueryHelper[*Cert]) *Cert { return &Cert{} })},
+		Key:  &KeyQuery{db: db},
 	}
 }
 

@@ -1,7 +1,10 @@
 package irctest
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -43,6 +46,9 @@ type conn struct {
 	caps       []string // enabled
 	account    string
 	sasl       *ircutils.SASLBuffer // non-nil while a PLAIN exchange is under way
+	saslExt    bool                 // an EXTERNAL exchange is under way
+	pass       string               // PASS before registration
+	ident      string               // the ident server's answer, if any
 	channels   map[*channel]struct{}
 	gone       bool   // removed from the server's state
 	silent     bool   // dropped by Restart/Down/close: relay nothing
@@ -68,7 +74,54 @@ func newConn(s *Server, id uint64, nc net.Conn) *conn {
 
 // prefix returns the connection's nick!user@host; s.mu must be held.
 func (c *conn) prefix() string {
-	return c.nick + "!~" + c.user + "@" + c.host
+	return c.nick + "!" + c.userPart() + "@" + c.host
+}
+
+// userPart returns the user of the connection's user@host: the ident answer, or "~" and the
+// USER name; s.mu must be held.
+func (c *conn) userPart() string {
+	if c.ident != "" {
+		return c.ident
+	}
+	return "~" + c.user
+}
+
+// queryIdent asks the ident server of WithIdentd who owns the connection and keeps the answer.
+// It runs on the reader before the first line is handled, without s.mu.
+func (c *conn) queryIdent() {
+	if c.srv.opt.identd == nil {
+		return
+	}
+	addr := c.srv.opt.identd()
+	local, ok1 := c.nc.LocalAddr().(*net.TCPAddr)
+	remote, ok2 := c.nc.RemoteAddr().(*net.TCPAddr)
+	if addr == "" || !ok1 || !ok2 {
+		return
+	}
+	ic, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer ic.Close()
+	_ = ic.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err = fmt.Fprintf(ic, "%d , %d\r\n", remote.Port, local.Port); err != nil {
+		return
+	}
+	line, err := bufio.NewReader(io.LimitReader(ic, 1024)).ReadString('\n')
+	if err != nil {
+		return
+	}
+	parts := strings.SplitN(strings.TrimRight(line, "\r\n"), ":", 4)
+	if len(parts) != 4 || strings.TrimSpace(parts[1]) != "USERID" {
+		return
+	}
+	ident := strings.TrimSpace(parts[3])
+	if len(ident) > 10 {
+		ident = ident[:10]
+	}
+	c.srv.mu.Lock()
+	c.ident = ident
+	c.srv.mu.Unlock()
 }
 
 // target returns the first parameter of a numeric to the connection: its nick, or "*".
@@ -95,6 +148,7 @@ func (c *conn) readLoop() {
 	var rd ircreader.Reader
 	rd.Initialize(c.nc, readBufInitial, maxClientLine)
 	skip := false
+	first := true
 	for {
 		line, err := rd.ReadLine()
 		if errors.Is(err, ircreader.ErrReadQ) {
@@ -114,6 +168,11 @@ func (c *conn) readLoop() {
 			continue
 		}
 		if len(line) > 0 {
+			if first {
+				// The client is connected for sure once it speaks: ask who it is.
+				first = false
+				c.queryIdent()
+			}
 			c.handleLine(string(line), false)
 		}
 	}

@@ -2,17 +2,22 @@
 // its connection package: [NewServer] listens on 127.0.0.1, speaks enough of the client
 // protocol to drive a bridge, and lets the test watch and steer it.
 //
-// It is not a real ircd and must never face the network. It has one server, no services, no
-// channel or user modes beyond operator status (a channel's creator gets it), keys and bans, no
-// flood control, no ping timeouts and no persistence; a channel exists while someone is in it.
-// What it does speak:
+// It is not a real ircd and must never face the network. It has one server, no services but a
+// NickServ that knows IDENTIFY, no channel or user modes beyond operator status (a channel's
+// creator gets it), keys and bans, no flood control, no ping timeouts and no persistence; a
+// channel exists while someone is in it. What it does speak:
 //
-//   - registration: PASS (ignored), NICK, USER, CAP LS 302 / LIST / REQ / END (the offered
+//   - registration: PASS ("account:password" logs in to an account of [Server.AddAccount],
+//     anything else is ignored), NICK, USER, CAP LS 302 / LIST / REQ / END (the offered
 //     capabilities are configurable, see [WithCaps]), SASL PLAIN through AUTHENTICATE against
-//     the accounts of [Server.AddAccount] (900/903, 904 on failure, 906 on abort, 908 for other
-//     mechanisms), then 001–005 (005 with CASEMAPPING=rfc1459 and NETWORK=TestNet) and a
-//     one-line MOTD ending in 376; [WithRegistrationHold] delays 001 per client, as slow
-//     real servers do;
+//     the accounts of [Server.AddAccount] and, if "sasl" offers EXTERNAL, SASL EXTERNAL against
+//     the TLS client certificate fingerprints of [Server.AddCertFP] ([WithTLS]) (900/903, 904
+//     on failure, 906 on abort, 908 for other mechanisms), then 001–005 (005 with
+//     CASEMAPPING=rfc1459 and NETWORK=TestNet) and a one-line MOTD ending in 376; an ident
+//     query to the client's ident server if [WithIdentd] is given; [WithRegistrationHold]
+//     delays 001 per client, as slow real servers do;
+//   - a NickServ that knows "IDENTIFY [account] password" only (a NOTICE answers, and 900
+//     on success);
 //   - nicks: 432 for invalid ones, 433 for ones in use (compared under rfc1459 folding, and
 //     held from NICK on, registered or not), NICK changes broadcast to everyone sharing a
 //     channel;

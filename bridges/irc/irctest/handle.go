@@ -2,6 +2,9 @@ package irctest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"slices"
 	"strconv"
 	"strings"
@@ -84,6 +87,8 @@ func (c *conn) dispatch(msg *ircmsg.Message) {
 	case "PASS":
 		if c.registered {
 			c.numeric("462", "You may not reregister")
+		} else {
+			c.pass = param(msg, 0)
 		}
 	case "NICK":
 		c.cmdNick(msg)
@@ -224,11 +229,21 @@ func (c *conn) cmdAuthenticate(msg *ircmsg.Message) {
 		return
 	case p == "*":
 		c.sasl = nil
+		c.saslExt = false
 		c.numeric("906", "SASL authentication aborted")
 		return
+	case c.saslExt:
+		c.saslExt = false
+		c.authenticateExternal(p)
+		return
 	case c.sasl == nil:
+		if strings.EqualFold(p, "EXTERNAL") && strings.Contains(","+s.offer["sasl"]+",", ",EXTERNAL,") {
+			c.saslExt = true
+			c.send(s.build(nil, "", "AUTHENTICATE", "+"))
+			return
+		}
 		if !strings.EqualFold(p, "PLAIN") {
-			c.numeric("908", "PLAIN", "are available SASL mechanisms")
+			c.numeric("908", s.offer["sasl"], "are available SASL mechanisms")
 			c.numeric("904", "SASL authentication failed")
 			return
 		}
@@ -260,6 +275,74 @@ func (c *conn) cmdAuthenticate(msg *ircmsg.Message) {
 	c.numeric("900", mask, acct.name, "You are now logged in as "+acct.name)
 	c.numeric("903", "SASL authentication successful")
 	s.bump()
+}
+
+// authenticateExternal ends a SASL EXTERNAL exchange with the client's response p ("+" for an
+// empty authorization identity): the account is the one of the TLS client certificate's
+// fingerprint; s.mu must be held.
+func (c *conn) authenticateExternal(p string) {
+	s := c.srv
+	tc, ok := c.nc.(*tls.Conn)
+	if !ok || p != "+" {
+		c.numeric("904", "SASL authentication failed")
+		return
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		c.numeric("904", "SASL authentication failed")
+		return
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	name, ok := s.certs[hex.EncodeToString(sum[:])]
+	if !ok {
+		c.numeric("904", "SASL authentication failed")
+		return
+	}
+	c.logIn(name)
+	c.numeric("903", "SASL authentication successful")
+}
+
+// logIn logs the connection in to the account name and says so (900); s.mu must be held.
+func (c *conn) logIn(name string) {
+	c.account = name
+	mask := "*"
+	if c.nick != "" {
+		mask = c.prefix()
+	}
+	c.numeric("900", mask, name, "You are now logged in as "+name)
+	c.srv.bump()
+}
+
+// checkPassword returns the account that name and password log in to, if any; s.mu must be
+// held.
+func (s *Server) checkPassword(name, password string) (string, bool) {
+	acct, ok := s.accounts[fold(name)]
+	if !ok || acct.password != password {
+		return "", false
+	}
+	return acct.name, true
+}
+
+// nickServ answers a private message to NickServ: "IDENTIFY [account] password" logs the
+// connection in; s.mu must be held.
+func (c *conn) nickServ(text string) {
+	words := strings.Fields(text)
+	reply := func(text string) { c.send(c.srv.build(nil, "NickServ!NickServ@services.", "NOTICE", c.nick, text)) }
+	if len(words) < 2 || !strings.EqualFold(words[0], "IDENTIFY") {
+		reply("Unknown command. This NickServ knows IDENTIFY only.")
+		return
+	}
+	name, password := c.nick, words[1]
+	if len(words) >= 3 {
+		name, password = words[1], words[2]
+	}
+	acct, ok := c.srv.checkPassword(name, password)
+	if !ok {
+		reply("Invalid password for " + name + ".")
+		return
+	}
+	c.logIn(acct)
+	reply("You are now identified for " + acct + ".")
 }
 
 // validNick reports whether the server accepts nick: at most NickLen bytes, not starting with
@@ -359,6 +442,15 @@ func (c *conn) tryRegister() {
 	c.registered = true
 	s.registered++
 	c.sasl = nil
+	c.saslExt = false
+	if name, password, ok := strings.Cut(c.pass, ":"); ok && c.account == "" {
+		// The server password "account:password" logs in, as on networks whose services
+		// take it.
+		if acct, ok := s.checkPassword(name, password); ok {
+			c.logIn(acct)
+		}
+	}
+	c.pass = ""
 	c.numeric("001", "Welcome to the "+s.opt.network+" IRC Network "+c.prefix())
 	c.numeric("002", "Your host is "+ServerName+", running version irctest")
 	c.numeric("003", "This server was created for a test")
@@ -652,6 +744,10 @@ func (c *conn) cmdMessage(msg *ircmsg.Message) {
 			to = ch.list(skip)
 		} else {
 			r := s.nicks[fold(target)]
+			if r == nil && fold(target) == "nickserv" && !notice {
+				c.nickServ(text)
+				continue
+			}
 			if r == nil || !r.registered {
 				if !notice {
 					c.numeric("401", target, "No such nick/channel")
@@ -706,7 +802,7 @@ func (c *conn) cmdWhois(msg *ircmsg.Message) {
 		c.numeric("318", nick, "End of /WHOIS list")
 		return
 	}
-	c.numeric("311", r.nick, "~"+r.user, r.host, "*", r.realname)
+	c.numeric("311", r.nick, r.userPart(), r.host, "*", r.realname)
 	if len(r.channels) > 0 {
 		var names []string
 		for ch := range r.channels {

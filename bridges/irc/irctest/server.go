@@ -1,6 +1,7 @@
 package irctest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -59,7 +60,30 @@ type options struct {
 	now         func() time.Time
 	trace       func(format string, args ...any)
 	holdReg     func(nick string) <-chan struct{}
+	tls         *tls.Config
+	identd      func() string
+	accounts    []account
 }
+
+// WithAccount adds a services account from the start, as [Server.AddAccount] does later.
+func WithAccount(name, password string) Option {
+	return func(o *options) { o.accounts = append(o.accounts, account{name: name, password: password}) }
+}
+
+// WithTLS makes the server speak TLS with cert, asking clients for a certificate (any, not
+// verified), whose SHA-256 fingerprint SASL EXTERNAL matches against [Server.AddCertFP].
+func WithTLS(cert tls.Certificate) Option {
+	return func(o *options) {
+		o.tls = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	}
+}
+
+// WithIdentd makes the server ask the ident server at addr() (host:port; called for each
+// query, so that server may start after this one) who owns each client connection, as real
+// servers ask port 113 of the client's host: once the client's first line arrived, with a
+// timeout of 5 seconds. A client that was answered shows its ident user name without the "~"
+// of unverified ones ([Server.User]).
+func WithIdentd(addr func() string) Option { return func(o *options) { o.identd = addr } }
 
 // WithAddr makes the server listen on addr instead of 127.0.0.1:0.
 func WithAddr(addr string) Option { return func(o *options) { o.addr = addr } }
@@ -193,6 +217,7 @@ type Server struct {
 	nicks       map[string]*conn // folded nick → connection holding it, registered or not
 	channels    map[string]*channel
 	accounts    map[string]account // folded account name → account
+	certs       map[string]string  // certificate fingerprint → account name
 	history     []Line
 	seq         uint64
 	nextConn    uint64
@@ -206,6 +231,36 @@ type Server struct {
 
 type account struct {
 	name, password string
+}
+
+// AddCertFP makes SASL EXTERNAL log a client whose TLS certificate has the SHA-256 fingerprint
+// fp (lowercase hex) in to the account name, as NickServ CERT ADD does.
+func (s *Server) AddCertFP(name, fp string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.certs[strings.ToLower(fp)] = name
+}
+
+// User returns the user name part of the user@host of the client holding nick: its ident
+// answer ([WithIdentd]) if there was one, else "~" and the name it sent in USER. It returns ""
+// if nobody holds nick.
+func (s *Server) User(nick string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.nicks[fold(nick)]; c != nil {
+		return c.userPart()
+	}
+	return ""
+}
+
+// RealName returns the real name the client holding nick sent in USER, or "".
+func (s *Server) RealName(nick string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.nicks[fold(nick)]; c != nil {
+		return c.realname
+	}
+	return ""
 }
 
 // NewServer starts a server listening on 127.0.0.1:0 (or [WithAddr]'s address). It is
@@ -222,12 +277,16 @@ func NewServer(t testing.TB, opts ...Option) *Server {
 		nicks:     make(map[string]*conn),
 		channels:  make(map[string]*channel),
 		accounts:  make(map[string]account),
+		certs:     make(map[string]string),
 		changed:   make(chan struct{}),
 		observers: make(map[int]func(Line)),
 		offer:     make(map[string]string),
 	}
 	for _, o := range opts {
 		o(&s.opt)
+	}
+	for _, a := range s.opt.accounts {
+		s.accounts[fold(a.name)] = a
 	}
 	for _, token := range s.opt.caps {
 		name, value, _ := strings.Cut(token, "=")
@@ -236,6 +295,9 @@ func NewServer(t testing.TB, opts ...Option) *Server {
 	ln, err := net.Listen("tcp", s.opt.addr)
 	if err != nil {
 		t.Fatalf("irctest: failed to listen: %v", err)
+	}
+	if s.opt.tls != nil {
+		ln = tls.NewListener(ln, s.opt.tls)
 	}
 	s.addr = ln.Addr().String()
 	s.ln = ln
@@ -550,6 +612,9 @@ func (s *Server) Up() {
 	for {
 		ln, err := net.Listen("tcp", s.addr)
 		if err == nil {
+			if s.opt.tls != nil {
+				ln = tls.NewListener(ln, s.opt.tls)
+			}
 			s.ln = ln
 			s.wg.Add(1)
 			go s.acceptLoop(ln)
