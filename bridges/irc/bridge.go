@@ -129,10 +129,11 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "the IRC nicks you chose (!irc nick)",
 		},
 		{
-			Table: "irc_portal", UserColumn: "actor_mxid",
+			Table: "irc_portal", UserColumn: "actor_mxid", Policy: appservice.EraseSetNull,
 			Export:            []string{"network", "channel_name", "room_id", "source_event_id", "created_at"},
 			SourceEventColumn: "source_event_id", RoomColumn: "room_id",
-			Description: "rooms you linked to IRC channels (!irc link), with when and which command",
+			Description: "rooms you linked to IRC channels (!irc link), with when and which command; " +
+				"when you are forgotten the rooms stay bridged for the others in them, without your name",
 		},
 		{
 			Table: "irc_pm", UserColumn: "user_mxid",
@@ -363,8 +364,10 @@ func (br *Bridge) botDM(ctx context.Context, userID id.UserID) (id.RoomID, error
 }
 
 // EraseRemote undoes the user's presence on IRC before the core erases their data: every puppet
-// sends QUIT and disconnects, the ghosts leave the user's private chats, and the rooms the user
-// linked to channels are unlinked (the bridge leaves the channels). It is idempotent.
+// sends QUIT and disconnects and the ghosts leave the user's private chats. The rooms the user
+// linked to channels stay bridged, since others may use them and only an explicit unlink
+// removes a portal; they no longer name the user (actor and command cleared here, the actor
+// column is also SET NULL by the erasure). It is idempotent.
 func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	var errs []error
 	quit := 0
@@ -382,16 +385,14 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	for _, pm := range pms {
 		br.closePM(ctx, pm, "The user asked to be forgotten")
 	}
-	portals, err := br.db.Portal.GetByActor(ctx, userID)
+	disowned, err := br.db.Portal.Disown(ctx, userID)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("failed to get linked portals: %w", err))
+		errs = append(errs, fmt.Errorf("failed to clear portal provenance: %w", err))
 	}
-	for _, p := range portals {
-		if err := br.unlinkPortal(ctx, p, "The room's link was removed"); err != nil {
-			errs = append(errs, err)
-		}
+	for _, netID := range br.netIDs {
+		br.networks[netID].disownPortals(userID)
 	}
-	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int("portals_unlinked", len(portals)).
+	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int64("portals_kept", disowned).
 		Msg("Removed the user from IRC for erasure")
 	return errors.Join(errs...)
 }

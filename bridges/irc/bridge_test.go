@@ -430,12 +430,13 @@ func TestLogin(t *testing.T) {
 
 func TestEraseRemote(t *testing.T) {
 	tests := []struct {
-		name     string
-		actor    id.UserID
-		wantPart bool
+		name  string
+		actor id.UserID
 	}{
 		{name: "portal made through its alias", actor: ""},
-		{name: "portal linked by the user", actor: testAlice, wantPart: true},
+		// The portal outlives its creator: others may still use the room, and only an explicit
+		// unlink removes a portal.
+		{name: "portal linked by the user", actor: testAlice},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -455,17 +456,54 @@ func TestEraseRemote(t *testing.T) {
 				if got := env.srv.Lines(irctest.After(seq, irctest.Match("bob[m]", "QUIT"))); len(got) != 0 {
 					t.Error("bob's puppet quit too")
 				}
-				parted := irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel))
-				if tt.wantPart {
-					env.srv.WaitFor(t, parted)
-				} else if _, err := env.srv.Find(parted, 300*time.Millisecond); err == nil {
-					t.Errorf("the bridge parted %s, a portal the user did not link", testChannel)
-				}
 				if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
 					t.Errorf("EraseRemote again = %v, want nil (idempotent)", err)
 				}
+				env.host.EraseUser(t, testAlice)
+				parted := irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel))
+				if _, err := env.srv.Find(parted, 300*time.Millisecond); err == nil {
+					t.Errorf("the bridge parted %s at the erasure of one of its users", testChannel)
+				}
+				p, err := env.br.db.Portal.GetByRoom(env.ctx, testPortalRoom)
+				if err != nil || p == nil {
+					t.Fatalf("portal after the erasure = %v, %v; want it kept", p, err)
+				}
+				if p.Actor != "" || p.SourceEventID != "" {
+					t.Errorf("portal after the erasure names actor %q, command %q; want neither", p.Actor, p.SourceEventID)
+				}
+				if !env.host.Claimed(t, testPortalRoom) {
+					t.Error("the room is no longer claimed")
+				}
+				assertNoRowNames(t, env, testAlice)
+				// The portal still relays both ways for those who stay.
+				env.say(testBob, "still bridged")
+				env.srv.WaitFor(t, irctest.After(seq, irctest.Match("bob[m]", "PRIVMSG", testChannel, "still bridged")))
 			})
 		})
+	}
+}
+
+// assertNoRowNames fails if a row of any of the bridge's tables, or of the core's room claims,
+// names userID.
+func assertNoRowNames(t *testing.T, env *testEnv, userID id.UserID) {
+	t.Helper()
+	queries := map[string]string{
+		"irc_portal":  `SELECT COUNT(*) FROM irc_portal WHERE actor_mxid=$1`,
+		"irc_account": `SELECT COUNT(*) FROM irc_account WHERE user_mxid=$1`,
+		"irc_nick":    `SELECT COUNT(*) FROM irc_nick WHERE user_mxid=$1`,
+		"irc_pm":      `SELECT COUNT(*) FROM irc_pm WHERE user_mxid=$1`,
+		"irc_message": `SELECT COUNT(*) FROM irc_message WHERE user_mxid=$1`,
+		"irc_media":   `SELECT COUNT(*) FROM irc_media WHERE user_mxid=$1`,
+		"as_room":     `SELECT COUNT(*) FROM as_room WHERE actor_mxid=$1`,
+	}
+	for table, q := range queries {
+		var n int
+		if err := env.host.RawDB.QueryRow(env.ctx, q, userID).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		if n != 0 {
+			t.Errorf("%s: %d rows name the erased user", table, n)
+		}
 	}
 }
 
