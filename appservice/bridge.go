@@ -100,6 +100,20 @@ type OptInBridge interface {
 	OptIn() bool
 }
 
+// RoomKeeper is an optional interface that bridges can implement to keep rooms that must outlive
+// their members: an IRC portal stays bridged while its channel exists, so that a user who joins
+// later finds it working. Before the bot leaves a room because only the service's own users are
+// left in it, or because it was a direct chat with a user being erased, the core asks each
+// bridge that claimed the room (Host.ClaimRoom); if one keeps it, the bot stays and the room's
+// configuration is not purged. Kicking or banning the bot still ends its setup.
+type RoomKeeper interface {
+	Bridge
+	// KeepsRoom reports whether the bridge keeps roomID. It should be cheap (a database lookup)
+	// and do no network I/O. An error counts as keeping the room, since leaving cannot be
+	// undone; the core logs it.
+	KeepsRoom(ctx context.Context, roomID id.RoomID) (bool, error)
+}
+
 // UserQuerier is an optional interface that bridges can implement to answer the homeserver's
 // user queries (GET /_matrix/app/v1/users/{userId}) for users in their namespace.
 type UserQuerier interface {

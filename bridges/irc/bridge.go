@@ -69,6 +69,7 @@ var (
 	_ appservice.CommandProvider = (*Bridge)(nil)
 	_ appservice.Eraser          = (*Bridge)(nil)
 	_ appservice.RoomPurger      = (*Bridge)(nil)
+	_ appservice.RoomKeeper      = (*Bridge)(nil)
 	_ appservice.RedactionPurger = (*Bridge)(nil)
 	_ appservice.AliasQuerier    = (*Bridge)(nil)
 	_ appservice.UserQuerier     = (*Bridge)(nil)
@@ -425,6 +426,18 @@ func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason stri
 		return fmt.Errorf("failed to release portal room: %w", err)
 	}
 	return nil
+}
+
+// KeepsRoom keeps every portal: a portal stays bridged while its channel exists, also when
+// everyone left it, so that a user who joins it later (through its alias, or the room's own
+// address) finds it working. Only an explicit unlink removes a portal: !irc unlink, kicking the
+// bot, redacting the !irc link command, or an administrator (custodian portal unlink).
+func (br *Bridge) KeepsRoom(ctx context.Context, roomID id.RoomID) (bool, error) {
+	p, err := br.db.Portal.GetByRoom(ctx, roomID)
+	if err != nil {
+		return false, fmt.Errorf("failed to get portal: %w", err)
+	}
+	return p != nil, nil
 }
 
 // PurgeRoom unlinks a portal or closes a private chat when the bot's setup in the room ended.

@@ -729,3 +729,19 @@ func TestReconnectJoinsBeforeSending(t *testing.T) {
 		}
 	})
 }
+
+// TestKeepsPortals: the bot stays in a portal that everyone left, so that a user who joins it
+// later (through its alias) finds it bridged; private chats and other rooms are not kept.
+func TestKeepsPortals(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		pmRoom := id.RoomID("!pm:example.org")
+		if err := env.br.recordPM(env.ctx, &ircdb.PM{UserID: testAlice, Network: testNet, Nick: "carol", RoomID: pmRoom, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		for roomID, want := range map[id.RoomID]bool{testPortalRoom: true, pmRoom: false, "!other:example.org": false} {
+			if got, err := env.br.KeepsRoom(env.ctx, roomID); err != nil || got != want {
+				t.Errorf("KeepsRoom(%s) = %v, %v; want %v", roomID, got, err, want)
+			}
+		}
+	})
+}
