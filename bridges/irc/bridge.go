@@ -64,16 +64,17 @@ type Bridge struct {
 }
 
 var (
-	_ appservice.Bridge          = (*Bridge)(nil)
-	_ appservice.ConfigValidator = (*Bridge)(nil)
-	_ appservice.CommandProvider = (*Bridge)(nil)
-	_ appservice.Eraser          = (*Bridge)(nil)
-	_ appservice.RoomPurger      = (*Bridge)(nil)
-	_ appservice.RoomKeeper      = (*Bridge)(nil)
-	_ appservice.RedactionPurger = (*Bridge)(nil)
-	_ appservice.AliasQuerier    = (*Bridge)(nil)
-	_ appservice.UserQuerier     = (*Bridge)(nil)
-	_ appservice.OptInBridge     = (*Bridge)(nil)
+	_ appservice.Bridge           = (*Bridge)(nil)
+	_ appservice.ConfigValidator  = (*Bridge)(nil)
+	_ appservice.CommandProvider  = (*Bridge)(nil)
+	_ appservice.Eraser           = (*Bridge)(nil)
+	_ appservice.RoomPurger       = (*Bridge)(nil)
+	_ appservice.RoomKeeper       = (*Bridge)(nil)
+	_ appservice.AdminAPIProvider = (*Bridge)(nil)
+	_ appservice.RedactionPurger  = (*Bridge)(nil)
+	_ appservice.AliasQuerier     = (*Bridge)(nil)
+	_ appservice.UserQuerier      = (*Bridge)(nil)
+	_ appservice.OptInBridge      = (*Bridge)(nil)
 )
 
 // New returns an IRC bridge with the example configuration's defaults and the system clock.
@@ -414,9 +415,12 @@ func (br *Bridge) closePM(ctx context.Context, pm *ircdb.PM, reason string) {
 	}
 }
 
-// unlinkPortal removes a portal: the bridge leaves the channel and stops bridging the room.
+// unlinkPortal removes a portal: the bridge leaves the channel and stops bridging the room, and
+// the channel's alias no longer points at the room, so that whoever joins the alias later gets a
+// new, working portal instead of the unlinked room.
 func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason string) error {
-	if n := br.network(p.Network); n != nil {
+	n := br.network(p.Network)
+	if n != nil {
 		n.forgetPortal(ctx, p, reason)
 	}
 	if err := br.db.Portal.Delete(ctx, p.RoomID); err != nil {
@@ -424,6 +428,15 @@ func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason stri
 	}
 	if err := br.host.ReleaseRoom(ctx, p.RoomID); err != nil {
 		return fmt.Errorf("failed to release portal room: %w", err)
+	}
+	if n != nil {
+		if localpart, err := ircid.AliasLocalpart(n.cfg.ID, n.casemapping(), p.ChannelName); err == nil {
+			// The alias exists only if someone used it; it can only point at this room.
+			_, err = br.host.Bot().DeleteAlias(ctx, id.NewRoomAlias(localpart, br.host.Domain()))
+			if err != nil && !errors.Is(err, mautrix.MNotFound) {
+				zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to remove the channel's alias from the unlinked room")
+			}
+		}
 	}
 	return nil
 }

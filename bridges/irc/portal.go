@@ -54,7 +54,19 @@ func (br *Bridge) QueryAlias(ctx context.Context, alias id.RoomAlias) (bool, err
 // createPortal creates a public room for channel (folded; name as written), with the alias
 // localpart if not empty, records the portal and joins the channel.
 func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, aliasLocalpart string, prov appservice.Provenance) (*ircdb.Portal, error) {
-	req := &mautrix.ReqCreateRoom{
+	resp, err := br.host.Bot().CreateRoom(ctx, br.portalRoomRequest(n, name, aliasLocalpart))
+	if err != nil {
+		return nil, fmt.Errorf("failed to create portal room: %w", err)
+	}
+	return br.recordPortal(ctx, n, &ircdb.Portal{
+		Network: n.cfg.ID, Channel: folded, ChannelName: name, RoomID: resp.RoomID, CreatedAt: br.clock.Now(),
+	}, prov)
+}
+
+// portalRoomRequest is the request that creates a public portal room for channel name, with the
+// alias localpart if not empty.
+func (br *Bridge) portalRoomRequest(n *network, name, aliasLocalpart string) *mautrix.ReqCreateRoom {
+	return &mautrix.ReqCreateRoom{
 		Visibility:    "private",
 		Preset:        "public_chat",
 		RoomAliasName: aliasLocalpart,
@@ -75,13 +87,6 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 			InvitePtr:       ptr.Ptr(0),
 		},
 	}
-	resp, err := br.host.Bot().CreateRoom(ctx, req)
-	if err != nil {
-		return nil, fmt.Errorf("failed to create portal room: %w", err)
-	}
-	return br.recordPortal(ctx, n, &ircdb.Portal{
-		Network: n.cfg.ID, Channel: folded, ChannelName: name, RoomID: resp.RoomID, CreatedAt: br.clock.Now(),
-	}, prov)
 }
 
 // recordPortal stores p, claims its room and joins the channel. If the channel got a portal
