@@ -61,6 +61,9 @@ type Bridge struct {
 	// commands, where notices about their connections go. It is memory only: after a restart
 	// the next notice opens a new chat if needed.
 	dmRooms sync.Map
+	// toldNotAllowed remembers, per "<network> <user>", the users told that their server gets
+	// no puppets on the network (memory only).
+	toldNotAllowed sync.Map
 }
 
 var (

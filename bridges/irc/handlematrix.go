@@ -96,7 +96,16 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		return nil
 	}
 	p, err := br.puppetConn(ctx, t, evt.Sender)
-	if errors.Is(err, ErrTooManyPuppets) {
+	if errors.Is(err, ErrPuppetNotAllowed) {
+		// Told once per network while the bridge runs: such users may be many, and speak often.
+		if _, told := br.toldNotAllowed.LoadOrStore(t.net.cfg.ID+" "+string(evt.Sender), true); !told {
+			_, server, _ := evt.Sender.Parse()
+			br.notifyUser(ctx, evt.Sender, evt.ID, "puppet-not-allowed", fmt.Sprintf(
+				"Your messages in rooms bridged to %s are not relayed: this bridge connects only some servers' users to it, "+
+					"and not users of %s.", t.net.cfg.Name, server))
+		}
+		return nil
+	} else if errors.Is(err, ErrTooManyPuppets) {
 		br.notifyUser(ctx, evt.Sender, evt.ID, "too-many-puppets", fmt.Sprintf("%s has as many bridged users as it may; your messages there are not relayed for now.", t.net.cfg.Name))
 		return nil
 	} else if err != nil {

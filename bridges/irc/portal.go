@@ -43,6 +43,10 @@ func (br *Bridge) QueryAlias(ctx context.Context, alias id.RoomAlias) (bool, err
 		}
 		return true, nil
 	}
+	if !n.channelAllowed(channel) {
+		zerolog.Ctx(ctx).Debug().Str("network", netID).Msg("Not creating a portal for a channel the policy denies")
+		return false, nil
+	}
 	p, err := br.createPortal(ctx, n, channel, channel, localpart, appservice.Provenance{})
 	if err != nil {
 		return false, err
@@ -64,8 +68,14 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 }
 
 // portalRoomRequest is the request that creates a public portal room for channel name, with the
-// alias localpart if not empty.
+// alias localpart if not empty. The bot has power level 100 in it, and the network's
+// portal_power_levels users theirs, so that someone can moderate the room and run !irc unlink.
 func (br *Bridge) portalRoomRequest(n *network, name, aliasLocalpart string) *mautrix.ReqCreateRoom {
+	users := make(map[id.UserID]int, len(n.cfg.PortalPowerLevels)+1)
+	for userID, level := range n.cfg.PortalPowerLevels {
+		users[userID] = level
+	}
+	users[br.host.Bot().UserID] = 100
 	return &mautrix.ReqCreateRoom{
 		Visibility:    "private",
 		Preset:        "public_chat",
@@ -76,7 +86,7 @@ func (br *Bridge) portalRoomRequest(n *network, name, aliasLocalpart string) *ma
 			"m.federate": true,
 		},
 		PowerLevelOverride: &event.PowerLevelsEventContent{
-			Users: map[id.UserID]int{br.host.Bot().UserID: 100},
+			Users: users,
 			// Anyone may try to change the topic, as on IRC: the channel decides (+t).
 			Events:          map[string]int{event.StateTopic.Type: 0},
 			EventsDefault:   0,

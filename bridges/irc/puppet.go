@@ -94,6 +94,9 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	if p := n.puppets[userID]; p != nil || !create {
 		return p, nil
 	}
+	if !n.puppetAllowed(userID) {
+		return nil, ErrPuppetNotAllowed
+	}
 	if n.cfg.MaxPuppets > 0 && len(n.puppets) >= n.cfg.MaxPuppets {
 		return nil, ErrTooManyPuppets
 	}
