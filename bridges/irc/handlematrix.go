@@ -319,6 +319,9 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 		}
 		return nil
 	}
+	if content.Membership == event.MembershipJoin {
+		return br.grantPortalPower(ctx, evt.RoomID, target)
+	}
 	if content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan {
 		return nil
 	}
@@ -336,6 +339,41 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 	if p, _ := t.net.puppetFor(target, false); p != nil {
 		p.sess.part(ctx, t.folded, "Left the room")
 	}
+	return nil
+}
+
+// grantPortalPower gives a user who joined a portal the power level the network's
+// portal_power_levels lists for them, if theirs is lower and the bot's own level allows it.
+// Portals made before the user was listed, or linked rooms whose admins gave the bot power, get
+// their moderators this way. Failures are logged: the join stands regardless.
+func (br *Bridge) grantPortalPower(ctx context.Context, roomID id.RoomID, userID id.UserID) error {
+	t, err := br.targetFor(ctx, roomID)
+	if err != nil || t == nil || t.portal == nil {
+		return err
+	}
+	want, ok := t.net.cfg.PortalPowerLevels[userID]
+	if !ok {
+		return nil
+	}
+	var pl event.PowerLevelsEventContent
+	if err = br.host.Bot().StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to read portal power levels")
+		return nil
+	}
+	bot := br.host.Bot().UserID
+	// A bot missing from users may still be the room's creator, whom newer room versions give
+	// unlimited power; the homeserver decides then.
+	_, botListed := pl.Users[bot]
+	botLevel := pl.GetUserLevel(bot)
+	if pl.GetUserLevel(userID) >= want || (botListed && (botLevel < want || botLevel < pl.GetEventLevel(event.StatePowerLevels))) {
+		return nil
+	}
+	pl.SetUserLevel(userID, want)
+	if _, err = br.host.Bot().SendStateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to grant a configured power level in a portal")
+		return nil
+	}
+	zerolog.Ctx(ctx).Info().Str("network", t.net.cfg.ID).Int("level", want).Msg("Granted a configured power level in a portal")
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
@@ -187,6 +188,35 @@ func TestPortalPowerLevels(t *testing.T) {
 		users := req.PowerLevelOverride.Users
 		if len(users) != 3 || users[mod] != 100 || users[testBob] != 50 || users[env.host.BotID()] != 100 {
 			t.Errorf("portal power levels = %v, want the bot's and the configured users'", users)
+		}
+	})
+}
+
+// TestPortalPowerLevelsOnJoin: a user listed in portal_power_levels who joins an existing portal
+// gets their level there, if the bot may give it; nobody else's level changes.
+func TestPortalPowerLevelsOnJoin(t *testing.T) {
+	mod := id.UserID("@mod:example.org")
+	forEachDialect(t, envConfig{configure: func(cfg *Config) {
+		cfg.Networks[testNet].PortalPowerLevels = map[id.UserID]int{mod: 100}
+	}}, func(t *testing.T, env *testEnv) {
+		env.host.SetPowerLevels(t, testPortalRoom, &event.PowerLevelsEventContent{
+			Users: map[id.UserID]int{env.host.BotID(): 100},
+		})
+		join := func(user id.UserID) {
+			stateKey := string(user)
+			env.handle(&event.Event{
+				ID: env.newEventID(), RoomID: testPortalRoom, Sender: user, Type: event.StateMember, StateKey: &stateKey,
+				Content: event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipJoin}},
+			})
+		}
+		join(testBob)
+		join(mod)
+		var pl event.PowerLevelsEventContent
+		if err := env.host.Bot().StateEvent(env.ctx, testPortalRoom, event.StatePowerLevels, "", &pl); err != nil {
+			t.Fatal(err)
+		}
+		if pl.GetUserLevel(mod) != 100 || pl.GetUserLevel(testBob) != 0 || pl.GetUserLevel(env.host.BotID()) != 100 {
+			t.Errorf("power levels after the joins = %v, want mod at 100 and bob unchanged", pl.Users)
 		}
 	})
 }
