@@ -20,7 +20,7 @@ func fakePortalsAPI(t *testing.T) (addr string, got func() []string) {
 	var lock sync.Mutex
 	var requests []string
 	portal := &irc.AdminPortal{
-		Network: "libera", Channel: "#custodian", RoomID: "!old:example.org", Alias: "#irc_libera_#custodian:example.org",
+		Network: "libera", Channel: "#custodian", RoomID: "!old:example.org", Alias: "#irc_libera_custodian:example.org",
 		LinkedBy: "@alice:example.org", CreatedAt: time.Date(2026, 11, 3, 12, 0, 0, 0, time.UTC),
 	}
 	prefix := appservice.AdminAPIPrefix + "/bridges/irc/portals"
@@ -67,14 +67,14 @@ func TestPortalsCommands(t *testing.T) {
 		wantRequest string // "" for none
 	}{
 		{name: "list", args: []string{"portals", "list", "-c", cfgPath}, wantCode: exitOK,
-			wantStdout:  []string{"NETWORK", "libera", "#custodian", "!old:example.org", "#irc_libera_#custodian:example.org", "@alice:example.org", "2026-11-03"},
+			wantStdout:  []string{"NETWORK", "libera", "#custodian", "!old:example.org", "#irc_libera_custodian:example.org", "@alice:example.org", "2026-11-03"},
 			wantRequest: "GET /_custodian/admin/v1/bridges/irc/portals"},
 		{name: "list as JSON", args: []string{"portals", "-c", cfgPath, "list", "--json"}, wantCode: exitOK,
 			wantStdout:  []string{`"room_id": "!old:example.org"`},
 			wantRequest: "GET /_custodian/admin/v1/bridges/irc/portals"},
-		{name: "unlink by alias", args: []string{"portal", "unlink", "#irc_libera_#custodian:example.org", "-c", cfgPath, "--yes"}, wantCode: exitOK,
+		{name: "unlink by alias", args: []string{"portal", "unlink", "#irc_libera_custodian:example.org", "-c", cfgPath, "--yes"}, wantCode: exitOK,
 			wantStdout:  []string{"Unlinked !old:example.org from #custodian on libera."},
-			wantRequest: "POST /_custodian/admin/v1/bridges/irc/portals/%23irc_libera_%23custodian:example.org/unlink"},
+			wantRequest: "POST /_custodian/admin/v1/bridges/irc/portals/%23irc_libera_custodian:example.org/unlink"},
 		{name: "unlink confirmed", args: []string{"portal", "unlink", "!old:example.org", "-c", cfgPath}, input: "unlink\n", wantCode: exitOK,
 			wantStdout:  []string{"Unlinked"},
 			wantRequest: "POST /_custodian/admin/v1/bridges/irc/portals/%21old:example.org/unlink"},
