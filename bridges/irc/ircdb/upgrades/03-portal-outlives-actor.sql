@@ -3,7 +3,7 @@
 -- (the bridge also clears source_event_id first), so the room stays bridged for the others in it.
 -- only: postgres
 ALTER TABLE irc_portal DROP CONSTRAINT IF EXISTS irc_portal_actor_mxid_fkey;
--- only: postgres
+-- only: postgres for next 2 lines
 ALTER TABLE irc_portal ADD CONSTRAINT irc_portal_actor_mxid_fkey
 	FOREIGN KEY (actor_mxid) REFERENCES users (mxid) ON DELETE SET NULL ON UPDATE CASCADE;
 -- only: sqlite until "end only"
