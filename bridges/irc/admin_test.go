@@ -89,13 +89,7 @@ func TestAdminUnlinkPortal(t *testing.T) {
 				if env.host.Claimed(t, testPortalRoom) {
 					t.Error("the room is still claimed")
 				}
-				deleted := false
-				for _, req := range env.host.HS.Requests() {
-					if req.Method == http.MethodDelete && strings.HasSuffix(req.Path, "/directory/room/"+string(testAlias(t))) {
-						deleted = true
-					}
-				}
-				if !deleted {
+				if !env.aliasDeleted(testAlias(t)) {
 					t.Error("the channel's alias was not removed from the unlinked room")
 				}
 				if code := env.adminCall(http.MethodPost, path, nil); code != http.StatusNotFound {
@@ -162,6 +156,31 @@ func TestAdminPortalNotFound(t *testing.T) {
 		}
 		if p, err := env.br.db.Portal.GetByRoom(env.ctx, testPortalRoom); err != nil || p == nil {
 			t.Errorf("the test portal after failed lookups = %v, %v; want it kept", p, err)
+		}
+	})
+}
+
+// aliasDeleted reports whether the bridge asked the homeserver to delete alias.
+func (env *testEnv) aliasDeleted(alias id.RoomAlias) bool {
+	for _, req := range env.host.HS.Requests() {
+		if req.Method == http.MethodDelete && strings.HasSuffix(req.Path, "/directory/room/"+string(alias)) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRedactedLinkFreesAlias: redacting the !irc link command unlinks the room and frees the
+// channel's alias, like every other unlink, so the alias makes a new portal next time.
+func TestRedactedLinkFreesAlias(t *testing.T) {
+	forEachDialect(t, envConfig{portalActor: testAlice}, func(t *testing.T, env *testEnv) {
+		seq := env.srv.Seq()
+		if purged := env.host.PurgeRedacted(t, env.br, testPortalRoom, env.portal.SourceEventID); purged["irc_portal"] != 1 {
+			t.Fatalf("purged = %v, want the portal", purged)
+		}
+		env.srv.WaitFor(t, irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel)))
+		if !env.aliasDeleted(testAlias(t)) {
+			t.Error("the channel's alias was not freed")
 		}
 	})
 }

@@ -434,15 +434,23 @@ func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason stri
 		return fmt.Errorf("failed to release portal room: %w", err)
 	}
 	if n != nil {
-		if localpart, err := ircid.AliasLocalpart(n.cfg.ID, n.casemapping(), p.ChannelName); err == nil {
-			// The alias exists only if someone used it; it can only point at this room.
-			_, err = br.host.Bot().DeleteAlias(ctx, id.NewRoomAlias(localpart, br.host.Domain()))
-			if err != nil && !errors.Is(err, mautrix.MNotFound) {
-				zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to remove the channel's alias from the unlinked room")
-			}
-		}
+		br.freeAlias(ctx, n, p)
 	}
 	return nil
+}
+
+// freeAlias deletes the alias of an unlinked portal's channel, so that whoever joins it later
+// gets a new portal instead of the unlinked room. The alias exists only if someone used it, and
+// can only point at that room. Failures are logged.
+func (br *Bridge) freeAlias(ctx context.Context, n *network, p *ircdb.Portal) {
+	localpart, err := ircid.AliasLocalpart(n.cfg.ID, n.casemapping(), p.ChannelName)
+	if err != nil {
+		return
+	}
+	_, err = br.host.Bot().DeleteAlias(ctx, id.NewRoomAlias(localpart, br.host.Domain()))
+	if err != nil && !errors.Is(err, mautrix.MNotFound) {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to remove the channel's alias from the unlinked room")
+	}
 }
 
 // KeepsRoom keeps every portal: a portal stays bridged while its channel exists, also when
@@ -512,6 +520,7 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 			if err := br.host.ReleaseRoom(ctx, p.RoomID); err != nil {
 				log.Warn().Err(err).Msg("Failed to release unlinked portal")
 			}
+			br.freeAlias(ctx, n, p)
 		}
 	}
 	log.Info().Int64("accounts", purged["irc_account"]).Int64("nicks", purged["irc_nick"]).
