@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -389,6 +390,15 @@ func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *ne
 	intent, err := br.ghost(ctx, n, nick)
 	if err != nil {
 		return err
+	}
+	if !n.puppetAllowed(evt.Sender) {
+		// Their messages could not reach IRC (puppet_servers): decline rather than open a chat
+		// that relays nothing.
+		_, err = intent.LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{Reason: "Users of your server cannot message IRC users through this bridge"})
+		if err != nil {
+			zerolog.Ctx(ctx).Debug().Err(err).Msg("Ghost failed to decline invite")
+		}
+		return nil
 	}
 	if _, err = intent.JoinRoomByID(ctx, evt.RoomID); err != nil {
 		return fmt.Errorf("failed to accept invite: %w", err)

@@ -220,3 +220,26 @@ func TestPortalPowerLevelsOnJoin(t *testing.T) {
 		}
 	})
 }
+
+// TestRemoteUserCannotOpenPrivateChat: a user whose server gets no puppets cannot open a private
+// chat by inviting a ghost; the ghost declines, and no private chat is recorded.
+func TestRemoteUserCannotOpenPrivateChat(t *testing.T) {
+	remote := id.UserID("@eve:remote.example")
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		room := id.RoomID("!eves-dm:remote.example")
+		ghost := ghostID(t, "carol")
+		env.host.HS.SetMembership(room, remote, event.MembershipJoin)
+		env.host.HS.SetMembership(room, ghost, event.MembershipInvite)
+		stateKey := string(ghost)
+		env.handle(&event.Event{
+			ID: env.newEventID(), RoomID: room, Sender: remote, Type: event.StateMember, StateKey: &stateKey,
+			Content: event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipInvite}},
+		})
+		if got := env.host.HS.Membership(room, ghost); got == event.MembershipJoin {
+			t.Error("the ghost accepted the invite of a user whose server gets no puppets")
+		}
+		if pm, err := env.br.db.PM.GetByRoom(env.ctx, room); err != nil || pm != nil {
+			t.Errorf("private chat = %+v, %v; want none", pm, err)
+		}
+	})
+}
