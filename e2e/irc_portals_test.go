@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,30 @@ func TestIRCPortalNeverDies(t *testing.T) {
 		watcher.WaitFor(t, ircWait, e2e.IsIRCMessage("JOIN", "custodianbot", solo))
 		env.SendText(t, carol, newRoom, "carol in the new portal")
 		watcher.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "carol[m]", solo, "carol in the new portal"))
+
+		// A reset moves the linked channel to a new room with the channel's alias; the old room
+		// points to it, and the channel stays joined.
+		res = env.RunCLI(t, time.Minute, "portal", "reset", linkedRoom.String(), "-c", env.ConfigPath(), "--yes")
+		if res.ExitCode != 0 || !strings.Contains(res.Stdout, "replaces "+linkedRoom.String()) {
+			t.Fatalf("portal reset:\n%s", res)
+		}
+		m := regexp.MustCompile(`: (!\S+) replaces`).FindStringSubmatch(res.Stdout)
+		if m == nil {
+			t.Fatalf("portal reset names no new room:\n%s", res)
+		}
+		replacement := id.RoomID(m[1])
+		// Alice linked the room and gave the bot no power in it: a notice, not a tombstone,
+		// tells bob where the channel went.
+		env.MustSyncUntil(t, bob, replyWait, func(evt *event.Event) bool {
+			return e2e.IsNoticeFrom(linkedRoom, env.BotUserID())(evt) && strings.Contains(evt.Content.AsMessage().Body, replacement.String())
+		})
+		if got := mustJoinPortal(t, env, dave, linked); got != replacement || got == linkedRoom {
+			t.Fatalf("dave joined %s through the alias after the reset, want the replacement %s", got, replacement)
+		}
+		watcher.Privmsg(t, linked, "hello new room")
+		env.MustSyncUntil(t, dave, ircWait, isMessage(replacement, watcherGhost, event.MsgText, "hello new room"))
+		if botParted(watcher, linked) {
+			t.Errorf("the bridge parted %s at the reset", linked)
+		}
 	})
 }

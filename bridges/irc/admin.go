@@ -198,7 +198,7 @@ func (br *Bridge) adminResetPortal(w http.ResponseWriter, r *http.Request) {
 // resetPortal gives p's channel a new portal room, for a portal that cannot be repaired in
 // place (the bot lost its power or was banned, the room's state was broken): the bridge makes a
 // new public room, moves the channel's link and alias to it, and in the old room points to the
-// new one (m.room.tombstone, where the bot may still send it) and leaves with the ghosts. The
+// new one (m.room.tombstone where the bot may send it, else a notice) and leaves with the ghosts. The
 // channel stays joined throughout. Failures after the link moved are logged, not returned: the
 // new portal works regardless.
 func (br *Bridge) resetPortal(ctx context.Context, p *ircdb.Portal) (*ircdb.Portal, error) {
@@ -253,7 +253,11 @@ func (br *Bridge) resetPortal(ctx context.Context, p *ircdb.Portal) (*ircdb.Port
 		Body: "This room was replaced; " + p.ChannelName + " is bridged in the new room.", ReplacementRoom: np.RoomID,
 	})
 	if err != nil {
+		// A linked room's admins may not have given the bot the power to replace the room:
+		// tell its members where the channel went instead.
 		log.Debug().Err(err).Msg("Failed to point the old portal room at the new one")
+		br.roomNotice(ctx, p.RoomID, fmt.Sprintf("%s is now bridged in another room, %s (%s). This room is no longer bridged.",
+			p.ChannelName, alias, np.RoomID))
 	}
 	for _, nick := range nicks {
 		br.ghostLeave(ctx, n, nick, p.RoomID, "The portal moved to a new room")
