@@ -109,6 +109,7 @@ func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/erasures/{jobID}", svc.adminErasure)
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/keys", svc.adminKeys)
 	mux.HandleFunc("GET "+AdminAPIPrefix+"/deactivation-suspects", svc.adminSuspects)
+	svc.mountBridgeAdminRoutes(mux, log)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})

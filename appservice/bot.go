@@ -376,6 +376,10 @@ func (bh *botHost) checkRoomEmpty(ctx context.Context, roomID id.RoomID) error {
 	if remaining > 0 {
 		return nil
 	}
+	if bh.svc.roomKept(ctx, roomID) {
+		zerolog.Ctx(ctx).Debug().Stringer("room_id", roomID).Msg("Everyone else left the room; staying, a bridge keeps it")
+		return nil
+	}
 	zerolog.Ctx(ctx).Info().Stringer("room_id", roomID).Msg("Everyone else left the room; leaving")
 	// Purge before leaving: if we crash in between, the replayed event still finds the bot in
 	// the room and finishes the job, while the other order would leave the setup behind. A
@@ -387,6 +391,34 @@ func (bh *botHost) checkRoomEmpty(ctx context.Context, roomID id.RoomID) error {
 		return errors.Join(purgeErr, fmt.Errorf("failed to leave empty room: %w", err))
 	}
 	return purgeErr
+}
+
+// roomKept reports whether a bridge that claimed roomID keeps it (see [RoomKeeper]). A failure
+// to tell counts as kept.
+func (svc *Service) roomKept(ctx context.Context, roomID id.RoomID) bool {
+	owners, err := svc.roomBridges(ctx, roomID)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to get the room's bridges; keeping the room")
+		return true
+	}
+	for _, owner := range owners {
+		bridge := svc.bridgeByID[owner]
+		if bridge == nil {
+			continue
+		}
+		keeper, ok := bridge.br.(RoomKeeper)
+		if !ok {
+			continue
+		}
+		kept, err := keeper.KeepsRoom(ctx, roomID)
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Str("bridge", owner).Stringer("room_id", roomID).Msg("Bridge could not tell whether it keeps the room; keeping it")
+			return true
+		} else if kept {
+			return true
+		}
+	}
+	return false
 }
 
 func (bh *botHost) countRealMembers(members map[id.UserID]*event.MemberEventContent) int {

@@ -37,10 +37,14 @@ type botTestBridge struct {
 	purged   []id.RoomID
 	ran      []string // full names of commands run, with RawArgs
 	purgeErr error
+	// keeps are the rooms the bridge keeps (RoomKeeper); keepErr is KeepsRoom's error.
+	keeps   map[id.RoomID]bool
+	keepErr error
 }
 
 var (
 	_ RoomPurger      = (*botTestBridge)(nil)
+	_ RoomKeeper      = (*botTestBridge)(nil)
 	_ CommandProvider = (*botTestBridge)(nil)
 )
 
@@ -56,6 +60,10 @@ func (br *botTestBridge) HandleEvent(context.Context, *event.Event) error { retu
 func (br *botTestBridge) PurgeRoom(_ context.Context, roomID id.RoomID) error {
 	br.purged = append(br.purged, roomID)
 	return br.purgeErr
+}
+
+func (br *botTestBridge) KeepsRoom(_ context.Context, roomID id.RoomID) (bool, error) {
+	return br.keeps[roomID], br.keepErr
 }
 
 func (br *botTestBridge) Commands() []*Command {
@@ -452,6 +460,48 @@ func testBotLeavesWhenLastMemberLeaves(t *testing.T, dialect string) {
 	}
 	if !slices.Equal(env.bridge.purged, []id.RoomID{botTestRoom}) {
 		t.Errorf("PurgeRoom calls = %v, want [%s]", env.bridge.purged, botTestRoom)
+	}
+}
+
+func TestBotStaysInRoomABridgeKeeps(t *testing.T) {
+	tests := []struct {
+		name    string
+		claimed bool
+		keeps   bool
+		keepErr error
+		want    bool // the bot stays
+	}{
+		{name: "claimed and kept", claimed: true, keeps: true, want: true},
+		{name: "claimed, the bridge cannot tell", claimed: true, keepErr: errors.New("database on fire"), want: true},
+		{name: "claimed, not kept", claimed: true, want: false},
+		{name: "kept by a bridge that did not claim it", keeps: true, want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newBotEnv(t, nil)
+			env.hs.SetMembership(botTestRoom, "@test_ghost:example.org", event.MembershipJoin)
+			env.setUpRoom(false, botTestAlice)
+			if tt.claimed {
+				if err := env.svc.bridges[0].ClaimRoom(env.ctx, botTestRoom, Provenance{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env.bridge.keeps = map[id.RoomID]bool{botTestRoom: tt.keeps}
+			env.bridge.keepErr = tt.keepErr
+			env.hs.SetMembership(botTestRoom, botTestAlice, event.MembershipLeave)
+			env.mustDeliver(env.member(botTestRoom, botTestAlice, botTestAlice, event.MembershipLeave, nil))
+			leaves := len(env.hs.RequestsTo(astest.PatternLeave))
+			if tt.want {
+				if leaves != 0 || len(env.bridge.purged) != 0 || env.setup() == nil {
+					t.Errorf("%d leave requests, PurgeRoom calls %v, setup %v; want the bot to stay with its setup", leaves, env.bridge.purged, env.setup())
+				}
+				if owners, err := env.svc.roomBridges(env.ctx, botTestRoom); err != nil || len(owners) != 1 {
+					t.Errorf("room owners = %q (%v), want the bridge", owners, err)
+				}
+			} else if leaves != 1 || len(env.bridge.purged) != 1 {
+				t.Errorf("%d leave requests, PurgeRoom calls %v; want the bot to leave and purge", leaves, env.bridge.purged)
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
@@ -98,6 +99,44 @@ type OptInBridge interface {
 	// OptIn reports whether the example prints the bridge's section commented out. It returns
 	// constant data and is called before the configuration loads.
 	OptIn() bool
+}
+
+// RoomKeeper is an optional interface that bridges can implement to keep rooms that must outlive
+// their members: an IRC portal stays bridged while its channel exists, so that a user who joins
+// later finds it working. Before the bot leaves a room because only the service's own users are
+// left in it, or because it was a direct chat with a user being erased, the core asks each
+// bridge that claimed the room (Host.ClaimRoom); if one keeps it, the bot stays and the room's
+// configuration is not purged. Kicking or banning the bot still ends its setup.
+type RoomKeeper interface {
+	Bridge
+	// KeepsRoom reports whether the bridge keeps roomID. It should be cheap (a database lookup)
+	// and do no network I/O. An error counts as keeping the room, since leaving cannot be
+	// undone; the core logs it.
+	KeepsRoom(ctx context.Context, roomID id.RoomID) (bool, error)
+}
+
+// AdminAPIProvider is an optional interface that bridges can implement to add endpoints to the
+// admin API, for what an administrator manages in the bridge (the IRC bridge's portals). The
+// core mounts each route under <AdminAPIPrefix>/bridges/<bridge id>, behind the same bearer
+// token as its own endpoints: a handler never sees a request without it.
+type AdminAPIProvider interface {
+	Bridge
+	// AdminRoutes returns the bridge's admin endpoints. It is called once, after Init, when the
+	// admin API starts.
+	AdminRoutes() []AdminRoute
+}
+
+// AdminRoute is one admin API endpoint of a bridge (see [AdminAPIProvider]).
+type AdminRoute struct {
+	// Method is the HTTP method, http.MethodGet and the like.
+	Method string
+	// Path is the path below <AdminAPIPrefix>/bridges/<bridge id>, starting with "/". It may
+	// hold net/http pattern wildcards ("/portals/{room}/unlink"), which the handler reads with
+	// r.PathValue.
+	Path string
+	// Handler answers the request. Its context carries the admin API's logger. It should answer
+	// JSON, errors as {"errcode", "error"} like the core's endpoints, and log what it changed.
+	Handler http.HandlerFunc
 }
 
 // UserQuerier is an optional interface that bridges can implement to answer the homeserver's

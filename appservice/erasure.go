@@ -644,6 +644,11 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 			log.Info().Stringer("room_id", roomID).Msg("Not leaving a room others joined since the erasure")
 			continue
 		}
+		if svc.roomKept(ctx, roomID) {
+			// A bridge keeps it for whoever comes later (an IRC portal of a channel).
+			log.Info().Stringer("room_id", roomID).Msg("Not leaving a room a bridge keeps")
+			continue
+		}
 		svc.botRooms.Delete(roomID)
 		_, err := bot.LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
 		if err != nil && !isRoomGone(err) {

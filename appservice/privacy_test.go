@@ -51,6 +51,8 @@ type privacyBridge struct {
 	// purgedRooms and configured record PurgeRoom calls and runs of the configure command.
 	purgedRooms []id.RoomID
 	configured  []id.UserID
+	// keeps are the rooms the bridge keeps (RoomKeeper).
+	keeps map[id.RoomID]bool
 }
 
 var (

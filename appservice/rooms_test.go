@@ -26,6 +26,13 @@ func (pb *privacyBridge) Commands() []*Command {
 	}}}
 }
 
+// KeepsRoom keeps the rooms in keeps (RoomKeeper).
+func (pb *privacyBridge) KeepsRoom(_ context.Context, roomID id.RoomID) (bool, error) {
+	pb.lock.Lock()
+	defer pb.lock.Unlock()
+	return pb.keeps[roomID], nil
+}
+
 // PurgeRoom records the rooms whose configuration the core asked the bridge to purge.
 func (pb *privacyBridge) PurgeRoom(_ context.Context, roomID id.RoomID) error {
 	pb.lock.Lock()
@@ -246,6 +253,37 @@ func TestErasureCleanupRechecksMembers(t *testing.T) {
 			env.checkRoomUntouched(pvRoom)
 			if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
 				t.Errorf("bot membership in the direct chat only alice shares = %q, want leave", got)
+			}
+		})
+	}
+}
+
+// TestErasureCleanupStaysInKeptRooms: a room a bridge keeps (an IRC portal) is not left at an
+// erasure, even when only the bot and the erased user were in it.
+func TestErasureCleanupStaysInKeptRooms(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.setUpRoom(pvRoom, true, pvAlice)
+			if err := env.svc.bridgeByID[env.hooks.id].ClaimRoom(env.ctx, pvRoom, Provenance{}); err != nil {
+				t.Fatal(err)
+			}
+			env.hooks.lock.Lock()
+			env.hooks.keeps = map[id.RoomID]bool{pvRoom: true}
+			env.hooks.lock.Unlock()
+			hash, _, err := env.svc.UserHash(env.ctx, pvAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			job := &database.ErasureJob{
+				JobID: "cleanup-kept", UserHash: hash, State: database.ErasureCleanup,
+				LeaveRooms: []id.RoomID{pvDM, pvRoom},
+			}
+			env.svc.cleanUpErasure(env.ctx, job)
+			env.checkRoomUntouched(pvRoom)
+			if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
+				t.Errorf("bot membership in the direct chat = %q, want leave", got)
 			}
 		})
 	}

@@ -71,18 +71,23 @@ type Bridge struct {
 	identServer *identd.Server
 	// tlsRoots holds each network's tls_ca_file, by network ID; Start loads them.
 	tlsRoots map[string]*x509.CertPool
+	// toldNotAllowed remembers, per "<network> <user>", the users told that their server gets
+	// no puppets on the network (memory only).
+	toldNotAllowed sync.Map
 }
 
 var (
-	_ appservice.Bridge          = (*Bridge)(nil)
-	_ appservice.ConfigValidator = (*Bridge)(nil)
-	_ appservice.CommandProvider = (*Bridge)(nil)
-	_ appservice.Eraser          = (*Bridge)(nil)
-	_ appservice.RoomPurger      = (*Bridge)(nil)
-	_ appservice.RedactionPurger = (*Bridge)(nil)
-	_ appservice.AliasQuerier    = (*Bridge)(nil)
-	_ appservice.UserQuerier     = (*Bridge)(nil)
-	_ appservice.OptInBridge     = (*Bridge)(nil)
+	_ appservice.Bridge           = (*Bridge)(nil)
+	_ appservice.ConfigValidator  = (*Bridge)(nil)
+	_ appservice.CommandProvider  = (*Bridge)(nil)
+	_ appservice.Eraser           = (*Bridge)(nil)
+	_ appservice.RoomPurger       = (*Bridge)(nil)
+	_ appservice.RoomKeeper       = (*Bridge)(nil)
+	_ appservice.AdminAPIProvider = (*Bridge)(nil)
+	_ appservice.RedactionPurger  = (*Bridge)(nil)
+	_ appservice.AliasQuerier     = (*Bridge)(nil)
+	_ appservice.UserQuerier      = (*Bridge)(nil)
+	_ appservice.OptInBridge      = (*Bridge)(nil)
 )
 
 // New returns an IRC bridge with the example configuration's defaults and the system clock.
@@ -147,10 +152,11 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "the IRC nicks you chose (!irc nick)",
 		},
 		{
-			Table: "irc_portal", UserColumn: "actor_mxid",
+			Table: "irc_portal", UserColumn: "actor_mxid", Policy: appservice.EraseSetNull,
 			Export:            []string{"network", "channel_name", "room_id", "source_event_id", "created_at"},
 			SourceEventColumn: "source_event_id", RoomColumn: "room_id",
-			Description: "rooms you linked to IRC channels (!irc link), with when and which command",
+			Description: "rooms you linked to IRC channels (!irc link), with when and which command; " +
+				"when you are forgotten the rooms stay bridged for the others in them, without your name",
 		},
 		{
 			Table: "irc_channel_key", UserColumn: "actor_mxid",
@@ -438,8 +444,10 @@ func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, cause id.Eve
 }
 
 // EraseRemote undoes the user's presence on IRC before the core erases their data: every puppet
-// sends QUIT and disconnects, the ghosts leave the user's private chats, and the rooms the user
-// linked to channels are unlinked (the bridge leaves the channels). It is idempotent.
+// sends QUIT and disconnects and the ghosts leave the user's private chats. The rooms the user
+// linked to channels stay bridged, since others may use them and only an explicit unlink
+// removes a portal; they no longer name the user (actor and command cleared here, the actor
+// column is also SET NULL by the erasure). It is idempotent.
 func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	var errs []error
 	quit := 0
@@ -463,16 +471,15 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 			errs = append(errs, err)
 		}
 	}
-	portals, err := br.db.Portal.GetByActor(ctx, userID)
+	disowned, err := br.db.Portal.Disown(ctx, userID)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("failed to get linked portals: %w", err))
+		errs = append(errs, fmt.Errorf("failed to clear portal provenance: %w", err))
 	}
-	for _, p := range portals {
-		if err := br.unlinkPortal(ctx, p, "The room's link was removed"); err != nil {
-			errs = append(errs, err)
-		}
+	for _, netID := range br.netIDs {
+		br.networks[netID].disownPortals(userID)
+		br.toldNotAllowed.Delete(netID + " " + string(userID))
 	}
-	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int("portals_unlinked", len(portals)).
+	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int64("portals_kept", disowned).
 		Msg("Removed the user from IRC for erasure")
 	return errors.Join(errs...)
 }
@@ -493,9 +500,12 @@ func (br *Bridge) closePM(ctx context.Context, pm *ircdb.PM, reason string) {
 	}
 }
 
-// unlinkPortal removes a portal: the bridge leaves the channel and stops bridging the room.
+// unlinkPortal removes a portal: the bridge leaves the channel and stops bridging the room, and
+// the channel's alias no longer points at the room, so that whoever joins the alias later gets a
+// new, working portal instead of the unlinked room.
 func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason string) error {
-	if n := br.network(p.Network); n != nil {
+	n := br.network(p.Network)
+	if n != nil {
 		n.forgetPortal(ctx, p, reason)
 	}
 	if err := br.db.Portal.Delete(ctx, p.RoomID); err != nil {
@@ -504,7 +514,36 @@ func (br *Bridge) unlinkPortal(ctx context.Context, p *ircdb.Portal, reason stri
 	if err := br.host.ReleaseRoom(ctx, p.RoomID); err != nil {
 		return fmt.Errorf("failed to release portal room: %w", err)
 	}
+	if n != nil {
+		br.freeAlias(ctx, n, p)
+	}
 	return nil
+}
+
+// freeAlias deletes the alias of an unlinked portal's channel, so that whoever joins it later
+// gets a new portal instead of the unlinked room. The alias exists only if someone used it, and
+// can only point at that room. Failures are logged.
+func (br *Bridge) freeAlias(ctx context.Context, n *network, p *ircdb.Portal) {
+	localpart, err := ircid.AliasLocalpart(n.cfg.ID, n.casemapping(), p.ChannelName)
+	if err != nil {
+		return
+	}
+	_, err = br.host.Bot().DeleteAlias(ctx, id.NewRoomAlias(localpart, br.host.Domain()))
+	if err != nil && !errors.Is(err, mautrix.MNotFound) {
+		zerolog.Ctx(ctx).Debug().Err(err).Msg("Failed to remove the channel's alias from the unlinked room")
+	}
+}
+
+// KeepsRoom keeps every portal: a portal stays bridged while its channel exists, also when
+// everyone left it, so that a user who joins it later (through its alias, or the room's own
+// address) finds it working. Only an explicit unlink removes a portal: !irc unlink, kicking the
+// bot, redacting the !irc link command, or an administrator (custodian portal unlink).
+func (br *Bridge) KeepsRoom(ctx context.Context, roomID id.RoomID) (bool, error) {
+	p, err := br.db.Portal.GetByRoom(ctx, roomID)
+	if err != nil {
+		return false, fmt.Errorf("failed to get portal: %w", err)
+	}
+	return p != nil, nil
 }
 
 // PurgeRoom unlinks a portal or closes a private chat when the bot's setup in the room ended.
@@ -565,6 +604,7 @@ func (br *Bridge) RedactionPurged(ctx context.Context, roomID id.RoomID, redacte
 			if err := br.host.ReleaseRoom(ctx, p.RoomID); err != nil {
 				log.Warn().Err(err).Msg("Failed to release unlinked portal")
 			}
+			br.freeAlias(ctx, n, p)
 		}
 	}
 	if purged["irc_channel_key"] > 0 {

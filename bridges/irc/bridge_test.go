@@ -432,12 +432,13 @@ func TestLogin(t *testing.T) {
 
 func TestEraseRemote(t *testing.T) {
 	tests := []struct {
-		name     string
-		actor    id.UserID
-		wantPart bool
+		name  string
+		actor id.UserID
 	}{
 		{name: "portal made through its alias", actor: ""},
-		{name: "portal linked by the user", actor: testAlice, wantPart: true},
+		// The portal outlives its creator: others may still use the room, and only an explicit
+		// unlink removes a portal.
+		{name: "portal linked by the user", actor: testAlice},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -457,17 +458,54 @@ func TestEraseRemote(t *testing.T) {
 				if got := env.srv.Lines(irctest.After(seq, irctest.Match("bob[m]", "QUIT"))); len(got) != 0 {
 					t.Error("bob's puppet quit too")
 				}
-				parted := irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel))
-				if tt.wantPart {
-					env.srv.WaitFor(t, parted)
-				} else if _, err := env.srv.Find(parted, 300*time.Millisecond); err == nil {
-					t.Errorf("the bridge parted %s, a portal the user did not link", testChannel)
-				}
 				if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
 					t.Errorf("EraseRemote again = %v, want nil (idempotent)", err)
 				}
+				env.host.EraseUser(t, testAlice)
+				parted := irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel))
+				if _, err := env.srv.Find(parted, 300*time.Millisecond); err == nil {
+					t.Errorf("the bridge parted %s at the erasure of one of its users", testChannel)
+				}
+				p, err := env.br.db.Portal.GetByRoom(env.ctx, testPortalRoom)
+				if err != nil || p == nil {
+					t.Fatalf("portal after the erasure = %v, %v; want it kept", p, err)
+				}
+				if p.Actor != "" || p.SourceEventID != "" {
+					t.Errorf("portal after the erasure names actor %q, command %q; want neither", p.Actor, p.SourceEventID)
+				}
+				if !env.host.Claimed(t, testPortalRoom) {
+					t.Error("the room is no longer claimed")
+				}
+				assertNoRowNames(t, env, testAlice)
+				// The portal still relays both ways for those who stay.
+				env.say(testBob, "still bridged")
+				env.srv.WaitFor(t, irctest.After(seq, irctest.Match("bob[m]", "PRIVMSG", testChannel, "still bridged")))
 			})
 		})
+	}
+}
+
+// assertNoRowNames fails if a row of any of the bridge's tables, or of the core's room claims,
+// names userID.
+func assertNoRowNames(t *testing.T, env *testEnv, userID id.UserID) {
+	t.Helper()
+	queries := map[string]string{
+		"irc_portal":  `SELECT COUNT(*) FROM irc_portal WHERE actor_mxid=$1`,
+		"irc_account": `SELECT COUNT(*) FROM irc_account WHERE user_mxid=$1`,
+		"irc_nick":    `SELECT COUNT(*) FROM irc_nick WHERE user_mxid=$1`,
+		"irc_pm":      `SELECT COUNT(*) FROM irc_pm WHERE user_mxid=$1`,
+		"irc_message": `SELECT COUNT(*) FROM irc_message WHERE user_mxid=$1`,
+		"irc_media":   `SELECT COUNT(*) FROM irc_media WHERE user_mxid=$1`,
+		"as_room":     `SELECT COUNT(*) FROM as_room WHERE actor_mxid=$1`,
+	}
+	for table, q := range queries {
+		var n int
+		if err := env.host.RawDB.QueryRow(env.ctx, q, userID).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		if n != 0 {
+			t.Errorf("%s: %d rows name the erased user", table, n)
+		}
 	}
 }
 
@@ -674,6 +712,22 @@ func TestReconnectJoinsBeforeSending(t *testing.T) {
 		for i := range rooms {
 			if got := carol.Lines(irctest.Match("alice[m]", "PRIVMSG", fmt.Sprintf("#c%d", i), fmt.Sprintf("while down %d", i))); len(got) != 1 {
 				t.Errorf("the message for #c%d was refused: it reached the server before the puppet rejoined the channel", i)
+			}
+		}
+	})
+}
+
+// TestKeepsPortals: the bot stays in a portal that everyone left, so that a user who joins it
+// later (through its alias) finds it bridged; private chats and other rooms are not kept.
+func TestKeepsPortals(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		pmRoom := id.RoomID("!pm:example.org")
+		if err := env.br.recordPM(env.ctx, &ircdb.PM{UserID: testAlice, Network: testNet, Nick: "carol", RoomID: pmRoom, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		for roomID, want := range map[id.RoomID]bool{testPortalRoom: true, pmRoom: false, "!other:example.org": false} {
+			if got, err := env.br.KeepsRoom(env.ctx, roomID); err != nil || got != want {
+				t.Errorf("KeepsRoom(%s) = %v, %v; want %v", roomID, got, err, want)
 			}
 		}
 	})

@@ -254,6 +254,9 @@ func (br *Bridge) cmdLink(ctx context.Context, ce *appservice.CommandEvent) erro
 			return usage
 		}
 	}
+	if !n.channelAllowed(channel) {
+		return appservice.UserErrorf("%s may not be bridged on %s: this Custodian's administrator does not allow it.", channel, n.cfg.Name)
+	}
 	if existing, err := br.targetFor(ctx, ce.RoomID); err != nil {
 		return err
 	} else if existing != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
@@ -186,6 +187,14 @@ type NetworkConfig struct {
 	// RejoinDelay is how long a puppet kicked from a channel stays out of it, and how long a
 	// killed puppet waits before it reconnects.
 	RejoinDelay time.Duration `yaml:"rejoin_delay"`
+	// Channels decides which channels may be bridged (portalled through their alias, or linked).
+	Channels ChannelPolicy `yaml:"channels"`
+	// PuppetServers are glob patterns of the Matrix servers whose users get puppets on the
+	// network; empty means this homeserver's users only.
+	PuppetServers []string `yaml:"puppet_servers"`
+	// PortalPowerLevels are the power levels the bridge gives Matrix users in the portal rooms
+	// it creates (through an alias, or at a reset), besides its own 100.
+	PortalPowerLevels map[id.UserID]int `yaml:"portal_power_levels"`
 }
 
 // The values of link_consent.
@@ -421,6 +430,33 @@ func (cfg *Config) validate() error {
 		}
 		if nc.RejoinDelay < 0 || nc.RejoinDelay > maxRejoinDelay {
 			problem(path+".rejoin_delay", "must be between 0s and %s", maxRejoinDelay)
+		}
+		for _, key := range []struct {
+			name     string
+			patterns []string
+		}{{"allow", nc.Channels.Allow}, {"deny", nc.Channels.Deny}} {
+			for _, pattern := range key.patterns {
+				if !validChannelPattern(pattern) {
+					problem(path+".channels."+key.name, "%q is not a channel pattern (a channel name that may hold * and ?, such as #project-*)", pattern)
+				}
+			}
+		}
+		for _, pattern := range nc.PuppetServers {
+			if !validServerPattern(pattern) {
+				problem(path+".puppet_servers", "%q is not a server name pattern (such as example.org or *.example.org)", pattern)
+			}
+		}
+		users := make([]id.UserID, 0, len(nc.PortalPowerLevels))
+		for userID := range nc.PortalPowerLevels {
+			users = append(users, userID)
+		}
+		slices.Sort(users)
+		for _, userID := range users {
+			if _, _, err := userID.ParseAndValidateRelaxed(); err != nil {
+				problem(path+".portal_power_levels", "%q is not a Matrix user ID (@user:server)", userID)
+			} else if level := nc.PortalPowerLevels[userID]; level < 0 || level > 100 {
+				problem(path+".portal_power_levels", "the level of %s must be from 0 to 100", userID)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
@@ -109,6 +110,16 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 	}
 	msg, ok := br.convertMatrix(ctx, evt, content)
 	if !ok {
+		return nil
+	}
+	if !t.net.puppetAllowed(evt.Sender) {
+		// Told once per network while the bridge runs: such users may be many, and speak often.
+		if _, told := br.toldNotAllowed.LoadOrStore(t.net.cfg.ID+" "+string(evt.Sender), true); !told {
+			_, server, _ := evt.Sender.Parse()
+			br.notifyUser(ctx, evt.Sender, evt.ID, "puppet-not-allowed", fmt.Sprintf(
+				"Your messages in rooms bridged to %s are not relayed: this bridge connects only some servers' users to it, "+
+					"and not users of %s.", t.net.cfg.Name, server))
+		}
 		return nil
 	}
 	if t.portal != nil {
@@ -342,6 +353,9 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 		}
 		return nil
 	}
+	if content.Membership == event.MembershipJoin {
+		return br.grantPortalPower(ctx, evt.RoomID, target)
+	}
 	if content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan {
 		return nil
 	}
@@ -365,6 +379,41 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 	return nil
 }
 
+// grantPortalPower gives a user who joined a portal the power level the network's
+// portal_power_levels lists for them, if theirs is lower and the bot's own level allows it.
+// Portals made before the user was listed, or linked rooms whose admins gave the bot power, get
+// their moderators this way. Failures are logged: the join stands regardless.
+func (br *Bridge) grantPortalPower(ctx context.Context, roomID id.RoomID, userID id.UserID) error {
+	t, err := br.targetFor(ctx, roomID)
+	if err != nil || t == nil || t.portal == nil {
+		return err
+	}
+	want, ok := t.net.cfg.PortalPowerLevels[userID]
+	if !ok {
+		return nil
+	}
+	var pl event.PowerLevelsEventContent
+	if err = br.host.Bot().StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to read portal power levels")
+		return nil
+	}
+	bot := br.host.Bot().UserID
+	// A bot missing from users may still be the room's creator, whom newer room versions give
+	// unlimited power; the homeserver decides then.
+	_, botListed := pl.Users[bot]
+	botLevel := pl.GetUserLevel(bot)
+	if pl.GetUserLevel(userID) >= want || (botListed && (botLevel < want || botLevel < pl.GetEventLevel(event.StatePowerLevels))) {
+		return nil
+	}
+	pl.SetUserLevel(userID, want)
+	if _, err = br.host.Bot().SendStateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to grant a configured power level in a portal")
+		return nil
+	}
+	zerolog.Ctx(ctx).Info().Str("network", t.net.cfg.ID).Int("level", want).Msg("Granted a configured power level in a portal")
+	return nil
+}
+
 // acceptGhostInvite opens a private chat when a user invites an IRC user's ghost to a room.
 func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *network, nick string) error {
 	if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
@@ -378,6 +427,15 @@ func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *ne
 	intent, err := br.ghost(ctx, n, nick)
 	if err != nil {
 		return err
+	}
+	if !n.puppetAllowed(evt.Sender) {
+		// Their messages could not reach IRC (puppet_servers): decline rather than open a chat
+		// that relays nothing.
+		_, err = intent.LeaveRoom(ctx, evt.RoomID, &mautrix.ReqLeave{Reason: "Users of your server cannot message IRC users through this bridge"})
+		if err != nil {
+			zerolog.Ctx(ctx).Debug().Err(err).Msg("Ghost failed to decline invite")
+		}
+		return nil
 	}
 	if _, err = intent.JoinRoomByID(ctx, evt.RoomID); err != nil {
 		return fmt.Errorf("failed to accept invite: %w", err)

@@ -289,6 +289,20 @@ func (n *network) puppetByNick(folded string) *puppet {
 	return nil
 }
 
+// disownPortals clears userID from the provenance of the cached portals they linked, as
+// PortalQuery.Disown does in the database.
+func (n *network) disownPortals(userID id.UserID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for folded, p := range n.portals {
+		if p.Actor == userID {
+			cp := *p
+			cp.Actor, cp.SourceEventID = "", ""
+			n.portals[folded] = &cp
+		}
+	}
+}
+
 // isOurNick reports whether nick (folded) is the bridge's own connection or one of the puppets.
 func (n *network) isOurNick(folded string) bool {
 	if c := n.bot.current(); c != nil && n.fold(c.Nick()) == folded {

@@ -43,6 +43,10 @@ func (br *Bridge) QueryAlias(ctx context.Context, alias id.RoomAlias) (bool, err
 		}
 		return true, nil
 	}
+	if !n.channelAllowed(channel) {
+		zerolog.Ctx(ctx).Debug().Str("network", netID).Msg("Not creating a portal for a channel the policy denies")
+		return false, nil
+	}
 	p, err := br.createPortal(ctx, n, channel, channel, localpart, appservice.Provenance{})
 	if err != nil {
 		return false, err
@@ -54,7 +58,25 @@ func (br *Bridge) QueryAlias(ctx context.Context, alias id.RoomAlias) (bool, err
 // createPortal creates a public room for channel (folded; name as written), with the alias
 // localpart if not empty, records the portal and joins the channel.
 func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, aliasLocalpart string, prov appservice.Provenance) (*ircdb.Portal, error) {
-	req := &mautrix.ReqCreateRoom{
+	resp, err := br.host.Bot().CreateRoom(ctx, br.portalRoomRequest(n, name, aliasLocalpart))
+	if err != nil {
+		return nil, fmt.Errorf("failed to create portal room: %w", err)
+	}
+	return br.recordPortal(ctx, n, &ircdb.Portal{
+		Network: n.cfg.ID, Channel: folded, ChannelName: name, RoomID: resp.RoomID, CreatedAt: br.clock.Now(),
+	}, prov)
+}
+
+// portalRoomRequest is the request that creates a public portal room for channel name, with the
+// alias localpart if not empty. The bot has power level 100 in it, and the network's
+// portal_power_levels users theirs, so that someone can moderate the room and run !irc unlink.
+func (br *Bridge) portalRoomRequest(n *network, name, aliasLocalpart string) *mautrix.ReqCreateRoom {
+	users := make(map[id.UserID]int, len(n.cfg.PortalPowerLevels)+1)
+	for userID, level := range n.cfg.PortalPowerLevels {
+		users[userID] = level
+	}
+	users[br.host.Bot().UserID] = 100
+	return &mautrix.ReqCreateRoom{
 		Visibility:    "private",
 		Preset:        "public_chat",
 		RoomAliasName: aliasLocalpart,
@@ -64,7 +86,7 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 			"m.federate": true,
 		},
 		PowerLevelOverride: &event.PowerLevelsEventContent{
-			Users: map[id.UserID]int{br.host.Bot().UserID: 100},
+			Users: users,
 			// Anyone may try to change the topic, as on IRC: the channel decides (+t).
 			Events:          map[string]int{event.StateTopic.Type: 0},
 			EventsDefault:   0,
@@ -75,13 +97,6 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 			InvitePtr:       ptr.Ptr(0),
 		},
 	}
-	resp, err := br.host.Bot().CreateRoom(ctx, req)
-	if err != nil {
-		return nil, fmt.Errorf("failed to create portal room: %w", err)
-	}
-	return br.recordPortal(ctx, n, &ircdb.Portal{
-		Network: n.cfg.ID, Channel: folded, ChannelName: name, RoomID: resp.RoomID, CreatedAt: br.clock.Now(),
-	}, prov)
 }
 
 // recordPortal stores p, claims its room and joins the channel. If the channel got a portal

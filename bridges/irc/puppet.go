@@ -126,6 +126,9 @@ func (n *network) puppetFor(userID id.UserID, create bool) (*puppet, error) {
 	if n.stopping {
 		return nil, errStopping
 	}
+	if !n.puppetAllowed(userID) {
+		return nil, ErrPuppetNotAllowed
+	}
 	if n.cfg.MaxPuppets > 0 && len(n.puppets) >= n.cfg.MaxPuppets {
 		return nil, ErrTooManyPuppets
 	}

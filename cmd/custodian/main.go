@@ -57,7 +57,8 @@ func main() {
 
 // run is main without the process: it parses args, does what they ask and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	// Subcommands for admins: key management (keys.go) and privacy operations (privacy.go).
+	// Subcommands for admins: key management (keys.go), privacy operations (privacy.go) and
+	// the IRC bridge's portals (portals.go).
 	if len(args) > 0 {
 		switch args[0] {
 		case "keys":
@@ -66,6 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runExport(args[1:], stdout, stderr)
 		case "forget":
 			return runForget(args[1:], stdout, stderr)
+		case "portals":
+			return runPortals(args[1:], stdout, stderr)
+		case "portal":
+			return runPortal(args[1:], stdout, stderr)
 		}
 	}
 	flags := flag.NewFlagSet("custodian", flag.ContinueOnError)
@@ -78,7 +83,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: custodian [-c config.yaml] [-r registration.yaml] [-g | -e | -v]\n"+
 			"       custodian keys generate|rotate|status [-c config.yaml]\n"+
-			"       custodian export|forget [-c config.yaml] @user:server\n\n")
+			"       custodian export|forget [-c config.yaml] @user:server\n"+
+			"       custodian portals list [-c config.yaml]\n"+
+			"       custodian portal unlink|reset [-c config.yaml] <!room:server | #alias:server>\n\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {

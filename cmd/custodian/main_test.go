@@ -222,7 +222,7 @@ func TestREADMEMatchesTheCommandLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, sub := range []string{"keys", "export", "forget"} {
+	for _, sub := range []string{"keys", "export", "forget", "portals", "portal"} {
 		// The subcommand exists: its help exits 0 or 1, never as an unknown flag or argument.
 		if _, _, stderr := runCLI(t, sub, "-h"); strings.Contains(stderr, "unexpected argument") {
 			t.Errorf("custodian %s is not a subcommand: %s", sub, stderr)

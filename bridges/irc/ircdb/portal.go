@@ -52,7 +52,9 @@ const (
 		INSERT INTO irc_portal (` + portalColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (network, channel) DO NOTHING
 	`
-	deletePortalQuery = `DELETE FROM irc_portal WHERE room_id=$1`
+	deletePortalQuery  = `DELETE FROM irc_portal WHERE room_id=$1`
+	disownPortalsQuery = `UPDATE irc_portal SET actor_mxid=NULL, source_event_id=NULL WHERE actor_mxid=$1`
+	getAllPortalsQuery = `SELECT ` + portalColumns + ` FROM irc_portal ORDER BY network, channel`
 )
 
 // Get returns the portal of channel (folded) on network, or nil.
@@ -90,4 +92,20 @@ func (pq *PortalQuery) Insert(ctx context.Context, p *Portal) (bool, error) {
 // Delete removes the portal in roomID, if any.
 func (pq *PortalQuery) Delete(ctx context.Context, roomID id.RoomID) error {
 	return pq.Exec(ctx, deletePortalQuery, roomID)
+}
+
+// Disown removes userID from the provenance of the portals they linked (actor and command), so
+// that the portals outlive the user's erasure without naming them. It returns how many portals
+// it changed.
+func (pq *PortalQuery) Disown(ctx context.Context, userID id.UserID) (int64, error) {
+	res, err := pq.GetDB().Exec(ctx, disownPortalsQuery, userID)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// List returns every portal of every network, ordered by network and channel.
+func (pq *PortalQuery) List(ctx context.Context) ([]*Portal, error) {
+	return pq.QueryMany(ctx, getAllPortalsQuery)
 }

@@ -1,16 +1,17 @@
--- v0 -> v5: Latest revision
+-- v0 -> v6: Latest revision
 
 -- irc_portal links a Matrix room to an IRC channel. A portal made by joining its alias
 -- (#irc_<network>_<channel>) belongs to nobody: actor_mxid and source_event_id are NULL. A
--- portal made with !irc link records its provenance; redacting that command, or erasing the
--- user who issued it, unlinks the room.
+-- portal made with !irc link records its provenance; redacting that command unlinks the room.
+-- Erasing the user who issued it does not: the portal stays for the others in the room, and no
+-- longer names the user (actor_mxid SET NULL; the bridge clears source_event_id first).
 CREATE TABLE irc_portal (
 	network         TEXT   NOT NULL,
 	-- The channel folded under the network's casemapping, and as it was first written.
 	channel         TEXT   NOT NULL,
 	channel_name    TEXT   NOT NULL,
 	room_id         TEXT   NOT NULL UNIQUE,
-	actor_mxid      TEXT   REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+	actor_mxid      TEXT   REFERENCES users (mxid) ON DELETE SET NULL ON UPDATE CASCADE,
 	source_event_id TEXT,
 	created_at      BIGINT NOT NULL,
 	PRIMARY KEY (network, channel)
