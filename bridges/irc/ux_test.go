@@ -1,7 +1,6 @@
 package irc
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -325,22 +324,3 @@ func TestRefusalFeedback(t *testing.T) {
 
 // TestNotConnectedFeedback: a message that cannot be sent because the sender's puppet gets no
 // connection before the handler gives up is told to the sender, once.
-func TestNotConnectedFeedback(t *testing.T) {
-	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
-		env.srv.Down()
-		evt := env.message(testPortalRoom, testAlice, event.MsgText, "into the void")
-		for range 2 {
-			ctx, cancel := context.WithTimeout(env.ctx, 300*time.Millisecond)
-			err := env.br.HandleEvent(ctx, evt)
-			cancel()
-			if err == nil {
-				t.Fatal("HandleEvent returned no error for a message it could not send")
-			}
-		}
-		const notice = "Your message to #test on Test Net was not delivered: you are not connected"
-		env.eventually("the notice to alice", func() bool { return noticesWith(env, notice) > 0 })
-		if got := noticesWith(env, notice); got != 1 {
-			t.Errorf("alice got %d notices for one message handled twice, want 1", got)
-		}
-	})
-}
