@@ -221,8 +221,8 @@ func (svc *Service) deactivationLoop(ctx context.Context) {
 	if svc.privacy.hsAdmin == nil {
 		return
 	}
-	ticks, stop := svc.clock().NewTicker(svc.cfg.Privacy.deactivationSweepInterval())
-	defer stop()
+	ticker := svc.clock().NewTicker(svc.cfg.Privacy.deactivationSweepInterval())
+	defer ticker.Stop()
 	for {
 		_, erased, err := svc.sweepDeactivated(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -234,7 +234,7 @@ func (svc *Service) deactivationLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticks:
+		case <-ticker.C():
 		}
 	}
 }

@@ -191,7 +191,7 @@ func TestDeactivationSweep(t *testing.T) {
 			env.hs.setDeactivated(pvAlice)
 
 			// The sweep runs every privacy.deactivation.sweep_interval (6h by default).
-			if !env.clock.WaitForTicker(6*time.Hour, 10*time.Second) {
+			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), 6*time.Hour) != nil {
 				t.Fatal("the deactivation loop did not start its ticker")
 			}
 			env.clock.Advance(6 * time.Hour)

@@ -107,10 +107,8 @@ func (d *dispatcher) start(ctx context.Context) error {
 			page, err := d.svc.db.Inbox.Pending(ctx, after, replayPageSize)
 			if err != nil {
 				zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to read inbox for replay; retrying")
-				select {
-				case <-ctx.Done():
+				if !d.svc.sleep(ctx, time.Second) {
 					return
-				case <-time.After(time.Second):
 				}
 				continue
 			}
@@ -269,6 +267,9 @@ func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueu
 func (d *dispatcher) flushLoop(ctx context.Context) {
 	defer close(d.flusherDone)
 	batch := make([]database.Done, 0, doneBatchSize)
+	// The flush timer alone runs on the wall clock, not the service's: it is a batching latency
+	// of doneFlushInterval, invisible to users, and on a fake clock every test would have to
+	// advance it after every event before the inbox reflected what was handled.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	flush := func() {
@@ -287,7 +288,7 @@ func (d *dispatcher) flushLoop(ctx context.Context) {
 				zerolog.Ctx(ctx).Error().Int("events", len(batch)).Msg("Giving up marking events done; they will be replayed after restart")
 				break
 			}
-			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+			d.svc.sleep(context.WithoutCancel(ctx), time.Duration(attempt+1)*100*time.Millisecond)
 		}
 		batch = batch[:0]
 	}

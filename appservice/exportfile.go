@@ -228,8 +228,8 @@ func (svc *Service) startExportExpiry(ctx context.Context) {
 	svc.privacy.loops.Add(1)
 	go func() {
 		defer svc.privacy.loops.Done()
-		ticks, stop := svc.clock().NewTicker(exportExpiryInterval)
-		defer stop()
+		ticker := svc.clock().NewTicker(exportExpiryInterval)
+		defer ticker.Stop()
 		for {
 			n, err := svc.expireExports(ctx)
 			if err != nil && ctx.Err() == nil {
@@ -241,7 +241,7 @@ func (svc *Service) startExportExpiry(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-ticks:
+			case <-ticker.C():
 			}
 		}
 	}()

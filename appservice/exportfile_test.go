@@ -81,7 +81,7 @@ func TestExportFileExpires(t *testing.T) {
 					}
 				}
 				wait("at start")
-				if !env.clock.WaitForTicker(exportExpiryInterval, 10*time.Second) {
+				if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), exportExpiryInterval) != nil {
 					t.Fatal("the export expiry loop did not start its ticker")
 				}
 				env.setUpRoom(pvDM, true, pvAlice)

@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
@@ -294,14 +295,14 @@ type privacyEnv struct {
 	dialect string
 	svc     *Service
 	hs      *privacyHS
-	clock   *astest.FakeClock
+	clock   *clock.Fake
 	hooks   *privacyBridge
 	other   *privacyBridge
 	seq     int
 	started bool
 	cancel  context.CancelFunc
 	// logs holds everything the service logged.
-	logs *lockedBuffer
+	logs *watchedLog
 	// erasureRan is signalled after each attempt of the erasure runner at a job; signals
 	// coalesce, so waiters check the database again after each.
 	erasureRan chan struct{}
@@ -323,10 +324,10 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 	if configure != nil {
 		configure(cfg)
 	}
-	logs := &lockedBuffer{}
+	logs := newWatchedLog()
 	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	env := &privacyEnv{
-		t: t, dialect: dialect, hs: hs, clock: astest.NewFakeClock(pvEpoch),
+		t: t, dialect: dialect, hs: hs, clock: clock.NewFake(pvEpoch),
 		hooks: newPrivacyBridge("hooks"), other: newPrivacyBridge("other"), logs: logs,
 	}
 	env.other.noRoomColumn = true

@@ -37,13 +37,13 @@ func checkRetention(inventory map[string][]UserTable) error {
 
 // retentionLoop runs the retention sweeper every privacy.sweep_interval until ctx ends.
 func (svc *Service) retentionLoop(ctx context.Context) {
-	ticks, stop := svc.clock().NewTicker(svc.cfg.Privacy.sweepInterval())
-	defer stop()
+	ticker := svc.clock().NewTicker(svc.cfg.Privacy.sweepInterval())
+	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticks:
+		case <-ticker.C():
 		}
 		deleted, err := svc.sweepRetention(ctx)
 		if err != nil {

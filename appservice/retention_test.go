@@ -115,7 +115,7 @@ func TestRetentionLoopRunsOnTheClock(t *testing.T) {
 	env.seedAged(time.Hour, "1")
 	// Other loops tick on the same clock (pruning every 10 minutes, the homeserver ping's
 	// backoff), so wait for the sweep's own interval.
-	if !env.clock.WaitForTicker(5*time.Minute, 10*time.Second) {
+	if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), 5*time.Minute) != nil {
 		t.Fatal("the retention loop did not start its ticker")
 	}
 	env.clock.Advance(4 * time.Minute)

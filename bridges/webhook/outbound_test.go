@@ -193,7 +193,7 @@ func TestOutboundRetriesWithBackoff(t *testing.T) {
 	if status.ConsecutiveFailures != 4 {
 		t.Errorf("consecutive failures = %d, want 4", status.ConsecutiveFailures)
 	}
-	if env.clock.WaitForTickers(1, 100*time.Millisecond) {
+	if env.clock.BlockUntil(astest.Within(t, 100*time.Millisecond), 1) == nil {
 		t.Error("the worker waits to retry a 404")
 	}
 	rc.none(t)
@@ -271,7 +271,7 @@ func TestOutboundRefusesPrivateTargetsByDefault(t *testing.T) {
 		t.Errorf("last error = %q, want the private target named as the cause", status.LastError)
 	}
 	rc.none(t)
-	if env.clock.WaitForTickers(1, 100*time.Millisecond) {
+	if env.clock.BlockUntil(astest.Within(t, 100*time.Millisecond), 1) == nil {
 		t.Error("the worker waits to retry a refused target")
 	}
 }
