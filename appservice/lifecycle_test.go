@@ -48,6 +48,23 @@ func (wl *watchedLog) waitFor(t testing.TB, substr string) {
 	wl.waitForCount(t, substr, 1)
 }
 
+// waitForLine waits until n lines of the log hold substr, failing the test after a deadline,
+// and returns the nth.
+func (wl *watchedLog) waitForLine(t testing.TB, substr string, n int) string {
+	t.Helper()
+	wl.waitForCount(t, substr, n)
+	seen := 0
+	for _, line := range strings.Split(wl.String(), "\n") {
+		if strings.Contains(line, substr) {
+			if seen++; seen == n {
+				return line
+			}
+		}
+	}
+	t.Fatalf("the log lost line %d holding %q", n, substr)
+	return ""
+}
+
 // waitForCount waits until the log holds substr at least n times, failing the test after a
 // deadline.
 func (wl *watchedLog) waitForCount(t testing.TB, substr string, n int) {

@@ -59,9 +59,6 @@ type privacyState struct {
 	eraseWaiters map[string][]chan erasureOutcome
 	// erasureRan, if set, is called after each attempt of the runner at a job (tests).
 	erasureRan func(jobID string, state database.ErasureState, err error)
-	// afterSweep, if set, is called after each sweep of the retention ("retention") and
-	// deactivation ("deactivation") loops with what it did (tests).
-	afterSweep func(kind string, n int64, err error)
 	loops      sync.WaitGroup
 }
 

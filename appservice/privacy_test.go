@@ -652,24 +652,43 @@ func (env *privacyEnv) stop() {
 	}
 }
 
+// What the privacy loops log after every pass, at debug level.
+const (
+	deactivationPass = `"message":"Deactivation sweep pass finished"`
+	retentionPass    = `"message":"Retention sweep pass finished"`
+	exportPass       = `"message":"Export expiry pass finished"`
+)
+
+// pass waits until a privacy loop logged pass number n (msg is one of the constants above) and
+// returns the count it logged under field; the test fails if the pass failed.
+func (env *privacyEnv) pass(msg string, n int, field string) int64 {
+	env.t.Helper()
+	line := env.logs.waitForLine(env.t, msg, n)
+	var logged struct {
+		Failed bool `json:"failed"`
+	}
+	counts := map[string]any{}
+	if err := json.Unmarshal([]byte(line), &logged); err != nil {
+		env.t.Fatalf("pass %d: %v in %s", n, err, line)
+	}
+	if err := json.Unmarshal([]byte(line), &counts); err != nil {
+		env.t.Fatalf("pass %d: %v in %s", n, err, line)
+	}
+	if logged.Failed {
+		env.t.Errorf("pass %d failed: %s", n, line)
+	}
+	count, ok := counts[field].(float64)
+	if !ok {
+		env.t.Fatalf("pass %d logged no %s: %s", n, field, line)
+	}
+	return int64(count)
+}
+
 // startAndSweep starts a service that has admin access to the homeserver and waits for the
 // deactivation sweep at start, so that it cannot race with what the test does next.
 func (env *privacyEnv) startAndSweep() *privacyEnv {
 	env.t.Helper()
-	swept := make(chan struct{}, 1)
-	env.svc.privacy.afterSweep = func(kind string, _ int64, _ error) {
-		if kind == "deactivation" {
-			select {
-			case swept <- struct{}{}:
-			default:
-			}
-		}
-	}
 	env.start()
-	select {
-	case <-swept:
-	case <-time.After(30 * time.Second):
-		env.t.Fatal("no deactivation sweep at start")
-	}
+	env.logs.waitFor(env.t, deactivationPass)
 	return env
 }
