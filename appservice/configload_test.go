@@ -61,13 +61,13 @@ func (b *cfgBridge) Config() (string, any) {
 	}
 	return b.example, b.target
 }
-func (b *cfgBridge) Migrations() dbutil.UpgradeTable                 { return dbutil.UpgradeTable{} }
-func (b *cfgBridge) PersonalData() []UserTable                       { return nil }
-func (b *cfgBridge) Init(Host) error                                 { return nil }
-func (b *cfgBridge) Start(context.Context) error                     { return nil }
-func (b *cfgBridge) Stop(context.Context) error                      { return nil }
-func (b *cfgBridge) HandleEvent(context.Context, *event.Event) error { return nil }
-func (b *cfgBridge) ValidateConfig() error                           { return b.runValidate() }
+func (b *cfgBridge) Migrations() dbutil.UpgradeTable                        { return dbutil.UpgradeTable{} }
+func (b *cfgBridge) PersonalData() []UserTable                              { return nil }
+func (b *cfgBridge) Init(Host) error                                        { return nil }
+func (b *cfgBridge) Start(context.Context) error                            { return nil }
+func (b *cfgBridge) Stop(context.Context) error                             { return nil }
+func (b *cfgBridge) HandleEvent(context.Context, *event.Event, Route) error { return nil }
+func (b *cfgBridge) ValidateConfig() error                                  { return b.runValidate() }
 func (b *cfgBridge) runValidate() error {
 	if b.validate == nil {
 		return nil

@@ -29,13 +29,13 @@ type gatedBridge struct {
 	release chan struct{}
 }
 
-func (gb *gatedBridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (gb *gatedBridge) HandleEvent(ctx context.Context, evt *event.Event, _ Route) error {
 	select {
 	case <-gb.release:
 	case <-time.After(30 * time.Second):
 		return errors.New("gate never released")
 	}
-	return gb.recordingBridge.HandleEvent(ctx, evt)
+	return gb.recordingBridge.HandleEvent(ctx, evt, Route{})
 }
 
 // sqliteFiles returns the contents of db's SQLite database file and its -wal and -shm files,

@@ -125,7 +125,7 @@ func (pb *privacyBridge) PersonalData() []UserTable {
 func (pb *privacyBridge) Init(host Host) error        { pb.host = host; return nil }
 func (pb *privacyBridge) Start(context.Context) error { return nil }
 func (pb *privacyBridge) Stop(context.Context) error  { return nil }
-func (pb *privacyBridge) HandleEvent(_ context.Context, evt *event.Event) error {
+func (pb *privacyBridge) HandleEvent(_ context.Context, evt *event.Event, _ Route) error {
 	pb.lock.Lock()
 	defer pb.lock.Unlock()
 	pb.events = append(pb.events, evt)

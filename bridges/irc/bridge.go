@@ -301,14 +301,14 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 }
 
 // HandleEvent handles a Matrix event in a portal or private chat, or one concerning a ghost.
-func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appservice.Route) error {
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMatrixMessage(ctx, evt)
 	case event.EventRedaction:
 		return br.handleMatrixRedaction(ctx, evt)
 	case event.StateMember:
-		return br.handleMatrixMember(ctx, evt)
+		return br.handleMatrixMember(ctx, evt, route)
 	case event.StateTopic:
 		return br.handleMatrixTopic(ctx, evt)
 	}

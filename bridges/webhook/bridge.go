@@ -220,7 +220,12 @@ func (br *Bridge) Stop(ctx context.Context) error {
 // outbound hooks, redactions remove the hooks their command created and are passed on to
 // outbound hooks as deletion notices, and member and power level changes suspend the outbound
 // hooks whose owner lost the right to them. Other events are ignored.
-func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appservice.Route) error {
+	if route.Claim == nil {
+		// Only about one of its ghosts, in a room without hooks (the bridge releases a room when
+		// its last hook goes): nothing to deliver, no owner to check.
+		return nil
+	}
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMessage(ctx, evt)

@@ -110,6 +110,11 @@ func (env *testEnv) newEventID() id.EventID {
 	return id.EventID(fmt.Sprintf("$test%d:example.org", env.eventNo))
 }
 
+// deliver hands evt to the bridge as the core would, with the route the core would compute.
+func (env *testEnv) deliver(ctx context.Context, evt *event.Event) error {
+	return env.br.HandleEvent(ctx, evt, env.host.Route(evt))
+}
+
 // message returns an m.room.message event from sender in the test room.
 func (env *testEnv) message(sender id.UserID, body string) *event.Event {
 	content := &event.MessageEventContent{MsgType: event.MsgText, Body: body}
