@@ -110,8 +110,11 @@ type Namespaces struct {
 // reports every problem of every bridge at once.
 type ConfigValidator interface {
 	Bridge
-	// ValidateConfig returns nil or the problems found, with key paths relative to the bridge's
-	// section (the core prefixes bridges.<id>.).
+	// ValidateConfig returns nil or the problems found: one [*ConfigError] per problem, joined
+	// with errors.Join when there are several. Path is relative to the bridge's section
+	// ("networks[0].address"; empty for the section as a whole) and Line is left 0: the core
+	// prefixes bridges.<id>. and adds the key's line in the file where the key is present. Any
+	// other error is reported as a problem of the whole section.
 	ValidateConfig() error
 }
 
