@@ -80,13 +80,8 @@ func (svc *Service) startAdminAPI(ctx context.Context) error {
 	}
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
 	svc.privacy.adminAddr = ln.Addr()
-	svc.privacy.adminServer = &http.Server{
-		Handler:           svc.adminRouter(token, log),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
-		// Erasures wait for the bridges' remote side effects.
-		WriteTimeout: 5 * time.Minute,
-	}
+	// Erasures wait for the bridges' remote side effects.
+	svc.privacy.adminServer = NewHTTPServer(svc.adminRouter(token, log), time.Minute, 5*time.Minute)
 	go func() {
 		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("Admin API listener failed")

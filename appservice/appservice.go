@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/sqlstatestore"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -54,9 +55,7 @@ type Service struct {
 
 	// clk is the service's clock (see clock); nil means the real one. Tests set a fake one
 	// before start.
-	clk Clock
-	// afterPrune, if set, is called after each round of pruneLoop with what it did (tests).
-	afterPrune func(txns, events int64, err error)
+	clk clock.Clock
 
 	ingestLock sync.Mutex
 	// bgCancel stops the background loops started by start; bg waits for them.
@@ -209,22 +208,20 @@ func (svc *Service) pruneLoop(ctx context.Context) {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	ticks, stop := svc.clock().NewTicker(min(ttl/4, 10*time.Minute))
-	defer stop()
+	ticker := svc.clock().NewTicker(min(ttl/4, 10*time.Minute))
+	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticks:
+		case <-ticker.C():
 		}
 		txns, events, err := svc.db.Inbox.Prune(ctx, svc.now().Add(-ttl))
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to prune processed transaction and event IDs")
-		} else if txns > 0 || events > 0 {
+		} else {
+			// Every round, also an empty one: a debug log shows the loop is alive.
 			zerolog.Ctx(ctx).Debug().Int64("transactions", txns).Int64("events", events).Msg("Pruned processed IDs")
-		}
-		if svc.afterPrune != nil {
-			svc.afterPrune(txns, events, err)
 		}
 	}
 }
@@ -298,13 +295,8 @@ func (svc *Service) startListeners(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", addr, err)
 	}
-	svc.server = &http.Server{
-		Handler:           svc.router(),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Transactions can be large and the database slow; the body size is bounded separately.
-		ReadTimeout:  2 * time.Minute,
-		WriteTimeout: 2 * time.Minute,
-	}
+	// Transactions can be large and the database slow; the body size is bounded separately.
+	svc.server = NewHTTPServer(svc.router(), 2*time.Minute, 2*time.Minute)
 	go func() {
 		if err := svc.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			svc.log.Error().Err(err).Msg("Appservice listener failed")
@@ -318,7 +310,7 @@ func (svc *Service) startListeners(ctx context.Context) error {
 			return fmt.Errorf("failed to listen on metrics.listen %s: %w", *svc.cfg.Metrics.Listen, err)
 		}
 		svc.metricsAddr = mln.Addr()
-		svc.metricsServer = &http.Server{Handler: svc.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		svc.metricsServer = NewHTTPServer(svc.metrics.handler(), 30*time.Second, time.Minute)
 		go func() {
 			if err := svc.metricsServer.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				svc.log.Error().Err(err).Msg("Metrics listener failed")

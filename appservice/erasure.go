@@ -772,15 +772,15 @@ func (svc *Service) erasureLoop(ctx context.Context) {
 		} else {
 			retry = erasureRetryMin
 		}
-		tick, stop := svc.clock().NewTicker(wait)
+		timer := svc.clock().NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			stop()
+			timer.Stop()
 			return
 		case <-svc.privacy.eraseWake:
-		case <-tick:
+		case <-timer.C():
 		}
-		stop()
+		timer.Stop()
 	}
 }
 

@@ -469,7 +469,7 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !env.clock.WaitForTicker(erasurePoll, 10*time.Second) {
+			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), erasurePoll) != nil {
 				t.Fatal("the erasure runner is not waiting for its poll")
 			}
 			if _, err = env.svc.privacyDB().CreateErasure(env.ctx, &database.ErasureJob{

@@ -27,11 +27,6 @@ import (
 // purges, deactivation, retention, the admin API). Its zero value is ready to use, so tests that
 // build a Service by hand get working privacy commands.
 type privacyState struct {
-	// shredDebounce and shredDone configure the backup shredder (shred.go) when set before
-	// start (tests): the wait after an erasure, and a call after every shred rotation.
-	shredDebounce time.Duration
-	shredDone     func(shredResult, error)
-
 	// eraseLock serialises erasures: they are rare, and one at a time keeps the resumption of
 	// jobs and the idempotency checks simple.
 	eraseLock sync.Mutex
@@ -64,9 +59,6 @@ type privacyState struct {
 	eraseWaiters map[string][]chan erasureOutcome
 	// erasureRan, if set, is called after each attempt of the runner at a job (tests).
 	erasureRan func(jobID string, state database.ErasureState, err error)
-	// afterSweep, if set, is called after each sweep of the retention ("retention") and
-	// deactivation ("deactivation") loops with what it did (tests).
-	afterSweep func(kind string, n int64, err error)
 	loops      sync.WaitGroup
 }
 

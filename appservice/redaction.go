@@ -15,23 +15,6 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// RedactionPurger is an optional interface that bridges can implement to learn that rows of
-// theirs were purged because the event that created them was redacted: to drop what they cache
-// about those rows and stop what the rows set going (an outbound hook's deliveries, a feed's
-// polling). The rows are already gone when it is called; rows derived from them went with them
-// through their cascades.
-//
-// The redaction event itself still reaches the bridges that own the room through HandleEvent,
-// after the purge; bridges that delete a remote copy of a bridged message do that there.
-type RedactionPurger interface {
-	Bridge
-	// RedactionPurged is called once the core has deleted, in one transaction, the rows of the
-	// bridge's declared tables whose SourceEventColumn is redacted; purged maps each table to
-	// the number of rows deleted. An error is logged by the core. It is not called when nothing
-	// was deleted, so an event handled again after a crash may not call it again.
-	RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
-}
-
 // purgeTarget is one declared table with rows created by a redacted event.
 type purgeTarget struct {
 	module string

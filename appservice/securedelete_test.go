@@ -102,7 +102,7 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = reader.Close()
-	if !env.clock.WaitForTicker(erasureRetryMin, 10*time.Second) {
+	if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), erasureRetryMin) != nil {
 		t.Fatal("the erasure runner is not waiting to retry")
 	}
 	env.clock.Advance(erasureRetryMin)

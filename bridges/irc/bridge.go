@@ -22,6 +22,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
 	"github.com/custodian-matrix/custodian/bridges/irc/identd"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
@@ -36,7 +37,7 @@ const BridgeID = "irc"
 // [appservice.Bridge] interface and its optional interfaces.
 type Bridge struct {
 	cfg   Config
-	clock appservice.Clock
+	clock clock.Clock
 	// dialer, if set, replaces the network dialer (tests).
 	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
@@ -92,7 +93,7 @@ var (
 
 // New returns an IRC bridge with the example configuration's defaults and the system clock.
 func New() *Bridge {
-	return &Bridge{cfg: defaultConfig(), clock: appservice.RealClock{}}
+	return &Bridge{cfg: defaultConfig(), clock: clock.Real()}
 }
 
 // SetDialer replaces how connections are opened, for tests and benchmarks that run an IRC
@@ -355,14 +356,14 @@ const janitorInterval = time.Minute
 
 func (br *Bridge) janitorLoop(ctx context.Context) {
 	defer br.janitor.Done()
-	tick, stop := br.clock.NewTicker(janitorInterval)
-	defer stop()
+	ticker := br.clock.NewTicker(janitorInterval)
+	defer ticker.Stop()
 	lastPrune := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick:
+		case <-ticker.C():
 		}
 		br.sweepPuppets(ctx)
 		br.expireConsents(ctx, br.clock.Now())
@@ -411,14 +412,14 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 }
 
 // HandleEvent handles a Matrix event in a portal or private chat, or one concerning a ghost.
-func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appservice.Route) error {
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMatrixMessage(ctx, evt)
 	case event.EventRedaction:
 		return br.handleMatrixRedaction(ctx, evt)
 	case event.StateMember:
-		return br.handleMatrixMember(ctx, evt)
+		return br.handleMatrixMember(ctx, evt, route)
 	case event.StateTopic:
 		return br.handleMatrixTopic(ctx, evt)
 	}

@@ -686,7 +686,7 @@ func TestReconnectJoinsBeforeSending(t *testing.T) {
 			go func() {
 				ctx, cancel := context.WithTimeout(env.ctx, testWait)
 				defer cancel()
-				errs <- env.br.HandleEvent(ctx, env.message(rooms[i], testAlice, event.MsgText, fmt.Sprintf("while down %d", i)))
+				errs <- env.deliver(ctx, env.message(rooms[i], testAlice, event.MsgText, fmt.Sprintf("while down %d", i)))
 			}()
 		}
 		env.srv.Up()

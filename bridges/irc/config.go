@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
@@ -292,7 +293,7 @@ func (br *Bridge) ValidateConfig() error {
 func (cfg *Config) validate() error {
 	var errs []error
 	problem := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, &appservice.ConfigError{Path: path, Message: fmt.Sprintf(format, args...)})
 	}
 	if cfg.IdleTimeout < minIdleTimeout {
 		problem("idle_timeout", "must be at least %s", minIdleTimeout)

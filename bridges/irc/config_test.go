@@ -1,6 +1,7 @@
 package irc
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 )
 
@@ -116,6 +118,17 @@ func TestConfigProblems(t *testing.T) {
 			for _, want := range tt.want {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("decodeConfig(%q) error = %q, want it to mention %q", tt.src, err, want)
+				}
+			}
+			if tt.name != "bad values" {
+				return
+			}
+			// ValidateConfig's problems: one *appservice.ConfigError each, its path relative to
+			// the section, so the core can prefix it and find its line.
+			for _, e := range appservice.Problems(err) {
+				var ce *appservice.ConfigError
+				if !errors.As(e, &ce) || ce.Path == "" || strings.HasPrefix(ce.Path, "bridges.") || ce.Line != 0 {
+					t.Errorf("problem %q (%T) is not a ConfigError with a relative path", e, e)
 				}
 			}
 		})

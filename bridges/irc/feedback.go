@@ -154,10 +154,10 @@ func (n *network) retryTopic(p *puppet, folded, name string, r sentRecord, reaso
 	br.janitor.Add(1)
 	go func() {
 		defer br.janitor.Done()
-		tick, stop := br.clock.NewTicker(delay)
-		defer stop()
+		timer := br.clock.NewTimer(delay)
+		defer timer.Stop()
 		select {
-		case <-tick:
+		case <-timer.C():
 		case <-br.runCtx.Done():
 			return
 		}

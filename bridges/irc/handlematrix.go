@@ -12,6 +12,7 @@ import (
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
@@ -335,8 +336,10 @@ func (br *Bridge) redactOnIRC(ctx context.Context, evt *event.Event, redacts id.
 }
 
 // handleMatrixMember mirrors membership: a user who leaves a portal has their puppet part the
-// channel; an invite of a ghost to a room makes a private chat with that IRC user.
-func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) error {
+// channel; an invite of a ghost to a room makes a private chat with that IRC user. A room the
+// bridge has not claimed (route.Claim is nil) is neither a portal nor a private chat, so it is
+// not looked up.
+func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event, route appservice.Route) error {
 	content, ok := evt.Content.Parsed.(*event.MemberEventContent)
 	if !ok || evt.StateKey == nil {
 		return nil
@@ -345,18 +348,18 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 	if n, nick, ok := br.parseGhost(target); ok {
 		switch content.Membership {
 		case event.MembershipInvite:
-			return br.acceptGhostInvite(ctx, evt, n, nick)
+			return br.acceptGhostInvite(ctx, evt, route, n, nick)
 		case event.MembershipLeave, event.MembershipBan:
-			if evt.Sender != target {
+			if evt.Sender != target && route.Claim != nil {
 				return br.kickOnIRC(ctx, evt, n, nick, content.Reason)
 			}
 		}
 		return nil
 	}
-	if content.Membership == event.MembershipJoin {
+	if route.Claim != nil && content.Membership == event.MembershipJoin {
 		return br.grantPortalPower(ctx, evt.RoomID, target)
 	}
-	if content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan {
+	if route.Claim == nil || (content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan) {
 		return nil
 	}
 	t, err := br.targetFor(ctx, evt.RoomID)
@@ -415,14 +418,16 @@ func (br *Bridge) grantPortalPower(ctx context.Context, roomID id.RoomID, userID
 }
 
 // acceptGhostInvite opens a private chat when a user invites an IRC user's ghost to a room.
-func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *network, nick string) error {
-	if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
-		return err
-	} else if existing != nil && existing.portal != nil {
-		// Invited into a portal: just join, also if a kick kept them out.
-		n.letIn(existing.folded, nick)
-		_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
-		return err
+func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, route appservice.Route, n *network, nick string) error {
+	if route.Claim != nil {
+		if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
+			return err
+		} else if existing != nil && existing.portal != nil {
+			// Invited into a portal: just join, also if a kick kept them out.
+			n.letIn(existing.folded, nick)
+			_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
+			return err
+		}
 	}
 	intent, err := br.ghost(ctx, n, nick)
 	if err != nil {

@@ -221,9 +221,9 @@ func (n *network) work(ctx context.Context) {
 	defer close(n.workerDone)
 	var splitTick <-chan time.Time
 	if d := n.br.cfg.QuitDebounce; d > 0 {
-		tick, stop := n.br.clock.NewTicker(splitCheckInterval(d))
-		defer stop()
-		splitTick = tick
+		ticker := n.br.clock.NewTicker(splitCheckInterval(d))
+		defer ticker.Stop()
+		splitTick = ticker.C()
 	}
 	for {
 		select {

@@ -65,7 +65,7 @@ func (env *testEnv) handoff(evt *event.Event) {
 	env.t.Helper()
 	ctx, cancel := context.WithTimeout(env.ctx, handoffWait)
 	defer cancel()
-	if err := env.br.HandleEvent(ctx, evt); err != nil {
+	if err := env.deliver(ctx, evt); err != nil {
 		env.t.Fatalf("HandleEvent(%s) = %v, want nil without waiting for the sender's connection", evt.ID, err)
 	}
 }
