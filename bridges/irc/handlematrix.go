@@ -189,8 +189,9 @@ func (br *Bridge) convertMatrix(ctx context.Context, evt *event.Event, content *
 	mc := br.cfg.Messages
 	msg := ircconv.Message{Kind: ircconv.KindText, ReplyFormat: mc.ReplyFormat, ReplyQuoteLen: mc.ReplyQuoteLength, EditMaxChange: mc.EditMaxChange}
 	if content.NewContent != nil && content.RelatesTo != nil && content.RelatesTo.Type == event.RelReplace {
+		// msg.Previous is read when the edit is sent (sendMessage): by then what it edits went
+		// out and was recorded.
 		msg.Edit = true
-		msg.Previous = br.previousText(ctx, evt, content.RelatesTo.EventID)
 		content = content.NewContent
 	}
 	switch content.MsgType {

@@ -353,6 +353,11 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 			return false
 		}
 	}
+	if it.msg.Edit && it.replaces != "" {
+		// The user's earlier items, the edited message among them, were sent and recorded before
+		// this one: the previous version is known now, not when the edit was queued.
+		it.msg.Previous = br.previousText(ctx, evt, it.replaces)
+	}
 	budget := ircconv.Budget(ircconv.ConservativeSource(c.Nick()), "PRIVMSG", t.name)
 	lines, err := ircconv.Render(it.msg, budget)
 	if err != nil {
