@@ -44,7 +44,9 @@ func TestIRCPortalNeverDies(t *testing.T) {
 		ircNet := e2e.StartIRC(t)
 		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet),
 			e2e.WithConfigValue("admin_api.listen", fmt.Sprintf("127.0.0.1:%d", e2e.FreePort(t))),
-			e2e.WithConfigValue("admin_api.token_file", tokenFile))
+			e2e.WithConfigValue("admin_api.token_file", tokenFile),
+			// Consent linking has its own test (TestIRCLinkConsent); here nobody answers on IRC.
+			e2e.WithConfigValue("bridges.irc.networks.testnet.link_consent", "off"))
 		carol := env.Register(t, "carol")
 		dave := env.Register(t, "dave")
 		alice := env.Register(t, "alice")
