@@ -17,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -136,7 +137,7 @@ func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
 // adminUser parses the {userID} path value, answering 400 if it is not a user ID.
 func adminUser(w http.ResponseWriter, r *http.Request) (id.UserID, bool) {
 	user := id.UserID(r.PathValue("userID"))
-	if err := checkUserID(user); err != nil {
+	if err := privacy.CheckUserID(user); err != nil {
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Not a valid Matrix user ID")
 		return "", false
 	}
@@ -148,7 +149,7 @@ func (svc *Service) adminExport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	export, err := svc.Export(r.Context(), user)
+	export, err := svc.engine.Export(r.Context(), user)
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Admin export failed")
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Export failed; see the log")
@@ -178,7 +179,7 @@ func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
 	// The erasure runs to the end even if the admin's client goes away; its ctx keeps only the
 	// logger of the request.
 	ctx := context.WithoutCancel(r.Context())
-	receipt, err := svc.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
+	receipt, err := svc.engine.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
 	switch {
 	case errors.Is(err, ErrUnknownModule):
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Unknown module; use bridge IDs")
@@ -196,10 +197,10 @@ func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	hash, _, err := svc.UserHash(r.Context(), user)
+	hash, _, err := svc.engine.UserHash(r.Context(), user)
 	var tombstones []*database.Tombstone
 	if err == nil {
-		tombstones, err = svc.privacyDB().Tombstones(r.Context(), hash)
+		tombstones, err = svc.db.Privacy().Tombstones(r.Context(), hash)
 	}
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to look up tombstones")
@@ -208,7 +209,7 @@ func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
 	}
 	out := &AdminTombstones{UserHash: hash, Erasures: []*EraseReceipt{}}
 	for _, ts := range tombstones {
-		receipt, err := receiptFor(&database.ErasureJob{
+		receipt, err := privacy.ReceiptOf(&database.ErasureJob{
 			JobID: ts.JobID, UserHash: ts.UserHash, Trigger: ts.Trigger, Modules: ts.Modules,
 			State: database.ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
 		})
@@ -222,7 +223,7 @@ func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
 }
 
 func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
-	receipt, err := svc.ErasureStatus(r.Context(), r.PathValue("jobID"))
+	receipt, err := svc.engine.ErasureStatus(r.Context(), r.PathValue("jobID"))
 	switch {
 	case errors.Is(err, ErrUnknownErasure):
 		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such erasure job")
@@ -235,7 +236,7 @@ func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
 }
 
 func (svc *Service) adminSuspects(w http.ResponseWriter, r *http.Request) {
-	suspects, err := svc.privacyDB().Suspects(r.Context())
+	suspects, err := svc.db.Privacy().Suspects(r.Context())
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to list deactivation suspects")
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")

@@ -14,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // The export file that !export sends lives only as long as it is needed. It is always an
@@ -88,9 +89,9 @@ func (svc *Service) sendExportFile(ctx context.Context, ce *CommandEvent, conten
 func describeTTL(d time.Duration) string {
 	switch {
 	case d%time.Hour == 0:
-		return plural(int64(d/time.Hour), "hour", "hours")
+		return privacy.Plural(int64(d/time.Hour), "hour", "hours")
 	case d%time.Minute == 0:
-		return plural(int64(d/time.Minute), "minute", "minutes")
+		return privacy.Plural(int64(d/time.Minute), "minute", "minutes")
 	}
 	return d.String()
 }

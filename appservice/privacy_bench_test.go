@@ -135,7 +135,7 @@ func BenchmarkErase(b *testing.B) {
 					user := id.UserID(fmt.Sprintf("@victim%d:bench.example", i))
 					addBenchUser(b, svc, user, size.perUser)
 					b.StartTimer()
-					receipt, err := svc.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin})
+					receipt, err := svc.engine.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -159,7 +159,7 @@ func BenchmarkExport(b *testing.B) {
 				const user = id.UserID("@u7:bench.example")
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					export, err := svc.Export(ctx, user)
+					export, err := svc.engine.Export(ctx, user)
 					if err != nil {
 						b.Fatal(err)
 					}

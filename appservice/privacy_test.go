@@ -20,6 +20,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // Users and rooms of the privacy tests.
@@ -371,7 +372,7 @@ func (env *privacyEnv) start() *privacyEnv {
 	}
 	env.started = true
 	select {
-	case <-env.svc.privacy.resumed:
+	case <-env.svc.engine.Resumed():
 	case <-time.After(30 * time.Second):
 		env.t.Fatal("interrupted erasures did not finish")
 	}
@@ -550,7 +551,7 @@ func (env *privacyEnv) seedUser(user id.UserID, dm id.RoomID) {
 		env.t.Fatal(err)
 	}
 	for i := range 2 {
-		if err = svc.privacyDB().RecordActivity(ctx, id.EventID(fmt.Sprintf("$act-%s-%d", user.Localpart(), i)), user, dm, "ping", now); err != nil {
+		if err = svc.db.Privacy().RecordActivity(ctx, id.EventID(fmt.Sprintf("$act-%s-%d", user.Localpart(), i)), user, dm, "ping", now); err != nil {
 			env.t.Fatal(err)
 		}
 	}
@@ -567,7 +568,7 @@ func (env *privacyEnv) seedUser(user id.UserID, dm id.RoomID) {
 // table's name.
 func dumpDatabase(t testing.TB, ctx context.Context, db *dbutil.Database) []string {
 	t.Helper()
-	cols, _, err := introspectSchema(ctx, db)
+	cols, _, err := privacy.IntrospectSchema(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,7 +581,7 @@ func dumpDatabase(t testing.TB, ctx context.Context, db *dbutil.Database) []stri
 	slices.Sort(tables)
 	var out []string
 	for _, table := range tables {
-		rows, err := db.Query(ctx, "SELECT * FROM "+quoteIdent(table))
+		rows, err := db.Query(ctx, "SELECT * FROM "+`"`+table+`"`)
 		if err != nil {
 			t.Fatalf("dump %s: %v", table, err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // TestErasureLeavesNoTraceInSQLiteFiles reads the SQLite database file and its WAL byte by byte
@@ -37,7 +38,7 @@ func TestErasureLeavesNoTraceInSQLiteFiles(t *testing.T) {
 	if !bytes.Contains(files(), []byte(pvAlice)) {
 		t.Fatal("the seeded user is not in the database files; the test would prove nothing")
 	}
-	if _, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+	if _, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 		t.Fatalf("Erase = %v", err)
 	}
 	data := files()
@@ -84,7 +85,7 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatalf("reader sees %d users, %v; want 2", users, err)
 	}
 
-	receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+	receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 	if err != nil {
 		t.Fatalf("Erase = %v", err)
 	}
@@ -102,10 +103,10 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = reader.Close()
-	if !env.clock.WaitForTicker(erasureRetryMin, 10*time.Second) {
+	if !env.clock.WaitForTicker(privacy.ErasureRetryMin, 10*time.Second) {
 		t.Fatal("the erasure runner is not waiting to retry")
 	}
-	env.clock.Advance(erasureRetryMin)
+	env.clock.Advance(privacy.ErasureRetryMin)
 	for i := 0; ; i++ {
 		if env.count(`SELECT COUNT(*) FROM as_erasure WHERE job_id=$1 AND state='done'`, receipt.JobID) == 1 {
 			break

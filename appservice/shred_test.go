@@ -116,10 +116,10 @@ func TestShredBackupsAfterErasure(t *testing.T) {
 			}
 
 			// Module-only erasures do not rotate; a full one does.
-			if _, err := env.svc.Erase(ctx, pvBob, EraseRequest{Trigger: TriggerAdmin, Modules: []string{"other"}}); err != nil {
+			if _, err := env.svc.engine.Erase(ctx, pvBob, EraseRequest{Trigger: TriggerAdmin, Modules: []string{"other"}}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := env.svc.Erase(ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+			if _, err := env.svc.engine.Erase(ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 				t.Fatal(err)
 			}
 			var out shredOutcome
@@ -207,7 +207,7 @@ func TestShredRequestSurvivesRestart(t *testing.T) {
 			if _, err := first.hooks.host.Vault().Seal(first.ctx, pvAlice, "pw", vault.NewSecret("alice-pw")); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := first.svc.Erase(first.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+			if _, err := first.svc.engine.Erase(first.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 				t.Fatal(err)
 			}
 			first.stop()

@@ -1,0 +1,352 @@
+package appservice
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/format"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
+)
+
+// The personal-data engine lives in package privacy; these names keep the bridges' and the
+// commands' view of it in package appservice.
+type (
+	// UserTable is [privacy.UserTable].
+	UserTable = privacy.UserTable
+	// ErasePolicy is [privacy.ErasePolicy].
+	ErasePolicy = privacy.ErasePolicy
+	// RetentionClass is [privacy.RetentionClass].
+	RetentionClass = privacy.RetentionClass
+	// Provenance is [privacy.Provenance].
+	Provenance = privacy.Provenance
+	// EraseRequest is [privacy.EraseRequest].
+	EraseRequest = privacy.EraseRequest
+	// EraseReceipt is [privacy.EraseReceipt].
+	EraseReceipt = privacy.EraseReceipt
+	// Export is [privacy.Export].
+	Export = privacy.Export
+	// ExportTable is [privacy.ExportTable].
+	ExportTable = privacy.ExportTable
+	// KeyDeriver is [privacy.KeyDeriver].
+	KeyDeriver = privacy.KeyDeriver
+)
+
+// Erase policies, retention classes, triggers and the core's module name; see package privacy.
+const (
+	EraseCascade        = privacy.EraseCascade
+	EraseDeleteRows     = privacy.EraseDeleteRows
+	EraseSetNull        = privacy.EraseSetNull
+	EraseRetain         = privacy.EraseRetain
+	RetentionActivity   = privacy.RetentionActivity
+	RetentionNetwork    = privacy.RetentionNetwork
+	TriggerUser         = privacy.TriggerUser
+	TriggerAdmin        = privacy.TriggerAdmin
+	TriggerDeactivation = privacy.TriggerDeactivation
+	CoreModule          = privacy.CoreModule
+	ExportSchemaVersion = privacy.ExportSchemaVersion
+)
+
+// Errors of the privacy operations; see package privacy.
+var (
+	ErrUnknownModule  = privacy.ErrUnknownModule
+	ErrUnknownErasure = privacy.ErrUnknownErasure
+)
+
+// RedactedEventID returns the event a redaction redacts (see [privacy.RedactedEventID]), for
+// the core and the bridges alike.
+func RedactedEventID(evt *event.Event) id.EventID { return privacy.RedactedEventID(evt) }
+
+// RedactionPurger is an optional interface that bridges can implement to learn that rows of
+// theirs were purged because the event that created them was redacted: to drop what they cache
+// about those rows and stop what the rows set going (an outbound hook's deliveries, a feed's
+// polling). The rows are already gone when it is called; rows derived from them went with them
+// through their cascades.
+//
+// The redaction event itself still reaches the bridges that own the room through HandleEvent,
+// after the purge; bridges that delete a remote copy of a bridged message do that there.
+type RedactionPurger interface {
+	Bridge
+	// RedactionPurged is called once the core has deleted, in one transaction, the rows of the
+	// bridge's declared tables whose SourceEventColumn is redacted; purged maps each table to
+	// the number of rows deleted. An error is logged by the core. It is not called when nothing
+	// was deleted, so an event handled again after a crash may not call it again.
+	RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
+}
+
+// privacyState is the core's own state for the privacy operations that stay in the core
+// (command confirmations, deactivation detection, export files, the admin API); the engine keeps
+// the rest. Its zero value is ready to use, so tests that build a Service by hand get working
+// privacy commands.
+type privacyState struct {
+	// shredDebounce and shredDone configure the backup shredder (shred.go) when set before
+	// start (tests): the wait after an erasure, and a call after every shred rotation.
+	shredDebounce time.Duration
+	shredDone     func(shredResult, error)
+
+	lock sync.Mutex
+	// confirms holds !forget requests waiting for confirmation, by user.
+	confirms map[id.UserID]pendingForget
+	// deactChecks remembers when each user's deactivation was last checked, so that the burst
+	// of leave events of one deactivation causes one check.
+	deactChecks map[id.UserID]time.Time
+
+	// hsAdmin is the client for Synapse's admin API, nil without admin access.
+	hsAdmin *mautrix.Client
+
+	adminServer *http.Server
+	adminAddr   net.Addr
+
+	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
+	erasureRan func(jobID string, state database.ErasureState, err error)
+	// afterSweep, if set, is called after each sweep of the retention ("retention"),
+	// deactivation ("deactivation") and export expiry ("export") loops with what it did (tests).
+	afterSweep func(kind string, n int64, err error)
+	loops      sync.WaitGroup
+}
+
+// newEngine builds the service's personal-data engine over its database, with the service as
+// its host.
+func (svc *Service) newEngine() *privacy.Engine {
+	return privacy.New(privacy.Options{
+		DB:    svc.db,
+		Host:  engineHost{svc},
+		Log:   svc.log,
+		Clock: engineClock{svc},
+		AfterSweep: func(kind string, n int64, err error) {
+			if hook := svc.privacy.afterSweep; hook != nil {
+				hook(kind, n, err)
+			}
+		},
+		AfterErasureAttempt: func(jobID string, state database.ErasureState, err error) {
+			if hook := svc.privacy.erasureRan; hook != nil {
+				hook(jobID, state, err)
+			}
+		},
+	})
+}
+
+// startPrivacy sets up admin access to the homeserver, starts the admin API, the engine's
+// erasure runner (which first finishes the erasures an earlier run left unfinished) and
+// retention sweeper, the deactivation sweep and the expiry of export files. It is called by
+// start once the bridges have started, so that their EraseRemote works.
+func (svc *Service) startPrivacy(ctx context.Context) error {
+	if err := svc.setUpDeactivation(ctx); err != nil {
+		return err
+	}
+	if err := svc.startAdminAPI(ctx); err != nil {
+		return err
+	}
+	svc.engine.Start(ctx, svc.cfg.Privacy.sweepInterval())
+	svc.privacy.loops.Add(1)
+	go func() {
+		defer svc.privacy.loops.Done()
+		svc.deactivationLoop(ctx)
+	}()
+	svc.startExportExpiry(ctx)
+	return nil
+}
+
+// stopPrivacy stops the admin API. The loops end with the service's context.
+func (svc *Service) stopPrivacy(ctx context.Context) {
+	if srv := svc.privacy.adminServer; srv != nil {
+		_ = srv.Shutdown(ctx)
+	}
+}
+
+// handlePrivacyEvent is the core's privacy handler, run for every event that is not an echo of
+// our own users, before the bot and the bridges: redactions may purge configuration (the
+// engine's [privacy.Engine.PurgeRedacted], then the bot says in the room what was removed), and
+// a user's own leave may mean their account was deactivated.
+func (svc *Service) handlePrivacyEvent(ctx context.Context, evt *event.Event) error {
+	switch evt.Type {
+	case event.EventRedaction:
+		purged, err := svc.engine.PurgeRedacted(ctx, evt.RoomID, evt.Sender, RedactedEventID(evt))
+		if err != nil || len(purged) == 0 {
+			return err
+		}
+		return svc.announcePurge(ctx, evt, purged)
+	case event.StateMember:
+		if evt.StateKey != nil && *evt.StateKey == evt.Sender.String() &&
+			evt.Content.AsMember().Membership == event.MembershipLeave {
+			return svc.checkDeactivationAfterLeave(ctx, evt.Sender)
+		}
+	}
+	return nil
+}
+
+// announcePurge tells the room what a redaction purged, in kinds and counts, if the bot is
+// there. The transaction ID is derived from the redaction, so a replay posts nothing new.
+func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged map[string]map[string]int64) error {
+	bot := svc.as.BotIntent()
+	if !svc.botInRoom(ctx, evt.RoomID) {
+		return nil
+	}
+	var parts []string
+	for _, module := range slices.Sorted(maps.Keys(purged)) {
+		var n int64
+		for _, c := range purged[module] {
+			n += c
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", format.SafeMarkdownCode(module), privacy.Plural(n, "entry", "entries")))
+	}
+	content := format.RenderMarkdown("Removed the configuration created by that message: "+strings.Join(parts, ", ")+".", true, false)
+	content.MsgType = event.MsgNotice
+	_, err := bot.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+		TransactionID: TxnIDFor(evt.ID, "redaction-purge"),
+	})
+	if err != nil {
+		return fmt.Errorf("failed to announce purged configuration: %w", err)
+	}
+	return nil
+}
+
+// inventory returns every module's declared personal-data tables, keyed by module (the core and
+// each bridge ID).
+func (svc *Service) inventory() map[string][]UserTable {
+	inv := map[string][]UserTable{CoreModule: privacy.CoreInventory()}
+	for _, bh := range svc.bridges {
+		inv[bh.id] = bh.br.PersonalData()
+	}
+	return inv
+}
+
+// engineHost is the service as the engine's [privacy.Host].
+type engineHost struct{ svc *Service }
+
+var _ privacy.Host = engineHost{}
+
+// Inventory returns the core's and every bridge's declared tables.
+func (h engineHost) Inventory() map[string][]UserTable { return h.svc.inventory() }
+
+// Retention returns privacy.activity_retention or privacy.network_retention.
+func (h engineHost) Retention(class RetentionClass) time.Duration {
+	switch class {
+	case RetentionActivity:
+		return h.svc.cfg.Privacy.activityRetention()
+	case RetentionNetwork:
+		return h.svc.cfg.Privacy.networkRetention()
+	}
+	return 0
+}
+
+// KeyDeriver returns the vault if it can derive keys.
+func (h engineHost) KeyDeriver() KeyDeriver {
+	if h.svc.vault == nil {
+		return nil
+	}
+	kd, _ := any(h.svc.vault).(KeyDeriver)
+	return kd
+}
+
+// EraseRemote calls the bridge's [Eraser.EraseRemote], if it implements it.
+func (h engineHost) EraseRemote(ctx context.Context, module string, user id.UserID) error {
+	bh := h.svc.bridgeByID[module]
+	if bh == nil {
+		return nil
+	}
+	if eraser, ok := bh.br.(Eraser); ok {
+		return eraser.EraseRemote(ctx, user)
+	}
+	return nil
+}
+
+// PrepareFullErasure withdraws the user's export files and returns the rooms the bot shares with
+// nobody but the user (read from the homeserver before the erasure clears the state cache).
+func (h engineHost) PrepareFullErasure(ctx context.Context, user id.UserID) []id.RoomID {
+	h.svc.withdrawExportsOf(ctx, user)
+	return h.svc.privateRoomsOf(ctx, user)
+}
+
+// InFullErasure records the backup shred request in the erasing transaction.
+func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
+
+// FullErasureCommitted drops the vault's cached data key of user and wakes the shredder.
+func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
+	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
+		forgetter.Forget(user)
+	}
+	return h.svc.requestShred()
+}
+
+// SendErasureReceipt posts the receipt as a notice from the bot.
+func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, markdown string) error {
+	content := format.RenderMarkdown(markdown, true, false)
+	content.MsgType = event.MsgNotice
+	_, err := h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
+	})
+	return err
+}
+
+// LeaveAfterErasure leaves roomID and ends the bot's setup there, if the room is still private
+// to the bot and the erased user.
+func (h engineHost) LeaveAfterErasure(ctx context.Context, roomID id.RoomID, userHash string) {
+	svc := h.svc
+	log := zerolog.Ctx(ctx)
+	if !svc.stillPrivateAfterErasure(ctx, roomID, userHash) {
+		log.Info().Stringer("room_id", roomID).Msg("Not leaving a room others joined since the erasure")
+		return
+	}
+	svc.botRooms.Delete(roomID)
+	_, err := svc.as.BotIntent().LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
+	if err != nil && !isRoomGone(err) {
+		log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to leave direct chat after erasure")
+		return
+	}
+	if err = svc.bot.endSetup(ctx, roomID, "user erased"); err != nil {
+		log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to end setup of direct chat after erasure")
+	}
+}
+
+// EventInRoom asks the homeserver for eventID in roomID.
+func (h engineHost) EventInRoom(ctx context.Context, roomID id.RoomID, eventID id.EventID) bool {
+	_, err := h.svc.as.BotIntent().GetEvent(ctx, roomID, eventID)
+	return err == nil
+}
+
+// MayRedactOthers compares user's power level with the room's redact level.
+func (h engineHost) MayRedactOthers(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	pl, err := h.svc.bot.roomPowerLevels(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	return pl.GetUserLevel(user) >= pl.Redact(), nil
+}
+
+// RedactionPurged calls the bridge's [RedactionPurger.RedactionPurged], if it implements it.
+func (h engineHost) RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error {
+	if bh := h.svc.bridgeByID[module]; bh != nil {
+		if purger, ok := bh.br.(RedactionPurger); ok {
+			return purger.RedactionPurged(ctx, roomID, redacted, purged)
+		}
+	}
+	return nil
+}
+
+// engineClock is the service's clock as the engine's: it follows Service.clk, which tests set
+// after the engine is built.
+type engineClock struct{ svc *Service }
+
+func (c engineClock) Now() time.Time { return c.svc.now() }
+
+func (c engineClock) NewTicker(d time.Duration) (<-chan time.Time, func()) {
+	return c.svc.clock().NewTicker(d)
+}
+
+// privacyDB returns the privacy queries.
+func (svc *Service) privacyDB() *database.PrivacyQuery {
+	return svc.db.Privacy()
+}
