@@ -10,6 +10,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 )
@@ -252,10 +253,7 @@ func (br *Bridge) senderNick(userID id.UserID) string {
 // handleMatrixRedaction deletes a bridged message's IRC copy where the server supports
 // draft/message-redaction, and otherwise forgets its ID mapping.
 func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) error {
-	redacts := evt.Redacts
-	if c, ok := evt.Content.Parsed.(*event.RedactionEventContent); ok && c.Redacts != "" {
-		redacts = c.Redacts
-	}
+	redacts := appservice.RedactedEventID(evt)
 	if redacts == "" {
 		return nil
 	}
