@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -349,4 +350,69 @@ func (c engineClock) NewTicker(d time.Duration) (<-chan time.Time, func()) {
 // privacyDB returns the privacy queries.
 func (svc *Service) privacyDB() *database.PrivacyQuery {
 	return svc.db.Privacy()
+}
+
+// The admin API's handler is the engine's ([privacy.Engine.AdminHandler]); the core runs its
+// listener. These names keep its types in package appservice.
+type (
+	// AdminForgetRequest is [privacy.AdminForgetRequest].
+	AdminForgetRequest = privacy.AdminForgetRequest
+	// AdminKeyStatus is [privacy.AdminKeyStatus].
+	AdminKeyStatus = privacy.AdminKeyStatus
+	// AdminTombstones is [privacy.AdminTombstones].
+	AdminTombstones = privacy.AdminTombstones
+	// AdminSuspects is [privacy.AdminSuspects].
+	AdminSuspects = privacy.AdminSuspects
+)
+
+// AdminAPIPrefix is the path prefix of every admin API endpoint.
+const AdminAPIPrefix = privacy.AdminAPIPrefix
+
+// minAdminTokenLength is the shortest admin API token accepted from admin_api.token_file.
+const minAdminTokenLength = 32
+
+// adminVault returns the vault for the admin API's key status, nil when it is off.
+func (svc *Service) adminVault() any {
+	if svc.vault == nil {
+		return nil
+	}
+	return svc.vault
+}
+
+// startAdminAPI starts the admin API listener if admin_api.listen is set.
+func (svc *Service) startAdminAPI(ctx context.Context) error {
+	cfg := &svc.cfg.AdminAPI
+	if cfg.Listen == nil || *cfg.Listen == "" {
+		return nil
+	}
+	if cfg.TokenFile == nil {
+		return fmt.Errorf("admin_api.token_file must be set when admin_api.listen is set")
+	}
+	token, err := readTokenFile(*cfg.TokenFile, minAdminTokenLength)
+	if err != nil {
+		return fmt.Errorf("admin_api.token_file: %w", err)
+	}
+	ln, err := net.Listen("tcp", *cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on admin_api.listen %s: %w", *cfg.Listen, err)
+	}
+	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
+	svc.privacy.adminAddr = ln.Addr()
+	svc.privacy.adminServer = &http.Server{
+		Handler:           svc.engine.AdminHandler(privacy.AdminAPIOptions{Token: token, Log: log, Vault: svc.adminVault()}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		// Erasures wait for the bridges' remote side effects.
+		WriteTimeout: 5 * time.Minute,
+	}
+	go func() {
+		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("Admin API listener failed")
+		}
+	}()
+	if !isLoopbackListen(ln.Addr().String()) {
+		log.Warn().Str("address", ln.Addr().String()).Msg("Admin API listens beyond loopback; make sure only admins can reach it")
+	}
+	log.Info().Str("address", ln.Addr().String()).Msg("Admin API listener started")
+	return nil
 }
