@@ -18,20 +18,6 @@ import (
 	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
-// RoomPurger is an optional interface that bridges can implement to forget a room's
-// configuration when the Custodian bot's setup there ends: the bot was kicked or banned, or
-// everyone else left. The core calls PurgeRoom for every bridge that implements it, whether or
-// not the bridge owns the room, and then releases the room's ownership claim itself.
-type RoomPurger interface {
-	Bridge
-	// PurgeRoom deletes everything the bridge keeps about roomID's configuration, and undoes its
-	// side effects where it can (leave with its ghosts, stop feeds, revoke webhooks). It may be
-	// called again for the same room, also for a room the bridge knows nothing about, and must
-	// then succeed without doing anything. An error is logged by the core; the other bridges
-	// are purged regardless.
-	PurgeRoom(ctx context.Context, roomID id.RoomID) error
-}
-
 // botHost runs the Custodian bot: invites, setup metadata and commands.
 type botHost struct {
 	svc      *Service

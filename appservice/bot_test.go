@@ -44,15 +44,15 @@ var (
 	_ CommandProvider = (*botTestBridge)(nil)
 )
 
-func (br *botTestBridge) ID() string                                      { return "test" }
-func (br *botTestBridge) Namespaces() Namespaces                          { return Namespaces{UserPrefix: "test_"} }
-func (br *botTestBridge) Config() (string, any)                           { return "", nil }
-func (br *botTestBridge) Migrations() dbutil.UpgradeTable                 { return dbutil.UpgradeTable{} }
-func (br *botTestBridge) PersonalData() []UserTable                       { return nil }
-func (br *botTestBridge) Init(Host) error                                 { return nil }
-func (br *botTestBridge) Start(context.Context) error                     { return nil }
-func (br *botTestBridge) Stop(context.Context) error                      { return nil }
-func (br *botTestBridge) HandleEvent(context.Context, *event.Event) error { return nil }
+func (br *botTestBridge) ID() string                                             { return "test" }
+func (br *botTestBridge) Namespaces() Namespaces                                 { return Namespaces{UserPrefix: "test_"} }
+func (br *botTestBridge) Config() (string, any)                                  { return "", nil }
+func (br *botTestBridge) Migrations() dbutil.UpgradeTable                        { return dbutil.UpgradeTable{} }
+func (br *botTestBridge) PersonalData() []UserTable                              { return nil }
+func (br *botTestBridge) Init(Host) error                                        { return nil }
+func (br *botTestBridge) Start(context.Context) error                            { return nil }
+func (br *botTestBridge) Stop(context.Context) error                             { return nil }
+func (br *botTestBridge) HandleEvent(context.Context, *event.Event, Route) error { return nil }
 func (br *botTestBridge) PurgeRoom(_ context.Context, roomID id.RoomID) error {
 	br.purged = append(br.purged, roomID)
 	return br.purgeErr

@@ -19,6 +19,13 @@ import (
 //
 // The describing methods (ID, Namespaces, Config, Migrations, PersonalData) return constant data
 // and are called before the configuration is loaded; they must not depend on Init having run.
+//
+// A bridge adds capabilities by implementing optional interfaces, all declared in this file:
+// [ConfigValidator] (check its decoded section), [OptInBridge] (off in the example config),
+// [UserQuerier] and [AliasQuerier] (answer the homeserver's queries for its namespace),
+// [CommandProvider] (bot commands), [Eraser] (undo remote side effects before an erasure),
+// [RoomPurger] (forget a room when the bot's setup there ends) and [RedactionPurger] (learn that
+// rows of its were purged by a redaction).
 type Bridge interface {
 	// ID returns the bridge's permanent short name ("irc", "webhook"). It is the config key under
 	// bridges:, the table prefix, the version table name (<id>_version), the log field "bridge"
@@ -65,7 +72,26 @@ type Bridge interface {
 	// idempotent on evt.ID (for example, send with a transaction ID derived from it, see
 	// [TxnIDFor]). A returned error is logged once by the core with all context fields; the event
 	// is not retried.
-	HandleEvent(ctx context.Context, evt *event.Event) error
+	//
+	// route says which of the bridge's claims the event belongs to (its claim on the room, with
+	// provenance, and/or the ghost a membership event is about), so the bridge need not look
+	// that up again; at least one of them is set.
+	HandleEvent(ctx context.Context, evt *event.Event, route Route) error
+}
+
+// Route tells a bridge why the core delivered an event to it. The core routes an event to a
+// bridge because the bridge claimed the event's room ([Host.ClaimRoom]), or because the event is
+// a membership event about one of the bridge's ghosts (an invite into a room it has not claimed
+// yet, a kick), or both. Aliases route no events: the homeserver asks about them through
+// [AliasQuerier] only.
+type Route struct {
+	// Claim is the bridge's claim on the event's room as recorded by ClaimRoom: who asked for
+	// it, through which event and when (RoomID is the event's room). Nil when the bridge has not
+	// claimed the room.
+	Claim *Provenance
+	// Ghost is the bridge's ghost whose membership the event changes (its state key); empty
+	// unless the event is an m.room.member event about a user in the bridge's namespace.
+	Ghost id.UserID
 }
 
 // Namespaces are the parts of the Matrix namespace a bridge claims.
@@ -84,8 +110,11 @@ type Namespaces struct {
 // reports every problem of every bridge at once.
 type ConfigValidator interface {
 	Bridge
-	// ValidateConfig returns nil or the problems found, with key paths relative to the bridge's
-	// section (the core prefixes bridges.<id>.).
+	// ValidateConfig returns nil or the problems found: one [*ConfigError] per problem, joined
+	// with errors.Join when there are several. Path is relative to the bridge's section
+	// ("networks[0].address"; empty for the section as a whole) and Line is left 0: the core
+	// prefixes bridges.<id>. and adds the key's line in the file where the key is present. Any
+	// other error is reported as a problem of the whole section.
 	ValidateConfig() error
 }
 
@@ -207,6 +236,37 @@ type SecretStore interface {
 type Eraser interface {
 	Bridge
 	EraseRemote(ctx context.Context, user id.UserID) error
+}
+
+// RoomPurger is an optional interface that bridges can implement to forget a room's
+// configuration when the Custodian bot's setup there ends: the bot was kicked or banned, or
+// everyone else left. The core calls PurgeRoom for every bridge that implements it, whether or
+// not the bridge owns the room, and then releases the room's ownership claim itself.
+type RoomPurger interface {
+	Bridge
+	// PurgeRoom deletes everything the bridge keeps about roomID's configuration, and undoes its
+	// side effects where it can (leave with its ghosts, stop feeds, revoke webhooks). It may be
+	// called again for the same room, also for a room the bridge knows nothing about, and must
+	// then succeed without doing anything. An error is logged by the core; the other bridges
+	// are purged regardless.
+	PurgeRoom(ctx context.Context, roomID id.RoomID) error
+}
+
+// RedactionPurger is an optional interface that bridges can implement to learn that rows of
+// theirs were purged because the event that created them was redacted: to drop what they cache
+// about those rows and stop what the rows set going (an outbound hook's deliveries, a feed's
+// polling). The rows are already gone when it is called; rows derived from them went with them
+// through their cascades.
+//
+// The redaction event itself still reaches the bridges that own the room through HandleEvent,
+// after the purge; bridges that delete a remote copy of a bridged message do that there.
+type RedactionPurger interface {
+	Bridge
+	// RedactionPurged is called once the core has deleted, in one transaction, the rows of the
+	// bridge's declared tables whose SourceEventColumn is redacted; purged maps each table to
+	// the number of rows deleted. An error is logged by the core. It is not called when nothing
+	// was deleted, so an event handled again after a crash may not call it again.
+	RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
 }
 
 // ErrOutsideNamespace is returned by [Host.Intent] when a bridge asks for a user outside its own

@@ -333,7 +333,7 @@ type secretRecordingBridge struct {
 	messages []id.EventID
 }
 
-func (br *secretRecordingBridge) HandleEvent(_ context.Context, evt *event.Event) error {
+func (br *secretRecordingBridge) HandleEvent(_ context.Context, evt *event.Event, _ Route) error {
 	if evt.Type == event.EventMessage {
 		br.lock.Lock()
 		br.messages = append(br.messages, evt.ID)

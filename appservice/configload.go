@@ -211,7 +211,7 @@ func (cfg *Config) DecodeBridges(bridges []Bridge) error {
 		if v, ok := br.(ConfigValidator); ok {
 			if err := v.ValidateConfig(); err != nil {
 				for _, e := range flattenErrors(err) {
-					problems = append(problems, prefixBridgeError(br.ID(), e))
+					problems = append(problems, bridgeProblem(br.ID(), &node, e))
 				}
 			}
 		}
@@ -276,15 +276,60 @@ func decodeBridgeSection(br Bridge, node *yaml.Node) []error {
 	}
 }
 
-// bridgeKeyPath matches a message that starts with a key path, as ValidateConfig should write
-// them: "networks[0].port: must be set".
-var bridgeKeyPath = regexp.MustCompile(`^[A-Za-z0-9_-]+(\[[0-9]+\])*(\.[A-Za-z0-9_-]+(\[[0-9]+\])*)*: `)
-
-func prefixBridgeError(bridgeID string, err error) error {
-	if bridgeKeyPath.MatchString(err.Error()) {
-		return fmt.Errorf("bridges.%s.%w", bridgeID, err)
+// bridgeProblem turns one problem a bridge's ValidateConfig returned into a [ConfigError] under
+// bridges.<id>: a *ConfigError's Path, relative to the section, gets the prefix, and its line is
+// looked up in the section (node) when the bridge gave none and the key is there; any other error
+// is a problem of the section as a whole.
+func bridgeProblem(bridgeID string, node *yaml.Node, err error) error {
+	path := "bridges." + bridgeID
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		return &ConfigError{Path: path, Message: err.Error()}
 	}
-	return fmt.Errorf("bridges.%s: %w", bridgeID, err)
+	out := &ConfigError{Path: path, Line: ce.Line, Message: ce.Message}
+	if ce.Path != "" {
+		out.Path = path + "." + ce.Path
+		if out.Line == 0 {
+			out.Line = keyLine(node, ce.Path)
+		}
+	}
+	return out
+}
+
+// keyLine returns the line of the key or list item at path ("networks[0].port") under node, or
+// 0 if it is not there (a missing key has no single place).
+func keyLine(node *yaml.Node, path string) int {
+	line := 0
+	for _, part := range strings.Split(path, ".") {
+		key, rest, _ := strings.Cut(part, "[")
+		if node.Kind == yaml.AliasNode && node.Alias != nil {
+			node = node.Alias
+		}
+		if node.Kind != yaml.MappingNode {
+			return 0
+		}
+		found := false
+		for i := 0; i+1 < len(node.Content); i += 2 {
+			if node.Content[i].Value == key {
+				line, node, found = node.Content[i].Line, node.Content[i+1], true
+				break
+			}
+		}
+		if !found {
+			return 0
+		}
+		for rest != "" {
+			index, after, ok := strings.Cut(rest, "]")
+			n, err := strconv.Atoi(index)
+			if !ok || err != nil || node.Kind != yaml.SequenceNode || n < 0 || n >= len(node.Content) {
+				return 0
+			}
+			node = node.Content[n]
+			line = node.Line
+			rest = strings.TrimPrefix(after, "[")
+		}
+	}
+	return line
 }
 
 // flattenErrors undoes errors.Join (also nested), so each problem can be reported on its own.

@@ -61,13 +61,13 @@ func (b *cfgBridge) Config() (string, any) {
 	}
 	return b.example, b.target
 }
-func (b *cfgBridge) Migrations() dbutil.UpgradeTable                 { return dbutil.UpgradeTable{} }
-func (b *cfgBridge) PersonalData() []UserTable                       { return nil }
-func (b *cfgBridge) Init(Host) error                                 { return nil }
-func (b *cfgBridge) Start(context.Context) error                     { return nil }
-func (b *cfgBridge) Stop(context.Context) error                      { return nil }
-func (b *cfgBridge) HandleEvent(context.Context, *event.Event) error { return nil }
-func (b *cfgBridge) ValidateConfig() error                           { return b.runValidate() }
+func (b *cfgBridge) Migrations() dbutil.UpgradeTable                        { return dbutil.UpgradeTable{} }
+func (b *cfgBridge) PersonalData() []UserTable                              { return nil }
+func (b *cfgBridge) Init(Host) error                                        { return nil }
+func (b *cfgBridge) Start(context.Context) error                            { return nil }
+func (b *cfgBridge) Stop(context.Context) error                             { return nil }
+func (b *cfgBridge) HandleEvent(context.Context, *event.Event, Route) error { return nil }
+func (b *cfgBridge) ValidateConfig() error                                  { return b.runValidate() }
 func (b *cfgBridge) runValidate() error {
 	if b.validate == nil {
 		return nil
@@ -486,19 +486,43 @@ func TestConfigValidatorErrorsArePrefixed(t *testing.T) {
 	fake := newCfgBridge("fake", "fake_", "")
 	fake.validate = func(c *cfgBridgeConfig) error {
 		return errors.Join(
-			errors.New("networks[0].port: must be below 1000"),
-			errors.Join(errors.New("greeting: must not be hello")),
+			&ConfigError{Path: "networks[1].port", Message: "must be below 1000"},
+			errors.Join(&ConfigError{Path: "greeting", Message: "must not be hello"}),
+			&ConfigError{Path: "networks[0]", Message: "must name a network"},
+			&ConfigError{Path: "missing_key", Message: "must be set"},
+			&ConfigError{Message: "the section as a whole is off"},
 			errors.New("something is off"),
 		)
 	}
-	_, err := parseConfig([]byte(exampleWithTokens(t, fake)), "config.yaml", []Bridge{fake}, true)
+	text := "bridges:\n" +
+		"    fake:\n" + // line 2
+		"        greeting: hello\n" +
+		"        networks:\n" +
+		"            - {name: a, port: 1}\n" + // line 5
+		"            - name: b\n" +
+		"              port: 2000\n" // line 7
+	cfg := DefaultConfig()
+	if err := yaml.Unmarshal([]byte(text), cfg); err != nil {
+		t.Fatal(err)
+	}
+	err := cfg.DecodeBridges([]Bridge{fake})
 	want := []string{
-		"bridges.fake.networks[0].port: must be below 1000",
-		"bridges.fake.greeting: must not be hello",
+		"bridges.fake.networks[1].port: must be below 1000 (line 7)",
+		"bridges.fake.greeting: must not be hello (line 3)",
+		"bridges.fake.networks[0]: must name a network (line 5)",
+		"bridges.fake.missing_key: must be set",
+		"bridges.fake: the section as a whole is off",
 		"bridges.fake: something is off",
 	}
 	if got := problemStrings(err); !reflect.DeepEqual(got, want) {
 		t.Errorf("problems = %q, want %q", got, want)
+	}
+	for _, e := range Problems(err) {
+		if ce, ok := e.(*ConfigError); !ok {
+			t.Errorf("problem %q is a %T, want *ConfigError", e, e)
+		} else if !strings.HasPrefix(ce.Path, "bridges.fake") {
+			t.Errorf("problem path %q lacks the bridge's prefix", ce.Path)
+		}
 	}
 }
 

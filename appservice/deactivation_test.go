@@ -66,23 +66,10 @@ func TestDeactivationAfterLeave(t *testing.T) {
 			})
 			env.hs.adminToken = pvAdminToken
 			env.hs.adminGhost = id.NewUserID(ghost, testDomain)
-			swept := make(chan struct{}, 1)
-			env.svc.privacy.afterSweep = func(kind string, _ int64, _ error) {
-				if kind == "deactivation" {
-					select {
-					case swept <- struct{}{}:
-					default:
-					}
-				}
-			}
 			env.start()
 			if tt.access != "" {
 				// Let the sweep at start pass before alice has data, so that it asks nothing.
-				select {
-				case <-swept:
-				case <-time.After(30 * time.Second):
-					t.Fatal("no deactivation sweep at start")
-				}
+				env.logs.waitFor(t, deactivationPass)
 			}
 			env.setUpRoom(pvRoom, false, pvAlice, pvBob)
 			env.setUpRoom(pvDM, true, pvAlice)
@@ -166,24 +153,10 @@ func TestDeactivationSweep(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, withAdminToken(t))
 			env.hs.adminToken = pvAdminToken
-			swept := make(chan int64, 1)
-			env.svc.privacy.afterSweep = func(kind string, n int64, err error) {
-				if kind == "deactivation" {
-					if err != nil {
-						t.Errorf("deactivation sweep failed: %v", err)
-					}
-					swept <- n
-				}
-			}
 			env.start()
 			// The sweep at start finds nobody (see TestDeactivationSweepAtStart).
-			select {
-			case n := <-swept:
-				if n != 0 {
-					t.Fatalf("the sweep at start erased %d users, want 0", n)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("no deactivation sweep at start")
+			if n := env.pass(deactivationPass, 1, "erased"); n != 0 {
+				t.Fatalf("the sweep at start erased %d users, want 0", n)
 			}
 			env.seedUser(pvAlice, pvDM)
 			env.seedUser(pvBob, "!dm-bob:example.org")
@@ -191,17 +164,12 @@ func TestDeactivationSweep(t *testing.T) {
 			env.hs.setDeactivated(pvAlice)
 
 			// The sweep runs every privacy.deactivation.sweep_interval (6h by default).
-			if !env.clock.WaitForTicker(6*time.Hour, 10*time.Second) {
+			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), 6*time.Hour) != nil {
 				t.Fatal("the deactivation loop did not start its ticker")
 			}
 			env.clock.Advance(6 * time.Hour)
-			select {
-			case n := <-swept:
-				if n != 1 {
-					t.Errorf("sweep erased %d users, want 1", n)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("no deactivation sweep after its interval")
+			if n := env.pass(deactivationPass, 2, "erased"); n != 1 {
+				t.Errorf("sweep erased %d users, want 1", n)
 			}
 			for user, want := range map[id.UserID]bool{pvAlice: false, pvBob: true, "@dave:elsewhere.example": true} {
 				if exists, _ := env.svc.db.User.Exists(env.ctx, user); exists != want {
@@ -235,26 +203,13 @@ func TestDeactivationSweepAtStart(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, withAdminToken(t))
 			env.hs.adminToken = pvAdminToken
-			swept := make(chan int64, 4)
-			env.svc.privacy.afterSweep = func(kind string, n int64, err error) {
-				if kind == "deactivation" {
-					if err != nil {
-						t.Errorf("deactivation sweep failed: %v", err)
-					}
-					swept <- n
-				}
-			}
 			env.seedUser(pvAlice, pvDM)
 			env.seedUser(pvBob, "!dm-bob:example.org")
 			env.hs.setDeactivated(pvAlice)
 			env.start()
-			select {
-			case n := <-swept:
-				if n != 1 {
-					t.Errorf("the sweep at start erased %d users, want 1", n)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("no deactivation sweep at start (the clock was not advanced)")
+			// The clock was not advanced: this is the sweep at start.
+			if n := env.pass(deactivationPass, 1, "erased"); n != 1 {
+				t.Errorf("the sweep at start erased %d users, want 1", n)
 			}
 			env.awaitErasures()
 			for user, want := range map[id.UserID]bool{pvAlice: false, pvBob: true} {

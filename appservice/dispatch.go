@@ -107,10 +107,8 @@ func (d *dispatcher) start(ctx context.Context) error {
 			page, err := d.svc.db.Inbox.Pending(ctx, after, replayPageSize)
 			if err != nil {
 				zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to read inbox for replay; retrying")
-				select {
-				case <-ctx.Done():
+				if !d.svc.sleep(ctx, time.Second) {
 					return
-				case <-time.After(time.Second):
 				}
 				continue
 			}
@@ -269,6 +267,9 @@ func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueu
 func (d *dispatcher) flushLoop(ctx context.Context) {
 	defer close(d.flusherDone)
 	batch := make([]database.Done, 0, doneBatchSize)
+	// The flush timer alone runs on the wall clock, not the service's: it is a batching latency
+	// of doneFlushInterval, invisible to users, and on a fake clock every test would have to
+	// advance it after every event before the inbox reflected what was handled.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	flush := func() {
@@ -287,7 +288,7 @@ func (d *dispatcher) flushLoop(ctx context.Context) {
 				zerolog.Ctx(ctx).Error().Int("events", len(batch)).Msg("Giving up marking events done; they will be replayed after restart")
 				break
 			}
-			time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+			d.svc.sleep(context.WithoutCancel(ctx), time.Duration(attempt+1)*100*time.Millisecond)
 		}
 		batch = batch[:0]
 	}
@@ -421,11 +422,11 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 			return
 		}
 	}
-	for _, bh := range targets {
-		br := bh.br
-		bctx := log.With().Str("bridge", bh.id).Logger().WithContext(ctx)
-		svc.runHandler(bctx, bh.id, func(ctx context.Context) error {
-			return br.HandleEvent(ctx, evt)
+	for _, target := range targets {
+		br, route := target.bh.br, target.route
+		bctx := log.With().Str("bridge", target.bh.id).Logger().WithContext(ctx)
+		svc.runHandler(bctx, target.bh.id, func(ctx context.Context) error {
+			return br.HandleEvent(ctx, evt, route)
 		})
 	}
 }
@@ -448,26 +449,41 @@ func (svc *Service) runHandler(ctx context.Context, module string, fn func(ctx c
 	}
 }
 
-// routeToBridges returns the bridges an event concerns: the one whose ghost is the target of a
-// membership event, and those that claimed the room.
-func (svc *Service) routeToBridges(ctx context.Context, evt *event.Event) []*bridgeHost {
+// routedEvent is one bridge an event is delivered to, and why.
+type routedEvent struct {
+	bh    *bridgeHost
+	route Route
+}
+
+// routeToBridges returns the bridges an event concerns, each with its [Route]: the one whose
+// ghost is the target of a membership event, and those that claimed the room.
+func (svc *Service) routeToBridges(ctx context.Context, evt *event.Event) []routedEvent {
 	if len(svc.bridges) == 0 {
 		return nil
 	}
-	var out []*bridgeHost
+	var out []routedEvent
 	if evt.Type == event.StateMember && evt.StateKey != nil {
-		if bh := svc.bridgeForUser(id.UserID(*evt.StateKey)); bh != nil {
-			out = append(out, bh)
+		ghost := id.UserID(*evt.StateKey)
+		if bh := svc.bridgeForUser(ghost); bh != nil {
+			out = append(out, routedEvent{bh: bh, route: Route{Ghost: ghost}})
 		}
 	}
 	if evt.RoomID != "" {
-		owners, err := svc.roomBridges(ctx, evt.RoomID)
+		claims, err := svc.roomBridges(ctx, evt.RoomID)
 		if err != nil {
 			zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to look up the room's bridges")
 		}
-		for _, owner := range owners {
-			if bh := svc.bridgeByID[owner]; bh != nil && !slices.Contains(out, bh) {
-				out = append(out, bh)
+		for _, claim := range claims {
+			bh := svc.bridgeByID[claim.BridgeID]
+			if bh == nil {
+				continue
+			}
+			prov := &Provenance{Actor: claim.Actor, RoomID: evt.RoomID, EventID: claim.EventID, At: claim.CreatedAt}
+			i := slices.IndexFunc(out, func(r routedEvent) bool { return r.bh == bh })
+			if i < 0 {
+				out = append(out, routedEvent{bh: bh, route: Route{Claim: prov}})
+			} else {
+				out[i].route.Claim = prov
 			}
 		}
 	}

@@ -2,16 +2,19 @@ package appservice
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // blockingBridge is a recordingBridge whose handler blocks on events of one room until released.
@@ -23,7 +26,7 @@ type blockingBridge struct {
 	once      sync.Once
 }
 
-func (bb *blockingBridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (bb *blockingBridge) HandleEvent(ctx context.Context, evt *event.Event, _ Route) error {
 	if evt.RoomID == bb.blockRoom {
 		bb.blocked <- evt.ID
 		select {
@@ -32,7 +35,7 @@ func (bb *blockingBridge) HandleEvent(ctx context.Context, evt *event.Event) err
 			return ctx.Err()
 		}
 	}
-	return bb.recordingBridge.HandleEvent(ctx, evt)
+	return bb.recordingBridge.HandleEvent(ctx, evt, Route{})
 }
 
 // unblock releases every blocked and later event of the blocked room.
@@ -108,5 +111,96 @@ func TestDispatcherRunsRoomsInParallelAndEachInOrder(t *testing.T) {
 	}
 	if fmt.Sprint(got) != "[$a1 $a2]" {
 		t.Fatalf("after room A was released the bridge handled %v, want [$a1 $a2]", got)
+	}
+}
+
+// TestBridgesGetTheRouteOfAnEvent checks that each bridge learns which of its claims an event
+// belongs to: its claim on the room, with the provenance ClaimRoom recorded, and the ghost a
+// membership event is about; a bridge with neither gets nothing.
+func TestBridgesGetTheRouteOfAnEvent(t *testing.T) {
+	const (
+		claimed   = id.RoomID("!claimed:example.org")
+		unclaimed = id.RoomID("!elsewhere:example.org")
+		alice     = id.UserID("@alice:example.org")
+		recGhost  = id.UserID("@rec_nick:example.org")
+		otherGh   = id.UserID("@other_nick:example.org")
+	)
+	at := time.UnixMilli(1_700_000_000_000)
+	claim := &Provenance{Actor: alice, RoomID: claimed, EventID: "$link", At: at}
+	member := func(evtID id.EventID, room id.RoomID, target id.UserID) *event.Event {
+		stateKey := string(target)
+		return &event.Event{ID: evtID, RoomID: room, Sender: alice, Type: event.StateMember, StateKey: &stateKey,
+			Content: event.Content{Parsed: &event.MemberEventContent{Membership: event.MembershipInvite}}}
+	}
+	tests := []struct {
+		name string
+		evt  *event.Event
+		want map[string]Route
+	}{
+		{"message in a claimed room", &event.Event{ID: "$m1", RoomID: claimed, Sender: alice, Type: event.EventMessage},
+			map[string]Route{"rec": {Claim: claim}}},
+		{"own ghost in its claimed room", member("$i1", claimed, recGhost),
+			map[string]Route{"rec": {Claim: claim, Ghost: recGhost}}},
+		{"another bridge's ghost in a claimed room", member("$i2", claimed, otherGh),
+			map[string]Route{"rec": {Claim: claim}, "other": {Ghost: otherGh}}},
+		{"ghost in an unclaimed room", member("$i3", unclaimed, recGhost),
+			map[string]Route{"rec": {Ghost: recGhost}}},
+		{"message in an unclaimed room", &event.Event{ID: "$m2", RoomID: unclaimed, Sender: alice, Type: event.EventMessage},
+			map[string]Route{}},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			rec, other := newRecordingBridge("rec"), newRecordingBridge("other")
+			log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+			svc, err := newService(testConfig(deadHomeserver(t).URL), testRegistration(), []Bridge{rec, other}, log, astest.TestDB(t, dialect))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := log.WithContext(context.Background())
+			if err = svc.upgradeDatabases(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err = svc.bridgeByID["rec"].ClaimRoom(ctx, claimed, *claim); err != nil {
+				t.Fatal(err)
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					got := map[string]Route{}
+					for _, r := range svc.routeToBridges(ctx, tt.evt) {
+						got[r.bh.id] = r.route
+					}
+					// Claims are pointers: compare whether there is one here, and its fields below.
+					shape := func(routes map[string]Route) string {
+						out := map[string]string{}
+						for bridgeID, route := range routes {
+							out[bridgeID] = fmt.Sprintf("claim=%v ghost=%s", route.Claim != nil, route.Ghost)
+						}
+						return fmt.Sprint(out)
+					}
+					if shape(got) != shape(tt.want) {
+						t.Errorf("routes = %s, want %s", shape(got), shape(tt.want))
+					}
+					for bridgeID, route := range got {
+						if route.Claim != nil && (route.Claim.Actor != claim.Actor || route.Claim.EventID != claim.EventID ||
+							route.Claim.RoomID != claim.RoomID || !route.Claim.At.Equal(claim.At)) {
+							t.Errorf("%s's claim = %+v, want %+v", bridgeID, *route.Claim, *claim)
+						}
+					}
+				})
+			}
+			// The route reaches HandleEvent.
+			data, err := json.Marshal(map[string]any{"type": "m.room.message", "event_id": "$m3", "room_id": claimed,
+				"sender": alice, "content": map[string]any{"msgtype": "m.text", "body": "hello"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc.handleInboxEvent(ctx, &database.InboxEvent{TxnID: "t", EventID: "$m3", RoomID: claimed, Sender: alice, JSON: data})
+			if route, ok := rec.routeOf("$m3"); !ok || route.Claim == nil || route.Claim.EventID != "$link" || route.Ghost != "" {
+				t.Errorf("HandleEvent got route %+v (delivered %v), want the claim made by $link", route, ok)
+			}
+			if _, ok := other.routeOf("$m3"); ok {
+				t.Error("a bridge without a claim on the room got the event")
+			}
+		})
 	}
 }

@@ -420,7 +420,7 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !env.clock.WaitForTicker(privacy.ErasurePoll, 10*time.Second) {
+			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasurePoll) != nil {
 				t.Fatal("the erasure runner is not waiting for its poll")
 			}
 			if _, err = env.svc.db.Privacy().CreateErasure(env.ctx, &database.ErasureJob{

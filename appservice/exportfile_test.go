@@ -59,29 +59,16 @@ func TestExportFileExpires(t *testing.T) {
 				}
 				env := newPrivacyEnv(t, dialect, configure)
 				env.hs.adminToken = pvAdminToken
-				passes := make(chan int64, 10)
-				env.svc.privacy.afterSweep = func(kind string, n int64, err error) {
-					if kind == "export" {
-						if err != nil {
-							t.Errorf("export expiry failed: %v", err)
-						}
-						passes <- n
-					}
-				}
 				env.start()
 				// The first pass runs at start, before anything was exported.
-				wait := func(what string) int64 {
+				passes := 0
+				wait := func() int64 {
 					t.Helper()
-					select {
-					case n := <-passes:
-						return n
-					case <-time.After(10 * time.Second):
-						t.Fatalf("no export expiry pass %s", what)
-						return 0
-					}
+					passes++
+					return env.pass(exportPass, passes, "export_files")
 				}
-				wait("at start")
-				if !env.clock.WaitForTicker(exportExpiryInterval, 10*time.Second) {
+				wait()
+				if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), exportExpiryInterval) != nil {
 					t.Fatal("the export expiry loop did not start its ticker")
 				}
 				env.setUpRoom(pvDM, true, pvAlice)
@@ -99,13 +86,13 @@ func TestExportFileExpires(t *testing.T) {
 
 				// Before the TTL nothing happens.
 				env.clock.Advance(exportExpiryInterval)
-				if n := wait("a minute later"); n != 0 || env.redactionsOf(pvDM, fileEvent) != 0 || len(env.hs.mediaDeleted()) != 0 {
+				if n := wait(); n != 0 || env.redactionsOf(pvDM, fileEvent) != 0 || len(env.hs.mediaDeleted()) != 0 {
 					t.Fatalf("before the TTL: %d withdrawn, %d redactions, deleted %v; want nothing", n, env.redactionsOf(pvDM, fileEvent), env.hs.mediaDeleted())
 				}
 
 				env.clock.Set(env.clock.Now().Add(time.Hour))
 				env.clock.Advance(exportExpiryInterval)
-				if n := wait("after the TTL"); n != 1 {
+				if n := wait(); n != 1 {
 					t.Errorf("after the TTL %d files withdrawn, want 1", n)
 				}
 				if got := env.redactionsOf(pvDM, fileEvent); got != 1 {

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -117,13 +118,13 @@ func (bh *bridgeHost) ReleaseRoom(ctx context.Context, roomID id.RoomID) error {
 	return err
 }
 
-// roomBridges returns the IDs of the bridges that claimed roomID. The answer is cached; claims
+// roomBridges returns the claims on roomID, with their provenance. The answer is cached; claims
 // change only through ClaimRoom, ReleaseRoom and the end of a setup, which invalidate it.
-func (svc *Service) roomBridges(ctx context.Context, roomID id.RoomID) ([]string, error) {
+func (svc *Service) roomBridges(ctx context.Context, roomID id.RoomID) ([]database.RoomClaim, error) {
 	if owners, ok := svc.roomOwners.Load(roomID); ok {
-		return owners.([]string), nil
+		return owners.([]database.RoomClaim), nil
 	}
-	owners, err := svc.db.Room.GetBridges(ctx, roomID)
+	owners, err := svc.db.Room.GetClaims(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}

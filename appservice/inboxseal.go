@@ -70,13 +70,13 @@ func (svc *Service) loadInboxKeys(ctx context.Context) {
 // dispatcher held back because their content could not be opened, and the creation of an inbox
 // key while there is none. It runs until ctx ends.
 func (svc *Service) inboxRetryLoop(ctx context.Context) {
-	ticks, stop := svc.clock().NewTicker(inboxRetryInterval)
-	defer stop()
+	ticker := svc.clock().NewTicker(inboxRetryInterval)
+	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticks:
+		case <-ticker.C():
 		}
 		held := svc.dispatcher.heldSeqs()
 		if len(held) == 0 && svc.inboxKeys.HasInboxKey() {

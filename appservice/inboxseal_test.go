@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -28,13 +29,13 @@ type gatedBridge struct {
 	release chan struct{}
 }
 
-func (gb *gatedBridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (gb *gatedBridge) HandleEvent(ctx context.Context, evt *event.Event, _ Route) error {
 	select {
 	case <-gb.release:
 	case <-time.After(30 * time.Second):
 		return errors.New("gate never released")
 	}
-	return gb.recordingBridge.HandleEvent(ctx, evt)
+	return gb.recordingBridge.HandleEvent(ctx, evt, Route{})
 }
 
 // sqliteFiles returns the contents of db's SQLite database file and its -wal and -shm files,
@@ -268,7 +269,7 @@ func TestInboxEventsHeldWhileKeyMissing(t *testing.T) {
 
 			k2 := mustGenerateKey(t)
 			writeKeys(t, keyFile, k2)
-			clock := astest.NewFakeClock(time.Now())
+			clock := clock.NewFake(time.Now())
 			br := newRecordingBridge("rec")
 			cfg := testConfig(deadHomeserver(t).URL)
 			cfg.Vault = VaultConfig{KeyFile: &keyFile}
@@ -309,7 +310,7 @@ func TestInboxEventsHeldWhileKeyMissing(t *testing.T) {
 			}
 
 			writeKeys(t, keyFile, k2, k1)
-			if !clock.WaitForTicker(inboxRetryInterval, 10*time.Second) {
+			if clock.BlockUntilInterval(astest.Within(t, 10*time.Second), inboxRetryInterval) != nil {
 				t.Fatal("the inbox retry loop never started its ticker")
 			}
 			clock.Advance(inboxRetryInterval)

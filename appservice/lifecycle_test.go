@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
@@ -44,10 +45,34 @@ func (wl *watchedLog) String() string {
 // waitFor waits until the log holds substr, failing the test after a deadline.
 func (wl *watchedLog) waitFor(t testing.TB, substr string) {
 	t.Helper()
+	wl.waitForCount(t, substr, 1)
+}
+
+// waitForLine waits until n lines of the log hold substr, failing the test after a deadline,
+// and returns the nth.
+func (wl *watchedLog) waitForLine(t testing.TB, substr string, n int) string {
+	t.Helper()
+	wl.waitForCount(t, substr, n)
+	seen := 0
+	for _, line := range strings.Split(wl.String(), "\n") {
+		if strings.Contains(line, substr) {
+			if seen++; seen == n {
+				return line
+			}
+		}
+	}
+	t.Fatalf("the log lost line %d holding %q", n, substr)
+	return ""
+}
+
+// waitForCount waits until the log holds substr at least n times, failing the test after a
+// deadline.
+func (wl *watchedLog) waitForCount(t testing.TB, substr string, n int) {
+	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
 		wl.lock.Lock()
-		found := strings.Contains(wl.buf.String(), substr)
+		found := strings.Count(wl.buf.String(), substr) >= n
 		changed := wl.changed
 		wl.lock.Unlock()
 		if found {
@@ -63,7 +88,7 @@ func (wl *watchedLog) waitFor(t testing.TB, substr string) {
 
 // startClockedService starts a service on a fresh SQLite database with the homeserver at hsURL
 // and the fake clock, logging to logs; it is stopped when the test ends.
-func startClockedService(t *testing.T, hsURL string, clock *astest.FakeClock, logs io.Writer, configure func(svc *Service)) *Service {
+func startClockedService(t *testing.T, hsURL string, clock *clock.Fake, logs io.Writer, configure func(svc *Service)) *Service {
 	t.Helper()
 	// Only to logs: a test writer does not accept lines after the test ended.
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
@@ -91,7 +116,7 @@ func TestConnectHomeserverRetriesWithBackoffOnTheClock(t *testing.T) {
 	hs := astest.NewFakeHomeserver(t, testDomain, testASToken)
 	// A homeserver that does not take the appservice yet: every ping fails until it does.
 	hs.Fail(astest.PatternPing, http.StatusForbidden, "M_FORBIDDEN")
-	clock := astest.NewFakeClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	logs := newWatchedLog()
 	startClockedService(t, hs.URL(), clock, logs, nil)
 	pings := func() int { return len(hs.RequestsTo(astest.PatternPing)) }
@@ -103,9 +128,9 @@ func TestConnectHomeserverRetriesWithBackoffOnTheClock(t *testing.T) {
 	}
 	for i, backoff := range backoffs {
 		// The failure is logged after the previous wait's ticker stopped and before the next
-		// one starts, so WaitForTicker cannot mistake the previous one for it.
+		// one starts, so BlockUntilInterval cannot mistake the previous one for it.
 		logs.waitFor(t, fmt.Sprintf(`"attempt":%d,"retry_in":%d,"message":"Homeserver ping failed"`, i+1, backoff.Milliseconds()))
-		if !clock.WaitForTicker(backoff, 10*time.Second) {
+		if clock.BlockUntilInterval(astest.Within(t, 10*time.Second), backoff) != nil {
 			t.Fatalf("after failed ping %d the service does not wait %s on its clock", i+1, backoff)
 		}
 		if got := pings(); got != i+1 {
@@ -125,23 +150,18 @@ func TestConnectHomeserverRetriesWithBackoffOnTheClock(t *testing.T) {
 		t.Errorf("the failed pings are not reported as warnings with the homeserver's error:\n%s", logs.String())
 	}
 	// Connected: no more retries.
-	if clock.WaitForTicker(2*time.Minute, 50*time.Millisecond) {
+	if clock.BlockUntilInterval(astest.Within(t, 50*time.Millisecond), 2*time.Minute) == nil {
 		t.Error("the service still waits to retry after the ping succeeded")
 	}
 }
 
 func TestPruneLoopRunsOnTheClock(t *testing.T) {
 	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	clock := astest.NewFakeClock(t0)
-	type pruned struct {
-		txns, events int64
-		err          error
-	}
-	rounds := make(chan pruned, 10)
-	svc := startClockedService(t, deadHomeserver(t).URL, clock, io.Discard, func(svc *Service) {
+	clk := clock.NewFake(t0)
+	logs := newWatchedLog()
+	svc := startClockedService(t, deadHomeserver(t).URL, clk, logs, func(svc *Service) {
 		// Pruned every min(ttl/4, 10m): every 5 minutes, unlike the retention sweep's 10.
 		svc.cfg.Database.ProcessedTTL = 20 * time.Minute
-		svc.afterPrune = func(txns, events int64, err error) { rounds <- pruned{txns, events, err} }
 	})
 	ctx := context.Background()
 	// record stores a handled transaction with one event at the clock's time, as ingest and the
@@ -149,48 +169,31 @@ func TestPruneLoopRunsOnTheClock(t *testing.T) {
 	record := func(txnID, eventID string) {
 		t.Helper()
 		evt := &database.InboxEvent{TxnID: txnID, EventID: id.EventID("$" + eventID), RoomID: "!r:example.org", Sender: "@a:example.org", JSON: []byte("{}")}
-		added, _, err := svc.db.Inbox.Accept(ctx, txnID, []*database.InboxEvent{evt}, clock.Now())
+		added, _, err := svc.db.Inbox.Accept(ctx, txnID, []*database.InboxEvent{evt}, clk.Now())
 		if err != nil || len(added) != 1 {
 			t.Fatalf("Accept(%s) = %d added, %v", txnID, len(added), err)
 		}
-		if err = svc.db.Inbox.MarkDone(ctx, []database.Done{{TxnID: txnID, Index: 0, EventID: evt.EventID}}, clock.Now()); err != nil {
+		if err = svc.db.Inbox.MarkDone(ctx, []database.Done{{TxnID: txnID, Index: 0, EventID: evt.EventID}}, clk.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	nextRound := func() pruned {
-		t.Helper()
-		select {
-		case r := <-rounds:
-			if r.err != nil {
-				t.Fatalf("prune failed: %v", r.err)
-			}
-			return r
-		case <-time.After(10 * time.Second):
-			t.Fatal("the prune loop did not run after its interval passed on the clock")
-			return pruned{}
-		}
-	}
+	const round = `"message":"Pruned processed IDs"`
 
 	record("old", "old")
-	if !clock.WaitForTicker(5*time.Minute, 10*time.Second) {
+	if clk.BlockUntilInterval(astest.Within(t, 10*time.Second), 5*time.Minute) != nil {
 		t.Fatal("the prune loop did not start a 5-minute ticker on the service's clock")
 	}
-	clock.Advance(4 * time.Minute)
-	select {
-	case r := <-rounds:
-		t.Fatalf("pruned %+v before the interval passed", r)
-	default:
+	clk.Advance(4 * time.Minute)
+	if strings.Contains(logs.String(), round) {
+		t.Fatal("pruned before the interval passed")
 	}
-	clock.Advance(time.Minute)
-	if r := nextRound(); r.txns != 0 || r.events != 0 {
-		t.Errorf("first round pruned %+v, want nothing: the IDs are 5 minutes old, the TTL 20", r)
-	}
+	clk.Advance(time.Minute)
+	// The first round prunes nothing: the IDs are 5 minutes old, the TTL 20.
+	logs.waitFor(t, `"transactions":0,"events":0,`+round)
 	record("new", "new")
 	// 25 minutes after "old", 20 after "new": only "old" is past the TTL.
-	clock.Advance(20 * time.Minute)
-	if r := nextRound(); r.txns != 1 || r.events != 1 {
-		t.Errorf("second round pruned %d transactions and %d events, want 1 and 1", r.txns, r.events)
-	}
+	clk.Advance(20 * time.Minute)
+	logs.waitFor(t, `"transactions":1,"events":1,`+round)
 	for table, want := range map[string]int{"as_txn": 1, "as_event_done": 1} {
 		if n := countRows(t, svc.rawDB, table); n != want {
 			t.Errorf("%s has %d rows, want %d", table, n, want)

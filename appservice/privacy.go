@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
@@ -70,33 +71,11 @@ var (
 // the core and the bridges alike.
 func RedactedEventID(evt *event.Event) id.EventID { return privacy.RedactedEventID(evt) }
 
-// RedactionPurger is an optional interface that bridges can implement to learn that rows of
-// theirs were purged because the event that created them was redacted: to drop what they cache
-// about those rows and stop what the rows set going (an outbound hook's deliveries, a feed's
-// polling). The rows are already gone when it is called; rows derived from them went with them
-// through their cascades.
-//
-// The redaction event itself still reaches the bridges that own the room through HandleEvent,
-// after the purge; bridges that delete a remote copy of a bridged message do that there.
-type RedactionPurger interface {
-	Bridge
-	// RedactionPurged is called once the core has deleted, in one transaction, the rows of the
-	// bridge's declared tables whose SourceEventColumn is redacted; purged maps each table to
-	// the number of rows deleted. An error is logged by the core. It is not called when nothing
-	// was deleted, so an event handled again after a crash may not call it again.
-	RedactionPurged(ctx context.Context, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
-}
-
 // privacyState is the core's own state for the privacy operations that stay in the core
 // (command confirmations, deactivation detection, export files, the admin API); the engine keeps
 // the rest. Its zero value is ready to use, so tests that build a Service by hand get working
 // privacy commands.
 type privacyState struct {
-	// shredDebounce and shredDone configure the backup shredder (shred.go) when set before
-	// start (tests): the wait after an erasure, and a call after every shred rotation.
-	shredDebounce time.Duration
-	shredDone     func(shredResult, error)
-
 	lock sync.Mutex
 	// confirms holds !forget requests waiting for confirmation, by user.
 	confirms map[id.UserID]pendingForget
@@ -112,9 +91,6 @@ type privacyState struct {
 
 	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
 	erasureRan func(jobID string, state database.ErasureState, err error)
-	// afterSweep, if set, is called after each sweep of the retention ("retention"),
-	// deactivation ("deactivation") and export expiry ("export") loops with what it did (tests).
-	afterSweep func(kind string, n int64, err error)
 	loops      sync.WaitGroup
 }
 
@@ -126,11 +102,6 @@ func (svc *Service) newEngine() *privacy.Engine {
 		Host:  engineHost{svc},
 		Log:   svc.log,
 		Clock: engineClock{svc},
-		AfterSweep: func(kind string, n int64, err error) {
-			if hook := svc.privacy.afterSweep; hook != nil {
-				hook(kind, n, err)
-			}
-		},
 		AfterErasureAttempt: func(jobID string, state database.ErasureState, err error) {
 			if hook := svc.privacy.erasureRan; hook != nil {
 				hook(jobID, state, err)
@@ -341,10 +312,16 @@ func (h engineHost) RedactionPurged(ctx context.Context, module string, roomID i
 // after the engine is built.
 type engineClock struct{ svc *Service }
 
-func (c engineClock) Now() time.Time { return c.svc.now() }
+var _ clock.Clock = engineClock{}
 
-func (c engineClock) NewTicker(d time.Duration) (<-chan time.Time, func()) {
-	return c.svc.clock().NewTicker(d)
+func (c engineClock) Now() time.Time { return c.svc.clock().Now() }
+
+func (c engineClock) NewTimer(d time.Duration) clock.Timer { return c.svc.clock().NewTimer(d) }
+
+func (c engineClock) NewTicker(d time.Duration) clock.Ticker { return c.svc.clock().NewTicker(d) }
+
+func (c engineClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	return c.svc.clock().AfterFunc(d, f)
 }
 
 // privacyDB returns the privacy queries.

@@ -43,10 +43,10 @@ func (benchBridge) PersonalData() []UserTable {
 		TimeColumn: "created_at", Description: "benchmark rows",
 	}}
 }
-func (benchBridge) Init(Host) error                                 { return nil }
-func (benchBridge) Start(context.Context) error                     { return nil }
-func (benchBridge) Stop(context.Context) error                      { return nil }
-func (benchBridge) HandleEvent(context.Context, *event.Event) error { return nil }
+func (benchBridge) Init(Host) error                                        { return nil }
+func (benchBridge) Start(context.Context) error                            { return nil }
+func (benchBridge) Stop(context.Context) error                             { return nil }
+func (benchBridge) HandleEvent(context.Context, *event.Event, Route) error { return nil }
 
 // benchService returns a migrated service whose bench_item table holds tableRows rows, perUser
 // for each of tableRows/perUser users.

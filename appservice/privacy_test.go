@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
@@ -125,7 +126,7 @@ func (pb *privacyBridge) PersonalData() []UserTable {
 func (pb *privacyBridge) Init(host Host) error        { pb.host = host; return nil }
 func (pb *privacyBridge) Start(context.Context) error { return nil }
 func (pb *privacyBridge) Stop(context.Context) error  { return nil }
-func (pb *privacyBridge) HandleEvent(_ context.Context, evt *event.Event) error {
+func (pb *privacyBridge) HandleEvent(_ context.Context, evt *event.Event, _ Route) error {
 	pb.lock.Lock()
 	defer pb.lock.Unlock()
 	pb.events = append(pb.events, evt)
@@ -295,14 +296,14 @@ type privacyEnv struct {
 	dialect string
 	svc     *Service
 	hs      *privacyHS
-	clock   *astest.FakeClock
+	clock   *clock.Fake
 	hooks   *privacyBridge
 	other   *privacyBridge
 	seq     int
 	started bool
 	cancel  context.CancelFunc
 	// logs holds everything the service logged.
-	logs *lockedBuffer
+	logs *watchedLog
 	// erasureRan is signalled after each attempt of the erasure runner at a job; signals
 	// coalesce, so waiters check the database again after each.
 	erasureRan chan struct{}
@@ -324,10 +325,10 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 	if configure != nil {
 		configure(cfg)
 	}
-	logs := &lockedBuffer{}
+	logs := newWatchedLog()
 	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	env := &privacyEnv{
-		t: t, dialect: dialect, hs: hs, clock: astest.NewFakeClock(pvEpoch),
+		t: t, dialect: dialect, hs: hs, clock: clock.NewFake(pvEpoch),
 		hooks: newPrivacyBridge("hooks"), other: newPrivacyBridge("other"), logs: logs,
 	}
 	env.other.noRoomColumn = true
@@ -652,24 +653,43 @@ func (env *privacyEnv) stop() {
 	}
 }
 
+// What the privacy loops log after every pass, at debug level.
+const (
+	deactivationPass = `"message":"Deactivation sweep pass finished"`
+	retentionPass    = `"message":"Retention sweep pass finished"`
+	exportPass       = `"message":"Export expiry pass finished"`
+)
+
+// pass waits until a privacy loop logged pass number n (msg is one of the constants above) and
+// returns the count it logged under field; the test fails if the pass failed.
+func (env *privacyEnv) pass(msg string, n int, field string) int64 {
+	env.t.Helper()
+	line := env.logs.waitForLine(env.t, msg, n)
+	var logged struct {
+		Failed bool `json:"failed"`
+	}
+	counts := map[string]any{}
+	if err := json.Unmarshal([]byte(line), &logged); err != nil {
+		env.t.Fatalf("pass %d: %v in %s", n, err, line)
+	}
+	if err := json.Unmarshal([]byte(line), &counts); err != nil {
+		env.t.Fatalf("pass %d: %v in %s", n, err, line)
+	}
+	if logged.Failed {
+		env.t.Errorf("pass %d failed: %s", n, line)
+	}
+	count, ok := counts[field].(float64)
+	if !ok {
+		env.t.Fatalf("pass %d logged no %s: %s", n, field, line)
+	}
+	return int64(count)
+}
+
 // startAndSweep starts a service that has admin access to the homeserver and waits for the
 // deactivation sweep at start, so that it cannot race with what the test does next.
 func (env *privacyEnv) startAndSweep() *privacyEnv {
 	env.t.Helper()
-	swept := make(chan struct{}, 1)
-	env.svc.privacy.afterSweep = func(kind string, _ int64, _ error) {
-		if kind == "deactivation" {
-			select {
-			case swept <- struct{}{}:
-			default:
-			}
-		}
-	}
 	env.start()
-	select {
-	case <-swept:
-	case <-time.After(30 * time.Second):
-		env.t.Fatal("no deactivation sweep at start")
-	}
+	env.logs.waitFor(env.t, deactivationPass)
 	return env
 }

@@ -103,7 +103,7 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = reader.Close()
-	if !env.clock.WaitForTicker(privacy.ErasureRetryMin, 10*time.Second) {
+	if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasureRetryMin) != nil {
 		t.Fatal("the erasure runner is not waiting to retry")
 	}
 	env.clock.Advance(privacy.ErasureRetryMin)

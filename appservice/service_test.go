@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	mxas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 )
@@ -27,6 +29,9 @@ type recordingBridge struct {
 	id     string
 	host   Host
 	events chan *event.Event
+
+	lock   sync.Mutex
+	routes map[id.EventID]Route // the route each event came with
 }
 
 var _ Bridge = (*recordingBridge)(nil)
@@ -43,9 +48,23 @@ func (rb *recordingBridge) PersonalData() []UserTable       { return nil }
 func (rb *recordingBridge) Init(host Host) error            { rb.host = host; return nil }
 func (rb *recordingBridge) Start(ctx context.Context) error { return nil }
 func (rb *recordingBridge) Stop(ctx context.Context) error  { return nil }
-func (rb *recordingBridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (rb *recordingBridge) HandleEvent(ctx context.Context, evt *event.Event, route Route) error {
+	rb.lock.Lock()
+	if rb.routes == nil {
+		rb.routes = make(map[id.EventID]Route)
+	}
+	rb.routes[evt.ID] = route
+	rb.lock.Unlock()
 	rb.events <- evt
 	return nil
+}
+
+// routeOf returns the route the event with evtID came with, and whether it came.
+func (rb *recordingBridge) routeOf(evtID id.EventID) (Route, bool) {
+	rb.lock.Lock()
+	defer rb.lock.Unlock()
+	route, ok := rb.routes[evtID]
+	return route, ok
 }
 
 // next returns the next event the bridge handled, failing the test after a deadline.

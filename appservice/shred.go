@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -43,11 +44,8 @@ type backupShredder struct {
 	db *database.PrivacyQuery
 	// kick holds one pending request: erasures arriving while one is pending coalesce.
 	kick chan struct{}
-	// debounce and retryMin override shredDebounce and shredRetryMin when positive (tests).
-	debounce time.Duration
-	retryMin time.Duration
-	// done, if set, is called after every shred rotation with its outcome (tests).
-	done func(shredResult, error)
+	// clk times the debounce and the retries.
+	clk clock.Clock
 	// replaceInboxKey, if set, retires the inbox keys (Service.replaceInboxKey); rotate calls it
 	// once the new master key is loaded, so the old ones no longer wrap any inbox key.
 	replaceInboxKey func(ctx context.Context) error
@@ -93,9 +91,7 @@ func (svc *Service) requestShred() bool {
 // with a growing delay; the keys stay usable throughout.
 func (bs *backupShredder) run(ctx context.Context) {
 	log := zerolog.Ctx(ctx)
-	debounce := cmpOr(bs.debounce, shredDebounce)
-	retryMin := cmpOr(bs.retryMin, shredRetryMin)
-	retry := retryMin
+	retry := shredRetryMin
 	if _, pending, err := bs.db.PendingShred(ctx); err != nil {
 		log.Error().Err(err).Msg("Failed to read the pending shred request; it is resumed at the next erasure or start")
 	} else if pending {
@@ -118,7 +114,7 @@ func (bs *backupShredder) run(ctx context.Context) {
 		needKey := true
 		var keyAt time.Time
 		for {
-			if !sleepCtx(ctx, debounce) {
+			if !bs.sleep(ctx, shredDebounce) {
 				return
 			}
 			if needKey {
@@ -131,11 +127,8 @@ func (bs *backupShredder) run(ctx context.Context) {
 					log.Warn().Err(clearErr).Msg("Failed to clear the served shred request")
 				}
 			}
-			if bs.done != nil {
-				bs.done(res, err)
-			}
 			if err == nil {
-				retry = retryMin
+				retry = shredRetryMin
 				log.Info().Str("key_id", res.KeyID).Strs("retired_key_ids", res.Retired).
 					Int("rewrapped", res.Rewrapped).Str("key_file", bs.path).
 					Msg("Shredded database backups: rotated the vault's master key after an erasure; backups taken before it cannot be opened with the current keys")
@@ -151,7 +144,7 @@ func (bs *backupShredder) run(ctx context.Context) {
 				Strs("kept_key_ids", res.Kept).Str("key_file", bs.path).Dur("retry_in", retry).
 				Str("fix", "make sure the key file and its directory are writable by the user Custodian runs as, and that 'custodian keys status' shows every key available; the current keys stay usable").
 				Msg("Failed to rotate the vault's master key after an erasure: database backups from before it can still be opened with the key file")
-			if !sleepCtx(ctx, retry) {
+			if !bs.sleep(ctx, retry) {
 				return
 			}
 			retry = min(retry*2, shredRetryMax)
@@ -297,22 +290,7 @@ func statusOf(statuses []vault.KeyStatus, kekID string) vault.KeyStatus {
 	return vault.KeyStatus{ID: kekID}
 }
 
-// sleepCtx waits for d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// cmpOr returns d if positive, else def.
-func cmpOr(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
+// sleep waits for d on the shredder's clock or until ctx ends; it reports whether d passed.
+func (bs *backupShredder) sleep(ctx context.Context, d time.Duration) bool {
+	return clock.Sleep(ctx, bs.clk, d) == nil
 }

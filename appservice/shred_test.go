@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,9 +68,18 @@ func copyVaultTables(t *testing.T, ctx context.Context, db *dbutil.Database, dia
 	return restored
 }
 
-type shredOutcome struct {
-	res shredResult
-	err error
+// shredLogged is what the shredder logs after each successful rotation.
+const shredLogged = `"message":"Shredded database backups`
+
+// shredAfterDebounce lets the shredder's debounce pass on the service's clock and waits until
+// the log shows n successful shred rotations in all.
+func (env *privacyEnv) shredAfterDebounce(n int) {
+	env.t.Helper()
+	if err := env.clock.BlockUntilInterval(astest.Within(env.t, 10*time.Second), shredDebounce); err != nil {
+		env.t.Fatalf("the shredder does not wait for its debounce on the service's clock: %v", err)
+	}
+	env.clock.Advance(shredDebounce)
+	env.logs.waitForCount(env.t, shredLogged, n)
 }
 
 // TestShredBackupsAfterErasure copies the database (data keys and sealed values) before erasing
@@ -87,9 +95,6 @@ func TestShredBackupsAfterErasure(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, func(cfg *Config) {
 				cfg.Vault = VaultConfig{KeyFile: &keyFile, ShredBackups: true}
 			})
-			shredded := make(chan shredOutcome, 16)
-			env.svc.privacy.shredDebounce = 10 * time.Millisecond
-			env.svc.privacy.shredDone = func(res shredResult, err error) { shredded <- shredOutcome{res, err} }
 			env.start()
 			ctx := env.ctx
 			sv := env.hooks.host.Vault()
@@ -122,30 +127,17 @@ func TestShredBackupsAfterErasure(t *testing.T) {
 			if _, err := env.svc.engine.Erase(ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 				t.Fatal(err)
 			}
-			var out shredOutcome
-			select {
-			case out = <-shredded:
-			case <-time.After(30 * time.Second):
-				t.Fatal("no shred rotation within 30 s of the erasure")
-			}
-			if out.err != nil {
-				t.Fatalf("shred rotation failed: %v", out.err)
-			}
-			select {
-			case extra := <-shredded:
-				t.Errorf("a second shred rotation ran: %+v", extra)
-			default:
-			}
-
+			env.shredAfterDebounce(1)
 			keys, err := vault.FileKeys(keyFile).LoadKeys()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(keys) != 1 || keys[0].ID() == k1.ID() || keys[0].ID() != out.res.KeyID {
-				t.Fatalf("key file holds %v after the shred rotation, want only the new key %s", keys, out.res.KeyID)
+			if len(keys) != 1 || keys[0].ID() == k1.ID() {
+				t.Fatalf("key file holds %v after the shred rotation, want only a new key", keys)
 			}
-			if !slices.Equal(out.res.Retired, []string{k1.ID()}) || out.res.Rewrapped != 1 {
-				t.Errorf("shred result = %+v, want k1 retired and bob's data key re-wrapped", out.res)
+			want := fmt.Sprintf(`"key_id":%q,"retired_key_ids":[%q],"rewrapped":1,`, keys[0].ID(), k1.ID())
+			if logs := env.logs.String(); !strings.Contains(logs, want) || strings.Count(logs, shredLogged) != 1 {
+				t.Errorf("want one shred rotation logged with %s (k1 retired, bob's data key re-wrapped); the log holds:\n%s", want, logs)
 			}
 
 			// The pre-erasure copy, data keys included, opens for nobody with the keys in the
@@ -196,10 +188,6 @@ func TestShredRequestSurvivesRestart(t *testing.T) {
 			writeKeys(t, keyFile, k1)
 			shredOn := func(cfg *Config) { cfg.Vault = VaultConfig{KeyFile: &keyFile, ShredBackups: true} }
 			first := newPrivacyEnv(t, dialect, shredOn)
-			first.svc.privacy.shredDebounce = time.Hour
-			first.svc.privacy.shredDone = func(res shredResult, err error) {
-				t.Errorf("the first service rotated (%+v, %v); it should have stopped first", res, err)
-			}
 			first.start()
 			if err := first.hooks.host.EnsureUser(first.ctx, pvAlice); err != nil {
 				t.Fatal(err)
@@ -210,22 +198,17 @@ func TestShredRequestSurvivesRestart(t *testing.T) {
 			if _, err := first.svc.engine.Erase(first.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 				t.Fatal(err)
 			}
+			if err := first.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), shredDebounce); err != nil {
+				t.Fatalf("the first service's shredder is not in its debounce: %v", err)
+			}
 			first.stop()
+			if strings.Contains(first.logs.String(), shredLogged) {
+				t.Fatal("the first service rotated; it should have stopped in the debounce window")
+			}
 
 			second := newPrivacyEnvOn(t, dialect, first.svc.rawDB, shredOn)
-			shredded := make(chan shredOutcome, 4)
-			second.svc.privacy.shredDebounce = 10 * time.Millisecond
-			second.svc.privacy.shredDone = func(res shredResult, err error) { shredded <- shredOutcome{res, err} }
 			second.start()
-			var out shredOutcome
-			select {
-			case out = <-shredded:
-			case <-time.After(30 * time.Second):
-				t.Fatal("no shred rotation within 30 s of the restart")
-			}
-			if out.err != nil {
-				t.Fatalf("shred rotation after the restart failed: %v", out.err)
-			}
+			second.shredAfterDebounce(1)
 			keys, err := vault.FileKeys(keyFile).LoadKeys()
 			if err != nil {
 				t.Fatal(err)
@@ -233,8 +216,8 @@ func TestShredRequestSurvivesRestart(t *testing.T) {
 			if len(keys) != 1 || keys[0].ID() == k1.ID() {
 				t.Errorf("key file holds %v after the restart's shred rotation, want one new key", keys)
 			}
-			if !slices.Equal(out.res.Retired, []string{k1.ID()}) {
-				t.Errorf("retired keys = %v, want [%s]", out.res.Retired, k1.ID())
+			if want := fmt.Sprintf(`"retired_key_ids":[%q],`, k1.ID()); !strings.Contains(second.logs.String(), want) {
+				t.Errorf("the restart's shred rotation did not retire k1 (want %s in the log)", want)
 			}
 			if n := second.count(`SELECT COUNT(*) FROM as_shred_request`); n != 0 {
 				t.Errorf("%d shred requests left after the rotation, want 0", n)

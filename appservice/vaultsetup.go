@@ -39,7 +39,7 @@ func (svc *Service) setupVault(ctx context.Context) {
 	if svc.cfg.Vault.KeyFile != nil {
 		warnKeyFileMode(log, *svc.cfg.Vault.KeyFile)
 	}
-	v := vault.New(vault.ChildDB(svc.rawDB, svc.log), vault.Options{Keys: src})
+	v := vault.New(vault.ChildDB(svc.rawDB, svc.log), vault.Options{Keys: src, Clock: svc.clock()})
 	// Reload logs what went wrong and how to fix it; the service runs on regardless.
 	_ = v.Reload(ctx)
 	svc.vault = v
@@ -48,8 +48,7 @@ func (svc *Service) setupVault(ctx context.Context) {
 	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
 		svc.shredder = &backupShredder{
 			v: v, path: *svc.cfg.Vault.KeyFile, db: svc.privacyDB(), kick: make(chan struct{}, 1),
-			debounce: svc.privacy.shredDebounce, done: svc.privacy.shredDone,
-			replaceInboxKey: svc.replaceInboxKey,
+			replaceInboxKey: svc.replaceInboxKey, clk: svc.clock(),
 		}
 		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).
 			Msg("Backup shredding is on: the master key is rotated after every erasure")

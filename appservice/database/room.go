@@ -2,6 +2,7 @@ package database
 
 import (
 	"context"
+	"database/sql"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -20,9 +21,9 @@ const (
 		ON CONFLICT (room_id, bridge_id) DO UPDATE
 			SET actor_mxid=excluded.actor_mxid, event_id=excluded.event_id, created_at=excluded.created_at
 	`
-	getRoomBridgesQuery = `SELECT bridge_id FROM as_room WHERE room_id=$1 ORDER BY bridge_id`
-	releaseRoomQuery    = `DELETE FROM as_room WHERE room_id=$1 AND bridge_id=$2`
-	deleteRoomQuery     = `DELETE FROM as_room WHERE room_id=$1`
+	getRoomClaimsQuery = `SELECT bridge_id, actor_mxid, event_id, created_at FROM as_room WHERE room_id=$1 ORDER BY bridge_id`
+	releaseRoomQuery   = `DELETE FROM as_room WHERE room_id=$1 AND bridge_id=$2`
+	deleteRoomQuery    = `DELETE FROM as_room WHERE room_id=$1`
 )
 
 // Claim records that bridgeID has claimed roomID. actor may be empty (the bridge claimed the
@@ -32,20 +33,34 @@ func (rq *RoomQuery) Claim(ctx context.Context, roomID id.RoomID, bridgeID strin
 	return err
 }
 
-// GetBridges returns the IDs of the bridges that claimed roomID, sorted; nil if none did.
-func (rq *RoomQuery) GetBridges(ctx context.Context, roomID id.RoomID) ([]string, error) {
-	rows, err := rq.db.Query(ctx, getRoomBridgesQuery, roomID)
+// RoomClaim is one bridge's claim on a room, with its provenance.
+type RoomClaim struct {
+	BridgeID string
+	// Actor is who asked for the claim; empty if the bridge claimed the room by itself.
+	Actor id.UserID
+	// EventID is the command event that made the claim; empty if none.
+	EventID id.EventID
+	// CreatedAt is when the claim was made or last renewed.
+	CreatedAt time.Time
+}
+
+// GetClaims returns the claims on roomID, sorted by bridge ID; nil if there are none.
+func (rq *RoomQuery) GetClaims(ctx context.Context, roomID id.RoomID) ([]RoomClaim, error) {
+	rows, err := rq.db.Query(ctx, getRoomClaimsQuery, roomID)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []RoomClaim
 	for rows.Next() {
-		var bridgeID string
-		if err = rows.Scan(&bridgeID); err != nil {
+		var c RoomClaim
+		var actor, eventID sql.NullString
+		var createdAt int64
+		if err = rows.Scan(&c.BridgeID, &actor, &eventID, &createdAt); err != nil {
 			_ = rows.Close()
 			return nil, err
 		}
-		out = append(out, bridgeID)
+		c.Actor, c.EventID, c.CreatedAt = id.UserID(actor.String), id.EventID(eventID.String), time.UnixMilli(createdAt)
+		out = append(out, c)
 	}
 	return out, rows.Close()
 }

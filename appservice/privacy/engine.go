@@ -17,6 +17,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
@@ -69,24 +70,6 @@ type Host interface {
 	RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
 }
 
-// Clock tells the time and makes tickers for the engine's loops. d must be positive.
-type Clock interface {
-	// Now returns the current time.
-	Now() time.Time
-	// NewTicker returns a channel that receives the time every d and a function that stops it.
-	NewTicker(d time.Duration) (<-chan time.Time, func())
-}
-
-// realClock is the wall clock.
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-
-func (realClock) NewTicker(d time.Duration) (<-chan time.Time, func()) {
-	t := time.NewTicker(d)
-	return t.C, t.Stop
-}
-
 // Options configure an [Engine].
 type Options struct {
 	// DB is the whole database: the core's tables, the state cache and every bridge's.
@@ -96,12 +79,9 @@ type Options struct {
 	// Log is the engine's logger. Erasures log from it alone, never from the caller's context
 	// logger, which may name the user.
 	Log zerolog.Logger
-	// Clock is the engine's clock; nil means the wall clock.
-	Clock Clock
-	// AfterSweep, if set, is called after each retention sweep of the running engine with what
-	// it did ("retention", rows deleted, error). The service passes it on to its operators'
-	// metrics and tests.
-	AfterSweep func(kind string, n int64, err error)
+	// Clock is the engine's clock: retention sweeps, the erasure runner's polls and retries,
+	// job and tombstone times. Nil means the wall clock.
+	Clock clock.Clock
 	// AfterErasureAttempt, if set, is called after each attempt of the erasure runner at a job,
 	// with the state the job reached.
 	AfterErasureAttempt func(jobID string, state database.ErasureState, err error)
@@ -114,9 +94,8 @@ type Engine struct {
 	db   *database.Database
 	host Host
 	log  zerolog.Logger
-	clk  Clock
+	clk  clock.Clock
 
-	afterSweep func(kind string, n int64, err error)
 	erasureRan func(jobID string, state database.ErasureState, err error)
 
 	// eraseLock serialises erasures: they are rare, and one at a time keeps the resumption of
@@ -145,11 +124,11 @@ type Engine struct {
 func New(opts Options) *Engine {
 	clk := opts.Clock
 	if clk == nil {
-		clk = realClock{}
+		clk = clock.Real()
 	}
 	return &Engine{
 		db: opts.DB, host: opts.Host, log: opts.Log, clk: clk,
-		afterSweep: opts.AfterSweep, erasureRan: opts.AfterErasureAttempt,
+		erasureRan: opts.AfterErasureAttempt,
 	}
 }
 

@@ -740,15 +740,15 @@ func (e *Engine) erasureLoop(ctx context.Context) {
 		} else {
 			retry = ErasureRetryMin
 		}
-		tick, stop := e.clk.NewTicker(wait)
+		timer := e.clk.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			stop()
+			timer.Stop()
 			return
 		case <-e.eraseWake:
-		case <-tick:
+		case <-timer.C():
 		}
-		stop()
+		timer.Stop()
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/clock"
 )
 
 // DefaultRotateBatchSize is how many data keys [Vault.Rotate] re-wraps per transaction.
@@ -107,10 +109,8 @@ func (v *Vault) Rotate(ctx context.Context, opts RotateOptions) (RotateResult, e
 		if wait <= 0 {
 			return res, nil
 		}
-		select {
-		case <-ctx.Done():
-			return res, ctx.Err()
-		case <-time.After(min(wait, time.Second)):
+		if err := clock.Sleep(ctx, v.opts.Clock, min(wait, time.Second)); err != nil {
+			return res, err
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/vault/upgrades"
 )
 
@@ -66,8 +67,9 @@ type Options struct {
 	// An erasure done by another process (custodian forget) reaches this process's cache within
 	// CacheTTL; an erasure in this process calls [Vault.Forget] and takes effect at once.
 	CacheTTL time.Duration
-	// Now returns the current time; nil means time.Now. Tests set it.
-	Now func() time.Time
+	// Clock tells the time (cache expiry, reload gaps, rotation settling) and times the
+	// reloads of [Vault.Run]; nil means [clock.Real]. Tests set a [clock.Fake].
+	Clock clock.Clock
 }
 
 // Vault seals users' secrets with AES-256-GCM under per-user data keys (DEKs), which are stored
@@ -125,15 +127,15 @@ func New(db *dbutil.Database, opts Options) *Vault {
 	if opts.CacheTTL <= 0 {
 		opts.CacheTTL = DefaultCacheTTL
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = clock.Real()
 	}
 	v := &Vault{db: db, opts: opts, cache: newDEKCache(opts.CacheSize, opts.CacheTTL), unknownTried: make(map[string]time.Time)}
 	v.ring.Store(&keyring{byID: map[string]*masterKey{}})
 	return v
 }
 
-func (v *Vault) now() time.Time { return v.opts.Now() }
+func (v *Vault) now() time.Time { return v.opts.Clock.Now() }
 
 // KeySource returns the source the vault reads its master keys from.
 func (v *Vault) KeySource() KeySource { return v.opts.Keys }
@@ -149,13 +151,13 @@ func (v *Vault) CurrentKeyID() string {
 // Run re-reads the key source every [Options.ReloadInterval] until ctx is done, logging changes
 // and problems to zerolog.Ctx(ctx). It blocks; run it in a goroutine.
 func (v *Vault) Run(ctx context.Context) {
-	ticker := time.NewTicker(v.opts.ReloadInterval)
+	ticker := v.opts.Clock.NewTicker(v.opts.ReloadInterval)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
+		case <-ticker.C():
 			_ = v.Reload(ctx)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 )
 
 const (
@@ -354,10 +355,8 @@ func userN(i int) id.UserID {
 func TestCacheIsBounded(t *testing.T) {
 	ctx := testCtx(t, nil)
 	db := vaultDB(t, astest.SQLite)
-	now := time.Unix(1_700_000_000, 0)
-	var nowMu sync.Mutex
-	clock := func() time.Time { nowMu.Lock(); defer nowMu.Unlock(); return now }
-	v := newVault(t, ctx, db, Options{Keys: StaticKeys{mustKey(t)}, CacheSize: 3, CacheTTL: time.Minute, Now: clock})
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	v := newVault(t, ctx, db, Options{Keys: StaticKeys{mustKey(t)}, CacheSize: 3, CacheTTL: time.Minute, Clock: clk})
 	sealed := make([][]byte, 10)
 	for i := range sealed {
 		ensureUser(t, db, userN(i))
@@ -366,16 +365,14 @@ func TestCacheIsBounded(t *testing.T) {
 			t.Fatalf("cache holds %d users, want at most 3", n)
 		}
 	}
-	if _, ok := v.cache.get(userN(9), 1, clock()); !ok {
+	if _, ok := v.cache.get(userN(9), 1, clk.Now()); !ok {
 		t.Error("most recent user not cached")
 	}
-	if _, ok := v.cache.get(userN(0), 1, clock()); ok {
+	if _, ok := v.cache.get(userN(0), 1, clk.Now()); ok {
 		t.Error("least recent user still cached")
 	}
-	nowMu.Lock()
-	now = now.Add(2 * time.Minute)
-	nowMu.Unlock()
-	if _, ok := v.cache.get(userN(9), 1, clock()); ok {
+	clk.Advance(2 * time.Minute)
+	if _, ok := v.cache.get(userN(9), 1, clk.Now()); ok {
 		t.Error("user still cached after the TTL")
 	}
 	for i := range sealed {

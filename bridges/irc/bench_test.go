@@ -90,7 +90,7 @@ func (env *testEnv) connectPuppets(b *testing.B, n, workers int) {
 			defer wg.Done()
 			for i := range jobs {
 				ctx, cancel := context.WithTimeout(env.ctx, benchWait)
-				if err := env.br.HandleEvent(ctx, env.message(testPortalRoom, benchUser(i), event.MsgText, "warm-up")); err != nil {
+				if err := env.deliver(ctx, env.message(testPortalRoom, benchUser(i), event.MsgText, "warm-up")); err != nil {
 					errs <- err
 				}
 				cancel()
@@ -329,7 +329,7 @@ func BenchmarkRelayLatency(b *testing.B) {
 		evt := env.message(testPortalRoom, benchUser(seq%matrix), event.MsgText, fmt.Sprintf("m2i %d", seq))
 		ctx, cancel := context.WithTimeout(env.ctx, benchWait)
 		handled.sent(seq, time.Now())
-		if err := env.br.HandleEvent(ctx, evt); err != nil {
+		if err := env.deliver(ctx, evt); err != nil {
 			b.Fatalf("HandleEvent = %v", err)
 		}
 		handled.arrived(seq, time.Now())

@@ -20,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
@@ -33,7 +34,7 @@ const BridgeID = "irc"
 // [appservice.Bridge] interface and its optional interfaces.
 type Bridge struct {
 	cfg   Config
-	clock appservice.Clock
+	clock clock.Clock
 	// dialer, if set, replaces the network dialer (tests).
 	dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
@@ -77,7 +78,7 @@ var (
 
 // New returns an IRC bridge with the example configuration's defaults and the system clock.
 func New() *Bridge {
-	return &Bridge{cfg: defaultConfig(), clock: appservice.RealClock{}}
+	return &Bridge{cfg: defaultConfig(), clock: clock.Real()}
 }
 
 // SetDialer replaces how connections are opened, for tests and benchmarks that run an IRC
@@ -247,14 +248,14 @@ const janitorInterval = time.Minute
 
 func (br *Bridge) janitorLoop(ctx context.Context) {
 	defer br.janitor.Done()
-	tick, stop := br.clock.NewTicker(janitorInterval)
-	defer stop()
+	ticker := br.clock.NewTicker(janitorInterval)
+	defer ticker.Stop()
 	lastPrune := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick:
+		case <-ticker.C():
 		}
 		br.sweepPuppets(ctx)
 		if now := br.clock.Now(); now.Sub(lastPrune) >= time.Hour {
@@ -300,14 +301,14 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 }
 
 // HandleEvent handles a Matrix event in a portal or private chat, or one concerning a ghost.
-func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appservice.Route) error {
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMatrixMessage(ctx, evt)
 	case event.EventRedaction:
 		return br.handleMatrixRedaction(ctx, evt)
 	case event.StateMember:
-		return br.handleMatrixMember(ctx, evt)
+		return br.handleMatrixMember(ctx, evt, route)
 	case event.StateTopic:
 		return br.handleMatrixTopic(ctx, evt)
 	}

@@ -537,7 +537,7 @@ func TestServerRestart(t *testing.T) {
 		go func() {
 			ctx, cancel := context.WithTimeout(env.ctx, testWait)
 			defer cancel()
-			done <- env.br.HandleEvent(ctx, env.message(testPortalRoom, testAlice, event.MsgText, "sent while down"))
+			done <- env.deliver(ctx, env.message(testPortalRoom, testAlice, event.MsgText, "sent while down"))
 		}()
 		select {
 		case err := <-done:
@@ -669,7 +669,7 @@ func TestReconnectJoinsBeforeSending(t *testing.T) {
 			go func() {
 				ctx, cancel := context.WithTimeout(env.ctx, testWait)
 				defer cancel()
-				errs <- env.br.HandleEvent(ctx, env.message(rooms[i], testAlice, event.MsgText, fmt.Sprintf("while down %d", i)))
+				errs <- env.deliver(ctx, env.message(rooms[i], testAlice, event.MsgText, fmt.Sprintf("while down %d", i)))
 			}()
 		}
 		env.srv.Up()

@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 )
 
@@ -155,7 +156,7 @@ func (br *Bridge) ValidateConfig() error {
 func (cfg *Config) validate() error {
 	var errs []error
 	problem := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, &appservice.ConfigError{Path: path, Message: fmt.Sprintf(format, args...)})
 	}
 	if cfg.IdleTimeout < minIdleTimeout {
 		problem("idle_timeout", "must be at least %s", minIdleTimeout)

@@ -1,12 +1,15 @@
 package irc
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice"
 )
 
 // decodeConfig decodes a bridges.irc section the way the core does: strictly, over the
@@ -77,6 +80,17 @@ func TestConfigProblems(t *testing.T) {
 			for _, want := range tt.want {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("decodeConfig(%q) error = %q, want it to mention %q", tt.src, err, want)
+				}
+			}
+			if tt.name != "bad values" {
+				return
+			}
+			// ValidateConfig's problems: one *appservice.ConfigError each, its path relative to
+			// the section, so the core can prefix it and find its line.
+			for _, e := range appservice.Problems(err) {
+				var ce *appservice.ConfigError
+				if !errors.As(e, &ce) || ce.Path == "" || strings.HasPrefix(ce.Path, "bridges.") || ce.Line != 0 {
+					t.Errorf("problem %q (%T) is not a ConfigError with a relative path", e, e)
 				}
 			}
 		})

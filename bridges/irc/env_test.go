@@ -296,6 +296,11 @@ func (env *testEnv) newEventID() id.EventID {
 	return id.EventID(fmt.Sprintf("$irctest%d:example.org", env.eventNo))
 }
 
+// deliver hands evt to the bridge as the core would, with the route the core would compute.
+func (env *testEnv) deliver(ctx context.Context, evt *event.Event) error {
+	return env.br.HandleEvent(ctx, evt, env.host.Route(evt))
+}
+
 // message returns an m.room.message event from sender in roomID.
 func (env *testEnv) message(roomID id.RoomID, sender id.UserID, msgType event.MessageType, body string) *event.Event {
 	return env.event(roomID, sender, &event.MessageEventContent{MsgType: msgType, Body: body})
@@ -314,7 +319,7 @@ func (env *testEnv) handle(evt *event.Event) {
 	env.t.Helper()
 	ctx, cancel := context.WithTimeout(env.ctx, testWait)
 	defer cancel()
-	if err := env.br.HandleEvent(ctx, evt); err != nil {
+	if err := env.deliver(ctx, evt); err != nil {
 		env.t.Fatalf("HandleEvent(%s) = %v", evt.ID, err)
 	}
 }

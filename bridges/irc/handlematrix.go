@@ -290,8 +290,10 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 }
 
 // handleMatrixMember mirrors membership: a user who leaves a portal has their puppet part the
-// channel; an invite of a ghost to a room makes a private chat with that IRC user.
-func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) error {
+// channel; an invite of a ghost to a room makes a private chat with that IRC user. A room the
+// bridge has not claimed (route.Claim is nil) is neither a portal nor a private chat, so it is
+// not looked up.
+func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event, route appservice.Route) error {
 	content, ok := evt.Content.Parsed.(*event.MemberEventContent)
 	if !ok || evt.StateKey == nil {
 		return nil
@@ -300,15 +302,15 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 	if n, nick, ok := br.parseGhost(target); ok {
 		switch content.Membership {
 		case event.MembershipInvite:
-			return br.acceptGhostInvite(ctx, evt, n, nick)
+			return br.acceptGhostInvite(ctx, evt, route, n, nick)
 		case event.MembershipLeave, event.MembershipBan:
-			if evt.Sender != target {
+			if evt.Sender != target && route.Claim != nil {
 				return br.kickOnIRC(ctx, evt, n, nick, content.Reason)
 			}
 		}
 		return nil
 	}
-	if content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan {
+	if route.Claim == nil || (content.Membership != event.MembershipLeave && content.Membership != event.MembershipBan) {
 		return nil
 	}
 	t, err := br.targetFor(ctx, evt.RoomID)
@@ -329,13 +331,15 @@ func (br *Bridge) handleMatrixMember(ctx context.Context, evt *event.Event) erro
 }
 
 // acceptGhostInvite opens a private chat when a user invites an IRC user's ghost to a room.
-func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, n *network, nick string) error {
-	if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
-		return err
-	} else if existing != nil && existing.portal != nil {
-		// Invited into a portal: just join.
-		_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
-		return err
+func (br *Bridge) acceptGhostInvite(ctx context.Context, evt *event.Event, route appservice.Route, n *network, nick string) error {
+	if route.Claim != nil {
+		if existing, err := br.targetFor(ctx, evt.RoomID); err != nil {
+			return err
+		} else if existing != nil && existing.portal != nil {
+			// Invited into a portal: just join.
+			_, err = br.ghostJoin(ctx, n, nick, evt.RoomID)
+			return err
+		}
 	}
 	intent, err := br.ghost(ctx, n, nick)
 	if err != nil {

@@ -193,15 +193,19 @@ func (s *session) conn(ctx context.Context) (*ircconn.Conn, error) {
 				return c, nil
 			}
 		}
+		recheck := s.net.br.clock.NewTimer(100 * time.Millisecond)
 		select {
 		case <-ready:
 		case <-s.done:
+			recheck.Stop()
 			return nil, errSessionStopped
 		case <-ctx.Done():
+			recheck.Stop()
 			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-recheck.C():
 			// Re-check: the connection may have dropped between our two looks.
 		}
+		recheck.Stop()
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookdb"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookid"
 )
@@ -38,7 +39,7 @@ const BridgeID = "webhook"
 // [appservice.Bridge] interface and its optional interfaces.
 type Bridge struct {
 	cfg    Config
-	clock  appservice.Clock
+	clock  clock.Clock
 	jitter func() float64 // in [0, 1), for backoff
 
 	host    appservice.Host
@@ -81,7 +82,7 @@ var (
 func New() *Bridge {
 	return &Bridge{
 		cfg:    defaultConfig(),
-		clock:  appservice.RealClock{},
+		clock:  clock.Real(),
 		jitter: rand.Float64,
 		queues: make(map[string]*deliveryQueue),
 		purged: make(map[id.EventID]struct{}),
@@ -89,9 +90,9 @@ func New() *Bridge {
 }
 
 // SetClock replaces the bridge's clock, which delivery backoff and rate limits read, for tests
-// (astest.FakeClock). It must be called before Init.
-func (br *Bridge) SetClock(clock appservice.Clock) {
-	br.clock = clock
+// (a [clock.Fake]). It must be called before Init.
+func (br *Bridge) SetClock(clk clock.Clock) {
+	br.clock = clk
 }
 
 // ID returns "webhook".
@@ -219,7 +220,12 @@ func (br *Bridge) Stop(ctx context.Context) error {
 // outbound hooks, redactions remove the hooks their command created and are passed on to
 // outbound hooks as deletion notices, and member and power level changes suspend the outbound
 // hooks whose owner lost the right to them. Other events are ignored.
-func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event) error {
+func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appservice.Route) error {
+	if route.Claim == nil {
+		// Only about one of its ghosts, in a room without hooks (the bridge releases a room when
+		// its last hook goes): nothing to deliver, no owner to check.
+		return nil
+	}
 	switch evt.Type {
 	case event.EventMessage:
 		return br.handleMessage(ctx, evt)

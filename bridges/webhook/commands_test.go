@@ -65,7 +65,7 @@ func TestListRemoveRotate(t *testing.T) {
 		if newSecret == oldSecret {
 			t.Fatal("rotate sent the same signing secret")
 		}
-		if err := env.br.HandleEvent(env.ctx, env.message(testAlice, "after rotation")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testAlice, "after rotation")); err != nil {
 			t.Fatal(err)
 		}
 		verify(t, rc.next(t), newSecret)
@@ -81,7 +81,7 @@ func TestListRemoveRotate(t *testing.T) {
 		}
 		env.mustRun(testAlice, "remove ci", "no webhook named")
 		env.mustRun(testAlice, "delete relay", "Removed")
-		if err := env.br.HandleEvent(env.ctx, env.message(testAlice, "after removal")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testAlice, "after removal")); err != nil {
 			t.Fatal(err)
 		}
 		rc.none(t)
@@ -117,7 +117,7 @@ func TestRedactingTheCommandRemovesTheHook(t *testing.T) {
 		if purged := env.host.PurgeRedacted(t, redaction); purged["webhook_hook"] != 1 {
 			t.Fatalf("purged %v, want the hook", purged)
 		}
-		if err := env.br.HandleEvent(env.ctx, redaction); err != nil {
+		if err := env.deliver(env.ctx, redaction); err != nil {
 			t.Fatal(err)
 		}
 		if status, _ := env.post(path, "text/plain", "gone", nil); status != http.StatusNotFound {
@@ -137,11 +137,11 @@ func TestRedactingTheCommandRemovesTheHook(t *testing.T) {
 		if purged := env.host.PurgeRedacted(t, outRedaction); len(purged) == 0 {
 			t.Fatal("redacting the out command purged nothing")
 		}
-		if err := env.br.HandleEvent(env.ctx, outRedaction); err != nil {
+		if err := env.deliver(env.ctx, outRedaction); err != nil {
 			t.Fatal(err)
 		}
 		env.waitQueueGone(relay.ID)
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "after")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "after")); err != nil {
 			t.Fatal(err)
 		}
 		rc.none(t)
@@ -159,7 +159,7 @@ func TestRedactionTheCoreDidNotPurge(t *testing.T) {
 	_, secret := setUpOutbound(t, env, rc)
 	// Someone without the right redacted alice's command: the core left the hook alone, and so
 	// does the bridge; nor is the command's deletion passed on.
-	if err := env.br.HandleEvent(env.ctx, env.redaction(testBob, add.evt.ID)); err != nil {
+	if err := env.deliver(env.ctx, env.redaction(testBob, add.evt.ID)); err != nil {
 		t.Fatal(err)
 	}
 	if status, _ := env.post(path, "text/plain", "still here", nil); status != http.StatusOK {
@@ -169,7 +169,7 @@ func TestRedactionTheCoreDidNotPurge(t *testing.T) {
 	// A redaction of an ordinary message is passed on.
 	msg := env.message(testBob, "oops")
 	redaction := env.redaction(testBob, msg.ID)
-	if err := env.br.HandleEvent(env.ctx, redaction); err != nil {
+	if err := env.deliver(env.ctx, redaction); err != nil {
 		t.Fatal(err)
 	}
 	if got := verify(t, rc.next(t), secret); got.Redacts != msg.ID {
@@ -197,7 +197,7 @@ func TestEraseRemoteRevokes(t *testing.T) {
 		if status, _ := env.post(bobPath, "text/plain", "x", nil); status != http.StatusOK {
 			t.Errorf("post to bob's hook = %d, want 200", status)
 		}
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "after erasure")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "after erasure")); err != nil {
 			t.Fatal(err)
 		}
 		rc.none(t)
@@ -235,7 +235,7 @@ func TestEraseRemoteDropsQueuedMessagesOfTheUser(t *testing.T) {
 	env.mustRun(testBob, "out "+rc.URL()+" bobrelay", "Created")
 	secret := env.lastSigningSecret(testBob)
 	inFlight := env.message(testAlice, "alice in flight")
-	if err := env.br.HandleEvent(env.ctx, inFlight); err != nil {
+	if err := env.deliver(env.ctx, inFlight); err != nil {
 		t.Fatal(err)
 	}
 	rc.next(t)
@@ -243,7 +243,7 @@ func TestEraseRemoteDropsQueuedMessagesOfTheUser(t *testing.T) {
 	queuedAlice := env.message(testAlice, "alice queued")
 	queuedBob := env.message(testBob, "bob queued")
 	for _, evt := range []*event.Event{queuedAlice, queuedBob} {
-		if err := env.br.HandleEvent(env.ctx, evt); err != nil {
+		if err := env.deliver(env.ctx, evt); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -286,7 +286,7 @@ func TestPurgeRoom(t *testing.T) {
 		if status, _ := env.post(path, "text/plain", "x", nil); status != http.StatusNotFound {
 			t.Errorf("post after purge = %d, want 404", status)
 		}
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "x")); err != nil {
 			t.Fatal(err)
 		}
 		rc.none(t)
@@ -354,7 +354,7 @@ func TestNoPlaintextSecrets(t *testing.T) {
 		rc := newReceiver(t, 500, 200)
 		setUpOutbound(t, env, rc)
 		signing := env.lastSigningSecret(testAlice)
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "another secret body 5678")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "another secret body 5678")); err != nil {
 			t.Fatal(err)
 		}
 		rc.next(t)

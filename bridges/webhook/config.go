@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custodian-matrix/custodian/appservice"
 )
 
 // exampleConfig is the bridge's commented example configuration. It is also the source of the
@@ -90,7 +92,7 @@ func (br *Bridge) ValidateConfig() error {
 func (cfg *Config) validate() error {
 	var errs []error
 	problem := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, &appservice.ConfigError{Path: path, Message: fmt.Sprintf(format, args...)})
 	}
 	if _, port, err := net.SplitHostPort(cfg.Listen); err != nil {
 		problem("listen", "must be host:port, such as 127.0.0.1:29332")

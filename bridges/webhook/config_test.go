@@ -1,11 +1,14 @@
 package webhook
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custodian-matrix/custodian/appservice"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -84,6 +87,14 @@ func TestValidateConfig(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("ValidateConfig = %v, want an error containing %q", err, tt.wantErr)
+			}
+			// One *appservice.ConfigError per problem, its path relative to the section, so the
+			// core can prefix it and find its line.
+			for _, e := range appservice.Problems(err) {
+				var ce *appservice.ConfigError
+				if !errors.As(e, &ce) || ce.Path == "" || strings.HasPrefix(ce.Path, "bridges.") || ce.Line != 0 {
+					t.Errorf("problem %q (%T) is not a ConfigError with a relative path", e, e)
+				}
 			}
 			if tt.name == "every problem at once" && strings.Count(err.Error(), "\n") < 2 {
 				t.Errorf("ValidateConfig = %v, want all three problems", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/astest/fakehost"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookdb"
 )
 
@@ -39,7 +40,7 @@ var (
 // is already stopped.
 func (env *testEnv) waitForRetry(n int) {
 	env.t.Helper()
-	if !env.clock.WaitForTickers(n, 10*time.Second) {
+	if env.clock.BlockUntil(astest.Within(env.t, 10*time.Second), n) != nil {
 		env.t.Fatalf("timed out waiting for %d delivery workers to wait for a retry", n)
 	}
 }
@@ -51,7 +52,7 @@ type testEnv struct {
 	ctx   context.Context
 	br    *Bridge
 	host  *fakehost.Host
-	clock *astest.FakeClock
+	clock *clock.Fake
 	base  string // the listener's base URL, standing in for testPublicURL's scheme and host
 
 	lock    sync.Mutex
@@ -61,7 +62,7 @@ type testEnv struct {
 func newTestEnv(t testing.TB, dialect string, configure func(cfg *Config)) *testEnv {
 	t.Helper()
 	br := New()
-	clock := astest.NewFakeClock(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC))
+	clock := clock.NewFake(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC))
 	br.SetClock(clock)
 	// The middle of the jitter range, so waits are predictable.
 	br.jitter = func() float64 { return 0.5 }
@@ -107,6 +108,11 @@ func (env *testEnv) newEventID() id.EventID {
 	defer env.lock.Unlock()
 	env.eventNo++
 	return id.EventID(fmt.Sprintf("$test%d:example.org", env.eventNo))
+}
+
+// deliver hands evt to the bridge as the core would, with the route the core would compute.
+func (env *testEnv) deliver(ctx context.Context, evt *event.Event) error {
+	return env.br.HandleEvent(ctx, evt, env.host.Route(evt))
 }
 
 // message returns an m.room.message event from sender in the test room.

@@ -296,11 +296,10 @@ func (br *Bridge) deliver(ctx context.Context, q *deliveryQueue, d *delivery) bo
 // wait waits d on the bridge's clock. It reports false if the queue was stopped or the bridge
 // is stopping meanwhile.
 func (br *Bridge) wait(ctx context.Context, q *deliveryQueue, d time.Duration) bool {
-	// A ticker's first tick is a timer; the Clock interface has tickers only.
-	tick, stop := br.clock.NewTicker(d)
-	defer stop()
+	timer := br.clock.NewTimer(d)
+	defer timer.Stop()
 	select {
-	case <-tick:
+	case <-timer.C():
 		return true
 	case <-q.stop:
 		return false

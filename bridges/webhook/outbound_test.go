@@ -79,7 +79,7 @@ func TestOutboundDelivery(t *testing.T) {
 		msg := env.message(testBob, "hello world")
 		msg.Content.Parsed.(*event.MessageEventContent).Format = event.FormatHTML
 		msg.Content.Parsed.(*event.MessageEventContent).FormattedBody = "hello <b>world</b>"
-		if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+		if err := env.deliver(env.ctx, msg); err != nil {
 			t.Fatal(err)
 		}
 		got := verify(t, rc.next(t), secret)
@@ -101,7 +101,7 @@ func TestOutboundDelivery(t *testing.T) {
 			env.message(env.host.BotID(), "bot notice"),
 			env.message(id.NewUserID(webhookid.GhostLocalpart(hook.ID), "example.org"), "ghost post"),
 		} {
-			if err := env.br.HandleEvent(env.ctx, evt); err != nil {
+			if err := env.deliver(env.ctx, evt); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -109,7 +109,7 @@ func TestOutboundDelivery(t *testing.T) {
 		edit := env.message(testBob, "* hello there")
 		edit.Content.Parsed.(*event.MessageEventContent).RelatesTo = (&event.RelatesTo{}).SetReplace(msg.ID)
 		edit.Content.Parsed.(*event.MessageEventContent).NewContent = &event.MessageEventContent{MsgType: event.MsgText, Body: "hello there"}
-		if err := env.br.HandleEvent(env.ctx, edit); err != nil {
+		if err := env.deliver(env.ctx, edit); err != nil {
 			t.Fatal(err)
 		}
 		got = verify(t, rc.next(t), secret)
@@ -119,7 +119,7 @@ func TestOutboundDelivery(t *testing.T) {
 
 		// A redaction of a message becomes a deletion notice.
 		redaction := env.redaction(testBob, msg.ID)
-		if err := env.br.HandleEvent(env.ctx, redaction); err != nil {
+		if err := env.deliver(env.ctx, redaction); err != nil {
 			t.Fatal(err)
 		}
 		got = verify(t, rc.next(t), secret)
@@ -156,7 +156,7 @@ func TestOutboundRetriesWithBackoff(t *testing.T) {
 	}
 
 	first := env.message(testBob, "first")
-	if err := env.br.HandleEvent(env.ctx, first); err != nil {
+	if err := env.deliver(env.ctx, first); err != nil {
 		t.Fatal(err)
 	}
 	verify(t, rc.next(t), secret) // attempt 1: 500
@@ -176,7 +176,7 @@ func TestOutboundRetriesWithBackoff(t *testing.T) {
 	second := env.message(testBob, "second")
 	third := env.message(testBob, "third")
 	for _, evt := range []*event.Event{second, third} {
-		if err := env.br.HandleEvent(env.ctx, evt); err != nil {
+		if err := env.deliver(env.ctx, evt); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -193,7 +193,7 @@ func TestOutboundRetriesWithBackoff(t *testing.T) {
 	if status.ConsecutiveFailures != 4 {
 		t.Errorf("consecutive failures = %d, want 4", status.ConsecutiveFailures)
 	}
-	if env.clock.WaitForTickers(1, 100*time.Millisecond) {
+	if env.clock.BlockUntil(astest.Within(t, 100*time.Millisecond), 1) == nil {
 		t.Error("the worker waits to retry a 404")
 	}
 	rc.none(t)
@@ -215,7 +215,7 @@ func TestOutboundQueueBoundedAndDropsCounted(t *testing.T) {
 	hook, _ := setUpOutbound(t, env, rc)
 	// The first message is in flight (waiting to retry); two more fill the queue; two are dropped.
 	for i := range 5 {
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "msg")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "msg")); err != nil {
 			t.Fatal(err)
 		}
 		if i == 0 {
@@ -236,7 +236,7 @@ func TestOutboundStopsWhenHookRemovedDuringBackoff(t *testing.T) {
 	env := newTestEnv(t, "sqlite", nil)
 	rc := newReceiver(t, 500)
 	hook, _ := setUpOutbound(t, env, rc)
-	if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+	if err := env.deliver(env.ctx, env.message(testBob, "x")); err != nil {
 		t.Fatal(err)
 	}
 	rc.next(t)
@@ -263,7 +263,7 @@ func TestOutboundRefusesPrivateTargetsByDefault(t *testing.T) {
 	// connecting (DNS rebinding) is refused by the dialer: let the command through, as if.
 	env.br.cfg.AllowPrivateTargets = true
 	hook, _ := setUpOutbound(t, env, rc)
-	if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+	if err := env.deliver(env.ctx, env.message(testBob, "x")); err != nil {
 		t.Fatal(err)
 	}
 	status := env.waitStatus(hook.ID, func(h *webhookdb.Hook) bool { return h.ConsecutiveFailures > 0 })
@@ -271,7 +271,7 @@ func TestOutboundRefusesPrivateTargetsByDefault(t *testing.T) {
 		t.Errorf("last error = %q, want the private target named as the cause", status.LastError)
 	}
 	rc.none(t)
-	if env.clock.WaitForTickers(1, 100*time.Millisecond) {
+	if env.clock.BlockUntil(astest.Within(t, 100*time.Millisecond), 1) == nil {
 		t.Error("the worker waits to retry a refused target")
 	}
 }
@@ -291,7 +291,7 @@ func TestOutboundVaultKeyUnavailable(t *testing.T) {
 	hook, _ := setUpOutbound(t, env, rc)
 	env.host.Secrets.SetKeyUnavailable(true)
 	// Deliveries cannot open the URL: recorded, not retried.
-	if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+	if err := env.deliver(env.ctx, env.message(testBob, "x")); err != nil {
 		t.Fatal(err)
 	}
 	status := env.waitStatus(hook.ID, func(h *webhookdb.Hook) bool { return h.ConsecutiveFailures == 1 })
@@ -304,7 +304,7 @@ func TestOutboundVaultKeyUnavailable(t *testing.T) {
 	env.mustRun(testAlice, "rotate relay", "master key is unavailable")
 	env.host.Secrets.SetKeyUnavailable(false)
 	msg := env.message(testBob, "y")
-	if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+	if err := env.deliver(env.ctx, msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := rc.next(t); !strings.Contains(string(got.body), string(msg.ID)) {
@@ -317,13 +317,13 @@ func TestOutboundSkipsPausedOwner(t *testing.T) {
 	rc := newReceiver(t)
 	_, secret := setUpOutbound(t, env, rc)
 	env.host.SetPaused(t, testAlice, true)
-	if err := env.br.HandleEvent(env.ctx, env.message(testBob, "while paused")); err != nil {
+	if err := env.deliver(env.ctx, env.message(testBob, "while paused")); err != nil {
 		t.Fatal(err)
 	}
 	rc.none(t)
 	env.host.SetPaused(t, testAlice, false)
 	msg := env.message(testBob, "after")
-	if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+	if err := env.deliver(env.ctx, msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := verify(t, rc.next(t), secret); got.EventID != msg.ID {
@@ -391,7 +391,7 @@ func (env *testEnv) failDeliveries(hookID string, n int) {
 	env.t.Helper()
 	want := env.status(hookID).ConsecutiveFailures + n
 	for range n {
-		if err := env.br.HandleEvent(env.ctx, env.message(testBob, "x")); err != nil {
+		if err := env.deliver(env.ctx, env.message(testBob, "x")); err != nil {
 			env.t.Fatal(err)
 		}
 	}
@@ -463,7 +463,7 @@ func TestOutboundVaultNoticeEpisodeEndsWhenSecretsOpen(t *testing.T) {
 	// The key is back: the next message is delivered, and the episode is over.
 	env.host.Secrets.SetKeyUnavailable(false)
 	msg := env.message(testBob, "key is back")
-	if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+	if err := env.deliver(env.ctx, msg); err != nil {
 		t.Fatal(err)
 	}
 	if got := verify(t, rc.next(t), secret); got.EventID != msg.ID {

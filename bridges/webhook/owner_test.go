@@ -62,7 +62,7 @@ func (env *testEnv) checkSuspended(t *testing.T, rc *receiver, hook *webhookdb.H
 			t.Errorf("suspension notice %q shows the hook's URL", notice)
 		}
 	}
-	if err := env.br.HandleEvent(env.ctx, env.message(testBob, "after the suspension")); err != nil {
+	if err := env.deliver(env.ctx, env.message(testBob, "after the suspension")); err != nil {
 		t.Fatal(err)
 	}
 	rc.none(t)
@@ -134,7 +134,7 @@ func TestOutboundSuspendedWhenOwnerLosesRight(t *testing.T) {
 				rc := newReceiver(t)
 				hook, secret := setUpOutbound(t, env, rc)
 				msg := env.message(testBob, "before")
-				if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+				if err := env.deliver(env.ctx, msg); err != nil {
 					t.Fatal(err)
 				}
 				if got := verify(t, rc.next(t), secret); got.EventID != msg.ID {
@@ -142,12 +142,12 @@ func TestOutboundSuspendedWhenOwnerLosesRight(t *testing.T) {
 				}
 
 				change := tt.change(env)
-				if err := env.br.HandleEvent(env.ctx, change); err != nil {
+				if err := env.deliver(env.ctx, change); err != nil {
 					t.Fatal(err)
 				}
 				env.checkSuspended(t, rc, hook, tt.reason)
 				// The same event handled again (after a crash) posts no second notice.
-				if err := env.br.HandleEvent(env.ctx, change); err != nil {
+				if err := env.deliver(env.ctx, change); err != nil {
 					t.Fatal(err)
 				}
 				if n := len(env.suspendedNotices()); n != 1 {
@@ -174,7 +174,7 @@ func TestOutboundDeliveryChecksOwner(t *testing.T) {
 				hook, _ := setUpOutbound(t, env, rc)
 				// The bridge never sees the event that took alice's right away.
 				tt.change(env)
-				if err := env.br.HandleEvent(env.ctx, env.message(testBob, "secret plans")); err != nil {
+				if err := env.deliver(env.ctx, env.message(testBob, "secret plans")); err != nil {
 					t.Fatal(err)
 				}
 				env.checkSuspended(t, rc, hook, suspendedNoRights)
@@ -189,7 +189,7 @@ func TestResumeSuspendedHook(t *testing.T) {
 		rc := newReceiver(t)
 		hook, secret := setUpOutbound(t, env, rc)
 		env.host.SetPowerLevels(t, testRoom, ownerLevels(0))
-		if err := env.br.HandleEvent(env.ctx, env.powerLevelsEvent(ownerLevels(0))); err != nil {
+		if err := env.deliver(env.ctx, env.powerLevelsEvent(ownerLevels(0))); err != nil {
 			t.Fatal(err)
 		}
 		env.waitStatus(hook.ID, func(h *webhookdb.Hook) bool { return !h.SuspendedAt.IsZero() })
@@ -207,7 +207,7 @@ func TestResumeSuspendedHook(t *testing.T) {
 			t.Errorf("hook after resume = %+v, want no suspension", h)
 		}
 		msg := env.message(testBob, "welcome back")
-		if err := env.br.HandleEvent(env.ctx, msg); err != nil {
+		if err := env.deliver(env.ctx, msg); err != nil {
 			t.Fatal(err)
 		}
 		if got := verify(t, rc.next(t), secret); got.EventID != msg.ID {

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 )
 
 // maxBuckets bounds the rate limiter's memory; beyond it, full (idle) buckets are forgotten.
@@ -13,7 +13,7 @@ const maxBuckets = 10000
 
 // rateLimiter is a token bucket per key (an inbound hook's ID). It is safe for concurrent use.
 type rateLimiter struct {
-	clock appservice.Clock
+	clock clock.Clock
 	rate  float64 // tokens per second
 	burst float64
 
@@ -26,8 +26,8 @@ type bucket struct {
 	last   time.Time
 }
 
-func newRateLimiter(clock appservice.Clock, perSecond float64, burst int) *rateLimiter {
-	return &rateLimiter{clock: clock, rate: perSecond, burst: float64(burst), buckets: make(map[string]*bucket)}
+func newRateLimiter(clk clock.Clock, perSecond float64, burst int) *rateLimiter {
+	return &rateLimiter{clock: clk, rate: perSecond, burst: float64(burst), buckets: make(map[string]*bucket)}
 }
 
 // allow takes a token from key's bucket. If there is none, it reports false and how long until

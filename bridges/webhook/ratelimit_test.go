@@ -4,11 +4,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 )
 
 func TestRateLimiter(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1000, 0))
+	clock := clock.NewFake(time.Unix(1000, 0))
 	rl := newRateLimiter(clock, 2, 3) // 2 per second, bursts of 3
 	type step struct {
 		advance  time.Duration
@@ -43,7 +43,7 @@ func TestRateLimiter(t *testing.T) {
 }
 
 func TestRateLimiterPrunesIdleBuckets(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1000, 0))
+	clock := clock.NewFake(time.Unix(1000, 0))
 	rl := newRateLimiter(clock, 1, 1)
 	for i := range maxBuckets {
 		rl.allow(string(rune('a'+i%26)) + string(rune(i)))

@@ -25,12 +25,12 @@ func TestOutboundWithholdsSecrets(t *testing.T) {
 			env.message(testBob, "\u200b"+out),
 			env.message(testBob, "webhook out https://example.org/hook?"+token),
 		} {
-			if err := env.br.HandleEvent(env.ctx, evt); err != nil {
+			if err := env.deliver(env.ctx, evt); err != nil {
 				t.Fatal(err)
 			}
 		}
 		control := env.message(testBob, "control message")
-		if err := env.br.HandleEvent(env.ctx, control); err != nil {
+		if err := env.deliver(env.ctx, control); err != nil {
 			t.Fatal(err)
 		}
 		// Deliveries keep their order: the first one is the control, or a secret went out.

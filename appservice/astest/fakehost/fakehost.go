@@ -296,16 +296,40 @@ func (h *Host) ReleaseRoom(ctx context.Context, roomID id.RoomID) error {
 // Claimed reports whether the bridge has claimed roomID.
 func (h *Host) Claimed(t testing.TB, roomID id.RoomID) bool {
 	t.Helper()
-	owners, err := h.CoreDB.Room.GetBridges(context.Background(), roomID)
+	owners, err := h.CoreDB.Room.GetClaims(context.Background(), roomID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, owner := range owners {
-		if owner == h.bridgeID {
+		if owner.BridgeID == h.bridgeID {
 			return true
 		}
 	}
 	return false
+}
+
+// Route returns the route the core would hand the bridge with evt: the bridge's claim on the
+// event's room, with its provenance, and the bridge's ghost a membership event is about. Tests
+// pass it to HandleEvent.
+func (h *Host) Route(evt *event.Event) appservice.Route {
+	h.t.Helper()
+	var route appservice.Route
+	if evt.Type == event.StateMember && evt.StateKey != nil && h.ns.UserPrefix != "" {
+		target := id.UserID(*evt.StateKey)
+		if localpart, server, err := target.Parse(); err == nil && server == Domain && strings.HasPrefix(localpart, h.ns.UserPrefix) {
+			route.Ghost = target
+		}
+	}
+	claims, err := h.CoreDB.Room.GetClaims(context.Background(), evt.RoomID)
+	if err != nil {
+		h.t.Fatalf("fakehost: %v", err)
+	}
+	for _, c := range claims {
+		if c.BridgeID == h.bridgeID {
+			route.Claim = &appservice.Provenance{Actor: c.Actor, RoomID: evt.RoomID, EventID: c.EventID, At: c.CreatedAt}
+		}
+	}
+	return route
 }
 
 // Erase runs the core's real erasure ([privacy.Engine.Erase]) of userID: the bridge's

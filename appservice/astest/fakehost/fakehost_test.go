@@ -19,15 +19,15 @@ import (
 // nopBridge is the smallest bridge a Host can be made for.
 type nopBridge struct{}
 
-func (nopBridge) ID() string                                      { return "nop" }
-func (nopBridge) Namespaces() appservice.Namespaces               { return appservice.Namespaces{UserPrefix: "nop_"} }
-func (nopBridge) Config() (string, any)                           { return "", nil }
-func (nopBridge) Migrations() dbutil.UpgradeTable                 { return dbutil.UpgradeTable{} }
-func (nopBridge) PersonalData() []appservice.UserTable            { return nil }
-func (nopBridge) Init(appservice.Host) error                      { return nil }
-func (nopBridge) Start(context.Context) error                     { return nil }
-func (nopBridge) Stop(context.Context) error                      { return nil }
-func (nopBridge) HandleEvent(context.Context, *event.Event) error { return nil }
+func (nopBridge) ID() string                                                        { return "nop" }
+func (nopBridge) Namespaces() appservice.Namespaces                                 { return appservice.Namespaces{UserPrefix: "nop_"} }
+func (nopBridge) Config() (string, any)                                             { return "", nil }
+func (nopBridge) Migrations() dbutil.UpgradeTable                                   { return dbutil.UpgradeTable{} }
+func (nopBridge) PersonalData() []appservice.UserTable                              { return nil }
+func (nopBridge) Init(appservice.Host) error                                        { return nil }
+func (nopBridge) Start(context.Context) error                                       { return nil }
+func (nopBridge) Stop(context.Context) error                                        { return nil }
+func (nopBridge) HandleEvent(context.Context, *event.Event, appservice.Route) error { return nil }
 
 func TestMemoryVault(t *testing.T) {
 	ctx := context.Background()

@@ -11,7 +11,7 @@
 //	if err := lim.Wait(ctx); err != nil { return err }
 //	// … dial; once the connection has been up a while: bo.Reset()
 //
-// Time comes from a [Clock], so tests drive both with a fake clock and never sleep.
+// Time comes from a [clock.Clock], so tests drive both with a [clock.Fake] and never sleep.
 package backoff
 
 import (
@@ -19,16 +19,9 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
-)
 
-// Clock is the part of appservice.Clock this package needs; appservice.RealClock and
-// astest.FakeClock satisfy it.
-type Clock interface {
-	// Now returns the current time.
-	Now() time.Time
-	// NewTicker returns a channel that receives the time every d and a function that stops it.
-	NewTicker(d time.Duration) (<-chan time.Time, func())
-}
+	"github.com/custodian-matrix/custodian/appservice/clock"
+)
 
 // Policy describes an exponential backoff. The zero value is not useful; start from
 // [DefaultPolicy].
@@ -98,7 +91,7 @@ func (b *Backoff) Reset() { b.attempt = 0 }
 // tokens and gains one every Every. It is safe for concurrent use; a bridge shares one per
 // network (and may chain a global one).
 type Limiter struct {
-	clock Clock
+	clock clock.Clock
 	every time.Duration
 	burst float64
 
@@ -109,11 +102,11 @@ type Limiter struct {
 
 // NewLimiter returns a limiter that allows burst connections at once and one more every every.
 // The bucket starts full. every must be positive and burst at least 1.
-func NewLimiter(clock Clock, every time.Duration, burst int) *Limiter {
+func NewLimiter(clk clock.Clock, every time.Duration, burst int) *Limiter {
 	if every <= 0 || burst < 1 {
 		panic("backoff: NewLimiter needs a positive interval and a burst of at least 1")
 	}
-	return &Limiter{clock: clock, every: every, burst: float64(burst), tokens: float64(burst), last: clock.Now()}
+	return &Limiter{clock: clk, every: every, burst: float64(burst), tokens: float64(burst), last: clk.Now()}
 }
 
 // Reserve takes a token and returns how long the caller must wait before using it: 0 if one was
@@ -150,24 +143,16 @@ func (l *Limiter) Wait(ctx context.Context) error {
 
 // Sleep waits d on clock, or until ctx is done (then returning its error). Connections use it to
 // wait the delays a [Backoff] hands out.
-func Sleep(ctx context.Context, clock Clock, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	return sleep(ctx, clock, d, func() {})
+func Sleep(ctx context.Context, clk clock.Clock, d time.Duration) error {
+	return clock.Sleep(ctx, clk, d)
 }
 
-func sleep(ctx context.Context, clock Clock, d time.Duration, onCancel func()) error {
-	// A ticker is what Clock offers; its first tick comes after d, and it is stopped at once.
-	tick, stop := clock.NewTicker(d)
-	defer stop()
-	select {
-	case <-tick:
-		return nil
-	case <-ctx.Done():
+func sleep(ctx context.Context, clk clock.Clock, d time.Duration, onCancel func()) error {
+	if err := clock.Sleep(ctx, clk, d); err != nil {
 		onCancel()
-		return ctx.Err()
+		return err
 	}
+	return nil
 }
 
 func (l *Limiter) refill() {

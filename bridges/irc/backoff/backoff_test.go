@@ -7,13 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/astest"
-)
-
-var (
-	_ Clock = appservice.RealClock{}
-	_ Clock = (*astest.FakeClock)(nil)
+	"github.com/custodian-matrix/custodian/appservice/clock"
 )
 
 func TestPolicyDelay(t *testing.T) {
@@ -78,7 +73,7 @@ func TestBackoffSpreads(t *testing.T) {
 }
 
 func TestLimiterReserve(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	l := NewLimiter(clock, 100*time.Millisecond, 3)
 	steps := []struct {
 		advance time.Duration
@@ -108,7 +103,7 @@ func TestLimiterReserve(t *testing.T) {
 // TestLimiterRate checks the long-run rate: 1000 reservations at once are spread over
 // (1000-burst) intervals, in order.
 func TestLimiterRate(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	l := NewLimiter(clock, 10*time.Millisecond, 20)
 	var last time.Duration
 	for i := range 1000 {
@@ -124,7 +119,7 @@ func TestLimiterRate(t *testing.T) {
 }
 
 func TestLimiterWait(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	l := NewLimiter(clock, time.Second, 1)
 	if err := l.Wait(context.Background()); err != nil {
 		t.Fatalf("Wait with a token = %v", err)
@@ -132,7 +127,7 @@ func TestLimiterWait(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- l.Wait(context.Background()) }()
-	if !clock.WaitForTickers(1, 5*time.Second) {
+	if clock.BlockUntil(astest.Within(t, 5*time.Second), 1) != nil {
 		t.Fatal("Wait did not start waiting")
 	}
 	select {
@@ -155,7 +150,7 @@ func TestLimiterWait(t *testing.T) {
 			t.Errorf("Wait after cancel = %v, want context.Canceled", err)
 		}
 	}()
-	if !clock.WaitForTickers(1, 5*time.Second) { // the first ticker was stopped
+	if clock.BlockUntil(astest.Within(t, 5*time.Second), 1) != nil { // the first ticker was stopped
 		t.Fatal("second Wait did not start waiting")
 	}
 	cancel()
@@ -167,7 +162,7 @@ func TestLimiterWait(t *testing.T) {
 }
 
 func TestSleep(t *testing.T) {
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := Sleep(ctx, clock, time.Hour); !errors.Is(err, context.Canceled) {

@@ -19,6 +19,7 @@ import (
 	"github.com/ergochat/irc-go/ircreader"
 	"github.com/rs/zerolog"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/backoff"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
@@ -146,8 +147,8 @@ type Config struct {
 	// called when Dial fails.
 	OnClose func(c *Conn, err error)
 	// Clock supplies the time for every timeout and for flood control; nil means
-	// [RealClock].
-	Clock Clock
+	// [clock.Real].
+	Clock clock.Clock
 	// Log receives lifecycle and debug events: commands, numerics, counts, never line
 	// contents or credentials. Nil means no logging.
 	Log *zerolog.Logger
@@ -165,7 +166,7 @@ type Conn struct {
 
 	handler      func(*Conn, *ircmsg.Message)
 	onClose      func(*Conn, error)
-	clock        Clock
+	clock        clock.Clock
 	log          *zerolog.Logger
 	wantCaps     []string
 	limiter      *backoff.Limiter // nil: unlimited
@@ -231,10 +232,10 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c.lastRecv.Store(c.clock.Now().UnixNano())
 	// The keepalive ticker exists before Dial returns, so a test's fake clock can drive it.
 	check := min(c.pingInterval, c.pingTimeout) / 2
-	pingTick, stopPing := c.clock.NewTicker(max(check, time.Millisecond))
+	pingTicker := c.clock.NewTicker(max(check, time.Millisecond))
 	c.log.Debug().Int("caps", len(c.caps)).Bool("sasl", c.account != "").Msg("Registered with IRC server")
 	c.running.Store(2)
-	go c.writeLoop(pingTick, stopPing)
+	go c.writeLoop(pingTicker)
 	go c.readLoop(burst)
 	return c, nil
 }
@@ -297,7 +298,7 @@ func (cfg *Config) setDefaults() {
 		cfg.NickLen = DefaultNickLen
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = RealClock{}
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Log == nil {
 		cfg.Log = &nopLog
@@ -742,20 +743,20 @@ var (
 	pingLine   = []byte("PING :ircconn\r\n")
 )
 
-func (c *Conn) writeLoop(pingTick <-chan time.Time, stopPing func()) {
+func (c *Conn) writeLoop(pingTicker clock.Ticker) {
 	defer c.exit()
-	defer stopPing()
+	defer pingTicker.Stop()
 	var (
-		pending   []byte // a queued line waiting for a flood-control token
-		tokenTick <-chan time.Time
-		stopToken func()
-		pingOut   bool  // a keepalive PING is unanswered
-		pingSent  int64 // when it was sent, Unix nanoseconds
-		quitSent  bool
+		pending    []byte // a queued line waiting for a flood-control token
+		tokenTick  <-chan time.Time
+		tokenTimer clock.Timer
+		pingOut    bool  // a keepalive PING is unanswered
+		pingSent   int64 // when it was sent, Unix nanoseconds
+		quitSent   bool
 	)
 	defer func() {
-		if stopToken != nil {
-			stopToken()
+		if tokenTimer != nil {
+			tokenTimer.Stop()
 		}
 	}()
 	for {
@@ -775,14 +776,15 @@ func (c *Conn) writeLoop(pingTick <-chan time.Time, stopPing func()) {
 			if c.limiter != nil {
 				if d := c.limiter.Reserve(); d > 0 {
 					pending, b = b, nil
-					tokenTick, stopToken = c.clock.NewTicker(d)
+					tokenTimer = c.clock.NewTimer(d)
+					tokenTick = tokenTimer.C()
 				}
 			}
 		case <-tokenTick:
-			stopToken()
-			tokenTick, stopToken = nil, nil
+			tokenTimer.Stop()
+			tokenTick, tokenTimer = nil, nil
 			b, pending = pending, nil
-		case <-pingTick:
+		case <-pingTicker.C():
 			now, last := c.clock.Now().UnixNano(), c.lastRecv.Load()
 			if pingOut && last >= pingSent {
 				pingOut = false

@@ -16,6 +16,7 @@ import (
 	"github.com/ergochat/irc-go/ircutils"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircline"
@@ -450,7 +451,7 @@ func TestDialRegistration(t *testing.T) {
 func TestDialTimeouts(t *testing.T) {
 	t.Run("registration timeout, maybe while connecting", func(t *testing.T) {
 		srv := newFakeServer(t)
-		clock := astest.NewFakeClock(time.Unix(1e9, 0))
+		clock := clock.NewFake(time.Unix(1e9, 0))
 		cfg := testConfig(srv.addr(), &syncBuffer{})
 		cfg.Clock, cfg.RegisterTimeout = clock, 30*time.Second
 		// The clock may run out before the client even connects, so no server script: the
@@ -460,7 +461,7 @@ func TestDialTimeouts(t *testing.T) {
 			_, err := Dial(context.Background(), cfg)
 			errc <- err
 		}()
-		if !clock.WaitForTickers(1, waitLimit) {
+		if clock.BlockUntil(astest.Within(t, waitLimit), 1) != nil {
 			t.Fatal("Dial started no timer")
 		}
 		clock.Advance(30 * time.Second)
@@ -470,7 +471,7 @@ func TestDialTimeouts(t *testing.T) {
 	})
 	t.Run("registration timeout after the handshake", func(t *testing.T) {
 		srv := newFakeServer(t)
-		clock := astest.NewFakeClock(time.Unix(1e9, 0))
+		clock := clock.NewFake(time.Unix(1e9, 0))
 		cfg := testConfig(srv.addr(), &syncBuffer{})
 		cfg.Clock, cfg.RegisterTimeout = clock, 30*time.Second
 		ready := make(chan struct{})
@@ -485,7 +486,7 @@ func TestDialTimeouts(t *testing.T) {
 			errc <- err
 		}()
 		receive(t, ready)
-		if !clock.WaitForTickers(1, waitLimit) {
+		if clock.BlockUntil(astest.Within(t, waitLimit), 1) != nil {
 			t.Fatal("Dial started no timer")
 		}
 		clock.Advance(30 * time.Second)
@@ -514,7 +515,7 @@ func TestDialTimeouts(t *testing.T) {
 	})
 	t.Run("no end of MOTD", func(t *testing.T) {
 		srv := newFakeServer(t)
-		clock := astest.NewFakeClock(time.Unix(1e9, 0))
+		clock := clock.NewFake(time.Unix(1e9, 0))
 		cfg := testConfig(srv.addr(), &syncBuffer{})
 		cfg.Clock, cfg.MOTDTimeout, cfg.RegisterTimeout = clock, 5*time.Second, 30*time.Second
 		rec := make(recorder, 16)
@@ -535,7 +536,7 @@ func TestDialTimeouts(t *testing.T) {
 			errc <- err
 			conns <- c
 		}()
-		if !clock.WaitForTickers(2, waitLimit) {
+		if clock.BlockUntil(astest.Within(t, waitLimit), 2) != nil {
 			t.Fatal("Dial started no MOTD timer after 001")
 		}
 		clock.Advance(5 * time.Second)
@@ -589,7 +590,7 @@ func TestConnPingPong(t *testing.T) {
 
 func TestConnKeepalive(t *testing.T) {
 	srv := newFakeServer(t)
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	cfg := testConfig(srv.addr(), &syncBuffer{})
 	cfg.Clock, cfg.PingInterval, cfg.PingTimeout = clock, 2*time.Minute, time.Minute
 	rec := make(recorder, 64)
@@ -634,7 +635,7 @@ func TestConnKeepalive(t *testing.T) {
 
 func TestConnFloodControl(t *testing.T) {
 	srv := newFakeServer(t)
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	cfg := testConfig(srv.addr(), &syncBuffer{})
 	cfg.Clock, cfg.LineRate, cfg.LineBurst = clock, time.Second, 2
 	c, p := dialRegistered(t, srv, cfg)
@@ -651,7 +652,7 @@ func TestConnFloodControl(t *testing.T) {
 		}
 	}
 	// The third line waits for a token; a PONG does not.
-	if !clock.WaitForTickers(2, waitLimit) {
+	if clock.BlockUntil(astest.Within(t, waitLimit), 2) != nil {
 		t.Fatal("writer is not waiting for a token")
 	}
 	if err := p.send("PING :x"); err != nil {
@@ -661,7 +662,7 @@ func TestConnFloodControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"c", "d"} {
-		if !clock.WaitForTickers(2, waitLimit) {
+		if clock.BlockUntil(astest.Within(t, waitLimit), 2) != nil {
 			t.Fatal("writer is not waiting for a token")
 		}
 		clock.Advance(time.Second)
@@ -673,7 +674,7 @@ func TestConnFloodControl(t *testing.T) {
 
 func TestConnSendBlocksWhenQueueFull(t *testing.T) {
 	srv := newFakeServer(t)
-	clock := astest.NewFakeClock(time.Unix(1e9, 0))
+	clock := clock.NewFake(time.Unix(1e9, 0))
 	cfg := testConfig(srv.addr(), &syncBuffer{})
 	cfg.Clock, cfg.LineRate, cfg.LineBurst = clock, time.Hour, 1
 	c, p := dialRegistered(t, srv, cfg)
@@ -683,14 +684,14 @@ func TestConnSendBlocksWhenQueueFull(t *testing.T) {
 		if err := c.Send(ctx, nil, "PRIVMSG", "#c", "x"); err != nil {
 			t.Fatalf("Send() = %v", err)
 		}
-		if !clock.WaitForTickers(1, waitLimit) {
+		if clock.BlockUntil(astest.Within(t, waitLimit), 1) != nil {
 			t.Fatal("no ticker")
 		}
 	}
 	if _, err := p.expect("PRIVMSG"); err != nil {
 		t.Fatal(err)
 	}
-	if !clock.WaitForTickers(2, waitLimit) {
+	if clock.BlockUntil(astest.Within(t, waitLimit), 2) != nil {
 		t.Fatal("writer is not waiting for a token")
 	}
 	short, cancel := context.WithCancel(ctx)

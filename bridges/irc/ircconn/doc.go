@@ -28,7 +28,7 @@
 // ([Config.LineRate], [Config.LineBurst]); it also detects a silent server
 // ([Config.PingInterval], [Config.PingTimeout]).
 //
-// Time comes from a [Clock] (appservice.RealClock and astest.FakeClock satisfy it), so tests
+// Time comes from a [clock.Clock] ([Config.Clock]; tests use a [clock.Fake]), so tests
 // drive registration timeouts, keepalives and flood control without sleeping. Socket
 // deadlines, which the kernel enforces, are the only use of the wall clock.
 //

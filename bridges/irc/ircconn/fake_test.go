@@ -21,14 +21,6 @@ import (
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/rs/zerolog"
-
-	"github.com/custodian-matrix/custodian/appservice"
-	"github.com/custodian-matrix/custodian/appservice/astest"
-)
-
-var (
-	_ Clock = appservice.RealClock{}
-	_ Clock = (*astest.FakeClock)(nil)
 )
 
 // waitLimit bounds every wait in these tests; nothing should come near it.

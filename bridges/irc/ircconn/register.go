@@ -16,6 +16,7 @@ import (
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/ergochat/irc-go/ircutils"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircline"
 )
 
@@ -110,9 +111,9 @@ func (w *watch) finish() error {
 	return w.cause
 }
 
-func (w *watch) run(ctx context.Context, clock Clock, timeout, motd time.Duration, welcomed, stop <-chan struct{}) {
-	tick, stopTick := clock.NewTicker(timeout)
-	defer stopTick()
+func (w *watch) run(ctx context.Context, clk clock.Clock, timeout, motd time.Duration, welcomed, stop <-chan struct{}) {
+	timer := clk.NewTimer(timeout)
+	defer timer.Stop()
 	var motdTick <-chan time.Time
 	registered := welcomed
 	for {
@@ -122,7 +123,7 @@ func (w *watch) run(ctx context.Context, clock Clock, timeout, motd time.Duratio
 		case <-ctx.Done():
 			w.interrupt(fmt.Errorf("irc: registration interrupted: %w", context.Cause(ctx)), false)
 			return
-		case <-tick:
+		case <-timer.C():
 			select {
 			case <-registered:
 				// 001 came: stop waiting for the end of the MOTD, keep the connection.
@@ -133,9 +134,9 @@ func (w *watch) run(ctx context.Context, clock Clock, timeout, motd time.Duratio
 			return
 		case <-welcomed:
 			welcomed = nil
-			var stopMOTD func()
-			motdTick, stopMOTD = clock.NewTicker(motd)
-			defer stopMOTD()
+			motdTimer := clk.NewTimer(motd)
+			motdTick = motdTimer.C()
+			defer motdTimer.Stop()
 		case <-motdTick:
 			w.interrupt(errMOTDWait, true)
 			return
