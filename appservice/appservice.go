@@ -43,6 +43,8 @@ type Service struct {
 	roomOwners roomOwnerCache
 	// botRooms caches whether the bot is joined to a room (see botInRoom).
 	botRooms sync.Map
+	// notifier sends private notices in users' management rooms (Host.NotifyUser).
+	notifier *Notifier
 	// vault is nil when no master key is configured.
 	vault vaultBackend
 	// inboxKeys seals the inbox's event content (inboxseal.go); nil when the vault is off.
@@ -113,6 +115,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	// the bot never needs registering; marking it so also keeps mautrix's unlocked Registered
 	// flag from being written while handlers read it.
 	svc.as.BotIntent().Registered = true
+	svc.notifier = NewNotifier(svc.as.BotIntent(), svc.db.User)
 	svc.metrics = newMetrics()
 	for _, br := range bridges {
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}

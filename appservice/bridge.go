@@ -208,6 +208,28 @@ type Host interface {
 	// when it is false, since the user may have invited others meanwhile. An error means it
 	// could not tell: treat the room as shared.
 	IsPrivateWith(ctx context.Context, roomID id.RoomID, userID id.UserID) (bool, error)
+	// NotifyUser sends n.Content from the bot to userID alone, in the user's management room:
+	// the one way to reach a user privately (invariant 10). The room is kept on the user's
+	// users row (created if needed), so it is exported and erased with the rest of their data.
+	// When there is none, the user left it, or anyone but the bot and the user joined it, the
+	// core opens a new private room, invites the user and records it; concurrent first notices
+	// to one user open one room. The send's transaction ID is derived from the bridge, n.Cause
+	// and n.Purpose, so a notice sent again for the same cause and purpose (a replay after a
+	// crash) is posted once; only if the room was reopened in between is it posted again, in the
+	// new room. It returns the room and the event ID of the message.
+	NotifyUser(ctx context.Context, userID id.UserID, n Notice) (id.RoomID, id.EventID, error)
+}
+
+// Notice is a private message to one user, for [Host.NotifyUser].
+type Notice struct {
+	// Cause is what led to the notice: the Matrix event ID being handled, or another key that
+	// is stable and unique for the occasion (a stored row's ID and version). Required.
+	Cause string
+	// Purpose tells apart several notices of one cause ("url", "signing-secret"). Cause and
+	// Purpose together must name one message: the same pair is posted once.
+	Purpose string
+	// Content is the message, usually an m.notice rendered with format.RenderMarkdown. Required.
+	Content *event.MessageEventContent
 }
 
 // SecretStore seals and opens one bridge's secrets for users, with AES-256-GCM under each user's

@@ -484,6 +484,9 @@ func (bh *botHost) handleMessage(ctx context.Context, evt *event.Event) error {
 				IsDM:    isDM,
 				bot:     bh,
 			}
+			if isDM {
+				ctx = bh.svc.useAsManagementRoom(ctx, evt.Sender, evt.RoomID)
+			}
 			return bh.runCommand(ctx, ce, pc)
 		}
 	}

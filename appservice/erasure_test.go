@@ -41,6 +41,12 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if rows := rowsMentioning(after, pvAlice.String()); len(rows) > 0 {
 				t.Errorf("after erasure %d rows still name alice:\n%s", len(rows), strings.Join(rows, "\n"))
 			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE management_room=$1`, pvDM); n != 0 {
+				t.Errorf("alice's management room is still recorded %d times after her erasure", n)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE management_room IS NOT NULL`); n != 1 {
+				t.Errorf("%d management rooms recorded after alice's erasure, want bob's", n)
+			}
 			if b, a := len(rowsMentioning(before, pvBob.String())), len(rowsMentioning(after, pvBob.String())); a != b {
 				t.Errorf("rows naming bob: %d before, %d after alice's erasure; want them untouched", b, a)
 			}

@@ -56,6 +56,11 @@ func TestExportHoldsEverythingButSecrets(t *testing.T) {
 				}
 			}
 
+			users := doc.Modules[CoreModule]["users"]
+			if users.RowCount != 1 || users.Rows[0]["mxid"] != pvAlice.String() || users.Rows[0]["management_room"] != pvDM.String() {
+				t.Errorf("users = %+v, want alice's row with her management room", users)
+			}
+
 			setup := doc.Modules[CoreModule]["as_bot_setup"]
 			if setup.RowCount != 1 || setup.OnErasure != "set_null" {
 				t.Fatalf("as_bot_setup = %+v, want one row, set_null", setup)

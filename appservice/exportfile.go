@@ -72,17 +72,16 @@ func (svc *Service) uploadExportFile(ctx context.Context, user id.UserID, roomID
 	}, nil
 }
 
-// sendExportFile sends content, made by [Service.uploadExportFile], in reply to ce, and records
-// the message's event ID for the file's withdrawal. Its transaction ID derives from ce, so a
-// replayed command sends it once.
+// sendExportFile sends content, made by [Service.uploadExportFile], to ce's sender through
+// [Service.NotifyUser] (in the direct chat the command runs in, which becomes their management
+// room), and records the message's room and event ID for the file's withdrawal. Its transaction
+// ID derives from ce, so a replayed command sends it once.
 func (svc *Service) sendExportFile(ctx context.Context, ce *CommandEvent, content *event.MessageEventContent) error {
-	resp, err := svc.as.BotIntent().SendMessageEvent(ctx, ce.RoomID, event.EventMessage, content, mautrix.ReqSendEvent{
-		TransactionID: ce.TxnID("export-file"),
-	})
+	roomID, eventID, err := svc.NotifyUser(ctx, ce.Sender, Notice{Cause: string(ce.Event.ID), Purpose: "export-file", Content: content})
 	if err != nil {
 		return fmt.Errorf("failed to send export file: %w", err)
 	}
-	return svc.exportDB().SetEventID(ctx, content.File.URL, resp.EventID)
+	return svc.exportDB().SetEventID(ctx, content.File.URL, roomID, eventID)
 }
 
 // describeTTL writes an export TTL in words for users: "1 hour", "90 minutes".

@@ -497,14 +497,14 @@ func (env *privacyEnv) addHook(br *privacyBridge, hookID string, owner id.UserID
 }
 
 // seedUser gives user a row in every declared table of the core, the state cache and both
-// bridges: a bot setup in a DM and a claimed room, pending inbox events, cached membership,
+// bridges: a users row with dm as the management room, a bot setup in dm and a claimed room, pending inbox events, cached membership,
 // power levels and create events naming them, activity, hooks and caller records.
 func (env *privacyEnv) seedUser(user id.UserID, dm id.RoomID) {
 	env.t.Helper()
 	ctx := env.ctx
 	svc := env.svc
 	now := env.clock.Now()
-	if err := svc.db.User.Ensure(ctx, user); err != nil {
+	if err := svc.db.User.SetManagementRoom(ctx, user, dm); err != nil {
 		env.t.Fatal(err)
 	}
 	err := svc.db.BotSetup.Put(ctx, &database.BotSetup{

@@ -91,10 +91,12 @@ func (svc *Service) isDirectChat(ctx context.Context, roomID id.RoomID, user id.
 
 // privateRoomsOf returns the rooms that belong to user alone among people: rooms whose joined
 // members, read fresh from the homeserver, are exactly the bot and user, or the bot alone after
-// user left. Those are the rooms an erasure of user leaves; every other room (another user, a
-// ghost of any bridge) is shared and stays as it is. The candidates are the rooms where the
-// state cache has ever seen user and believes the bot joined; a room the cache does not know is
-// kept, which can only keep the bot somewhere, never make it leave a room others use.
+// user left. Those are the rooms an erasure of user leaves, read before the erasure's
+// transaction clears the state cache and the users row; every other room (another user, a
+// ghost of any bridge) is shared and stays as it is. The candidates are the user's management
+// room and the rooms where the state cache has ever seen user and believes the bot joined; a
+// room the cache does not know is kept, which can only keep the bot somewhere, never make it
+// leave a room others use.
 func (svc *Service) privateRoomsOf(ctx context.Context, user id.UserID) []id.RoomID {
 	log := zerolog.Ctx(ctx)
 	rows, err := svc.rawDB.Query(ctx, `SELECT DISTINCT room_id FROM mx_user_profile WHERE user_id=$1`, user)
@@ -111,10 +113,17 @@ func (svc *Service) privateRoomsOf(ctx context.Context, user id.UserID) []id.Roo
 	}
 	_ = rows.Close()
 	botID := svc.as.BotMXID()
+	management, err := svc.db.User.ManagementRoom(ctx, user)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to read the user's management room")
+	}
 	var out []id.RoomID
 	for _, roomID := range rooms {
-		if !svc.stateStore.IsInRoom(ctx, roomID, botID) {
+		if roomID != management && !svc.stateStore.IsInRoom(ctx, roomID, botID) {
 			continue
+		}
+		if roomID == management {
+			management = ""
 		}
 		members, err := svc.joinedMembersNow(ctx, roomID)
 		if err != nil {
@@ -123,6 +132,15 @@ func (svc *Service) privateRoomsOf(ctx context.Context, user id.UserID) []id.Roo
 		}
 		if svc.onlyBotAnd(members, user, true) {
 			out = append(out, roomID)
+		}
+	}
+	if management != "" {
+		// The state cache never saw the user there (they were only invited, say); the bot
+		// opened it, so ask the homeserver. A room the bot already left is no candidate.
+		if members, err := svc.joinedMembersNow(ctx, management); err == nil && svc.onlyBotAnd(members, user, true) {
+			out = append(out, management)
+		} else if err != nil && !isRoomGone(err) {
+			log.Warn().Err(err).Stringer("room_id", management).Msg("Failed to read a room's members; treating it as shared")
 		}
 	}
 	slices.Sort(out)

@@ -118,8 +118,9 @@ func TestExport(t *testing.T) {
 		if setup["bot"] != bot.String() || setup["invite_event_id"] == nil || setup["invited_at"] == nil || setup["config"] == nil {
 			t.Errorf("export's setup row %v lacks the bot, the invite event, the time or the configuration", setup)
 		}
-		if dms := export.Modules["webhook"]["webhook_dm"]; dms.RowCount != 1 {
-			t.Errorf("export lists %d webhook direct chats, want 1", dms.RowCount)
+		// The room the bot sent the secrets in is alice's management room, kept on her users row.
+		if users := export.Modules["core"]["users"]; len(users.Rows) != 1 || users.Rows[0]["management_room"] != dm.String() {
+			t.Errorf("export's users rows %v, want alice's with management room %s", users.Rows, dm)
 		}
 	})
 }

@@ -184,9 +184,16 @@ func mustReadBotDM(t *testing.T, env *e2e.Env, cli *mautrix.Client, groupRoom id
 		}
 		if evt.Type == event.StateMember {
 			// Joining a room twice is harmless, so an invite accepted in an earlier call is
-			// simply joined again.
-			env.MustJoinRoom(t, cli, evt.RoomID)
+			// simply joined again. An old management room cli has left since, and the bot too,
+			// cannot be joined any more: the bot sends the next notice to a new room instead, so
+			// the failure is logged and the wait for the notice decides.
 			joined[evt.RoomID] = true
+			ctx, cancel := context.WithTimeout(context.Background(), replyWait)
+			_, err := cli.JoinRoomByID(ctx, evt.RoomID)
+			cancel()
+			if err != nil {
+				t.Logf("%s could not join %s, which the bot invited it to earlier: %v", cli.UserID, evt.RoomID, err)
+			}
 			continue
 		}
 		return evt

@@ -115,6 +115,7 @@ const (
 	PatternMembers         = "GET /_matrix/client/v3/rooms/{roomID}/members"
 	PatternJoinedMembers   = "GET /_matrix/client/v3/rooms/{roomID}/joined_members"
 	PatternPutProfile      = "PUT /_matrix/client/v3/profile/{userID}/{field}"
+	PatternCreateRoom      = "POST /_matrix/client/v3/createRoom"
 )
 
 // NewFakeHomeserver starts a fake homeserver for domain that accepts asToken as the appservice
@@ -165,6 +166,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 	handle(PatternJoinedMembers, hs.getJoinedMembers)
 	handle("GET /_matrix/client/v3/profile/{userID}/{field}", hs.getProfileField)
 	handle(PatternPutProfile, hs.putProfileField)
+	handle(PatternCreateRoom, hs.postCreateRoom)
 	handle("GET /_matrix/client/v3/profile/{userID}", hs.getProfile)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		hs.record(r, "")
@@ -455,6 +457,49 @@ func (hs *FakeHomeserver) checkJoined(w http.ResponseWriter, roomID id.RoomID, u
 		return false
 	}
 	return true
+}
+
+// postCreateRoom creates a room "!createdN:domain" with the requester joined and the invitees
+// invited; its initial_state and topic become room state. The request (preset, is_direct …) is
+// recorded for tests to inspect.
+func (hs *FakeHomeserver) postCreateRoom(w http.ResponseWriter, _ *http.Request, req *Request) {
+	var body struct {
+		Invite       []id.UserID `json:"invite"`
+		Topic        string      `json:"topic"`
+		InitialState []struct {
+			Type     string          `json:"type"`
+			StateKey string          `json:"state_key"`
+			Content  json.RawMessage `json:"content"`
+		} `json:"initial_state"`
+	}
+	if err := req.DecodeBody(&body); err != nil {
+		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Body is not JSON")
+		return
+	}
+	hs.lock.Lock()
+	defer hs.lock.Unlock()
+	hs.nextID++
+	roomID := id.RoomID(fmt.Sprintf("!created%d:%s", hs.nextID, hs.Domain))
+	r := hs.room(roomID)
+	r.members[req.UserID] = event.MembershipJoin
+	hs.appendMember(roomID, req.UserID, event.MembershipJoin, "")
+	for _, invitee := range body.Invite {
+		r.members[invitee] = event.MembershipInvite
+	}
+	setState := func(evtType, stateKey string, content json.RawMessage) {
+		evt := &SentEvent{RoomID: roomID, Sender: req.UserID, Type: event.Type{Type: evtType, Class: event.StateEventType}, StateKey: &stateKey, Content: content}
+		hs.appendEvent(evt)
+		r.state[evtType+"\x00"+stateKey] = content
+		r.stateMeta[evtType+"\x00"+stateKey] = evt
+	}
+	for _, st := range body.InitialState {
+		setState(st.Type, st.StateKey, st.Content)
+	}
+	if body.Topic != "" {
+		topic, _ := json.Marshal(&event.TopicEventContent{Topic: body.Topic})
+		setState(event.StateTopic.Type, "", topic)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room_id": roomID})
 }
 
 func (hs *FakeHomeserver) putSend(w http.ResponseWriter, _ *http.Request, req *Request) {

@@ -41,7 +41,7 @@ const (
 		INSERT INTO as_export (mxc_uri, user_mxid, room_id, event_id, created_at, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (mxc_uri) DO NOTHING`
-	setExportEventQuery = `UPDATE as_export SET event_id=$2 WHERE mxc_uri=$1`
+	setExportEventQuery = `UPDATE as_export SET room_id=$2, event_id=$3 WHERE mxc_uri=$1`
 	deleteExportQuery   = `DELETE FROM as_export WHERE mxc_uri=$1`
 	expireExportQuery   = `UPDATE as_export SET expires_at=$2 WHERE mxc_uri=$1 AND expires_at>$2`
 	selectExportColumns = `SELECT mxc_uri, user_mxid, room_id, event_id, created_at, expires_at FROM as_export`
@@ -63,9 +63,9 @@ func (eq *ExportQuery) Put(ctx context.Context, ef *ExportFile) error {
 	return nil
 }
 
-// SetEventID records the message that carries the export file mxc.
-func (eq *ExportQuery) SetEventID(ctx context.Context, mxc id.ContentURIString, eventID id.EventID) error {
-	if _, err := eq.db.Exec(ctx, setExportEventQuery, mxc, eventID); err != nil {
+// SetEventID records the message that carries the export file mxc, and the room it was sent in.
+func (eq *ExportQuery) SetEventID(ctx context.Context, mxc id.ContentURIString, roomID id.RoomID, eventID id.EventID) error {
+	if _, err := eq.db.Exec(ctx, setExportEventQuery, mxc, roomID, eventID); err != nil {
 		return fmt.Errorf("failed to record export message: %w", err)
 	}
 	return nil

@@ -2,6 +2,8 @@ package database
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -46,4 +48,39 @@ func (uq *UserQuery) SetPaused(ctx context.Context, userID id.UserID, paused boo
 		_, err := uq.db.Exec(ctx, `UPDATE users SET paused=$2 WHERE mxid=$1`, userID, paused)
 		return err
 	})
+}
+
+// ManagementRoom returns userID's management room (see Host.NotifyUser), "" if none is recorded
+// or the user has no users row.
+func (uq *UserQuery) ManagementRoom(ctx context.Context, userID id.UserID) (id.RoomID, error) {
+	var room sql.NullString
+	err := uq.db.QueryRow(ctx, `SELECT management_room FROM users WHERE mxid=$1`, userID).Scan(&room)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return id.RoomID(room.String), err
+}
+
+// SetManagementRoom records roomID as userID's management room, creating the users row if
+// needed. It joins the transaction in ctx, if any.
+func (uq *UserQuery) SetManagementRoom(ctx context.Context, userID id.UserID, roomID id.RoomID) error {
+	return uq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := uq.Ensure(ctx, userID); err != nil {
+			return err
+		}
+		_, err := uq.db.Exec(ctx, `UPDATE users SET management_room=$2 WHERE mxid=$1`, userID, roomID)
+		return err
+	})
+}
+
+// UpdateManagementRoom records roomID as userID's management room if the users row exists, and
+// reports whether it did. It never creates the row: a user who only talked to the bot has no
+// data with Custodian.
+func (uq *UserQuery) UpdateManagementRoom(ctx context.Context, userID id.UserID, roomID id.RoomID) (bool, error) {
+	res, err := uq.db.Exec(ctx, `UPDATE users SET management_room=$2 WHERE mxid=$1`, userID, roomID)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }

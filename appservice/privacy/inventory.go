@@ -20,8 +20,8 @@ const CoreModule = "core"
 func CoreInventory() []UserTable {
 	return []UserTable{
 		{
-			Table: "users", UserColumn: "mxid", Export: []string{"mxid", "created_at"},
-			Description: "that Custodian holds data about you, and since when",
+			Table: "users", UserColumn: "mxid", Export: []string{"mxid", "created_at", "management_room"},
+			Description: "that Custodian holds data about you, since when, and the room where the bot tells you what is meant for you alone",
 		},
 		{
 			Table: "as_bot_setup", UserColumn: "inviter_mxid", Policy: EraseSetNull,

@@ -57,11 +57,6 @@ type Bridge struct {
 	// sets them.
 	mediaServer   *http.Server
 	mediaListener net.Listener
-
-	// dmRooms remembers, per user, the direct chat with the bot they last used for !irc
-	// commands, where notices about their connections go. It is memory only: after a restart
-	// the next notice opens a new chat if needed.
-	dmRooms sync.Map
 }
 
 var (
@@ -319,48 +314,18 @@ func (br *Bridge) HandleEvent(ctx context.Context, evt *event.Event, route appse
 func (br *Bridge) network(netID string) *network { return br.networks[netID] }
 
 // notifyUser tells userID something about their connections in a private notice from the bot,
-// in the direct chat with the bot they use for !irc commands. The notice's transaction ID is
-// derived from cause, the event that led to it, and purpose, so that handling the same event
+// through [appservice.Host.NotifyUser]: in their management room, which is the direct chat
+// they run !irc commands in when the notice comes from a command. The notice's transaction ID
+// is derived from cause, the event that led to it, and purpose, so that handling the same event
 // again (a replay after a crash, a reconnection for the same stored credentials) does not post
 // it twice. Failures are logged.
 func (br *Bridge) notifyUser(ctx context.Context, userID id.UserID, cause id.EventID, purpose, markdown string) {
-	roomID, err := br.botDM(ctx, userID)
-	if err == nil {
-		content := format.RenderMarkdown(markdown, true, false)
-		content.MsgType = event.MsgNotice
-		_, err = br.host.Bot().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-			TransactionID: appservice.TxnIDFor(cause, "irc-notice:"+purpose),
-		})
-	}
+	content := format.RenderMarkdown(markdown, true, false)
+	content.MsgType = event.MsgNotice
+	_, _, err := br.host.NotifyUser(ctx, userID, appservice.Notice{Cause: string(cause), Purpose: purpose, Content: &content})
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to notify user")
 	}
-}
-
-// botDM returns a direct chat between the bot and userID: the last one they ran an !irc command
-// in, or a new one.
-func (br *Bridge) botDM(ctx context.Context, userID id.UserID) (id.RoomID, error) {
-	if v, ok := br.dmRooms.Load(userID); ok {
-		// It was a direct chat when the user ran a command there; others may have joined since.
-		if private, err := br.host.IsPrivateWith(ctx, v.(id.RoomID), userID); err == nil && private {
-			return v.(id.RoomID), nil
-		}
-		br.dmRooms.Delete(userID)
-	}
-	resp, err := br.host.Bot().CreateRoom(ctx, &mautrix.ReqCreateRoom{
-		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{userID},
-		Topic: "Custodian tells you about your IRC connections here.",
-		// Someone the user invites later sees nothing sent before their own invite.
-		InitialState: []*event.Event{{
-			Type:    event.StateHistoryVisibility,
-			Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
-		}},
-	})
-	if err != nil {
-		return "", fmt.Errorf("failed to create direct chat: %w", err)
-	}
-	br.dmRooms.Store(userID, resp.RoomID)
-	return resp.RoomID, nil
 }
 
 // EraseRemote undoes the user's presence on IRC before the core erases their data: every puppet
@@ -375,7 +340,6 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 			quit++
 		}
 	}
-	br.dmRooms.Delete(userID)
 	pms, err := br.db.PM.GetByUser(ctx, userID)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("failed to get private chats: %w", err))

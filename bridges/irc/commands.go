@@ -62,16 +62,7 @@ func (br *Bridge) networkArg(ce *appservice.CommandEvent, arg string) (*network,
 		format.SafeMarkdownCode(arg), strings.Join(br.netIDs, ", "))
 }
 
-// rememberDM records the direct chat the user runs !irc commands in, where later notices about
-// their connections go.
-func (br *Bridge) rememberDM(ce *appservice.CommandEvent) {
-	if ce.IsDM {
-		br.dmRooms.Store(ce.Sender, ce.RoomID)
-	}
-}
-
 func (br *Bridge) cmdLogin(ctx context.Context, ce *appservice.CommandEvent) error {
-	br.rememberDM(ce)
 	if len(ce.Args) != 3 {
 		return appservice.UserErrorf("Usage: %s (in this direct chat only; I delete the message at once)",
 			format.SafeMarkdownCode(ce.Prefix()+"irc login <network> <account> <password>"))
@@ -131,7 +122,6 @@ func (br *Bridge) cmdLogin(ctx context.Context, ce *appservice.CommandEvent) err
 }
 
 func (br *Bridge) cmdLogout(ctx context.Context, ce *appservice.CommandEvent) error {
-	br.rememberDM(ce)
 	if len(ce.Args) != 1 {
 		return appservice.UserErrorf("Usage: %s", format.SafeMarkdownCode(ce.Prefix()+"irc logout <network>"))
 	}
@@ -154,7 +144,6 @@ func (br *Bridge) cmdLogout(ctx context.Context, ce *appservice.CommandEvent) er
 }
 
 func (br *Bridge) cmdNick(ctx context.Context, ce *appservice.CommandEvent) error {
-	br.rememberDM(ce)
 	if len(ce.Args) < 1 || len(ce.Args) > 2 {
 		return appservice.UserErrorf("Usage: %s", format.SafeMarkdownCode(ce.Prefix()+"irc nick <network> [nick]"))
 	}
@@ -262,7 +251,6 @@ func (br *Bridge) cmdUnlink(ctx context.Context, ce *appservice.CommandEvent) er
 }
 
 func (br *Bridge) cmdNetworks(ctx context.Context, ce *appservice.CommandEvent) error {
-	br.rememberDM(ce)
 	var sb strings.Builder
 	sb.WriteString("IRC networks:\n\n")
 	for _, netID := range br.netIDs {

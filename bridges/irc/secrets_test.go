@@ -139,6 +139,11 @@ func TestNotifyUserOnceForReplayedEvent(t *testing.T) {
 		if n != 1 {
 			t.Errorf("bob got %d notices for one event handled twice, want 1", n)
 		}
+		// The notice went through the core's one path, into bob's recorded management room.
+		notices := env.host.Notices(testBob)
+		if len(notices) != 1 || notices[0].Notice.Cause != over.ID.String() || notices[0].RoomID != env.host.ManagementRoom(t, testBob) {
+			t.Errorf("notices through Host.NotifyUser = %+v, want one caused by %s in bob's management room", notices, over.ID)
+		}
 	})
 }
 

@@ -130,10 +130,6 @@ func (br *Bridge) PersonalData() []appservice.UserTable {
 			Description: "webhooks you created or last rotated: their room, name and kind, when and with which command, " +
 				"and delivery status; their URLs and secrets are kept only hashed or sealed",
 		},
-		{
-			Table: "webhook_dm", UserColumn: "user_mxid", Export: []string{"room_id", "created_at"},
-			Description: "the direct chat in which the bot sends you your webhooks' URLs and signing secrets",
-		},
 	}
 }
 

@@ -412,7 +412,7 @@ func (br *Bridge) deliverSecret(ctx context.Context, c *cmdCall, hook *webhookdb
 	if hook.SecretSent {
 		return nil
 	}
-	var markdown, txnID string
+	var markdown, purpose string
 	switch hook.Kind {
 	case webhookdb.KindInbound:
 		if token == "" {
@@ -424,16 +424,16 @@ func (br *Bridge) deliverSecret(ctx context.Context, c *cmdCall, hook *webhookdb
 		}
 		markdown = br.inboundURLMessage(hook, token, c.prefix)
 		// A new token is a new message; the same token is the same message.
-		txnID = appservice.TxnIDFor(c.evt.ID, "webhook-url-"+hook.TokenHash[:16])
+		purpose = "url-" + hook.TokenHash[:16]
 	case webhookdb.KindOutbound:
 		secret, err := br.host.Vault().Open(ctx, c.sender, webhookid.SecretNameSigningSecret(hook.ID), hook.SigningSecret)
 		if err != nil {
 			return fmt.Errorf("failed to open signing secret: %w", err)
 		}
 		markdown = outboundSecretMessage(hook, secret, c.prefix)
-		txnID = appservice.TxnIDFor(c.evt.ID, "webhook-signing-secret")
+		purpose = "signing-secret"
 	}
-	if err := br.sendPrivately(ctx, c.sender, markdown, txnID); err != nil {
+	if err := br.sendPrivately(ctx, c.sender, markdown, c.evt.ID, purpose); err != nil {
 		return err
 	}
 	if err := br.db.Hook.MarkSecretSent(ctx, hook.ID); err != nil {

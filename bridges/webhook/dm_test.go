@@ -7,15 +7,20 @@ import (
 	"maunium.net/go/mautrix/event"
 )
 
-// TestSecretsRoomOthersJoinedIsNotReused: the room the bot opened for alice's secrets is a
-// trusted private chat, so alice may invite others into it. Once anyone else joined, a later
-// secret goes to a new room, never to the shared one.
+// TestSecretsRoomOthersJoinedIsNotReused: the room the core opened for alice's secrets (her
+// management room) is a trusted private chat, so alice may invite others into it. Once anyone
+// else joined, a later secret goes to a new room, never to the shared one.
 func TestSecretsRoomOthersJoinedIsNotReused(t *testing.T) {
 	forEachDialect(t, nil, func(t *testing.T, env *testEnv) {
 		env.mustRun(testAlice, "add ci", "I sent you its URL")
 		first := env.dmRoom(testAlice)
 		if created := env.host.CreatedRooms(); len(created) != 1 {
 			t.Fatalf("created rooms = %d after the first hook, want 1", len(created))
+		}
+		// The URL went through the core's one private path, into the recorded management room.
+		if notices := env.host.Notices(testAlice); len(notices) != 1 || notices[0].RoomID != first ||
+			!strings.HasPrefix(notices[0].Notice.Purpose, "url-") {
+			t.Fatalf("notices through Host.NotifyUser = %+v, want alice's URL in %s", notices, first)
 		}
 		env.host.SetMembership(t, first, testAlice, event.MembershipJoin)
 		// While alice is alone with the bot, the room is reused.

@@ -191,14 +191,14 @@ func (env *testEnv) mustRun(sender id.UserID, body, want string) *commandResult 
 	return res
 }
 
-// dmRoom returns the direct chat the bot opened with user, failing if there is none.
+// dmRoom returns user's management room (where the bot sends secrets), failing if there is none.
 func (env *testEnv) dmRoom(user id.UserID) id.RoomID {
 	env.t.Helper()
-	dm, err := env.br.db.DM.Get(env.ctx, user)
-	if err != nil || dm == nil {
-		env.t.Fatalf("no direct chat recorded for %s: %v", user, err)
+	roomID := env.host.ManagementRoom(env.t, user)
+	if roomID == "" {
+		env.t.Fatalf("no management room recorded for %s", user)
 	}
-	return dm.RoomID
+	return roomID
 }
 
 // dmBodies returns the bodies of the bot's messages in user's direct chat.

@@ -408,8 +408,7 @@ func (br *Bridge) trackVaultEpisode(ctx context.Context, hook *webhookdb.Hook, d
 	}
 	// Derived from the first failed delivery's event: if the worker runs it again after a
 	// crash, the homeserver posts the notice once.
-	txnID := appservice.TxnIDFor(d.eventID, "webhook-vault-notice-"+hook.ID)
-	if err := br.sendPrivately(ctx, hook.Actor, vaultNoticeMessage(hook, problem), txnID); err != nil {
+	if err := br.sendPrivately(ctx, hook.Actor, vaultNoticeMessage(hook, problem), d.eventID, "vault-notice-"+hook.ID); err != nil {
 		// Not recorded, so the next message tries again.
 		log.Warn().Err(err).Stringer("owner", hook.Actor).
 			Msg("Failed to tell the outbound webhook's owner that its secrets cannot be opened")

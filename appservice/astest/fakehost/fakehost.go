@@ -78,7 +78,10 @@ type Host struct {
 	secretsOnce sync.Once
 	secrets     *appservice.SecretDetector
 
+	notifier *appservice.Notifier
+
 	lock    sync.Mutex
+	notices []SentNotice
 	created []CreatedRoom
 	invites []Invite
 	events  map[id.EventID]json.RawMessage
@@ -94,6 +97,16 @@ type CreatedRoom struct {
 	Invite   []id.UserID
 	IsDirect bool
 	Preset   string
+}
+
+// SentNotice is a notice the homeserver accepted through [Host.NotifyUser].
+type SentNotice struct {
+	User    id.UserID
+	RoomID  id.RoomID
+	EventID id.EventID
+	// TxnID is the send's transaction ID (see [appservice.NoticeTxnID]).
+	TxnID  string
+	Notice appservice.Notice
 }
 
 // Invite is an invite sent through the front's invite endpoint.
@@ -152,7 +165,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	if err := h.AS.SetHomeserverURL(h.Front.URL); err != nil {
 		t.Fatalf("fakehost: %v", err)
 	}
-	h.AS.BotIntent()
+	h.notifier = appservice.NewNotifier(h.AS.BotIntent(), h.CoreDB.User)
 	h.Engine = privacy.New(privacy.Options{DB: h.CoreDB, Host: engineHost{h}, Log: log.With().Str("component", "privacy").Logger()})
 	// As at the core's start: the bridge's inventory must match its schema.
 	if err := h.Engine.CheckSchema(ctx); err != nil {
@@ -241,6 +254,52 @@ func (h *Host) IsPrivateWith(ctx context.Context, roomID id.RoomID, userID id.Us
 		members = append(members, member)
 	}
 	return appservice.OnlyBotAnd(members, h.BotID(), userID, true), nil
+}
+
+// NotifyUser runs the core's notifier ([appservice.Notifier]) against the fake homeserver: the
+// user's management room is kept on their users row, reopened when they left it or others
+// joined, and every send carries the transaction ID the core would use. Each notice the
+// homeserver posted is recorded once (see [Host.Notices]): a replay of the same Cause and
+// Purpose into the same room is one message.
+func (h *Host) NotifyUser(ctx context.Context, userID id.UserID, n appservice.Notice) (id.RoomID, id.EventID, error) {
+	roomID, eventID, err := h.notifier.Notify(ctx, userID, h.bridgeID, n)
+	if err != nil {
+		return roomID, eventID, err
+	}
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	for _, sent := range h.notices {
+		if sent.EventID == eventID {
+			return roomID, eventID, nil
+		}
+	}
+	h.notices = append(h.notices, SentNotice{
+		User: userID, RoomID: roomID, EventID: eventID, TxnID: appservice.NoticeTxnID(h.bridgeID, n), Notice: n,
+	})
+	return roomID, eventID, nil
+}
+
+// Notices returns the notices posted through NotifyUser to userID, oldest first.
+func (h *Host) Notices(userID id.UserID) []SentNotice {
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	var out []SentNotice
+	for _, sent := range h.notices {
+		if sent.User == userID {
+			out = append(out, sent)
+		}
+	}
+	return out
+}
+
+// ManagementRoom returns the management room recorded for userID, "" if none.
+func (h *Host) ManagementRoom(t testing.TB, userID id.UserID) id.RoomID {
+	t.Helper()
+	roomID, err := h.CoreDB.User.ManagementRoom(context.Background(), userID)
+	if err != nil {
+		t.Fatalf("fakehost: %v", err)
+	}
+	return roomID
 }
 
 // SetPowerLevels sets roomID's power levels on the fake homeserver and in the state store, as

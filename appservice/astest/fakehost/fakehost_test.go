@@ -211,3 +211,46 @@ func TestHostRunsTheRealEngine(t *testing.T) {
 		})
 	}
 }
+
+// TestNotifyUser: the fake runs the core's notifier: the first notice opens and records a
+// management room, a replay of the same cause and purpose is one message and one record with
+// the core's transaction ID, and a user who left gets a new room.
+func TestNotifyUser(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			h := New(t, dialect, nopBridge{})
+			ctx := context.Background()
+			alice := id.UserID("@alice:example.org")
+			n := appservice.Notice{Cause: "$cause", Purpose: "hello", Content: &event.MessageEventContent{MsgType: event.MsgNotice, Body: "hi"}}
+			room, evt, err := h.NotifyUser(ctx, alice, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again, evt2, err := h.NotifyUser(ctx, alice, n); err != nil || again != room || evt2 != evt {
+				t.Fatalf("replay = %s %s %v, want %s %s", again, evt2, err, room, evt)
+			}
+			if got := h.ManagementRoom(t, alice); got != room {
+				t.Fatalf("management room %q, want %q", got, room)
+			}
+			notices := h.Notices(alice)
+			if len(notices) != 1 || notices[0].TxnID != appservice.NoticeTxnID("nop", n) || notices[0].EventID != evt {
+				t.Fatalf("notices = %+v, want one with the core's transaction ID", notices)
+			}
+			if msgs := h.HS.Messages(room); len(msgs) != 1 {
+				t.Fatalf("%d messages in the management room, want 1", len(msgs))
+			}
+			created := h.CreatedRooms()
+			if len(created) != 1 || !created[0].IsDirect || created[0].Preset != "trusted_private_chat" {
+				t.Fatalf("created rooms = %+v, want one private direct chat", created)
+			}
+			h.SetMembership(t, room, alice, event.MembershipLeave)
+			n.Cause = "$later"
+			if room2, _, err := h.NotifyUser(ctx, alice, n); err != nil || room2 == room {
+				t.Fatalf("after alice left, notice went to %s (%v), want a new room", room2, err)
+			}
+			if notices = h.Notices(alice); len(notices) != 2 {
+				t.Fatalf("%d notices recorded, want 2", len(notices))
+			}
+		})
+	}
+}

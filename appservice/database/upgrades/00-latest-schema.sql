@@ -1,4 +1,4 @@
--- v0 -> v5 (compatible with v4+): Latest revision
+-- v0 -> v6 (compatible with v4+): Latest revision
 
 -- users is the root of all personal data: every table that holds data about a Matrix user
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
@@ -7,7 +7,10 @@ CREATE TABLE users (
 	mxid       TEXT    PRIMARY KEY,
 	created_at BIGINT  NOT NULL,
 	-- paused is set by !pause: bridges stop acting for the user but keep their data.
-	paused     BOOLEAN NOT NULL DEFAULT false
+	paused     BOOLEAN NOT NULL DEFAULT false,
+	-- management_room is the room in which the bot tells the user things meant for them alone
+	-- (Host.NotifyUser); NULL until the first such message or command in a direct chat.
+	management_room TEXT
 );
 
 -- as_txn remembers the IDs of acknowledged transactions, so a retried transaction is a no-op.

@@ -1,5 +1,6 @@
 // Package webhookdb holds the webhook bridge's queries and schema: the hooks (tables
-// webhook_*, version table webhook_version) and the direct chats secrets are sent in.
+// webhook_*, version table webhook_version). The rooms secrets are sent in are the core's
+// management rooms (Host.NotifyUser), not the bridge's.
 package webhookdb
 
 import (
@@ -12,7 +13,6 @@ import (
 type Database struct {
 	*dbutil.Database
 	Hook *HookQuery
-	DM   *DMQuery
 }
 
 // New wraps db, the child database the core gives the bridge (it shares the core's pool and
@@ -21,7 +21,6 @@ func New(db *dbutil.Database) *Database {
 	return &Database{
 		Database: db,
 		Hook:     &HookQuery{dbutil.MakeQueryHelper(db, newHook)},
-		DM:       &DMQuery{dbutil.MakeQueryHelper(db, newDM)},
 	}
 }
 

@@ -1,4 +1,4 @@
--- v0 -> v3: Latest revision
+-- v0 -> v4: Latest revision
 
 -- webhook_hook is one webhook in a room: inbound (a secret URL whose POSTs appear in the room as
 -- the hook's ghost) or outbound (the room's messages are POSTed to a URL). Every row records its
@@ -48,11 +48,3 @@ CREATE TABLE webhook_hook (
 );
 CREATE INDEX webhook_hook_actor_idx ON webhook_hook (actor_mxid);
 CREATE INDEX webhook_hook_source_idx ON webhook_hook (source_event_id);
-
--- webhook_dm is the direct chat the bot opened with a user to send them webhook URLs and
--- signing secrets, so later secrets go to the same room.
-CREATE TABLE webhook_dm (
-	user_mxid  TEXT   PRIMARY KEY REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
-	room_id    TEXT   NOT NULL,
-	created_at BIGINT NOT NULL
-);

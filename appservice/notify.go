@@ -1,0 +1,234 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+)
+
+// ManagementRoomTopic is the topic of the private rooms the bot opens to reach a user.
+const ManagementRoomTopic = "Custodian tells you here what is meant for you alone: notices, secrets, your data exports. " +
+	"Treat this room as private: do not invite anyone."
+
+// CoreNoticeScope is the scope of the core's own notices in their transaction IDs (see
+// [Notifier.Notify]); a bridge's notices are scoped by its ID.
+const CoreNoticeScope = "core"
+
+// ErrInvalidNotice is returned by [Host.NotifyUser] for a notice without Cause or Content.
+var ErrInvalidNotice = errors.New("appservice: a notice needs a cause and content")
+
+// Notifier sends private notices to users in their management rooms: the one implementation
+// behind [Host.NotifyUser], which the core and the test fakes share. Create it with
+// [NewNotifier]. It is safe for concurrent use.
+type Notifier struct {
+	bot   *mxas.IntentAPI
+	users *database.UserQuery
+
+	lock  sync.Mutex
+	locks map[id.UserID]*userLock
+}
+
+type userLock struct {
+	sync.Mutex
+	refs int
+}
+
+// NewNotifier returns a Notifier that sends as bot and keeps management rooms in users.
+func NewNotifier(bot *mxas.IntentAPI, users *database.UserQuery) *Notifier {
+	return &Notifier{bot: bot, users: users, locks: make(map[id.UserID]*userLock)}
+}
+
+// lockUser serialises the notices of one user, so that two first notices open one room. It
+// returns the unlock function.
+func (nf *Notifier) lockUser(user id.UserID) func() {
+	nf.lock.Lock()
+	ul, ok := nf.locks[user]
+	if !ok {
+		ul = &userLock{}
+		nf.locks[user] = ul
+	}
+	ul.refs++
+	nf.lock.Unlock()
+	ul.Lock()
+	return func() {
+		ul.Unlock()
+		nf.lock.Lock()
+		if ul.refs--; ul.refs == 0 {
+			delete(nf.locks, user)
+		}
+		nf.lock.Unlock()
+	}
+}
+
+// NoticeTxnID returns the transaction ID of notice n of the given scope (a bridge ID, or
+// [CoreNoticeScope]): the same scope, cause and purpose always give the same ID.
+func NoticeTxnID(scope string, n Notice) string {
+	return TxnIDFor(id.EventID(n.Cause), "notice:"+scope+":"+n.Purpose)
+}
+
+// Notify implements [Host.NotifyUser] for scope, a bridge ID or [CoreNoticeScope]: it sends
+// n.Content to user in their management room, opening one first when none is usable, with the
+// transaction ID [NoticeTxnID] gives. A recorded room is usable while the bot is joined, the
+// user is joined or invited, and nobody else joined (read from the homeserver before each
+// send). If the send is refused because the bot lost the room meanwhile, the room is reopened
+// once and the notice sent there.
+func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n Notice) (id.RoomID, id.EventID, error) {
+	if n.Cause == "" || n.Content == nil {
+		return "", "", ErrInvalidNotice
+	}
+	unlock := nf.lockUser(user)
+	defer unlock()
+	roomID, err := nf.users.ManagementRoom(ctx, user)
+	if err != nil {
+		return "", "", fmt.Errorf("failed to get management room: %w", err)
+	}
+	fresh := false
+	if hint, ok := ctx.Value(commandRoomKey{}).(commandRoom); ok && hint.user == user && hint.room != roomID {
+		// The user is running a command in a direct chat with the bot: answer there.
+		if err = nf.users.SetManagementRoom(ctx, user, hint.room); err != nil {
+			return "", "", fmt.Errorf("failed to record management room: %w", err)
+		}
+		roomID = hint.room
+	} else if roomID != "" {
+		usable, err := nf.usable(ctx, roomID, user)
+		if err != nil {
+			return "", "", err
+		} else if !usable {
+			roomID = ""
+		}
+	}
+	if roomID == "" {
+		if roomID, err = nf.open(ctx, user); err != nil {
+			return "", "", err
+		}
+		fresh = true
+	}
+	txnID := NoticeTxnID(scope, n)
+	evtID, err := nf.send(ctx, roomID, txnID, n.Content)
+	if err != nil && !fresh && isRoomGone(err) {
+		if roomID, err = nf.open(ctx, user); err != nil {
+			return "", "", err
+		}
+		evtID, err = nf.send(ctx, roomID, txnID, n.Content)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("failed to send notice: %w", err)
+	}
+	return roomID, evtID, nil
+}
+
+// send sends content to roomID as the bot, marked as sensitive so that mautrix never logs the
+// body: notices carry secrets (webhook URLs, signing secrets) and personal data.
+func (nf *Notifier) send(ctx context.Context, roomID id.RoomID, txnID string, content *event.MessageEventContent) (id.EventID, error) {
+	var resp mautrix.RespSendEvent
+	_, err := nf.bot.MakeFullRequest(ctx, mautrix.FullRequest{
+		Method:           http.MethodPut,
+		URL:              nf.bot.BuildClientURL("v3", "rooms", roomID, "send", event.EventMessage.Type, txnID),
+		RequestJSON:      content,
+		ResponseJSON:     &resp,
+		SensitiveContent: true,
+	})
+	return resp.EventID, err
+}
+
+// usable reports whether roomID can still carry what is meant for user alone: the bot is joined,
+// nobody but user joined, and user is joined or invited. A room the bot cannot read any more is
+// not usable; any other failure to read it is an error, so a homeserver hiccup does not open a
+// new room each time.
+func (nf *Notifier) usable(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	var resp mautrix.RespJoinedMembers
+	url := nf.bot.BuildClientURL("v3", "rooms", roomID, "joined_members")
+	if _, err := nf.bot.MakeRequest(ctx, http.MethodGet, url, nil, &resp); isRoomGone(err) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("failed to fetch the management room's members: %w", err)
+	}
+	members := make([]id.UserID, 0, len(resp.Joined))
+	for member := range resp.Joined {
+		members = append(members, member)
+	}
+	if !OnlyBotAnd(members, nf.bot.UserID, user, true) {
+		return false, nil
+	}
+	if len(members) == 2 {
+		return true, nil
+	}
+	// Only the bot is joined: the user is either still invited or gone.
+	var member event.MemberEventContent
+	err := nf.bot.StateEvent(ctx, roomID, event.StateMember, user.String(), &member)
+	if errors.Is(err, mautrix.MNotFound) || isRoomGone(err) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("failed to fetch the user's membership: %w", err)
+	}
+	return member.Membership == event.MembershipInvite, nil
+}
+
+// open creates a private room between the bot and user and records it as the user's
+// management room. It is the one place such rooms are made: a room that should be encrypted is
+// set up here (an m.room.encryption initial state event), and nowhere else. If Custodian stops
+// between creating and recording, the next notice opens another room; nothing is lost.
+func (nf *Notifier) open(ctx context.Context, user id.UserID) (id.RoomID, error) {
+	resp, err := nf.bot.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset:   "trusted_private_chat",
+		IsDirect: true,
+		Invite:   []id.UserID{user},
+		Topic:    ManagementRoomTopic,
+		// Someone the user invites later sees nothing sent before their own invite.
+		InitialState: []*event.Event{{
+			Type:    event.StateHistoryVisibility,
+			Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
+		}},
+	})
+	if err != nil {
+		return "", fmt.Errorf("failed to create management room: %w", err)
+	}
+	if err = nf.users.SetManagementRoom(ctx, user, resp.RoomID); err != nil {
+		return "", fmt.Errorf("failed to record management room: %w", err)
+	}
+	zerolog.Ctx(ctx).Info().Stringer("management_room_id", resp.RoomID).Msg("Opened a management room")
+	return resp.RoomID, nil
+}
+
+// commandRoomKey is the context key of the direct chat a command runs in (see
+// [Service.useAsManagementRoom]).
+type commandRoomKey struct{}
+
+type commandRoom struct {
+	user id.UserID
+	room id.RoomID
+}
+
+// useAsManagementRoom makes roomID, a direct chat between the bot and user by its members (the
+// rule of [Service.isDirectChat]) in which user is running a command, their management room: it
+// records it if the user has a users row, and returns a context in which the notices the
+// command sends to user go there and record it (a first command creates the row only when it
+// sends a notice). A user who talks to the bot in a new direct chat is answered there, not in
+// an older room; a user who only ran "help" has no row at all.
+func (svc *Service) useAsManagementRoom(ctx context.Context, user id.UserID, roomID id.RoomID) context.Context {
+	if _, err := svc.db.User.UpdateManagementRoom(ctx, user, roomID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record the direct chat as management room")
+	}
+	return context.WithValue(ctx, commandRoomKey{}, commandRoom{user: user, room: roomID})
+}
+
+// NotifyUser implements [Host.NotifyUser], with transaction IDs scoped to the bridge.
+func (bh *bridgeHost) NotifyUser(ctx context.Context, userID id.UserID, n Notice) (id.RoomID, id.EventID, error) {
+	return bh.svc.notifier.Notify(ctx, userID, bh.id, n)
+}
+
+// NotifyUser sends the core's own notice n to user in their management room, like
+// [Host.NotifyUser] (transaction IDs scoped to [CoreNoticeScope]).
+func (svc *Service) NotifyUser(ctx context.Context, user id.UserID, n Notice) (id.RoomID, id.EventID, error) {
+	return svc.notifier.Notify(ctx, user, CoreNoticeScope, n)
+}
