@@ -172,7 +172,7 @@ func (svc *Service) forgetLeaveOfErasedUser(ctx context.Context, user id.UserID)
 	if err != nil {
 		return err
 	}
-	tombstones, err := svc.db.Privacy().Tombstones(ctx, hash)
+	tombstones, err := svc.engine.Store().Tombstones(ctx, hash)
 	if err != nil || len(tombstones) == 0 {
 		return err
 	}

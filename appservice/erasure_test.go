@@ -17,7 +17,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -62,7 +61,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if !equalCounts(receipt.Erased, want) {
 				t.Errorf("receipt erased = %v, want %v", receipt.Erased, want)
 			}
-			if receipt.State != string(database.ErasureDone) || receipt.Trigger != TriggerAdmin || receipt.FinishedAt == nil {
+			if receipt.State != string(privacy.ErasureDone) || receipt.Trigger != TriggerAdmin || receipt.FinishedAt == nil {
 				t.Errorf("receipt = %+v, want a finished admin erasure", receipt)
 			}
 			// Derived rows went with their hooks.
@@ -83,7 +82,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tombstones, err := env.svc.db.Privacy().Tombstones(env.ctx, hash)
+			tombstones, err := env.svc.engine.Store().Tombstones(env.ctx, hash)
 			if err != nil || len(tombstones) != 1 || tombstones[0].JobID != receipt.JobID || tombstones[0].Trigger != TriggerAdmin {
 				t.Fatalf("tombstones = %+v, %v; want one for job %s", tombstones, err, receipt.JobID)
 			}
@@ -102,7 +101,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), pvAlice.String()); len(rows) > 0 {
 				t.Errorf("after the second erasure rows name alice:\n%s", strings.Join(rows, "\n"))
 			}
-			if tombstones, _ = env.svc.db.Privacy().Tombstones(env.ctx, hash); len(tombstones) != 2 {
+			if tombstones, _ = env.svc.engine.Store().Tombstones(env.ctx, hash); len(tombstones) != 2 {
 				t.Errorf("%d tombstones after two erasures, want 2", len(tombstones))
 			}
 		})
@@ -237,21 +236,21 @@ func TestEraseResumesAfterCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pending := &database.ErasureJob{
+			pending := &privacy.ErasureJob{
 				JobID: "er_pending", User: pvAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerDeactivation,
 				CreatedAt: env.clock.Now(),
 			}
 			// And another crash after an erasure's data was gone, before its receipt was sent.
-			cleanup := &database.ErasureJob{
+			cleanup := &privacy.ErasureJob{
 				JobID: "er_cleanup", User: pvBob, UserHash: "x", HashKeyID: keyID, Trigger: TriggerUser,
 				NotifyRoom: pvRoom, CreatedAt: env.clock.Now(), Counts: []byte(`{"erased":{"hooks":{"hooks_hook":3}}}`),
 			}
-			for _, job := range []*database.ErasureJob{pending, cleanup} {
-				if _, err = env.svc.db.Privacy().CreateErasure(env.ctx, job); err != nil {
+			for _, job := range []*privacy.ErasureJob{pending, cleanup} {
+				if _, err = env.svc.engine.Store().CreateErasure(env.ctx, job); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if err = env.svc.db.Privacy().CommitErasure(env.ctx, cleanup, database.ErasureCleanup, env.clock.Now()); err != nil {
+			if err = env.svc.engine.Store().CommitErasure(env.ctx, cleanup, privacy.ErasureCleanup, env.clock.Now()); err != nil {
 				t.Fatal(err)
 			}
 			env.hs.SetMembership(pvRoom, pvBot, event.MembershipJoin)
@@ -260,14 +259,14 @@ func TestEraseResumesAfterCrash(t *testing.T) {
 
 			for _, jobID := range []string{"er_pending", "er_cleanup"} {
 				status, err := env.svc.engine.ErasureStatus(env.ctx, jobID)
-				if err != nil || status.State != string(database.ErasureDone) {
+				if err != nil || status.State != string(privacy.ErasureDone) {
 					t.Errorf("status of %s after restart = %+v, %v; want done", jobID, status, err)
 				}
 			}
 			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), pvAlice.String()); len(rows) > 0 {
 				t.Errorf("after resuming, rows name alice:\n%s", strings.Join(rows, "\n"))
 			}
-			if tombstones, _ := env.svc.db.Privacy().Tombstones(env.ctx, hash); len(tombstones) != 1 {
+			if tombstones, _ := env.svc.engine.Store().Tombstones(env.ctx, hash); len(tombstones) != 1 {
 				t.Errorf("%d tombstones for alice after resuming, want 1", len(tombstones))
 			}
 			if got := env.lastNotice(pvRoom); !strings.Contains(got, "Done: I erased everything") || !strings.Contains(got, "hooks: 3 entries") {
@@ -429,9 +428,9 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasurePoll) != nil {
 				t.Fatal("the erasure runner is not waiting for its poll")
 			}
-			if _, err = env.svc.db.Privacy().CreateErasure(env.ctx, &database.ErasureJob{
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
 				JobID: "er_direct", User: pvBob, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-				State: database.ErasurePending, CreatedAt: env.clock.Now(),
+				State: privacy.ErasurePending, CreatedAt: env.clock.Now(),
 			}); err != nil {
 				t.Fatal(err)
 			}

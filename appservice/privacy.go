@@ -90,7 +90,7 @@ type privacyState struct {
 	adminAddr   net.Addr
 
 	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
-	erasureRan func(jobID string, state database.ErasureState, err error)
+	erasureRan func(jobID string, state privacy.ErasureState, err error)
 	loops      sync.WaitGroup
 }
 
@@ -102,7 +102,7 @@ func (svc *Service) newEngine() *privacy.Engine {
 		Host:  engineHost{svc},
 		Log:   svc.log,
 		Clock: engineClock{svc},
-		AfterErasureAttempt: func(jobID string, state database.ErasureState, err error) {
+		AfterErasureAttempt: func(jobID string, state privacy.ErasureState, err error) {
 			if hook := svc.privacy.erasureRan; hook != nil {
 				hook(jobID, state, err)
 			}

@@ -339,7 +339,7 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 	svc.clk = env.clock
 	env.svc = svc
 	env.erasureRan = make(chan struct{}, 1)
-	svc.privacy.erasureRan = func(string, database.ErasureState, error) {
+	svc.privacy.erasureRan = func(string, privacy.ErasureState, error) {
 		select {
 		case env.erasureRan <- struct{}{}:
 		default:

@@ -202,7 +202,7 @@ func (bh *botHost) cmdForget(ctx context.Context, ce *CommandEvent) error {
 	if err != nil {
 		return err
 	}
-	existing, err := svc.db.Privacy().GetErasure(ctx, jobID)
+	existing, err := svc.engine.Store().GetErasure(ctx, jobID)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
@@ -50,11 +49,11 @@ func TestRetentionSweep(t *testing.T) {
 					env.addHook(env.hooks, "h-old", pvAlice, pvRoom, "$old") // no retention: kept
 					env.exec(`UPDATE hooks_hook SET created_at=0`)
 					// A finished erasure job of long ago goes; its tombstone stays.
-					old := &database.ErasureJob{JobID: "er_old", UserHash: "h", HashKeyID: "k", Trigger: TriggerAdmin, CreatedAt: env.clock.Now().Add(-100 * day)}
-					if _, err := env.svc.db.Privacy().CreateErasure(env.ctx, old); err != nil {
+					old := &privacy.ErasureJob{JobID: "er_old", UserHash: "h", HashKeyID: "k", Trigger: TriggerAdmin, CreatedAt: env.clock.Now().Add(-100 * day)}
+					if _, err := env.svc.engine.Store().CreateErasure(env.ctx, old); err != nil {
 						t.Fatal(err)
 					}
-					if err := env.svc.db.Privacy().FinishErasure(env.ctx, "er_old", env.clock.Now().Add(-91*day)); err != nil {
+					if err := env.svc.engine.Store().FinishErasure(env.ctx, "er_old", env.clock.Now().Add(-91*day)); err != nil {
 						t.Fatal(err)
 					}
 

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
@@ -89,8 +88,8 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Erase = %v", err)
 	}
-	if receipt.State != string(database.ErasureCleanup) {
-		t.Errorf("receipt state with a reader holding the WAL = %q, want %q", receipt.State, database.ErasureCleanup)
+	if receipt.State != string(privacy.ErasureCleanup) {
+		t.Errorf("receipt state with a reader holding the WAL = %q, want %q", receipt.State, privacy.ErasureCleanup)
 	}
 	if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE job_id=$1 AND state='cleanup'`, receipt.JobID); n != 1 {
 		t.Errorf("job %s not in cleanup while the WAL cannot be truncated", receipt.JobID)

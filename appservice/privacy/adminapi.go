@@ -173,7 +173,7 @@ func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hash, _, err := api.e.UserHash(r.Context(), user)
-	var tombstones []*database.Tombstone
+	var tombstones []*Tombstone
 	if err == nil {
 		tombstones, err = api.e.queries().Tombstones(r.Context(), hash)
 	}
@@ -184,9 +184,9 @@ func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
 	}
 	out := &AdminTombstones{UserHash: hash, Erasures: []*EraseReceipt{}}
 	for _, ts := range tombstones {
-		receipt, err := ReceiptOf(&database.ErasureJob{
+		receipt, err := ReceiptOf(&ErasureJob{
 			JobID: ts.JobID, UserHash: ts.UserHash, Trigger: ts.Trigger, Modules: ts.Modules,
-			State: database.ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
+			State: ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
 		})
 		if err != nil {
 			zerolog.Ctx(r.Context()).Error().Err(err).Msg("Invalid tombstone")
@@ -211,7 +211,7 @@ func (api *adminAPI) erasure(w http.ResponseWriter, r *http.Request) {
 }
 
 func (api *adminAPI) suspects(w http.ResponseWriter, r *http.Request) {
-	suspects, err := api.e.queries().Suspects(r.Context())
+	suspects, err := api.e.db.Privacy().Suspects(r.Context())
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to list deactivation suspects")
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")

@@ -84,7 +84,7 @@ type Options struct {
 	Clock clock.Clock
 	// AfterErasureAttempt, if set, is called after each attempt of the erasure runner at a job,
 	// with the state the job reached.
-	AfterErasureAttempt func(jobID string, state database.ErasureState, err error)
+	AfterErasureAttempt func(jobID string, state ErasureState, err error)
 }
 
 // Engine is the personal-data engine: inventory checks, erasure, export, redaction purge and
@@ -96,7 +96,7 @@ type Engine struct {
 	log  zerolog.Logger
 	clk  clock.Clock
 
-	erasureRan func(jobID string, state database.ErasureState, err error)
+	erasureRan func(jobID string, state ErasureState, err error)
 
 	// eraseLock serialises erasures: they are rare, and one at a time keeps the resumption of
 	// jobs and the idempotency checks simple.
@@ -173,8 +173,11 @@ func (e *Engine) Resumed() <-chan struct{} { return e.resumed }
 // Wait waits for the loops [Engine.Start] started, which end with its context.
 func (e *Engine) Wait() { e.loops.Wait() }
 
-// queries returns the privacy queries.
-func (e *Engine) queries() *database.PrivacyQuery { return e.db.Privacy() }
+// queries returns the engine's queries.
+func (e *Engine) queries() *Store { return NewStore(e.db.Database) }
+
+// Store returns the engine's queries: erasure jobs, tombstones, keys.
+func (e *Engine) Store() *Store { return e.queries() }
 
 func (e *Engine) now() time.Time { return e.clk.Now() }
 

@@ -142,7 +142,7 @@ func (e *Engine) Erase(ctx context.Context, user id.UserID, req EraseRequest) (*
 		return nil, err
 	}
 	if wait == nil {
-		if job.State == database.ErasureDone {
+		if job.State == ErasureDone {
 			return ReceiptOf(job)
 		}
 		// No runner: run the job here, one erasure at a time all the same.
@@ -191,7 +191,7 @@ type erasureOutcome struct {
 // requestErasure validates req, records the job unless it exists (a repeated RequestID) and
 // wakes the runner. wait receives the outcome of the runner's next attempt at the job; it is nil
 // when there is no runner (the service has not started) or the job was done already.
-func (e *Engine) requestErasure(ctx context.Context, user id.UserID, req EraseRequest) (job *database.ErasureJob, wait chan erasureOutcome, err error) {
+func (e *Engine) requestErasure(ctx context.Context, user id.UserID, req EraseRequest) (job *ErasureJob, wait chan erasureOutcome, err error) {
 	if err := CheckUserID(user); err != nil {
 		return nil, nil, err
 	}
@@ -221,9 +221,9 @@ func (e *Engine) requestErasure(ctx context.Context, user id.UserID, req EraseRe
 	}
 	// Waiting starts before the job exists, so that the runner's attempt cannot come first.
 	wait = e.addErasureWaiter(jobID)
-	job = &database.ErasureJob{
+	job = &ErasureJob{
 		JobID: jobID, User: user, UserHash: hash, HashKeyID: keyID, Trigger: req.Trigger,
-		Modules: modules, State: database.ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: e.now(),
+		Modules: modules, State: ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: e.now(),
 	}
 	created, err := e.queries().CreateErasure(ctx, job)
 	if err == nil && !created {
@@ -235,7 +235,7 @@ func (e *Engine) requestErasure(ctx context.Context, user id.UserID, req EraseRe
 				Msg("Erasure request seen before; continuing its job")
 		}
 	}
-	if err != nil || job.State == database.ErasureDone {
+	if err != nil || job.State == ErasureDone {
 		e.dropErasureWaiter(jobID, wait)
 		return job, nil, err
 	}
@@ -338,8 +338,8 @@ func (e *Engine) EraseScope(modules []string) ([]string, error) {
 }
 
 // runErasure takes job from wherever it is to done. The caller holds eraseLock.
-func (e *Engine) runErasure(ctx context.Context, job *database.ErasureJob) (*EraseReceipt, error) {
-	scope := database.ScopeAll
+func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt, error) {
+	scope := ScopeAll
 	if len(job.Modules) > 0 {
 		scope = strings.Join(job.Modules, ",")
 	}
@@ -351,14 +351,14 @@ func (e *Engine) runErasure(ctx context.Context, job *database.ErasureJob) (*Era
 		Logger()
 	ctx = log.WithContext(ctx)
 
-	if job.State == database.ErasurePending && job.User == "" {
+	if job.State == ErasurePending && job.User == "" {
 		// A full erasure of the same user superseded this job while it was pending.
 		if err := e.queries().FinishErasure(ctx, job.JobID, e.now()); err != nil {
 			return nil, err
 		}
-		job.State = database.ErasureDone
+		job.State = ErasureDone
 	}
-	if job.State == database.ErasurePending {
+	if job.State == ErasurePending {
 		start := time.Now()
 		user := job.User
 		log.Info().Msg("Erasing user data")
@@ -399,7 +399,7 @@ func (e *Engine) runErasure(ctx context.Context, job *database.ErasureJob) (*Era
 			Dur("duration", time.Since(start)).
 			Msg("Erased user data")
 	}
-	if job.State == database.ErasureCleanup {
+	if job.State == ErasureCleanup {
 		e.cleanUpErasure(ctx, job)
 	}
 	return ReceiptOf(job)
@@ -439,7 +439,7 @@ func callSafely(fn func() error) (err error) {
 
 // eraseRows is the erasure's one database transaction; see [Engine.Erase]. It moves the job
 // to cleanup (or done, if there is nothing left to do) and records the tombstone.
-func (e *Engine) eraseRows(ctx context.Context, job *database.ErasureJob) (*eraseCounts, error) {
+func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, error) {
 	full := len(job.Modules) == 0
 	user := job.User
 	inv := e.host.Inventory()
@@ -524,17 +524,17 @@ func (e *Engine) eraseRows(ctx context.Context, job *database.ErasureJob) (*eras
 			return err
 		}
 		job.Counts = data
-		err = e.queries().PutTombstone(ctx, &database.Tombstone{
+		err = e.queries().PutTombstone(ctx, &Tombstone{
 			JobID: job.JobID, UserHash: job.UserHash, HashKeyID: job.HashKeyID, Trigger: job.Trigger,
 			Modules: job.Modules, ErasedAt: now, Counts: data,
 		})
 		if err != nil {
 			return err
 		}
-		next := database.ErasureDone
+		next := ErasureDone
 		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || e.db.Dialect == dbutil.SQLite {
 			// On SQLite, cleanup also truncates the WAL (checkpointAfterErasure).
-			next = database.ErasureCleanup
+			next = ErasureCleanup
 		}
 		if err = e.queries().CommitErasure(ctx, job, next, now); err != nil {
 			return err
@@ -546,7 +546,7 @@ func (e *Engine) eraseRows(ctx context.Context, job *database.ErasureJob) (*eras
 		return nil, err
 	}
 	job.User = ""
-	if job.State == database.ErasureDone {
+	if job.State == ErasureDone {
 		job.FinishedAt = now
 	}
 	return counts, nil
@@ -608,7 +608,7 @@ func quoteIdent(name string) string {
 // retried by the erasure runner until it succeeds: a failure to send the receipt or to
 // checkpoint leaves the job in cleanup (the receipt carries a transaction ID, so a retry does
 // not post it twice). Failures to leave a room are logged, not retried.
-func (e *Engine) cleanUpErasure(ctx context.Context, job *database.ErasureJob) {
+func (e *Engine) cleanUpErasure(ctx context.Context, job *ErasureJob) {
 	log := zerolog.Ctx(ctx)
 	if job.NotifyRoom != "" {
 		receipt, err := ReceiptOf(job)
@@ -640,12 +640,12 @@ func (e *Engine) cleanUpErasure(ctx context.Context, job *database.ErasureJob) {
 		log.Warn().Err(err).Msg("Failed to mark erasure job done; will retry")
 		return
 	}
-	job.State = database.ErasureDone
+	job.State = ErasureDone
 	job.FinishedAt = e.now()
 }
 
 // ReceiptOf builds the receipt of job as it stands.
-func ReceiptOf(job *database.ErasureJob) (*EraseReceipt, error) {
+func ReceiptOf(job *ErasureJob) (*EraseReceipt, error) {
 	r := &EraseReceipt{
 		JobID: job.JobID, State: string(job.State), Trigger: job.Trigger, Modules: job.Modules,
 		UserHash: job.UserHash, RemoteFailures: job.RemoteFailed, StartedAt: job.CreatedAt,
@@ -772,11 +772,11 @@ func (e *Engine) runErasureJobs(ctx context.Context, atStart bool) (unfinished i
 		seen[job.JobID] = true
 		receipt, err := e.runErasureJob(ctx, job.JobID)
 		e.notifyErasureWaiters(job.JobID, erasureOutcome{receipt, err})
-		state := database.ErasurePending
+		state := ErasurePending
 		if receipt != nil {
-			state = database.ErasureState(receipt.State)
+			state = ErasureState(receipt.State)
 		}
-		if state != database.ErasureDone {
+		if state != ErasureDone {
 			unfinished++
 		}
 		if err != nil {
@@ -793,7 +793,7 @@ func (e *Engine) runErasureJobs(ctx context.Context, atStart bool) (unfinished i
 		if seen[jobID] {
 			continue
 		}
-		if receipt, err := e.ErasureStatus(ctx, jobID); err == nil && receipt.State == string(database.ErasureDone) {
+		if receipt, err := e.ErasureStatus(ctx, jobID); err == nil && receipt.State == string(ErasureDone) {
 			e.notifyErasureWaiters(jobID, erasureOutcome{receipt, nil})
 		}
 	}
@@ -811,7 +811,7 @@ func (e *Engine) runErasureJob(ctx context.Context, jobID string) (*EraseReceipt
 	} else if job == nil {
 		return nil, ErrUnknownErasure
 	}
-	if job.State == database.ErasureDone {
+	if job.State == ErasureDone {
 		return ReceiptOf(job)
 	}
 	return e.runErasure(ctx, job)

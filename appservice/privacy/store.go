@@ -1,4 +1,4 @@
-package database
+package privacy
 
 import (
 	"context"
@@ -14,16 +14,17 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// PrivacyQuery reads and writes the tables of the privacy operations: activity records, erasure
-// jobs, tombstones and the keys they use. All methods join the transaction in ctx, if any, and
-// are safe for concurrent use.
-type PrivacyQuery struct {
+// Store reads and writes the engine's own tables: erasure jobs (as_erasure), tombstones
+// (as_tombstone) and the keys they use (as_privacy_key). All methods join the transaction in
+// ctx, if any, and are safe for concurrent use. The tables are the core's (its migrations create
+// them); the engine owns the queries.
+type Store struct {
 	db *dbutil.Database
 }
 
-// Privacy returns the privacy operations' queries on db.
-func (db *Database) Privacy() *PrivacyQuery {
-	return &PrivacyQuery{db: db.Database}
+// NewStore returns the engine's queries on db.
+func NewStore(db *dbutil.Database) *Store {
+	return &Store{db: db}
 }
 
 // ErasureState is the state of an erasure job (as_erasure.state).
@@ -93,10 +94,6 @@ type Tombstone struct {
 const (
 	erasureColumns = `job_id, user_mxid, user_hash, hash_key_id, erase_trigger, scope, state, notify_room,
 		leave_rooms, remote_failed, counts, created_at, finished_at`
-	insertActivityQuery = `
-		INSERT INTO as_activity (event_id, user_mxid, room_id, action, at) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (event_id) DO NOTHING
-	`
 	insertErasureQuery = `
 		INSERT INTO as_erasure (job_id, user_mxid, user_hash, hash_key_id, erase_trigger, scope, state,
 			notify_room, created_at)
@@ -132,39 +129,9 @@ const (
 		ON CONFLICT (name) DO NOTHING
 	`
 	getKeyQuery        = `SELECT key_hex FROM as_privacy_key WHERE name=$1`
-	upsertSuspectQuery = `
-		INSERT INTO as_deactivation_suspect (user_mxid, reason, first_seen, last_seen, leaves) VALUES ($1, $2, $3, $3, 1)
-		ON CONFLICT (user_mxid) DO UPDATE SET reason=excluded.reason, last_seen=excluded.last_seen,
-			leaves=as_deactivation_suspect.leaves + 1
-		RETURNING leaves
-	`
-	deleteSuspectQuery = `DELETE FROM as_deactivation_suspect WHERE user_mxid=$1`
-	listSuspectsQuery  = `SELECT user_mxid, reason, first_seen, last_seen, leaves FROM as_deactivation_suspect ORDER BY first_seen, user_mxid`
-	requestShredQuery  = `
-		INSERT INTO as_shred_request (id, since_at, latest_at) VALUES (1, $1, $1)
-		ON CONFLICT (id) DO UPDATE SET latest_at=excluded.latest_at
-	`
-	pendingShredQuery  = `SELECT since_at FROM as_shred_request WHERE id=1`
-	clearShredQuery    = `DELETE FROM as_shred_request WHERE id=1 AND latest_at < $1`
 	clearCleanupQuery  = `UPDATE as_erasure SET notify_room=NULL, leave_rooms=NULL WHERE job_id=$1`
-	localUsersQuery    = `SELECT mxid FROM users WHERE mxid > $1 AND mxid LIKE $2 ESCAPE '\' ORDER BY mxid LIMIT $3`
 	deleteOldJobsQuery = `DELETE FROM as_erasure WHERE state='done' AND finished_at < $1`
 )
-
-// RecordActivity records that user ran a command (action is the command's name, never its
-// arguments) through event eventID in roomID at at. It creates the users row if needed. Recording
-// the same event again changes nothing.
-func (pq *PrivacyQuery) RecordActivity(ctx context.Context, eventID id.EventID, user id.UserID, roomID id.RoomID, action string, at time.Time) error {
-	return pq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		if _, err := pq.db.Exec(ctx, ensureUserQuery, user, at.UnixMilli()); err != nil {
-			return fmt.Errorf("failed to ensure users row: %w", err)
-		}
-		if _, err := pq.db.Exec(ctx, insertActivityQuery, eventID, user, roomID, action, at.UnixMilli()); err != nil {
-			return fmt.Errorf("failed to record activity: %w", err)
-		}
-		return nil
-	})
-}
 
 func joinScope(modules []string) string {
 	if len(modules) == 0 {
@@ -182,7 +149,7 @@ func splitScope(scope string) []string {
 
 // CreateErasure records job in state [ErasurePending] unless a job with the same ID exists. It
 // reports whether it created one.
-func (pq *PrivacyQuery) CreateErasure(ctx context.Context, job *ErasureJob) (bool, error) {
+func (pq *Store) CreateErasure(ctx context.Context, job *ErasureJob) (bool, error) {
 	res, err := pq.db.Exec(ctx, insertErasureQuery,
 		job.JobID, dbutil.StrPtr(job.User), job.UserHash, job.HashKeyID, job.Trigger, joinScope(job.Modules),
 		string(ErasurePending), dbutil.StrPtr(job.NotifyRoom), job.CreatedAt.UnixMilli())
@@ -197,7 +164,7 @@ func (pq *PrivacyQuery) CreateErasure(ctx context.Context, job *ErasureJob) (boo
 }
 
 // GetErasure returns the job with the given ID, or nil (and no error) if there is none.
-func (pq *PrivacyQuery) GetErasure(ctx context.Context, jobID string) (*ErasureJob, error) {
+func (pq *Store) GetErasure(ctx context.Context, jobID string) (*ErasureJob, error) {
 	job, err := scanErasure(pq.db.QueryRow(ctx, getErasureQuery, jobID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
@@ -209,7 +176,7 @@ func (pq *PrivacyQuery) GetErasure(ctx context.Context, jobID string) (*ErasureJ
 
 // HasPendingErasure reports whether a full or partial erasure of user is recorded and has not
 // erased their data yet.
-func (pq *PrivacyQuery) HasPendingErasure(ctx context.Context, user id.UserID) (bool, error) {
+func (pq *Store) HasPendingErasure(ctx context.Context, user id.UserID) (bool, error) {
 	var n int
 	if err := pq.db.QueryRow(ctx, pendingErasureOfQuery, user).Scan(&n); err != nil {
 		return false, fmt.Errorf("failed to check for a pending erasure: %w", err)
@@ -218,7 +185,7 @@ func (pq *PrivacyQuery) HasPendingErasure(ctx context.Context, user id.UserID) (
 }
 
 // UnfinishedErasures returns every job not yet done, oldest first.
-func (pq *PrivacyQuery) UnfinishedErasures(ctx context.Context) ([]*ErasureJob, error) {
+func (pq *Store) UnfinishedErasures(ctx context.Context) ([]*ErasureJob, error) {
 	rows, err := pq.db.Query(ctx, unfinishedErasureQuery)
 	jobs, err := dbutil.NewRowIterWithError(rows, scanErasure, err).AsList()
 	if err != nil {
@@ -230,7 +197,7 @@ func (pq *PrivacyQuery) UnfinishedErasures(ctx context.Context) ([]*ErasureJob, 
 // CommitErasure moves job to state (cleanup or done) after its data was erased, in the same
 // transaction: it stops naming the user and stores the counts, the rooms to leave and the bridges
 // whose remote erasure failed.
-func (pq *PrivacyQuery) CommitErasure(ctx context.Context, job *ErasureJob, state ErasureState, now time.Time) error {
+func (pq *Store) CommitErasure(ctx context.Context, job *ErasureJob, state ErasureState, now time.Time) error {
 	var leave *string
 	if len(job.LeaveRooms) > 0 {
 		data, err := json.Marshal(job.LeaveRooms)
@@ -254,7 +221,7 @@ func (pq *PrivacyQuery) CommitErasure(ctx context.Context, job *ErasureJob, stat
 
 // SupersedeErasures marks every other unfinished job about user done and stops it naming the
 // user: an erasure of everything covers them. It returns how many there were.
-func (pq *PrivacyQuery) SupersedeErasures(ctx context.Context, user id.UserID, jobID string, now time.Time) (int64, error) {
+func (pq *Store) SupersedeErasures(ctx context.Context, user id.UserID, jobID string, now time.Time) (int64, error) {
 	res, err := pq.db.Exec(ctx, supersedeErasuresQuery, user, jobID, now.UnixMilli())
 	if err != nil {
 		return 0, fmt.Errorf("failed to supersede erasure jobs: %w", err)
@@ -263,7 +230,7 @@ func (pq *PrivacyQuery) SupersedeErasures(ctx context.Context, user id.UserID, j
 }
 
 // FinishErasure marks the job done.
-func (pq *PrivacyQuery) FinishErasure(ctx context.Context, jobID string, now time.Time) error {
+func (pq *Store) FinishErasure(ctx context.Context, jobID string, now time.Time) error {
 	if _, err := pq.db.Exec(ctx, finishErasureQuery, jobID, now.UnixMilli()); err != nil {
 		return fmt.Errorf("failed to finish erasure job: %w", err)
 	}
@@ -272,7 +239,7 @@ func (pq *PrivacyQuery) FinishErasure(ctx context.Context, jobID string, now tim
 
 // DeleteFinishedErasures deletes done jobs finished before cutoff and returns how many. The
 // tombstones stay.
-func (pq *PrivacyQuery) DeleteFinishedErasures(ctx context.Context, cutoff time.Time) (int64, error) {
+func (pq *Store) DeleteFinishedErasures(ctx context.Context, cutoff time.Time) (int64, error) {
 	res, err := pq.db.Exec(ctx, deleteOldJobsQuery, cutoff.UnixMilli())
 	if err != nil {
 		return 0, fmt.Errorf("failed to delete finished erasure jobs: %w", err)
@@ -281,7 +248,7 @@ func (pq *PrivacyQuery) DeleteFinishedErasures(ctx context.Context, cutoff time.
 }
 
 // PutTombstone records ts; a tombstone for the same job already recorded is left as it is.
-func (pq *PrivacyQuery) PutTombstone(ctx context.Context, ts *Tombstone) error {
+func (pq *Store) PutTombstone(ctx context.Context, ts *Tombstone) error {
 	_, err := pq.db.Exec(ctx, insertTombstoneQuery, ts.JobID, ts.UserHash, ts.HashKeyID, ts.Trigger,
 		joinScope(ts.Modules), ts.ErasedAt.UnixMilli(), string(ts.Counts))
 	if err != nil {
@@ -292,7 +259,7 @@ func (pq *PrivacyQuery) PutTombstone(ctx context.Context, ts *Tombstone) error {
 
 // Tombstones returns the tombstones recorded under userHash, oldest first; an empty slice if
 // none.
-func (pq *PrivacyQuery) Tombstones(ctx context.Context, userHash string) ([]*Tombstone, error) {
+func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone, error) {
 	rows, err := pq.db.Query(ctx, getTombstonesQuery, userHash)
 	list, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*Tombstone, error) {
 		var ts Tombstone
@@ -317,7 +284,7 @@ func (pq *PrivacyQuery) Tombstones(ctx context.Context, userHash string) ([]*Tom
 
 // GetOrCreateKey returns the key stored under name, storing generate()'s result first if there
 // is none. Concurrent callers, also in other processes, all get the same key.
-func (pq *PrivacyQuery) GetOrCreateKey(ctx context.Context, name string, generate func() ([]byte, error)) ([]byte, error) {
+func (pq *Store) GetOrCreateKey(ctx context.Context, name string, generate func() ([]byte, error)) ([]byte, error) {
 	var stored string
 	err := pq.db.QueryRow(ctx, getKeyQuery, name).Scan(&stored)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -340,125 +307,13 @@ func (pq *PrivacyQuery) GetOrCreateKey(ctx context.Context, name string, generat
 	return key, nil
 }
 
-// LocalUsers returns up to limit user IDs of the users table on server, sorted, starting after
-// after (pass "" to start at the beginning).
-func (pq *PrivacyQuery) LocalUsers(ctx context.Context, server string, after id.UserID, limit int) ([]id.UserID, error) {
-	pattern := "%:" + EscapeLike(server)
-	rows, err := pq.db.Query(ctx, localUsersQuery, after, pattern, limit)
-	users, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (id.UserID, error) {
-		var user id.UserID
-		return user, row.Scan(&user)
-	}, err).AsList()
-	if err != nil {
-		return nil, fmt.Errorf("failed to list local users: %w", err)
-	}
-	return users, nil
-}
-
-// DeactivationSuspect is a user whose account looked deactivated, without admin access to the
-// homeserver to confirm it (a row of as_deactivation_suspect).
-type DeactivationSuspect struct {
-	// User is the suspected user.
-	User id.UserID `json:"user_id"`
-	// Reason says what was seen, e.g. "profile_not_found".
-	Reason string `json:"reason"`
-	// FirstSeen and LastSeen are when the first and the latest leave that raised the suspicion
-	// were handled.
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-	// Leaves counts the leaves that raised it.
-	Leaves int `json:"leaves"`
-}
-
-// RecordSuspect records that user's account looked deactivated at at, for reason. The users row
-// must exist. It reports whether this is a new suspicion (the first for the user).
-func (pq *PrivacyQuery) RecordSuspect(ctx context.Context, user id.UserID, reason string, at time.Time) (bool, error) {
-	var leaves int
-	if err := pq.db.QueryRow(ctx, upsertSuspectQuery, user, reason, at.UnixMilli()).Scan(&leaves); err != nil {
-		return false, fmt.Errorf("failed to record deactivation suspect: %w", err)
-	}
-	return leaves == 1, nil
-}
-
-// ClearSuspect removes the suspicion about user, if any.
-func (pq *PrivacyQuery) ClearSuspect(ctx context.Context, user id.UserID) error {
-	if _, err := pq.db.Exec(ctx, deleteSuspectQuery, user); err != nil {
-		return fmt.Errorf("failed to clear deactivation suspect: %w", err)
-	}
-	return nil
-}
-
-// Suspects lists every deactivation suspect, oldest suspicion first; an empty slice if none.
-func (pq *PrivacyQuery) Suspects(ctx context.Context) ([]*DeactivationSuspect, error) {
-	rows, err := pq.db.Query(ctx, listSuspectsQuery)
-	list, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*DeactivationSuspect, error) {
-		var s DeactivationSuspect
-		var first, last int64
-		if err := row.Scan(&s.User, &s.Reason, &first, &last, &s.Leaves); err != nil {
-			return nil, err
-		}
-		s.FirstSeen, s.LastSeen = time.UnixMilli(first).UTC(), time.UnixMilli(last).UTC()
-		return &s, nil
-	}, err).AsList()
-	if err != nil {
-		return nil, fmt.Errorf("failed to list deactivation suspects: %w", err)
-	}
-	if list == nil {
-		list = []*DeactivationSuspect{}
-	}
-	return list, nil
-}
-
-// RequestShred records that a full erasure committed at at needs a shred rotation
-// (vault.shred_backups). Call it in the erasing transaction. A pending request keeps its
-// beginning and takes at as its latest request: only a rotation that started after the latest
-// request serves it.
-func (pq *PrivacyQuery) RequestShred(ctx context.Context, at time.Time) error {
-	if _, err := pq.db.Exec(ctx, requestShredQuery, at.UnixMilli()); err != nil {
-		return fmt.Errorf("failed to record shred request: %w", err)
-	}
-	return nil
-}
-
-// PendingShred reports whether a shred rotation is pending, and since when (the oldest request
-// not served yet).
-func (pq *PrivacyQuery) PendingShred(ctx context.Context) (since time.Time, pending bool, err error) {
-	var ms int64
-	err = pq.db.QueryRow(ctx, pendingShredQuery).Scan(&ms)
-	if errors.Is(err, sql.ErrNoRows) {
-		return time.Time{}, false, nil
-	} else if err != nil {
-		return time.Time{}, false, fmt.Errorf("failed to read shred request: %w", err)
-	}
-	return time.UnixMilli(ms), true, nil
-}
-
-// ClearShred removes the pending shred request if its latest request was recorded before
-// started, the time a shred rotation that has now completed started (a request recorded during
-// the rotation stays, for the next one). It reports whether one was removed.
-func (pq *PrivacyQuery) ClearShred(ctx context.Context, started time.Time) (bool, error) {
-	res, err := pq.db.Exec(ctx, clearShredQuery, started.UnixMilli())
-	if err != nil {
-		return false, fmt.Errorf("failed to clear shred request: %w", err)
-	}
-	n, err := res.RowsAffected()
-	return n > 0, err
-}
-
 // ClearErasureCleanup records that job's receipt was sent and its direct chats left: what remains
 // of its cleanup is the database's own (see ErasureCleanup).
-func (pq *PrivacyQuery) ClearErasureCleanup(ctx context.Context, jobID string) error {
+func (pq *Store) ClearErasureCleanup(ctx context.Context, jobID string) error {
 	if _, err := pq.db.Exec(ctx, clearCleanupQuery, jobID); err != nil {
 		return fmt.Errorf("failed to update erasure job: %w", err)
 	}
 	return nil
-}
-
-// EscapeLike escapes s for use in a LIKE pattern with ESCAPE '\', so that it matches only
-// itself.
-func EscapeLike(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return r.Replace(s)
 }
 
 func scanErasure(row dbutil.Scannable) (*ErasureJob, error) {

@@ -205,7 +205,7 @@ func TestHostRunsTheRealEngine(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tombstones, err := h.CoreDB.Privacy().Tombstones(ctx, hash); err != nil || len(tombstones) != 1 {
+			if tombstones, err := h.Engine.Store().Tombstones(ctx, hash); err != nil || len(tombstones) != 1 {
 				t.Errorf("tombstones = %d, %v; want the erasure's one", len(tombstones), err)
 			}
 		})
