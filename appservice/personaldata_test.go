@@ -104,10 +104,10 @@ func TestCheckInventoryCatchesUndeclaredData(t *testing.T) {
 					err := privacy.CheckInventory(ctx, svc.rawDB, inv)
 					if tt.wantErr == "" {
 						if err != nil {
-							t.Fatalf("checkInventory = %v, want nil", err)
+							t.Fatalf("CheckInventory = %v, want nil", err)
 						}
 					} else if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-						t.Fatalf("checkInventory = %v, want an error containing %q", err, tt.wantErr)
+						t.Fatalf("CheckInventory = %v, want an error containing %q", err, tt.wantErr)
 					}
 				})
 			}

@@ -121,7 +121,7 @@ var benchSizes = []struct{ tableRows, perUser int }{
 	{1_000_000, 10_000},
 }
 
-// BenchmarkErase measures Service.Erase (job, counts over every declared table, the cascade,
+// BenchmarkErase measures the engine's Erase (job, counts over every declared table, the cascade,
 // the tombstone) of one user with perUser rows in a bridge table of tableRows rows.
 func BenchmarkErase(b *testing.B) {
 	for _, dialect := range astest.Dialects(b) {
@@ -148,7 +148,7 @@ func BenchmarkErase(b *testing.B) {
 	}
 }
 
-// BenchmarkExport measures Service.Export of one user with perUser rows in a bridge table of
+// BenchmarkExport measures the engine's Export of one user with perUser rows in a bridge table of
 // tableRows rows.
 func BenchmarkExport(b *testing.B) {
 	for _, dialect := range astest.Dialects(b) {
