@@ -300,13 +300,8 @@ func (svc *Service) startListeners(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", addr, err)
 	}
-	svc.server = &http.Server{
-		Handler:           svc.router(),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Transactions can be large and the database slow; the body size is bounded separately.
-		ReadTimeout:  2 * time.Minute,
-		WriteTimeout: 2 * time.Minute,
-	}
+	// Transactions can be large and the database slow; the body size is bounded separately.
+	svc.server = NewHTTPServer(svc.router(), 2*time.Minute, 2*time.Minute)
 	go func() {
 		if err := svc.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			svc.log.Error().Err(err).Msg("Appservice listener failed")
@@ -320,7 +315,7 @@ func (svc *Service) startListeners(ctx context.Context) error {
 			return fmt.Errorf("failed to listen on metrics.listen %s: %w", *svc.cfg.Metrics.Listen, err)
 		}
 		svc.metricsAddr = mln.Addr()
-		svc.metricsServer = &http.Server{Handler: svc.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		svc.metricsServer = NewHTTPServer(svc.metrics.handler(), 30*time.Second, time.Minute)
 		go func() {
 			if err := svc.metricsServer.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				svc.log.Error().Err(err).Msg("Metrics listener failed")

@@ -375,13 +375,8 @@ func (svc *Service) startAdminAPI(ctx context.Context) error {
 	}
 	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
 	svc.privacy.adminAddr = ln.Addr()
-	svc.privacy.adminServer = &http.Server{
-		Handler:           svc.engine.AdminHandler(privacy.AdminAPIOptions{Token: token, Log: log, Vault: svc.adminVault()}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
-		// Erasures wait for the bridges' remote side effects.
-		WriteTimeout: 5 * time.Minute,
-	}
+	// Erasures wait for the bridges' remote side effects.
+	svc.privacy.adminServer = NewHTTPServer(svc.engine.AdminHandler(privacy.AdminAPIOptions{Token: token, Log: log, Vault: svc.adminVault()}), time.Minute, 5*time.Minute)
 	go func() {
 		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("Admin API listener failed")

@@ -375,3 +375,23 @@ func TestReal(t *testing.T) {
 		t.Fatalf("Sleep = %v", err)
 	}
 }
+
+// TestFakeLongAdvanceIsCheap checks that a long Advance does not step through every period of
+// a short ticker: a year of a millisecond ticker is one tick, at once.
+func TestFakeLongAdvanceIsCheap(t *testing.T) {
+	c := clock.NewFake(start)
+	tk := c.NewTicker(time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		c.Advance(365 * 24 * time.Hour)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Advance of a year with a millisecond ticker did not return within 5 s")
+	}
+	recv(t, tk.C(), "after a year")
+	c.Advance(time.Millisecond)
+	recv(t, tk.C(), "one period later, on the phase")
+}

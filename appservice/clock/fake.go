@@ -229,9 +229,9 @@ func (c *Fake) nextDue(target time.Duration) *fakeWaiter {
 // fires once per Advance. c.lock is held.
 func (c *Fake) fire(w *fakeWaiter, target time.Duration) {
 	if w.period > 0 {
-		for w.when <= target {
-			w.when += w.period
-		}
+		// The next tick after target, in one step: a long Advance of a short ticker must not
+		// walk every period.
+		w.when += (target-w.when)/w.period*w.period + w.period
 	} else {
 		w.armed = false
 		if _, ok := c.waiters[w]; ok {

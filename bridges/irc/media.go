@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"mime"
 	"net"
 	"net/http"
@@ -21,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 )
 
@@ -98,15 +98,8 @@ func (br *Bridge) startMediaProxy() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(mediaPathPrefix, br.serveMedia)
-	br.mediaServer = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      5 * time.Minute,
-		IdleTimeout:       time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		// The HTTP server's own errors name callers' addresses; keep them out of the log.
-		ErrorLog: log.New(io.Discard, "", 0),
-	}
+	// Requests are GETs without a body; a large file may take a while to send.
+	br.mediaServer = appservice.NewHTTPServer(mux, 30*time.Second, 5*time.Minute)
 	br.mediaListener = ln
 	go func() {
 		if err := br.mediaServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -12,8 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -152,17 +150,7 @@ func (br *Bridge) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("failed to listen on %s: %w", br.cfg.Listen, err)
 	}
-	server := &http.Server{
-		Handler:           br.router(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    32 << 10,
-		// Errors of the HTTP server itself (TLS noise, malformed requests) name the caller's
-		// address; keep them out of the log.
-		ErrorLog: log.New(io.Discard, "", 0),
-	}
+	server := appservice.NewHTTPServer(br.router(), 30*time.Second, time.Minute)
 	br.serverLock.Lock()
 	br.listener, br.server = ln, server
 	br.serverLock.Unlock()
