@@ -18,6 +18,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -49,8 +50,10 @@ type Service struct {
 	// inboxKeys seals the inbox's event content (inboxseal.go); nil when the vault is off.
 	inboxKeys *vault.Vault
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
-	shredder *backupShredder
-	// privacy is the state of the privacy operations (privacy.go).
+	shredder *privacy.BackupShredder
+	// engine is the personal-data engine (package privacy).
+	engine *privacy.Engine
+	// privacy is the core's state of the privacy operations (privacy.go).
 	privacy privacyState
 
 	// clk is the service's clock (see clock); nil means the real one. Tests set a fake one
@@ -121,6 +124,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 		svc.metrics.handlerErrors.WithLabelValues(bh.id)
 		svc.bridgeByID[bh.id] = bh
 	}
+	svc.engine = svc.newEngine()
 	svc.bot = newBotHost(svc)
 	svc.dispatcher = newDispatcher(svc)
 	return svc, nil
@@ -154,8 +158,8 @@ func (svc *Service) start(ctx context.Context) error {
 	if err := svc.upgradeDatabases(ctx); err != nil {
 		return err
 	}
-	if err := checkInventory(ctx, svc.rawDB, svc.inventory()); err != nil {
-		return fmt.Errorf("personal-data inventory does not match the schema:\n%w", err)
+	if err := svc.engine.CheckSchema(ctx); err != nil {
+		return err
 	}
 	// A missing or wrong master key is logged and leaves the vault unable to open the affected
 	// secrets; it never stops the service.
@@ -255,6 +259,7 @@ func (svc *Service) stopServing() {
 		svc.bgCancel()
 	}
 	svc.bg.Wait()
+	svc.engine.Wait()
 	svc.privacy.loops.Wait()
 }
 

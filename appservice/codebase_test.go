@@ -115,13 +115,8 @@ func TestImportsFlowOneWay(t *testing.T) {
 				if !ok {
 					continue
 				}
-				switch {
-				case strings.HasPrefix(dir, "appservice") && (strings.HasPrefix(rel, "bridges/") || strings.HasPrefix(rel, "cmd/")):
-					t.Errorf("%s imports %s: the core must not import bridges or commands", dir, rel)
-				case strings.HasPrefix(dir, "bridges/") && strings.HasPrefix(rel, "bridges/") && bridgeOf(dir) != bridgeOf(rel):
-					t.Errorf("%s imports %s: a bridge must not import another bridge", dir, rel)
-				case strings.HasPrefix(dir, "bridges/") && strings.HasPrefix(rel, "cmd/"):
-					t.Errorf("%s imports %s: bridges must not import commands", dir, rel)
+				if msg := importViolation(dir, rel); msg != "" {
+					t.Errorf("%s imports %s: %s", dir, rel, msg)
 				}
 				if path == "maunium.net/go/mautrix/appservice" && (imp.Name == nil || imp.Name.Name != "mxas") {
 					t.Errorf("%s imports mautrix's appservice package without naming it mxas", dir)
@@ -129,6 +124,50 @@ func TestImportsFlowOneWay(t *testing.T) {
 			}
 		}
 	}
+}
+
+// importViolation returns why package dir must not import package rel (both relative to the
+// module), or "" if it may.
+func importViolation(dir, rel string) string {
+	switch {
+	case isPrivacyEngine(dir) && (rel == "appservice" || strings.HasPrefix(rel, "bridges/") || strings.HasPrefix(rel, "cmd/")):
+		return "the privacy engine sits below the core and its command layer, and never imports them or a bridge"
+	case strings.HasPrefix(dir, "appservice") && (strings.HasPrefix(rel, "bridges/") || strings.HasPrefix(rel, "cmd/")):
+		return "the core must not import bridges or commands"
+	case strings.HasPrefix(dir, "bridges/") && strings.HasPrefix(rel, "bridges/") && bridgeOf(dir) != bridgeOf(rel):
+		return "a bridge must not import another bridge"
+	case strings.HasPrefix(dir, "bridges/") && strings.HasPrefix(rel, "cmd/"):
+		return "bridges must not import commands"
+	}
+	return ""
+}
+
+func TestImportViolation(t *testing.T) {
+	tests := []struct {
+		dir, rel string
+		bad      bool
+	}{
+		{"appservice/privacy", "appservice", true},
+		{"appservice/privacy", "bridges/irc", true},
+		{"appservice/privacy", "appservice/database", false},
+		{"appservice", "appservice/privacy", false},
+		{"appservice", "bridges/irc", true},
+		{"bridges/irc", "appservice", false},
+		{"bridges/irc", "bridges/webhook", true},
+		{"bridges/irc/ircconn", "bridges/irc", false},
+		{"bridges/webhook", "cmd/custodian", true},
+	}
+	for _, tt := range tests {
+		if got := importViolation(tt.dir, tt.rel); (got != "") != tt.bad {
+			t.Errorf("importViolation(%q, %q) = %q, want a violation: %v", tt.dir, tt.rel, got, tt.bad)
+		}
+	}
+}
+
+// isPrivacyEngine reports whether dir is the personal-data engine (appservice/privacy) or one
+// of its sub-packages.
+func isPrivacyEngine(dir string) bool {
+	return dir == "appservice/privacy" || strings.HasPrefix(dir, "appservice/privacy/")
 }
 
 func bridgeOf(rel string) string {

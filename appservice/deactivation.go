@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // deactivationRecheck is how long after checking a user's account the next leave event of
@@ -109,11 +111,11 @@ func (svc *Service) checkDeactivationAfterLeave(ctx context.Context, user id.Use
 	}
 	if !deactivated {
 		zerolog.Ctx(ctx).Debug().Msg("User left a room; the homeserver's admin API says their account is active")
-		return svc.privacyDB().ClearSuspect(ctx, user)
+		return svc.db.Privacy().ClearSuspect(ctx, user)
 	}
 	// The erasure runs on the erasure runner, not on this room's worker: it may take longer than
 	// a handler may, and the runner finishes it whatever happens here.
-	if _, err = svc.queueErasure(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
+	if _, err = svc.engine.QueueErasure(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
 		return err
 	}
 	zerolog.Ctx(ctx).Info().Str("method", "admin_api").Msg("Account of a leaving user is deactivated; queued the erasure of their data")
@@ -137,7 +139,7 @@ func (svc *Service) suspectDeactivation(ctx context.Context, user id.UserID, now
 	var reason string
 	switch {
 	case err == nil:
-		return svc.privacyDB().ClearSuspect(ctx, user)
+		return svc.db.Privacy().ClearSuspect(ctx, user)
 	case errors.Is(err, mautrix.MUserDeactivated):
 		reason = "profile_user_deactivated"
 	case errors.Is(err, mautrix.MNotFound),
@@ -149,7 +151,7 @@ func (svc *Service) suspectDeactivation(ctx context.Context, user id.UserID, now
 		zerolog.Ctx(ctx).Debug().Err(err).Msg("Profile lookup after a leave failed; nothing to suspect")
 		return nil
 	}
-	isNew, err := svc.privacyDB().RecordSuspect(ctx, user, reason, now)
+	isNew, err := svc.db.Privacy().RecordSuspect(ctx, user, reason, now)
 	if err != nil {
 		return err
 	}
@@ -166,11 +168,11 @@ func (svc *Service) suspectDeactivation(ctx context.Context, user id.UserID, now
 // erasure, and without this the others would bring the user's ID back into the cache. Users
 // Custodian never held data about have no tombstone and are left alone.
 func (svc *Service) forgetLeaveOfErasedUser(ctx context.Context, user id.UserID) error {
-	hash, _, err := svc.UserHash(ctx, user)
+	hash, _, err := svc.engine.UserHash(ctx, user)
 	if err != nil {
 		return err
 	}
-	tombstones, err := svc.privacyDB().Tombstones(ctx, hash)
+	tombstones, err := svc.engine.Store().Tombstones(ctx, hash)
 	if err != nil || len(tombstones) == 0 {
 		return err
 	}
@@ -247,10 +249,10 @@ func (svc *Service) sweepDeactivated(ctx context.Context) (checked, erased int, 
 		return 0, 0, nil
 	}
 	start := time.Now()
-	ran, err := svc.withSweepLock(ctx, "deactivation", func(ctx context.Context) error {
+	ran, err := privacy.WithSweepLock(ctx, svc.rawDB, "deactivation", func(ctx context.Context) error {
 		var after id.UserID
 		for {
-			users, err := svc.privacyDB().LocalUsers(ctx, svc.cfg.Homeserver.Domain, after, deactivationSweepPage)
+			users, err := svc.db.Privacy().LocalUsers(ctx, svc.cfg.Homeserver.Domain, after, deactivationSweepPage)
 			if err != nil {
 				return err
 			}
@@ -270,7 +272,7 @@ func (svc *Service) sweepDeactivated(ctx context.Context) (checked, erased int, 
 				if !deactivated {
 					continue
 				}
-				if _, err = svc.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
+				if _, err = svc.engine.Erase(ctx, user, EraseRequest{Trigger: TriggerDeactivation}); err != nil {
 					return err
 				}
 				erased++

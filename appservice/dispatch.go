@@ -529,7 +529,7 @@ func (svc *Service) leaveOfUserBeingErased(ctx context.Context, evt *event.Event
 	if content, ok := evt.Content.Parsed.(*event.MemberEventContent); !ok || content.Membership != event.MembershipLeave {
 		return false
 	}
-	pending, err := svc.privacyDB().HasPendingErasure(ctx, evt.Sender)
+	pending, err := svc.engine.Store().HasPendingErasure(ctx, evt.Sender)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a pending erasure; routing the leave")
 		return false

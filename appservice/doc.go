@@ -3,9 +3,11 @@
 //
 // The core receives the homeserver's transactions and stores them durably before acknowledging
 // them (ingest.go), hands their events to bridges and bots in per-room order (dispatch.go),
-// hosts the Custodian bot and its command framework (bot.go, commands.go), and keeps the
-// personal-data inventory that erasure and export are built on (personaldata.go,
-// inventory.go). Bridges implement [Bridge] and see the core only through [Host].
+// hosts the Custodian bot and its command framework (bot.go, commands.go), and hosts the
+// personal-data engine (package privacy: inventory, erasure, export, redaction purge,
+// retention, the admin API's handler) through privacy.go, whose aliases give bridges the
+// engine's types ([UserTable], [Provenance], …). Bridges implement [Bridge] and see the core
+// only through [Host].
 //
 // A typical main:
 //

@@ -2,6 +2,9 @@ package appservice
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -14,7 +17,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -29,7 +32,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 				t.Fatalf("seeding left only %d rows naming alice; the test would prove little", len(rowsMentioning(before, pvAlice.String())))
 			}
 
-			receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+			receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 			if err != nil {
 				t.Fatalf("Erase = %v", err)
 			}
@@ -58,7 +61,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if !equalCounts(receipt.Erased, want) {
 				t.Errorf("receipt erased = %v, want %v", receipt.Erased, want)
 			}
-			if receipt.State != string(database.ErasureDone) || receipt.Trigger != TriggerAdmin || receipt.FinishedAt == nil {
+			if receipt.State != string(privacy.ErasureDone) || receipt.Trigger != TriggerAdmin || receipt.FinishedAt == nil {
 				t.Errorf("receipt = %+v, want a finished admin erasure", receipt)
 			}
 			// Derived rows went with their hooks.
@@ -75,11 +78,11 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 				t.Errorf("bot membership in alice's DM = %q, want it gone", got)
 			}
 
-			hash, _, err := env.svc.UserHash(env.ctx, pvAlice)
+			hash, _, err := env.svc.engine.UserHash(env.ctx, pvAlice)
 			if err != nil {
 				t.Fatal(err)
 			}
-			tombstones, err := env.svc.privacyDB().Tombstones(env.ctx, hash)
+			tombstones, err := env.svc.engine.Store().Tombstones(env.ctx, hash)
 			if err != nil || len(tombstones) != 1 || tombstones[0].JobID != receipt.JobID || tombstones[0].Trigger != TriggerAdmin {
 				t.Fatalf("tombstones = %+v, %v; want one for job %s", tombstones, err, receipt.JobID)
 			}
@@ -88,7 +91,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			}
 
 			// Erasing again is harmless: nothing more to erase, one more tombstone.
-			again, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+			again, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 			if err != nil {
 				t.Fatalf("second Erase = %v", err)
 			}
@@ -98,7 +101,7 @@ func TestEraseLeavesNoRowNamingTheUser(t *testing.T) {
 			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), pvAlice.String()); len(rows) > 0 {
 				t.Errorf("after the second erasure rows name alice:\n%s", strings.Join(rows, "\n"))
 			}
-			if tombstones, _ = env.svc.privacyDB().Tombstones(env.ctx, hash); len(tombstones) != 2 {
+			if tombstones, _ = env.svc.engine.Store().Tombstones(env.ctx, hash); len(tombstones) != 2 {
 				t.Errorf("%d tombstones after two erasures, want 2", len(tombstones))
 			}
 		})
@@ -121,11 +124,11 @@ func TestEraseWithRequestIDIsIdempotent(t *testing.T) {
 	env := newPrivacyEnv(t, astest.SQLite, nil).start()
 	env.seedUser(pvAlice, pvDM)
 	req := EraseRequest{Trigger: TriggerUser, RequestID: "command:$forget"}
-	first, err := env.svc.Erase(env.ctx, pvAlice, req)
+	first, err := env.svc.engine.Erase(env.ctx, pvAlice, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := env.svc.Erase(env.ctx, pvAlice, req)
+	second, err := env.svc.engine.Erase(env.ctx, pvAlice, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,12 +153,12 @@ func TestEraseRejectsBadRequests(t *testing.T) {
 	}{
 		{name: "unknown module", user: pvAlice, req: EraseRequest{Trigger: TriggerUser, Modules: []string{"nope"}}, want: ErrUnknownModule},
 		{name: "core alone", user: pvAlice, req: EraseRequest{Trigger: TriggerUser, Modules: []string{CoreModule}}, want: ErrUnknownModule},
-		{name: "not a user ID", user: "alice", req: EraseRequest{Trigger: TriggerAdmin}, want: errNoUser},
+		{name: "not a user ID", user: "alice", req: EraseRequest{Trigger: TriggerAdmin}, want: privacy.ErrNoUser},
 		{name: "unknown trigger", user: pvAlice, req: EraseRequest{Trigger: "cron"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := env.svc.Erase(env.ctx, tt.user, tt.req)
+			_, err := env.svc.engine.Erase(env.ctx, tt.user, tt.req)
 			if err == nil || (tt.want != nil && !errors.Is(err, tt.want)) {
 				t.Errorf("Erase = %v, want %v", err, tt.want)
 			}
@@ -173,7 +176,7 @@ func TestEraseOneModule(t *testing.T) {
 			env.seedUser(pvAlice, pvDM)
 			env.seedUser(pvBob, "!dm-bob:example.org")
 			before := dumpDatabase(t, env.ctx, env.svc.rawDB)
-			receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerUser, Modules: []string{"hooks"}})
+			receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerUser, Modules: []string{"hooks"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -211,7 +214,7 @@ func TestEraseGoesOnWhenRemoteErasureFails(t *testing.T) {
 	env := newPrivacyEnv(t, astest.SQLite, nil).start()
 	env.seedUser(pvAlice, pvDM)
 	env.hooks.eraseErr = errors.New("remote unreachable")
-	receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+	receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,25 +232,25 @@ func TestEraseResumesAfterCrash(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, nil)
 			env.seedUser(pvAlice, pvDM)
 			// A crash after the job was recorded, before the data was erased.
-			hash, keyID, err := env.svc.UserHash(env.ctx, pvAlice)
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, pvAlice)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pending := &database.ErasureJob{
+			pending := &privacy.ErasureJob{
 				JobID: "er_pending", User: pvAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerDeactivation,
 				CreatedAt: env.clock.Now(),
 			}
 			// And another crash after an erasure's data was gone, before its receipt was sent.
-			cleanup := &database.ErasureJob{
+			cleanup := &privacy.ErasureJob{
 				JobID: "er_cleanup", User: pvBob, UserHash: "x", HashKeyID: keyID, Trigger: TriggerUser,
 				NotifyRoom: pvRoom, CreatedAt: env.clock.Now(), Counts: []byte(`{"erased":{"hooks":{"hooks_hook":3}}}`),
 			}
-			for _, job := range []*database.ErasureJob{pending, cleanup} {
-				if _, err = env.svc.privacyDB().CreateErasure(env.ctx, job); err != nil {
+			for _, job := range []*privacy.ErasureJob{pending, cleanup} {
+				if _, err = env.svc.engine.Store().CreateErasure(env.ctx, job); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if err = env.svc.privacyDB().CommitErasure(env.ctx, cleanup, database.ErasureCleanup, env.clock.Now()); err != nil {
+			if err = env.svc.engine.Store().CommitErasure(env.ctx, cleanup, privacy.ErasureCleanup, env.clock.Now()); err != nil {
 				t.Fatal(err)
 			}
 			env.hs.SetMembership(pvRoom, pvBot, event.MembershipJoin)
@@ -255,15 +258,15 @@ func TestEraseResumesAfterCrash(t *testing.T) {
 			env.start()
 
 			for _, jobID := range []string{"er_pending", "er_cleanup"} {
-				status, err := env.svc.ErasureStatus(env.ctx, jobID)
-				if err != nil || status.State != string(database.ErasureDone) {
+				status, err := env.svc.engine.ErasureStatus(env.ctx, jobID)
+				if err != nil || status.State != string(privacy.ErasureDone) {
 					t.Errorf("status of %s after restart = %+v, %v; want done", jobID, status, err)
 				}
 			}
 			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), pvAlice.String()); len(rows) > 0 {
 				t.Errorf("after resuming, rows name alice:\n%s", strings.Join(rows, "\n"))
 			}
-			if tombstones, _ := env.svc.privacyDB().Tombstones(env.ctx, hash); len(tombstones) != 1 {
+			if tombstones, _ := env.svc.engine.Store().Tombstones(env.ctx, hash); len(tombstones) != 1 {
 				t.Errorf("%d tombstones for alice after resuming, want 1", len(tombstones))
 			}
 			if got := env.lastNotice(pvRoom); !strings.Contains(got, "Done: I erased everything") || !strings.Contains(got, "hooks: 3 entries") {
@@ -279,14 +282,14 @@ func TestEraseEvictsVaultCacheAndDerivesTombstoneKey(t *testing.T) {
 	env.svc.vault = vault
 	env.start()
 	env.seedUser(pvAlice, pvDM)
-	receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+	receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(vault.forgotten, []id.UserID{pvAlice}) {
 		t.Errorf("vault Forget calls = %v, want [%s]", vault.forgotten, pvAlice)
 	}
-	if want := keyedHash(vault.key, "user\x00"+pvAlice.String()); receipt.UserHash != want {
+	if want := testKeyedHash(vault.key, "user\x00"+pvAlice.String()); receipt.UserHash != want {
 		t.Errorf("user hash = %s, want the hash under the vault-derived key %s", receipt.UserHash, want)
 	}
 	if n := env.count(`SELECT COUNT(*) FROM as_privacy_key`); n != 0 {
@@ -295,53 +298,6 @@ func TestEraseEvictsVaultCacheAndDerivesTombstoneKey(t *testing.T) {
 	var keyID string
 	if err = env.svc.rawDB.QueryRow(env.ctx, `SELECT hash_key_id FROM as_tombstone`).Scan(&keyID); err != nil || keyID != "vault:kek1" {
 		t.Errorf("tombstone key ID = %q (%v), want vault:kek1", keyID, err)
-	}
-}
-
-func TestReceiptMarkdown(t *testing.T) {
-	tests := []struct {
-		name    string
-		receipt *EraseReceipt
-		leaving bool
-		want    []string
-	}{
-		{
-			name:    "everything",
-			receipt: &EraseReceipt{JobID: "er_1", Erased: map[string]map[string]int64{"core": {"users": 1, "as_activity": 2}, "hooks": {"hooks_hook": 1}}},
-			leaving: true,
-			want:    []string{"erased everything", "core: 3 entries", "hooks: 1 entry", "`er_1`", "leaving this chat"},
-		},
-		{
-			name:    "one bridge with a remote failure",
-			receipt: &EraseReceipt{JobID: "er_2", Modules: []string{"hooks"}, RemoteFailures: []string{"hooks"}, Erased: map[string]map[string]int64{}},
-			want:    []string{"what hooks held", "nothing to erase", "remote side failed"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := receiptMarkdown(tt.receipt, tt.leaving)
-			for _, want := range tt.want {
-				if !strings.Contains(got, want) {
-					t.Errorf("receiptMarkdown() = %q, want it to contain %q", got, want)
-				}
-			}
-			if !tt.leaving && strings.Contains(got, "leaving") {
-				t.Errorf("receiptMarkdown() = %q, says it leaves", got)
-			}
-		})
-	}
-}
-
-func TestJSONStringBody(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"@alice:example.org", "@alice:example.org"},
-		{`@we"ird\:x`, `@we\"ird\\:x`},
-		{"@a<b>&:x", "@a<b>&:x"},
-	}
-	for _, tt := range tests {
-		if got := jsonStringBody(tt.in); got != tt.want {
-			t.Errorf("jsonStringBody(%q) = %q, want %q", tt.in, got, tt.want)
-		}
 	}
 }
 
@@ -465,20 +421,20 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 
 			// A job recorded behind the runner's back waits for the next poll, not a restart.
 			env.seedUser(pvBob, "!dm-bob:example.org")
-			hash, keyID, err := env.svc.UserHash(env.ctx, pvBob)
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, pvBob)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), erasurePoll) != nil {
+			if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasurePoll) != nil {
 				t.Fatal("the erasure runner is not waiting for its poll")
 			}
-			if _, err = env.svc.privacyDB().CreateErasure(env.ctx, &database.ErasureJob{
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
 				JobID: "er_direct", User: pvBob, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-				State: database.ErasurePending, CreatedAt: env.clock.Now(),
+				State: privacy.ErasurePending, CreatedAt: env.clock.Now(),
 			}); err != nil {
 				t.Fatal(err)
 			}
-			env.clock.Advance(erasurePoll)
+			env.clock.Advance(privacy.ErasurePoll)
 			env.awaitErasures()
 			if exists, _ := env.svc.db.User.Exists(env.ctx, pvBob); exists {
 				t.Error("bob's users row exists after the runner's poll")
@@ -543,4 +499,11 @@ func TestLeaveOfUserBeingErasedNotRouted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testKeyedHash is the tombstone hash as documented: hex HMAC-SHA256 of msg under key.
+func testKeyedHash(key []byte, msg string) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(msg))
+	return hex.EncodeToString(mac.Sum(nil))
 }

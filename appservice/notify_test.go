@@ -357,7 +357,7 @@ func TestEraseLeavesManagementRoom(t *testing.T) {
 			// cache was cleared): only the users row names it.
 			env.exec(`DELETE FROM mx_user_profile WHERE room_id=$1`, aliceRoom)
 			for _, user := range []id.UserID{pvAlice, pvBob} {
-				if _, err = env.svc.Erase(env.ctx, user, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				if _, err = env.svc.engine.Erase(env.ctx, user, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
 			}

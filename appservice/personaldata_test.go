@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // migratedService returns a service whose core, state-store and bridge migrations have run on a
@@ -29,7 +30,7 @@ func TestPersonalDataInventoryMatchesSchema(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
 			svc := migratedService(t, dialect, newRecordingBridge("rec"))
-			if err := checkInventory(context.Background(), svc.rawDB, svc.inventory()); err != nil {
+			if err := privacy.CheckInventory(context.Background(), svc.rawDB, svc.inventory()); err != nil {
 				t.Fatalf("inventory check failed on the real schema:\n%v", err)
 			}
 		})
@@ -100,13 +101,13 @@ func TestCheckInventoryCatchesUndeclaredData(t *testing.T) {
 					}
 					inv := svc.inventory()
 					inv["x"] = tt.extra
-					err := checkInventory(ctx, svc.rawDB, inv)
+					err := privacy.CheckInventory(ctx, svc.rawDB, inv)
 					if tt.wantErr == "" {
 						if err != nil {
-							t.Fatalf("checkInventory = %v, want nil", err)
+							t.Fatalf("CheckInventory = %v, want nil", err)
 						}
 					} else if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-						t.Fatalf("checkInventory = %v, want an error containing %q", err, tt.wantErr)
+						t.Fatalf("CheckInventory = %v, want an error containing %q", err, tt.wantErr)
 					}
 				})
 			}

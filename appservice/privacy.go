@@ -2,43 +2,86 @@ package appservice
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
-	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
-// privacyState is the service's state for the privacy operations (erasure, export, redaction
-// purges, deactivation, retention, the admin API). Its zero value is ready to use, so tests that
-// build a Service by hand get working privacy commands.
-type privacyState struct {
-	// eraseLock serialises erasures: they are rare, and one at a time keeps the resumption of
-	// jobs and the idempotency checks simple.
-	eraseLock sync.Mutex
+// The personal-data engine lives in package privacy; these names keep the bridges' and the
+// commands' view of it in package appservice.
+type (
+	// UserTable is [privacy.UserTable].
+	UserTable = privacy.UserTable
+	// ErasePolicy is [privacy.ErasePolicy].
+	ErasePolicy = privacy.ErasePolicy
+	// RetentionClass is [privacy.RetentionClass].
+	RetentionClass = privacy.RetentionClass
+	// Provenance is [privacy.Provenance].
+	Provenance = privacy.Provenance
+	// EraseRequest is [privacy.EraseRequest].
+	EraseRequest = privacy.EraseRequest
+	// EraseReceipt is [privacy.EraseReceipt].
+	EraseReceipt = privacy.EraseReceipt
+	// Export is [privacy.Export].
+	Export = privacy.Export
+	// ExportTable is [privacy.ExportTable].
+	ExportTable = privacy.ExportTable
+	// KeyDeriver is [privacy.KeyDeriver].
+	KeyDeriver = privacy.KeyDeriver
+)
 
+// Erase policies, retention classes, triggers and the core's module name; see package privacy.
+const (
+	EraseCascade        = privacy.EraseCascade
+	EraseDeleteRows     = privacy.EraseDeleteRows
+	EraseSetNull        = privacy.EraseSetNull
+	EraseRetain         = privacy.EraseRetain
+	RetentionActivity   = privacy.RetentionActivity
+	RetentionNetwork    = privacy.RetentionNetwork
+	TriggerUser         = privacy.TriggerUser
+	TriggerAdmin        = privacy.TriggerAdmin
+	TriggerDeactivation = privacy.TriggerDeactivation
+	CoreModule          = privacy.CoreModule
+	ExportSchemaVersion = privacy.ExportSchemaVersion
+)
+
+// Errors of the privacy operations; see package privacy.
+var (
+	ErrUnknownModule  = privacy.ErrUnknownModule
+	ErrUnknownErasure = privacy.ErrUnknownErasure
+)
+
+// RedactedEventID returns the event a redaction redacts (see [privacy.RedactedEventID]), for
+// the core and the bridges alike.
+func RedactedEventID(evt *event.Event) id.EventID { return privacy.RedactedEventID(evt) }
+
+// privacyState is the core's own state for the privacy operations that stay in the core
+// (command confirmations, deactivation detection, export files, the admin API); the engine keeps
+// the rest. Its zero value is ready to use, so tests that build a Service by hand get working
+// privacy commands.
+type privacyState struct {
 	lock sync.Mutex
 	// confirms holds !forget requests waiting for confirmation, by user.
 	confirms map[id.UserID]pendingForget
 	// deactChecks remembers when each user's deactivation was last checked, so that the burst
 	// of leave events of one deactivation causes one check.
 	deactChecks map[id.UserID]time.Time
-	hashKey     []byte
-	hashKeyID   string
 
 	// hsAdmin is the client for Synapse's admin API, nil without admin access.
 	hsAdmin *mautrix.Client
@@ -46,61 +89,44 @@ type privacyState struct {
 	adminServer *http.Server
 	adminAddr   net.Addr
 
-	// resumed is closed once the erasure runner's first round (the jobs an earlier run left)
-	// is over; nil before start.
-	resumed chan struct{}
-	// runnerDone is closed when the erasure runner stops; nil before start, which tells Erase
-	// to run jobs itself.
-	runnerDone chan struct{}
-	// eraseWake wakes the erasure runner (one pending wake-up at most).
-	eraseWake chan struct{}
-	// eraseWaiters are the Erase calls waiting for the runner's next attempt at a job, by job
-	// ID. Guarded by lock.
-	eraseWaiters map[string][]chan erasureOutcome
-	// erasureRan, if set, is called after each attempt of the runner at a job (tests).
-	erasureRan func(jobID string, state database.ErasureState, err error)
+	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
+	erasureRan func(jobID string, state privacy.ErasureState, err error)
 	loops      sync.WaitGroup
 }
 
-// privacyDB returns the privacy queries.
-func (svc *Service) privacyDB() *database.PrivacyQuery {
-	return svc.db.Privacy()
+// newEngine builds the service's personal-data engine over its database, with the service as
+// its host.
+func (svc *Service) newEngine() *privacy.Engine {
+	return privacy.New(privacy.Options{
+		DB:    svc.db,
+		Host:  engineHost{svc},
+		Log:   svc.log,
+		Clock: engineClock{svc},
+		AfterErasureAttempt: func(jobID string, state privacy.ErasureState, err error) {
+			if hook := svc.privacy.erasureRan; hook != nil {
+				hook(jobID, state, err)
+			}
+		},
+	})
 }
 
-// startPrivacy checks the retention declarations, sets up admin access to the homeserver,
-// starts the admin API, the retention sweeper, the deactivation sweep, the expiry of export
-// files and the erasure runner, which first finishes the erasures an earlier run left
-// unfinished. It is called by start once the
-// bridges have started, so that their EraseRemote works.
+// startPrivacy sets up admin access to the homeserver, starts the admin API, the engine's
+// erasure runner (which first finishes the erasures an earlier run left unfinished), retention
+// sweeper and expiry of export files, and the deactivation sweep. It is called by
+// start once the bridges have started, so that their EraseRemote works.
 func (svc *Service) startPrivacy(ctx context.Context) error {
-	if err := checkRetention(svc.inventory()); err != nil {
-		return fmt.Errorf("personal-data inventory declares retention wrongly:\n%w", err)
-	}
 	if err := svc.setUpDeactivation(ctx); err != nil {
 		return err
 	}
 	if err := svc.startAdminAPI(ctx); err != nil {
 		return err
 	}
-	svc.privacy.resumed = make(chan struct{})
-	svc.privacy.eraseWake = make(chan struct{}, 1)
-	svc.privacy.lock.Lock()
-	svc.privacy.runnerDone = make(chan struct{})
-	svc.privacy.lock.Unlock()
-	svc.privacy.loops.Add(3)
-	go func() {
-		defer svc.privacy.loops.Done()
-		svc.erasureLoop(ctx)
-	}()
-	go func() {
-		defer svc.privacy.loops.Done()
-		svc.retentionLoop(ctx)
-	}()
+	svc.engine.Start(ctx, svc.cfg.Privacy.sweepInterval())
+	svc.privacy.loops.Add(1)
 	go func() {
 		defer svc.privacy.loops.Done()
 		svc.deactivationLoop(ctx)
 	}()
-	svc.startExportExpiry(ctx)
 	return nil
 }
 
@@ -112,12 +138,17 @@ func (svc *Service) stopPrivacy(ctx context.Context) {
 }
 
 // handlePrivacyEvent is the core's privacy handler, run for every event that is not an echo of
-// our own users, before the bot and the bridges: redactions may purge configuration, and a
-// user's own leave may mean their account was deactivated.
+// our own users, before the bot and the bridges: redactions may purge configuration (the
+// engine's [privacy.Engine.PurgeRedacted], then the bot says in the room what was removed), and
+// a user's own leave may mean their account was deactivated.
 func (svc *Service) handlePrivacyEvent(ctx context.Context, evt *event.Event) error {
 	switch evt.Type {
 	case event.EventRedaction:
-		return svc.handleRedaction(ctx, evt)
+		purged, err := svc.engine.PurgeRedacted(ctx, evt.RoomID, evt.Sender, RedactedEventID(evt))
+		if err != nil || len(purged) == 0 {
+			return err
+		}
+		return svc.announcePurge(ctx, evt, purged)
 	case event.StateMember:
 		if evt.StateKey != nil && *evt.StateKey == evt.Sender.String() &&
 			evt.Content.AsMember().Membership == event.MembershipLeave {
@@ -127,118 +158,263 @@ func (svc *Service) handlePrivacyEvent(ctx context.Context, evt *event.Event) er
 	return nil
 }
 
-// tombstoneKeyName is the name of the tombstone hash key in as_privacy_key.
-const tombstoneKeyName = "tombstone"
-
-// KeyDeriver is an optional interface the credential vault can implement to give the privacy
-// operations a key derived from its master key. When the vault implements it, tombstones are
-// hashed under DeriveKey("custodian tombstone v1") instead of a key stored in the database, so
-// that a copy of the database alone cannot tell whether a given user ID was erased.
-type KeyDeriver interface {
-	// DeriveKey returns a 32-byte key for purpose, the same for the same purpose and master key,
-	// and an ID naming the master key it came from.
-	DeriveKey(ctx context.Context, purpose string) (key []byte, keyID string, err error)
-}
-
-// userHashKey returns the key of tombstone hashes and its ID: derived from the vault's master
-// key if the vault can derive keys, else a random key generated once and stored in the
-// database (see docs/ARCHITECTURE.md, "Tombstones").
-func (svc *Service) userHashKey(ctx context.Context) ([]byte, string, error) {
-	svc.privacy.lock.Lock()
-	key, keyID := svc.privacy.hashKey, svc.privacy.hashKeyID
-	svc.privacy.lock.Unlock()
-	if key != nil {
-		return key, keyID, nil
+// announcePurge tells the room what a redaction purged, in kinds and counts, if the bot is
+// there. The transaction ID is derived from the redaction, so a replay posts nothing new.
+func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged map[string]map[string]int64) error {
+	bot := svc.as.BotIntent()
+	if !svc.botInRoom(ctx, evt.RoomID) {
+		return nil
 	}
-	if kd, ok := any(svc.vault).(KeyDeriver); ok && svc.vault != nil {
-		derived, kekID, err := kd.DeriveKey(ctx, "custodian tombstone v1")
-		if err != nil {
-			return nil, "", fmt.Errorf("failed to derive tombstone key from the vault: %w", err)
+	var parts []string
+	for _, module := range slices.Sorted(maps.Keys(purged)) {
+		var n int64
+		for _, c := range purged[module] {
+			n += c
 		}
-		key, keyID = derived, "vault:"+kekID
-	} else {
-		stored, err := svc.privacyDB().GetOrCreateKey(ctx, tombstoneKeyName, func() ([]byte, error) {
-			buf := make([]byte, 32)
-			_, err := rand.Read(buf)
-			return buf, err
-		})
-		if err != nil {
-			return nil, "", err
-		}
-		key, keyID = stored, "db:"+tombstoneKeyName
+		parts = append(parts, fmt.Sprintf("%s (%s)", format.SafeMarkdownCode(module), privacy.Plural(n, "entry", "entries")))
 	}
-	svc.privacy.lock.Lock()
-	svc.privacy.hashKey, svc.privacy.hashKeyID = key, keyID
-	svc.privacy.lock.Unlock()
-	return key, keyID, nil
-}
-
-// UserHash returns the keyed hash (hex HMAC-SHA256) under which tombstones record user, and the
-// ID of the key. Admins use it to answer "was this user erased?" without tombstones naming
-// anyone.
-func (svc *Service) UserHash(ctx context.Context, user id.UserID) (hash, keyID string, err error) {
-	key, keyID, err := svc.userHashKey(ctx)
+	content := format.RenderMarkdown("Removed the configuration created by that message: "+strings.Join(parts, ", ")+".", true, false)
+	content.MsgType = event.MsgNotice
+	_, err := bot.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+		TransactionID: TxnIDFor(evt.ID, "redaction-purge"),
+	})
 	if err != nil {
-		return "", "", err
-	}
-	return keyedHash(key, "user\x00"+user.String()), keyID, nil
-}
-
-func keyedHash(key []byte, msg string) string {
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(msg))
-	return hex.EncodeToString(mac.Sum(nil))
-}
-
-// withSweepLock runs fn unless another instance holds the named lock. On PostgreSQL the lock is
-// a session advisory lock, held on a dedicated connection for as long as fn runs, so that only
-// one of several instances sharing the database sweeps at a time; SQLite has one process, so fn
-// always runs. It reports whether fn ran.
-func (svc *Service) withSweepLock(ctx context.Context, name string, fn func(ctx context.Context) error) (bool, error) {
-	if svc.rawDB.Dialect != dbutil.Postgres {
-		return true, fn(ctx)
-	}
-	if svc.rawDB.RawDB.Stats().MaxOpenConnections == 1 {
-		// Holding the only connection for the lock would leave fn none: sweep unlocked.
-		zerolog.Ctx(ctx).Warn().Str("lock", name).
-			Msg("database.max_open_conns is 1: sweeping without the advisory lock; several instances may sweep at once")
-		return true, fn(ctx)
-	}
-	key := sweepLockKey(name)
-	conn, err := svc.rawDB.RawDB.Conn(ctx)
-	if err != nil {
-		return false, fmt.Errorf("failed to get a connection for the %s lock: %w", name, err)
-	}
-	defer conn.Close()
-	var got bool
-	if err = conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
-		return false, fmt.Errorf("failed to take the %s lock: %w", name, err)
-	} else if !got {
-		return false, nil
-	}
-	defer func() {
-		if _, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Str("lock", name).Msg("Failed to release advisory lock")
-		}
-	}()
-	return true, fn(ctx)
-}
-
-// sweepLockKey is the PostgreSQL advisory lock key of the named sweep.
-func sweepLockKey(name string) int64 {
-	h := fnv.New64a()
-	h.Write([]byte("custodian:" + name))
-	return int64(h.Sum64())
-}
-
-// errNoUser is returned for a user ID that is not one.
-var errNoUser = errors.New("not a valid Matrix user ID")
-
-// checkUserID reports whether user is a syntactically valid Matrix user ID (historical
-// localparts allowed).
-func checkUserID(user id.UserID) error {
-	if _, _, err := user.ParseAndValidateRelaxed(); err != nil {
-		return fmt.Errorf("%w: %w", errNoUser, err)
+		return fmt.Errorf("failed to announce purged configuration: %w", err)
 	}
 	return nil
+}
+
+// inventory returns every module's declared personal-data tables, keyed by module (the core and
+// each bridge ID).
+func (svc *Service) inventory() map[string][]UserTable {
+	inv := map[string][]UserTable{CoreModule: privacy.CoreInventory()}
+	for _, bh := range svc.bridges {
+		inv[bh.id] = bh.br.PersonalData()
+	}
+	return inv
+}
+
+// engineHost is the service as the engine's [privacy.Host].
+type engineHost struct{ svc *Service }
+
+var _ privacy.Host = engineHost{}
+
+// Inventory returns the core's and every bridge's declared tables.
+func (h engineHost) Inventory() map[string][]UserTable { return h.svc.inventory() }
+
+// Retention returns privacy.activity_retention or privacy.network_retention.
+func (h engineHost) Retention(class RetentionClass) time.Duration {
+	switch class {
+	case RetentionActivity:
+		return h.svc.cfg.Privacy.activityRetention()
+	case RetentionNetwork:
+		return h.svc.cfg.Privacy.networkRetention()
+	}
+	return 0
+}
+
+// KeyDeriver returns the vault if it can derive keys.
+func (h engineHost) KeyDeriver() KeyDeriver {
+	if h.svc.vault == nil {
+		return nil
+	}
+	kd, _ := any(h.svc.vault).(KeyDeriver)
+	return kd
+}
+
+// EraseRemote calls the bridge's [Eraser.EraseRemote], if it implements it.
+func (h engineHost) EraseRemote(ctx context.Context, module string, user id.UserID) error {
+	bh := h.svc.bridgeByID[module]
+	if bh == nil {
+		return nil
+	}
+	if eraser, ok := bh.br.(Eraser); ok {
+		return eraser.EraseRemote(ctx, user)
+	}
+	return nil
+}
+
+// PrepareFullErasure returns the rooms the bot shares with nobody but the user (read from the
+// homeserver before the erasure clears the state cache).
+func (h engineHost) PrepareFullErasure(ctx context.Context, user id.UserID) []id.RoomID {
+	return h.svc.privateRoomsOf(ctx, user)
+}
+
+// WithdrawExport redacts the export file's message and deletes its upload.
+func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile) error {
+	return h.svc.withdrawExport(ctx, ef)
+}
+
+// InFullErasure records the backup shred request in the erasing transaction.
+func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
+
+// FullErasureCommitted drops the vault's cached data key of user and wakes the shredder.
+func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
+	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
+		forgetter.Forget(user)
+	}
+	return h.svc.requestShred()
+}
+
+// SendErasureReceipt posts the receipt as a notice from the bot.
+func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, markdown string) error {
+	content := format.RenderMarkdown(markdown, true, false)
+	content.MsgType = event.MsgNotice
+	_, err := h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
+	})
+	return err
+}
+
+// LeaveAfterErasure leaves roomID and ends the bot's setup there, if the room is still private
+// to the bot and the erased user and no bridge keeps it (see [RoomKeeper]).
+func (h engineHost) LeaveAfterErasure(ctx context.Context, roomID id.RoomID, userHash string) {
+	svc := h.svc
+	log := zerolog.Ctx(ctx)
+	if !svc.stillPrivateAfterErasure(ctx, roomID, userHash) {
+		log.Info().Stringer("room_id", roomID).Msg("Not leaving a room others joined since the erasure")
+		return
+	}
+	if svc.roomKept(ctx, roomID) {
+		// A bridge keeps it for whoever comes later (an IRC portal of a channel).
+		log.Info().Stringer("room_id", roomID).Msg("Not leaving a room a bridge keeps")
+		return
+	}
+	svc.botRooms.Delete(roomID)
+	_, err := svc.as.BotIntent().LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
+	if err != nil && !isRoomGone(err) {
+		log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to leave direct chat after erasure")
+		return
+	}
+	if err = svc.bot.endSetup(ctx, roomID, "user erased"); err != nil {
+		log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to end setup of direct chat after erasure")
+	}
+}
+
+// EventInRoom asks the homeserver for eventID in roomID.
+func (h engineHost) EventInRoom(ctx context.Context, roomID id.RoomID, eventID id.EventID) bool {
+	_, err := h.svc.as.BotIntent().GetEvent(ctx, roomID, eventID)
+	return err == nil
+}
+
+// MayRedactOthers compares user's power level with the room's redact level.
+func (h engineHost) MayRedactOthers(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	pl, err := h.svc.bot.roomPowerLevels(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	return pl.GetUserLevel(user) >= pl.Redact(), nil
+}
+
+// RedactionPurged calls the bridge's [RedactionPurger.RedactionPurged], if it implements it.
+func (h engineHost) RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error {
+	if bh := h.svc.bridgeByID[module]; bh != nil {
+		if purger, ok := bh.br.(RedactionPurger); ok {
+			return purger.RedactionPurged(ctx, roomID, redacted, purged)
+		}
+	}
+	return nil
+}
+
+// engineClock is the service's clock as the engine's: it follows Service.clk, which tests set
+// after the engine is built.
+type engineClock struct{ svc *Service }
+
+var _ clock.Clock = engineClock{}
+
+func (c engineClock) Now() time.Time { return c.svc.clock().Now() }
+
+func (c engineClock) NewTimer(d time.Duration) clock.Timer { return c.svc.clock().NewTimer(d) }
+
+func (c engineClock) NewTicker(d time.Duration) clock.Ticker { return c.svc.clock().NewTicker(d) }
+
+func (c engineClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	return c.svc.clock().AfterFunc(d, f)
+}
+
+// privacyDB returns the privacy queries.
+func (svc *Service) privacyDB() *database.PrivacyQuery {
+	return svc.db.Privacy()
+}
+
+// The admin API's handler is the engine's ([privacy.Engine.AdminHandler]); the core runs its
+// listener. These names keep its types in package appservice.
+type (
+	// AdminForgetRequest is [privacy.AdminForgetRequest].
+	AdminForgetRequest = privacy.AdminForgetRequest
+	// AdminKeyStatus is [privacy.AdminKeyStatus].
+	AdminKeyStatus = privacy.AdminKeyStatus
+	// AdminTombstones is [privacy.AdminTombstones].
+	AdminTombstones = privacy.AdminTombstones
+	// AdminSuspects is [privacy.AdminSuspects].
+	AdminSuspects = privacy.AdminSuspects
+)
+
+// AdminAPIPrefix is the path prefix of every admin API endpoint.
+const AdminAPIPrefix = privacy.AdminAPIPrefix
+
+// minAdminTokenLength is the shortest admin API token accepted from admin_api.token_file.
+const minAdminTokenLength = 32
+
+// adminVault returns the vault for the admin API's key status, nil when it is off.
+func (svc *Service) adminVault() any {
+	if svc.vault == nil {
+		return nil
+	}
+	return svc.vault
+}
+
+// startAdminAPI starts the admin API listener if admin_api.listen is set.
+func (svc *Service) startAdminAPI(ctx context.Context) error {
+	cfg := &svc.cfg.AdminAPI
+	if cfg.Listen == nil || *cfg.Listen == "" {
+		return nil
+	}
+	if cfg.TokenFile == nil {
+		return fmt.Errorf("admin_api.token_file must be set when admin_api.listen is set")
+	}
+	token, err := readTokenFile(*cfg.TokenFile, minAdminTokenLength)
+	if err != nil {
+		return fmt.Errorf("admin_api.token_file: %w", err)
+	}
+	ln, err := net.Listen("tcp", *cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen on admin_api.listen %s: %w", *cfg.Listen, err)
+	}
+	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
+	svc.privacy.adminAddr = ln.Addr()
+	// Erasures wait for the bridges' remote side effects.
+	svc.privacy.adminServer = NewHTTPServer(svc.engine.AdminHandler(privacy.AdminAPIOptions{
+		Token: token, Log: log, Vault: svc.adminVault(),
+		Mount: func(mux *http.ServeMux) { svc.mountBridgeAdminRoutes(mux, log) },
+	}), time.Minute, 5*time.Minute)
+	go func() {
+		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("Admin API listener failed")
+		}
+	}()
+	if !isLoopbackListen(ln.Addr().String()) {
+		log.Warn().Str("address", ln.Addr().String()).Msg("Admin API listens beyond loopback; make sure only admins can reach it")
+	}
+	log.Info().Str("address", ln.Addr().String()).Msg("Admin API listener started")
+	return nil
+}
+
+// recordShredRequest records, in the erasing transaction in ctx, that the full erasure being
+// committed needs a shred rotation. It does nothing when shredding is off.
+func (svc *Service) recordShredRequest(ctx context.Context) error {
+	if svc.shredder == nil {
+		return nil
+	}
+	return svc.shredder.RecordRequest(ctx)
+}
+
+// requestShred wakes the shredder after a full erasure has committed. It never blocks, and
+// reports whether shredding is on.
+func (svc *Service) requestShred() bool {
+	if svc.shredder == nil {
+		return false
+	}
+	svc.shredder.Kick()
+	return true
 }

@@ -121,7 +121,7 @@ var benchSizes = []struct{ tableRows, perUser int }{
 	{1_000_000, 10_000},
 }
 
-// BenchmarkErase measures Service.Erase (job, counts over every declared table, the cascade,
+// BenchmarkErase measures the engine's Erase (job, counts over every declared table, the cascade,
 // the tombstone) of one user with perUser rows in a bridge table of tableRows rows.
 func BenchmarkErase(b *testing.B) {
 	for _, dialect := range astest.Dialects(b) {
@@ -135,7 +135,7 @@ func BenchmarkErase(b *testing.B) {
 					user := id.UserID(fmt.Sprintf("@victim%d:bench.example", i))
 					addBenchUser(b, svc, user, size.perUser)
 					b.StartTimer()
-					receipt, err := svc.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin})
+					receipt, err := svc.engine.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -148,7 +148,7 @@ func BenchmarkErase(b *testing.B) {
 	}
 }
 
-// BenchmarkExport measures Service.Export of one user with perUser rows in a bridge table of
+// BenchmarkExport measures the engine's Export of one user with perUser rows in a bridge table of
 // tableRows rows.
 func BenchmarkExport(b *testing.B) {
 	for _, dialect := range astest.Dialects(b) {
@@ -159,7 +159,7 @@ func BenchmarkExport(b *testing.B) {
 				const user = id.UserID("@u7:bench.example")
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
-					export, err := svc.Export(ctx, user)
+					export, err := svc.engine.Export(ctx, user)
 					if err != nil {
 						b.Fatal(err)
 					}

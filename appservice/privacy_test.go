@@ -21,6 +21,7 @@ import (
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // Users and rooms of the privacy tests.
@@ -340,7 +341,7 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 	svc.clk = env.clock
 	env.svc = svc
 	env.erasureRan = make(chan struct{}, 1)
-	svc.privacy.erasureRan = func(string, database.ErasureState, error) {
+	svc.privacy.erasureRan = func(string, privacy.ErasureState, error) {
 		select {
 		case env.erasureRan <- struct{}{}:
 		default:
@@ -374,7 +375,7 @@ func (env *privacyEnv) start() *privacyEnv {
 	}
 	env.started = true
 	select {
-	case <-env.svc.privacy.resumed:
+	case <-env.svc.engine.Resumed():
 	case <-time.After(30 * time.Second):
 		env.t.Fatal("interrupted erasures did not finish")
 	}
@@ -553,7 +554,7 @@ func (env *privacyEnv) seedUser(user id.UserID, dm id.RoomID) {
 		env.t.Fatal(err)
 	}
 	for i := range 2 {
-		if err = svc.privacyDB().RecordActivity(ctx, id.EventID(fmt.Sprintf("$act-%s-%d", user.Localpart(), i)), user, dm, "ping", now); err != nil {
+		if err = svc.db.Privacy().RecordActivity(ctx, id.EventID(fmt.Sprintf("$act-%s-%d", user.Localpart(), i)), user, dm, "ping", now); err != nil {
 			env.t.Fatal(err)
 		}
 	}
@@ -570,7 +571,7 @@ func (env *privacyEnv) seedUser(user id.UserID, dm id.RoomID) {
 // table's name.
 func dumpDatabase(t testing.TB, ctx context.Context, db *dbutil.Database) []string {
 	t.Helper()
-	cols, _, err := introspectSchema(ctx, db)
+	cols, _, err := privacy.IntrospectSchema(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -583,7 +584,7 @@ func dumpDatabase(t testing.TB, ctx context.Context, db *dbutil.Database) []stri
 	slices.Sort(tables)
 	var out []string
 	for _, table := range tables {
-		rows, err := db.Query(ctx, "SELECT * FROM "+quoteIdent(table))
+		rows, err := db.Query(ctx, "SELECT * FROM "+`"`+table+`"`)
 		if err != nil {
 			t.Fatalf("dump %s: %v", table, err)
 		}

@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // forgetConfirmWindow is how long a !forget waits for its confirmation.
@@ -68,7 +70,7 @@ func (svc *Service) recordActivity(ctx context.Context, ce *CommandEvent) {
 	if ce.Event == nil || ce.Event.ID == "" {
 		return
 	}
-	err := svc.privacyDB().RecordActivity(ctx, ce.Event.ID, ce.Sender, ce.RoomID, ce.FullName(), svc.now())
+	err := svc.db.Privacy().RecordActivity(ctx, ce.Event.ID, ce.Sender, ce.RoomID, ce.FullName(), svc.now())
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to record command activity")
 	}
@@ -76,26 +78,20 @@ func (svc *Service) recordActivity(ctx context.Context, ce *CommandEvent) {
 
 func (bh *botHost) cmdMyData(ctx context.Context, ce *CommandEvent) error {
 	svc := bh.svc
-	inv := svc.inventory()
+	holdings, err := svc.engine.Holdings(ctx, ce.Sender)
+	if err != nil {
+		return err
+	}
 	var sb strings.Builder
 	found := false
-	for _, module := range sortedKeys(inv) {
+	for _, module := range privacy.SortedModules(holdings) {
 		var lines []string
-		for _, ut := range inv[module] {
-			if slices.Contains(bookkeepingTables, ut.Table) {
-				continue
-			}
-			n, err := countUserRows(ctx, svc, ut, ce.Sender)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				continue
-			}
-			line := fmt.Sprintf("* %s: %s", plural(n, "entry", "entries"), ut.Description)
+		for _, held := range holdings[module] {
+			ut, n := held.Table, held.Rows
+			line := fmt.Sprintf("* %s: %s", privacy.Plural(n, "entry", "entries"), ut.Description)
 			var notes []string
-			if ret := svc.effectiveRetention(ut); ret > 0 {
-				notes = append(notes, "kept for "+describeDuration(ret))
+			if held.Retention > 0 {
+				notes = append(notes, "kept for "+privacy.DescribeDuration(held.Retention))
 			}
 			if len(ut.Secret) > 0 {
 				notes = append(notes, "includes encrypted credentials")
@@ -133,7 +129,7 @@ func (bh *botHost) cmdMyData(ctx context.Context, ce *CommandEvent) error {
 
 func (bh *botHost) cmdExport(ctx context.Context, ce *CommandEvent) error {
 	svc := bh.svc
-	export, err := svc.Export(ctx, ce.Sender)
+	export, err := svc.engine.Export(ctx, ce.Sender)
 	if err != nil {
 		return err
 	}
@@ -172,7 +168,7 @@ func (bh *botHost) cmdForget(ctx context.Context, ce *CommandEvent) error {
 	}
 	var modules []string
 	if len(args) == 1 {
-		if _, err := svc.eraseScope(args); err != nil {
+		if _, err := svc.engine.EraseScope(args); err != nil {
 			return UserErrorf("There is no bridge %s here. Bridges: %s.", format.SafeMarkdownCode(args[0]), svc.bridgeList())
 		}
 		modules = args
@@ -202,11 +198,11 @@ func (bh *botHost) cmdForget(ctx context.Context, ce *CommandEvent) error {
 	requestID := "command:" + string(ce.Event.ID)
 	// After a crash the confirmation in memory is gone, but the job this very event started is
 	// not: finish it instead of asking again.
-	jobID, err := svc.jobIDFor(ctx, requestID)
+	jobID, err := svc.engine.RequestJobID(ctx, requestID)
 	if err != nil {
 		return err
 	}
-	existing, err := svc.privacyDB().GetErasure(ctx, jobID)
+	existing, err := svc.engine.Store().GetErasure(ctx, jobID)
 	if err != nil {
 		return err
 	}
@@ -227,7 +223,7 @@ func (bh *botHost) cmdForget(ctx context.Context, ce *CommandEvent) error {
 				format.SafeMarkdownCode(ask), int(forgetConfirmWindow/time.Minute))
 		}
 	}
-	_, err = svc.Erase(ctx, ce.Sender, EraseRequest{
+	_, err = svc.engine.Erase(ctx, ce.Sender, EraseRequest{
 		Trigger: TriggerUser, Modules: modules, NotifyRoom: ce.RoomID, RequestID: requestID,
 	})
 	if errors.Is(err, ErrUnknownModule) {

@@ -9,14 +9,14 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // seedAged adds an activity record and a caller record for each bridge for alice, age old.
 func (env *privacyEnv) seedAged(age time.Duration, tag string) {
 	env.t.Helper()
 	at := env.clock.Now().Add(-age)
-	if err := env.svc.privacyDB().RecordActivity(env.ctx, id.EventID("$act-"+tag), pvAlice, pvDM, "ping", at); err != nil {
+	if err := env.svc.db.Privacy().RecordActivity(env.ctx, id.EventID("$act-"+tag), pvAlice, pvDM, "ping", at); err != nil {
 		env.t.Fatal(err)
 	}
 	for _, br := range []string{"hooks", "other"} {
@@ -49,15 +49,15 @@ func TestRetentionSweep(t *testing.T) {
 					env.addHook(env.hooks, "h-old", pvAlice, pvRoom, "$old") // no retention: kept
 					env.exec(`UPDATE hooks_hook SET created_at=0`)
 					// A finished erasure job of long ago goes; its tombstone stays.
-					old := &database.ErasureJob{JobID: "er_old", UserHash: "h", HashKeyID: "k", Trigger: TriggerAdmin, CreatedAt: env.clock.Now().Add(-100 * day)}
-					if _, err := env.svc.privacyDB().CreateErasure(env.ctx, old); err != nil {
+					old := &privacy.ErasureJob{JobID: "er_old", UserHash: "h", HashKeyID: "k", Trigger: TriggerAdmin, CreatedAt: env.clock.Now().Add(-100 * day)}
+					if _, err := env.svc.engine.Store().CreateErasure(env.ctx, old); err != nil {
 						t.Fatal(err)
 					}
-					if err := env.svc.privacyDB().FinishErasure(env.ctx, "er_old", env.clock.Now().Add(-91*day)); err != nil {
+					if err := env.svc.engine.Store().FinishErasure(env.ctx, "er_old", env.clock.Now().Add(-91*day)); err != nil {
 						t.Fatal(err)
 					}
 
-					if _, err := env.svc.sweepRetention(env.ctx); err != nil {
+					if _, err := env.svc.engine.SweepRetention(env.ctx); err != nil {
 						t.Fatal(err)
 					}
 					if got := env.tags(`SELECT event_id FROM as_activity ORDER BY event_id`, "$act-"); strings.Join(got, ",") != strings.Join(tt.wantActivity, ",") {
@@ -134,42 +134,19 @@ func TestRetentionSweepTakesTheLockOnPostgres(t *testing.T) {
 	}
 	defer conn.Close()
 	var got bool
-	if err = conn.QueryRowContext(env.ctx, `SELECT pg_try_advisory_lock($1)`, sweepLockKey("retention")).Scan(&got); err != nil || !got {
+	if err = conn.QueryRowContext(env.ctx, `SELECT pg_try_advisory_lock($1)`, privacy.SweepLockKey("retention")).Scan(&got); err != nil || !got {
 		t.Fatalf("taking the lock = %v, %v", got, err)
 	}
-	if n, err := env.svc.sweepRetention(env.ctx); err != nil || n != 0 {
+	if n, err := env.svc.engine.SweepRetention(env.ctx); err != nil || n != 0 {
 		t.Errorf("sweep while another instance holds the lock = %d rows, %v; want 0, nil", n, err)
 	}
 	if n := env.count(`SELECT COUNT(*) FROM as_activity`); n != 1 {
 		t.Errorf("%d activity rows after a skipped sweep, want 1", n)
 	}
-	if _, err = conn.ExecContext(env.ctx, `SELECT pg_advisory_unlock($1)`, sweepLockKey("retention")); err != nil {
+	if _, err = conn.ExecContext(env.ctx, `SELECT pg_advisory_unlock($1)`, privacy.SweepLockKey("retention")); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := env.svc.sweepRetention(env.ctx); err != nil || n != 3 {
+	if n, err := env.svc.engine.SweepRetention(env.ctx); err != nil || n != 3 {
 		t.Errorf("sweep after the lock was released = %d rows, %v; want 3, nil", n, err)
-	}
-}
-
-func TestCheckRetention(t *testing.T) {
-	tests := []struct {
-		name    string
-		table   UserTable
-		wantErr string
-	}{
-		{name: "class with time column", table: UserTable{Table: "x", RetentionClass: RetentionNetwork, TimeColumn: "at"}},
-		{name: "fixed with time column", table: UserTable{Table: "x", Retention: time.Hour, TimeColumn: "at"}},
-		{name: "none", table: UserTable{Table: "x"}},
-		{name: "class without time column", table: UserTable{Table: "x", RetentionClass: RetentionActivity}, wantErr: "needs a TimeColumn"},
-		{name: "fixed without time column", table: UserTable{Table: "x", Retention: time.Hour}, wantErr: "needs a TimeColumn"},
-		{name: "unknown class", table: UserTable{Table: "x", RetentionClass: "forever", TimeColumn: "at"}, wantErr: `unknown retention class "forever"`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := checkRetention(map[string][]UserTable{"m": {tt.table}})
-			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Errorf("checkRetention = %v, want %q", err, tt.wantErr)
-			}
-		})
 	}
 }

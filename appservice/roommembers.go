@@ -11,8 +11,6 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // joinedMembersNow returns the joined members of roomID as the homeserver has them now. It reads
@@ -198,11 +196,11 @@ func (svc *Service) mayConfigureRoom(ctx context.Context, roomID id.RoomID, user
 	return ok, nil
 }
 
-// stillPrivateAfterErasure reports whether roomID, chosen by [Service.privateRoomsOf] for job, is
+// stillPrivateAfterErasure reports whether roomID, chosen by [Service.privateRoomsOf] for an erasure, is
 // still private at clean-up time: its joined members, read now from the homeserver, are the bot
-// and at most the erased user, recognised by the job's keyed hash because the job no longer holds
+// and at most the erased user, recognised by the erasure's keyed hash userHash because the job no longer holds
 // the user ID. A room whose members cannot be read counts as shared (the bot stays).
-func (svc *Service) stillPrivateAfterErasure(ctx context.Context, roomID id.RoomID, job *database.ErasureJob) bool {
+func (svc *Service) stillPrivateAfterErasure(ctx context.Context, roomID id.RoomID, userHash string) bool {
 	members, err := svc.joinedMembersNow(ctx, roomID)
 	if err != nil {
 		return isRoomGone(err)
@@ -212,11 +210,11 @@ func (svc *Service) stillPrivateAfterErasure(ctx context.Context, roomID id.Room
 		if member == botID {
 			continue
 		}
-		if job.UserHash == "" {
+		if userHash == "" {
 			return false
 		}
-		hash, _, err := svc.UserHash(ctx, member)
-		if err != nil || hash != job.UserHash {
+		hash, _, err := svc.engine.UserHash(ctx, member)
+		if err != nil || hash != userHash {
 			return false
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // pvGhost is a ghost of the "hooks" test bridge (say, a user of a bridged network).
@@ -109,11 +108,11 @@ func TestForgetLeavesSharedRoomsAlone(t *testing.T) {
 				env.setUpRoom(pvRoom, false, pvAlice, pvBob)
 				// Alice's data is erased while she is still in the room: her cached membership
 				// goes, so the cache alone would show bob alone with the bot.
-				if _, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				if _, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
 				env.checkRoomUntouched(pvRoom)
-				if _, err := env.svc.Erase(env.ctx, pvBob, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				if _, err := env.svc.engine.Erase(env.ctx, pvBob, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
 				env.checkRoomUntouched(pvRoom)
@@ -125,7 +124,7 @@ func TestForgetLeavesSharedRoomsAlone(t *testing.T) {
 				// Alice's leave of the direct chat is not yet handled by the bot when she is
 				// erased: the bot is alone there and leaves; the room with bob stays.
 				env.hs.SetMembership(pvDM, pvAlice, event.MembershipLeave)
-				if _, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				if _, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
 				if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
@@ -239,17 +238,16 @@ func TestErasureCleanupRechecksMembers(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, nil).start()
 			env.setUpRoom(pvDM, true, pvAlice)
 			env.setUpRoom(pvRoom, true, pvAlice)
-			hash, _, err := env.svc.UserHash(env.ctx, pvAlice)
+			hash, _, err := env.svc.engine.UserHash(env.ctx, pvAlice)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// Bob joins one of alice's former direct chats between the commit and the clean-up.
 			env.join(pvRoom, pvBob)
-			job := &database.ErasureJob{
-				JobID: "cleanup-recheck", UserHash: hash, State: database.ErasureCleanup,
-				LeaveRooms: []id.RoomID{pvDM, pvRoom},
+			// What the engine's clean-up does for each room the erasure chose.
+			for _, roomID := range []id.RoomID{pvDM, pvRoom} {
+				engineHost{env.svc}.LeaveAfterErasure(env.ctx, roomID, hash)
 			}
-			env.svc.cleanUpErasure(env.ctx, job)
 			env.checkRoomUntouched(pvRoom)
 			if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
 				t.Errorf("bot membership in the direct chat only alice shares = %q, want leave", got)
@@ -272,15 +270,13 @@ func TestErasureCleanupStaysInKeptRooms(t *testing.T) {
 			env.hooks.lock.Lock()
 			env.hooks.keeps = map[id.RoomID]bool{pvRoom: true}
 			env.hooks.lock.Unlock()
-			hash, _, err := env.svc.UserHash(env.ctx, pvAlice)
+			hash, _, err := env.svc.engine.UserHash(env.ctx, pvAlice)
 			if err != nil {
 				t.Fatal(err)
 			}
-			job := &database.ErasureJob{
-				JobID: "cleanup-kept", UserHash: hash, State: database.ErasureCleanup,
-				LeaveRooms: []id.RoomID{pvDM, pvRoom},
+			for _, roomID := range []id.RoomID{pvDM, pvRoom} {
+				engineHost{env.svc}.LeaveAfterErasure(env.ctx, roomID, hash)
 			}
-			env.svc.cleanUpErasure(env.ctx, job)
 			env.checkRoomUntouched(pvRoom)
 			if got := env.hs.Membership(pvDM, pvBot); got != event.MembershipLeave {
 				t.Errorf("bot membership in the direct chat = %q, want leave", got)

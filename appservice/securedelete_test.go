@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
-	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // TestErasureLeavesNoTraceInSQLiteFiles reads the SQLite database file and its WAL byte by byte
@@ -37,7 +37,7 @@ func TestErasureLeavesNoTraceInSQLiteFiles(t *testing.T) {
 	if !bytes.Contains(files(), []byte(pvAlice)) {
 		t.Fatal("the seeded user is not in the database files; the test would prove nothing")
 	}
-	if _, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+	if _, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 		t.Fatalf("Erase = %v", err)
 	}
 	data := files()
@@ -84,12 +84,12 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatalf("reader sees %d users, %v; want 2", users, err)
 	}
 
-	receipt, err := env.svc.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
+	receipt, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin})
 	if err != nil {
 		t.Fatalf("Erase = %v", err)
 	}
-	if receipt.State != string(database.ErasureCleanup) {
-		t.Errorf("receipt state with a reader holding the WAL = %q, want %q", receipt.State, database.ErasureCleanup)
+	if receipt.State != string(privacy.ErasureCleanup) {
+		t.Errorf("receipt state with a reader holding the WAL = %q, want %q", receipt.State, privacy.ErasureCleanup)
 	}
 	if n := env.count(`SELECT COUNT(*) FROM as_erasure WHERE job_id=$1 AND state='cleanup'`, receipt.JobID); n != 1 {
 		t.Errorf("job %s not in cleanup while the WAL cannot be truncated", receipt.JobID)
@@ -102,10 +102,10 @@ func TestErasureWaitsForTheWALCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = reader.Close()
-	if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), erasureRetryMin) != nil {
+	if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasureRetryMin) != nil {
 		t.Fatal("the erasure runner is not waiting to retry")
 	}
-	env.clock.Advance(erasureRetryMin)
+	env.clock.Advance(privacy.ErasureRetryMin)
 	for i := 0; ; i++ {
 		if env.count(`SELECT COUNT(*) FROM as_erasure WHERE job_id=$1 AND state='done'`, receipt.JobID) == 1 {
 			break

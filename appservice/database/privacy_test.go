@@ -13,6 +13,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // schemaOf returns "table.column" for every column of the privacy tables, sorted.
@@ -67,6 +68,7 @@ func TestPrivacyUpgradeFromV1(t *testing.T) {
 		}
 
 		pq := db.Privacy()
+		store := privacy.NewStore(raw)
 		now := time.UnixMilli(1_700_000_000_000)
 		if err := pq.RecordActivity(ctx, "$e1", "@alice:example.org", "!r:x", "ping", now); err != nil {
 			t.Fatal(err)
@@ -74,38 +76,38 @@ func TestPrivacyUpgradeFromV1(t *testing.T) {
 		if err := pq.RecordActivity(ctx, "$e1", "@alice:example.org", "!r:x", "ping", now); err != nil {
 			t.Fatalf("recording the same activity again = %v, want nil", err)
 		}
-		job := &database.ErasureJob{JobID: "er_1", User: "@alice:example.org", UserHash: "h", HashKeyID: "k", Trigger: "user", Modules: []string{"a", "b"}, NotifyRoom: "!dm:x", CreatedAt: now}
-		if created, err := pq.CreateErasure(ctx, job); err != nil || !created {
+		job := &privacy.ErasureJob{JobID: "er_1", User: "@alice:example.org", UserHash: "h", HashKeyID: "k", Trigger: "user", Modules: []string{"a", "b"}, NotifyRoom: "!dm:x", CreatedAt: now}
+		if created, err := store.CreateErasure(ctx, job); err != nil || !created {
 			t.Fatalf("CreateErasure = %v, %v", created, err)
 		}
-		if created, err := pq.CreateErasure(ctx, job); err != nil || created {
+		if created, err := store.CreateErasure(ctx, job); err != nil || created {
 			t.Fatalf("second CreateErasure = %v, %v; want false, nil", created, err)
 		}
 		job.LeaveRooms = []id.RoomID{"!dm:x"}
 		job.Counts = []byte(`{"erased":{}}`)
 		job.RemoteFailed = []string{"a"}
-		if err := pq.CommitErasure(ctx, job, database.ErasureCleanup, now); err != nil {
+		if err := store.CommitErasure(ctx, job, privacy.ErasureCleanup, now); err != nil {
 			t.Fatal(err)
 		}
-		got, err := pq.GetErasure(ctx, "er_1")
-		if err != nil || got.User != "" || got.State != database.ErasureCleanup || !slices.Equal(got.Modules, []string{"a", "b"}) ||
+		got, err := store.GetErasure(ctx, "er_1")
+		if err != nil || got.User != "" || got.State != privacy.ErasureCleanup || !slices.Equal(got.Modules, []string{"a", "b"}) ||
 			!slices.Equal(got.LeaveRooms, job.LeaveRooms) || !slices.Equal(got.RemoteFailed, []string{"a"}) || got.NotifyRoom != "!dm:x" {
 			t.Errorf("GetErasure after commit = %+v, %v", got, err)
 		}
-		if unfinished, err := pq.UnfinishedErasures(ctx); err != nil || len(unfinished) != 1 {
+		if unfinished, err := store.UnfinishedErasures(ctx); err != nil || len(unfinished) != 1 {
 			t.Errorf("UnfinishedErasures = %d, %v; want 1", len(unfinished), err)
 		}
-		if err := pq.FinishErasure(ctx, "er_1", now); err != nil {
+		if err := store.FinishErasure(ctx, "er_1", now); err != nil {
 			t.Fatal(err)
 		}
-		if unfinished, err := pq.UnfinishedErasures(ctx); err != nil || len(unfinished) != 0 {
+		if unfinished, err := store.UnfinishedErasures(ctx); err != nil || len(unfinished) != 0 {
 			t.Errorf("UnfinishedErasures after finishing = %d, %v; want 0", len(unfinished), err)
 		}
-		key, err := pq.GetOrCreateKey(ctx, "k", func() ([]byte, error) { return []byte{1, 2, 3}, nil })
+		key, err := store.GetOrCreateKey(ctx, "k", func() ([]byte, error) { return []byte{1, 2, 3}, nil })
 		if err != nil || string(key) != "\x01\x02\x03" {
 			t.Fatalf("GetOrCreateKey = %x, %v", key, err)
 		}
-		if again, _ := pq.GetOrCreateKey(ctx, "k", func() ([]byte, error) { return []byte{9}, nil }); string(again) != string(key) {
+		if again, _ := store.GetOrCreateKey(ctx, "k", func() ([]byte, error) { return []byte{9}, nil }); string(again) != string(key) {
 			t.Errorf("second GetOrCreateKey = %x, want the stored %x", again, key)
 		}
 		users, err := pq.LocalUsers(ctx, "example.org", "", 10)

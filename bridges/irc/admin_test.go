@@ -175,7 +175,7 @@ func (env *testEnv) aliasDeleted(alias id.RoomAlias) bool {
 func TestRedactedLinkFreesAlias(t *testing.T) {
 	forEachDialect(t, envConfig{portalActor: testAlice}, func(t *testing.T, env *testEnv) {
 		seq := env.srv.Seq()
-		if purged := env.host.PurgeRedacted(t, env.br, testPortalRoom, env.portal.SourceEventID); purged["irc_portal"] != 1 {
+		if purged := env.purgeRedacted(testAlice, testPortalRoom, env.portal.SourceEventID); purged["irc_portal"] != 1 {
 			t.Fatalf("purged = %v, want the portal", purged)
 		}
 		env.srv.WaitFor(t, irctest.After(seq, irctest.Match(testBotNick, "PART", testChannel)))

@@ -292,7 +292,7 @@ func TestCertRedaction(t *testing.T) {
 		if err != nil || cert == nil {
 			t.Fatalf("stored certificate = %v, %v", cert, err)
 		}
-		purged := env.host.PurgeRedacted(t, env.br, cert.RoomID, cert.SourceEventID)
+		purged := env.purgeRedacted(testAlice, cert.RoomID, cert.SourceEventID)
 		if purged["irc_cert"] != 1 {
 			t.Errorf("the redaction purged %v, want the irc_cert row", purged)
 		}

@@ -337,10 +337,9 @@ func TestPrivateChat(t *testing.T) {
 		if got := env.srv.Lines(irctest.Match("", "PRIVMSG", "carol", "bob butts in")); len(got) != 0 {
 			t.Errorf("bob's message in alice's private chat went to IRC: %q", got[0].Raw)
 		}
-		// Erasing alice closes the private chat: the ghost leaves and the room is released.
-		if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
-			t.Fatalf("EraseRemote = %v", err)
-		}
+		// Erasing alice (the core's real erasure, which calls EraseRemote) closes the private
+		// chat: the ghost leaves and the room is released.
+		env.host.EraseUser(t, testAlice)
 		if got := env.host.HS.Membership(room, ghost); got != event.MembershipLeave {
 			t.Errorf("ghost's membership in the private chat after erasure = %q, want leave", got)
 		}
@@ -447,8 +446,17 @@ func TestEraseRemote(t *testing.T) {
 				env.say(testBob, "staying")
 				env.waitMembers(testChannel, "alice[m]", "bob[m]")
 				seq := env.srv.Seq()
-				if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
-					t.Fatalf("EraseRemote = %v", err)
+				// The core's real erasure: EraseRemote, then the transaction.
+				receipt := env.host.EraseUser(t, testAlice)
+				if len(receipt.RemoteFailures) != 0 {
+					t.Errorf("remote erasure failed: %v", receipt.RemoteFailures)
+				}
+				for _, ut := range env.br.PersonalData() {
+					var n int
+					query := fmt.Sprintf(`SELECT COUNT(*) FROM %s WHERE %s=$1`, ut.Table, ut.UserColumn)
+					if err := env.host.RawDB.QueryRow(env.ctx, query, testAlice).Scan(&n); err != nil || n != 0 {
+						t.Errorf("%s: %d rows naming alice after erasure (%v)", ut.Table, n, err)
+					}
 				}
 				env.srv.WaitFor(t, irctest.After(seq, irctest.Match("alice[m]", "QUIT")))
 				env.srv.WaitUntil(t, "alice's puppet is gone", func() bool { return !containsFold(env.srv.Nicks(), "alice[m]") })

@@ -512,3 +512,12 @@ func replyPanic(r any) bool {
 	return ok && strings.Contains(err.Error(), "nil pointer dereference") &&
 		strings.Contains(string(debug.Stack()), "appservice.(*CommandEvent).Reply(")
 }
+
+// purgeRedacted runs the core's real redaction purge for sender redacting eventID in roomID, and
+// returns the bridge's rows purged per table.
+func (env *testEnv) purgeRedacted(sender id.UserID, roomID id.RoomID, eventID id.EventID) map[string]int64 {
+	env.t.Helper()
+	return env.host.PurgeRedacted(env.t, &event.Event{
+		ID: env.newEventID(), RoomID: roomID, Sender: sender, Type: event.EventRedaction, Redacts: eventID,
+	})
+}

@@ -270,10 +270,7 @@ func (br *Bridge) senderNick(userID id.UserID) string {
 // queued, the rest waits in its outbox behind them, so that a redaction of a message being
 // sent follows it.
 func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) error {
-	redacts := evt.Redacts
-	if c, ok := evt.Content.Parsed.(*event.RedactionEventContent); ok && c.Redacts != "" {
-		redacts = c.Redacts
-	}
+	redacts := appservice.RedactedEventID(evt)
 	if redacts == "" {
 		return nil
 	}

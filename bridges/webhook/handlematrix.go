@@ -12,6 +12,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookdb"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookid"
 )
@@ -83,10 +84,7 @@ func (br *Bridge) handleMessage(ctx context.Context, evt *event.Event) error {
 // RedactionPurged, and this handler only makes sure nothing the bridge keeps about the room
 // outlived the purge.
 func (br *Bridge) handleRedaction(ctx context.Context, evt *event.Event) error {
-	redacts := evt.Redacts
-	if content, ok := evt.Content.Parsed.(*event.RedactionEventContent); ok && content.Redacts != "" {
-		redacts = content.Redacts
-	}
+	redacts := appservice.RedactedEventID(evt)
 	if redacts == "" || br.isOwnUser(evt.Sender) {
 		return nil
 	}

@@ -1,6 +1,9 @@
 // Package fakehost provides a test implementation of [appservice.Host] for bridge tests: a real
-// test database with the core's, the state store's and the bridge's migrations, intents that
-// talk to an [astest.FakeHomeserver], and an in-memory credential vault.
+// test database with the core's, the vault's, the state store's and the bridge's migrations,
+// intents that talk to an [astest.FakeHomeserver], an in-memory credential vault, and the core's
+// real personal-data engine ([privacy.Engine]): [Host.EraseUser], [Host.Export] and
+// [Host.PurgeRedacted] run the same erasure, export and redaction purge as the service, and
+// [New] fails the test when the bridge's inventory does not match its schema.
 //
 // It lives outside package astest because it imports package appservice, whose own tests
 // import astest.
@@ -30,6 +33,8 @@ import (
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // Defaults of a [Host].
@@ -55,6 +60,9 @@ type Host struct {
 	// CommandPowerLevels overrides, per command, the power level MayConfigureRoom requires,
 	// like bot.command_power_levels. Set it before the bridge starts.
 	CommandPowerLevels map[string]int
+	// Engine is the core's real personal-data engine over the database, with the bridge as its
+	// only module; Erase, Export and PurgeRedacted run it.
+	Engine *privacy.Engine
 	// Front serves the endpoints the fake homeserver lacks (createRoom, invite) and passes
 	// everything else on to HS.
 	Front *httptest.Server
@@ -131,6 +139,10 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	if err := h.CoreDB.Upgrade(ctx); err != nil {
 		t.Fatalf("fakehost: %v", err)
 	}
+	// The vault's tables too, as the core migrates them: the schema check needs the whole schema.
+	if err := vault.ChildDB(h.RawDB, log).Upgrade(ctx); err != nil {
+		t.Fatalf("fakehost: failed to upgrade vault database: %v", err)
+	}
 	stateStore := sqlstatestore.NewSQLStateStore(h.RawDB, dbutil.ZeroLogger(log), true)
 	if err := stateStore.Upgrade(ctx); err != nil {
 		t.Fatalf("fakehost: failed to upgrade state store: %v", err)
@@ -154,6 +166,11 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 		t.Fatalf("fakehost: %v", err)
 	}
 	h.notifier = appservice.NewNotifier(h.AS.BotIntent(), h.CoreDB.User)
+	h.Engine = privacy.New(privacy.Options{DB: h.CoreDB, Host: engineHost{h}, Log: log.With().Str("component", "privacy").Logger()})
+	// As at the core's start: the bridge's inventory must match its schema.
+	if err := h.Engine.CheckSchema(ctx); err != nil {
+		t.Fatalf("fakehost: %v", err)
+	}
 	return h
 }
 
@@ -374,49 +391,135 @@ func (h *Host) Route(evt *event.Event) appservice.Route {
 	return route
 }
 
-// EraseUser deletes userID's users row, as the core's erasure does after EraseRemote, and
-// destroys their data key in the vault.
-func (h *Host) EraseUser(t testing.TB, userID id.UserID) {
+// Erase runs the core's real erasure ([privacy.Engine.Erase]) of userID: the bridge's
+// EraseRemote (if it is an [appservice.Eraser]), then the one transaction that deletes the users
+// row and everything cascading from it, the state cache's entries and the bridge's declared
+// rows, and records the tombstone. The in-memory vault forgets the user's data key, as the real
+// vault's cache does. It fails the test on error and returns the receipt.
+func (h *Host) Erase(t testing.TB, userID id.UserID, req appservice.EraseRequest) *appservice.EraseReceipt {
 	t.Helper()
-	if _, err := h.RawDB.Exec(context.Background(), `DELETE FROM users WHERE mxid=$1`, userID); err != nil {
-		t.Fatal(err)
+	if req.Trigger == "" {
+		req.Trigger = appservice.TriggerAdmin
 	}
-	h.Secrets.Forget(userID)
+	receipt, err := h.Engine.Erase(h.Logger().WithContext(context.Background()), userID, req)
+	if err != nil {
+		t.Fatalf("fakehost: erasure = %v", err)
+	}
+	return receipt
 }
 
-// PurgeRedacted does what the core's redaction purge does when redacted (an event in roomID) is
-// redacted by someone allowed to: it deletes the rows of br's declared tables whose
-// SourceEventColumn is redacted (and RoomColumn, if declared, is roomID), then calls
-// br.RedactionPurged if br implements [appservice.RedactionPurger] and rows were deleted. It
-// returns the rows deleted per table. Permission checks are the core's and are not repeated.
-func (h *Host) PurgeRedacted(t testing.TB, br appservice.Bridge, roomID id.RoomID, redacted id.EventID) map[string]int64 {
+// EraseUser erases everything about userID, as an admin's erasure does (see [Host.Erase]).
+func (h *Host) EraseUser(t testing.TB, userID id.UserID) *appservice.EraseReceipt {
+	t.Helper()
+	return h.Erase(t, userID, appservice.EraseRequest{Trigger: appservice.TriggerAdmin})
+}
+
+// Export runs the core's real export ([privacy.Engine.Export]) of userID and fails the test on
+// error.
+func (h *Host) Export(t testing.TB, userID id.UserID) *appservice.Export {
+	t.Helper()
+	export, err := h.Engine.Export(h.Logger().WithContext(context.Background()), userID)
+	if err != nil {
+		t.Fatalf("fakehost: export = %v", err)
+	}
+	return export
+}
+
+// PurgeRedacted runs the core's real redaction purge ([privacy.Engine.PurgeRedacted]) for
+// redaction, as the core does before it hands the redaction to the bridge: with its permission
+// checks (the sender created the rows, or may redact others' events by the room's power levels),
+// its room check (tables without a RoomColumn ask the fake homeserver for the event; see
+// [Host.AddEvent]) and its call of the bridge's RedactionPurged. It returns the bridge's rows
+// purged per table.
+func (h *Host) PurgeRedacted(t testing.TB, redaction *event.Event) map[string]int64 {
 	t.Helper()
 	ctx := h.Logger().WithContext(context.Background())
-	purged := map[string]int64{}
-	for _, ut := range br.PersonalData() {
-		if ut.SourceEventColumn == "" {
-			continue
-		}
-		query := fmt.Sprintf(`DELETE FROM %s WHERE %s=$1`, ut.Table, ut.SourceEventColumn)
-		args := []any{redacted}
-		if ut.RoomColumn != "" {
-			query += fmt.Sprintf(` AND %s=$2`, ut.RoomColumn)
-			args = append(args, roomID)
-		}
-		res, err := h.RawDB.Exec(ctx, query, args...)
-		if err != nil {
-			t.Fatalf("fakehost: failed to purge %s: %v", ut.Table, err)
-		}
-		if n, _ := res.RowsAffected(); n > 0 {
-			purged[ut.Table] = n
+	purged, err := h.Engine.PurgeRedacted(ctx, redaction.RoomID, redaction.Sender, appservice.RedactedEventID(redaction))
+	if err != nil {
+		t.Fatalf("fakehost: redaction purge = %v", err)
+	}
+	out := purged[h.bridgeID]
+	if out == nil {
+		out = map[string]int64{}
+	}
+	return out
+}
+
+// Defaults of privacy.activity_retention and privacy.network_retention, which the fake host's
+// engine uses.
+const (
+	ActivityRetention = 14 * 24 * time.Hour
+	NetworkRetention  = 60 * 24 * time.Hour
+)
+
+// engineHost is the fake host as the engine's [privacy.Host]: the core's inventory and the
+// bridge's, the bridge's remote undo and purge notification, the fake homeserver's events and
+// power levels. It has no bot rooms to leave and sends no receipts.
+type engineHost struct{ h *Host }
+
+var _ privacy.Host = engineHost{}
+
+func (e engineHost) Inventory() map[string][]appservice.UserTable {
+	return map[string][]appservice.UserTable{appservice.CoreModule: privacy.CoreInventory(), e.h.bridgeID: e.h.br.PersonalData()}
+}
+
+func (e engineHost) Retention(class appservice.RetentionClass) time.Duration {
+	switch class {
+	case appservice.RetentionActivity:
+		return ActivityRetention
+	case appservice.RetentionNetwork:
+		return NetworkRetention
+	}
+	return 0
+}
+
+func (e engineHost) KeyDeriver() privacy.KeyDeriver { return nil }
+
+func (e engineHost) EraseRemote(ctx context.Context, module string, user id.UserID) error {
+	if eraser, ok := e.h.br.(appservice.Eraser); ok && module == e.h.bridgeID {
+		return eraser.EraseRemote(ctx, user)
+	}
+	return nil
+}
+
+func (e engineHost) PrepareFullErasure(context.Context, id.UserID) []id.RoomID { return nil }
+
+func (e engineHost) InFullErasure(context.Context) error { return nil }
+
+func (e engineHost) WithdrawExport(context.Context, *database.ExportFile) error { return nil }
+
+func (e engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
+	e.h.Secrets.Forget(user)
+	return false
+}
+
+func (e engineHost) SendErasureReceipt(context.Context, id.RoomID, string, string) error { return nil }
+
+func (e engineHost) LeaveAfterErasure(context.Context, id.RoomID, string) {}
+
+func (e engineHost) EventInRoom(ctx context.Context, roomID id.RoomID, eventID id.EventID) bool {
+	_, err := e.h.Bot().GetEvent(ctx, roomID, eventID)
+	return err == nil
+}
+
+func (e engineHost) MayRedactOthers(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	pl, err := e.h.AS.StateStore.GetPowerLevels(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	if pl == nil {
+		if pl, err = e.h.Bot().PowerLevels(ctx, roomID); err != nil {
+			return false, err
 		}
 	}
-	if purger, ok := br.(appservice.RedactionPurger); ok && len(purged) > 0 {
-		if err := purger.RedactionPurged(ctx, roomID, redacted, purged); err != nil {
-			t.Errorf("fakehost: RedactionPurged = %v", err)
-		}
+	return pl.GetUserLevel(user) >= pl.Redact(), nil
+}
+
+func (e engineHost) RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error {
+	if purger, ok := e.h.br.(appservice.RedactionPurger); ok && module == e.h.bridgeID {
+		return purger.RedactionPurged(ctx, roomID, redacted, purged)
 	}
-	return purged
+	return nil
 }
 
 // SetPaused sets userID's paused flag, as !pause does.

@@ -3,6 +3,7 @@ package fakehost
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"go.mau.fi/util/dbutil"
@@ -112,6 +113,102 @@ func TestHost(t *testing.T) {
 	h.SetPaused(t, alice, true)
 	if paused, err := h.IsPaused(ctx, alice); err != nil || !paused {
 		t.Errorf("IsPaused = %v, %v", paused, err)
+	}
+}
+
+// noteBridge keeps one table about users, with provenance, and records what the engine asks of
+// it.
+type noteBridge struct {
+	nopBridge
+	erased []id.UserID
+	purged []map[string]int64
+}
+
+func (*noteBridge) Migrations() dbutil.UpgradeTable {
+	return dbutil.BuildUpgradeTable().WithRaw(0, 1, 0, "Notes", dbutil.TxnModeOn, func(ctx context.Context, db *dbutil.Database) error {
+		_, err := db.Exec(ctx, `CREATE TABLE nop_note (
+			user_mxid TEXT NOT NULL REFERENCES users (mxid) ON DELETE CASCADE ON UPDATE CASCADE,
+			room_id   TEXT NOT NULL,
+			event_id  TEXT NOT NULL,
+			body      TEXT NOT NULL
+		)`)
+		return err
+	}).Finish()
+}
+
+func (*noteBridge) PersonalData() []appservice.UserTable {
+	return []appservice.UserTable{{
+		Table: "nop_note", UserColumn: "user_mxid", Export: []string{"body"},
+		SourceEventColumn: "event_id", RoomColumn: "room_id", Description: "your notes",
+	}}
+}
+
+func (nb *noteBridge) EraseRemote(_ context.Context, user id.UserID) error {
+	nb.erased = append(nb.erased, user)
+	return nil
+}
+
+func (nb *noteBridge) RedactionPurged(_ context.Context, _ id.RoomID, _ id.EventID, purged map[string]int64) error {
+	nb.purged = append(nb.purged, purged)
+	return nil
+}
+
+// TestHostRunsTheRealEngine: export, redaction purge and erasure are the core's, with their
+// checks and bookkeeping, not shortcuts.
+func TestHostRunsTheRealEngine(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			nb := &noteBridge{}
+			h := New(t, dialect, nb)
+			ctx := context.Background()
+			room := id.RoomID("!r:example.org")
+			alice, bob := id.UserID("@alice:example.org"), id.UserID("@bob:example.org")
+			for i, body := range []string{"one", "two"} {
+				if err := h.EnsureUser(ctx, alice); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := h.RawDB.Exec(ctx, `INSERT INTO nop_note (user_mxid, room_id, event_id, body) VALUES ($1, $2, $3, $4)`,
+					alice, room, fmt.Sprintf("$note%d", i), body); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			if export := h.Export(t, alice); export.Modules["nop"]["nop_note"].RowCount != 2 || export.Modules[appservice.CoreModule]["users"].RowCount != 1 {
+				t.Errorf("export = %+v, want alice's notes and users row", export.Modules)
+			}
+
+			// Bob neither wrote the note nor may redact others' events: nothing is purged.
+			h.SetPowerLevels(t, room, &event.PowerLevelsEventContent{})
+			redaction := func(sender id.UserID, redacts id.EventID) *event.Event {
+				return &event.Event{ID: "$redaction", RoomID: room, Sender: sender, Type: event.EventRedaction,
+					Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: redacts}}}
+			}
+			if purged := h.PurgeRedacted(t, redaction(bob, "$note0")); len(purged) != 0 || len(nb.purged) != 0 {
+				t.Errorf("purge by an unprivileged other user = %v (bridge told %v), want nothing", purged, nb.purged)
+			}
+			if purged := h.PurgeRedacted(t, redaction(alice, "$note0")); purged["nop_note"] != 1 || len(nb.purged) != 1 {
+				t.Errorf("purge by the note's author = %v (bridge told %v), want one row", purged, nb.purged)
+			}
+
+			receipt := h.EraseUser(t, alice)
+			if len(nb.erased) != 1 || nb.erased[0] != alice {
+				t.Errorf("EraseRemote calls = %v, want alice's", nb.erased)
+			}
+			if receipt.Erased["nop"]["nop_note"] != 1 || receipt.Erased[appservice.CoreModule]["users"] != 1 {
+				t.Errorf("receipt counts = %v, want the remaining note and the users row", receipt.Erased)
+			}
+			var left int
+			if err := h.RawDB.QueryRow(ctx, `SELECT (SELECT COUNT(*) FROM nop_note) + (SELECT COUNT(*) FROM users WHERE mxid=$1)`, alice).Scan(&left); err != nil || left != 0 {
+				t.Errorf("rows about alice after erasure = %d, %v; want 0", left, err)
+			}
+			hash, _, err := h.Engine.UserHash(ctx, alice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tombstones, err := h.Engine.Store().Tombstones(ctx, hash); err != nil || len(tombstones) != 1 {
+				t.Errorf("tombstones = %d, %v; want the erasure's one", len(tombstones), err)
+			}
+		})
 	}
 }
 

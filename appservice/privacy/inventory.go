@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 // in exports and in inventory errors.
 const CoreModule = "core"
 
-// coreInventory declares the core's tables about Matrix users, and those of the mautrix state
+// CoreInventory declares the core's tables about Matrix users, and those of the mautrix state
 // cache, which the core owns.
-func coreInventory() []UserTable {
+func CoreInventory() []UserTable {
 	return []UserTable{
 		{
 			Table: "users", UserColumn: "mxid", Export: []string{"mxid", "created_at", "management_room"},
@@ -60,7 +60,7 @@ func coreInventory() []UserTable {
 		},
 		{
 			// Withdrawn (message redacted, upload deleted) at expiry and before erasure; see
-			// exportfile.go.
+			// appservice/exportfile.go.
 			// SET NULL, not CASCADE: a file whose withdrawal failed at erasure must stay listed,
 			// naming nobody, so the expiry loop can still withdraw it.
 			Table: "as_export", UserColumn: "user_mxid", Policy: EraseSetNull,
@@ -88,20 +88,20 @@ func coreInventory() []UserTable {
 // its name. A table with such a column must be declared.
 var userColumnPattern = regexp.MustCompile(`(?i)(mxid|user_id|sender|inviter|actor|_user$)`)
 
-// schemaColumn is one column found by introspection.
-type schemaColumn struct {
+// SchemaColumn is one column found by introspection.
+type SchemaColumn struct {
 	Table, Column string
 }
 
-// schemaForeignKey is one foreign key to users(mxid) found by introspection.
-type schemaForeignKey struct {
+// SchemaForeignKey is one foreign key to users(mxid) found by introspection.
+type SchemaForeignKey struct {
 	Table, Column, OnDelete string
 }
 
-// introspectSchema lists every column and every foreign key that references users, on either
+// IntrospectSchema lists every column and every foreign key that references users, on either
 // dialect. Version tables and the core's own bookkeeping of the schema are included; callers
 // filter.
-func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaColumn, fks []schemaForeignKey, err error) {
+func IntrospectSchema(ctx context.Context, db *dbutil.Database) (cols []SchemaColumn, fks []SchemaForeignKey, err error) {
 	switch db.Dialect {
 	case dbutil.Postgres:
 		rows, err := db.Query(ctx, `
@@ -111,7 +111,7 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 			return nil, nil, err
 		}
 		for rows.Next() {
-			var c schemaColumn
+			var c SchemaColumn
 			if err = rows.Scan(&c.Table, &c.Column); err != nil {
 				_ = rows.Close()
 				return nil, nil, err
@@ -133,7 +133,7 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 			return nil, nil, err
 		}
 		for rows.Next() {
-			var fk schemaForeignKey
+			var fk SchemaForeignKey
 			if err = rows.Scan(&fk.Table, &fk.Column, &fk.OnDelete); err != nil {
 				_ = rows.Close()
 				return nil, nil, err
@@ -164,7 +164,7 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 				return nil, nil, err
 			}
 			for rows.Next() {
-				c := schemaColumn{Table: table}
+				c := SchemaColumn{Table: table}
 				if err = rows.Scan(&c.Column); err != nil {
 					_ = rows.Close()
 					return nil, nil, err
@@ -185,7 +185,7 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 					return nil, nil, err
 				}
 				if refTable == "users" && (to == "mxid" || to == "") {
-					fks = append(fks, schemaForeignKey{Table: table, Column: from, OnDelete: onDelete})
+					fks = append(fks, SchemaForeignKey{Table: table, Column: from, OnDelete: onDelete})
 				}
 			}
 			if err = rows.Close(); err != nil {
@@ -198,7 +198,7 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 	}
 }
 
-// checkInventory compares the declared personal-data inventory (module → tables) with the
+// CheckInventory compares the declared personal-data inventory (module → tables) with the
 // migrated schema and reports every mismatch at once:
 //   - a declared table or column that does not exist;
 //   - a table that references users(mxid) without being declared;
@@ -208,8 +208,8 @@ func introspectSchema(ctx context.Context, db *dbutil.Database) (cols []schemaCo
 //
 // The service runs it at startup and refuses to start on any error, so a bridge cannot ship a
 // table that erasure and export would miss.
-func checkInventory(ctx context.Context, db *dbutil.Database, inventory map[string][]UserTable) error {
-	cols, fks, err := introspectSchema(ctx, db)
+func CheckInventory(ctx context.Context, db *dbutil.Database, inventory map[string][]UserTable) error {
+	cols, fks, err := IntrospectSchema(ctx, db)
 	if err != nil {
 		return fmt.Errorf("failed to introspect schema: %w", err)
 	}
@@ -217,7 +217,7 @@ func checkInventory(ctx context.Context, db *dbutil.Database, inventory map[stri
 	for _, c := range cols {
 		columns[c.Table] = append(columns[c.Table], c.Column)
 	}
-	fkByTable := make(map[string][]schemaForeignKey)
+	fkByTable := make(map[string][]SchemaForeignKey)
 	for _, fk := range fks {
 		fkByTable[fk.Table] = append(fkByTable[fk.Table], fk)
 	}
@@ -287,23 +287,4 @@ func checkInventory(ctx context.Context, db *dbutil.Database, inventory map[stri
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// inventory returns every module's declared personal-data tables, keyed by module (the core and
-// each bridge ID).
-func (svc *Service) inventory() map[string][]UserTable {
-	inv := map[string][]UserTable{CoreModule: coreInventory()}
-	for _, bh := range svc.bridges {
-		inv[bh.id] = bh.br.PersonalData()
-	}
-	return inv
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -14,8 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
-	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
@@ -36,7 +34,7 @@ const (
 // erasure jobs name the user only while pending, and the erasing transaction clears that.
 var bookkeepingTables = []string{"as_erasure"}
 
-// EraseRequest says what [Service.Erase] erases, why, and whom it tells.
+// EraseRequest says what [Engine.Erase] erases, why, and whom it tells.
 type EraseRequest struct {
 	// Trigger is [TriggerUser], [TriggerAdmin] or [TriggerDeactivation].
 	Trigger string
@@ -106,17 +104,17 @@ type eraseCounts struct {
 	Kept   map[string]map[string]int64 `json:"kept,omitempty"`
 }
 
-// ErrUnknownModule is returned by [Service.Erase] when EraseRequest.Modules names something
+// ErrUnknownModule is returned by [Engine.Erase] when EraseRequest.Modules names something
 // that is not a bridge of this service. The caller should show the user the valid names.
 var ErrUnknownModule = errors.New("appservice: unknown module")
 
-// ErrUnknownErasure is returned by [Service.ErasureStatus] for a job ID that does not exist.
+// ErrUnknownErasure is returned by [Engine.ErasureStatus] for a job ID that does not exist.
 var ErrUnknownErasure = errors.New("appservice: unknown erasure job")
 
 // Erase erases what Custodian holds about user, and returns the receipt.
 //
 // It first records a job (as_erasure), so that an erasure interrupted by a crash or a failure
-// is finished later, then hands it to the erasure runner (see [Service.erasureLoop]), which runs
+// is finished later, then hands it to the erasure runner (see [Engine.Start]), which runs
 // jobs one at a time, and waits for the runner's attempt at it. The runner asks every bridge in
 // scope that implements [Eraser] to undo the user's remote side effects (best effort: a failure
 // is logged with the bridge ID and listed in the receipt). Then, in one database transaction, it
@@ -138,53 +136,53 @@ var ErrUnknownErasure = errors.New("appservice: unknown erasure job")
 // Erase is idempotent: erasing again erases nothing more and records another tombstone, unless
 // req.RequestID repeats an earlier request, which returns that request's receipt. It never logs
 // the user ID: log lines carry the job ID and the hash, from a logger that is not ctx's.
-func (svc *Service) Erase(ctx context.Context, user id.UserID, req EraseRequest) (*EraseReceipt, error) {
-	job, wait, err := svc.requestErasure(ctx, user, req)
+func (e *Engine) Erase(ctx context.Context, user id.UserID, req EraseRequest) (*EraseReceipt, error) {
+	job, wait, err := e.requestErasure(ctx, user, req)
 	if err != nil {
 		return nil, err
 	}
 	if wait == nil {
-		if job.State == database.ErasureDone {
-			return receiptFor(job)
+		if job.State == ErasureDone {
+			return ReceiptOf(job)
 		}
 		// No runner: run the job here, one erasure at a time all the same.
-		ctx = svc.erasureContext(ctx)
-		svc.privacy.eraseLock.Lock()
-		defer svc.privacy.eraseLock.Unlock()
-		current, err := svc.privacyDB().GetErasure(ctx, job.JobID)
+		ctx = e.erasureContext(ctx)
+		e.eraseLock.Lock()
+		defer e.eraseLock.Unlock()
+		current, err := e.queries().GetErasure(ctx, job.JobID)
 		if err != nil {
 			return nil, err
 		} else if current == nil {
 			return nil, fmt.Errorf("erasure job %s vanished", job.JobID)
 		}
-		return svc.runErasure(ctx, current)
+		return e.runErasure(ctx, current)
 	}
 	select {
 	case out := <-wait:
 		return out.receipt, out.err
 	case <-ctx.Done():
-		svc.dropErasureWaiter(job.JobID, wait)
+		e.dropErasureWaiter(job.JobID, wait)
 		return nil, fmt.Errorf("stopped waiting for erasure job %s, which goes on in the background: %w", job.JobID, ctx.Err())
-	case <-svc.erasureRunnerDone():
+	case <-e.erasureRunnerDone():
 		return nil, fmt.Errorf("the service stopped before erasure job %s ran; it is resumed at the next start", job.JobID)
 	}
 }
 
-// queueErasure records an erasure job for user and wakes the runner, without waiting for it. It
+// QueueErasure records an erasure job for user and wakes the runner, without waiting for it. It
 // is how handlers on a room's worker ask for an erasure (a confirmed deactivation): they must
 // return quickly, and the runner finishes the job whatever happens to the handler.
-func (svc *Service) queueErasure(ctx context.Context, user id.UserID, req EraseRequest) (jobID string, err error) {
-	job, wait, err := svc.requestErasure(ctx, user, req)
+func (e *Engine) QueueErasure(ctx context.Context, user id.UserID, req EraseRequest) (jobID string, err error) {
+	job, wait, err := e.requestErasure(ctx, user, req)
 	if err != nil {
 		return "", err
 	}
 	if wait != nil {
-		svc.dropErasureWaiter(job.JobID, wait)
+		e.dropErasureWaiter(job.JobID, wait)
 	}
 	return job.JobID, nil
 }
 
-// erasureOutcome is what the runner tells a waiting [Service.Erase] after an attempt at its job.
+// erasureOutcome is what the runner tells a waiting [Engine.Erase] after an attempt at its job.
 type erasureOutcome struct {
 	receipt *EraseReceipt
 	err     error
@@ -193,8 +191,8 @@ type erasureOutcome struct {
 // requestErasure validates req, records the job unless it exists (a repeated RequestID) and
 // wakes the runner. wait receives the outcome of the runner's next attempt at the job; it is nil
 // when there is no runner (the service has not started) or the job was done already.
-func (svc *Service) requestErasure(ctx context.Context, user id.UserID, req EraseRequest) (job *database.ErasureJob, wait chan erasureOutcome, err error) {
-	if err := checkUserID(user); err != nil {
+func (e *Engine) requestErasure(ctx context.Context, user id.UserID, req EraseRequest) (job *ErasureJob, wait chan erasureOutcome, err error) {
+	if err := CheckUserID(user); err != nil {
 		return nil, nil, err
 	}
 	switch req.Trigger {
@@ -202,18 +200,18 @@ func (svc *Service) requestErasure(ctx context.Context, user id.UserID, req Eras
 	default:
 		return nil, nil, fmt.Errorf("appservice: invalid erasure trigger %q", req.Trigger)
 	}
-	modules, err := svc.eraseScope(req.Modules)
+	modules, err := e.EraseScope(req.Modules)
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx = svc.erasureContext(ctx)
-	hash, keyID, err := svc.UserHash(ctx, user)
+	ctx = e.erasureContext(ctx)
+	hash, keyID, err := e.UserHash(ctx, user)
 	if err != nil {
 		return nil, nil, err
 	}
 	var jobID string
 	if req.RequestID != "" {
-		if jobID, err = svc.jobIDFor(ctx, req.RequestID); err != nil {
+		if jobID, err = e.RequestJobID(ctx, req.RequestID); err != nil {
 			return nil, nil, err
 		}
 	} else {
@@ -222,14 +220,14 @@ func (svc *Service) requestErasure(ctx context.Context, user id.UserID, req Eras
 		jobID = "er_" + hex.EncodeToString(buf[:])
 	}
 	// Waiting starts before the job exists, so that the runner's attempt cannot come first.
-	wait = svc.addErasureWaiter(jobID)
-	job = &database.ErasureJob{
+	wait = e.addErasureWaiter(jobID)
+	job = &ErasureJob{
 		JobID: jobID, User: user, UserHash: hash, HashKeyID: keyID, Trigger: req.Trigger,
-		Modules: modules, State: database.ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: svc.now(),
+		Modules: modules, State: ErasurePending, NotifyRoom: req.NotifyRoom, CreatedAt: e.now(),
 	}
-	created, err := svc.privacyDB().CreateErasure(ctx, job)
+	created, err := e.queries().CreateErasure(ctx, job)
 	if err == nil && !created {
-		if job, err = svc.privacyDB().GetErasure(ctx, jobID); err == nil && job == nil {
+		if job, err = e.queries().GetErasure(ctx, jobID); err == nil && job == nil {
 			err = fmt.Errorf("erasure job %s vanished", jobID)
 		}
 		if err == nil {
@@ -237,77 +235,77 @@ func (svc *Service) requestErasure(ctx context.Context, user id.UserID, req Eras
 				Msg("Erasure request seen before; continuing its job")
 		}
 	}
-	if err != nil || job.State == database.ErasureDone {
-		svc.dropErasureWaiter(jobID, wait)
+	if err != nil || job.State == ErasureDone {
+		e.dropErasureWaiter(jobID, wait)
 		return job, nil, err
 	}
 	if wait != nil {
 		zerolog.Ctx(ctx).Info().Str("job_id", jobID).Str("trigger", job.Trigger).Msg("Erasure queued")
-		svc.wakeErasureRunner()
+		e.wakeErasureRunner()
 	}
 	return job, wait, nil
 }
 
 // addErasureWaiter registers a channel for the outcome of the runner's next attempt at jobID;
 // nil if there is no runner.
-func (svc *Service) addErasureWaiter(jobID string) chan erasureOutcome {
-	svc.privacy.lock.Lock()
-	defer svc.privacy.lock.Unlock()
-	if svc.privacy.runnerDone == nil {
+func (e *Engine) addErasureWaiter(jobID string) chan erasureOutcome {
+	e.lock.Lock()
+	defer e.lock.Unlock()
+	if e.runnerDone == nil {
 		return nil
 	}
-	if svc.privacy.eraseWaiters == nil {
-		svc.privacy.eraseWaiters = make(map[string][]chan erasureOutcome)
+	if e.eraseWaiters == nil {
+		e.eraseWaiters = make(map[string][]chan erasureOutcome)
 	}
 	ch := make(chan erasureOutcome, 1)
-	svc.privacy.eraseWaiters[jobID] = append(svc.privacy.eraseWaiters[jobID], ch)
+	e.eraseWaiters[jobID] = append(e.eraseWaiters[jobID], ch)
 	return ch
 }
 
 // dropErasureWaiter unregisters ch; a nil ch is ignored.
-func (svc *Service) dropErasureWaiter(jobID string, ch chan erasureOutcome) {
+func (e *Engine) dropErasureWaiter(jobID string, ch chan erasureOutcome) {
 	if ch == nil {
 		return
 	}
-	svc.privacy.lock.Lock()
-	defer svc.privacy.lock.Unlock()
-	waiters := slices.DeleteFunc(svc.privacy.eraseWaiters[jobID], func(c chan erasureOutcome) bool { return c == ch })
+	e.lock.Lock()
+	defer e.lock.Unlock()
+	waiters := slices.DeleteFunc(e.eraseWaiters[jobID], func(c chan erasureOutcome) bool { return c == ch })
 	if len(waiters) == 0 {
-		delete(svc.privacy.eraseWaiters, jobID)
+		delete(e.eraseWaiters, jobID)
 	} else {
-		svc.privacy.eraseWaiters[jobID] = waiters
+		e.eraseWaiters[jobID] = waiters
 	}
 }
 
 // notifyErasureWaiters hands the outcome of an attempt at jobID to everyone waiting for it.
-func (svc *Service) notifyErasureWaiters(jobID string, out erasureOutcome) {
-	svc.privacy.lock.Lock()
-	waiters := svc.privacy.eraseWaiters[jobID]
-	delete(svc.privacy.eraseWaiters, jobID)
-	svc.privacy.lock.Unlock()
+func (e *Engine) notifyErasureWaiters(jobID string, out erasureOutcome) {
+	e.lock.Lock()
+	waiters := e.eraseWaiters[jobID]
+	delete(e.eraseWaiters, jobID)
+	e.lock.Unlock()
 	for _, ch := range waiters {
 		ch <- out
 	}
 }
 
 // waitingErasures returns the job IDs someone waits for.
-func (svc *Service) waitingErasures() []string {
-	svc.privacy.lock.Lock()
-	defer svc.privacy.lock.Unlock()
-	return slices.Collect(maps.Keys(svc.privacy.eraseWaiters))
+func (e *Engine) waitingErasures() []string {
+	e.lock.Lock()
+	defer e.lock.Unlock()
+	return slices.Collect(maps.Keys(e.eraseWaiters))
 }
 
 // erasureRunnerDone returns the channel closed when the runner stops (nil before start).
-func (svc *Service) erasureRunnerDone() <-chan struct{} {
-	svc.privacy.lock.Lock()
-	defer svc.privacy.lock.Unlock()
-	return svc.privacy.runnerDone
+func (e *Engine) erasureRunnerDone() <-chan struct{} {
+	e.lock.Lock()
+	defer e.lock.Unlock()
+	return e.runnerDone
 }
 
 // wakeErasureRunner makes the runner look for jobs now. It never blocks.
-func (svc *Service) wakeErasureRunner() {
+func (e *Engine) wakeErasureRunner() {
 	select {
-	case svc.privacy.eraseWake <- struct{}{}:
+	case e.eraseWake <- struct{}{}:
 	default:
 	}
 }
@@ -315,28 +313,20 @@ func (svc *Service) wakeErasureRunner() {
 // erasureContext returns ctx with a logger built from the service's logger alone. The caller's
 // logger may carry the user ID (the dispatcher adds the event's sender), and an erasure's log
 // lines carry its job ID and hash: together they would tie the tombstone to the user.
-func (svc *Service) erasureContext(ctx context.Context) context.Context {
-	return svc.log.With().Str("component", "erasure").Logger().WithContext(ctx)
+func (e *Engine) erasureContext(ctx context.Context) context.Context {
+	return e.log.With().Str("component", "erasure").Logger().WithContext(ctx)
 }
 
-// jobIDFor returns the ID of the erasure job of an idempotent request: a keyed hash, so that
-// the job ID does not reveal the request (an event ID) to whoever reads the logs.
-func (svc *Service) jobIDFor(ctx context.Context, requestID string) (string, error) {
-	key, _, err := svc.userHashKey(ctx)
-	if err != nil {
-		return "", err
-	}
-	return "er_" + keyedHash(key, "request\x00"+requestID)[:24], nil
-}
-
-// eraseScope validates, sorts and deduplicates the modules of an erasure request.
-func (svc *Service) eraseScope(modules []string) ([]string, error) {
+// EraseScope validates, sorts and deduplicates the modules of an erasure request; an unknown
+// module (or the core's, which cannot be erased alone) gives [ErrUnknownModule].
+func (e *Engine) EraseScope(modules []string) ([]string, error) {
 	if len(modules) == 0 {
 		return nil, nil
 	}
 	out := make([]string, 0, len(modules))
+	inv := e.host.Inventory()
 	for _, module := range modules {
-		if _, ok := svc.bridgeByID[module]; !ok {
+		if _, ok := inv[module]; !ok || module == CoreModule {
 			return nil, fmt.Errorf("%w %q", ErrUnknownModule, module)
 		}
 		if !slices.Contains(out, module) {
@@ -348,8 +338,8 @@ func (svc *Service) eraseScope(modules []string) ([]string, error) {
 }
 
 // runErasure takes job from wherever it is to done. The caller holds eraseLock.
-func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*EraseReceipt, error) {
-	scope := database.ScopeAll
+func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt, error) {
+	scope := ScopeAll
 	if len(job.Modules) > 0 {
 		scope = strings.Join(job.Modules, ",")
 	}
@@ -361,36 +351,33 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 		Logger()
 	ctx = log.WithContext(ctx)
 
-	if job.State == database.ErasurePending && job.User == "" {
+	if job.State == ErasurePending && job.User == "" {
 		// A full erasure of the same user superseded this job while it was pending.
-		if err := svc.privacyDB().FinishErasure(ctx, job.JobID, svc.now()); err != nil {
+		if err := e.queries().FinishErasure(ctx, job.JobID, e.now()); err != nil {
 			return nil, err
 		}
-		job.State = database.ErasureDone
+		job.State = ErasureDone
 	}
-	if job.State == database.ErasurePending {
+	if job.State == ErasurePending {
 		start := time.Now()
 		user := job.User
 		log.Info().Msg("Erasing user data")
-		job.RemoteFailed = svc.eraseRemote(ctx, user, job.Modules)
+		job.RemoteFailed = e.eraseRemote(ctx, user, job.Modules)
 		if len(job.Modules) == 0 {
 			// Before the transaction below cascades the tracking rows away.
-			svc.withdrawExportsOf(ctx, user)
-			job.LeaveRooms = svc.privateRoomsOf(ctx, user)
+			e.withdrawExportsOf(ctx, user)
+			job.LeaveRooms = e.host.PrepareFullErasure(ctx, user)
 		}
-		counts, err := svc.eraseRows(ctx, job)
+		counts, err := e.eraseRows(ctx, job)
 		if err != nil {
 			return nil, fmt.Errorf("failed to erase user data: %w", err)
 		}
 		if len(job.Modules) == 0 {
-			// The data key is gone with the users row; drop any copy the vault keeps in memory.
-			if forgetter, ok := any(svc.vault).(interface{ Forget(id.UserID) }); ok {
-				forgetter.Forget(user)
-			}
+			// The data key is gone with the users row: the host drops any copy kept in memory.
 			// With vault.shred_backups, backups taken before now become unreadable once the
 			// master key that wraps the data keys in them is rotated out. The request is in the
 			// database already; this only wakes the shredder.
-			if svc.requestShred() {
+			if e.host.FullErasureCommitted(ctx, user) {
 				log.Info().Msg("Erasure committed; database backups will be shredded at the next master key rotation, within seconds")
 			}
 		}
@@ -413,26 +400,29 @@ func (svc *Service) runErasure(ctx context.Context, job *database.ErasureJob) (*
 			Dur("duration", time.Since(start)).
 			Msg("Erased user data")
 	}
-	if job.State == database.ErasureCleanup {
-		svc.cleanUpErasure(ctx, job)
+	if job.State == ErasureCleanup {
+		e.cleanUpErasure(ctx, job)
 	}
-	return receiptFor(job)
+	return ReceiptOf(job)
 }
 
-// eraseRemote calls EraseRemote on every bridge in scope that implements [Eraser]. It returns
-// the IDs of the bridges that failed; their failures are logged, not returned.
-func (svc *Service) eraseRemote(ctx context.Context, user id.UserID, modules []string) (failed []string) {
-	for _, bh := range svc.bridges {
-		eraser, ok := bh.br.(Eraser)
-		if !ok || (len(modules) > 0 && !slices.Contains(modules, bh.id)) {
+// eraseRemote asks every module in scope (every bridge for a full erasure) to undo the user's
+// remote side effects (see [Host.EraseRemote]), each within a minute. It returns the modules
+// that failed; their failures are logged, not returned.
+func (e *Engine) eraseRemote(ctx context.Context, user id.UserID, modules []string) (failed []string) {
+	if len(modules) == 0 {
+		modules = sortedKeys(e.host.Inventory())
+	}
+	for _, module := range modules {
+		if module == CoreModule {
 			continue
 		}
-		bctx, cancel := context.WithTimeout(zerolog.Ctx(ctx).With().Str("bridge", bh.id).Logger().WithContext(ctx), time.Minute)
-		err := callSafely(func() error { return eraser.EraseRemote(bctx, user) })
+		bctx, cancel := context.WithTimeout(zerolog.Ctx(ctx).With().Str("bridge", module).Logger().WithContext(ctx), time.Minute)
+		err := callSafely(func() error { return e.host.EraseRemote(bctx, module, user) })
 		cancel()
 		if err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Str("bridge", bh.id).Msg("Remote erasure failed; erasing the local data anyway")
-			failed = append(failed, bh.id)
+			zerolog.Ctx(ctx).Warn().Err(err).Str("bridge", module).Msg("Remote erasure failed; erasing the local data anyway")
+			failed = append(failed, module)
 		}
 	}
 	return failed
@@ -448,19 +438,19 @@ func callSafely(fn func() error) (err error) {
 	return fn()
 }
 
-// eraseRows is the erasure's one database transaction; see [Service.Erase]. It moves the job
+// eraseRows is the erasure's one database transaction; see [Engine.Erase]. It moves the job
 // to cleanup (or done, if there is nothing left to do) and records the tombstone.
-func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*eraseCounts, error) {
+func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, error) {
 	full := len(job.Modules) == 0
 	user := job.User
-	inv := svc.inventory()
+	inv := e.host.Inventory()
 	modules := job.Modules
 	if full {
 		modules = sortedKeys(inv)
 	}
 	var counts *eraseCounts
-	now := svc.now()
-	err := svc.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+	now := e.now()
+	err := e.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		counts = &eraseCounts{Erased: map[string]map[string]int64{}, Kept: map[string]map[string]int64{}}
 		add := func(into map[string]map[string]int64, module, table string, n int64) {
 			if n == 0 {
@@ -474,7 +464,7 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 		if full {
 			// Before the state cache's member rows go: the rooms whose member lists will be
 			// incomplete must be fetched again when needed.
-			scrubbed, err := svc.scrubStateCache(ctx, user)
+			scrubbed, err := e.scrubStateCache(ctx, user)
 			if err != nil {
 				return err
 			}
@@ -486,7 +476,7 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 				if slices.Contains(bookkeepingTables, ut.Table) {
 					continue
 				}
-				n, err := countUserRows(ctx, svc, ut, user)
+				n, err := e.countUserRows(ctx, ut, user)
 				if err != nil {
 					return err
 				}
@@ -511,19 +501,19 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 				default:
 					query = fmt.Sprintf(`DELETE FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
 				}
-				if _, err := svc.rawDB.Exec(ctx, query, user); err != nil {
+				if _, err := e.db.Exec(ctx, query, user); err != nil {
 					return fmt.Errorf("failed to erase rows of %s: %w", ut.Table, err)
 				}
 			}
 		}
 		if full {
-			if _, err := svc.privacyDB().SupersedeErasures(ctx, user, job.JobID, now); err != nil {
+			if _, err := e.queries().SupersedeErasures(ctx, user, job.JobID, now); err != nil {
 				return err
 			}
-			if _, err := svc.rawDB.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, user); err != nil {
+			if _, err := e.db.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, user); err != nil {
 				return fmt.Errorf("failed to delete users row: %w", err)
 			}
-			if err := svc.recordShredRequest(ctx); err != nil {
+			if err := e.host.InFullErasure(ctx); err != nil {
 				return err
 			}
 		}
@@ -535,19 +525,19 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 			return err
 		}
 		job.Counts = data
-		err = svc.privacyDB().PutTombstone(ctx, &database.Tombstone{
+		err = e.queries().PutTombstone(ctx, &Tombstone{
 			JobID: job.JobID, UserHash: job.UserHash, HashKeyID: job.HashKeyID, Trigger: job.Trigger,
 			Modules: job.Modules, ErasedAt: now, Counts: data,
 		})
 		if err != nil {
 			return err
 		}
-		next := database.ErasureDone
-		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || svc.rawDB.Dialect == dbutil.SQLite {
+		next := ErasureDone
+		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || e.db.Dialect == dbutil.SQLite {
 			// On SQLite, cleanup also truncates the WAL (checkpointAfterErasure).
-			next = database.ErasureCleanup
+			next = ErasureCleanup
 		}
-		if err = svc.privacyDB().CommitErasure(ctx, job, next, now); err != nil {
+		if err = e.queries().CommitErasure(ctx, job, next, now); err != nil {
 			return err
 		}
 		job.State = next
@@ -557,17 +547,17 @@ func (svc *Service) eraseRows(ctx context.Context, job *database.ErasureJob) (*e
 		return nil, err
 	}
 	job.User = ""
-	if job.State == database.ErasureDone {
+	if job.State == ErasureDone {
 		job.FinishedAt = now
 	}
 	return counts, nil
 }
 
 // countUserRows counts ut's rows about user.
-func countUserRows(ctx context.Context, svc *Service, ut UserTable, user id.UserID) (int64, error) {
+func (e *Engine) countUserRows(ctx context.Context, ut UserTable, user id.UserID) (int64, error) {
 	var n int64
 	query := fmt.Sprintf(`SELECT COUNT(*) FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
-	if err := svc.rawDB.QueryRow(ctx, query, user).Scan(&n); err != nil {
+	if err := e.db.QueryRow(ctx, query, user).Scan(&n); err != nil {
 		return 0, fmt.Errorf("failed to count rows of %s: %w", ut.Table, err)
 	}
 	return n, nil
@@ -578,8 +568,8 @@ func countUserRows(ctx context.Context, svc *Service, ut UserTable, user id.User
 // them. The cache fetches those from the homeserver again when it needs them. Rooms where the
 // user's member row goes are marked as not having their full member list. It returns how many
 // cached room-state rows it changed.
-func (svc *Service) scrubStateCache(ctx context.Context, user id.UserID) (int64, error) {
-	if _, err := svc.rawDB.Exec(ctx, `
+func (e *Engine) scrubStateCache(ctx context.Context, user id.UserID) (int64, error) {
+	if _, err := e.db.Exec(ctx, `
 		UPDATE mx_room_state SET members_fetched=false
 		WHERE room_id IN (SELECT room_id FROM mx_user_profile WHERE user_id=$1)`, user); err != nil {
 		return 0, fmt.Errorf("failed to reset member lists in the state cache: %w", err)
@@ -587,7 +577,7 @@ func (svc *Service) scrubStateCache(ctx context.Context, user id.UserID) (int64,
 	pattern := "%" + database.EscapeLike(jsonStringBody(user.String())) + "%"
 	var total int64
 	for _, column := range []string{"power_levels", "create_event"} {
-		res, err := svc.rawDB.Exec(ctx, fmt.Sprintf(
+		res, err := e.db.Exec(ctx, fmt.Sprintf(
 			`UPDATE mx_room_state SET %[1]s=NULL WHERE %[1]s IS NOT NULL AND CAST(%[1]s AS TEXT) LIKE $1 ESCAPE '\'`, column), pattern)
 		if err != nil {
 			return 0, fmt.Errorf("failed to clear %s in the state cache: %w", column, err)
@@ -619,17 +609,12 @@ func quoteIdent(name string) string {
 // retried by the erasure runner until it succeeds: a failure to send the receipt or to
 // checkpoint leaves the job in cleanup (the receipt carries a transaction ID, so a retry does
 // not post it twice). Failures to leave a room are logged, not retried.
-func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob) {
+func (e *Engine) cleanUpErasure(ctx context.Context, job *ErasureJob) {
 	log := zerolog.Ctx(ctx)
-	bot := svc.as.BotIntent()
 	if job.NotifyRoom != "" {
-		receipt, err := receiptFor(job)
+		receipt, err := ReceiptOf(job)
 		if err == nil {
-			content := format.RenderMarkdown(receiptMarkdown(receipt, len(job.LeaveRooms) > 0), true, false)
-			content.MsgType = event.MsgNotice
-			_, err = bot.SendMessageEvent(ctx, job.NotifyRoom, event.EventMessage, &content, mautrix.ReqSendEvent{
-				TransactionID: TxnIDFor(id.EventID("erasure:"+job.JobID), "receipt"),
-			})
+			err = e.host.SendErasureReceipt(ctx, job.NotifyRoom, job.JobID, receiptMarkdown(receipt, len(job.LeaveRooms) > 0))
 		}
 		if err != nil {
 			log.Warn().Err(err).Msg("Failed to send the erasure receipt; will retry")
@@ -638,47 +623,30 @@ func (svc *Service) cleanUpErasure(ctx context.Context, job *database.ErasureJob
 	}
 	for _, roomID := range job.LeaveRooms {
 		// The rooms were chosen before the erasure committed; a retried or resumed cleanup may
-		// come much later, when someone else has joined. Ask again, and leave only a room that
-		// still holds nobody but the bot and (by the job's keyed hash) the erased user.
-		if !svc.stillPrivateAfterErasure(ctx, roomID, job) {
-			log.Info().Stringer("room_id", roomID).Msg("Not leaving a room others joined since the erasure")
-			continue
-		}
-		if svc.roomKept(ctx, roomID) {
-			// A bridge keeps it for whoever comes later (an IRC portal of a channel).
-			log.Info().Stringer("room_id", roomID).Msg("Not leaving a room a bridge keeps")
-			continue
-		}
-		svc.botRooms.Delete(roomID)
-		_, err := bot.LeaveRoom(ctx, roomID, &mautrix.ReqLeave{Reason: "Custodian erased the data of the only other member"})
-		if err != nil && !isRoomGone(err) {
-			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to leave direct chat after erasure")
-			continue
-		}
-		if err = svc.bot.endSetup(ctx, roomID, "user erased"); err != nil {
-			log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to end setup of direct chat after erasure")
-		}
+		// come much later, when someone else has joined: the host leaves only a room that still
+		// holds nobody but the bot and (by the job's keyed hash) the erased user.
+		e.host.LeaveAfterErasure(ctx, roomID, job.UserHash)
 	}
 	if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 {
-		if err := svc.privacyDB().ClearErasureCleanup(ctx, job.JobID); err != nil {
+		if err := e.queries().ClearErasureCleanup(ctx, job.JobID); err != nil {
 			log.Warn().Err(err).Msg("Failed to record that the erasure receipt was sent; will retry")
 			return
 		}
 		job.NotifyRoom, job.LeaveRooms = "", nil
 	}
-	if !svc.checkpointAfterErasure(ctx) {
+	if !e.checkpointAfterErasure(ctx) {
 		return
 	}
-	if err := svc.privacyDB().FinishErasure(ctx, job.JobID, svc.now()); err != nil {
+	if err := e.queries().FinishErasure(ctx, job.JobID, e.now()); err != nil {
 		log.Warn().Err(err).Msg("Failed to mark erasure job done; will retry")
 		return
 	}
-	job.State = database.ErasureDone
-	job.FinishedAt = svc.now()
+	job.State = ErasureDone
+	job.FinishedAt = e.now()
 }
 
-// receiptFor builds the receipt of job.
-func receiptFor(job *database.ErasureJob) (*EraseReceipt, error) {
+// ReceiptOf builds the receipt of job as it stands.
+func ReceiptOf(job *ErasureJob) (*EraseReceipt, error) {
 	r := &EraseReceipt{
 		JobID: job.JobID, State: string(job.State), Trigger: job.Trigger, Modules: job.Modules,
 		UserHash: job.UserHash, RemoteFailures: job.RemoteFailed, StartedAt: job.CreatedAt,
@@ -714,14 +682,14 @@ func receiptMarkdown(r *EraseReceipt, leaving bool) string {
 		sb.WriteString("There was nothing to erase.\n")
 	}
 	for _, module := range slices.Sorted(maps.Keys(totals)) {
-		fmt.Fprintf(&sb, "* %s: %s\n", module, plural(totals[module], "entry", "entries"))
+		fmt.Fprintf(&sb, "* %s: %s\n", module, Plural(totals[module], "entry", "entries"))
 	}
 	for _, module := range slices.Sorted(maps.Keys(r.Kept)) {
 		var n int64
 		for _, c := range r.Kept[module] {
 			n += c
 		}
-		fmt.Fprintf(&sb, "* %s kept %s for a stated reason until they expire (send `mydata` to see why)\n", module, plural(n, "entry", "entries"))
+		fmt.Fprintf(&sb, "* %s kept %s for a stated reason until they expire (send `mydata` to see why)\n", module, Plural(n, "entry", "entries"))
 	}
 	if len(r.RemoteFailures) > 0 {
 		fmt.Fprintf(&sb, "\nUndoing what %s did for you on the remote side failed; the administrator can see it in the logs. Your data here is erased regardless.\n",
@@ -735,7 +703,8 @@ func receiptMarkdown(r *EraseReceipt, leaving bool) string {
 	return sb.String()
 }
 
-func plural(n int64, one, many string) string {
+// Plural returns n and the noun for it: "1 entry", "2 entries".
+func Plural(n int64, one, many string) string {
 	if n == 1 {
 		return "1 " + one
 	}
@@ -744,40 +713,40 @@ func plural(n int64, one, many string) string {
 
 // Timing of the erasure runner, on the service's clock.
 const (
-	// erasurePoll is how often the runner looks for jobs when none is unfinished: jobs recorded
+	// ErasurePoll is how often the runner looks for jobs when none is unfinished: jobs recorded
 	// by another instance sharing the database, or by a request whose wake-up it missed.
-	erasurePoll = time.Minute
-	// erasureRetryMin and erasureRetryMax bound the wait before the runner tries unfinished jobs
+	ErasurePoll = time.Minute
+	// ErasureRetryMin and ErasureRetryMax bound the wait before the runner tries unfinished jobs
 	// again (a failed step, a busy SQLite WAL); it doubles from the one to the other.
-	erasureRetryMin = 5 * time.Second
-	erasureRetryMax = 10 * time.Minute
+	ErasureRetryMin = 5 * time.Second
+	ErasureRetryMax = 10 * time.Minute
 )
 
 // erasureLoop is the erasure runner: it runs every pending or cleanup job, one at a time, at
-// start (jobs an earlier run left), whenever a request wakes it, every erasurePoll, and while
-// jobs stay unfinished, again after a growing delay. It closes svc.privacy.resumed after its
+// start (jobs an earlier run left), whenever a request wakes it, every ErasurePoll, and while
+// jobs stay unfinished, again after a growing delay. It closes e.resumed after its
 // first round and runs until ctx ends.
-func (svc *Service) erasureLoop(ctx context.Context) {
-	defer close(svc.privacy.runnerDone)
-	ctx = svc.erasureContext(ctx)
-	retry := erasureRetryMin
+func (e *Engine) erasureLoop(ctx context.Context) {
+	defer close(e.runnerDone)
+	ctx = e.erasureContext(ctx)
+	retry := ErasureRetryMin
 	for first := true; ; first = false {
-		unfinished := svc.runErasureJobs(ctx, first)
+		unfinished := e.runErasureJobs(ctx, first)
 		if first {
-			close(svc.privacy.resumed)
+			close(e.resumed)
 		}
-		wait := erasurePoll
+		wait := ErasurePoll
 		if unfinished > 0 {
-			wait, retry = retry, min(retry*2, erasureRetryMax)
+			wait, retry = retry, min(retry*2, ErasureRetryMax)
 		} else {
-			retry = erasureRetryMin
+			retry = ErasureRetryMin
 		}
-		timer := svc.clock().NewTimer(wait)
+		timer := e.clk.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
-		case <-svc.privacy.eraseWake:
+		case <-e.eraseWake:
 		case <-timer.C():
 		}
 		timer.Stop()
@@ -786,9 +755,9 @@ func (svc *Service) erasureLoop(ctx context.Context) {
 
 // runErasureJobs takes every unfinished job as far as it goes, oldest first, and tells whoever
 // waits for one how it went. It returns how many jobs are still unfinished.
-func (svc *Service) runErasureJobs(ctx context.Context, atStart bool) (unfinished int) {
+func (e *Engine) runErasureJobs(ctx context.Context, atStart bool) (unfinished int) {
 	log := zerolog.Ctx(ctx)
-	jobs, err := svc.privacyDB().UnfinishedErasures(ctx)
+	jobs, err := e.queries().UnfinishedErasures(ctx)
 	if err != nil {
 		log.Error().Err(err).Msg("Failed to list unfinished erasure jobs; will retry")
 		return 1
@@ -802,62 +771,62 @@ func (svc *Service) runErasureJobs(ctx context.Context, atStart bool) (unfinishe
 			return unfinished + 1
 		}
 		seen[job.JobID] = true
-		receipt, err := svc.runErasureJob(ctx, job.JobID)
-		svc.notifyErasureWaiters(job.JobID, erasureOutcome{receipt, err})
-		state := database.ErasurePending
+		receipt, err := e.runErasureJob(ctx, job.JobID)
+		e.notifyErasureWaiters(job.JobID, erasureOutcome{receipt, err})
+		state := ErasurePending
 		if receipt != nil {
-			state = database.ErasureState(receipt.State)
+			state = ErasureState(receipt.State)
 		}
-		if state != database.ErasureDone {
+		if state != ErasureDone {
 			unfinished++
 		}
 		if err != nil {
 			log.Error().Err(err).Str("job_id", job.JobID).Msg("Erasure job failed; will retry")
 		}
-		if hook := svc.privacy.erasureRan; hook != nil {
+		if hook := e.erasureRan; hook != nil {
 			hook(job.JobID, state, err)
 		}
 	}
 	// Jobs someone waits for that were not unfinished: finished meanwhile (by another instance).
 	// A job not recorded yet, or recorded after the list was read, is for the next round, which
 	// its request wakes.
-	for _, jobID := range svc.waitingErasures() {
+	for _, jobID := range e.waitingErasures() {
 		if seen[jobID] {
 			continue
 		}
-		if receipt, err := svc.ErasureStatus(ctx, jobID); err == nil && receipt.State == string(database.ErasureDone) {
-			svc.notifyErasureWaiters(jobID, erasureOutcome{receipt, nil})
+		if receipt, err := e.ErasureStatus(ctx, jobID); err == nil && receipt.State == string(ErasureDone) {
+			e.notifyErasureWaiters(jobID, erasureOutcome{receipt, nil})
 		}
 	}
 	return unfinished
 }
 
 // runErasureJob runs job jobID as it stands in the database, under eraseLock.
-func (svc *Service) runErasureJob(ctx context.Context, jobID string) (*EraseReceipt, error) {
-	svc.privacy.eraseLock.Lock()
-	defer svc.privacy.eraseLock.Unlock()
+func (e *Engine) runErasureJob(ctx context.Context, jobID string) (*EraseReceipt, error) {
+	e.eraseLock.Lock()
+	defer e.eraseLock.Unlock()
 	// Another request may have moved the job on since it was listed.
-	job, err := svc.privacyDB().GetErasure(ctx, jobID)
+	job, err := e.queries().GetErasure(ctx, jobID)
 	if err != nil {
 		return nil, err
 	} else if job == nil {
 		return nil, ErrUnknownErasure
 	}
-	if job.State == database.ErasureDone {
-		return receiptFor(job)
+	if job.State == ErasureDone {
+		return ReceiptOf(job)
 	}
-	return svc.runErasure(ctx, job)
+	return e.runErasure(ctx, job)
 }
 
 // ErasureStatus returns the receipt of erasure job jobID as it stands, or [ErrUnknownErasure].
-func (svc *Service) ErasureStatus(ctx context.Context, jobID string) (*EraseReceipt, error) {
-	job, err := svc.privacyDB().GetErasure(ctx, jobID)
+func (e *Engine) ErasureStatus(ctx context.Context, jobID string) (*EraseReceipt, error) {
+	job, err := e.queries().GetErasure(ctx, jobID)
 	if err != nil {
 		return nil, err
 	} else if job == nil {
 		return nil, ErrUnknownErasure
 	}
-	return receiptFor(job)
+	return ReceiptOf(job)
 }
 
 // checkpointAfterErasure copies SQLite's write-ahead log into the database file and truncates
@@ -867,12 +836,12 @@ func (svc *Service) ErasureStatus(ctx context.Context, jobID string) (*EraseRece
 // be truncated (SQLite reports busy after its busy timeout), and later automatic checkpoints
 // never truncate it: it reports false, and the erasure stays in cleanup until a retry succeeds.
 // PostgreSQL needs nothing here: it reports true.
-func (svc *Service) checkpointAfterErasure(ctx context.Context) bool {
-	if svc.rawDB.Dialect != dbutil.SQLite {
+func (e *Engine) checkpointAfterErasure(ctx context.Context) bool {
+	if e.db.Dialect != dbutil.SQLite {
 		return true
 	}
 	var busy, logFrames, checkpointed int
-	err := svc.rawDB.QueryRow(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &checkpointed)
+	err := e.db.QueryRow(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &checkpointed)
 	switch {
 	case err != nil:
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to checkpoint the SQLite WAL after an erasure; will retry")

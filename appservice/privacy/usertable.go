@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"time"

@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -61,21 +61,21 @@ const redactedValue = "[redacted]"
 // Export collects everything Custodian holds about user, from every module's declared tables.
 // It only reads; it may be called concurrently and for a user Custodian knows nothing about (the
 // tables are then empty). Secrets are never read: the query only asks whether each is set.
-func (svc *Service) Export(ctx context.Context, user id.UserID) (*Export, error) {
-	if err := checkUserID(user); err != nil {
+func (e *Engine) Export(ctx context.Context, user id.UserID) (*Export, error) {
+	if err := CheckUserID(user); err != nil {
 		return nil, err
 	}
 	out := &Export{
 		SchemaVersion: ExportSchemaVersion,
-		GeneratedAt:   svc.now().UTC().Truncate(time.Millisecond),
+		GeneratedAt:   e.now().UTC().Truncate(time.Millisecond),
 		User:          user,
 		Modules:       make(map[string]map[string]*ExportTable),
 	}
-	inv := svc.inventory()
+	inv := e.host.Inventory()
 	for _, module := range sortedKeys(inv) {
 		tables := make(map[string]*ExportTable)
 		for _, ut := range inv[module] {
-			et, err := svc.exportTable(ctx, ut, user)
+			et, err := e.exportTable(ctx, ut, user)
 			if err != nil {
 				return nil, fmt.Errorf("failed to export %s: %w", ut.Table, err)
 			}
@@ -86,14 +86,11 @@ func (svc *Service) Export(ctx context.Context, user id.UserID) (*Export, error)
 	return out, nil
 }
 
-// effectiveRetention returns how long ut's rows are kept: its retention class's configured
-// limit, else its Retention.
-func (svc *Service) effectiveRetention(ut UserTable) time.Duration {
-	switch ut.RetentionClass {
-	case RetentionActivity:
-		return svc.cfg.Privacy.activityRetention()
-	case RetentionNetwork:
-		return svc.cfg.Privacy.networkRetention()
+// EffectiveRetention returns how long ut's rows are kept: its retention class's configured
+// limit, else its Retention. Zero keeps them as long as the user's data.
+func (e *Engine) EffectiveRetention(ut UserTable) time.Duration {
+	if ut.RetentionClass != "" {
+		return e.host.Retention(ut.RetentionClass)
 	}
 	return ut.Retention
 }
@@ -110,7 +107,7 @@ func exportColumns(ut UserTable) []string {
 	return cols
 }
 
-func (svc *Service) exportTable(ctx context.Context, ut UserTable, user id.UserID) (*ExportTable, error) {
+func (e *Engine) exportTable(ctx context.Context, ut UserTable, user id.UserID) (*ExportTable, error) {
 	et := &ExportTable{
 		Description:   ut.Description,
 		OnErasure:     ut.Policy.String(),
@@ -118,8 +115,8 @@ func (svc *Service) exportTable(ctx context.Context, ut UserTable, user id.UserI
 		SecretColumns: ut.Secret,
 		Rows:          []map[string]any{},
 	}
-	if ret := svc.effectiveRetention(ut); ret > 0 {
-		et.Retention = describeDuration(ret)
+	if ret := e.EffectiveRetention(ut); ret > 0 {
+		et.Retention = DescribeDuration(ret)
 	}
 	cols := exportColumns(ut)
 	selects := make([]string, 0, len(cols)+1)
@@ -137,7 +134,7 @@ func (svc *Service) exportTable(ctx context.Context, ut UserTable, user id.UserI
 	if ut.TimeColumn != "" {
 		query += " ORDER BY " + quoteIdent(ut.TimeColumn)
 	}
-	rows, err := svc.rawDB.Query(ctx, query, user)
+	rows, err := e.db.Query(ctx, query, user)
 	if err != nil {
 		return nil, err
 	}
@@ -225,10 +222,42 @@ func exportValue(v any, dbType string, isTime bool) any {
 	}
 }
 
-// describeDuration writes a retention in words: "14 days", "36h0m0s".
-func describeDuration(d time.Duration) string {
+// DescribeDuration writes a retention in words: "14 days", "36h0m0s".
+func DescribeDuration(d time.Duration) string {
 	if d%(24*time.Hour) == 0 {
-		return plural(int64(d/(24*time.Hour)), "day", "days")
+		return Plural(int64(d/(24*time.Hour)), "day", "days")
 	}
 	return d.String()
+}
+
+// Holding is what one declared table holds about a user, for the access summary (!mydata).
+type Holding struct {
+	// Table is the declaration.
+	Table UserTable
+	// Rows is the number of rows about the user; never zero in [Engine.Holdings].
+	Rows int64
+	// Retention is how long the rows are kept (see [Engine.EffectiveRetention]).
+	Retention time.Duration
+}
+
+// Holdings returns, per module, the declared tables that hold rows about user, in inventory
+// order, without the erasure bookkeeping. Modules holding nothing are left out. It only reads.
+func (e *Engine) Holdings(ctx context.Context, user id.UserID) (map[string][]Holding, error) {
+	out := make(map[string][]Holding)
+	inv := e.host.Inventory()
+	for _, module := range sortedKeys(inv) {
+		for _, ut := range inv[module] {
+			if slices.Contains(bookkeepingTables, ut.Table) {
+				continue
+			}
+			n, err := e.countUserRows(ctx, ut, user)
+			if err != nil {
+				return nil, err
+			}
+			if n > 0 {
+				out[module] = append(out[module], Holding{Table: ut, Rows: n, Retention: e.EffectiveRetention(ut)})
+			}
+		}
+	}
+	return out, nil
 }

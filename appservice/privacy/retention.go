@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -13,9 +13,9 @@ import (
 // no longer names the user; its tombstone stays for good.
 const finishedErasureTTL = 90 * 24 * time.Hour
 
-// checkRetention reports declarations the retention sweeper cannot enforce: a retention without
+// CheckRetention reports declarations the retention sweeper cannot enforce: a retention without
 // a time column, or an unknown retention class. start refuses to run with them.
-func checkRetention(inventory map[string][]UserTable) error {
+func CheckRetention(inventory map[string][]UserTable) error {
 	var errs []error
 	for _, module := range sortedKeys(inventory) {
 		for _, ut := range inventory[module] {
@@ -35,9 +35,9 @@ func checkRetention(inventory map[string][]UserTable) error {
 	return errors.Join(errs...)
 }
 
-// retentionLoop runs the retention sweeper every privacy.sweep_interval until ctx ends.
-func (svc *Service) retentionLoop(ctx context.Context) {
-	ticker := svc.clock().NewTicker(svc.cfg.Privacy.sweepInterval())
+// retentionLoop runs the retention sweeper every interval until ctx ends.
+func (e *Engine) retentionLoop(ctx context.Context, interval time.Duration) {
+	ticker := e.clk.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		select {
@@ -45,7 +45,7 @@ func (svc *Service) retentionLoop(ctx context.Context) {
 			return
 		case <-ticker.C():
 		}
-		deleted, err := svc.sweepRetention(ctx)
+		deleted, err := e.SweepRetention(ctx)
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("Retention sweep failed; will try again at the next interval")
 		}
@@ -54,25 +54,25 @@ func (svc *Service) retentionLoop(ctx context.Context) {
 	}
 }
 
-// sweepRetention deletes, in every module's declared tables with a retention (their own, or
+// SweepRetention deletes, in every module's declared tables with a retention (their own, or
 // their retention class's from the configuration), the rows whose TimeColumn is older than the
 // retention, and finished erasure jobs older than 90 days. It returns how many rows it deleted.
 // On PostgreSQL only one instance sweeps at a time (an advisory lock); the others skip the
 // sweep. A table that fails does not stop the others; the failures are returned together.
-func (svc *Service) sweepRetention(ctx context.Context) (int64, error) {
+func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 	var total int64
 	start := time.Now()
-	ran, err := svc.withSweepLock(ctx, "retention", func(ctx context.Context) error {
-		now := svc.now()
-		inv := svc.inventory()
+	ran, err := WithSweepLock(ctx, e.db.Database, "retention", func(ctx context.Context) error {
+		now := e.now()
+		inv := e.host.Inventory()
 		var errs []error
 		for _, module := range sortedKeys(inv) {
 			for _, ut := range inv[module] {
-				retention := svc.effectiveRetention(ut)
+				retention := e.EffectiveRetention(ut)
 				if retention <= 0 || ut.TimeColumn == "" {
 					continue
 				}
-				res, err := svc.rawDB.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s < $1`, quoteIdent(ut.Table), quoteIdent(ut.TimeColumn)),
+				res, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s < $1`, quoteIdent(ut.Table), quoteIdent(ut.TimeColumn)),
 					now.Add(-retention).UnixMilli())
 				if err != nil {
 					errs = append(errs, fmt.Errorf("failed to delete expired rows of %s: %w", ut.Table, err))
@@ -85,7 +85,7 @@ func (svc *Service) sweepRetention(ctx context.Context) (int64, error) {
 				}
 			}
 		}
-		n, err := svc.privacyDB().DeleteFinishedErasures(ctx, now.Add(-finishedErasureTTL))
+		n, err := e.queries().DeleteFinishedErasures(ctx, now.Add(-finishedErasureTTL))
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -6,12 +6,9 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
@@ -22,9 +19,6 @@ import (
 
 // AdminAPIPrefix is the path prefix of every admin API endpoint.
 const AdminAPIPrefix = "/_custodian/admin/v1"
-
-// minAdminTokenLength is the shortest admin API token accepted from admin_api.token_file.
-const minAdminTokenLength = 32
 
 // maxAdminBodyBytes bounds an admin API request body.
 const maxAdminBodyBytes = 64 << 10
@@ -61,50 +55,36 @@ type AdminSuspects struct {
 	Suspects []*database.DeactivationSuspect `json:"suspects"`
 }
 
-// startAdminAPI starts the admin API listener if admin_api.listen is set.
-func (svc *Service) startAdminAPI(ctx context.Context) error {
-	cfg := &svc.cfg.AdminAPI
-	if cfg.Listen == nil || *cfg.Listen == "" {
-		return nil
-	}
-	if cfg.TokenFile == nil {
-		return fmt.Errorf("admin_api.token_file must be set when admin_api.listen is set")
-	}
-	token, err := readTokenFile(*cfg.TokenFile, minAdminTokenLength)
-	if err != nil {
-		return fmt.Errorf("admin_api.token_file: %w", err)
-	}
-	ln, err := net.Listen("tcp", *cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("failed to listen on admin_api.listen %s: %w", *cfg.Listen, err)
-	}
-	log := zerolog.Ctx(ctx).With().Str("component", "admin_api").Logger()
-	svc.privacy.adminAddr = ln.Addr()
-	// Erasures wait for the bridges' remote side effects.
-	svc.privacy.adminServer = NewHTTPServer(svc.adminRouter(token, log), time.Minute, 5*time.Minute)
-	go func() {
-		if err := svc.privacy.adminServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("Admin API listener failed")
-		}
-	}()
-	if !isLoopbackListen(ln.Addr().String()) {
-		log.Warn().Str("address", ln.Addr().String()).Msg("Admin API listens beyond loopback; make sure only admins can reach it")
-	}
-	log.Info().Str("address", ln.Addr().String()).Msg("Admin API listener started")
-	return nil
+// AdminAPIOptions configure [Engine.AdminHandler].
+type AdminAPIOptions struct {
+	// Token is the bearer token every request must carry. Required.
+	Token string
+	// Log is the logger of the requests.
+	Log zerolog.Logger
+	// Vault is the credential vault whose key status GET …/keys reports; nil when no master key
+	// is configured.
+	Vault any
+	// Mount, if set, adds more routes to the handler's mux (under [AdminAPIPrefix]) behind the
+	// same token: the core mounts the bridges' admin endpoints with it.
+	Mount func(mux *http.ServeMux)
 }
 
-// adminRouter is the admin API: every request needs the bearer token; without it, or with a
-// wrong one, the answer is the same 401 whatever the path, so nothing is revealed.
-func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
+// AdminHandler is the admin API (export, erasure, tombstones, erasure status, key status,
+// deactivation suspects under [AdminAPIPrefix]): every request needs the bearer token; without
+// it, or with a wrong one, the answer is the same 401 whatever the path, so nothing is revealed.
+func (e *Engine) AdminHandler(opts AdminAPIOptions) http.Handler {
+	token, log := opts.Token, opts.Log
+	api := &adminAPI{e: e, vault: opts.Vault}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/export", svc.adminExport)
-	mux.HandleFunc("POST "+AdminAPIPrefix+"/users/{userID}/forget", svc.adminForget)
-	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/erasures", svc.adminTombstones)
-	mux.HandleFunc("GET "+AdminAPIPrefix+"/erasures/{jobID}", svc.adminErasure)
-	mux.HandleFunc("GET "+AdminAPIPrefix+"/keys", svc.adminKeys)
-	mux.HandleFunc("GET "+AdminAPIPrefix+"/deactivation-suspects", svc.adminSuspects)
-	svc.mountBridgeAdminRoutes(mux, log)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/export", api.export)
+	mux.HandleFunc("POST "+AdminAPIPrefix+"/users/{userID}/forget", api.forget)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/users/{userID}/erasures", api.tombstones)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/erasures/{jobID}", api.erasure)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/keys", api.keys)
+	mux.HandleFunc("GET "+AdminAPIPrefix+"/deactivation-suspects", api.suspects)
+	if opts.Mount != nil {
+		opts.Mount(mux)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
@@ -129,22 +109,28 @@ func (svc *Service) adminRouter(token string, log zerolog.Logger) http.Handler {
 	})
 }
 
+// adminAPI serves the admin API's endpoints.
+type adminAPI struct {
+	e     *Engine
+	vault any
+}
+
 // adminUser parses the {userID} path value, answering 400 if it is not a user ID.
 func adminUser(w http.ResponseWriter, r *http.Request) (id.UserID, bool) {
 	user := id.UserID(r.PathValue("userID"))
-	if err := checkUserID(user); err != nil {
+	if err := CheckUserID(user); err != nil {
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Not a valid Matrix user ID")
 		return "", false
 	}
 	return user, true
 }
 
-func (svc *Service) adminExport(w http.ResponseWriter, r *http.Request) {
+func (api *adminAPI) export(w http.ResponseWriter, r *http.Request) {
 	user, ok := adminUser(w, r)
 	if !ok {
 		return
 	}
-	export, err := svc.Export(r.Context(), user)
+	export, err := api.e.Export(r.Context(), user)
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Admin export failed")
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Export failed; see the log")
@@ -154,7 +140,7 @@ func (svc *Service) adminExport(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, export)
 }
 
-func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
+func (api *adminAPI) forget(w http.ResponseWriter, r *http.Request) {
 	user, ok := adminUser(w, r)
 	if !ok {
 		return
@@ -174,7 +160,7 @@ func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
 	// The erasure runs to the end even if the admin's client goes away; its ctx keeps only the
 	// logger of the request.
 	ctx := context.WithoutCancel(r.Context())
-	receipt, err := svc.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
+	receipt, err := api.e.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
 	switch {
 	case errors.Is(err, ErrUnknownModule):
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Unknown module; use bridge IDs")
@@ -187,15 +173,15 @@ func (svc *Service) adminForget(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, receipt)
 }
 
-func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
+func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
 	user, ok := adminUser(w, r)
 	if !ok {
 		return
 	}
-	hash, _, err := svc.UserHash(r.Context(), user)
-	var tombstones []*database.Tombstone
+	hash, _, err := api.e.UserHash(r.Context(), user)
+	var tombstones []*Tombstone
 	if err == nil {
-		tombstones, err = svc.privacyDB().Tombstones(r.Context(), hash)
+		tombstones, err = api.e.queries().Tombstones(r.Context(), hash)
 	}
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to look up tombstones")
@@ -204,9 +190,9 @@ func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
 	}
 	out := &AdminTombstones{UserHash: hash, Erasures: []*EraseReceipt{}}
 	for _, ts := range tombstones {
-		receipt, err := receiptFor(&database.ErasureJob{
+		receipt, err := ReceiptOf(&ErasureJob{
 			JobID: ts.JobID, UserHash: ts.UserHash, Trigger: ts.Trigger, Modules: ts.Modules,
-			State: database.ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
+			State: ErasureDone, Counts: ts.Counts, CreatedAt: ts.ErasedAt, FinishedAt: ts.ErasedAt,
 		})
 		if err != nil {
 			zerolog.Ctx(r.Context()).Error().Err(err).Msg("Invalid tombstone")
@@ -217,8 +203,8 @@ func (svc *Service) adminTombstones(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
-	receipt, err := svc.ErasureStatus(r.Context(), r.PathValue("jobID"))
+func (api *adminAPI) erasure(w http.ResponseWriter, r *http.Request) {
+	receipt, err := api.e.ErasureStatus(r.Context(), r.PathValue("jobID"))
 	switch {
 	case errors.Is(err, ErrUnknownErasure):
 		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such erasure job")
@@ -230,8 +216,8 @@ func (svc *Service) adminErasure(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (svc *Service) adminSuspects(w http.ResponseWriter, r *http.Request) {
-	suspects, err := svc.privacyDB().Suspects(r.Context())
+func (api *adminAPI) suspects(w http.ResponseWriter, r *http.Request) {
+	suspects, err := api.e.db.Privacy().Suspects(r.Context())
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to list deactivation suspects")
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
@@ -240,12 +226,12 @@ func (svc *Service) adminSuspects(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, &AdminSuspects{Suspects: suspects})
 }
 
-func (svc *Service) adminKeys(w http.ResponseWriter, r *http.Request) {
-	if svc.vault == nil {
+func (api *adminAPI) keys(w http.ResponseWriter, r *http.Request) {
+	if api.vault == nil {
 		writeJSON(w, http.StatusOK, &AdminKeyStatus{Enabled: false})
 		return
 	}
-	keys, ok, err := vaultStatus(r.Context(), svc.vault)
+	keys, ok, err := vaultStatus(r.Context(), api.vault)
 	switch {
 	case !ok:
 		writeError(w, http.StatusNotImplemented, "M_UNRECOGNIZED", "This vault does not report key status")
@@ -274,4 +260,20 @@ func vaultStatus(ctx context.Context, v any) (report any, ok bool, err error) {
 		return report, true, err
 	}
 	return nil, false, nil
+}
+
+// matrixError is the body of an error answer, in the Matrix APIs' shape.
+type matrixError struct {
+	ErrCode string `json:"errcode"`
+	Err     string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, errcode, msg string) {
+	writeJSON(w, status, matrixError{ErrCode: errcode, Err: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
 }
