@@ -125,6 +125,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 		svc.bridgeByID[bh.id] = bh
 	}
 	svc.engine = svc.newEngine()
+	svc.notifier.RefuseDuringErasure(svc.engine.Store().HasPendingErasure)
 	svc.bot = newBotHost(svc)
 	svc.dispatcher = newDispatcher(svc)
 	return svc, nil
@@ -387,4 +388,25 @@ func (svc *Service) bridgeForUser(userID id.UserID) *bridgeHost {
 		}
 	}
 	return nil
+}
+
+// clock returns the service's clock: the one tests set in Service.clk (a [clock.Fake]), or the
+// real one. Every time-driven behaviour of the core (retention, sweeps, confirmation expiry,
+// pruning of processed IDs, debounces and retries, the homeserver connection's backoff) runs on
+// it, so tests drive it without sleeping.
+func (svc *Service) clock() clock.Clock {
+	if svc.clk != nil {
+		return svc.clk
+	}
+	return clock.Real()
+}
+
+// now returns the service's current time.
+func (svc *Service) now() time.Time {
+	return svc.clock().Now()
+}
+
+// sleep waits d on the service's clock. It reports false if ctx ended first.
+func (svc *Service) sleep(ctx context.Context, d time.Duration) bool {
+	return clock.Sleep(ctx, svc.clock(), d) == nil
 }

@@ -255,7 +255,8 @@ type Host interface {
 	// to one user open one room. The send's transaction ID is derived from the bridge, n.Cause
 	// and n.Purpose, so a notice sent again for the same cause and purpose (a replay after a
 	// crash) is posted once; only if the room was reopened in between is it posted again, in the
-	// new room. It returns the room and the event ID of the message.
+	// new room. It returns the room and the event ID of the message. While the user's erasure is
+	// queued or running it sends nothing and returns [ErrUserBeingErased].
 	NotifyUser(ctx context.Context, userID id.UserID, n Notice) (id.RoomID, id.EventID, error)
 }
 

@@ -226,6 +226,37 @@ func TestEraseGoesOnWhenRemoteErasureFails(t *testing.T) {
 	}
 }
 
+// TestNoNoticeToAUserBeingErased: a notice a bridge sends while the user's erasure runs (a late
+// goroutine, a timeout firing) is refused, so it neither recreates the users row nor opens a
+// management room after the erasure deleted them.
+func TestNoNoticeToAUserBeingErased(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			env.seedUser(pvAlice, pvDM)
+			env.hooks.lock.Lock()
+			env.hooks.notifyInErase = true
+			env.hooks.lock.Unlock()
+			rooms := len(env.hs.RequestsTo(astest.PatternCreateRoom))
+			if _, err := env.svc.engine.Erase(env.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				t.Fatal(err)
+			}
+			env.hooks.lock.Lock()
+			notifyErr := env.hooks.notifyErr
+			env.hooks.lock.Unlock()
+			if !errors.Is(notifyErr, ErrUserBeingErased) {
+				t.Errorf("NotifyUser during the erasure = %v, want ErrUserBeingErased", notifyErr)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1`, pvAlice); n != 0 {
+				t.Errorf("%d users rows for alice after the erasure, want 0", n)
+			}
+			if got := len(env.hs.RequestsTo(astest.PatternCreateRoom)); got != rooms {
+				t.Errorf("%d rooms created during the erasure, want none", got-rooms)
+			}
+		})
+	}
+}
+
 func TestEraseResumesAfterCrash(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {

@@ -24,6 +24,10 @@ const ManagementRoomTopic = "Custodian tells you here what is meant for you alon
 // [Notifier.Notify]); a bridge's notices are scoped by its ID.
 const CoreNoticeScope = "core"
 
+// ErrUserBeingErased is returned by [Host.NotifyUser] while the user's erasure is queued or
+// running: a notice then would recreate the users row and open a room the erasure just deleted.
+var ErrUserBeingErased = errors.New("appservice: the user is being erased")
+
 // ErrInvalidNotice is returned by [Host.NotifyUser] for a notice without Cause or Content.
 var ErrInvalidNotice = errors.New("appservice: a notice needs a cause and content")
 
@@ -34,8 +38,18 @@ type Notifier struct {
 	bot   *mxas.IntentAPI
 	users *database.UserQuery
 
+	// erasing, if set, reports whether user's erasure is pending (see RefuseDuringErasure).
+	erasing func(ctx context.Context, user id.UserID) (bool, error)
+
 	lock  sync.Mutex
 	locks map[id.UserID]*userLock
+}
+
+// RefuseDuringErasure makes Notify refuse, with [ErrUserBeingErased], a notice to a user for
+// whom erasing reports true: the core passes the privacy engine's pending-erasure check. It
+// must be called before the Notifier is used.
+func (nf *Notifier) RefuseDuringErasure(erasing func(ctx context.Context, user id.UserID) (bool, error)) {
+	nf.erasing = erasing
 }
 
 type userLock struct {
@@ -88,6 +102,13 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 	}
 	unlock := nf.lockUser(user)
 	defer unlock()
+	if nf.erasing != nil {
+		if pending, err := nf.erasing(ctx, user); err != nil {
+			return "", "", err
+		} else if pending {
+			return "", "", ErrUserBeingErased
+		}
+	}
 	roomID, err := nf.users.ManagementRoom(ctx, user)
 	if err != nil {
 		return "", "", fmt.Errorf("failed to get management room: %w", err)

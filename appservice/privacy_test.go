@@ -55,6 +55,10 @@ type privacyBridge struct {
 	configured  []id.UserID
 	// keeps are the rooms the bridge keeps (RoomKeeper).
 	keeps map[id.RoomID]bool
+	// notifyInErase makes EraseRemote send the user a notice, as a late bridge goroutine
+	// might; notifyErr records what NotifyUser returned.
+	notifyInErase bool
+	notifyErr     error
 }
 
 var (
@@ -147,7 +151,17 @@ func (pb *privacyBridge) EraseRemote(ctx context.Context, user id.UserID) error 
 		}
 	}
 	pb.lock.Lock()
+	notify := pb.notifyInErase
+	pb.lock.Unlock()
+	var notifyErr error
+	if notify {
+		_, _, notifyErr = pb.host.NotifyUser(ctx, user, Notice{
+			Cause: "$late", Purpose: "late", Content: &event.MessageEventContent{MsgType: event.MsgNotice, Body: "late"},
+		})
+	}
+	pb.lock.Lock()
 	defer pb.lock.Unlock()
+	pb.notifyErr = notifyErr
 	pb.erased = append(pb.erased, user)
 	return pb.eraseErr
 }

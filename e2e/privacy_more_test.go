@@ -222,7 +222,7 @@ func TestForgetOneBridge(t *testing.T) {
 
 // TestRetentionSweeps: with privacy.activity_retention 2s, the activity record of alice's !ping
 // is deleted by the retention sweeper. privacy.sweep_interval cannot be set below 1m
-// (privacyconfig.go), and the sweeper first runs one interval after the start, so this waits up to
+// (config.go), and the sweeper first runs one interval after the start, so this waits up to
 // 90 s.
 func TestRetentionSweeps(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {

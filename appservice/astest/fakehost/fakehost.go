@@ -167,6 +167,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	}
 	h.notifier = appservice.NewNotifier(h.AS.BotIntent(), h.CoreDB.User)
 	h.Engine = privacy.New(privacy.Options{DB: h.CoreDB, Host: engineHost{h}, Log: log.With().Str("component", "privacy").Logger()})
+	h.notifier.RefuseDuringErasure(h.Engine.Store().HasPendingErasure)
 	// As at the core's start: the bridge's inventory must match its schema.
 	if err := h.Engine.CheckSchema(ctx); err != nil {
 		t.Fatalf("fakehost: %v", err)
