@@ -92,16 +92,25 @@ func NoticeTxnID(scope string, n Notice) string {
 
 // Notify implements [Host.NotifyUser] for scope, a bridge ID or [CoreNoticeScope]: it sends
 // n.Content to user in their management room, opening one first when none is usable, with the
-// transaction ID [NoticeTxnID] gives. A recorded room is usable while the bot is joined, the
-// user is joined or invited, and nobody else joined (read from the homeserver before each
-// send). If the send is refused because the bot lost the room meanwhile, the room is reopened
-// once and the notice sent there.
+// transaction ID [NoticeTxnID] gives. A room is usable while the bot is joined, the user is
+// joined or invited, and nobody else is joined, invited or knocking (read from the homeserver
+// before each send). If the send is refused because the bot lost the room meanwhile, the room
+// is reopened once and the notice sent there. While the user's erasure is pending it sends
+// nothing and returns [ErrUserBeingErased] (see [Notifier.RefuseDuringErasure]); an erasure
+// that commits while a notice is on its way is noticed when the room is recorded, and the
+// notice is dropped rather than bring the users row back.
 func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n Notice) (id.RoomID, id.EventID, error) {
 	if n.Cause == "" || n.Content == nil {
 		return "", "", ErrInvalidNotice
 	}
 	unlock := nf.lockUser(user)
 	defer unlock()
+	// The row is read first: an erasure that commits after this read is caught when the room is
+	// recorded (see record), one that is still pending by the check below.
+	roomID, hadRow, err := nf.users.ManagementRoomOf(ctx, user)
+	if err != nil {
+		return "", "", fmt.Errorf("failed to get management room: %w", err)
+	}
 	if nf.erasing != nil {
 		if pending, err := nf.erasing(ctx, user); err != nil {
 			return "", "", err
@@ -109,15 +118,12 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 			return "", "", ErrUserBeingErased
 		}
 	}
-	roomID, err := nf.users.ManagementRoom(ctx, user)
-	if err != nil {
-		return "", "", fmt.Errorf("failed to get management room: %w", err)
-	}
 	fresh := false
-	if hint, ok := ctx.Value(commandRoomKey{}).(commandRoom); ok && hint.user == user && hint.room != roomID {
+	if hint, ok := ctx.Value(commandRoomKey{}).(commandRoom); ok && hint.user == user && hint.room != roomID &&
+		nf.privateToUser(ctx, hint.room, user) {
 		// The user is running a command in a direct chat with the bot: answer there.
-		if err = nf.users.SetManagementRoom(ctx, user, hint.room); err != nil {
-			return "", "", fmt.Errorf("failed to record management room: %w", err)
+		if err = nf.record(ctx, user, hint.room, hadRow); err != nil {
+			return "", "", err
 		}
 		roomID = hint.room
 	} else if roomID != "" {
@@ -129,7 +135,7 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 		}
 	}
 	if roomID == "" {
-		if roomID, err = nf.open(ctx, user); err != nil {
+		if roomID, err = nf.open(ctx, user, hadRow); err != nil {
 			return "", "", err
 		}
 		fresh = true
@@ -137,7 +143,7 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 	txnID := NoticeTxnID(scope, n)
 	evtID, err := nf.send(ctx, roomID, txnID, n.Content)
 	if err != nil && !fresh && isRoomGone(err) {
-		if roomID, err = nf.open(ctx, user); err != nil {
+		if roomID, err = nf.open(ctx, user, true); err != nil {
 			return "", "", err
 		}
 		evtID, err = nf.send(ctx, roomID, txnID, n.Content)
@@ -146,6 +152,53 @@ func (nf *Notifier) Notify(ctx context.Context, user id.UserID, scope string, n 
 		return "", "", fmt.Errorf("failed to send notice: %w", err)
 	}
 	return roomID, evtID, nil
+}
+
+// record stores roomID as user's management room. If the user had a users row when the notice
+// started (hadRow), it only updates it: finding none now means their erasure committed
+// meanwhile, and the notice is dropped with [ErrUserBeingErased] instead of bringing the row
+// back. Otherwise it creates the row.
+func (nf *Notifier) record(ctx context.Context, user id.UserID, roomID id.RoomID, hadRow bool) error {
+	if !hadRow {
+		if err := nf.users.SetManagementRoom(ctx, user, roomID); err != nil {
+			return fmt.Errorf("failed to record management room: %w", err)
+		}
+		return nil
+	}
+	if updated, err := nf.users.UpdateManagementRoom(ctx, user, roomID); err != nil {
+		return fmt.Errorf("failed to record management room: %w", err)
+	} else if !updated {
+		return ErrUserBeingErased
+	}
+	return nil
+}
+
+// privateToUser reports whether roomID, a direct chat the user runs a command in, may carry
+// what is meant for them alone: it is usable (see [Notifier.usable]) and its history is hidden
+// from whoever joins later (history_visibility invited or joined). A user-made direct chat
+// usually shares its history with later members; the bot then makes it "invited" where its
+// power level allows (it has the creator's in a trusted_private_chat), and otherwise the notice
+// goes to a room the bot opens itself.
+func (nf *Notifier) privateToUser(ctx context.Context, roomID id.RoomID, user id.UserID) bool {
+	log := zerolog.Ctx(ctx)
+	if usable, err := nf.usable(ctx, roomID, user); err != nil || !usable {
+		return false
+	}
+	var hv event.HistoryVisibilityEventContent
+	err := nf.bot.StateEvent(ctx, roomID, event.StateHistoryVisibility, "", &hv)
+	if err == nil && (hv.HistoryVisibility == event.HistoryVisibilityInvited || hv.HistoryVisibility == event.HistoryVisibilityJoined) {
+		return true
+	} else if err != nil && !errors.Is(err, mautrix.MNotFound) {
+		log.Debug().Err(err).Msg("Failed to read the direct chat's history visibility")
+		return false
+	}
+	_, err = nf.bot.SendStateEvent(ctx, roomID, event.StateHistoryVisibility, "",
+		&event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited})
+	if err != nil {
+		log.Debug().Err(err).Msg("Could not hide the direct chat's history from later members")
+		return false
+	}
+	return true
 }
 
 // send sends content to roomID as the bot, marked as sensitive so that mautrix never logs the
@@ -163,43 +216,44 @@ func (nf *Notifier) send(ctx context.Context, roomID id.RoomID, txnID string, co
 }
 
 // usable reports whether roomID can still carry what is meant for user alone: the bot is joined,
-// nobody but user joined, and user is joined or invited. A room the bot cannot read any more is
-// not usable; any other failure to read it is an error, so a homeserver hiccup does not open a
-// new room each time.
+// the user is joined or invited, and nobody else is joined, invited or knocking (an invitee
+// would read what is sent meanwhile once they join). A room the bot cannot read any more is not
+// usable; any other failure to read it is an error, so a homeserver hiccup does not open a new
+// room each time.
 func (nf *Notifier) usable(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
-	var resp mautrix.RespJoinedMembers
-	url := nf.bot.BuildClientURL("v3", "rooms", roomID, "joined_members")
-	if _, err := nf.bot.MakeRequest(ctx, http.MethodGet, url, nil, &resp); isRoomGone(err) {
+	resp, err := nf.bot.Members(ctx, roomID)
+	if isRoomGone(err) {
 		return false, nil
 	} else if err != nil {
 		return false, fmt.Errorf("failed to fetch the management room's members: %w", err)
 	}
-	members := make([]id.UserID, 0, len(resp.Joined))
-	for member := range resp.Joined {
-		members = append(members, member)
+	botJoined, userIn := false, false
+	for _, evt := range resp.Chunk {
+		if evt.StateKey == nil {
+			continue
+		}
+		if evt.Content.Parsed == nil {
+			_ = evt.Content.ParseRaw(evt.Type)
+		}
+		membership := evt.Content.AsMember().Membership
+		switch member := id.UserID(*evt.StateKey); {
+		case member == nf.bot.UserID:
+			botJoined = membership == event.MembershipJoin
+		case member == user:
+			userIn = membership == event.MembershipJoin || membership == event.MembershipInvite
+		case membership == event.MembershipJoin || membership == event.MembershipInvite || membership == event.MembershipKnock:
+			return false, nil
+		}
 	}
-	if !OnlyBotAnd(members, nf.bot.UserID, user, true) {
-		return false, nil
-	}
-	if len(members) == 2 {
-		return true, nil
-	}
-	// Only the bot is joined: the user is either still invited or gone.
-	var member event.MemberEventContent
-	err := nf.bot.StateEvent(ctx, roomID, event.StateMember, user.String(), &member)
-	if errors.Is(err, mautrix.MNotFound) || isRoomGone(err) {
-		return false, nil
-	} else if err != nil {
-		return false, fmt.Errorf("failed to fetch the user's membership: %w", err)
-	}
-	return member.Membership == event.MembershipInvite, nil
+	return botJoined && userIn, nil
 }
 
 // open creates a private room between the bot and user and records it as the user's
-// management room. It is the one place such rooms are made: a room that should be encrypted is
+// management room (see [Notifier.record]: hadRow tells whether the user had a users row when the
+// notice started). It is the one place such rooms are made: a room that should be encrypted is
 // set up here (an m.room.encryption initial state event), and nowhere else. If Custodian stops
 // between creating and recording, the next notice opens another room; nothing is lost.
-func (nf *Notifier) open(ctx context.Context, user id.UserID) (id.RoomID, error) {
+func (nf *Notifier) open(ctx context.Context, user id.UserID, hadRow bool) (id.RoomID, error) {
 	resp, err := nf.bot.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset:   "trusted_private_chat",
 		IsDirect: true,
@@ -214,8 +268,14 @@ func (nf *Notifier) open(ctx context.Context, user id.UserID) (id.RoomID, error)
 	if err != nil {
 		return "", fmt.Errorf("failed to create management room: %w", err)
 	}
-	if err = nf.users.SetManagementRoom(ctx, user, resp.RoomID); err != nil {
-		return "", fmt.Errorf("failed to record management room: %w", err)
+	if err = nf.record(ctx, user, resp.RoomID, hadRow); err != nil {
+		if errors.Is(err, ErrUserBeingErased) {
+			// Erased while the room was being made: nobody is to be told anything there.
+			if _, lerr := nf.bot.LeaveRoom(ctx, resp.RoomID); lerr != nil {
+				zerolog.Ctx(ctx).Warn().Err(lerr).Stringer("room_id", resp.RoomID).Msg("Failed to leave a management room opened during an erasure")
+			}
+		}
+		return "", err
 	}
 	zerolog.Ctx(ctx).Info().Stringer("management_room_id", resp.RoomID).Msg("Opened a management room")
 	return resp.RoomID, nil

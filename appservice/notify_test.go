@@ -2,7 +2,9 @@ package appservice
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 
@@ -179,6 +181,12 @@ func TestNotifyUserReopens(t *testing.T) {
 		}},
 		{"a ghost joined", func(env *notifyEnv, roomID id.RoomID) {
 			env.hs.SetMembership(roomID, ghost, event.MembershipJoin)
+		}},
+		{"someone else was invited", func(env *notifyEnv, roomID id.RoomID) {
+			env.hs.SetMembership(roomID, carol, event.MembershipInvite)
+		}},
+		{"someone else knocks", func(env *notifyEnv, roomID id.RoomID) {
+			env.hs.SetMembership(roomID, carol, event.MembershipKnock)
 		}},
 		{"the bot was removed", func(env *notifyEnv, roomID id.RoomID) {
 			env.hs.SetMembership(roomID, env.bot, event.MembershipLeave)
@@ -369,6 +377,75 @@ func TestEraseLeavesManagementRoom(t *testing.T) {
 			}
 			if n := env.count(`SELECT COUNT(*) FROM users WHERE management_room IS NOT NULL`); n != 0 {
 				t.Errorf("%d management rooms recorded after the erasures", n)
+			}
+		})
+	}
+}
+
+// TestNotifyUserErasedMeanwhile: an erasure that commits after the pending-erasure check, while
+// the notice is on its way, is noticed when the room is recorded: the notice is dropped with
+// ErrUserBeingErased, the users row is not brought back, and the bot leaves the room it opened.
+func TestNotifyUserErasedMeanwhile(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newNotifyEnv(t, dialect)
+			alice := id.UserID("@alice:" + testDomain)
+			if err := env.db.User.Ensure(env.ctx, alice); err != nil {
+				t.Fatal(err)
+			}
+			env.nf.RefuseDuringErasure(func(ctx context.Context, user id.UserID) (bool, error) {
+				// The erasure commits right after the check.
+				_, err := env.db.Exec(ctx, `DELETE FROM users WHERE mxid=$1`, user)
+				return false, err
+			})
+			_, _, err := env.nf.Notify(env.ctx, alice, "irc", notice("$late", "", "too late"))
+			if !errors.Is(err, ErrUserBeingErased) {
+				t.Fatalf("Notify = %v, want ErrUserBeingErased", err)
+			}
+			var n int
+			if err = env.db.QueryRow(env.ctx, `SELECT COUNT(*) FROM users WHERE mxid=$1`, alice).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("%d users rows for alice (%v), want 0", n, err)
+			}
+			for _, req := range env.hs.RequestsTo(astest.PatternCreateRoom) {
+				if got := len(env.hs.RequestsTo(astest.PatternLeave)); got != 1 {
+					t.Errorf("the bot left %d rooms after opening %s, want 1", got, req.Path)
+				}
+			}
+		})
+	}
+}
+
+// TestCommandRoomHintOnlyWhenPrivate: a direct chat a command runs in is used for notices only
+// while nobody else is joined or invited, and with its history hidden from later members (the
+// bot sets history_visibility to invited); otherwise the notice goes to a room the bot opens.
+func TestCommandRoomHintOnlyWhenPrivate(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil).start()
+			env.hs.SetMembership(pvDM, pvBot, event.MembershipJoin)
+			env.hs.SetMembership(pvDM, pvAlice, event.MembershipJoin)
+			env.hs.SetMembership(pvDM, pvBob, event.MembershipInvite)
+			ctx := env.svc.useAsManagementRoom(env.ctx, pvAlice, pvDM)
+			roomID, _, err := env.svc.NotifyUser(ctx, pvAlice, notice("$cmd", "secret", "the secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if roomID == pvDM {
+				t.Fatal("a notice went to a direct chat with a pending invite for bob")
+			}
+			env.hs.SetMembership(pvDM, pvBob, event.MembershipLeave)
+			roomID, _, err = env.svc.NotifyUser(ctx, pvAlice, notice("$cmd2", "secret", "the secret"))
+			if err != nil || roomID != pvDM {
+				t.Fatalf("notice went to %q (%v), want the direct chat once it is private", roomID, err)
+			}
+			hidden := false
+			for _, req := range env.hs.RequestsTo(astest.PatternPutState) {
+				if strings.Contains(req.Path, string(pvDM)) && strings.Contains(req.Path, event.StateHistoryVisibility.Type) {
+					hidden = true
+				}
+			}
+			if !hidden {
+				t.Error("the bot did not hide the direct chat's history before using it")
 			}
 		})
 	}

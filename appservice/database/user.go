@@ -50,6 +50,19 @@ func (uq *UserQuery) SetPaused(ctx context.Context, userID id.UserID, paused boo
 	})
 }
 
+// ManagementRoomOf returns userID's management room ("" if none is recorded) and whether the
+// user has a users row.
+func (uq *UserQuery) ManagementRoomOf(ctx context.Context, userID id.UserID) (id.RoomID, bool, error) {
+	var room sql.NullString
+	err := uq.db.QueryRow(ctx, `SELECT management_room FROM users WHERE mxid=$1`, userID).Scan(&room)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, nil
+	} else if err != nil {
+		return "", false, err
+	}
+	return id.RoomID(room.String), true, nil
+}
+
 // ManagementRoom returns userID's management room (see Host.NotifyUser), "" if none is recorded
 // or the user has no users row.
 func (uq *UserQuery) ManagementRoom(ctx context.Context, userID id.UserID) (id.RoomID, error) {
