@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -72,4 +73,23 @@ func (cmd *adminCommand) confirm(prompt, want, undone string) bool {
 	}
 	fmt.Fprintf(cmd.stderr, "\n%s: not confirmed; nothing was %s\n", cmd.flags.Name(), undone)
 	return false
+}
+
+// parsePositional parses flags and positional arguments in any order. On failure it has
+// printed why and returns the exit code.
+func parsePositional(flags *flag.FlagSet, args []string) ([]string, int, bool) {
+	var positional []string
+	for {
+		if err := flags.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitConfig, false
+		}
+		if flags.NArg() == 0 {
+			return positional, exitOK, true
+		}
+		positional = append(positional, flags.Arg(0))
+		args = flags.Args()[1:]
+	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -114,23 +112,4 @@ func runPortal(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "Unlinked %s from %s on %s.\n", change.Old.RoomID, change.Old.Channel, change.Old.Network)
 	}
 	return exitOK
-}
-
-// parsePositional parses flags and positional arguments in any order. On failure it has
-// printed why and returns the exit code.
-func parsePositional(flags *flag.FlagSet, args []string) ([]string, int, bool) {
-	var positional []string
-	for {
-		if err := flags.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK, false
-			}
-			return nil, exitConfig, false
-		}
-		if flags.NArg() == 0 {
-			return positional, exitOK, true
-		}
-		positional = append(positional, flags.Arg(0))
-		args = flags.Args()[1:]
-	}
 }
