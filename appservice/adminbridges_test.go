@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 )
 
 // AdminRoutes gives the test bridge two admin API endpoints: one that echoes a path wildcard,
@@ -13,10 +14,10 @@ import (
 func (pb *privacyBridge) AdminRoutes() []AdminRoute {
 	return []AdminRoute{
 		{Method: http.MethodGet, Path: "/things", Handler: func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, http.StatusOK, map[string]any{"bridge": pb.id, "things": []string{}})
+			httpjson.Write(w, http.StatusOK, map[string]any{"bridge": pb.id, "things": []string{}})
 		}},
 		{Method: http.MethodPost, Path: "/things/{thing}/poke", Handler: func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, http.StatusOK, map[string]any{"bridge": pb.id, "poked": r.PathValue("thing")})
+			httpjson.Write(w, http.StatusOK, map[string]any{"bridge": pb.id, "poked": r.PathValue("thing")})
 		}},
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 )
 
 // defaultMaxBodyBytes bounds a transaction body when the config does not: Synapse sends at most
@@ -31,13 +32,13 @@ func (svc *Service) router() http.Handler {
 	mux.HandleFunc("GET /_matrix/app/v1/rooms/{roomAlias}", svc.getRoomAlias)
 	mux.HandleFunc("POST /_matrix/app/v1/ping", svc.postPing)
 	mux.HandleFunc("GET /_matrix/mau/live", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, struct{}{})
+		httpjson.Write(w, http.StatusOK, struct{}{})
 	})
 	mux.HandleFunc("GET /_matrix/mau/ready", func(w http.ResponseWriter, r *http.Request) {
 		if svc.isReady() {
-			writeJSON(w, http.StatusOK, struct{}{})
+			httpjson.Write(w, http.StatusOK, struct{}{})
 		} else {
-			writeError(w, http.StatusServiceUnavailable, "M_NOT_READY", "Custodian is starting or stopping")
+			httpjson.WriteError(w, http.StatusServiceUnavailable, "M_NOT_READY", "Custodian is starting or stopping")
 		}
 	})
 	// The same paths without a method, so a wrong method gets a Matrix error instead of the
@@ -47,28 +48,13 @@ func (svc *Service) router() http.Handler {
 		"/_matrix/app/v1/rooms/{roomAlias}", "/_matrix/app/v1/ping",
 	} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Method not allowed on this endpoint")
+			httpjson.WriteError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Method not allowed on this endpoint")
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
+		httpjson.WriteError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
 	return mux
-}
-
-type matrixError struct {
-	ErrCode string `json:"errcode"`
-	Err     string `json:"error"`
-}
-
-func writeError(w http.ResponseWriter, status int, errcode, msg string) {
-	writeJSON(w, status, matrixError{ErrCode: errcode, Err: msg})
-}
-
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(body)
 }
 
 // checkToken checks the homeserver's token in constant time. It writes the error response and
@@ -80,12 +66,12 @@ func (svc *Service) checkToken(w http.ResponseWriter, r *http.Request) bool {
 		token = r.URL.Query().Get("access_token")
 	}
 	if token == "" {
-		writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Missing homeserver token")
+		httpjson.WriteError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Missing homeserver token")
 		return false
 	}
 	if subtle.ConstantTimeCompare([]byte(token), []byte(svc.reg.ServerToken)) != 1 {
 		zerolog.Ctx(r.Context()).Warn().Str("remote_addr", r.RemoteAddr).Str("path", r.URL.Path).Msg("Rejected request with a wrong homeserver token")
-		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "Invalid homeserver token")
+		httpjson.WriteError(w, http.StatusForbidden, "M_FORBIDDEN", "Invalid homeserver token")
 		return false
 	}
 	return true
@@ -132,9 +118,9 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			log.Warn().Int64("limit_bytes", maxBody).Msg("Rejected oversized transaction")
-			writeError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Transaction body exceeds the configured limit")
+			httpjson.WriteError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Transaction body exceeds the configured limit")
 		} else {
-			writeError(w, http.StatusBadRequest, "M_BAD_JSON", "Failed to read request body")
+			httpjson.WriteError(w, http.StatusBadRequest, "M_BAD_JSON", "Failed to read request body")
 		}
 		return
 	}
@@ -143,9 +129,9 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		log.Warn().Err(err).Int("body_bytes", len(body)).Msg("Rejected malformed transaction")
 		if !json.Valid(body) {
-			writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Transaction body is not valid JSON")
+			httpjson.WriteError(w, http.StatusBadRequest, "M_NOT_JSON", "Transaction body is not valid JSON")
 		} else {
-			writeError(w, http.StatusBadRequest, "M_BAD_JSON", "Transaction body is not a transaction object")
+			httpjson.WriteError(w, http.StatusBadRequest, "M_BAD_JSON", "Transaction body is not a transaction object")
 		}
 		return
 	}
@@ -159,20 +145,20 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 	// so it waits with us instead of piling up more.
 	if err = svc.dispatcher.waitBacklog(r.Context()); err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
-		writeError(w, http.StatusServiceUnavailable, "M_LIMIT_EXCEEDED", "Backlog full, try again later")
+		httpjson.WriteError(w, http.StatusServiceUnavailable, "M_LIMIT_EXCEEDED", "Backlog full, try again later")
 		return
 	}
 	added, dup, err := svc.db.Inbox.Accept(ctx, txnID, events, svc.now())
 	if err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		log.Error().Err(err).Msg("Failed to store transaction")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Failed to store transaction")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Failed to store transaction")
 		return
 	}
 	if dup {
 		svc.metrics.txnReceived.WithLabelValues("duplicate").Inc()
 		log.Debug().Msg("Ignoring repeated transaction")
-		writeJSON(w, http.StatusOK, struct{}{})
+		httpjson.Write(w, http.StatusOK, struct{}{})
 		return
 	}
 	svc.dispatcher.enqueue(ctx, added)
@@ -195,7 +181,7 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		Int("known", len(events)-len(added)).
 		Dur("duration", elapsed).
 		Msg("Accepted transaction")
-	writeJSON(w, http.StatusOK, struct{}{})
+	httpjson.Write(w, http.StatusOK, struct{}{})
 }
 
 // parseTransaction turns a transaction body into inbox events. It fails only if the body is not
@@ -257,26 +243,26 @@ func (svc *Service) getUser(w http.ResponseWriter, r *http.Request) {
 	if userID == svc.as.BotMXID() {
 		if err := svc.as.BotIntent().EnsureRegistered(ctx); err != nil {
 			zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to register bot on user query")
-			writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Failed to register user")
+			httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Failed to register user")
 			return
 		}
-		writeJSON(w, http.StatusOK, struct{}{})
+		httpjson.Write(w, http.StatusOK, struct{}{})
 		return
 	}
 	bh := svc.bridgeForUser(userID)
 	querier, ok := bridgeAs[UserQuerier](bh)
 	if !ok {
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such user")
+		httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "No such user")
 		return
 	}
 	exists, err := querier.QueryUser(ctx, userID)
 	if err != nil {
 		zerolog.Ctx(ctx).Error().Err(err).Str("bridge", bh.id).Msg("User query failed")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "User query failed")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "User query failed")
 	} else if exists {
-		writeJSON(w, http.StatusOK, struct{}{})
+		httpjson.Write(w, http.StatusOK, struct{}{})
 	} else {
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such user")
+		httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "No such user")
 	}
 }
 
@@ -289,17 +275,17 @@ func (svc *Service) getRoomAlias(w http.ResponseWriter, r *http.Request) {
 	bh := svc.bridgeForAlias(alias)
 	querier, ok := bridgeAs[AliasQuerier](bh)
 	if !ok {
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such room alias")
+		httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "No such room alias")
 		return
 	}
 	exists, err := querier.QueryAlias(ctx, alias)
 	if err != nil {
 		zerolog.Ctx(ctx).Error().Err(err).Str("bridge", bh.id).Msg("Alias query failed")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Alias query failed")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Alias query failed")
 	} else if exists {
-		writeJSON(w, http.StatusOK, struct{}{})
+		httpjson.Write(w, http.StatusOK, struct{}{})
 	} else {
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such room alias")
+		httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "No such room alias")
 	}
 }
 
@@ -312,11 +298,11 @@ func (svc *Service) postPing(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
 	if err != nil || (len(body) > 0 && json.Unmarshal(body, &req) != nil) {
-		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Ping body is not valid JSON")
+		httpjson.WriteError(w, http.StatusBadRequest, "M_NOT_JSON", "Ping body is not valid JSON")
 		return
 	}
 	svc.log.Debug().Str("ping_txn_id", req.TxnID).Msg("Answered homeserver ping")
-	writeJSON(w, http.StatusOK, struct{}{})
+	httpjson.Write(w, http.StatusOK, struct{}{})
 }
 
 // bridgeAs returns bh's bridge as the optional interface T, if it implements it.

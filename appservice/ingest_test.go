@@ -15,13 +15,14 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 )
 
 type testRequest struct {
 	method, path, token, body string
 }
 
-func do(t testing.TB, base string, req testRequest) (int, matrixError) {
+func do(t testing.TB, base string, req testRequest) (int, httpjson.Error) {
 	t.Helper()
 	httpReq, err := http.NewRequest(req.method, base+req.path, strings.NewReader(req.body))
 	if err != nil {
@@ -36,7 +37,7 @@ func do(t testing.TB, base string, req testRequest) (int, matrixError) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var merr matrixError
+	var merr httpjson.Error
 	if resp.StatusCode != http.StatusOK {
 		if err = json.Unmarshal(body, &merr); err != nil {
 			t.Fatalf("%s %s: status %d with a non-JSON body %q", req.method, req.path, resp.StatusCode, body)

@@ -48,6 +48,16 @@ func notice(cause, purpose, body string) Notice {
 	return Notice{Cause: cause, Purpose: purpose, Content: &event.MessageEventContent{MsgType: event.MsgNotice, Body: body}}
 }
 
+// mustNotify sends n to user as scope and fails the test if that fails.
+func (env *notifyEnv) mustNotify(t *testing.T, user id.UserID, scope string, n Notice) (id.RoomID, id.EventID) {
+	t.Helper()
+	roomID, evtID, err := env.nf.Notify(env.ctx, user, scope, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return roomID, evtID
+}
+
 // messages returns the bodies of the m.room.message events in roomID.
 func (env *notifyEnv) messages(t *testing.T, roomID id.RoomID) []string {
 	t.Helper()
@@ -76,10 +86,7 @@ func TestNotifyUserOpensRecordsAndReusesRoom(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newNotifyEnv(t, dialect)
 			alice := id.UserID("@alice:" + testDomain)
-			roomID, evtID, err := env.nf.Notify(env.ctx, alice, "irc", notice("$cause", "hello", "first"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			roomID, evtID := env.mustNotify(t, alice, "irc", notice("$cause", "hello", "first"))
 			if roomID == "" || evtID == "" {
 				t.Fatalf("got room %q event %q", roomID, evtID)
 			}
@@ -99,7 +106,7 @@ func TestNotifyUserOpensRecordsAndReusesRoom(t *testing.T) {
 					Content map[string]any `json:"content"`
 				} `json:"initial_state"`
 			}
-			if err = creates[0].DecodeBody(&req); err != nil {
+			if err := creates[0].DecodeBody(&req); err != nil {
 				t.Fatal(err)
 			}
 			if req.Preset != "trusted_private_chat" || !req.IsDirect || len(req.Invite) != 1 || req.Invite[0] != alice ||
@@ -108,15 +115,13 @@ func TestNotifyUserOpensRecordsAndReusesRoom(t *testing.T) {
 				t.Fatalf("createRoom request %+v", req)
 			}
 			// Still invited: the room is reused.
-			room2, _, err := env.nf.Notify(env.ctx, alice, "irc", notice("$cause2", "hello", "second"))
-			if err != nil || room2 != roomID {
-				t.Fatalf("second notice went to %q (%v), want %q", room2, err, roomID)
+			if room2, _ := env.mustNotify(t, alice, "irc", notice("$cause2", "hello", "second")); room2 != roomID {
+				t.Fatalf("second notice went to %q, want %q", room2, roomID)
 			}
 			// Joined: still reused.
 			env.hs.SetMembership(roomID, alice, event.MembershipJoin)
-			room3, _, err := env.nf.Notify(env.ctx, alice, "irc", notice("$cause3", "hello", "third"))
-			if err != nil || room3 != roomID {
-				t.Fatalf("third notice went to %q (%v), want %q", room3, err, roomID)
+			if room3, _ := env.mustNotify(t, alice, "irc", notice("$cause3", "hello", "third")); room3 != roomID {
+				t.Fatalf("third notice went to %q, want %q", room3, roomID)
 			}
 			if got := env.messages(t, roomID); len(got) != 3 || got[0] != "first" || got[2] != "third" {
 				t.Fatalf("messages %q", got)
@@ -133,24 +138,14 @@ func TestNotifyUserReplayPostsOnce(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newNotifyEnv(t, dialect)
 			alice := id.UserID("@alice:" + testDomain)
-			room1, evt1, err := env.nf.Notify(env.ctx, alice, "irc", notice("$cause", "quit", "bye"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			room2, evt2, err := env.nf.Notify(env.ctx, alice, "irc", notice("$cause", "quit", "bye"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			room1, evt1 := env.mustNotify(t, alice, "irc", notice("$cause", "quit", "bye"))
+			room2, evt2 := env.mustNotify(t, alice, "irc", notice("$cause", "quit", "bye"))
 			if room1 != room2 || evt1 != evt2 {
 				t.Fatalf("replay went to %s/%s, first to %s/%s", room2, evt2, room1, evt1)
 			}
 			// Another purpose, or the same purpose of another scope, is another message.
-			if _, _, err = env.nf.Notify(env.ctx, alice, "irc", notice("$cause", "other", "other")); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err = env.nf.Notify(env.ctx, alice, "webhook", notice("$cause", "quit", "webhook")); err != nil {
-				t.Fatal(err)
-			}
+			env.mustNotify(t, alice, "irc", notice("$cause", "other", "other"))
+			env.mustNotify(t, alice, "webhook", notice("$cause", "quit", "webhook"))
 			if got := env.messages(t, room1); len(got) != 3 {
 				t.Fatalf("messages %q, want 3", got)
 			}
@@ -196,16 +191,10 @@ func TestNotifyUserReopens(t *testing.T) {
 			t.Run(tc.name+"/"+dialect, func(t *testing.T) {
 				env := newNotifyEnv(t, dialect)
 				alice := id.UserID("@alice:" + testDomain)
-				room1, _, err := env.nf.Notify(env.ctx, alice, "core", notice("$one", "", "one"))
-				if err != nil {
-					t.Fatal(err)
-				}
+				room1, _ := env.mustNotify(t, alice, "core", notice("$one", "", "one"))
 				env.hs.SetMembership(room1, alice, event.MembershipJoin)
 				tc.change(env, room1)
-				room2, _, err := env.nf.Notify(env.ctx, alice, "core", notice("$two", "", "two"))
-				if err != nil {
-					t.Fatal(err)
-				}
+				room2, _ := env.mustNotify(t, alice, "core", notice("$two", "", "two"))
 				if room2 == room1 || room2 == "" {
 					t.Fatalf("second notice went to %q, first to %q", room2, room1)
 				}

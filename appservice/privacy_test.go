@@ -21,6 +21,7 @@ import (
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
@@ -210,24 +211,24 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 	mux.HandleFunc("POST /_matrix/media/v3/upload", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "M_UNKNOWN", "Failed to read the body")
+			httpjson.WriteError(w, http.StatusBadRequest, "M_UNKNOWN", "Failed to read the body")
 			return
 		}
 		hs.lock.Lock()
 		hs.uploads = append(hs.uploads, body)
 		n := len(hs.uploads)
 		hs.lock.Unlock()
-		writeJSON(w, http.StatusOK, map[string]any{"content_uri": fmt.Sprintf("mxc://%s/upload%d", testDomain, n)})
+		httpjson.Write(w, http.StatusOK, map[string]any{"content_uri": fmt.Sprintf("mxc://%s/upload%d", testDomain, n)})
 	})
 	mux.HandleFunc("GET /_matrix/client/v3/rooms/{roomID}/event/{eventID}", func(w http.ResponseWriter, r *http.Request) {
 		hs.lock.Lock()
 		room, ok := hs.known[id.EventID(r.PathValue("eventID"))]
 		hs.lock.Unlock()
 		if !ok || room != id.RoomID(r.PathValue("roomID")) {
-			writeError(w, http.StatusNotFound, "M_NOT_FOUND", "Event not found")
+			httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "Event not found")
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{
+		httpjson.Write(w, http.StatusOK, map[string]any{
 			"event_id": r.PathValue("eventID"), "room_id": room, "type": "m.room.message",
 			"sender": pvAlice, "content": map[string]any{}, "origin_server_ts": 1,
 		})
@@ -239,11 +240,11 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 		auth := r.Header.Get("Authorization")
 		asGhost := auth == "Bearer "+testASToken && hs.adminGhost != "" && r.URL.Query().Get("user_id") == hs.adminGhost.String()
 		if !(hs.adminToken != "" && auth == "Bearer "+hs.adminToken) && !asGhost {
-			writeError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
+			httpjson.WriteError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
 			return
 		}
 		user := id.UserID(r.PathValue("userID"))
-		writeJSON(w, http.StatusOK, map[string]any{"name": user, "deactivated": hs.deactivated[user], "erased": hs.deactivated[user]})
+		httpjson.Write(w, http.StatusOK, map[string]any{"name": user, "deactivated": hs.deactivated[user], "erased": hs.deactivated[user]})
 	})
 	mux.HandleFunc("DELETE /_synapse/admin/v1/media/{serverName}/{mediaID}", func(w http.ResponseWriter, r *http.Request) {
 		hs.lock.Lock()
@@ -252,11 +253,11 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 		hook, fails := hs.onMediaDelete, hs.mediaDeleteFails
 		hs.lock.Unlock()
 		if !admin {
-			writeError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
+			httpjson.WriteError(w, http.StatusForbidden, "M_FORBIDDEN", "You are not a server admin")
 			return
 		}
 		if fails {
-			writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Internal server error")
+			httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Internal server error")
 			return
 		}
 		if hook != nil {
@@ -266,7 +267,7 @@ func newPrivacyHS(t testing.TB) *privacyHS {
 		hs.lock.Lock()
 		hs.deletedMedia = append(hs.deletedMedia, media)
 		hs.lock.Unlock()
-		writeJSON(w, http.StatusOK, map[string]any{"deleted_media": []string{r.PathValue("mediaID")}, "total": 1})
+		httpjson.Write(w, http.StatusOK, map[string]any{"deleted_media": []string{r.PathValue("mediaID")}, "total": 1})
 	})
 	mux.Handle("/", hs.FakeHomeserver.Server.Config.Handler)
 	hs.srv = httptest.NewServer(mux)

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 )
 
 const (
@@ -110,7 +111,7 @@ func testRegistration() *mxas.Registration {
 // homeserver.
 func deadHomeserver(t testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "not here")
+		httpjson.WriteError(w, http.StatusNotFound, "M_UNRECOGNIZED", "not here")
 	}))
 	t.Cleanup(srv.Close)
 	return srv

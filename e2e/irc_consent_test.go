@@ -30,10 +30,8 @@ func isConsentRequest(op, channel string) func(*ircmsg.Message) bool {
 func TestIRCKeyedChannelLink(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
 		const channel, key = "#keyed", "k3y-for-e2e"
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
-		alice := env.Register(t, "alice")
-		carol := env.Register(t, "carol")
+		ircNet, env := startIRCEnv(t, backend)
+		alice, carol := env.Register(t, "alice"), env.Register(t, "carol")
 		dan := ircNet.Connect(t, "dan")
 		mustJoinAsOp(t, dan, channel)
 		dan.Send(t, "MODE "+channel+" +k "+key)
@@ -72,10 +70,8 @@ func TestIRCKeyedChannelLink(t *testing.T) {
 func TestIRCLinkConsent(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
 		const channel = "#consent"
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
-		alice := env.Register(t, "alice")
-		carol := env.Register(t, "carol")
+		ircNet, env := startIRCEnv(t, backend)
+		alice, carol := env.Register(t, "alice"), env.Register(t, "carol")
 		dan := ircNet.Connect(t, "dan")
 		mustJoinAsOp(t, dan, channel)
 		danGhost := ircGhost(t, "dan")

@@ -18,8 +18,7 @@ import (
 // channel before carol's first message, and carol's messages arrive in order.
 func TestIRCNoHeadOfLineBlocking(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
+		ircNet, env := startIRCEnv(t, backend)
 		alice := env.Register(t, "alice")
 		carol := env.Register(t, "carol")
 		bob := ircNet.Connect(t, "bob")

@@ -41,8 +41,7 @@ func TestIRCPortalNeverDies(t *testing.T) {
 		if err := os.WriteFile(tokenFile, []byte(e2e.RandomHex(t, 24)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet),
+		ircNet, env := startIRCEnv(t, backend,
 			e2e.WithConfigValue("admin_api.listen", fmt.Sprintf("127.0.0.1:%d", e2e.FreePort(t))),
 			e2e.WithConfigValue("admin_api.token_file", tokenFile),
 			// Consent linking has its own test (TestIRCLinkConsent); here nobody answers on IRC.
@@ -73,10 +72,7 @@ func TestIRCPortalNeverDies(t *testing.T) {
 		if got := mustJoinPortal(t, env, dave, solo); got != roomID {
 			t.Fatalf("dave joined %s through the alias, want the portal %s", got, roomID)
 		}
-		env.SendText(t, dave, roomID, "dave came later")
-		watcher.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "dave[m]", solo, "dave came later"))
-		watcher.Privmsg(t, solo, "welcome dave")
-		env.MustSyncUntil(t, dave, ircWait, isMessage(roomID, watcherGhost, event.MsgText, "welcome dave"))
+		mustRelayBothWays(t, env, dave, roomID, watcher, watcherGhost, solo, "dave came later", "welcome dave")
 		if botParted(watcher, solo) {
 			t.Errorf("the bridge parted %s when its last user left", solo)
 		}
@@ -97,10 +93,7 @@ func TestIRCPortalNeverDies(t *testing.T) {
 			return nil
 		})
 		waitInboxEmpty(t, env)
-		env.SendText(t, bob, linkedRoom, "bob after alice was forgotten")
-		watcher.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", "bob[m]", linked, "bob after alice was forgotten"))
-		watcher.Privmsg(t, linked, "still linked")
-		env.MustSyncUntil(t, bob, ircWait, isMessage(linkedRoom, watcherGhost, event.MsgText, "still linked"))
+		mustRelayBothWays(t, env, bob, linkedRoom, watcher, watcherGhost, linked, "bob after alice was forgotten", "still linked")
 		if botParted(watcher, linked) {
 			t.Errorf("the bridge parted %s at the erasure of the user who linked it", linked)
 		}

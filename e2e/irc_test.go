@@ -52,6 +52,38 @@ func mustJoinPortal(t *testing.T, env *e2e.Env, cli *mautrix.Client, channel str
 	return resp.RoomID
 }
 
+// startIRCEnv starts a test IRC network and Custodian on backend with the IRC bridge on it and
+// opts.
+func startIRCEnv(t *testing.T, backend e2e.Backend, opts ...e2e.Option) (*e2e.IRCNet, *e2e.Env) {
+	t.Helper()
+	ircNet := e2e.StartIRC(t)
+	return ircNet, e2e.New(t, backend, append([]e2e.Option{e2e.WithIRCBridge(ircNet)}, opts...)...)
+}
+
+// mustJoinPortalWithPeer has the IRC user peer join channel, then cli join the channel's portal,
+// and waits until peer's ghost is in the room (it joins from NAMES, as peer was in the channel
+// before the portal existed). It returns the portal and the ghost.
+func mustJoinPortalWithPeer(t *testing.T, env *e2e.Env, cli *mautrix.Client, peer *e2e.IRCClient, channel string) (id.RoomID, id.UserID) {
+	t.Helper()
+	peer.Join(t, channel)
+	ghost := ircGhost(t, peer.Nick())
+	roomID := mustJoinPortal(t, env, cli, channel)
+	env.MustSyncUntil(t, cli, ircWait, e2e.IsMember(roomID, ghost, event.MembershipJoin))
+	return roomID, ghost
+}
+
+// mustRelayBothWays sends toIRC from cli in roomID and waits until peer sees it in channel
+// from cli's puppet ("<localpart>[m]"), then sends toMatrix as peer and waits until cli sees it
+// from peerGhost.
+func mustRelayBothWays(t *testing.T, env *e2e.Env, cli *mautrix.Client, roomID id.RoomID,
+	peer *e2e.IRCClient, peerGhost id.UserID, channel, toIRC, toMatrix string) {
+	t.Helper()
+	env.SendText(t, cli, roomID, toIRC)
+	peer.WaitFor(t, ircWait, e2e.IsIRCMessage("PRIVMSG", cli.UserID.Localpart()+"[m]", channel, toIRC))
+	peer.Privmsg(t, channel, toMatrix)
+	env.MustSyncUntil(t, cli, ircWait, isMessage(roomID, peerGhost, event.MsgText, toMatrix))
+}
+
 // isMessage matches a message of msgType from sender in roomID whose body is body.
 func isMessage(roomID id.RoomID, sender id.UserID, msgType event.MessageType, body string) func(*event.Event) bool {
 	return func(evt *event.Event) bool {
@@ -99,16 +131,11 @@ func ircRows(t *testing.T, env *e2e.Env, table string, user id.UserID) int {
 // TestIRCMentionsAndLongMessage.
 func TestIRCBridge(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
+		ircNet, env := startIRCEnv(t, backend)
 		alice := env.Register(t, "alice")
 		bob := ircNet.Connect(t, "bob")
-		bob.Join(t, ircChannel)
-		bobGhost := ircGhost(t, "bob")
-
-		roomID := mustJoinPortal(t, env, alice, ircChannel)
 		// Bob was in the channel before the portal existed: his ghost joins from NAMES.
-		env.MustSyncUntil(t, alice, ircWait, e2e.IsMember(roomID, bobGhost, event.MembershipJoin))
+		roomID, bobGhost := mustJoinPortalWithPeer(t, env, alice, bob, ircChannel)
 
 		// Matrix → IRC: text, a message of two lines, an emote, a notice, formatting.
 		env.SendText(t, alice, roomID, "hello irc")

@@ -24,14 +24,10 @@ import (
 func TestIRCMentionsAndLongMessage(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
 		const channel = "#mentions"
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
+		ircNet, env := startIRCEnv(t, backend)
 		alice := env.Register(t, "alice")
 		bob := ircNet.Connect(t, "bob")
-		bob.Join(t, channel)
-		bobGhost := ircGhost(t, "bob")
-		roomID := mustJoinPortal(t, env, alice, channel)
-		env.MustSyncUntil(t, alice, ircWait, e2e.IsMember(roomID, bobGhost, event.MembershipJoin))
+		roomID, bobGhost := mustJoinPortalWithPeer(t, env, alice, bob, channel)
 
 		// alice's puppet joins the channel when she first speaks.
 		env.SendText(t, alice, roomID, "hi all")

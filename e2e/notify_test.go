@@ -18,10 +18,8 @@ import (
 // next URL arrives in a new private room of her and the bot.
 func TestNoticeReopensManagementRoom(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
+		env, alice, roomID := startWebhookGroupRoom(t, backend)
 		bot := env.BotUserID()
-		alice := env.Register(t, "alice")
-		roomID := mustCreateGroupRoom(t, env, alice, env.Register(t, "bob"))
 
 		first := mustAddInbound(t, env, alice, roomID, "ci")
 		if first.DMRoomID == roomID {

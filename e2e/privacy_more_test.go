@@ -177,10 +177,8 @@ func mustCreateRoomWithPowers(t *testing.T, env *e2e.Env, owner *mautrix.Client,
 // row and the bot's setup record of her room remain.
 func TestForgetOneBridge(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
+		env, alice, roomID := startWebhookGroupRoom(t, backend)
 		bot := env.BotUserID()
-		alice := env.Register(t, "alice")
-		roomID := mustCreateGroupRoom(t, env, alice, env.Register(t, "bob"))
 		in := mustAddInbound(t, env, alice, roomID, "ci")
 		mustPostText(t, in, "hello from CI")
 		dm := in.DMRoomID

@@ -21,8 +21,7 @@ import (
 // portal: the bot stays joined and the portal goes on relaying, for bob who joins it afterwards.
 func TestForgetLeavesBridgedRoomAlone(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		ircNet := e2e.StartIRC(t)
-		env := e2e.New(t, backend, e2e.WithIRCBridge(ircNet))
+		ircNet, env := startIRCEnv(t, backend)
 		alice := env.Register(t, "alice")
 		bob := env.Register(t, "bob")
 		bot := env.BotUserID()

@@ -24,9 +24,7 @@ import (
 // hook's ghost; a wrong token or an unknown hook gets 404.
 func TestWebhookInbound(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
-		alice := env.Register(t, "alice")
-		roomID := mustCreateGroupRoom(t, env, alice, env.Register(t, "bob"))
+		env, alice, roomID := startWebhookGroupRoom(t, backend)
 
 		hook := mustAddInbound(t, env, alice, roomID, "ci")
 		if !strings.HasPrefix(hook.URL, env.WebhookURL()+"/hooks/") {

@@ -58,6 +58,15 @@ var (
 	signingSecretPattern = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
 )
 
+// startWebhookGroupRoom starts Custodian on backend with the webhook bridge, registers alice and
+// bob, and returns the environment, alice and her group room with bob (mustCreateGroupRoom).
+func startWebhookGroupRoom(t *testing.T, backend e2e.Backend) (*e2e.Env, *mautrix.Client, id.RoomID) {
+	t.Helper()
+	env := e2e.New(t, backend, e2e.WithWebhookBridge(t))
+	alice := env.Register(t, "alice")
+	return env, alice, mustCreateGroupRoom(t, env, alice, env.Register(t, "bob"))
+}
+
 // mustCreateGroupRoom creates a private room as owner with the Custodian bot and the other
 // users, who join, and waits until the bot has joined. Two things make it a room where the
 // !webhook commands work:

@@ -139,13 +139,9 @@ func (bq *BotSetupQuery) DeleteAllForRoom(ctx context.Context, roomID id.RoomID)
 }
 
 func (bq *BotSetupQuery) list(ctx context.Context, query string, args ...any) ([]*BotSetup, error) {
-	rows, err := bq.db.Query(ctx, query, args...)
-	setups, err := dbutil.NewRowIterWithError(rows, scanBotSetup, err).AsList()
+	setups, err := QueryList(ctx, bq.db, scanBotSetup, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("failed to list bot setups: %w", err)
-	}
-	if setups == nil {
-		setups = []*BotSetup{}
 	}
 	return setups, nil
 }

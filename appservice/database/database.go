@@ -39,3 +39,19 @@ func (db *Database) Upgrade(ctx context.Context) error {
 	}
 	return nil
 }
+
+// QueryList runs query with args on db and scans every row with scan, in order. It returns an
+// empty, non-nil slice when there are no rows, so callers that encode the list as JSON answer
+// [] rather than null. Errors are the query's or the scan's, unwrapped: the caller says what it
+// was listing.
+func QueryList[T any](ctx context.Context, db *dbutil.Database, scan func(dbutil.Scannable) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.Query(ctx, query, args...)
+	list, err := dbutil.NewRowIterWithError(rows, scan, err).AsList()
+	if err != nil {
+		return nil, err
+	}
+	if list == nil {
+		list = []T{}
+	}
+	return list, nil
+}

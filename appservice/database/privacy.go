@@ -112,8 +112,7 @@ func (pq *PrivacyQuery) ClearSuspect(ctx context.Context, user id.UserID) error 
 
 // Suspects lists every deactivation suspect, oldest suspicion first; an empty slice if none.
 func (pq *PrivacyQuery) Suspects(ctx context.Context) ([]*DeactivationSuspect, error) {
-	rows, err := pq.db.Query(ctx, listSuspectsQuery)
-	list, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*DeactivationSuspect, error) {
+	list, err := QueryList(ctx, pq.db, func(row dbutil.Scannable) (*DeactivationSuspect, error) {
 		var s DeactivationSuspect
 		var first, last int64
 		if err := row.Scan(&s.User, &s.Reason, &first, &last, &s.Leaves); err != nil {
@@ -121,12 +120,9 @@ func (pq *PrivacyQuery) Suspects(ctx context.Context) ([]*DeactivationSuspect, e
 		}
 		s.FirstSeen, s.LastSeen = time.UnixMilli(first).UTC(), time.UnixMilli(last).UTC()
 		return &s, nil
-	}, err).AsList()
+	}, listSuspectsQuery)
 	if err != nil {
 		return nil, fmt.Errorf("failed to list deactivation suspects: %w", err)
-	}
-	if list == nil {
-		list = []*DeactivationSuspect{}
 	}
 	return list, nil
 }

@@ -14,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/httpjson"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -86,7 +87,7 @@ func (e *Engine) AdminHandler(opts AdminAPIOptions) http.Handler {
 		opts.Mount(mux)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
+		httpjson.WriteError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -102,7 +103,7 @@ func (e *Engine) AdminHandler(opts AdminAPIOptions) http.Handler {
 			if given != "" {
 				log.Warn().Str("remote_addr", r.RemoteAddr).Msg("Rejected admin API request with a wrong token")
 			}
-			writeError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Unauthorized")
+			httpjson.WriteError(w, http.StatusUnauthorized, "M_UNAUTHORIZED", "Unauthorized")
 			return
 		}
 		mux.ServeHTTP(w, r)
@@ -119,7 +120,7 @@ type adminAPI struct {
 func adminUser(w http.ResponseWriter, r *http.Request) (id.UserID, bool) {
 	user := id.UserID(r.PathValue("userID"))
 	if err := CheckUserID(user); err != nil {
-		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Not a valid Matrix user ID")
+		httpjson.WriteError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Not a valid Matrix user ID")
 		return "", false
 	}
 	return user, true
@@ -133,11 +134,11 @@ func (api *adminAPI) export(w http.ResponseWriter, r *http.Request) {
 	export, err := api.e.Export(r.Context(), user)
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Admin export failed")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Export failed; see the log")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Export failed; see the log")
 		return
 	}
 	zerolog.Ctx(r.Context()).Info().Stringer("user_id", user).Msg("Exported user data for an admin")
-	writeJSON(w, http.StatusOK, export)
+	httpjson.Write(w, http.StatusOK, export)
 }
 
 func (api *adminAPI) forget(w http.ResponseWriter, r *http.Request) {
@@ -148,12 +149,12 @@ func (api *adminAPI) forget(w http.ResponseWriter, r *http.Request) {
 	var req AdminForgetRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBodyBytes))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "Failed to read the body")
+		httpjson.WriteError(w, http.StatusBadRequest, "M_BAD_JSON", "Failed to read the body")
 		return
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
 		if err = json.Unmarshal(body, &req); err != nil {
-			writeError(w, http.StatusBadRequest, "M_NOT_JSON", "The body is not a JSON object with an optional modules list")
+			httpjson.WriteError(w, http.StatusBadRequest, "M_NOT_JSON", "The body is not a JSON object with an optional modules list")
 			return
 		}
 	}
@@ -163,14 +164,14 @@ func (api *adminAPI) forget(w http.ResponseWriter, r *http.Request) {
 	receipt, err := api.e.Erase(ctx, user, EraseRequest{Trigger: TriggerAdmin, Modules: req.Modules})
 	switch {
 	case errors.Is(err, ErrUnknownModule):
-		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Unknown module; use bridge IDs")
+		httpjson.WriteError(w, http.StatusBadRequest, "M_INVALID_PARAM", "Unknown module; use bridge IDs")
 		return
 	case err != nil:
 		zerolog.Ctx(ctx).Error().Err(err).Msg("Admin erasure failed")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Erasure failed; see the log. It is retried in the background.")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Erasure failed; see the log. It is retried in the background.")
 		return
 	}
-	writeJSON(w, http.StatusOK, receipt)
+	httpjson.Write(w, http.StatusOK, receipt)
 }
 
 func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
@@ -185,7 +186,7 @@ func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to look up tombstones")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
 		return
 	}
 	out := &AdminTombstones{UserHash: hash, Erasures: []*EraseReceipt{}}
@@ -200,19 +201,19 @@ func (api *adminAPI) tombstones(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Erasures = append(out.Erasures, receipt)
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 func (api *adminAPI) erasure(w http.ResponseWriter, r *http.Request) {
 	receipt, err := api.e.ErasureStatus(r.Context(), r.PathValue("jobID"))
 	switch {
 	case errors.Is(err, ErrUnknownErasure):
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "No such erasure job")
+		httpjson.WriteError(w, http.StatusNotFound, "M_NOT_FOUND", "No such erasure job")
 	case err != nil:
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to get erasure status")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
 	default:
-		writeJSON(w, http.StatusOK, receipt)
+		httpjson.Write(w, http.StatusOK, receipt)
 	}
 }
 
@@ -220,26 +221,26 @@ func (api *adminAPI) suspects(w http.ResponseWriter, r *http.Request) {
 	suspects, err := api.e.db.Privacy().Suspects(r.Context())
 	if err != nil {
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to list deactivation suspects")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Lookup failed; see the log")
 		return
 	}
-	writeJSON(w, http.StatusOK, &AdminSuspects{Suspects: suspects})
+	httpjson.Write(w, http.StatusOK, &AdminSuspects{Suspects: suspects})
 }
 
 func (api *adminAPI) keys(w http.ResponseWriter, r *http.Request) {
 	if api.vault == nil {
-		writeJSON(w, http.StatusOK, &AdminKeyStatus{Enabled: false})
+		httpjson.Write(w, http.StatusOK, &AdminKeyStatus{Enabled: false})
 		return
 	}
 	keys, ok, err := vaultStatus(r.Context(), api.vault)
 	switch {
 	case !ok:
-		writeError(w, http.StatusNotImplemented, "M_UNRECOGNIZED", "This vault does not report key status")
+		httpjson.WriteError(w, http.StatusNotImplemented, "M_UNRECOGNIZED", "This vault does not report key status")
 	case err != nil:
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("Failed to get key status")
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "Key status failed; see the log")
+		httpjson.WriteError(w, http.StatusInternalServerError, "M_UNKNOWN", "Key status failed; see the log")
 	default:
-		writeJSON(w, http.StatusOK, &AdminKeyStatus{Enabled: true, Keys: keys})
+		httpjson.Write(w, http.StatusOK, &AdminKeyStatus{Enabled: true, Keys: keys})
 	}
 }
 
@@ -260,20 +261,4 @@ func vaultStatus(ctx context.Context, v any) (report any, ok bool, err error) {
 		return report, true, err
 	}
 	return nil, false, nil
-}
-
-// matrixError is the body of an error answer, in the Matrix APIs' shape.
-type matrixError struct {
-	ErrCode string `json:"errcode"`
-	Err     string `json:"error"`
-}
-
-func writeError(w http.ResponseWriter, status int, errcode, msg string) {
-	writeJSON(w, status, matrixError{ErrCode: errcode, Err: msg})
-}
-
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(body)
 }

@@ -12,6 +12,8 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
 )
 
 // Store reads and writes the engine's own tables: erasure jobs (as_erasure), tombstones
@@ -260,8 +262,7 @@ func (pq *Store) PutTombstone(ctx context.Context, ts *Tombstone) error {
 // Tombstones returns the tombstones recorded under userHash, oldest first; an empty slice if
 // none.
 func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone, error) {
-	rows, err := pq.db.Query(ctx, getTombstonesQuery, userHash)
-	list, err := dbutil.NewRowIterWithError(rows, func(row dbutil.Scannable) (*Tombstone, error) {
+	list, err := database.QueryList(ctx, pq.db, func(row dbutil.Scannable) (*Tombstone, error) {
 		var ts Tombstone
 		var scope, counts string
 		var erasedAt int64
@@ -272,12 +273,9 @@ func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone,
 		ts.ErasedAt = time.UnixMilli(erasedAt)
 		ts.Counts = json.RawMessage(counts)
 		return &ts, nil
-	}, err).AsList()
+	}, getTombstonesQuery, userHash)
 	if err != nil {
 		return nil, fmt.Errorf("failed to list tombstones: %w", err)
-	}
-	if list == nil {
-		list = []*Tombstone{}
 	}
 	return list, nil
 }

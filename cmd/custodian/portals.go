@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,38 +18,28 @@ const portalsAPI = "/bridges/" + irc.BridgeID + "/portals"
 // runPortals is "custodian portals list [-c config.yaml] [--json]": it lists the IRC bridge's
 // portals through the running service's admin API.
 func runPortals(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("custodian portals", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("c", "config.yaml", "the configuration file (for the admin API's address and token)")
-	asJSON := flags.Bool("json", false, "print the admin API's JSON answer")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: custodian portals list [-c config.yaml] [--json]\n\n"+
-			"Lists the IRC bridge's portals (rooms bridged to channels) of the running Custodian, through its admin API.\n\n")
-		flags.PrintDefaults()
-	}
-	positional, code, ok := parsePositional(flags, args)
+	cmd := newAdminCommand("custodian portals", "Usage: custodian portals list [-c config.yaml] [--json]\n\n"+
+		"Lists the IRC bridge's portals (rooms bridged to channels) of the running Custodian, through its admin API.\n\n", stderr)
+	asJSON := cmd.flags.Bool("json", false, "print the admin API's JSON answer")
+	positional, code, ok := parsePositional(cmd.flags, args)
 	if !ok {
 		return code
 	}
 	if len(positional) != 1 || positional[0] != "list" {
-		fmt.Fprintf(stderr, "custodian portals: want the subcommand list\n")
-		flags.Usage()
+		cmd.failf(exitConfig, "want the subcommand list")
+		cmd.flags.Usage()
 		return exitConfig
 	}
-	client, err := newAdminClient(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian portals: %v\n", err)
-		return exitConfig
+	if code, ok = cmd.connect(); !ok {
+		return code
 	}
-	data, err := client.do(http.MethodGet, portalsAPI, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian portals: %v\n", err)
-		return exitRuntime
+	data, code, ok := cmd.call(http.MethodGet, portalsAPI, nil)
+	if !ok {
+		return code
 	}
 	var list irc.AdminPortals
-	if err = json.Unmarshal(data, &list); err != nil {
-		fmt.Fprintf(stderr, "custodian portals: the admin API answered with something that is not a portal list\n")
-		return exitRuntime
+	if err := json.Unmarshal(data, &list); err != nil {
+		return cmd.failf(exitRuntime, "the admin API answered with something that is not a portal list")
 	}
 	if *asJSON {
 		out, _ := json.MarshalIndent(&list, "", "  ")
@@ -80,56 +67,42 @@ func runPortals(args []string, stdout, stderr io.Writer) int {
 // confirmation (unless --yes), it unlinks a portal, or gives its channel a new portal room,
 // through the running service's admin API.
 func runPortal(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("custodian portal", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("c", "config.yaml", "the configuration file (for the admin API's address and token)")
-	yes := flags.Bool("yes", false, "do not ask for confirmation")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: custodian portal unlink|reset <!room:server | #alias:server> [-c config.yaml] [--yes]\n\n"+
-			"unlink: the room is no longer bridged; the bridge leaves the channel and frees the channel's alias.\n"+
-			"reset:  the channel gets a new portal room with its alias; the old room points to it and the bridge leaves it.\n\n")
-		flags.PrintDefaults()
-	}
-	positional, code, ok := parsePositional(flags, args)
+	cmd := newAdminCommand("custodian portal", "Usage: custodian portal unlink|reset <!room:server | #alias:server> [-c config.yaml] [--yes]\n\n"+
+		"unlink: the room is no longer bridged; the bridge leaves the channel and frees the channel's alias.\n"+
+		"reset:  the channel gets a new portal room with its alias; the old room points to it and the bridge leaves it.\n\n", stderr)
+	yes := cmd.flags.Bool("yes", false, "do not ask for confirmation")
+	positional, code, ok := parsePositional(cmd.flags, args)
 	if !ok {
 		return code
 	}
 	if len(positional) != 2 || (positional[0] != "unlink" && positional[0] != "reset") {
-		fmt.Fprintf(stderr, "custodian portal: want unlink or reset and one room ID or alias\n")
-		flags.Usage()
+		cmd.failf(exitConfig, "want unlink or reset and one room ID or alias")
+		cmd.flags.Usage()
 		return exitConfig
 	}
 	op, ref := positional[0], positional[1]
 	if !strings.HasPrefix(ref, "!") && !strings.HasPrefix(ref, "#") || !strings.Contains(ref, ":") {
-		fmt.Fprintf(stderr, "custodian portal: %q is not a room ID (!room:server) or alias (#alias:server)\n", ref)
-		return exitConfig
+		return cmd.failf(exitConfig, "%q is not a room ID (!room:server) or alias (#alias:server)", ref)
 	}
-	client, err := newAdminClient(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian portal: %v\n", err)
-		return exitConfig
+	if code, ok = cmd.connect(); !ok {
+		return code
 	}
 	if !*yes {
 		what := "This unlinks " + ref + " from its IRC channel: the room stays, but is no longer bridged."
 		if op == "reset" {
 			what = "This gives the IRC channel of " + ref + " a new portal room; the bridge leaves the old one."
 		}
-		fmt.Fprintf(stderr, "%s Type %s to confirm: ", what, op)
-		line, _ := bufio.NewReader(stdin).ReadString('\n')
-		if strings.TrimSpace(line) != op {
-			fmt.Fprintf(stderr, "\ncustodian portal: not confirmed; nothing was changed\n")
+		if !cmd.confirm(what+" Type "+op+" to confirm: ", op, "changed") {
 			return exitConfig
 		}
 	}
-	data, err := client.do(http.MethodPost, portalsAPI+"/"+url.PathEscape(ref)+"/"+op, []byte("{}"))
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian portal: %v\n", err)
-		return exitRuntime
+	data, code, ok := cmd.call(http.MethodPost, portalsAPI+"/"+url.PathEscape(ref)+"/"+op, []byte("{}"))
+	if !ok {
+		return code
 	}
 	var change irc.AdminPortalChange
-	if err = json.Unmarshal(data, &change); err != nil || change.Old == nil {
-		fmt.Fprintf(stderr, "custodian portal: the admin API answered with something that is not a portal change\n")
-		return exitRuntime
+	if err := json.Unmarshal(data, &change); err != nil || change.Old == nil {
+		return cmd.failf(exitRuntime, "the admin API answered with something that is not a portal change")
 	}
 	switch {
 	case change.New != nil:
@@ -139,23 +112,4 @@ func runPortal(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "Unlinked %s from %s on %s.\n", change.Old.RoomID, change.Old.Channel, change.Old.Network)
 	}
 	return exitOK
-}
-
-// parsePositional parses flags and positional arguments in any order. On failure it has
-// printed why and returns the exit code.
-func parsePositional(flags *flag.FlagSet, args []string) ([]string, int, bool) {
-	var positional []string
-	for {
-		if err := flags.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK, false
-			}
-			return nil, exitConfig, false
-		}
-		if flags.NArg() == 0 {
-			return positional, exitOK, true
-		}
-		positional = append(positional, flags.Arg(0))
-		args = flags.Args()[1:]
-	}
 }

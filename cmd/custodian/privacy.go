@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,42 +28,31 @@ var stdin io.Reader = os.Stdin
 // service's admin API for everything held about the user and writes the JSON to standard output
 // or, with -o, to a file (mode 0600).
 func runExport(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("custodian export", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("c", "config.yaml", "the configuration file (for the admin API's address and token)")
-	outPath := flags.String("o", "", "write the export to this file (mode 0600) instead of standard output")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: custodian export @user:server [-c config.yaml] [-o file]\n\n"+
-			"Asks the running Custodian (through its admin API) for everything it holds about the user, as JSON.\n\n")
-		flags.PrintDefaults()
-	}
-	user, code, ok := parseUserArgs(flags, args, stderr)
+	cmd := newAdminCommand("custodian export", "Usage: custodian export @user:server [-c config.yaml] [-o file]\n\n"+
+		"Asks the running Custodian (through its admin API) for everything it holds about the user, as JSON.\n\n", stderr)
+	outPath := cmd.flags.String("o", "", "write the export to this file (mode 0600) instead of standard output")
+	user, code, ok := parseUserArgs(cmd.flags, args, stderr)
 	if !ok {
 		return code
 	}
-	client, err := newAdminClient(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian export: %v\n", err)
-		return exitConfig
+	if code, ok = cmd.connect(); !ok {
+		return code
 	}
-	data, err := client.do(http.MethodGet, "/users/"+url.PathEscape(user.String())+"/export", nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian export: %v\n", err)
-		return exitRuntime
+	data, code, ok := cmd.call(http.MethodGet, "/users/"+url.PathEscape(user.String())+"/export", nil)
+	if !ok {
+		return code
 	}
 	var pretty bytes.Buffer
-	if err = json.Indent(&pretty, data, "", "  "); err != nil {
-		fmt.Fprintf(stderr, "custodian export: the admin API answered with something that is not JSON\n")
-		return exitRuntime
+	if err := json.Indent(&pretty, data, "", "  "); err != nil {
+		return cmd.failf(exitRuntime, "the admin API answered with something that is not JSON")
 	}
 	pretty.WriteByte('\n')
 	if *outPath == "" {
 		_, _ = stdout.Write(pretty.Bytes())
 		return exitOK
 	}
-	if err = writeFile0600(*outPath, pretty.Bytes()); err != nil {
-		fmt.Fprintf(stderr, "custodian export: %v\n", err)
-		return exitRuntime
+	if err := writeFile0600(*outPath, pretty.Bytes()); err != nil {
+		return cmd.failf(exitRuntime, "%v", err)
 	}
 	fmt.Fprintf(stderr, "Wrote the export of %s to %s (mode 0600). It holds personal data: handle it accordingly.\n", user, *outPath)
 	return exitOK
@@ -75,43 +62,31 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 // admin types the user ID again, unless --yes), it asks the running service's admin API to erase
 // everything held about the user, and prints the receipt.
 func runForget(args []string, stdout, stderr io.Writer) int {
-	flags := flag.NewFlagSet("custodian forget", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	configPath := flags.String("c", "config.yaml", "the configuration file (for the admin API's address and token)")
-	yes := flags.Bool("yes", false, "do not ask for confirmation")
-	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: custodian forget @user:server [-c config.yaml] [--yes]\n\n"+
-			"Asks the running Custodian (through its admin API) to erase everything it holds about the user,\n"+
-			"after undoing what bridges did for them on other networks.\n\n")
-		flags.PrintDefaults()
-	}
-	user, code, ok := parseUserArgs(flags, args, stderr)
+	cmd := newAdminCommand("custodian forget", "Usage: custodian forget @user:server [-c config.yaml] [--yes]\n\n"+
+		"Asks the running Custodian (through its admin API) to erase everything it holds about the user,\n"+
+		"after undoing what bridges did for them on other networks.\n\n", stderr)
+	yes := cmd.flags.Bool("yes", false, "do not ask for confirmation")
+	user, code, ok := parseUserArgs(cmd.flags, args, stderr)
 	if !ok {
 		return code
 	}
-	client, err := newAdminClient(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian forget: %v\n", err)
-		return exitConfig
+	if code, ok = cmd.connect(); !ok {
+		return code
 	}
 	if !*yes {
-		fmt.Fprintf(stderr, "This erases everything Custodian holds about %s, after undoing what bridges did for them\n"+
-			"on other networks. It cannot be undone. Type the user ID to confirm: ", user)
-		line, _ := bufio.NewReader(stdin).ReadString('\n')
-		if strings.TrimSpace(line) != user.String() {
-			fmt.Fprintln(stderr, "\ncustodian forget: not confirmed; nothing was erased")
+		prompt := "This erases everything Custodian holds about " + user.String() + ", after undoing what bridges did for them\n" +
+			"on other networks. It cannot be undone. Type the user ID to confirm: "
+		if !cmd.confirm(prompt, user.String(), "erased") {
 			return exitConfig
 		}
 	}
-	data, err := client.do(http.MethodPost, "/users/"+url.PathEscape(user.String())+"/forget", []byte("{}"))
-	if err != nil {
-		fmt.Fprintf(stderr, "custodian forget: %v\n", err)
-		return exitRuntime
+	data, code, ok := cmd.call(http.MethodPost, "/users/"+url.PathEscape(user.String())+"/forget", []byte("{}"))
+	if !ok {
+		return code
 	}
 	var receipt appservice.EraseReceipt
-	if err = json.Unmarshal(data, &receipt); err != nil {
-		fmt.Fprintf(stderr, "custodian forget: the admin API answered with something that is not a receipt\n")
-		return exitRuntime
+	if err := json.Unmarshal(data, &receipt); err != nil {
+		return cmd.failf(exitRuntime, "the admin API answered with something that is not a receipt")
 	}
 	printReceipt(stdout, user, &receipt)
 	return exitOK
@@ -141,19 +116,9 @@ func printReceipt(w io.Writer, user id.UserID, r *appservice.EraseReceipt) {
 // parseUserArgs parses flags and exactly one user ID, in any order. On failure it has printed
 // why and returns the exit code.
 func parseUserArgs(flags *flag.FlagSet, args []string, stderr io.Writer) (id.UserID, int, bool) {
-	var positional []string
-	for {
-		if err := flags.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return "", exitOK, false
-			}
-			return "", exitConfig, false
-		}
-		if flags.NArg() == 0 {
-			break
-		}
-		positional = append(positional, flags.Arg(0))
-		args = flags.Args()[1:]
+	positional, code, ok := parsePositional(flags, args)
+	if !ok {
+		return "", code, false
 	}
 	if len(positional) != 1 {
 		fmt.Fprintf(stderr, "%s: want exactly one user ID, got %d arguments\n", flags.Name(), len(positional))
