@@ -478,6 +478,7 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	}
 	for _, netID := range br.netIDs {
 		br.networks[netID].disownPortals(userID)
+		br.networks[netID].forgetBansOf(userID)
 		br.toldNotAllowed.Delete(netID + " " + string(userID))
 	}
 	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int64("portals_kept", disowned).
