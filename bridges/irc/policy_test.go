@@ -243,3 +243,25 @@ func TestRemoteUserCannotOpenPrivateChat(t *testing.T) {
 		}
 	})
 }
+
+// TestFederatedSenderCostsNothing: a message from a user of a server that gets no puppets is
+// not relayed and costs no private notice (no users row, no management room per sender), and
+// the bridge keeps no per-sender memory of it.
+func TestFederatedSenderCostsNothing(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		remote := id.UserID("@eve:elsewhere.example")
+		env.host.SetMembership(t, testPortalRoom, remote, event.MembershipJoin)
+		seq := env.srv.Seq()
+		for range 3 {
+			env.say(remote, "from afar")
+		}
+		env.say(testAlice, "marker")
+		env.srv.WaitFor(t, irctest.After(seq, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker")))
+		if got := env.srv.Lines(irctest.After(seq, irctest.Match("", "PRIVMSG", testChannel, "from afar"))); len(got) != 0 {
+			t.Errorf("a federated sender's message was relayed: %q", got[0].Raw)
+		}
+		if got := env.host.Notices(remote); len(got) != 0 {
+			t.Errorf("federated sender got %d private notices, want none", len(got))
+		}
+	})
+}
