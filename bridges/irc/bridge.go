@@ -476,6 +476,9 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	for _, netID := range br.netIDs {
 		br.networks[netID].disownPortals(userID)
 		br.networks[netID].forgetBansOf(userID)
+		// A request waiting for an operator would record a portal (and seal a key) with the
+		// erased user as its actor: it is dropped, and nobody is told.
+		br.networks[netID].dropConsentsWhere(func(req *linkRequest) bool { return req.linker == userID })
 	}
 	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int64("portals_kept", disowned).
 		Msg("Removed the user from IRC for erasure")

@@ -274,6 +274,14 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	if redacts == "" {
 		return nil
 	}
+	// A redacted !irc link still waiting for an operator's answer is withdrawn, silently (the
+	// homeserver let only its sender or a moderator of the room redact it).
+	for _, netID := range br.netIDs {
+		n := br.networks[netID]
+		if n.dropConsentsWhere(func(req *linkRequest) bool { return req.eventID == redacts && req.roomID == evt.RoomID }) > 0 {
+			zerolog.Ctx(ctx).Info().Str("network", netID).Msg("Withdrew a link request whose command was redacted")
+		}
+	}
 	// Links to the message's media stop working, whoever redacted it.
 	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {
 		return fmt.Errorf("failed to delete media links: %w", err)
