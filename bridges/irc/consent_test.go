@@ -362,3 +362,25 @@ func TestLinkConsentLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestBadKeyWithNobodyToTell: when the channel refuses the bridge's key and nobody gave it or
+// linked the room (a portal made through its alias, or the giver was erased), the portal room
+// gets one notice asking a room admin for !irc key, however often the refusal repeats.
+func TestBadKeyWithNobodyToTell(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		n := env.br.network(testNet)
+		for range 3 {
+			n.onBadKey(env.ctx, testChannel)
+		}
+		var got int
+		for _, evt := range env.host.HS.Events(testPortalRoom) {
+			var c event.MessageEventContent
+			if evt.Sender == env.host.BotID() && evt.Decode(&c) == nil && strings.Contains(c.Body, "!irc key") {
+				got++
+			}
+		}
+		if got != 1 {
+			t.Errorf("portal got %d notices about the key, want 1", got)
+		}
+	})
+}
