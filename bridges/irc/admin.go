@@ -215,16 +215,15 @@ func (br *Bridge) resetPortal(ctx context.Context, p *ircdb.Portal) (*ircdb.Port
 	if err != nil {
 		return nil, fmt.Errorf("failed to create portal room: %w", err)
 	}
-	np := &ircdb.Portal{Network: p.Network, Channel: p.Channel, ChannelName: p.ChannelName, RoomID: resp.RoomID, CreatedAt: br.clock.Now()}
-	err = br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		if err := br.db.Portal.Delete(ctx, p.RoomID); err != nil {
-			return err
-		}
-		_, err := br.db.Portal.Insert(ctx, np)
-		return err
-	})
+	// The row is updated in place: deleting and re-inserting it would cascade the channel key
+	// away, and drop the provenance that lets redacting the !irc link unlink the portal.
+	np := *p
+	np.RoomID = resp.RoomID
+	moved, err := br.db.Portal.MoveRoom(ctx, p.Network, p.Channel, np.RoomID)
 	if err != nil {
 		return nil, fmt.Errorf("failed to move portal: %w", err)
+	} else if !moved {
+		return nil, fmt.Errorf("portal of %s was removed during the reset", p.Network)
 	}
 	if err = br.host.ClaimRoom(ctx, np.RoomID, appservice.Provenance{}); err != nil {
 		return nil, fmt.Errorf("failed to claim portal room: %w", err)
@@ -233,7 +232,7 @@ func (br *Bridge) resetPortal(ctx context.Context, p *ircdb.Portal) (*ircdb.Port
 		log.Warn().Err(err).Msg("Failed to release the old portal room")
 	}
 	n.mu.Lock()
-	n.portals[np.Channel] = np
+	n.portals[np.Channel] = &np
 	nicks := make([]string, 0, len(n.members[np.Channel]))
 	for _, nick := range n.members[np.Channel] {
 		nicks = append(nicks, nick)
@@ -265,7 +264,7 @@ func (br *Bridge) resetPortal(ctx context.Context, p *ircdb.Portal) (*ircdb.Port
 	if _, err = br.host.Bot().LeaveRoom(ctx, p.RoomID, &mautrix.ReqLeave{Reason: "The portal moved to a new room"}); err != nil {
 		log.Debug().Err(err).Msg("Failed to leave the old portal room")
 	}
-	return np, nil
+	return &np, nil
 }
 
 // roomNotice sends a notice from the bot into a room; failures are logged.

@@ -12,6 +12,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 	"github.com/custodian-matrix/custodian/bridges/irc/irctest"
 )
@@ -104,6 +105,11 @@ func TestAdminResetPortal(t *testing.T) {
 	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
 		irc := env.ircUser("dave")
 		env.waitMembers(testChannel, "dave")
+		// The channel's key survives the reset (the portal row is not re-inserted).
+		prov := appservice.Provenance{Actor: testAlice, RoomID: testPortalRoom, EventID: env.newEventID(), At: time.Now()}
+		if err := env.br.putChannelKey(env.ctx, env.br.network(testNet), testChannel, []byte("sealed"), prov); err != nil {
+			t.Fatal(err)
+		}
 		seq := env.srv.Seq()
 		var got AdminPortalChange
 		if code := env.adminCall(http.MethodPost, "/portals/"+url.PathEscape(string(testPortalRoom))+"/reset", &got); code != http.StatusOK {
@@ -115,6 +121,9 @@ func TestAdminResetPortal(t *testing.T) {
 		newRoom := got.New.RoomID
 		if p, err := env.br.db.Portal.Get(env.ctx, testNet, testChannel); err != nil || p == nil || p.RoomID != newRoom {
 			t.Fatalf("portal after reset = %+v, %v; want it in %s", p, err, newRoom)
+		}
+		if k, err := env.br.db.ChannelKey.Get(env.ctx, testNet, testChannel); err != nil || k == nil {
+			t.Errorf("channel key after reset = %+v, %v; want it kept", k, err)
 		}
 		if !env.host.Claimed(t, newRoom) || env.host.Claimed(t, testPortalRoom) {
 			t.Error("the claim did not move to the new room")

@@ -72,9 +72,6 @@ type Bridge struct {
 	identServer *identd.Server
 	// tlsRoots holds each network's tls_ca_file, by network ID; Start loads them.
 	tlsRoots map[string]*x509.CertPool
-	// toldNotAllowed remembers, per "<network> <user>", the users told that their server gets
-	// no puppets on the network (memory only).
-	toldNotAllowed sync.Map
 }
 
 var (
@@ -478,7 +475,10 @@ func (br *Bridge) EraseRemote(ctx context.Context, userID id.UserID) error {
 	}
 	for _, netID := range br.netIDs {
 		br.networks[netID].disownPortals(userID)
-		br.toldNotAllowed.Delete(netID + " " + string(userID))
+		br.networks[netID].forgetBansOf(userID)
+		// A request waiting for an operator would record a portal (and seal a key) with the
+		// erased user as its actor: it is dropped, and nobody is told.
+		br.networks[netID].dropConsentsWhere(func(req *linkRequest) bool { return req.linker == userID })
 	}
 	zerolog.Ctx(ctx).Info().Int("puppets_quit", quit).Int("private_chats", len(pms)).Int64("portals_kept", disowned).
 		Msg("Removed the user from IRC for erasure")

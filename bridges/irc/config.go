@@ -18,6 +18,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/vault"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 )
@@ -163,6 +164,10 @@ type NetworkConfig struct {
 	// !irc login) and EXTERNAL (!irc cert, needs tls). PLAIN missing with auth: sasl turns
 	// !irc login off for the network.
 	SASLMechanisms []string `yaml:"sasl_mechanisms"`
+	// NickServ is where auth: nickserv sends IDENTIFY: the services nick, or nick@server
+	// (NickServ@services.) where the network supports it, so that a user who took the nick
+	// while services were down cannot collect passwords.
+	NickServ string `yaml:"nickserv"`
 	// BotAccount, if not nil, is the account the bridge's own connection logs in to, the
 	// same way as users' accounts (auth).
 	BotAccount *BotAccountConfig `yaml:"bot_account"`
@@ -211,6 +216,23 @@ func (nc *NetworkConfig) ConsentRequired() bool { return nc.LinkConsent != LinkC
 // offered, or through PASS or NickServ.
 func (nc *NetworkConfig) AllowsLogin() bool {
 	return nc.Auth != AuthSASL || nc.offers("PLAIN")
+}
+
+// sendsPasswords reports whether connections to the network may carry a password: users may
+// link accounts (SASL PLAIN, PASS or IDENTIFY), or the bridge's own connection logs in.
+func (nc *NetworkConfig) sendsPasswords() bool {
+	return nc.AllowsLogin() || nc.BotAccount != nil
+}
+
+// loopbackAddress reports whether address (host:port) names a loopback IP literal; a host name
+// does not count, since resolving it may give any address.
+func loopbackAddress(address string) bool {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // AllowsCert reports whether users may log in with a client certificate (!irc cert): SASL
@@ -393,6 +415,16 @@ func (cfg *Config) validate() error {
 		case AuthSASL, AuthPass, AuthNickServ:
 		default:
 			problem(path+".auth", "must be sasl, pass or nickserv")
+		}
+		if nc.NickServ == "" {
+			nc.NickServ = "NickServ"
+		}
+		if !ircconn.ValidServiceTarget(nc.NickServ) {
+			problem(path+".nickserv", "must be a nick (NickServ) or nick@server (NickServ@services.)")
+		}
+		if !nc.TLS && nc.sendsPasswords() && !loopbackAddress(nc.Address) {
+			problem(path+".tls", "must be true: users' or the bridge's passwords would cross the network in the clear "+
+				"(auth: %s, or bot_account); tls: false is allowed only for a server on a loopback IP address (test networks)", nc.Auth)
 		}
 		if ba := nc.BotAccount; ba != nil {
 			if ba.Account == "" || strings.ContainsAny(ba.Account, " :\r\n\x00") {

@@ -10,6 +10,8 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice"
+	"github.com/custodian-matrix/custodian/appservice/vault"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircconn"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 )
 
@@ -152,6 +154,58 @@ func TestTemplateNick(t *testing.T) {
 	for _, tt := range tests {
 		if got := templateNick(tt.template, tt.user, tt.displayName); got != tt.want {
 			t.Errorf("templateNick(%q, %q, %q) = %q, want %q", tt.template, tt.user, tt.displayName, got, tt.want)
+		}
+	}
+}
+
+// TestConfigPlaintextPasswords: a network whose connections may carry a password (auth pass or
+// nickserv, SASL PLAIN offered, or a bot_account) needs tls: true unless its server is on a
+// loopback IP; the services target of IDENTIFY is configurable and checked.
+func TestConfigPlaintextPasswords(t *testing.T) {
+	tests := []struct {
+		name, network string
+		wantProblem   string
+	}{
+		{"pass in the clear", "address: irc.example.org:6667\n    tls: false\n    auth: pass", "networks.a.tls: must be true"},
+		{"nickserv in the clear", "address: irc.example.org:6667\n    tls: false\n    auth: nickserv", "networks.a.tls: must be true"},
+		{"sasl plain in the clear", "address: 192.0.2.1:6667\n    tls: false\n    auth: sasl\n    sasl_mechanisms: [PLAIN]", "networks.a.tls: must be true"},
+		{"bot account in the clear", "address: irc.example.org:6667\n    tls: false\n    sasl_mechanisms: []\n    bot_account: {account: bot, password_env: X}", "networks.a.tls: must be true"},
+		{"host name resolving to loopback", "address: localhost:6667\n    tls: false\n    auth: pass", "networks.a.tls: must be true"},
+		{"no passwords in the clear", "address: irc.example.org:6667\n    tls: false\n    sasl_mechanisms: []", ""},
+		{"loopback IPv4 test network", "address: 127.0.0.1:6667\n    tls: false\n    auth: nickserv", ""},
+		{"loopback IPv6 test network", "address: '[::1]:6667'\n    tls: false\n    auth: pass", ""},
+		{"tls", "address: irc.example.org:6697\n    tls: true\n    auth: nickserv\n    nickserv: NickServ@services.example.org", ""},
+		{"bad services target", "address: irc.example.org:6697\n    auth: nickserv\n    nickserv: 'Nick Serv'", "networks.a.nickserv"},
+		{"empty services target after @", "address: irc.example.org:6697\n    auth: nickserv\n    nickserv: NickServ@", "networks.a.nickserv"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decodeConfig(t, "networks:\n  a:\n    "+tt.network+"\n")
+			switch {
+			case tt.wantProblem == "" && err != nil:
+				t.Errorf("config refused: %v", err)
+			case tt.wantProblem != "" && (err == nil || !strings.Contains(err.Error(), tt.wantProblem)):
+				t.Errorf("config error = %v, want it to mention %q", err, tt.wantProblem)
+			}
+		})
+	}
+}
+
+// TestNickServTarget: IDENTIFY goes to the configured services target, NickServ by default.
+func TestNickServTarget(t *testing.T) {
+	for _, tt := range []struct{ yaml, want string }{
+		{"", "NickServ"},
+		{"\n    nickserv: NickServ@services.example.org", "NickServ@services.example.org"},
+	} {
+		cfg, err := decodeConfig(t, "networks:\n  a:\n    address: irc.example.org:6697\n    auth: nickserv"+tt.yaml+"\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc := cfg.Networks["a"]
+		var ic ircconn.Config
+		nc.applyLogin(&ic, "acct", vault.NewSecret("pw"))
+		if ic.Identify == nil || ic.Identify.Service != tt.want {
+			t.Errorf("IDENTIFY target = %+v, want %s", ic.Identify, tt.want)
 		}
 	}
 }

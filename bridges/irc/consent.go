@@ -149,12 +149,13 @@ func (br *Bridge) askConsent(ctx context.Context, ce *appservice.CommandEvent, n
 	folded := n.fold(channel)
 	n.mu.Lock()
 	pending := n.consents[folded]
+	limit := n.consentLimit(folded, channel, ce.Sender, ce.RoomID)
 	n.mu.Unlock()
-	if pending != nil {
-		if pending.eventID == ce.Event.ID {
-			return ce.Reply(ctx, fmt.Sprintf("I am waiting for %s to answer.", format.SafeMarkdownCode(pending.op)))
-		}
-		return appservice.UserErrorf("A request to link %s is already waiting for its operators' answer; try again later.", channel)
+	if pending != nil && pending.eventID == ce.Event.ID {
+		return ce.Reply(ctx, fmt.Sprintf("I am waiting for %s to answer.", format.SafeMarkdownCode(pending.op)))
+	}
+	if limit != "" {
+		return &appservice.UserError{Message: limit}
 	}
 	ops, err := n.channelOps(ctx, channel)
 	if err != nil {
@@ -191,9 +192,9 @@ func (br *Bridge) askConsent(ctx context.Context, ce *appservice.CommandEvent, n
 		deadline: br.clock.Now().Add(n.cfg.ConsentTimeout),
 	}
 	n.mu.Lock()
-	if n.consents[folded] != nil {
+	if limit := n.consentLimit(folded, channel, ce.Sender, ce.RoomID); limit != "" {
 		n.mu.Unlock()
-		return appservice.UserErrorf("A request to link %s is already waiting for its operators' answer; try again later.", channel)
+		return &appservice.UserError{Message: limit}
 	}
 	n.consents[folded] = req
 	n.mu.Unlock()
@@ -210,6 +211,49 @@ func (br *Bridge) askConsent(ctx context.Context, ce *appservice.CommandEvent, n
 	return ce.Reply(ctx, fmt.Sprintf("I asked %s, an operator of %s on %s, whether this room may be bridged there. "+
 		"I link it once they agree, and tell you their answer; without one within %s, the request is refused.",
 		format.SafeMarkdownCode(op), channel, n.cfg.Name, n.cfg.ConsentTimeout))
+}
+
+// maxPendingConsents bounds the link requests waiting on one network, whoever made them: each
+// makes the bridge's connection PRIVMSG a channel operator, and a network may K-line a client
+// that messages many strangers.
+const maxPendingConsents = 20
+
+// consentLimit returns why a new request for channel (folded) by linker in roomID may not be
+// made now, or "" if it may. Each linker and each room has at most one request waiting, each
+// channel one, and the network maxPendingConsents. n.mu must be held.
+func (n *network) consentLimit(folded, name string, linker id.UserID, roomID id.RoomID) string {
+	if n.consents[folded] != nil {
+		return fmt.Sprintf("A request to link %s is already waiting for its operators' answer; try again later.", name)
+	}
+	for _, req := range n.consents {
+		switch {
+		case req.linker == linker:
+			return fmt.Sprintf("Your request to link %s is still waiting for its operators' answer; "+
+				"you can have one request waiting at a time.", req.name)
+		case req.roomID == roomID:
+			return fmt.Sprintf("A request to link this room to %s is still waiting for its operators' answer; try again later.", req.name)
+		}
+	}
+	if len(n.consents) >= maxPendingConsents {
+		return fmt.Sprintf("Too many link requests are waiting for operators on %s right now; try again later.", n.cfg.Name)
+	}
+	return ""
+}
+
+// dropConsentsWhere removes the pending requests that match, without telling anyone, and
+// forgets the channel keys they held. It returns how many it removed.
+func (n *network) dropConsentsWhere(match func(*linkRequest) bool) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	dropped := 0
+	for folded, req := range n.consents {
+		if match(req) {
+			delete(n.consents, folded)
+			req.key = vault.Secret{}
+			dropped++
+		}
+	}
+	return dropped
 }
 
 // dropConsent removes req from the pending requests; it reports whether it was still there, so

@@ -2,6 +2,7 @@ package irc
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -246,5 +247,140 @@ func TestOperatorUnlinkFromIRC(t *testing.T) {
 			p, err := env.br.db.Portal.GetByRoom(env.ctx, testPortalRoom)
 			return err == nil && p == nil
 		})
+	})
+}
+
+// TestLinkConsentWithdrawn: a link request waiting for an operator is dropped, without telling
+// anyone, when its linker is erased or its command redacted; a later "yes" links nothing and
+// brings no users row back.
+func TestLinkConsentWithdrawn(t *testing.T) {
+	for _, how := range []string{"erased", "redacted"} {
+		t.Run(how, func(t *testing.T) {
+			forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+				const channel = "#consent"
+				op := env.srv.Client(t, "chanop")
+				if err := op.Join(channel); err != nil {
+					t.Fatal(err)
+				}
+				if res := env.runCommand(testAlice, "link", testNet, channel, "key=sekrit"); res.err != nil || res.userError != "" {
+					t.Fatalf("link = %+v", res)
+				}
+				op.MustWaitFor(t, irctest.Match(testBotNick, "PRIVMSG", "chanop"))
+				n := env.br.network(testNet)
+				n.mu.Lock()
+				req := n.consents[n.fold(channel)]
+				n.mu.Unlock()
+				if req == nil || req.key.IsZero() {
+					t.Fatalf("pending request = %+v, want one holding the key", req)
+				}
+				switch how {
+				case "erased":
+					if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
+						t.Fatal(err)
+					}
+					env.host.EraseUser(t, testAlice)
+				case "redacted":
+					env.handle(&event.Event{
+						ID: env.newEventID(), RoomID: linkRoom, Sender: testAlice, Type: event.EventRedaction, Redacts: req.eventID,
+						Content: event.Content{Parsed: &event.RedactionEventContent{Redacts: req.eventID}},
+					})
+				}
+				if !req.key.IsZero() {
+					t.Error("the withdrawn request still holds the channel key")
+				}
+				if err := op.Privmsg(testBotNick, "yes"); err != nil {
+					t.Fatal(err)
+				}
+				op.MustWaitFor(t, func(l irctest.Line) bool {
+					return l.Command() == "NOTICE" && strings.Contains(l.Param(1), "no link request waiting")
+				})
+				if p, err := env.br.db.Portal.GetByRoom(env.ctx, linkRoom); err != nil || p != nil {
+					t.Errorf("portal after the withdrawn request = %+v, %v; want none", p, err)
+				}
+				if k, err := env.br.db.ChannelKey.Get(env.ctx, testNet, n.fold(channel)); err != nil || k != nil {
+					t.Errorf("channel key after the withdrawn request = %+v, %v; want none", k, err)
+				}
+				env.br.expireConsents(env.ctx, time.Now().Add(time.Hour))
+				env.stop()
+				if got := env.noticesWith(channel); got != 0 {
+					t.Errorf("%d notices about the withdrawn request, want none", got)
+				}
+				if how == "erased" {
+					var n int
+					if err := env.host.RawDB.QueryRow(env.ctx, "SELECT COUNT(*) FROM users WHERE mxid=$1", testAlice).Scan(&n); err != nil || n != 0 {
+						t.Errorf("users rows of the erased user = %d, %v; want 0", n, err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestLinkConsentLimits: a linker and a room have one request waiting at a time, and a network
+// at most maxPendingConsents, each refused with a user error before any operator is messaged.
+func TestLinkConsentLimits(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		op := env.srv.Client(t, "chanop")
+		for _, c := range []string{"#one", "#two", "#three"} {
+			if err := op.Join(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if res := env.runCommand(testAlice, "link", testNet, "#one"); res.err != nil || res.userError != "" {
+			t.Fatalf("first link = %+v", res)
+		}
+		op.MustWaitFor(t, irctest.Match(testBotNick, "PRIVMSG", "chanop"))
+		seq := env.srv.Seq()
+		if res := env.runCommand(testAlice, "link", testNet, "#two"); !strings.Contains(res.userError, "one request waiting at a time") {
+			t.Errorf("second link by the same user = %+v, want a user error", res)
+		}
+		if res := env.runCommand(testBob, "link", testNet, "#two"); !strings.Contains(res.userError, "link this room") {
+			t.Errorf("second link in the same room = %+v, want a user error", res)
+		}
+		n := env.br.network(testNet)
+		n.dropConsentsWhere(func(req *linkRequest) bool { return req.linker == testAlice })
+		n.mu.Lock()
+		for i := len(n.consents); i < maxPendingConsents; i++ {
+			n.consents[fmt.Sprintf("#filler%d", i)] = &linkRequest{
+				channel: fmt.Sprintf("#filler%d", i), linker: id.UserID(fmt.Sprintf("@u%d:example.org", i)),
+				roomID: id.RoomID(fmt.Sprintf("!r%d:example.org", i)), deadline: time.Now().Add(time.Hour),
+			}
+		}
+		n.mu.Unlock()
+		if res := env.runCommand(testBob, "link", testNet, "#three"); !strings.Contains(res.userError, "Too many link requests") {
+			t.Errorf("link over the network's cap = %+v, want a user error", res)
+		}
+		n.mu.Lock()
+		delete(n.consents, "#filler1")
+		n.mu.Unlock()
+		if res := env.runCommand(testBob, "link", testNet, "#three"); res.err != nil || res.userError != "" {
+			t.Errorf("link under the cap = %+v, want it asked", res)
+		}
+		op.MustWaitFor(t, irctest.After(seq, irctest.Match(testBotNick, "PRIVMSG", "chanop")))
+		if got := env.srv.Lines(irctest.After(seq, irctest.Match(testBotNick, "PRIVMSG", "chanop"))); len(got) != 1 {
+			t.Errorf("operator asked %d times after the first request, want once", len(got))
+		}
+	})
+}
+
+// TestBadKeyWithNobodyToTell: when the channel refuses the bridge's key and nobody gave it or
+// linked the room (a portal made through its alias, or the giver was erased), the portal room
+// gets one notice asking a room admin for !irc key, however often the refusal repeats.
+func TestBadKeyWithNobodyToTell(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		n := env.br.network(testNet)
+		for range 3 {
+			n.onBadKey(env.ctx, testChannel)
+		}
+		var got int
+		for _, evt := range env.host.HS.Events(testPortalRoom) {
+			var c event.MessageEventContent
+			if evt.Sender == env.host.BotID() && evt.Decode(&c) == nil && strings.Contains(c.Body, "!irc key") {
+				got++
+			}
+		}
+		if got != 1 {
+			t.Errorf("portal got %d notices about the key, want 1", got)
+		}
 	})
 }

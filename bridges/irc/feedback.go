@@ -116,10 +116,12 @@ func (n *network) onRefused(ctx context.Context, p *puppet, msg *ircmsg.Message)
 	}
 	sent, isMsg := p.sent.recent(p.sent.msgs, target, now)
 	p.sent.mu.Unlock()
-	name := format.EscapeMarkdown(n.targetName(target))
+	// The raw name is what a retried TOPIC goes to; the escaped one is for notices only.
+	rawName := n.targetName(target)
+	name := format.EscapeMarkdown(rawName)
 	switch {
 	case retry:
-		n.retryTopic(p, target, name, topic, reason)
+		n.retryTopic(p, rawName, topic, reason)
 	case isTopic && (msg.Command == "437" || msg.Command == "482"):
 		n.br.notifyUser(ctx, p.user, topic.eventID, "topic-refused", fmt.Sprintf(
 			"%s refused your topic change in %s: %s", n.cfg.Name, name, orUnknown(reason)))
@@ -142,7 +144,8 @@ func orUnknown(reason string) string {
 // retryTopic sends a refused TOPIC again once the delay the server's reason names has passed
 // (the first number in it, in seconds; one second if it names none), bounded by minTopicRetry
 // and maxTopicRetry. It runs in the background and gives up when the bridge stops.
-func (n *network) retryTopic(p *puppet, folded, name string, r sentRecord, reason string) {
+// name is the channel's name as IRC writes it (never Markdown-escaped).
+func (n *network) retryTopic(p *puppet, name string, r sentRecord, reason string) {
 	delay := minTopicRetry
 	for _, f := range strings.FieldsFunc(reason, func(c rune) bool { return c < '0' || c > '9' }) {
 		if secs, err := strconv.Atoi(f); err == nil {

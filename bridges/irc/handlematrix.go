@@ -114,13 +114,10 @@ func (br *Bridge) handleMatrixMessage(ctx context.Context, evt *event.Event) err
 		return nil
 	}
 	if !t.net.puppetAllowed(evt.Sender) {
-		// Told once per network while the bridge runs: such users may be many, and speak often.
-		if _, told := br.toldNotAllowed.LoadOrStore(t.net.cfg.ID+" "+string(evt.Sender), true); !told {
-			_, server, _ := evt.Sender.Parse()
-			br.notifyUser(ctx, evt.Sender, evt.ID, "puppet-not-allowed", fmt.Sprintf(
-				"Your messages in rooms bridged to %s are not relayed: this bridge connects only some servers' users to it, "+
-					"and not users of %s.", t.net.cfg.Name, server))
-		}
+		// Nobody is told: a notice would cost every remote sender a users row and a management
+		// room on this server, and remembering whom we told would grow without bound. The
+		// README tells admins that users of other servers are not relayed.
+		zerolog.Ctx(ctx).Debug().Str("network", t.net.cfg.ID).Msg("Sender's server gets no puppets; not relaying")
 		return nil
 	}
 	if t.portal != nil {
@@ -273,6 +270,14 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	redacts := appservice.RedactedEventID(evt)
 	if redacts == "" {
 		return nil
+	}
+	// A redacted !irc link still waiting for an operator's answer is withdrawn, silently (the
+	// homeserver let only its sender or a moderator of the room redact it).
+	for _, netID := range br.netIDs {
+		n := br.networks[netID]
+		if n.dropConsentsWhere(func(req *linkRequest) bool { return req.eventID == redacts && req.roomID == evt.RoomID }) > 0 {
+			zerolog.Ctx(ctx).Info().Str("network", netID).Msg("Withdrew a link request whose command was redacted")
+		}
 	}
 	// Links to the message's media stop working, whoever redacted it.
 	if err := br.db.Media.DeleteByEvent(ctx, redacts); err != nil {

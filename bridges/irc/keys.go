@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
 
@@ -149,18 +151,36 @@ func (n *network) onBadKey(ctx context.Context, folded string) {
 	// The key given with !irc link is in memory before its row is stored.
 	hadKey := n.channelKey(folded) != ""
 	zerolog.Ctx(ctx).Warn().Bool("had_key", hadKey).Msg("The channel refused the bridge's key")
-	if user == "" {
-		return
-	}
 	what := "needs a key (+k)"
 	if hadKey {
 		what = "refused the key I have for it"
+	}
+	if user == "" {
+		n.badKeyInPortal(ctx, portal, what)
+		return
 	}
 	n.br.notifyUser(ctx, user, cause, "bad-key:"+n.cfg.ID+":"+folded, fmt.Sprintf(
 		"%s on %s %s, so I cannot join it and the room %s is not bridged for now. "+
 			"Send %s in that room to give me the key.",
 		portal.ChannelName, n.cfg.Name, what, format.SafeMarkdownCode(string(portal.RoomID)),
 		format.SafeMarkdownCode("!irc key <key>")))
+}
+
+// badKeyInPortal tells the portal room, as the bot, that its channel wants a key, when nobody is
+// left to tell privately (the portal was made through its alias, or whoever gave the key or
+// linked the room was erased). The transaction ID is derived from the portal (network, channel,
+// room), so the homeserver keeps one notice for all the bridge's reconnects and restarts within
+// its transaction window.
+func (n *network) badKeyInPortal(ctx context.Context, portal *ircdb.Portal, what string) {
+	content := format.RenderMarkdown(fmt.Sprintf(
+		"%s on %s %s, so this room is not bridged for now. A room admin can send %s here to give me the key.",
+		portal.ChannelName, n.cfg.Name, what, format.SafeMarkdownCode("!irc key <key>")), true, false)
+	content.MsgType = event.MsgNotice
+	txnID := appservice.TxnIDFor(id.EventID("irc-bad-key:"+n.cfg.ID+":"+portal.Channel+":"+string(portal.RoomID)), "bad-key")
+	if _, err := n.br.host.Bot().SendMessageEvent(ctx, portal.RoomID, event.EventMessage, &content,
+		mautrix.ReqSendEvent{TransactionID: txnID}); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to tell the portal its channel needs a key")
+	}
 }
 
 // cmdKey sets or removes the key of the room's channel.

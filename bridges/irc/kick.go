@@ -3,6 +3,7 @@ package irc
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -197,15 +198,42 @@ func (n *network) applyBan(ctx context.Context, roomID id.RoomID, folded, mask s
 	}
 	n.mu.Unlock()
 	for _, p := range victims {
-		n.mu.Lock()
-		byMask := n.ircBans[folded]
-		if byMask == nil {
-			byMask = make(map[string][]id.UserID)
-			n.ircBans[folded] = byMask
-		}
-		byMask[n.fold(mask)] = append(byMask[n.fold(mask)], p.user)
-		n.mu.Unlock()
+		n.rememberBan(folded, mask, p.user)
 		n.banInMatrix(ctx, roomID, p.user, fmt.Sprintf("Banned from %s on %s by %s", ircline.Param(msg, 0), n.cfg.Name, msg.Nick()))
+	}
+}
+
+// rememberBan records that mask on channel (folded) caused userID's Matrix ban, once per user
+// however often the server repeats the +b.
+func (n *network) rememberBan(folded, mask string, userID id.UserID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	byMask := n.ircBans[folded]
+	if byMask == nil {
+		byMask = make(map[string][]id.UserID)
+		n.ircBans[folded] = byMask
+	}
+	if m := n.fold(mask); !slices.Contains(byMask[m], userID) {
+		byMask[m] = append(byMask[m], userID)
+	}
+}
+
+// forgetBansOf drops userID from the bans to lift, for their erasure: the bridge then neither
+// keeps their ID nor unbans them later.
+func (n *network) forgetBansOf(userID id.UserID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for folded, byMask := range n.ircBans {
+		for mask, users := range byMask {
+			if users = slices.DeleteFunc(users, func(u id.UserID) bool { return u == userID }); len(users) == 0 {
+				delete(byMask, mask)
+			} else {
+				byMask[mask] = users
+			}
+		}
+		if len(byMask) == 0 {
+			delete(n.ircBans, folded)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package irc
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -216,6 +217,38 @@ func TestMatrixKickAsOperator(t *testing.T) {
 		}
 		if n := env.noticesWith("could not kick"); n != 0 {
 			t.Errorf("the kicker got %d failure notices for a kick that worked", n)
+		}
+	})
+}
+
+// TestIRCBansForgetErasedUsers: a +b repeated by the server records its victim once, and an
+// erased user is dropped from the bans to lift (never unbanned, nor named, later).
+func TestIRCBansForgetErasedUsers(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		n := env.br.network(testNet)
+		n.rememberBan(testChannel, "Alice[m]!*@*", testAlice)
+		n.rememberBan(testChannel, "alice[m]!*@*", testAlice)
+		n.rememberBan(testChannel, "alice[m]!*@*", testBob)
+		n.mu.Lock()
+		got := len(n.ircBans[testChannel][n.fold("alice[m]!*@*")])
+		n.mu.Unlock()
+		if got != 2 {
+			t.Errorf("ban mask records %d users, want 2 (alice once, bob)", got)
+		}
+		if err := env.br.EraseRemote(env.ctx, testAlice); err != nil {
+			t.Fatal(err)
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, byMask := range n.ircBans {
+			for mask, users := range byMask {
+				if slices.Contains(users, testAlice) {
+					t.Errorf("erased user still recorded under ban %s", mask)
+				}
+			}
+		}
+		if users := n.ircBans[testChannel][n.fold("alice[m]!*@*")]; len(users) != 1 || users[0] != testBob {
+			t.Errorf("bans after erasure = %v, want bob's kept", users)
 		}
 	})
 }

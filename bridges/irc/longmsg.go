@@ -144,6 +144,12 @@ func (br *Bridge) textLink(ctx context.Context, evt *event.Event) (string, error
 	token := base64.RawURLEncoding.EncodeToString(raw[:])
 	original := evt.Content.AsMessage().RelatesTo.GetReplaceID()
 	err := br.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		// A narrow window remains: if the sender's erasure runs between the start of this send
+		// and this transaction, EnsureUser brings a users row back (with this irc_media row).
+		// The Host offers bridges no cheap "erasure pending" check (IsPaused reads the paused
+		// flag only; the core's HasPendingErasure is not exposed), and EraseRemote drops the
+		// sender's puppet and outbox first, so this needs a message already being sent at that
+		// moment. The row is a users row with no data but this link, which message_ttl expires.
 		if err := br.host.EnsureUser(ctx, evt.Sender); err != nil {
 			return err
 		}

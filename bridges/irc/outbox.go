@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -410,14 +411,22 @@ func (br *Bridge) sendMessage(ctx context.Context, p *puppet, c *ircconn.Conn, i
 	return false
 }
 
+// eventGone reports whether a fetch failed because the event no longer exists or is not
+// visible to the bot, as opposed to the homeserver being unavailable.
+func eventGone(err error) bool {
+	return errors.Is(err, mautrix.MNotFound) || errors.Is(err, mautrix.MForbidden)
+}
+
 // fetchEvent fetches an event from the homeserver (the bot's GetEvent).
 type fetchEvent func(ctx context.Context, roomID id.RoomID, eventID id.EventID) (*event.Event, error)
 
 // replayOutbox queues again the messages that were queued and not sent when the bridge last
 // stopped or crashed (irc_outbox), oldest first, fetching each from the homeserver: the bridge
 // keeps no message text. A message that went out after all (it has irc_message rows), was
-// redacted, or is no longer bridged is forgotten; a paused user's is dropped when its turn
-// comes, as any queued message is. It runs once, at start.
+// redacted (the homeserver answers M_NOT_FOUND or M_FORBIDDEN), or is no longer bridged is
+// forgotten; one the homeserver could not be asked about (it is restarting too, a timeout) stays
+// recorded and is tried at the next start. A paused user's is dropped when its turn comes, as any
+// queued message is. It runs once, at start.
 func (br *Bridge) replayOutbox(ctx context.Context, fetch fetchEvent) {
 	log := br.log.With().Str("action", "replay outbox").Logger()
 	ctx = log.WithContext(ctx)
@@ -426,13 +435,20 @@ func (br *Bridge) replayOutbox(ctx context.Context, fetch fetchEvent) {
 		log.Warn().Err(err).Msg("Failed to read the messages queued before the restart")
 		return
 	}
-	requeued := 0
+	requeued, kept := 0, 0
 	for _, row := range rows {
 		if ctx.Err() != nil {
 			return
 		}
 		evtLog := log.With().Stringer("event_id", row.EventID).Logger()
 		evt, err := fetch(ctx, row.RoomID, row.EventID)
+		if err != nil && !eventGone(err) {
+			// The homeserver may be restarting too (502, a timeout): the row stays for the next
+			// start. Nothing was queued, so nothing is sent or told twice.
+			evtLog.Warn().Err(err).Msg("Failed to fetch a message queued before the restart; keeping it for the next start")
+			kept++
+			continue
+		}
 		if err == nil {
 			if evt.Content.Parsed == nil {
 				_ = evt.Content.ParseRaw(evt.Type)
@@ -453,6 +469,7 @@ func (br *Bridge) replayOutbox(ctx context.Context, fetch fetchEvent) {
 		br.forgetQueued(ctx, row.EventID)
 	}
 	if len(rows) > 0 {
-		log.Info().Int("queued", len(rows)).Int("requeued", requeued).Msg("Queued messages again after the restart")
+		log.Info().Int("queued", len(rows)).Int("requeued", requeued).Int("kept", kept).
+			Msg("Queued messages again after the restart")
 	}
 }

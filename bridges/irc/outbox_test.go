@@ -2,13 +2,14 @@ package irc
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -281,7 +282,8 @@ func TestOutboxKeptAcrossStop(t *testing.T) {
 
 // TestReplayOutbox: at start, the messages irc_outbox still lists are fetched and sent, once: a
 // message that went out before the crash is not sent again, one the homeserver no longer
-// returns is forgotten, and a second replay sends nothing.
+// returns (M_NOT_FOUND) is forgotten, one it could not be asked about (502 while it restarts)
+// is kept and sent at the next replay, and a later replay sends nothing.
 func TestReplayOutbox(t *testing.T) {
 	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
 		sent := env.message(testPortalRoom, testAlice, event.MsgText, "sent before the crash")
@@ -290,8 +292,9 @@ func TestReplayOutbox(t *testing.T) {
 		env.eventually("alice's outbox is empty", func() bool { return !env.puppet(testAlice).busy() })
 		lost := env.message(testPortalRoom, testAlice, event.MsgText, "queued at the crash")
 		gone := env.message(testPortalRoom, testAlice, event.MsgText, "redacted since")
+		unavailable := env.message(testPortalRoom, testAlice, event.MsgText, "fetched while the homeserver restarts")
 		events := map[id.EventID]*event.Event{sent.ID: sent, lost.ID: lost}
-		for i, evt := range []*event.Event{sent, lost, gone} {
+		for i, evt := range []*event.Event{sent, lost, gone, unavailable} {
 			if err := env.br.db.Outbox.Put(env.ctx, &ircdb.Outbox{
 				EventID: evt.ID, RoomID: evt.RoomID, Network: testNet, Sender: evt.Sender, QueuedAt: time.Unix(0, int64(i+1)),
 			}); err != nil {
@@ -304,24 +307,46 @@ func TestReplayOutbox(t *testing.T) {
 			if evt := events[eventID]; evt != nil && evt.RoomID == roomID {
 				return evt, nil
 			}
-			return nil, errors.New("M_NOT_FOUND")
+			if eventID == unavailable.ID {
+				return nil, fmt.Errorf("failed to get event: %w", mautrix.HTTPError{Message: "bad gateway", Response: &http.Response{StatusCode: http.StatusBadGateway}})
+			}
+			return nil, fmt.Errorf("failed to get event: %w", mautrix.MNotFound)
 		}
 		env.br.replayOutbox(env.ctx, fetch)
 		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "queued at the crash"))
-		env.eventually("irc_outbox is empty", func() bool {
-			rows, err := env.br.db.Outbox.GetAll(env.ctx)
-			return err == nil && len(rows) == 0
-		})
-		if fetches != 3 {
-			t.Errorf("fetched %d events, want 3", fetches)
+		outboxHolds := func(want ...id.EventID) func() bool {
+			return func() bool {
+				rows, err := env.br.db.Outbox.GetAll(env.ctx)
+				if err != nil || len(rows) != len(want) {
+					return false
+				}
+				for i, row := range rows {
+					if row.EventID != want[i] {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		env.eventually("irc_outbox keeps only the message the homeserver could not return", outboxHolds(unavailable.ID))
+		if fetches != 4 {
+			t.Errorf("fetched %d events, want 4", fetches)
+		}
+		// At the next start the homeserver answers again.
+		events[unavailable.ID] = unavailable
+		env.br.replayOutbox(env.ctx, fetch)
+		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "fetched while the homeserver restarts"))
+		env.eventually("irc_outbox is empty", outboxHolds())
+		if fetches != 5 {
+			t.Errorf("the second replay fetched %d events, want 1", fetches-4)
 		}
 		env.br.replayOutbox(env.ctx, fetch)
-		if fetches != 3 {
-			t.Errorf("a second replay fetched %d events, want none", fetches-3)
+		if fetches != 5 {
+			t.Errorf("a third replay fetched %d events, want none", fetches-5)
 		}
 		env.say(testAlice, "marker")
 		env.srv.WaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "marker"))
-		if got := strings.Join(env.privmsgs("alice[m]"), "|"); got != "sent before the crash|queued at the crash|marker" {
+		if got := strings.Join(env.privmsgs("alice[m]"), "|"); got != "sent before the crash|queued at the crash|fetched while the homeserver restarts|marker" {
 			t.Errorf("alice's lines = %q, want each message once", got)
 		}
 	})

@@ -255,7 +255,7 @@ func (nc *NetworkConfig) applyLogin(cfg *ircconn.Config, account string, passwor
 	case AuthPass:
 		cfg.Password = vault.NewSecret(account + ":" + password.Reveal())
 	case AuthNickServ:
-		cfg.Identify = &ircconn.Identify{Service: "NickServ", Account: account, Password: password}
+		cfg.Identify = &ircconn.Identify{Service: nc.NickServ, Account: account, Password: password}
 	default:
 		cfg.SASL = &ircconn.SASL{Account: account, Password: password}
 	}

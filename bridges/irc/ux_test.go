@@ -324,3 +324,21 @@ func TestRefusalFeedback(t *testing.T) {
 
 // TestNotConnectedFeedback: a message that cannot be sent because the sender's puppet gets no
 // connection before the handler gives up is told to the sender, once.
+
+// TestTopicRetryRawChannelName: a TOPIC refused with 437 is sent again to the channel as IRC
+// names it, not to its Markdown-escaped form (#foo_bar, not #foo\_bar).
+func TestTopicRetryRawChannelName(t *testing.T) {
+	forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+		watcher := env.ircUser("watcher")
+		env.say(testAlice, "hello")
+		watcher.MustWaitFor(t, irctest.Match("alice[m]", "PRIVMSG", testChannel, "hello"))
+		p := env.puppet(testAlice)
+		p.noteTopic("#foo_bar", env.newEventID(), "new topic")
+		seq := env.srv.Seq()
+		tooSoon := ":irctest.local 437 alice[m] #foo_bar :You may not change the topic again for 1 second\r\n"
+		if err := env.srv.SendRaw("alice[m]", tooSoon); err != nil {
+			t.Fatal(err)
+		}
+		env.srv.WaitFor(t, irctest.After(seq, irctest.Match("alice[m]", "TOPIC", "#foo_bar", "new topic")))
+	})
+}

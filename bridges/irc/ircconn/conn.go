@@ -91,7 +91,9 @@ func (s *SASL) mechanism() string {
 // Identify holds credentials sent to a services bot after registration, for networks without
 // SASL: "PRIVMSG <Service> :IDENTIFY <Account> <Password>".
 type Identify struct {
-	// Service is the nick of the services bot, such as NickServ.
+	// Service is the target of the services bot: its nick (NickServ) or, where the network
+	// supports it, nick@server (NickServ@services.), which only the services server can
+	// receive, so that whoever holds the nick cannot collect the password.
 	Service string
 	// Account is the services account name; empty sends "IDENTIFY <Password>", which
 	// identifies to the account of the current nick.
@@ -287,7 +289,7 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("%w: unsupported SASL mechanism", ErrInvalidConfig)
 	case cfg.SASL != nil && cfg.SASL.mechanism() == MechanismPlain && cfg.SASL.Account == "":
 		return fmt.Errorf("%w: SASL account is empty", ErrInvalidConfig)
-	case cfg.Identify != nil && (!ircid.ValidNick(cfg.Identify.Service) || strings.ContainsAny(cfg.Identify.Account, " \r\n\x00") ||
+	case cfg.Identify != nil && (!ValidServiceTarget(cfg.Identify.Service) || strings.ContainsAny(cfg.Identify.Account, " \r\n\x00") ||
 		strings.ContainsAny(cfg.Identify.Password.Reveal(), "\r\n\x00")):
 		return fmt.Errorf("%w: IDENTIFY service, account or password is not valid", ErrInvalidConfig)
 	case cfg.SASL != nil && strings.ContainsRune(cfg.SASL.Account, 0):
@@ -882,4 +884,25 @@ func (c *Conn) exit() {
 		c.onClose(c, err)
 	}
 	close(c.done)
+}
+
+// ValidServiceTarget reports whether s is a services target IDENTIFY may go to: a nick, or
+// nick@server with a server name of letters, digits, '.', '-' and '_'.
+func ValidServiceTarget(s string) bool {
+	nick, server, full := strings.Cut(s, "@")
+	if !ircid.ValidNick(nick) {
+		return false
+	}
+	if !full {
+		return true
+	}
+	if server == "" || len(server) > 253 {
+		return false
+	}
+	for _, c := range server {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

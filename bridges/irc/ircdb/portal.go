@@ -55,6 +55,7 @@ const (
 	deletePortalQuery  = `DELETE FROM irc_portal WHERE room_id=$1`
 	disownPortalsQuery = `UPDATE irc_portal SET actor_mxid=NULL, source_event_id=NULL WHERE actor_mxid=$1`
 	getAllPortalsQuery = `SELECT ` + portalColumns + ` FROM irc_portal ORDER BY network, channel`
+	movePortalQuery    = `UPDATE irc_portal SET room_id=$3 WHERE network=$1 AND channel=$2`
 )
 
 // Get returns the portal of channel (folded) on network, or nil.
@@ -82,6 +83,18 @@ func (pq *PortalQuery) GetByActor(ctx context.Context, userID id.UserID) ([]*Por
 func (pq *PortalQuery) Insert(ctx context.Context, p *Portal) (bool, error) {
 	res, err := pq.GetDB().Exec(ctx, insertPortalQuery, p.Network, p.Channel, p.ChannelName, p.RoomID,
 		nullString(string(p.Actor)), nullString(string(p.SourceEventID)), ms(p.CreatedAt))
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// MoveRoom points the portal of channel (folded) on network at roomID, in place: the rows that
+// hang off the portal (its channel key) and its provenance stay. It reports whether a portal
+// was changed.
+func (pq *PortalQuery) MoveRoom(ctx context.Context, network, channel string, roomID id.RoomID) (bool, error) {
+	res, err := pq.GetDB().Exec(ctx, movePortalQuery, network, channel, roomID)
 	if err != nil {
 		return false, err
 	}
