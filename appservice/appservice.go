@@ -50,7 +50,7 @@ type Service struct {
 	// inboxKeys seals the inbox's event content (inboxseal.go); nil when the vault is off.
 	inboxKeys *vault.Vault
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
-	shredder *backupShredder
+	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).
 	engine *privacy.Engine
 	// privacy is the core's state of the privacy operations (privacy.go).

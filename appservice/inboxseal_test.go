@@ -19,6 +19,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/clock"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -390,8 +391,8 @@ func TestShredRotationRetiresInboxKey(t *testing.T) {
 				t.Fatalf("inbox key wrapped by %s, want %s", oldKEK, k1.ID())
 			}
 
-			bs := &backupShredder{v: svc.inboxKeys, path: keyFile, replaceInboxKey: svc.replaceInboxKey}
-			res, err := bs.rotate(ctx, true)
+			bs := privacy.NewBackupShredder(privacy.ShredderOptions{Vault: svc.inboxKeys, KeyFile: keyFile, ReplaceInboxKey: svc.replaceInboxKey})
+			res, err := bs.Rotate(ctx, true)
 			if err != nil {
 				t.Fatalf("shred rotation = %v", err)
 			}

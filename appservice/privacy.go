@@ -388,3 +388,22 @@ func (svc *Service) startAdminAPI(ctx context.Context) error {
 	log.Info().Str("address", ln.Addr().String()).Msg("Admin API listener started")
 	return nil
 }
+
+// recordShredRequest records, in the erasing transaction in ctx, that the full erasure being
+// committed needs a shred rotation. It does nothing when shredding is off.
+func (svc *Service) recordShredRequest(ctx context.Context) error {
+	if svc.shredder == nil {
+		return nil
+	}
+	return svc.shredder.RecordRequest(ctx)
+}
+
+// requestShred wakes the shredder after a full erasure has committed. It never blocks, and
+// reports whether shredding is on.
+func (svc *Service) requestShred() bool {
+	if svc.shredder == nil {
+		return false
+	}
+	svc.shredder.Kick()
+	return true
+}

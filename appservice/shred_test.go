@@ -15,6 +15,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -75,10 +76,10 @@ const shredLogged = `"message":"Shredded database backups`
 // the log shows n successful shred rotations in all.
 func (env *privacyEnv) shredAfterDebounce(n int) {
 	env.t.Helper()
-	if err := env.clock.BlockUntilInterval(astest.Within(env.t, 10*time.Second), shredDebounce); err != nil {
+	if err := env.clock.BlockUntilInterval(astest.Within(env.t, 10*time.Second), privacy.ShredDebounce); err != nil {
 		env.t.Fatalf("the shredder does not wait for its debounce on the service's clock: %v", err)
 	}
-	env.clock.Advance(shredDebounce)
+	env.clock.Advance(privacy.ShredDebounce)
 	env.logs.waitForCount(env.t, shredLogged, n)
 }
 
@@ -198,7 +199,7 @@ func TestShredRequestSurvivesRestart(t *testing.T) {
 			if _, err := first.svc.engine.Erase(first.ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 				t.Fatal(err)
 			}
-			if err := first.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), shredDebounce); err != nil {
+			if err := first.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ShredDebounce); err != nil {
 				t.Fatalf("the first service's shredder is not in its debounce: %v", err)
 			}
 			first.stop()

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -46,13 +47,13 @@ func (svc *Service) setupVault(ctx context.Context) {
 	svc.setupInboxSealing(ctx, v)
 	svc.goBackground(ctx, v.Run)
 	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
-		svc.shredder = &backupShredder{
-			v: v, path: *svc.cfg.Vault.KeyFile, db: svc.privacyDB(), kick: make(chan struct{}, 1),
-			replaceInboxKey: svc.replaceInboxKey, clk: svc.clock(),
-		}
+		svc.shredder = privacy.NewBackupShredder(privacy.ShredderOptions{
+			Vault: v, KeyFile: *svc.cfg.Vault.KeyFile, DB: svc.privacyDB(), Clock: svc.clock(),
+			ReplaceInboxKey: svc.replaceInboxKey,
+		})
 		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).
 			Msg("Backup shredding is on: the master key is rotated after every erasure")
-		svc.goBackground(ctx, svc.shredder.run)
+		svc.goBackground(ctx, svc.shredder.Run)
 	}
 }
 

@@ -1,4 +1,4 @@
-package appservice
+package privacy
 
 import (
 	"context"
@@ -17,9 +17,9 @@ import (
 
 // Timing of the backup shredder (vault.shred_backups).
 const (
-	// shredDebounce is how long the shredder waits after an erasure before rotating, so that a
+	// ShredDebounce is how long the shredder waits after an erasure before rotating, so that a
 	// burst of erasures costs one rotation.
-	shredDebounce = 2 * time.Second
+	ShredDebounce = 2 * time.Second
 	// shredRetryMin and shredRetryMax bound the wait before a failed shred rotation is retried;
 	// it doubles from the one to the other.
 	shredRetryMin = 10 * time.Second
@@ -29,15 +29,15 @@ const (
 	shredAttempts = 5
 )
 
-// backupShredder rotates the master key after erasures, so that database backups taken before
+// BackupShredder rotates the master key after erasures, so that database backups taken before
 // an erasure cannot be opened with the keys Custodian holds (vault.shred_backups). One goroutine
-// (run) does every rotation, so two never run at once.
+// (Run) does every rotation, so two never run at once.
 //
 // A request is recorded in the database (as_shred_request) by the erasing transaction itself,
-// so it survives a stop or a crash in the debounce window or during a retry's backoff: run
+// so it survives a stop or a crash in the debounce window or during a retry's backoff: Run
 // resumes it at start, and only a rotation that started after the request was recorded clears
-// it. The in-memory kick only wakes run sooner.
-type backupShredder struct {
+// it. The in-memory kick only wakes Run sooner.
+type BackupShredder struct {
 	v    *vault.Vault
 	path string
 	// db records and clears the persisted request.
@@ -51,8 +51,8 @@ type backupShredder struct {
 	replaceInboxKey func(ctx context.Context) error
 }
 
-// shredResult reports one shred rotation.
-type shredResult struct {
+// ShredResult reports one shred rotation.
+type ShredResult struct {
 	// KeyID is the current master key, which every data key is wrapped by afterwards.
 	KeyID string
 	// Retired are the master keys removed from the key file.
@@ -64,32 +64,52 @@ type shredResult struct {
 	Kept []string
 }
 
-// recordShredRequest records, in the erasing transaction in ctx, that the full erasure being
-// committed needs a shred rotation. It does nothing when shredding is off. The request's time is
-// the wall clock's, like the rotation's start it is compared with.
-func (svc *Service) recordShredRequest(ctx context.Context) error {
-	if svc.shredder == nil {
-		return nil
-	}
-	return svc.privacyDB().RequestShred(ctx, time.Now())
+// ShredderOptions configure a [BackupShredder].
+type ShredderOptions struct {
+	// Vault is the vault whose master key is rotated.
+	Vault *vault.Vault
+	// KeyFile is vault.key_file, where the new master key is written and old ones are retired.
+	KeyFile string
+	// DB records and clears the persisted request (as_shred_request).
+	DB *database.PrivacyQuery
+	// Clock times the debounce and the retries; nil means the wall clock.
+	Clock clock.Clock
+	// ReplaceInboxKey, if set, retires the inbox keys; Rotate calls it once the new master key
+	// is loaded, so the old ones no longer wrap any inbox key.
+	ReplaceInboxKey func(ctx context.Context) error
 }
 
-// requestShred wakes the shredder after a full erasure has committed (the request itself is in
-// the database already). It never blocks, and reports whether shredding is on.
-func (svc *Service) requestShred() bool {
-	if svc.shredder == nil {
-		return false
+// NewBackupShredder returns a shredder; start it with [BackupShredder.Run].
+func NewBackupShredder(opts ShredderOptions) *BackupShredder {
+	clk := opts.Clock
+	if clk == nil {
+		clk = clock.Real()
 	}
+	return &BackupShredder{
+		v: opts.Vault, path: opts.KeyFile, db: opts.DB, kick: make(chan struct{}, 1), clk: clk,
+		replaceInboxKey: opts.ReplaceInboxKey,
+	}
+}
+
+// RecordRequest records, in the erasing transaction in ctx, that the full erasure being
+// committed needs a shred rotation. The request's time is the wall clock's, like the rotation's
+// start it is compared with.
+func (bs *BackupShredder) RecordRequest(ctx context.Context) error {
+	return bs.db.RequestShred(ctx, time.Now())
+}
+
+// Kick wakes the shredder after a full erasure has committed (the request itself is in the
+// database already). It never blocks.
+func (bs *BackupShredder) Kick() {
 	select {
-	case svc.shredder.kick <- struct{}{}:
+	case bs.kick <- struct{}{}:
 	default:
 	}
-	return true
 }
 
-// run waits for requests and rotates, until ctx ends. A failed rotation is logged and retried
+// Run waits for requests and rotates, until ctx ends. A failed rotation is logged and retried
 // with a growing delay; the keys stay usable throughout.
-func (bs *backupShredder) run(ctx context.Context) {
+func (bs *BackupShredder) Run(ctx context.Context) {
 	log := zerolog.Ctx(ctx)
 	retry := shredRetryMin
 	if _, pending, err := bs.db.PendingShred(ctx); err != nil {
@@ -114,13 +134,13 @@ func (bs *backupShredder) run(ctx context.Context) {
 		needKey := true
 		var keyAt time.Time
 		for {
-			if !bs.sleep(ctx, shredDebounce) {
+			if !bs.sleep(ctx, ShredDebounce) {
 				return
 			}
 			if needKey {
 				keyAt = time.Now()
 			}
-			res, err := bs.rotate(ctx, needKey)
+			res, err := bs.Rotate(ctx, needKey)
 			if err == nil {
 				if _, clearErr := bs.db.ClearShred(ctx, keyAt); clearErr != nil {
 					// The request stays: the next start rotates once more, which is harmless.
@@ -157,14 +177,14 @@ func (bs *backupShredder) run(ctx context.Context) {
 	}
 }
 
-// rotate makes one shred rotation. With newKey, it first writes a new key in front of the key
+// Rotate makes one shred rotation. With newKey, it first writes a new key in front of the key
 // file (atomically, the old keys kept as previous). Then, up to shredAttempts times: it reloads
 // the keys, re-wraps every data key under the current one, and retires every other key no data
 // key needs any more (its check value, then the key file line). Keys are removed from the file
 // only once no data key uses them, and put back if one appeared meanwhile (another process
 // still wrapping with an old key), so no key that wraps a data key is ever lost.
 // res.KeyID is set once the key file holds the new key.
-func (bs *backupShredder) rotate(ctx context.Context, newKey bool) (res shredResult, err error) {
+func (bs *BackupShredder) Rotate(ctx context.Context, newKey bool) (res ShredResult, err error) {
 	if newKey {
 		keys, err := vault.FileKeys(bs.path).LoadKeys()
 		if err != nil {
@@ -291,6 +311,6 @@ func statusOf(statuses []vault.KeyStatus, kekID string) vault.KeyStatus {
 }
 
 // sleep waits for d on the shredder's clock or until ctx ends; it reports whether d passed.
-func (bs *backupShredder) sleep(ctx context.Context, d time.Duration) bool {
+func (bs *BackupShredder) sleep(ctx context.Context, d time.Duration) bool {
 	return clock.Sleep(ctx, bs.clk, d) == nil
 }
