@@ -163,7 +163,9 @@ func (br *Bridge) cmdLink(ctx context.Context, ce *appservice.CommandEvent) erro
 			return err
 		}
 		sealed, err := br.host.Vault().Seal(ctx, ce.Sender, tokenSecret, token)
-		if err != nil {
+		if errors.Is(err, appservice.ErrVaultDisabled) {
+			return &appservice.UserError{Message: "This Custodian cannot store credentials: its admin has not set up the vault.", Err: err}
+		} else if err != nil {
 			return fmt.Errorf("failed to seal token: %w", err)
 		}
 		if err = br.remote(ctx, http.MethodPost, "/subscriptions", token, ce.Event.ID); err != nil {

@@ -300,6 +300,22 @@ func TestExampleBridge(t *testing.T) {
 				}
 			})
 
+			t.Run("NoVaultRefusesBeforeAnyRemoteCall", func(t *testing.T) {
+				e := newEnv(t, dialect)
+				e.h.Secrets.SetDisabled(true)
+				evt := &event.Event{ID: "$link1", RoomID: room, Sender: alice, Type: event.EventMessage}
+				err := e.br.Commands()[0].Handler(e.ctx, &appservice.CommandEvent{
+					Event: evt, RoomID: room, Sender: alice, Group: BridgeID, Command: "link", Args: []string{testToken}, RawArgs: testToken,
+				})
+				var userErr *appservice.UserError
+				if !errors.As(err, &userErr) {
+					t.Errorf("!example link without a vault = %v, want a message for the user", err)
+				}
+				if _, posts, _ := e.svc.state(); posts != 0 {
+					t.Errorf("posts = %d, want none", posts)
+				}
+			})
+
 			t.Run("SchemaMatchesInventory", func(t *testing.T) {
 				e := newEnv(t, dialect)
 				if err := e.h.Engine.CheckSchema(e.ctx); err != nil {
