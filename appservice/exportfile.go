@@ -22,14 +22,9 @@ import (
 // the media repository holds ciphertext and the key is only in the message. Each file is tracked
 // in as_export; when privacy.export_ttl passes, and before the user's data is erased, the
 // message is redacted and, with admin access to the homeserver, the upload is deleted through
-// Synapse's admin API.
-
-// exportExpiryInterval is how often the expiry loop looks for export files past their TTL.
-const exportExpiryInterval = time.Minute
-
-// exportExpiryBatch is how many expired export files one pass of the expiry loop withdraws at
-// most; the rest wait for the next pass.
-const exportExpiryBatch = 100
+// Synapse's admin API. The engine keeps the schedule (privacy.Engine: the expiry loop, the
+// withdrawal before an erasure); the core does the Matrix side (withdrawExport, through the
+// engine's host).
 
 // exportDB returns the queries on the tracked export files.
 func (svc *Service) exportDB() *database.ExportQuery {
@@ -161,87 +156,4 @@ func (svc *Service) deleteExportMedia(ctx context.Context, mxc id.ContentURIStri
 	default:
 		return fmt.Errorf("failed to delete export media: %w", err)
 	}
-}
-
-// withdrawExportsOf withdraws every export file sent to user ([Service.withdrawExport]). The
-// erasure of all of a user's data calls it before the transaction that unlinks the tracking
-// rows from the user (SET NULL). It is best effort: a failure is logged, with counts only, the
-// erasure goes on, and the file's expiry is moved to now, so the expiry loop retries it from its
-// row, which by then names nobody.
-func (svc *Service) withdrawExportsOf(ctx context.Context, user id.UserID) {
-	log := zerolog.Ctx(ctx)
-	files, err := svc.exportDB().OfUser(ctx, user)
-	if err != nil {
-		log.Warn().Err(err).Msg("Failed to list the user's export files; they are not withdrawn")
-		return
-	}
-	failed := 0
-	for _, ef := range files {
-		if err = svc.withdrawExport(ctx, ef); err != nil {
-			failed++
-			log.Warn().Err(err).Msg("Failed to withdraw an export file before erasure; the expiry loop retries it")
-			if err = svc.exportDB().ExpireNow(ctx, ef.MXC, svc.now()); err != nil {
-				log.Warn().Err(err).Msg("Failed to mark an export file for withdrawal")
-			}
-			continue
-		}
-		if err = svc.exportDB().Delete(ctx, ef.MXC); err != nil {
-			log.Warn().Err(err).Msg("Failed to forget a withdrawn export file")
-		}
-	}
-	if len(files) > 0 {
-		log.Info().Int("export_files", len(files)).Int("failed", failed).Msg("Withdrew export files before erasure")
-	}
-}
-
-// expireExports withdraws the export files whose TTL has passed, at most exportExpiryBatch of
-// them, and forgets those it withdrew. It returns how many it withdrew; a file whose withdrawal
-// failed stays for the next pass, and the first such failure is returned.
-func (svc *Service) expireExports(ctx context.Context) (int, error) {
-	files, err := svc.exportDB().Expired(ctx, svc.now(), exportExpiryBatch)
-	if err != nil {
-		return 0, err
-	}
-	var errs []error
-	done := 0
-	for _, ef := range files {
-		if err = svc.withdrawExport(ctx, ef); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err = svc.exportDB().Delete(ctx, ef.MXC); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		done++
-	}
-	if done > 0 {
-		zerolog.Ctx(ctx).Info().Int("export_files", done).Msg("Withdrew expired export files")
-	}
-	return done, errors.Join(errs...)
-}
-
-// startExportExpiry starts the loop that withdraws expired export files: once at once (files
-// that expired while Custodian was down), then every exportExpiryInterval on the service clock,
-// until ctx ends. It logs each pass at debug level.
-func (svc *Service) startExportExpiry(ctx context.Context) {
-	svc.privacy.loops.Add(1)
-	go func() {
-		defer svc.privacy.loops.Done()
-		ticker := svc.clock().NewTicker(exportExpiryInterval)
-		defer ticker.Stop()
-		for {
-			n, err := svc.expireExports(ctx)
-			if err != nil && ctx.Err() == nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to withdraw expired export files; will try again")
-			}
-			// Every pass, also an empty one: a debug log shows the loop is alive.
-			zerolog.Ctx(ctx).Debug().Int("export_files", n).Bool("failed", err != nil).Msg("Export expiry pass finished")
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C():
-			}
-		}
-	}()
 }

@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // exportFileEvent returns the ID of the bot's m.file message in roomID, failing the test if there
@@ -68,7 +69,7 @@ func TestExportFileExpires(t *testing.T) {
 					return env.pass(exportPass, passes, "export_files")
 				}
 				wait()
-				if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), exportExpiryInterval) != nil {
+				if env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ExportExpiryInterval) != nil {
 					t.Fatal("the export expiry loop did not start its ticker")
 				}
 				env.setUpRoom(pvDM, true, pvAlice)
@@ -85,13 +86,13 @@ func TestExportFileExpires(t *testing.T) {
 				}
 
 				// Before the TTL nothing happens.
-				env.clock.Advance(exportExpiryInterval)
+				env.clock.Advance(privacy.ExportExpiryInterval)
 				if n := wait(); n != 0 || env.redactionsOf(pvDM, fileEvent) != 0 || len(env.hs.mediaDeleted()) != 0 {
 					t.Fatalf("before the TTL: %d withdrawn, %d redactions, deleted %v; want nothing", n, env.redactionsOf(pvDM, fileEvent), env.hs.mediaDeleted())
 				}
 
 				env.clock.Set(env.clock.Now().Add(time.Hour))
-				env.clock.Advance(exportExpiryInterval)
+				env.clock.Advance(privacy.ExportExpiryInterval)
 				if n := wait(); n != 1 {
 					t.Errorf("after the TTL %d files withdrawn, want 1", n)
 				}
@@ -180,8 +181,8 @@ func TestForgetRetriesFailedExportWithdrawal(t *testing.T) {
 			env.hs.lock.Lock()
 			env.hs.mediaDeleteFails = false
 			env.hs.lock.Unlock()
-			if done, err := env.svc.expireExports(env.ctx); err != nil || done != 1 {
-				t.Fatalf("expireExports() = %d, %v; want 1, nil", done, err)
+			if done, err := env.svc.engine.ExpireExports(env.ctx); err != nil || done != 1 {
+				t.Fatalf("ExpireExports() = %d, %v; want 1, nil", done, err)
 			}
 			if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
 				t.Errorf("deleted media %v after the retry, want %v", got, want)

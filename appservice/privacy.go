@@ -111,8 +111,8 @@ func (svc *Service) newEngine() *privacy.Engine {
 }
 
 // startPrivacy sets up admin access to the homeserver, starts the admin API, the engine's
-// erasure runner (which first finishes the erasures an earlier run left unfinished) and
-// retention sweeper, the deactivation sweep and the expiry of export files. It is called by
+// erasure runner (which first finishes the erasures an earlier run left unfinished), retention
+// sweeper and expiry of export files, and the deactivation sweep. It is called by
 // start once the bridges have started, so that their EraseRemote works.
 func (svc *Service) startPrivacy(ctx context.Context) error {
 	if err := svc.setUpDeactivation(ctx); err != nil {
@@ -127,7 +127,6 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 		defer svc.privacy.loops.Done()
 		svc.deactivationLoop(ctx)
 	}()
-	svc.startExportExpiry(ctx)
 	return nil
 }
 
@@ -235,11 +234,15 @@ func (h engineHost) EraseRemote(ctx context.Context, module string, user id.User
 	return nil
 }
 
-// PrepareFullErasure withdraws the user's export files and returns the rooms the bot shares with
-// nobody but the user (read from the homeserver before the erasure clears the state cache).
+// PrepareFullErasure returns the rooms the bot shares with nobody but the user (read from the
+// homeserver before the erasure clears the state cache).
 func (h engineHost) PrepareFullErasure(ctx context.Context, user id.UserID) []id.RoomID {
-	h.svc.withdrawExportsOf(ctx, user)
 	return h.svc.privateRoomsOf(ctx, user)
+}
+
+// WithdrawExport redacts the export file's message and deletes its upload.
+func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile) error {
+	return h.svc.withdrawExport(ctx, ef)
 }
 
 // InFullErasure records the backup shred request in the erasing transaction.

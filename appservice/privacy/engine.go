@@ -41,9 +41,13 @@ type Host interface {
 	// transaction, and a failure does not stop the erasure.
 	EraseRemote(ctx context.Context, module string, user id.UserID) error
 	// PrepareFullErasure runs before the transaction of a full erasure, while the user's rows
-	// still exist: it withdraws what the core published for the user elsewhere (export files)
-	// and returns the rooms the bot shares with nobody but the user, which clean-up leaves.
+	// still exist, and returns the rooms the bot shares with nobody but the user, which
+	// clean-up leaves.
 	PrepareFullErasure(ctx context.Context, user id.UserID) (leaveRooms []id.RoomID)
+	// WithdrawExport redacts the message that carried export file ef and deletes its upload
+	// where it can. It returns an error only for a failure worth retrying; the engine then
+	// retries from ef's row (at expiry, or at once before an erasure).
+	WithdrawExport(ctx context.Context, ef *database.ExportFile) error
 	// InFullErasure runs inside the erasing transaction (in ctx) of a full erasure, for
 	// bookkeeping that must commit with it (a backup shred request). An error aborts the
 	// erasure, which the runner retries.
@@ -147,15 +151,15 @@ func (e *Engine) CheckSchema(ctx context.Context) error {
 }
 
 // Start starts the erasure runner, which first finishes the erasures an earlier run left
-// unfinished, and the retention sweeper, every interval. Both run until ctx ends; [Engine.Wait]
-// waits for them. Call it once, after the modules' EraseRemote works.
+// unfinished, the retention sweeper, every interval, and the expiry of export files. They run
+// until ctx ends; [Engine.Wait] waits for them. Call it once, after the modules' EraseRemote works.
 func (e *Engine) Start(ctx context.Context, retentionInterval time.Duration) {
 	e.resumed = make(chan struct{})
 	e.eraseWake = make(chan struct{}, 1)
 	e.lock.Lock()
 	e.runnerDone = make(chan struct{})
 	e.lock.Unlock()
-	e.loops.Add(2)
+	e.loops.Add(3)
 	go func() {
 		defer e.loops.Done()
 		e.erasureLoop(ctx)
@@ -163,6 +167,10 @@ func (e *Engine) Start(ctx context.Context, retentionInterval time.Duration) {
 	go func() {
 		defer e.loops.Done()
 		e.retentionLoop(ctx, retentionInterval)
+	}()
+	go func() {
+		defer e.loops.Done()
+		e.exportExpiryLoop(ctx)
 	}()
 }
 

@@ -365,6 +365,7 @@ func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt
 		job.RemoteFailed = e.eraseRemote(ctx, user, job.Modules)
 		if len(job.Modules) == 0 {
 			// Before the transaction below cascades the tracking rows away.
+			e.withdrawExportsOf(ctx, user)
 			job.LeaveRooms = e.host.PrepareFullErasure(ctx, user)
 		}
 		counts, err := e.eraseRows(ctx, job)

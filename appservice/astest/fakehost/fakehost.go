@@ -486,6 +486,8 @@ func (e engineHost) PrepareFullErasure(context.Context, id.UserID) []id.RoomID {
 
 func (e engineHost) InFullErasure(context.Context) error { return nil }
 
+func (e engineHost) WithdrawExport(context.Context, *database.ExportFile) error { return nil }
+
 func (e engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
 	e.h.Secrets.Forget(user)
 	return false
