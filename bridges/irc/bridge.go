@@ -386,12 +386,7 @@ func (br *Bridge) sweepPuppets(ctx context.Context) {
 	now := br.clock.Now()
 	for _, netID := range br.netIDs {
 		n := br.networks[netID]
-		n.mu.Lock()
-		puppets := make([]*puppet, 0, len(n.puppets))
-		for _, p := range n.puppets {
-			puppets = append(puppets, p)
-		}
-		n.mu.Unlock()
+		puppets := n.puppetList()
 		for _, p := range puppets {
 			if paused, err := br.host.IsPaused(ctx, p.user); err == nil && paused {
 				if n.dropPuppet(ctx, p.user, "Paused") {

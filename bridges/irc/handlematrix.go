@@ -286,12 +286,7 @@ func (br *Bridge) handleMatrixRedaction(ctx context.Context, evt *event.Event) e
 	var author *puppet
 	for _, netID := range br.netIDs {
 		n := br.networks[netID]
-		n.mu.Lock()
-		puppets := make([]*puppet, 0, len(n.puppets))
-		for _, p := range n.puppets {
-			puppets = append(puppets, p)
-		}
-		n.mu.Unlock()
+		puppets := n.puppetList()
 		for _, p := range puppets {
 			if p.unqueue(ctx, redacts) {
 				author = p

@@ -151,6 +151,18 @@ func (n *network) start(ctx context.Context) error {
 	return nil
 }
 
+// puppetList returns the network's puppets now, so that the caller can act on each without
+// holding n.mu.
+func (n *network) puppetList() []*puppet {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	puppets := make([]*puppet, 0, len(n.puppets))
+	for _, p := range n.puppets {
+		puppets = append(puppets, p)
+	}
+	return puppets
+}
+
 // stop quits every connection of the network and stops its worker.
 func (n *network) stop(ctx context.Context) {
 	n.mu.Lock()
