@@ -36,6 +36,8 @@ if [ -n "$synapse" ]; then
 	# scripts/testbed-irc.sh runs these for the IRC bridge's end-to-end tests.
 	[ -x /usr/sbin/inspircd ] || need+=(inspircd)
 	[ -x /usr/bin/atheme-services ] || need+=(atheme-services)
+	# testbed-irc.sh makes the TLS client port's certificate with it (SASL EXTERNAL, ident).
+	command -v openssl >/dev/null || need+=(openssl)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
