@@ -18,6 +18,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -284,6 +285,11 @@ func (svc *Service) upgradeDatabases(ctx context.Context) error {
 		return fmt.Errorf("failed to upgrade state store: %w", err)
 	}
 	if err := svc.upgradeVault(ctx); err != nil {
+		return err
+	}
+	// The crypto store's tables exist with encryption on or off, so the personal-data inventory
+	// can declare them.
+	if err := e2ee.Upgrade(ctx, svc.rawDB, svc.log); err != nil {
 		return err
 	}
 	for _, bh := range svc.bridges {
