@@ -119,6 +119,9 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	svc.notifier = NewNotifier(svc.as.BotIntent(), svc.db.User)
 	svc.metrics = newMetrics()
 	for _, br := range bridges {
+		if id := br.ID(); id == CoreModule || id == e2ee.Module {
+			return nil, fmt.Errorf("bridge ID %q is reserved for the core's personal-data tables", id)
+		}
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
 		bh.log = log.With().Str("bridge", bh.id).Logger()
 		svc.bridges = append(svc.bridges, bh)
