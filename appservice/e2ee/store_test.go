@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -144,6 +145,44 @@ func TestStoreNeedsMasterKey(t *testing.T) {
 				t.Fatalf("GetAccount() with another pickle key = %v, nil; want an error", acc.IdentityKey())
 			}
 		})
+	}
+}
+
+// TestStoreCopyNeedsMasterKey copies an SQLite database file holding an account, as a stolen
+// backup would be, and checks that the copy opens with the master key and not with another one.
+func TestStoreCopyNeedsMasterKey(t *testing.T) {
+	ctx := astest.Within(t, 30*time.Second)
+	db := migratedDB(t, ctx, astest.SQLite)
+	k := mustKey(t)
+	store, err := OpenStore(ctx, db, newVault(t, ctx, db, k), testLog(t))
+	if err != nil {
+		t.Fatalf("OpenStore() = %v", err)
+	}
+	store.DeviceID = "CUSTODIANDEV"
+	acc := crypto.NewOlmAccount()
+	if err = store.PutAccount(ctx, acc); err != nil {
+		t.Fatalf("PutAccount() = %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "copy.db")
+	if _, err = db.Exec(ctx, `VACUUM INTO $1`, path); err != nil {
+		t.Fatalf("VACUUM INTO = %v", err)
+	}
+	cp, err := dbutil.NewWithDialect("file:"+path+"?_txlock=immediate", "sqlite3-fk-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Close() })
+	cp.Owner = "custodian-test"
+
+	if _, err = OpenStore(ctx, cp, newVault(t, ctx, cp, mustKey(t)), testLog(t)); !errors.Is(err, vault.ErrKeyUnavailable) {
+		t.Fatalf("OpenStore() on the copy with another master key = %v, want ErrKeyUnavailable", err)
+	}
+	withKey, err := OpenStore(ctx, cp, newVault(t, ctx, cp, k), testLog(t))
+	if err != nil {
+		t.Fatalf("OpenStore() on the copy with the master key = %v", err)
+	}
+	if got, err := withKey.GetAccount(ctx); err != nil || got == nil || got.IdentityKey() != acc.IdentityKey() {
+		t.Fatalf("GetAccount() on the copy with the master key = %v, %v; want the account", got, err)
 	}
 }
 
