@@ -14,6 +14,9 @@ SHELL := bash
 .DEFAULT_GOAL := build
 
 GO ?= go
+# Build tags of every build and test: goolm selects mautrix's pure-Go olm, so no system libolm
+# (and no cgo for it) is needed.
+TAGS := goolm
 # staticcheck 2026.2.2, the first release line built for Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
@@ -27,13 +30,13 @@ E2E_RACE ?= 1
 .PHONY: build test lint demo bench testbed test-unit test-e2e
 
 build:
-	$(GO) build -o bin/custodian ./cmd/custodian
+	$(GO) build -tags $(TAGS) -o bin/custodian ./cmd/custodian
 
 lint: $(STATICCHECK)
 	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*' -not -path './bin/*')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt -l: these files need gofmt:"; echo "$$unformatted"; exit 1; fi
-	$(GO) vet -tags e2e,demo ./...
-	$(STATICCHECK) -tags e2e,demo ./...
+	$(GO) vet -tags $(TAGS),e2e,demo ./...
+	$(STATICCHECK) -tags $(TAGS),e2e,demo ./...
 
 $(STATICCHECK):
 	mkdir -p $(CURDIR)/bin/tools/tmp
@@ -48,12 +51,12 @@ test: lint
 # These two expect POSTGRES_TEST_URI (and, for the end-to-end tests, CUSTODIAN_SYNAPSE_ROOT or
 # root) in the environment; `make test` provides both.
 test-unit:
-	$(GO) test $(UNIT_TESTFLAGS) ./...
+	$(GO) test -tags $(TAGS) $(UNIT_TESTFLAGS) ./...
 
 # The demo (build tag demo) runs here too, for one second, so the Quick start's first command is
 # tested with the rest.
 test-e2e:
-	CUSTODIAN_E2E_RACE=$(E2E_RACE) CUSTODIAN_DEMO_DURATION=1s $(GO) test -tags e2e,demo $(E2E_TESTFLAGS) ./e2e/...
+	CUSTODIAN_E2E_RACE=$(E2E_RACE) CUSTODIAN_DEMO_DURATION=1s $(GO) test -tags $(TAGS),e2e,demo $(E2E_TESTFLAGS) ./e2e/...
 
 testbed:
 	scripts/testbed-setup.sh >/dev/null
@@ -62,10 +65,10 @@ testbed:
 # Synapse and Custodian for the tests is the one that starts them here; it runs until Ctrl-C.
 demo:
 	root=$$(scripts/testbed-setup.sh); \
-	$(GO) test -c -tags e2e,demo -o bin/e2e-demo.test ./e2e; \
+	$(GO) test -c -tags $(TAGS),e2e,demo -o bin/e2e-demo.test ./e2e; \
 	cd e2e && CUSTODIAN_SYNAPSE_ROOT=$$root ../bin/e2e-demo.test -test.run '^TestDemo$$' -test.timeout 0
 
 bench:
 	scripts/testbed-setup.sh --no-synapse; \
-	PG_DURABLE=1 scripts/with-postgres.sh $(GO) test -run '^$$' -bench . -benchmem ./appservice/...
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./bridges/irc/ ./bridges/irc/ircconn/
+	PG_DURABLE=1 scripts/with-postgres.sh $(GO) test -tags $(TAGS) -run '^$$' -bench . -benchmem ./appservice/...
+	$(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x ./bridges/irc/ ./bridges/irc/ircconn/

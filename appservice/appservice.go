@@ -18,6 +18,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -118,6 +119,9 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	svc.notifier = NewNotifier(svc.as.BotIntent(), svc.db.User)
 	svc.metrics = newMetrics()
 	for _, br := range bridges {
+		if id := br.ID(); id == CoreModule || id == e2ee.Module {
+			return nil, fmt.Errorf("bridge ID %q is reserved for the core's personal-data tables", id)
+		}
 		bh := &bridgeHost{svc: svc, br: br, id: br.ID(), ns: br.Namespaces()}
 		bh.log = log.With().Str("bridge", bh.id).Logger()
 		svc.bridges = append(svc.bridges, bh)
@@ -284,6 +288,11 @@ func (svc *Service) upgradeDatabases(ctx context.Context) error {
 		return fmt.Errorf("failed to upgrade state store: %w", err)
 	}
 	if err := svc.upgradeVault(ctx); err != nil {
+		return err
+	}
+	// The crypto store's tables exist with encryption on or off, so the personal-data inventory
+	// can declare them.
+	if err := e2ee.Upgrade(ctx, svc.rawDB, svc.log); err != nil {
 		return err
 	}
 	for _, bh := range svc.bridges {

@@ -85,6 +85,17 @@ func TestCheckInventoryCatchesUndeclaredData(t *testing.T) {
 			wantErr: "EraseRetain needs a Reason",
 		},
 		{
+			name:    "match with a cascading policy",
+			ddl:     `CREATE TABLE x_sess (sender_key TEXT)`,
+			extra:   []UserTable{{Table: "x_sess", UserColumn: "sender_key", Match: `sender_key=$1`}},
+			wantErr: "Match needs EraseDeleteRows",
+		},
+		{
+			name:  "match deleting rows",
+			ddl:   `CREATE TABLE x_sess (sender_key TEXT)`,
+			extra: []UserTable{{Table: "x_sess", UserColumn: "sender_key", Match: `sender_key=$1`, Policy: EraseDeleteRows}},
+		},
+		{
 			name:  "declared and cascading",
 			ddl:   `CREATE TABLE x_acct (user_mxid TEXT REFERENCES users (mxid) ON DELETE CASCADE, nick TEXT)`,
 			extra: []UserTable{{Table: "x_acct", UserColumn: "user_mxid", Export: []string{"nick"}}},

@@ -20,6 +20,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
@@ -187,7 +188,7 @@ func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged 
 // inventory returns every module's declared personal-data tables, keyed by module (the core and
 // each bridge ID).
 func (svc *Service) inventory() map[string][]UserTable {
-	inv := map[string][]UserTable{CoreModule: privacy.CoreInventory()}
+	inv := map[string][]UserTable{CoreModule: privacy.CoreInventory(), e2ee.Module: e2ee.Inventory()}
 	for _, bh := range svc.bridges {
 		inv[bh.id] = bh.br.PersonalData()
 	}

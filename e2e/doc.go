@@ -5,7 +5,7 @@
 //
 // Every file of the package carries the e2e build tag, so only
 //
-//	go test -tags e2e -count=1 ./e2e/...
+//	go test -tags goolm,e2e -count=1 ./e2e/...
 //
 // builds it; make test runs it after the unit tests. A test gets its own environment:
 //

@@ -277,7 +277,7 @@ func custodianBinary(t testing.TB) string {
 			return
 		}
 		path := filepath.Join(binary.dir, "custodian")
-		args := []string{"build", "-o", path}
+		args := []string{"build", "-tags", "goolm", "-o", path}
 		if envBool("CUSTODIAN_E2E_RACE") {
 			args = append(args, "-race")
 		}

@@ -5,7 +5,7 @@
 # command, and stops and deletes the cluster however the command ends. Exits with the command's
 # status.
 #
-#   scripts/with-postgres.sh go test ./...
+#   scripts/with-postgres.sh go test -tags goolm ./...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

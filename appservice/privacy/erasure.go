@@ -499,7 +499,7 @@ func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, 
 				case ut.Policy == EraseSetNull:
 					query = fmt.Sprintf(`UPDATE %s SET %s=NULL WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn), quoteIdent(ut.UserColumn))
 				default:
-					query = fmt.Sprintf(`DELETE FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
+					query = fmt.Sprintf(`DELETE FROM %s WHERE %s`, quoteIdent(ut.Table), ut.userCondition())
 				}
 				if _, err := e.db.Exec(ctx, query, user); err != nil {
 					return fmt.Errorf("failed to erase rows of %s: %w", ut.Table, err)
@@ -556,7 +556,7 @@ func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, 
 // countUserRows counts ut's rows about user.
 func (e *Engine) countUserRows(ctx context.Context, ut UserTable, user id.UserID) (int64, error) {
 	var n int64
-	query := fmt.Sprintf(`SELECT COUNT(*) FROM %s WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
+	query := fmt.Sprintf(`SELECT COUNT(*) FROM %s WHERE %s`, quoteIdent(ut.Table), ut.userCondition())
 	if err := e.db.QueryRow(ctx, query, user).Scan(&n); err != nil {
 		return 0, fmt.Errorf("failed to count rows of %s: %w", ut.Table, err)
 	}

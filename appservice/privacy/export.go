@@ -130,7 +130,7 @@ func (e *Engine) exportTable(ctx context.Context, ut UserTable, user id.UserID) 
 			selects = append(selects, quoteIdent(col))
 		}
 	}
-	query := fmt.Sprintf(`SELECT %s FROM %s WHERE %s=$1`, strings.Join(selects, ", "), quoteIdent(ut.Table), quoteIdent(ut.UserColumn))
+	query := fmt.Sprintf(`SELECT %s FROM %s WHERE %s`, strings.Join(selects, ", "), quoteIdent(ut.Table), ut.userCondition())
 	if ut.TimeColumn != "" {
 		query += " ORDER BY " + quoteIdent(ut.TimeColumn)
 	}

@@ -270,6 +270,12 @@ func CheckInventory(ctx context.Context, db *dbutil.Database, inventory map[stri
 					errs = append(errs, fmt.Errorf("%s: EraseRetain needs a Reason", prefix))
 				}
 			}
+			if ut.Match != "" && ut.Policy != EraseDeleteRows {
+				errs = append(errs, fmt.Errorf("%s: Match needs EraseDeleteRows", prefix))
+			}
+			if ut.Match != "" && ut.SourceEventColumn != "" {
+				errs = append(errs, fmt.Errorf("%s: Match cannot be combined with SourceEventColumn", prefix))
+			}
 		}
 	}
 	for _, table := range sortedKeys(columns) {

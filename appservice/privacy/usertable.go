@@ -76,6 +76,12 @@ type UserTable struct {
 	// users did, [RetentionNetwork] for IP addresses and user agents. The retention sweeper
 	// deletes rows whose TimeColumn is older than that.
 	RetentionClass RetentionClass
+	// Match, if set, is the SQL condition that selects the table's rows about the user ($1 is
+	// the user's Matrix ID), used by export, counts and erasure instead of UserColumn=$1. It is
+	// for tables that name a user only through another table, such as the crypto store's
+	// sessions, found by the identity keys of the user's devices. It needs [EraseDeleteRows].
+	// UserColumn must still name the column that links the row to the user.
+	Match string
 	// RoomColumn, if set, names the column holding the room where the row's source event was
 	// sent (see SourceEventColumn). A redaction purges only rows of the room it was sent in.
 	// Without it, the core asks the homeserver whether the redacted event belongs to the room
@@ -107,4 +113,13 @@ type Provenance struct {
 	EventID id.EventID
 	// At is when the change happened.
 	At time.Time
+}
+
+// userCondition returns the SQL condition selecting ut's rows about the user given as $1: Match
+// if set, else UserColumn=$1.
+func (ut UserTable) userCondition() string {
+	if ut.Match != "" {
+		return "(" + ut.Match + ")"
+	}
+	return quoteIdent(ut.UserColumn) + "=$1"
 }

@@ -40,6 +40,8 @@ type RotateResult struct {
 	Rewrapped int
 	// InboxKeys counts the inbox keys re-wrapped.
 	InboxKeys int
+	// CryptoKeys counts the crypto keys (the end-to-end encryption pickle key) re-wrapped.
+	CryptoKeys int
 	// Unavailable counts, per master key ID, the data keys the last pass could not re-wrap
 	// because that key is missing or wrong. They stay as they are.
 	Unavailable map[string]int
@@ -102,7 +104,11 @@ func (v *Vault) Rotate(ctx context.Context, opts RotateOptions) (RotateResult, e
 		if err != nil {
 			return res, err
 		}
-		if n+m > 0 {
+		c, err := v.rotateCryptoKey(ctx, cur, &res)
+		if err != nil {
+			return res, err
+		}
+		if n+m+c > 0 {
 			continue
 		}
 		wait := opts.SettleUntil.Sub(v.now())
@@ -250,6 +256,8 @@ type KeyStatus struct {
 	DataKeys int `json:"data_keys"`
 	// InboxKeys counts the inbox keys it wraps (normally 0 or 1).
 	InboxKeys int `json:"inbox_keys"`
+	// CryptoKeys counts the crypto keys (the end-to-end encryption pickle key) it wraps (0 or 1).
+	CryptoKeys int `json:"crypto_keys"`
 	// Loaded is true when the key source holds the key.
 	Loaded bool `json:"loaded"`
 	// Current is true for the key new data keys are wrapped by (the key source's first).
@@ -264,15 +272,16 @@ type KeyStatus struct {
 // Available reports whether data keys wrapped by the key can be unwrapped.
 func (ks KeyStatus) Available() bool { return ks.Loaded && !ks.Wrong }
 
-// Wraps counts the keys the master key wraps, data keys and inbox keys: it is needed while
-// Wraps() > 0.
-func (ks KeyStatus) Wraps() int { return ks.DataKeys + ks.InboxKeys }
+// Wraps counts the keys the master key wraps, data keys, inbox keys and the crypto key: it is
+// needed while Wraps() > 0.
+func (ks KeyStatus) Wraps() int { return ks.DataKeys + ks.InboxKeys + ks.CryptoKeys }
 
 const (
 	countDEKsQuery = `
-		SELECT kek_id, SUM(dek), SUM(inbox) FROM (
-			SELECT kek_id, 1 AS dek, 0 AS inbox FROM as_vault_dek
-			UNION ALL SELECT kek_id, 0, 1 FROM as_vault_inbox_key
+		SELECT kek_id, SUM(dek), SUM(inbox), SUM(crypto) FROM (
+			SELECT kek_id, 1 AS dek, 0 AS inbox, 0 AS crypto FROM as_vault_dek
+			UNION ALL SELECT kek_id, 0, 1, 0 FROM as_vault_inbox_key
+			UNION ALL SELECT kek_id, 0, 0, 1 FROM as_vault_crypto_key
 		) AS k GROUP BY kek_id
 	`
 	recordedKeysQuery = `SELECT kek_id FROM as_vault_kek`
@@ -280,10 +289,12 @@ const (
 		DELETE FROM as_vault_kek WHERE kek_id=$1
 			AND NOT EXISTS (SELECT 1 FROM as_vault_dek WHERE kek_id=$1)
 			AND NOT EXISTS (SELECT 1 FROM as_vault_inbox_key WHERE kek_id=$1)
+			AND NOT EXISTS (SELECT 1 FROM as_vault_crypto_key WHERE kek_id=$1)
 	`
 	countKeyDEKsQuery = `
 		SELECT (SELECT COUNT(*) FROM as_vault_dek WHERE kek_id=$1),
-			(SELECT COUNT(*) FROM as_vault_inbox_key WHERE kek_id=$1)
+			(SELECT COUNT(*) FROM as_vault_inbox_key WHERE kek_id=$1),
+			(SELECT COUNT(*) FROM as_vault_crypto_key WHERE kek_id=$1)
 	`
 )
 
@@ -314,13 +325,13 @@ func (v *Vault) Status(ctx context.Context) ([]KeyStatus, error) {
 	}
 	for rows.Next() {
 		var kekID string
-		var deks, inbox int
-		if err = rows.Scan(&kekID, &deks, &inbox); err != nil {
+		var deks, inbox, crypto int
+		if err = rows.Scan(&kekID, &deks, &inbox, &crypto); err != nil {
 			_ = rows.Close()
 			return nil, fmt.Errorf("failed to count data keys: %w", err)
 		}
 		st := get(kekID)
-		st.DataKeys, st.InboxKeys = deks, inbox
+		st.DataKeys, st.InboxKeys, st.CryptoKeys = deks, inbox, crypto
 	}
 	if err = rows.Close(); err != nil {
 		return nil, fmt.Errorf("failed to count data keys: %w", err)
@@ -358,16 +369,18 @@ func (v *Vault) Status(ctx context.Context) ([]KeyStatus, error) {
 // Run [Vault.Rotate] ("custodian keys rotate") first.
 var ErrKeyInUse = errors.New("vault: master key still wraps data keys")
 
-// RetireKey forgets the check value of the master key kekID, provided no data key and no inbox
-// key is wrapped by it ([ErrKeyInUse] otherwise, with the count). "custodian keys retire" calls it before removing
+// RetireKey forgets the check value of the master key kekID, provided no data key, inbox key or
+// crypto key is wrapped by it ([ErrKeyInUse] otherwise, with the count). "custodian keys retire" calls it before removing
 // the key from the key file. It does not touch the key source.
 func (v *Vault) RetireKey(ctx context.Context, kekID string) error {
 	return v.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		var n, inbox int
-		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n, &inbox); err != nil {
+		var n, inbox, crypto int
+		if err := v.db.QueryRow(ctx, countKeyDEKsQuery, kekID).Scan(&n, &inbox, &crypto); err != nil {
 			return fmt.Errorf("failed to count data keys: %w", err)
 		}
-		if inbox > 0 {
+		if crypto > 0 {
+			return fmt.Errorf("%w: %d data keys, %d inbox keys and the crypto key", ErrKeyInUse, n, inbox)
+		} else if inbox > 0 {
 			return fmt.Errorf("%w: %d data keys and %d inbox keys", ErrKeyInUse, n, inbox)
 		} else if n > 0 {
 			return fmt.Errorf("%w: %d data keys", ErrKeyInUse, n)

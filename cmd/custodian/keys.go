@@ -311,6 +311,9 @@ func keysRotate(args []string, stdout, stderr io.Writer) int {
 	if res.InboxKeys > 0 {
 		fmt.Fprintf(stdout, "Re-wrapped %d inbox keys (they seal events waiting in the inbox) too.\n", res.InboxKeys)
 	}
+	if res.CryptoKeys > 0 {
+		fmt.Fprintln(stdout, "Re-wrapped the crypto key (it encrypts the end-to-end encryption keys) too.")
+	}
 	code = exitOK
 	for _, kekID := range sortedKeys(res.Unavailable) {
 		fmt.Fprintf(stdout, "%d data keys are wrapped by key %s, which is missing or wrong, and were left as they are.\n"+
@@ -372,7 +375,7 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 		return exitRuntime
 	}
 	code := exitOK
-	var total, previous, inbox, previousInbox int
+	var total, previous, inbox, previousInbox, previousCrypto int
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "KEY ID\tDATA KEYS\tSTATE\n")
 	for _, st := range statuses {
@@ -393,6 +396,7 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 		if !st.Current {
 			previous += st.DataKeys
 			previousInbox += st.InboxKeys
+			previousCrypto += st.CryptoKeys
 		}
 		total += st.DataKeys
 		inbox += st.InboxKeys
@@ -402,8 +406,11 @@ func printKeyStatus(ctx context.Context, v *vault.Vault, stdout, stderr io.Write
 	switch {
 	case len(statuses) == 0:
 		fmt.Fprintln(stdout, "No master key loaded and no data key stored yet.")
-	case previous > 0 || previousInbox > 0:
+	case previous > 0 || previousInbox > 0 || previousCrypto > 0:
 		fmt.Fprintf(stdout, "%d of %d data keys and %d of %d inbox keys are not wrapped by the current key: run custodian keys rotate.\n", previous, total, previousInbox, inbox)
+		if previousCrypto > 0 {
+			fmt.Fprintln(stdout, "Nor is the crypto key, which encrypts the end-to-end encryption keys.")
+		}
 	default:
 		fmt.Fprintf(stdout, "All %d data keys are wrapped by the current key.\n", total)
 		if inbox > 0 {

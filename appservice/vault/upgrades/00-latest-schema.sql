@@ -1,4 +1,4 @@
--- v0 -> v2 (compatible with v1+): Latest revision
+-- v0 -> v3 (compatible with v1+): Latest revision
 
 -- as_vault_kek records every master key (KEK) that has wrapped a data key, by its ID, with a
 -- check value: the first 16 bytes of HMAC-SHA256(key, "custodian-kek-check v1" || key ID). The
@@ -47,3 +47,19 @@ CREATE TABLE as_vault_inbox_key (
 	rewrapped_at BIGINT
 );
 CREATE INDEX as_vault_inbox_key_kek_idx ON as_vault_inbox_key (kek_id);
+
+-- as_vault_crypto_key holds the key that pickles (encrypts) the olm account, olm and megolm
+-- sessions and cross-signing secrets in the crypto_* tables, wrapped (AES-256-GCM) by a master
+-- key like a data key, so a copy of the database without the master key yields no usable olm or
+-- megolm key. There is one row (key_id 1). It holds no user data: the service's device owns it.
+CREATE TABLE as_vault_crypto_key (
+	key_id       INTEGER PRIMARY KEY,
+	kek_id       TEXT    NOT NULL REFERENCES as_vault_kek (kek_id),
+-- only: postgres
+	wrapped      BYTEA   NOT NULL,
+-- only: sqlite
+	wrapped      BLOB    NOT NULL,
+	created_at   BIGINT  NOT NULL,
+	rewrapped_at BIGINT
+);
+CREATE INDEX as_vault_crypto_key_kek_idx ON as_vault_crypto_key (kek_id);
