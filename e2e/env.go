@@ -59,6 +59,7 @@ type options struct {
 	patches     []func(cfg map[string]any)
 	noCustodian bool
 	noStart     bool
+	noE2EE      bool
 	webhookBase string // set by WithWebhookBridge
 }
 
@@ -85,6 +86,13 @@ func WithoutCustodian() Option {
 // start Custodian; the test calls [Env.StartCustodian] when it is ready.
 func WithoutStart() Option {
 	return func(o *options) { o.noStart = true }
+}
+
+// WithoutE2EEFeatures starts Synapse without the experimental features end-to-end encryption
+// for appservices needs (see [synapse.writeConfig]): for testing how Custodian copes with a
+// homeserver that does not push to-device messages and device lists to it.
+func WithoutE2EEFeatures() Option {
+	return func(o *options) { o.noE2EE = true }
 }
 
 // SetPath sets the value at a dotted path such as "appservice.max_body_bytes" in nested
@@ -153,7 +161,7 @@ func New(t testing.TB, backend Backend, opts ...Option) *Env {
 	env.dir = workDir(t, "custodian-e2e-")
 
 	ports := freePorts(t, 3)
-	hs := &synapse{root: root, port: ports[0]}
+	hs := &synapse{root: root, port: ports[0], e2ee: !env.opts.noE2EE}
 	env.asPort, env.metricsPort = ports[1], ports[2]
 
 	var registration []byte

@@ -68,6 +68,7 @@ type synapse struct {
 	hostDir      string // the work directory as seen from the host
 	logPath      string // on the host
 	sharedSecret string
+	e2ee         bool // turn on the experimental features appservice encryption needs
 	proc         *process
 }
 
@@ -142,7 +143,11 @@ func (hs *synapse) writeSigningKey(t testing.TB) {
 }
 
 // writeConfig writes homeserver.yaml as TESTBED.md describes: localhost, one client listener on
-// 127.0.0.1, SQLite, shared-secret registration, no federation, every rate limit raised.
+// 127.0.0.1, SQLite, shared-secret registration, no federation, every rate limit raised. With
+// hs.e2ee it also turns on MSC2409 (to-device messages in appservice transactions) and MSC3202
+// (device-list changes and one-time-key counts in them); an appservice gets the MSC3202 fields
+// only if its registration opts in (org.matrix.msc3202), and to-device messages only with
+// receive_ephemeral.
 func (hs *synapse) writeConfig(t testing.TB, appservices []string) {
 	t.Helper()
 	unlimited := map[string]any{"per_second": 10000, "burst_count": 100000}
@@ -204,6 +209,12 @@ func (hs *synapse) writeConfig(t testing.TB, appservices []string) {
 		"rc_reports":            unlimited,
 		"rc_user_directory":     unlimited,
 		"rc_key_requests":       unlimited,
+	}
+	if hs.e2ee {
+		cfg["experimental_features"] = map[string]any{
+			"msc2409_to_device_messages_enabled": true,
+			"msc3202_transaction_extensions":     true,
+		}
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
