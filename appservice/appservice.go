@@ -50,6 +50,9 @@ type Service struct {
 	vault vaultBackend
 	// inboxKeys seals the inbox's event content (inboxseal.go); nil when the vault is off.
 	inboxKeys *vault.Vault
+	// crypto is the bot's end-to-end encryption device; nil while encryption is off (see
+	// encryptionActive).
+	crypto *e2ee.Machine
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).
@@ -419,3 +422,7 @@ func (svc *Service) now() time.Time {
 func (svc *Service) sleep(ctx context.Context, d time.Duration) bool {
 	return clock.Sleep(ctx, svc.clock(), d) == nil
 }
+
+// encryptionActive reports whether the bot can read and write encrypted rooms: encryption is
+// configured, the crypto store opened and the bot's device is set up.
+func (svc *Service) encryptionActive() bool { return svc.crypto != nil }
