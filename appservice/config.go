@@ -68,6 +68,8 @@ type Config struct {
 	Privacy PrivacyConfig `yaml:"privacy"`
 	// AdminAPI configures the admin API listener.
 	AdminAPI AdminAPIConfig `yaml:"admin_api"`
+	// Encryption configures end-to-end encryption: the bot's device and encrypted rooms.
+	Encryption EncryptionConfig `yaml:"encryption"`
 	// Bridges holds each bridge's section raw, keyed by bridge ID; a bridge runs only if its key
 	// is present (see [Config.EnabledBridges]). [Config.DecodeBridges] decodes each node strictly
 	// into the bridge's own target. A key that names no compiled-in bridge is an error.
@@ -224,6 +226,50 @@ type DeactivationConfig struct {
 	// SweepInterval is how often every local user Custodian holds data about is checked, when
 	// admin access is configured.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+}
+
+// EncryptionConfig configures end-to-end encryption. With it on (and the vault's master key
+// configured, and the homeserver pushing to-device events to appservices), the bot has its own
+// device, reads and answers in encrypted rooms, and encrypts what it and the bridges' ghosts send
+// there. Zero durations (a Config built in code) mean the defaults of example-config.yaml.
+type EncryptionConfig struct {
+	// Enabled turns end-to-end encryption on.
+	Enabled bool `yaml:"enabled"`
+	// MSC4190 creates the bot's device with PUT /devices/{deviceId} (MSC4190); false logs in
+	// with m.login.application_service instead, for homeservers without MSC4190.
+	MSC4190 bool `yaml:"msc4190"`
+	// DefaultEncrypted makes the rooms Custodian opens itself (management rooms, private chats)
+	// encrypted, while encryption is active.
+	DefaultEncrypted bool `yaml:"default_encrypted"`
+	// KeyWait is how long an event whose room key has not arrived waits for it before its
+	// sender is told it could not be read.
+	KeyWait time.Duration `yaml:"key_wait"`
+	// SessionRetention is how long received megolm sessions are kept; older ones are deleted,
+	// so a database backup cannot decrypt older messages. Zero means privacy.activity_retention.
+	SessionRetention time.Duration `yaml:"session_retention"`
+}
+
+// Default of the encryption section for a Config built in code.
+const defaultKeyWait = 30 * time.Second
+
+// keyWait returns encryption.key_wait, or its default.
+func (ec *EncryptionConfig) keyWait() time.Duration { return orDefault(ec.KeyWait, defaultKeyWait) }
+
+// sessionRetention returns encryption.session_retention, or privacy.activity_retention.
+func (cfg *Config) sessionRetention() time.Duration {
+	return orDefault(cfg.Encryption.SessionRetention, cfg.Privacy.activityRetention())
+}
+
+// validate reports problems in the encryption section.
+func (ec *EncryptionConfig) validate() []*ConfigError {
+	var p []*ConfigError
+	if ec.KeyWait < time.Second || ec.KeyWait > 10*time.Minute {
+		p = append(p, &ConfigError{Path: "encryption.key_wait", Message: "must be between 1s and 10m, such as 30s"})
+	}
+	if ec.SessionRetention < 0 {
+		p = append(p, &ConfigError{Path: "encryption.session_retention", Message: "must be a positive duration, or 0 for privacy.activity_retention"})
+	}
+	return p
 }
 
 // AdminAPIConfig configures the admin API listener.

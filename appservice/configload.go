@@ -746,6 +746,7 @@ func (cfg *Config) validate(checkTokens bool, configPath string) []*ConfigError 
 	p = append(p, cfg.Vault.validate()...)
 	p = append(p, cfg.Privacy.validate()...)
 	p = append(p, cfg.AdminAPI.validate()...)
+	p = append(p, cfg.Encryption.validate()...)
 	return p
 }
 
