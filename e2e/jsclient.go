@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -122,12 +123,13 @@ type JSClient struct {
 	UserID   id.UserID
 	DeviceID id.DeviceID
 
-	name    string
-	logPath string
-	stdin   io.WriteCloser
-	proc    *process
-	replies chan jsReply // closed when stdout ends
-	nextID  int
+	identityKey id.IdentityKey
+	name        string
+	logPath     string
+	stdin       io.WriteCloser
+	proc        *process
+	replies     chan jsReply // closed when stdout ends
+	nextID      int
 }
 
 type jsReply struct {
@@ -137,22 +139,7 @@ type jsReply struct {
 	raw   json.RawMessage // the whole line
 }
 
-// JSMessage is a message a [JSClient] saw in a room timeline, decrypted if it was encrypted.
-type JSMessage struct {
-	EventID   id.EventID `json:"event_id"`
-	RoomID    id.RoomID  `json:"room_id"`
-	Sender    id.UserID  `json:"sender"`
-	Body      string     `json:"body"`
-	Encrypted bool       `json:"encrypted"`
-}
-
-// JSDecryptionFailure is an event a [JSClient] could not decrypt (and has not decrypted since).
-type JSDecryptionFailure struct {
-	EventID id.EventID `json:"event_id"`
-	RoomID  id.RoomID  `json:"room_id"`
-	Sender  id.UserID  `json:"sender"`
-	Reason  string     `json:"reason"` // matrix-js-sdk's DecryptionFailureCode
-}
+var _ E2EEClient = (*JSClient)(nil)
 
 // JSLogin starts a Node client and logs it in with the password [Env.Register] gave user. The
 // new device uploads its keys and finishes its first sync before JSLogin returns. The process
@@ -171,8 +158,9 @@ func (env *Env) JSLogin(t testing.TB, user id.UserID) *JSClient {
 	}
 	c.start(t, dir)
 	var resp struct {
-		UserID   id.UserID   `json:"user_id"`
-		DeviceID id.DeviceID `json:"device_id"`
+		UserID      id.UserID      `json:"user_id"`
+		DeviceID    id.DeviceID    `json:"device_id"`
+		IdentityKey id.IdentityKey `json:"identity_key"`
 	}
 	c.call(t, jsLoginTimeout, &resp, map[string]any{
 		"cmd":      "login",
@@ -180,7 +168,7 @@ func (env *Env) JSLogin(t testing.TB, user id.UserID) *JSClient {
 		"user":     user.Localpart(),
 		"password": password,
 	})
-	c.UserID, c.DeviceID = resp.UserID, resp.DeviceID
+	c.UserID, c.DeviceID, c.identityKey = resp.UserID, resp.DeviceID, resp.IdentityKey
 	t.Logf("%s logged in as %s, device %s", c.name, c.UserID, c.DeviceID)
 	return c
 }
@@ -320,25 +308,114 @@ func (c *JSClient) SendText(t testing.TB, roomID id.RoomID, body string, timeout
 	return resp.EventID
 }
 
-// WaitFor waits up to timeout for a message with exactly body in roomID (any room if empty),
+// Kind is "js".
+func (c *JSClient) Kind() string { return "js" }
+
+// User is the client's user ID.
+func (c *JSClient) User() id.UserID { return c.UserID }
+
+// Device is the client's device ID.
+func (c *JSClient) Device() id.DeviceID { return c.DeviceID }
+
+// IdentityKey is the device's Curve25519 identity key.
+func (c *JSClient) IdentityKey() id.IdentityKey { return c.identityKey }
+
+// CreateRoom creates an encrypted private room inviting invite, with powerLevels (if not nil) as
+// the power levels' content override.
+func (c *JSClient) CreateRoom(t testing.TB, invite []id.UserID, powerLevels *event.PowerLevelsEventContent) id.RoomID {
+	t.Helper()
+	var resp struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	req := map[string]any{"cmd": "createRoom", "invite": invite}
+	if powerLevels != nil {
+		req["power_levels"] = powerLevels
+	}
+	c.call(t, jsRequestTimeout, &resp, req)
+	return resp.RoomID
+}
+
+// WaitForBody waits up to timeout for a message with exactly body in roomID (any room if empty),
 // seen before or during the call, and returns it decrypted. On timeout the test fails with the
 // client's decryption failures in the room.
-func (c *JSClient) WaitFor(t testing.TB, roomID id.RoomID, body string, timeout time.Duration) JSMessage {
+func (c *JSClient) WaitForBody(t testing.TB, roomID id.RoomID, body string, timeout time.Duration) *Message {
 	t.Helper()
-	var msg JSMessage
+	var msg Message
 	req := map[string]any{"cmd": "waitFor", "body": body}
 	if roomID != "" {
 		req["room_id"] = roomID
 	}
 	c.call(t, timeout, &msg, req)
-	return msg
+	return &msg
+}
+
+// WaitFor waits up to timeout for a message pred matches (see [E2EEClient]). It pages through
+// the client's messages in order, asking the client to wait for new ones.
+func (c *JSClient) WaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) *Message {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	since := 0
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		var resp struct {
+			Messages []*Message `json:"messages"`
+		}
+		// Short polls, so that a message arriving late in the wait is still seen in time.
+		c.call(t, min(left, 5*time.Second), &resp, map[string]any{"cmd": "messages", "since": since})
+		for _, m := range resp.Messages {
+			if pred(m) {
+				return m
+			}
+		}
+		since += len(resp.Messages)
+	}
+	t.Fatalf("%s: no matching message within %v (%d seen); decryption failures: %+v", c.name, timeout, since, c.DecryptionFailures(t))
+	return nil
+}
+
+// WaitForInvite waits up to timeout for an invite from inviter that no earlier call returned.
+func (c *JSClient) WaitForInvite(t testing.TB, inviter id.UserID, timeout time.Duration) id.RoomID {
+	t.Helper()
+	var resp struct {
+		RoomID id.RoomID `json:"room_id"`
+	}
+	c.call(t, timeout, &resp, map[string]any{"cmd": "waitForInvite", "from": inviter})
+	return resp.RoomID
+}
+
+// Download downloads and decrypts an encrypted attachment in the Node client (WebCrypto).
+func (c *JSClient) Download(t testing.TB, file *event.EncryptedFileInfo) []byte {
+	t.Helper()
+	var resp struct {
+		Data []byte `json:"data_base64"`
+	}
+	c.call(t, jsRequestTimeout, &resp, map[string]any{"cmd": "download", "file": file})
+	return resp.Data
+}
+
+// DeviceCrossSigned asks the Rust crypto whether user's device is signed by its owner
+// (DeviceVerificationStatus.signedByOwner).
+func (c *JSClient) DeviceCrossSigned(t testing.TB, user id.UserID, device id.DeviceID) bool {
+	t.Helper()
+	var resp struct {
+		Known         bool `json:"known"`
+		SignedByOwner bool `json:"signed_by_owner"`
+	}
+	c.call(t, jsRequestTimeout, &resp, map[string]any{"cmd": "deviceStatus", "user_id": user, "device_id": device})
+	if !resp.Known {
+		t.Fatalf("%s: device %s of %s is unknown", c.name, device, user)
+	}
+	return resp.SignedByOwner
 }
 
 // DecryptionFailures returns the events the client could not decrypt so far.
-func (c *JSClient) DecryptionFailures(t testing.TB) []JSDecryptionFailure {
+func (c *JSClient) DecryptionFailures(t testing.TB) []DecryptionFailure {
 	t.Helper()
 	var resp struct {
-		Failures []JSDecryptionFailure `json:"failures"`
+		Failures []DecryptionFailure `json:"failures"`
 	}
 	c.call(t, jsRequestTimeout, &resp, map[string]any{"cmd": "failures"})
 	return resp.Failures

@@ -28,7 +28,7 @@ func TestJSClientEncryptedDM(t *testing.T) {
 	const body = "hello bob, this is encrypted"
 	sent := alice.SendText(t, roomID, body, 30*time.Second)
 
-	got := bob.WaitFor(t, roomID, body, 30*time.Second)
+	got := bob.WaitForBody(t, roomID, body, 30*time.Second)
 	if got.EventID != sent || got.Sender != alice.UserID || !got.Encrypted {
 		t.Errorf("bob got %+v, want event %s from %s, encrypted", got, sent, alice.UserID)
 	}

@@ -6,13 +6,30 @@
 //   reply:   {"id": 1, "ok": true, ...results} or {"id": 1, "ok": false, "error": "..."}
 //
 // Commands:
-//   login      {base_url, user, password}           -> {user_id, device_id}
-//   createDM   {user_id}                            -> {room_id}  (encrypted, Element-style)
-//   join       {room_id}                            -> {room_id}
-//   send       {room_id, body, timeout_ms}          -> {event_id}  (refuses to send in plaintext)
-//   waitFor    {body, room_id?, timeout_ms}         -> {event_id, room_id, sender, body, encrypted}
-//   failures   {}                                   -> {failures: [{event_id, room_id, sender, reason}]}
-//   stop       {}                                   -> {}, then the process exits
+//   login         {base_url, user, password}        -> {user_id, device_id, identity_key}
+//   createDM      {user_id}                         -> {room_id}  (encrypted, Element-style)
+//   createRoom    {invite, power_levels?}           -> {room_id}  (private_chat, encrypted)
+//   join          {room_id}                         -> {room_id}
+//   send          {room_id, body, timeout_ms}       -> {event_id}  (refuses to send in plaintext)
+//   waitFor       {body, room_id?, timeout_ms}      -> a message (below) with that body
+//   messages      {since, timeout_ms}               -> {messages: [...]}: the messages seen from
+//                                                      index since on, waiting until there is one
+//                                                      (an empty list after timeout_ms)
+//   waitForInvite {from?, timeout_ms}               -> {room_id, inviter}: the first invite (from
+//                                                      that user) not returned before
+//   failures      {}                                -> {failures: [{event_id, room_id, sender, reason}]}
+//   download      {file}                            -> {data_base64}: an encrypted attachment
+//                                                      (the EncryptedFile of m.file) downloaded
+//                                                      from the authenticated media API, its
+//                                                      SHA-256 checked, decrypted with AES-CTR
+//   deviceStatus  {user_id, device_id}              -> {known, signed_by_owner,
+//                                                      cross_signing_verified, verified}
+//   stop          {}                                -> {}, then the process exits
+//
+// A message is {index, event_id, room_id, sender, msgtype, body, formatted_body, reply_to, file,
+// encrypted, shield: {colour, reason}}: m.room.message events, decrypted if they were encrypted,
+// in the order the client first saw them in clear; shield is the SDK's verdict on an encrypted
+// event's sender device (EventShieldColour and EventShieldReason names), null if unencrypted.
 //
 // Every wait is bounded by its timeout_ms (default 30 s, at most 120 s). The SDK's own logging
 // goes to stderr, so stdout carries only replies.
@@ -25,13 +42,19 @@ for (const level of ["log", "info", "debug", "trace", "warn"]) {
 }
 
 const sdk = await import("matrix-js-sdk");
+const cryptoTypes = await import("matrix-js-sdk/lib/crypto-api/index.js");
 
 const defaultTimeout = 30_000;
 const maxTimeout = 120_000;
 
 let client = null;
-// Messages seen in timelines, by event ID: {event_id, room_id, sender, body, encrypted}.
-const messages = new Map();
+// Messages seen in timelines, in the order first seen in clear (see the header), and their
+// indexes by event ID.
+const messages = [];
+const messageIndex = new Map();
+// Invites received, in order: {room_id, inviter}; taken marks those waitForInvite returned.
+const invites = [];
+const takenInvites = new Set();
 // Events that failed to decrypt and have not decrypted since, by event ID.
 const failures = new Map();
 // Waiters run after every change to messages or rooms.
@@ -104,17 +127,52 @@ function record(ev) {
 			sender: ev.getSender(),
 			reason: String(ev.decryptionFailureReason ?? "unknown"),
 		});
+		notify();
 	} else if (ev.getType() === "m.room.message") {
 		failures.delete(id);
+		if (messageIndex.has(id)) return;
 		const content = ev.getContent();
-		messages.set(id, {
+		const msg = {
+			index: messages.length,
 			event_id: id,
 			room_id: ev.getRoomId(),
 			sender: ev.getSender(),
+			msgtype: typeof content.msgtype === "string" ? content.msgtype : "",
 			body: typeof content.body === "string" ? content.body : "",
+			formatted_body: typeof content.formatted_body === "string" ? content.formatted_body : "",
+			reply_to: ev.replyEventId ?? "",
+			file: content.file ?? null,
 			encrypted: ev.isEncrypted(),
-		});
+			shield: null,
+		};
+		messageIndex.set(id, msg.index);
+		messages.push(msg);
+		if (msg.encrypted) {
+			// The shield needs the sender's device keys; it is filled in when known.
+			client
+				.getCrypto()
+				.getEncryptionInfoForEvent(ev)
+				.then((info) => {
+					if (info) {
+						msg.shield = {
+							colour: cryptoTypes.EventShieldColour[info.shieldColour] ?? String(info.shieldColour),
+							reason: info.shieldReason == null ? null : (cryptoTypes.EventShieldReason[info.shieldReason] ?? String(info.shieldReason)),
+						};
+					}
+					notify();
+				})
+				.catch((err) => console.error("shield of", id, err));
+		}
+		notify();
 	}
+}
+
+function recordInvite(room, membership) {
+	if (membership !== "invite") return;
+	if (invites.some((inv) => inv.room_id === room.roomId)) return;
+	const me = room.getMember(client.getUserId());
+	const inviter = me?.events?.member?.getSender() ?? room.getDMInviter() ?? "";
+	invites.push({ room_id: room.roomId, inviter });
 	notify();
 }
 
@@ -136,7 +194,10 @@ async function login(req) {
 	await client.initRustCrypto({ useIndexedDB: false });
 	client.on(sdk.RoomEvent.Timeline, (ev) => record(ev));
 	client.on(sdk.MatrixEventEvent.Decrypted, (ev) => record(ev));
-	client.on(sdk.RoomEvent.MyMembership, () => notify());
+	client.on(sdk.RoomEvent.MyMembership, (room, membership) => {
+		recordInvite(room, membership);
+		notify();
+	});
 	let syncState = null;
 	client.on(sdk.ClientEvent.Sync, (state) => {
 		syncState = state;
@@ -151,7 +212,8 @@ async function login(req) {
 		},
 		() => `first sync (state ${syncState})`,
 	);
-	return { user_id: resp.user_id, device_id: resp.device_id };
+	const keys = await client.getCrypto().getOwnDeviceKeys();
+	return { user_id: resp.user_id, device_id: resp.device_id, identity_key: keys.curve25519 };
 }
 
 function needClient() {
@@ -174,6 +236,25 @@ async function createDM(req) {
 			},
 		],
 	});
+	return { room_id: roomId };
+}
+
+async function createRoom(req) {
+	const cli = needClient();
+	const opts = {
+		preset: sdk.Preset.PrivateChat,
+		visibility: sdk.Visibility.Private,
+		invite: req.invite ?? [],
+		initial_state: [
+			{
+				type: "m.room.encryption",
+				state_key: "",
+				content: { algorithm: "m.megolm.v1.aes-sha2" },
+			},
+		],
+	};
+	if (req.power_levels) opts.power_level_content_override = req.power_levels;
+	const { room_id: roomId } = await cli.createRoom(opts);
 	return { room_id: roomId };
 }
 
@@ -204,23 +285,103 @@ async function waitFor(req) {
 	const match = (m) => m.body === req.body && (!req.room_id || m.room_id === req.room_id);
 	return waitUntil(
 		timeoutOf(req),
-		() => {
-			for (const m of messages.values()) if (match(m)) return m;
-			return null;
-		},
+		() => messages.find(match) ?? null,
 		() => {
 			const f = [...failures.values()].filter((x) => !req.room_id || x.room_id === req.room_id);
-			return `no message with body ${JSON.stringify(req.body)}; ${messages.size} message(s) seen; decryption failures: ${JSON.stringify(f)}`;
+			return `no message with body ${JSON.stringify(req.body)}; ${messages.length} message(s) seen; decryption failures: ${JSON.stringify(f)}`;
 		},
 	);
+}
+
+async function listMessages(req) {
+	const since = Math.max(0, Number(req.since ?? 0));
+	try {
+		await waitUntil(
+			timeoutOf(req),
+			() => messages.length > since,
+			() => `a message after ${since}`,
+		);
+	} catch {
+		// Nothing new within the timeout: an empty list, the caller decides.
+	}
+	return { messages: messages.slice(since) };
+}
+
+async function waitForInvite(req) {
+	needClient();
+	const inv = await waitUntil(
+		timeoutOf(req),
+		() => invites.find((i) => !takenInvites.has(i.room_id) && (!req.from || i.inviter === req.from)) ?? null,
+		() => `an invite from ${req.from ?? "anyone"}; invites seen: ${JSON.stringify(invites)}`,
+	);
+	takenInvites.add(inv.room_id);
+	return inv;
+}
+
+function fromBase64(s) {
+	const std = s.replace(/-/g, "+").replace(/_/g, "/");
+	return Uint8Array.from(Buffer.from(std, "base64"));
+}
+
+function unpaddedBase64(bytes) {
+	return Buffer.from(bytes).toString("base64").replace(/=+$/, "");
+}
+
+// download fetches an encrypted attachment through the authenticated media API, checks the
+// SHA-256 of the ciphertext against the message's hash and decrypts it with AES-CTR (the key a
+// JWK, the counter block the 16-byte IV), all with WebCrypto.
+async function download(req) {
+	const cli = needClient();
+	const file = req.file;
+	if (!file?.url?.startsWith("mxc://")) throw new Error(`not an encrypted file: ${JSON.stringify(file)}`);
+	if (file.key?.alg !== "A256CTR") throw new Error(`unsupported key algorithm ${file.key?.alg}`);
+	const [server, mediaId] = file.url.slice("mxc://".length).split("/", 2);
+	const url = `${cli.getHomeserverUrl()}/_matrix/client/v1/media/download/${encodeURIComponent(server)}/${encodeURIComponent(mediaId)}`;
+	const resp = await fetch(url, {
+		headers: { Authorization: `Bearer ${cli.getAccessToken()}` },
+		signal: AbortSignal.timeout(timeoutOf(req)),
+	});
+	if (!resp.ok) throw new Error(`GET ${url}: status ${resp.status}: ${await resp.text()}`);
+	const ciphertext = new Uint8Array(await resp.arrayBuffer());
+	const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", ciphertext));
+	const want = (file.hashes?.sha256 ?? "").replace(/=+$/, "");
+	if (unpaddedBase64(digest) !== want) {
+		throw new Error(`the attachment's SHA-256 ${unpaddedBase64(digest)} is not the message's ${want}`);
+	}
+	const key = await crypto.subtle.importKey("jwk", file.key, { name: "AES-CTR" }, false, ["decrypt"]);
+	const plaintext = await crypto.subtle.decrypt(
+		{ name: "AES-CTR", counter: fromBase64(file.iv), length: 64 },
+		key,
+		ciphertext,
+	);
+	return { data_base64: Buffer.from(plaintext).toString("base64") };
+}
+
+// deviceStatus downloads user's device list and reports what the SDK thinks of one device.
+async function deviceStatus(req) {
+	const cryptoApi = needClient().getCrypto();
+	await cryptoApi.getUserDeviceInfo([req.user_id], true);
+	const status = await cryptoApi.getDeviceVerificationStatus(req.user_id, req.device_id);
+	if (!status) return { known: false, signed_by_owner: false, cross_signing_verified: false, verified: false };
+	return {
+		known: true,
+		signed_by_owner: status.signedByOwner,
+		cross_signing_verified: status.crossSigningVerified,
+		verified: status.isVerified(),
+	};
 }
 
 const commands = {
 	login,
 	createDM,
+	createRoom,
 	join,
 	send,
 	waitFor,
+	messages: listMessages,
+	waitForInvite,
+	download,
+	deviceStatus,
 	failures: async () => ({ failures: [...failures.values()] }),
 	stop: async () => {
 		client?.stopClient();
