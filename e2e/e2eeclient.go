@@ -44,6 +44,9 @@ type E2EEClient interface {
 	// WaitForInvite waits up to timeout for an invite from inviter that no earlier call
 	// returned, and returns its room.
 	WaitForInvite(t testing.TB, inviter id.UserID, timeout time.Duration) id.RoomID
+	// AutoJoin makes the client join every invite from inviter on its own, as it arrives, from
+	// now on (and those it has and no WaitForInvite returned): for rooms the bot opens itself.
+	AutoJoin(t testing.TB, inviter id.UserID)
 	// DecryptionFailures returns the events the client could not decrypt (and has not decrypted
 	// since).
 	DecryptionFailures(t testing.TB) []DecryptionFailure

@@ -426,3 +426,34 @@ func (env *Env) String() string {
 
 // DBDriver is the database/sql driver name of [Env.DB]: "sqlite3" or "postgres".
 func (env *Env) DBDriver() string { return env.dbDriver }
+
+// SynapseDataFiles returns the files in which the test's Synapse keeps what it stores: its
+// SQLite database with the -wal and -shm files next to it, and every file of its media store.
+// Files that do not exist (yet) are left out.
+func (env *Env) SynapseDataFiles(t testing.TB) []string {
+	t.Helper()
+	dir := env.synapse.hostDir
+	var files []string
+	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+		path := filepath.Join(dir, "homeserver.db"+suffix)
+		if _, err := os.Stat(path); err == nil {
+			files = append(files, path)
+		}
+	}
+	err := filepath.WalkDir(filepath.Join(dir, "media_store"), func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if d.Type().IsRegular() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("listing Synapse's media store: %v", err)
+	}
+	return files
+}

@@ -386,6 +386,12 @@ func (c *JSClient) WaitForInvite(t testing.TB, inviter id.UserID, timeout time.D
 	return resp.RoomID
 }
 
+// AutoJoin makes the client join every invite from inviter on its own.
+func (c *JSClient) AutoJoin(t testing.TB, inviter id.UserID) {
+	t.Helper()
+	c.call(t, jsRequestTimeout, nil, map[string]any{"cmd": "autoJoin", "from": inviter})
+}
+
 // Download downloads and decrypts an encrypted attachment in the Node client (WebCrypto).
 func (c *JSClient) Download(t testing.TB, file *event.EncryptedFileInfo) []byte {
 	t.Helper()

@@ -54,6 +54,7 @@ type MXClient struct {
 	seen     map[id.EventID]bool
 	failures map[id.EventID]DecryptionFailure
 	invites  []mxInvite
+	autoJoin map[id.UserID]bool
 }
 
 type mxInvite struct {
@@ -232,7 +233,39 @@ func (c *MXClient) recordInvite(_ context.Context, evt *event.Event) {
 				return
 			}
 		}
-		c.invites = append(c.invites, mxInvite{roomID: evt.RoomID, inviter: evt.Sender})
+		inv := mxInvite{roomID: evt.RoomID, inviter: evt.Sender}
+		if c.autoJoin[evt.Sender] {
+			inv.taken = true
+			go c.acceptInvite(evt.RoomID)
+		}
+		c.invites = append(c.invites, inv)
+	})
+}
+
+// acceptInvite joins roomID in the background (called from the sync loop, which must not wait
+// for it); a failure is logged.
+func (c *MXClient) acceptInvite(roomID id.RoomID) {
+	ctx, cancel := c.requestContext()
+	defer cancel()
+	if _, err := c.Client.JoinRoomByID(ctx, roomID); err != nil {
+		c.Client.Log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to accept an invite")
+	}
+}
+
+// AutoJoin makes the client join every invite from inviter on its own.
+func (c *MXClient) AutoJoin(t testing.TB, inviter id.UserID) {
+	t.Helper()
+	c.update(func() {
+		if c.autoJoin == nil {
+			c.autoJoin = map[id.UserID]bool{}
+		}
+		c.autoJoin[inviter] = true
+		for i := range c.invites {
+			if inv := &c.invites[i]; !inv.taken && inv.inviter == inviter {
+				inv.taken = true
+				go c.acceptInvite(inv.roomID)
+			}
+		}
 	})
 }
 

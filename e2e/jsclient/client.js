@@ -17,6 +17,8 @@
 //                                                      (an empty list after timeout_ms)
 //   waitForInvite {from?, timeout_ms}               -> {room_id, inviter}: the first invite (from
 //                                                      that user) not returned before
+//   autoJoin      {from}                            -> {}: from now on, join every invite from that
+//                                                      user (and those not yet returned) at once
 //   failures      {}                                -> {failures: [{event_id, room_id, sender, reason}]}
 //   download      {file}                            -> {data_base64}: an encrypted attachment
 //                                                      (the EncryptedFile of m.file) downloaded
@@ -55,6 +57,8 @@ const messageIndex = new Map();
 // Invites received, in order: {room_id, inviter}; taken marks those waitForInvite returned.
 const invites = [];
 const takenInvites = new Set();
+// Inviters whose invites the client accepts on its own (autoJoin).
+const autoJoinFrom = new Set();
 // Events that failed to decrypt and have not decrypted since, by event ID.
 const failures = new Map();
 // Waiters run after every change to messages or rooms.
@@ -173,7 +177,22 @@ function recordInvite(room, membership) {
 	const me = room.getMember(client.getUserId());
 	const inviter = me?.events?.member?.getSender() ?? room.getDMInviter() ?? "";
 	invites.push({ room_id: room.roomId, inviter });
+	if (autoJoinFrom.has(inviter)) acceptInvite(room.roomId);
 	notify();
+}
+
+function acceptInvite(roomId) {
+	takenInvites.add(roomId);
+	client.joinRoom(roomId).catch((err) => console.error("auto-joining", roomId, err));
+}
+
+async function autoJoin(req) {
+	needClient();
+	autoJoinFrom.add(req.from);
+	for (const inv of invites) {
+		if (inv.inviter === req.from && !takenInvites.has(inv.room_id)) acceptInvite(inv.room_id);
+	}
+	return {};
 }
 
 async function login(req) {
@@ -380,6 +399,7 @@ const commands = {
 	waitFor,
 	messages: listMessages,
 	waitForInvite,
+	autoJoin,
 	download,
 	deviceStatus,
 	failures: async () => ({ failures: [...failures.values()] }),
