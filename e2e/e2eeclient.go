@@ -56,7 +56,8 @@ type E2EEClient interface {
 	// DeviceCrossSigned reports whether user's device is signed by user's own self-signing key
 	// (itself signed by user's master key), after fetching user's keys from the homeserver:
 	// what keeps clients from flagging the device as unverified. It fails the test if the
-	// device is unknown.
+	// device is unknown. The client must share an encrypted room with user (the js client
+	// tracks only those users' devices).
 	DeviceCrossSigned(t testing.TB, user id.UserID, device id.DeviceID) bool
 }
 
@@ -74,9 +75,28 @@ type Message struct {
 	// Encrypted says the event was encrypted on the wire (m.room.encrypted) and decrypted by
 	// the client.
 	Encrypted bool `json:"encrypted"`
-	// Shield is the client's verdict on the sender's device of an encrypted message, when the
-	// client computes one (the js client does; "" otherwise): colour and reason.
+	// Shield is the js client's verdict on the sender's device of an encrypted message when it
+	// decrypted it; nil for the mautrix client and for unencrypted messages.
 	Shield *Shield `json:"shield"`
+	// SenderTrust is the mautrix client's verdict on the sender's device of an encrypted
+	// message when it decrypted it (mautrix's id.TrustState, such as "cross-signed-tofu" or
+	// "unknown-device"); "" for the js client and for unencrypted messages.
+	SenderTrust string `json:"-"`
+}
+
+// SenderVerdict is what the client that decrypted m shows about its sender's device: ok if the
+// client does not flag it (the js client: no shield; the mautrix client: a cross-signed or
+// verified device), and the client's own words for it.
+func (m *Message) SenderVerdict() (ok bool, verdict string) {
+	switch {
+	case m.Shield != nil:
+		return m.Shield.Colour == "NONE", "shield " + m.Shield.Colour + " " + m.Shield.Reason
+	case m.SenderTrust != "":
+		trust := id.ParseTrustState(m.SenderTrust)
+		return trust >= id.TrustStateCrossSignedTOFU, "trust " + m.SenderTrust
+	default:
+		return false, "no verdict"
+	}
 }
 
 // Shield is the warning a client shows next to an encrypted message: matrix-js-sdk's

@@ -207,6 +207,9 @@ func (c *MXClient) recordMessage(_ context.Context, evt *event.Event) {
 		File:          msg.File,
 		Encrypted:     evt.Mautrix.EventSource&event.SourceDecrypted != 0,
 	}
+	if m.Encrypted {
+		m.SenderTrust = evt.Mautrix.TrustState.String()
+	}
 	c.update(func() {
 		delete(c.failures, evt.ID)
 		if c.seen[evt.ID] {

@@ -24,14 +24,16 @@
 //                                                      (the EncryptedFile of m.file) downloaded
 //                                                      from the authenticated media API, its
 //                                                      SHA-256 checked, decrypted with AES-CTR
-//   deviceStatus  {user_id, device_id}              -> {known, signed_by_owner,
-//                                                      cross_signing_verified, verified}
+//   deviceStatus  {user_id, device_id, timeout_ms}  -> {known, signed_by_owner,
+//                                                      cross_signing_verified, verified}: known
+//                                                      only for users sharing an encrypted room
 //   stop          {}                                -> {}, then the process exits
 //
 // A message is {index, event_id, room_id, sender, msgtype, body, formatted_body, reply_to, file,
 // encrypted, shield: {colour, reason}}: m.room.message events, decrypted if they were encrypted,
 // in the order the client first saw them in clear; shield is the SDK's verdict on an encrypted
-// event's sender device (EventShieldColour and EventShieldReason names), null if unencrypted.
+// event's sender device when it was decrypted (EventShieldColour and EventShieldReason names,
+// reason "" for none), null if unencrypted.
 //
 // Every wait is bounded by its timeout_ms (default 30 s, at most 120 s). The SDK's own logging
 // goes to stderr, so stdout carries only replies.
@@ -119,7 +121,10 @@ function waitUntil(timeoutMs, check, describe) {
 	});
 }
 
-function record(ev) {
+// Event IDs whose message is being recorded (its shield computed).
+const recording = new Set();
+
+async function record(ev) {
 	if (ev.getType() !== "m.room.message" && !ev.isEncrypted()) return;
 	if (ev.isBeingDecrypted() || ev.shouldAttemptDecryption()) return; // Decrypted follows
 	const id = ev.getId();
@@ -132,43 +137,49 @@ function record(ev) {
 			reason: String(ev.decryptionFailureReason ?? "unknown"),
 		});
 		notify();
-	} else if (ev.getType() === "m.room.message") {
-		failures.delete(id);
-		if (messageIndex.has(id)) return;
-		const content = ev.getContent();
-		const msg = {
-			index: messages.length,
-			event_id: id,
-			room_id: ev.getRoomId(),
-			sender: ev.getSender(),
-			msgtype: typeof content.msgtype === "string" ? content.msgtype : "",
-			body: typeof content.body === "string" ? content.body : "",
-			formatted_body: typeof content.formatted_body === "string" ? content.formatted_body : "",
-			reply_to: ev.replyEventId ?? "",
-			file: content.file ?? null,
-			encrypted: ev.isEncrypted(),
-			shield: null,
-		};
-		messageIndex.set(id, msg.index);
-		messages.push(msg);
-		if (msg.encrypted) {
-			// The shield needs the sender's device keys; it is filled in when known.
-			client
-				.getCrypto()
-				.getEncryptionInfoForEvent(ev)
-				.then((info) => {
-					if (info) {
-						msg.shield = {
-							colour: cryptoTypes.EventShieldColour[info.shieldColour] ?? String(info.shieldColour),
-							reason: info.shieldReason == null ? null : (cryptoTypes.EventShieldReason[info.shieldReason] ?? String(info.shieldReason)),
-						};
-					}
-					notify();
-				})
-				.catch((err) => console.error("shield of", id, err));
-		}
-		notify();
+		return;
 	}
+	if (ev.getType() !== "m.room.message") return;
+	failures.delete(id);
+	if (messageIndex.has(id) || recording.has(id)) return;
+	recording.add(id);
+	// The shield first, so that a message is only ever seen with it.
+	let shield = null;
+	if (ev.isEncrypted()) {
+		try {
+			const info = await client.getCrypto().getEncryptionInfoForEvent(ev);
+			if (info) {
+				shield = {
+					colour: cryptoTypes.EventShieldColour[info.shieldColour] ?? String(info.shieldColour),
+					reason: info.shieldReason == null ? "" : (cryptoTypes.EventShieldReason[info.shieldReason] ?? String(info.shieldReason)),
+				};
+			}
+		} catch (err) {
+			console.error("shield of", id, err);
+		}
+	}
+	recording.delete(id);
+	const content = ev.getContent();
+	const msg = {
+		index: messages.length,
+		event_id: id,
+		room_id: ev.getRoomId(),
+		sender: ev.getSender(),
+		msgtype: typeof content.msgtype === "string" ? content.msgtype : "",
+		body: typeof content.body === "string" ? content.body : "",
+		formatted_body: typeof content.formatted_body === "string" ? content.formatted_body : "",
+		reply_to: ev.replyEventId ?? "",
+		file: content.file ?? null,
+		encrypted: ev.isEncrypted(),
+		shield,
+	};
+	messageIndex.set(id, msg.index);
+	messages.push(msg);
+	notify();
+}
+
+function recordLogged(ev) {
+	record(ev).catch((err) => console.error("recording", ev.getId(), err));
 }
 
 function recordInvite(room, membership) {
@@ -211,8 +222,8 @@ async function login(req) {
 		accessToken: resp.access_token,
 	});
 	await client.initRustCrypto({ useIndexedDB: false });
-	client.on(sdk.RoomEvent.Timeline, (ev) => record(ev));
-	client.on(sdk.MatrixEventEvent.Decrypted, (ev) => record(ev));
+	client.on(sdk.RoomEvent.Timeline, (ev) => recordLogged(ev));
+	client.on(sdk.MatrixEventEvent.Decrypted, (ev) => recordLogged(ev));
 	client.on(sdk.RoomEvent.MyMembership, (room, membership) => {
 		recordInvite(room, membership);
 		notify();
@@ -376,11 +387,21 @@ async function download(req) {
 	return { data_base64: Buffer.from(plaintext).toString("base64") };
 }
 
-// deviceStatus downloads user's device list and reports what the SDK thinks of one device.
+// deviceStatus reports what the SDK thinks of one of user's devices. The Rust crypto knows the
+// devices only of users it tracks (who share an encrypted room with the client), so it waits (up
+// to timeout_ms) until the device is known; an unknown device is reported as known: false.
 async function deviceStatus(req) {
 	const cryptoApi = needClient().getCrypto();
-	await cryptoApi.getUserDeviceInfo([req.user_id], true);
-	const status = await cryptoApi.getDeviceVerificationStatus(req.user_id, req.device_id);
+	let status = null;
+	try {
+		status = await waitUntil(
+			timeoutOf(req),
+			() => cryptoApi.getDeviceVerificationStatus(req.user_id, req.device_id),
+			() => `device ${req.device_id} of ${req.user_id} known`,
+		);
+	} catch {
+		// Unknown within the timeout.
+	}
 	if (!status) return { known: false, signed_by_owner: false, cross_signing_verified: false, verified: false };
 	return {
 		known: true,
