@@ -33,6 +33,16 @@
 // The network can be stopped and started again on the same ports ([IRCNet.Restart]); its
 // channel #persist survives that and replays its recent lines to whoever joins.
 //
+// For encrypted rooms, a test drives real end-to-end encryption clients through one interface,
+// [E2EEClient]: [Env.JSLogin] starts matrix-js-sdk with its Rust crypto (what Element uses) in a
+// Node process, and [Env.MXLogin] logs in with mautrix-go's crypto. Both decrypt what they
+// receive, and the scenarios run with each:
+//
+//	c := env.MXLogin(t, env.Register(t, "alice").UserID)
+//	dm := c.CreateDM(t, env.BotUserID())
+//	cmd := c.SendText(t, dm, "!help", 30*time.Second)
+//	reply := c.WaitFor(t, 30*time.Second, e2e.InRoom(dm, e2e.ReplyTo(cmd)))
+//
 // The environment variables it reads:
 //
 //   - CUSTODIAN_SYNAPSE_ROOT: the Synapse chroot; without it the harness runs
