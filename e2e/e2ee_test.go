@@ -125,7 +125,8 @@ func mustReadBotSecret(t *testing.T, env *e2e.Env, u *e2eeUser, groupRoom id.Roo
 //   - a webhook posts into an encrypted room and the client decrypts it; an outgoing webhook
 //     receives the client's message decrypted;
 //   - an encrypted room linked to an IRC channel relays both ways, ghost messages encrypted;
-//   - after a restart of Custodian, both directions still decrypt;
+//   - after a restart of Custodian, both directions still decrypt, a command sent while it was
+//     down included;
 //   - a secret typed in the direct chat is nowhere at rest: not in Custodian's database files
 //     (WAL and pg_wal included), not in its log, not in Synapse's database;
 //   - !forget confirm: the receipt arrives, and no row of any table, crypto tables included,
@@ -182,9 +183,15 @@ func TestE2EE(t *testing.T) {
 		if t.Failed() {
 			t.FailNow()
 		}
+		// While Custodian is down, each user sends a command (Synapse holds it); after the start
+		// the bot decrypts it with the keys it kept, and answers.
 		env.StopCustodian(t)
+		whileDown := make(map[*e2eeUser]id.EventID, len(users))
+		for _, u := range users {
+			whileDown[u] = u.c.SendText(t, u.dm, "!help", e2eeWait)
+		}
 		env.StartCustodian(t)
-		phase("after a restart", func(t *testing.T, u *e2eeUser) { e2eeAfterRestart(t, env, u, dan) })
+		phase("after a restart", func(t *testing.T, u *e2eeUser) { e2eeAfterRestart(t, env, u, dan, whileDown[u]) })
 		if t.Failed() {
 			t.FailNow()
 		}
@@ -378,9 +385,11 @@ func mustRelayEncrypted(t *testing.T, env *e2e.Env, u *e2eeUser, dan *e2e.IRCCli
 	mustBeCiphertextOnServer(t, env, u.plain, u.linked, got.EventID)
 }
 
-// e2eeAfterRestart: after Custodian restarted, the bot decrypts the client's command and the
-// client decrypts the answer, in the direct chat; the linked room relays both ways.
-func e2eeAfterRestart(t *testing.T, env *e2e.Env, u *e2eeUser, dan *e2e.IRCClient) {
+// e2eeAfterRestart: after Custodian restarted, the bot decrypts the command the client sent
+// while it was down, and one sent now, and the client decrypts the answers, in the direct chat;
+// the linked room relays both ways.
+func e2eeAfterRestart(t *testing.T, env *e2e.Env, u *e2eeUser, dan *e2e.IRCClient, sentWhileDown id.EventID) {
+	mustBotAnswer(t, env, u.c, u.dm, sentWhileDown, "forget")
 	cmd := u.c.SendText(t, u.dm, "!help", e2eeWait)
 	mustBotAnswer(t, env, u.c, u.dm, cmd, "forget")
 	mustRelayEncrypted(t, env, u, dan, "after the restart, from matrix", "after the restart, from irc")
