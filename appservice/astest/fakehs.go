@@ -43,6 +43,7 @@ type FakeHomeserver struct {
 	registered map[id.UserID]bool
 	failures   map[string]failure // pattern → injected failure
 	nextID     int
+	keys       fakeKeys // end-to-end encryption keys and to-device messages (fakehs_keys.go)
 }
 
 type failure struct {
@@ -168,6 +169,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 	handle(PatternPutProfile, hs.putProfileField)
 	handle(PatternCreateRoom, hs.postCreateRoom)
 	handle("GET /_matrix/client/v3/profile/{userID}", hs.getProfile)
+	hs.handleKeys(handle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		hs.record(r, "")
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
