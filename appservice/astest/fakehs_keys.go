@@ -85,7 +85,7 @@ func (hs *FakeHomeserver) Devices(userID id.UserID) []id.DeviceID {
 // device, as MSC4190 clients send).
 func (hs *FakeHomeserver) postKeysUpload(w http.ResponseWriter, _ *http.Request, req *Request) {
 	var body struct {
-		DeviceKeys  json.RawMessage                `json:"device_keys"`
+		DeviceKeys  json.RawMessage              `json:"device_keys"`
 		OneTimeKeys map[id.KeyID]json.RawMessage `json:"one_time_keys"`
 	}
 	if err := req.DecodeBody(&body); err != nil {
