@@ -133,6 +133,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	}
 	svc.engine = svc.newEngine()
 	svc.notifier.RefuseDuringErasure(svc.engine.Store().HasPendingErasure)
+	svc.notifier.EncryptRooms(svc.encryptOpenedRooms)
 	svc.bot = newBotHost(svc)
 	svc.dispatcher = newDispatcher(svc)
 	return svc, nil

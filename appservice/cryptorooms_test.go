@@ -105,3 +105,84 @@ func TestBotWelcomeInEncryptedRoomIsEncrypted(t *testing.T) {
 		})
 	}
 }
+
+func TestManagementRoomEncryptedByDefault(t *testing.T) {
+	tests := []struct {
+		name             string
+		crypto           bool
+		defaultEncrypted bool
+		wantEncrypted    bool
+	}{
+		{name: "encryption active, default encrypted", crypto: true, defaultEncrypted: true, wantEncrypted: true},
+		{name: "encryption active, default unencrypted", crypto: true, defaultEncrypted: false},
+		{name: "encryption off", crypto: false, defaultEncrypted: true},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tt := range tests {
+			t.Run(dialect+"/"+tt.name, func(t *testing.T) {
+				env := newBotEnvOn(t, dialect, func(cfg *Config) { cfg.Encryption.DefaultEncrypted = tt.defaultEncrypted })
+				env.svc.notifier = NewNotifier(env.svc.as.BotIntent(), env.svc.db.User)
+				env.svc.notifier.EncryptRooms(env.svc.encryptOpenedRooms)
+				if tt.crypto {
+					enableTestCrypto(t, env.ctx, env.svc)
+				}
+				alice := astest.NewTestDevice(t, env.hs, botTestAlice, "ALICEPHONE")
+
+				roomID, evtID, err := env.svc.NotifyUser(env.ctx, botTestAlice, notice("$cause", "test", "your webhook secret is hunter2"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var create struct {
+					InitialState []struct {
+						Type    string                       `json:"type"`
+						Content event.EncryptionEventContent `json:"content"`
+					} `json:"initial_state"`
+				}
+				reqs := env.hs.RequestsTo(astest.PatternCreateRoom)
+				if len(reqs) != 1 {
+					t.Fatalf("%d createRoom requests, want 1", len(reqs))
+				}
+				if err = reqs[0].DecodeBody(&create); err != nil {
+					t.Fatal(err)
+				}
+				var encryption *event.EncryptionEventContent
+				for _, st := range create.InitialState {
+					if st.Type == event.StateEncryption.Type {
+						encryption = &st.Content
+					}
+				}
+				if !tt.wantEncrypted {
+					if encryption != nil {
+						t.Errorf("management room created with %+v, want no encryption", encryption)
+					}
+					if msgs := env.hs.Messages(roomID); len(msgs) != 1 || msgs[0].EventID != evtID {
+						t.Errorf("messages in the room = %d, want the plaintext notice", len(msgs))
+					}
+					return
+				}
+				if encryption == nil || encryption.Algorithm != id.AlgorithmMegolmV1 || encryption.RotationPeriodMillis != 24*60*60*1000 {
+					t.Fatalf("management room's initial encryption = %+v, want megolm rotated daily", encryption)
+				}
+				// The state cache knew at once, without a member event or a state fetch.
+				if gets := env.hs.RequestsTo(astest.PatternGetState); len(gets) != 0 {
+					t.Errorf("%d state fetches before the first notice, want none", len(gets))
+				}
+				var sent *astest.SentEvent
+				for _, se := range env.hs.Events(roomID) {
+					if se.EventID == evtID {
+						sent = se
+					}
+				}
+				if sent == nil {
+					t.Fatalf("notice %s not in %s", evtID, roomID)
+				}
+				if strings.Contains(string(sent.Content), "hunter2") {
+					t.Errorf("notice on the wire holds plaintext: %s", sent.Content)
+				}
+				if got := decryptedBody(t, env.ctx, alice, sent).Body; got != "your webhook secret is hunter2" {
+					t.Errorf("alice decrypts %q, want the notice", got)
+				}
+			})
+		}
+	}
+}
