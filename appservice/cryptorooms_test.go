@@ -2,6 +2,8 @@ package appservice
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,5 +186,44 @@ func TestManagementRoomEncryptedByDefault(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestExportFileInEncryptedDMIsEncrypted(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, nil)
+			enableTestCrypto(t, env.ctx, env.svc)
+			env.start()
+			alice := astest.NewTestDevice(t, env.hs.FakeHomeserver, pvAlice, "ALICEPHONE")
+			env.hs.SetState(pvDM, event.StateEncryption, "", pvAlice, testEncryption)
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			env.text(pvDM, pvAlice, "export")
+
+			if msgs := env.hs.Messages(pvDM); len(msgs) != 0 {
+				t.Errorf("%d plaintext messages in the encrypted direct chat, want none", len(msgs))
+			}
+			var file *event.MessageEventContent
+			for _, se := range env.hs.Events(pvDM) {
+				if se.Type.Class != event.MessageEventType || se.Sender != pvBot {
+					continue
+				}
+				if content := decryptedBody(t, env.ctx, alice, se); content.MsgType == event.MsgFile {
+					file = content
+				}
+			}
+			if file == nil || file.File == nil {
+				t.Fatalf("alice decrypted no m.file with an encrypted attachment (%+v)", file)
+			}
+			data := slices.Clone(env.hs.upload(0))
+			if err := file.File.DecryptInPlace(data); err != nil {
+				t.Fatalf("decrypting the upload with the key from the encrypted message: %v", err)
+			}
+			var export Export
+			if err := json.Unmarshal(data, &export); err != nil || export.User != pvAlice {
+				t.Errorf("export = user %s (%v), want alice's", export.User, err)
+			}
+		})
 	}
 }
