@@ -227,3 +227,39 @@ func TestExportFileInEncryptedDMIsEncrypted(t *testing.T) {
 		})
 	}
 }
+
+// TestBotSendsNoWelcomeWithoutRoomState: when the room's state cannot be loaded after joining,
+// the bot cannot tell whether the room is encrypted, so it sends nothing rather than risk a
+// plaintext message in an encrypted room; the setup is recorded all the same.
+func TestBotSendsNoWelcomeWithoutRoomState(t *testing.T) {
+	tests := []struct {
+		name    string
+		pattern string
+	}{
+		{name: "members", pattern: astest.PatternMembers},
+		{name: "encryption", pattern: astest.PatternGetState},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newBotEnv(t, nil)
+			enableTestCrypto(t, env.ctx, env.svc)
+			env.hs.SetState(botTestRoom, event.StateEncryption, "", botTestAlice, testEncryption)
+			env.hs.SetMembership(botTestRoom, botTestAlice, event.MembershipJoin)
+			env.hs.SetMembership(botTestRoom, botTestBot, event.MembershipInvite)
+			env.hs.Fail(tt.pattern, 403, "M_FORBIDDEN")
+			invite := env.member(botTestRoom, botTestAlice, botTestBot, event.MembershipInvite, nil)
+			if err := env.deliver(invite); err == nil {
+				t.Error("handling the invite succeeded, want an error saying the room's state is missing")
+			}
+			if got := env.hs.Membership(botTestRoom, botTestBot); got != event.MembershipJoin {
+				t.Errorf("bot membership = %q, want join", got)
+			}
+			if env.setup() == nil {
+				t.Error("no setup recorded")
+			}
+			if sends := env.hs.RequestsTo(astest.PatternSend); len(sends) != 0 {
+				t.Errorf("bot sent %d messages, want none", len(sends))
+			}
+		})
+	}
+}
