@@ -304,12 +304,13 @@ func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect b
 		help = "help"
 	}
 	msg := "Hello! I'm the Custodian bot. Send " + format.SafeMarkdownCode(help) + " to see what I can do."
-	if bh.svc.encryptionActive() {
-		// The bot reads and writes encrypted rooms: nothing to warn about.
-	} else if encrypted, err := bh.isEncrypted(ctx, evt.RoomID); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
-	} else if encrypted {
-		msg += "\n\nThis room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
+	// The warning only while the bot cannot read and write encrypted rooms.
+	if !bh.svc.encryptionActive() {
+		if encrypted, err := bh.isEncrypted(ctx, evt.RoomID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
+		} else if encrypted {
+			msg += "\n\nThis room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
+		}
 	}
 	content := format.RenderMarkdown(msg, true, false)
 	content.MsgType = event.MsgNotice
