@@ -45,7 +45,7 @@ func enableTestCrypto(t *testing.T, ctx context.Context, svc *Service) *e2ee.Mac
 	return mach
 }
 
-// encryptedContent returns the body of se, an m.room.encrypted event, as dev decrypts it after
+// decryptedBody returns the content of se, an m.room.encrypted event, as dev decrypts it after
 // receiving its room keys; it fails the test when se is not encrypted or dev cannot decrypt it.
 func decryptedBody(t *testing.T, ctx context.Context, dev *astest.TestDevice, se *astest.SentEvent) *event.MessageEventContent {
 	t.Helper()
