@@ -303,7 +303,7 @@ func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect b
 	msg := "Hello! I'm the Custodian bot. Send " + format.SafeMarkdownCode(help) + " to see what I can do."
 	if encrypted, err := bh.isEncrypted(ctx, evt.RoomID); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
-	} else if encrypted {
+	} else if encrypted && !bh.svc.encryptionActive() {
 		msg += "\n\nThis room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
 	}
 	content := format.RenderMarkdown(msg, true, false)
