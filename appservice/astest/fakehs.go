@@ -43,6 +43,7 @@ type FakeHomeserver struct {
 	registered map[id.UserID]bool
 	failures   map[string]failure // pattern → injected failure
 	nextID     int
+	keys       fakeKeys // devices, keys, account data, to-device (fakekeys.go)
 }
 
 type failure struct {
@@ -130,6 +131,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 		profiles:   make(map[id.UserID]map[string]any),
 		registered: make(map[id.UserID]bool),
 		failures:   make(map[string]failure),
+		keys:       newFakeKeys(),
 	}
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request, req *Request)) {
@@ -168,6 +170,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 	handle(PatternPutProfile, hs.putProfileField)
 	handle(PatternCreateRoom, hs.postCreateRoom)
 	handle("GET /_matrix/client/v3/profile/{userID}", hs.getProfile)
+	hs.handleKeys(handle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		hs.record(r, "")
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
@@ -194,15 +197,22 @@ func (hs *FakeHomeserver) record(r *http.Request, pattern string) *Request {
 		Body:       body,
 		PathValues: make(map[string]string),
 	}
-	for _, name := range []string{"appserviceID", "roomID", "eventType", "txnID", "eventID", "stateKey", "userID", "field"} {
+	for _, name := range []string{"appserviceID", "roomID", "eventType", "txnID", "eventID", "stateKey", "userID", "field", "deviceID"} {
 		if v := r.PathValue(name); v != "" {
 			req.PathValues[name] = v
 		}
 	}
 	hs.lock.Lock()
+	defer hs.lock.Unlock()
 	hs.requests = append(hs.requests, *req)
-	hs.lock.Unlock()
-	if hs.asToken != "" && r.Header.Get("Authorization") != "Bearer "+hs.asToken {
+	token := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if ref, ok := hs.keys.tokens[token]; ok {
+		// A device's own access token (appservice login): the request is made as that device.
+		req.UserID = ref.user
+		req.Query.Set("device_id", ref.device.String())
+		return req
+	}
+	if hs.asToken != "" && token != hs.asToken {
 		return nil
 	}
 	return req

@@ -27,6 +27,8 @@ type Machine struct {
 	store  *crypto.SQLCryptoStore
 	states StateStore
 	log    zerolog.Logger
+	// probes are the delivery probes waiting for their to-device echo (probe.go).
+	probes probes
 }
 
 // StateStore is what the machine reads of the rooms' state: whether a room is encrypted, its
@@ -131,7 +133,13 @@ func (m *Machine) Init(context.Context) error { return nil }
 // HandleToDevice handles one to-device event (m.room.encrypted carrying room keys, key
 // requests, m.dummy, …). ctx may carry a database transaction: everything the event changes in
 // the crypto store is then written in it.
+//
+// The service's own delivery probe ([ProbeEventType], see [Machine.SendProbe]) is recognised
+// here and goes no further.
 func (m *Machine) HandleToDevice(ctx context.Context, evt *event.Event) {
+	if m.probes.received(m.mach.Client.UserID, evt) {
+		return
+	}
 	m.mach.HandleToDeviceEvent(ctx, evt)
 }
 
