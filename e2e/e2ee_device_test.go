@@ -96,28 +96,3 @@ func TestE2EEBotDevice(t *testing.T) {
 		checkBotDeviceCrossSigned(t, alice, env.BotUserID(), first.DeviceID)
 	})
 }
-
-// TestE2EEWithoutHomeserverFeatures: Synapse without the experimental features does not hand
-// the bot's to-device probe back, so Custodian starts anyway, warns naming the flags, and the
-// bot warns in an encrypted direct chat, as before encryption, that it cannot read it.
-func TestE2EEWithoutHomeserverFeatures(t *testing.T) {
-	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend, e2e.WithoutE2EEFeatures())
-		waitEncryptionOn(t, env)
-		line := env.MustWaitForLog(t, "did not deliver the bot's to-device probe", time.Minute)
-		for _, want := range []string{`"level":"warn"`, "msc2409_to_device_messages_enabled", "msc3202_transaction_extensions", "org.matrix.msc3202"} {
-			if !strings.Contains(line, want) {
-				t.Errorf("the probe's warning lacks %q: %s", want, line)
-			}
-		}
-		aliceMx := env.Register(t, "alice")
-		alice := env.JSLogin(t, aliceMx.UserID)
-		roomID := alice.CreateDM(t, env.BotUserID())
-		const welcome = "Hello! I'm the Custodian bot. Send `help` to see what I can do.\n\n" +
-			"This room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
-		got := alice.WaitFor(t, roomID, welcome, time.Minute)
-		if got.Sender != env.BotUserID() {
-			t.Errorf("the welcome came from %s, want the bot", got.Sender)
-		}
-	})
-}

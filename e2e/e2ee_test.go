@@ -502,23 +502,31 @@ func e2eeForget(t *testing.T, env *e2e.Env, u *e2eeUser, bob *mautrix.Client) {
 }
 
 // TestE2EEWithoutHomeserverSupport: on a Synapse without the experimental appservice features
-// (to-device messages and device lists in transactions), Custodian starts anyway and says why
-// it cannot decrypt, and in an encrypted direct chat the bot warns, as before encryption
-// existed, that it cannot read encrypted messages; with each client, on both databases.
+// (to-device messages and device lists in transactions), Synapse does not hand the bot's
+// to-device probe back, so Custodian starts anyway and warns, naming the flags to set; in an
+// encrypted direct chat the bot warns, as before encryption existed, that it cannot read
+// encrypted messages. With each client, on both databases.
 func TestE2EEWithoutHomeserverSupport(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
 		env := e2e.New(t, backend, e2e.WithoutE2EEFeatures(), withEncryption())
 		bot := env.BotUserID()
-		// Said at start, naming the homeserver's setting to turn on.
-		env.MustWaitForLog(t, "msc2409_to_device_messages_enabled", e2eeWait)
+		waitEncryptionOn(t, env)
+		line := env.MustWaitForLog(t, "did not deliver the bot's to-device probe", time.Minute)
+		for _, want := range []string{`"level":"warn"`, "msc2409_to_device_messages_enabled", "msc3202_transaction_extensions", "org.matrix.msc3202"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("the probe's warning lacks %q: %s", want, line)
+			}
+		}
+		const welcome = "Hello! I'm the Custodian bot. Send `help` to see what I can do.\n\n" +
+			"This room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
 		for _, kind := range e2eeKinds {
 			t.Run(kind.name, func(t *testing.T) {
 				plain := env.Register(t, "alice"+kind.name)
 				c := kind.login(t, env, plain.UserID)
 				dm := c.CreateDM(t, bot)
-				welcome := c.WaitFor(t, e2eeWait, e2e.InRoom(dm, e2e.FromSender(bot)))
-				if !strings.Contains(welcome.Body, "can't read encrypted messages") {
-					t.Errorf("without the homeserver's support the bot's welcome in an encrypted chat is %q; want the warning that it can't read encrypted messages", welcome.Body)
+				got := c.WaitFor(t, e2eeWait, e2e.InRoom(dm, e2e.FromSender(bot)))
+				if got.Body != welcome {
+					t.Errorf("without the homeserver's support the bot's welcome in an encrypted chat is %q; want %q", got.Body, welcome)
 				}
 			})
 		}
