@@ -52,6 +52,9 @@ type e2eeUser struct {
 	ircAccount, ircPassword string
 	// canary is a secret the user typed in dm.
 	canary string
+	// hookToken is the secret token of the user's incoming webhook, which the bot sent in a
+	// direct chat.
+	hookToken string
 	// hookRoom is the encrypted group room with the webhooks; linked the encrypted room linked
 	// to channel.
 	hookRoom, linked id.RoomID
@@ -245,10 +248,11 @@ func mustBotDevice(t *testing.T, env *e2e.Env, cli *mautrix.Client) id.DeviceID 
 	if _, ok := resp.MasterKeys[env.BotUserID()]; !ok {
 		t.Errorf("the bot has no cross-signing master key on the homeserver")
 	}
-	for deviceID := range devices {
-		return deviceID
+	var deviceID id.DeviceID
+	for d := range devices {
+		deviceID = d
 	}
-	panic("unreachable")
+	return deviceID
 }
 
 // e2eeDirectChat: an Element-style encrypted direct chat with the bot; the commands that only
@@ -328,6 +332,7 @@ func e2eeWebhooks(t *testing.T, env *e2e.Env, u *e2eeUser, bob *mautrix.Client, 
 		t.Fatalf("the bot's direct message has no URL of hook %s: %q", hookID, secret.Body)
 	}
 	hook := &inboundHook{Name: "ci", ID: hookID, Token: m[2], URL: env.WebhookURL() + "/hooks/" + hookID + "/" + m[2]}
+	u.hookToken = hook.Token
 	text := "build passed " + e2e.RandomHex(t, 4)
 	posted := mustPostText(t, hook, text)
 	got := c.WaitFor(t, e2eeWait, func(m *e2e.Message) bool { return m.EventID == posted })
@@ -396,14 +401,16 @@ func e2eeAfterRestart(t *testing.T, env *e2e.Env, u *e2eeUser, dan *e2e.IRCClien
 }
 
 // e2eeNoPlaintextAtRest: what the users typed in their encrypted direct chats (a canary, their
-// IRC passwords) is in none of the files Custodian keeps (the database, its WAL, PostgreSQL's
-// pg_wal), not in Custodian's log, and not in Synapse's database, which holds only ciphertext.
+// IRC passwords) and the secret the bot sent them in one (a webhook's token) are in none of the
+// files Custodian keeps (the database, its WAL, PostgreSQL's pg_wal), not in Custodian's log,
+// and not in Synapse's database or media store, which hold only ciphertext.
 func e2eeNoPlaintextAtRest(t *testing.T, env *e2e.Env, users []*e2eeUser, bob *mautrix.Client) {
 	waitInboxEmpty(t, env)
 	needles := map[string]string{}
 	for _, u := range users {
 		needles[u.kind+" client's canary"] = u.canary
 		needles[u.kind+" client's IRC password"] = u.ircPassword
+		needles[u.kind+" client's webhook token, which the bot sent"] = u.hookToken
 	}
 	var files []string
 	switch env.Backend {
