@@ -53,6 +53,8 @@ type Service struct {
 	// crypto is the bot's end-to-end encryption device; nil while encryption is off (see
 	// encryptionActive).
 	crypto *e2ee.Machine
+	// e2ee is the in-memory state of encrypted events (cryptoevents.go).
+	e2ee cryptoState
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).
