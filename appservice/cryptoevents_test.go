@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/e2ee"
 )
 
@@ -596,5 +597,40 @@ func waitDrained(t *testing.T, d *dispatcher) {
 		case <-deadline.C:
 			t.Fatalf("the dispatcher still has %d events after 30s", backlog)
 		}
+	}
+}
+
+// TestToDeviceEventCommitsWithItsRowOrNotAtAll makes the deletion of a to-device inbox row fail
+// (an SQLite trigger): the room key, the new olm session and the spent one-time key roll back
+// with it, and the row stays. Once deleting works again, the retry (on the service's clock)
+// decrypts the same olm message again and commits all of it with the row's end.
+func TestToDeviceEventCommitsWithItsRowOrNotAtAll(t *testing.T) {
+	db := astest.TestDB(t, astest.SQLite)
+	env := newE2EEEnv(t, db, nil, nil)
+	clk := clock.NewFake(time.Now())
+	env.svc.clk = clk
+	if _, err := db.Exec(env.ctx, `CREATE TRIGGER inbox_no_delete BEFORE DELETE ON as_inbox
+		BEGIN SELECT RAISE(ABORT, 'injected failure'); END`); err != nil {
+		t.Fatal(err)
+	}
+	env.start()
+	env.put("f1", nil, []map[string]any{env.roomKey(env.megolm)})
+	if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() string {
+		return fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+			countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+	}
+	if got, want := counts(), "inbound sessions 0, olm sessions 0, inbox rows 1"; got != want {
+		t.Fatalf("after a failed commit: %s; want %s", got, want)
+	}
+	if _, err := db.Exec(env.ctx, `DROP TRIGGER inbox_no_delete`); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	waitDrained(t, env.svc.dispatcher)
+	if got, want := counts(), "inbound sessions 1, olm sessions 1, inbox rows 0"; got != want {
+		t.Fatalf("after the retry: %s; want %s", got, want)
 	}
 }

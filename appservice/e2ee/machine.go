@@ -73,6 +73,8 @@ func (m *Machine) Device() (id.UserID, id.DeviceID) {
 // failed commit, which is rare.
 func (m *Machine) ForgetUncommitted(ctx context.Context) error {
 	m.store.InitFields()
+	// The store caches the account too; without this, Load would return the cached one.
+	m.store.Account = nil
 	if err := m.mach.Load(ctx); err != nil {
 		return fmt.Errorf("failed to reload the olm account: %w", err)
 	}
