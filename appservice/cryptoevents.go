@@ -377,15 +377,11 @@ func (svc *Service) tellUndecryptable(ctx context.Context, evt *event.Event, con
 	}
 }
 
-// cryptoMemberEvent lets the olm machine see a membership change in an encrypted room, so that
-// a member who left gets none of the room's next keys.
+// cryptoMemberEvent lets the olm machine see a membership change (the machine ignores those of
+// rooms the state cache does not know as encrypted): the room's outbound megolm session is
+// dropped, so a member who left gets none of the next keys and one who joined gets them.
 func (svc *Service) cryptoMemberEvent(ctx context.Context, evt *event.Event) {
-	if !svc.cryptoOn() {
-		return
-	}
-	if encrypted, err := svc.stateStore.IsEncrypted(ctx, evt.RoomID); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
-	} else if encrypted {
+	if svc.cryptoOn() {
 		svc.crypto.HandleMemberEvent(ctx, evt)
 	}
 }

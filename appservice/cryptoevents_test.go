@@ -634,3 +634,46 @@ func TestToDeviceEventCommitsWithItsRowOrNotAtAll(t *testing.T) {
 		t.Fatalf("after the retry: %s; want %s", got, want)
 	}
 }
+
+// TestMemberChangeInEncryptedRoomDropsTheOutboundSession ingests a join to the encrypted DM:
+// the bot's outbound megolm session there is dropped, so the newcomer gets the next room key;
+// in a room not known as encrypted, a join changes nothing.
+func TestMemberChangeInEncryptedRoomDropsTheOutboundSession(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.start()
+			plainRoom := id.RoomID("!plain:example.org")
+			store := env.svc.crypto.Store()
+			for _, room := range []id.RoomID{e2eeDM, plainRoom} {
+				ogs, err := crypto.NewOutboundGroupSession(room, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err = store.AddOutboundGroupSession(env.ctx, ogs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			join := func(evtID string, room id.RoomID) map[string]any {
+				return map[string]any{
+					"event_id": evtID, "room_id": room, "sender": "@bob:example.org", "state_key": "@bob:example.org",
+					"type": event.StateMember.Type, "origin_server_ts": 1700000000000, "content": map[string]any{"membership": "join"},
+				}
+			}
+			env.put("m1", []map[string]any{join("$j1", e2eeDM), join("$j2", plainRoom)}, nil)
+			waitDrained(t, env.svc.dispatcher)
+			for _, tt := range []struct {
+				room id.RoomID
+				kept bool
+			}{{e2eeDM, false}, {plainRoom, true}} {
+				sess, err := store.GetOutboundGroupSession(env.ctx, tt.room)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (sess != nil) != tt.kept {
+					t.Errorf("outbound session of %s kept = %v, want %v", tt.room, sess != nil, tt.kept)
+				}
+			}
+		})
+	}
+}
