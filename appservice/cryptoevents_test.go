@@ -677,3 +677,50 @@ func TestMemberChangeInEncryptedRoomDropsTheOutboundSession(t *testing.T) {
 		})
 	}
 }
+
+// TestToDeviceTransactionPassesAFullBacklog fills the backlog with room events a bridge holds
+// on to: a transaction carrying a to-device event is still admitted at once, and its room key
+// is stored while the room events wait.
+func TestToDeviceTransactionPassesAFullBacklog(t *testing.T) {
+	br := &gatedBridge{recordingBridge: newRecordingBridge("rec"), release: make(chan struct{})}
+	env := newE2EEEnv(t, astest.TestDB(t, astest.SQLite), nil, func(cfg *Config) {
+		cfg.AppService.MaxBacklog = 2
+	}, br)
+	env.start()
+	t.Cleanup(func() { close(br.release) })
+	room := id.RoomID("!portal:example.org")
+	if err := br.host.ClaimRoom(env.ctx, room, Provenance{}); err != nil {
+		t.Fatal(err)
+	}
+	env.put("b1", []map[string]any{
+		messageEvent("$b1", string(room), string(e2eeAlice), "one"),
+		messageEvent("$b2", string(room), string(e2eeAlice), "two"),
+	}, nil)
+	stored := env.svc.e2ee.keysChanged()
+	body, err := json.Marshal(map[string]any{"de.sorunome.msc2409.to_device": []map[string]any{env.roomKey(env.megolm)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, env.base+"/_matrix/app/v1/transactions/b2", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("a transaction with a to-device event was held behind a full backlog: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("transaction = %d, want 200", resp.StatusCode)
+	}
+	select {
+	case <-stored:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the to-device event was not handled while the room events waited")
+	}
+	if !env.svc.hasRoomKey(env.ctx, sessionRef{room: e2eeDM, session: env.megolm.ID()}) {
+		t.Error("the room key is not stored")
+	}
+}
