@@ -724,3 +724,34 @@ func TestToDeviceTransactionPassesAFullBacklog(t *testing.T) {
 		t.Error("the room key is not stored")
 	}
 }
+
+// TestKeyCountsAndDeviceListsActAfterTheCommit ingests a transaction saying the bot's device has
+// no one-time keys left and a tracked user's devices changed: after the acknowledgement the bot
+// uploads new one-time keys and queries the user's device keys.
+func TestKeyCountsAndDeviceListsActAfterTheCommit(t *testing.T) {
+	env := newE2EEEnv(t, astest.TestDB(t, astest.SQLite), nil, nil)
+	env.start()
+	bob := id.UserID("@bob:example.org")
+	if err := env.svc.crypto.Store().PutDevices(env.ctx, bob, map[id.DeviceID]*id.Device{}); err != nil {
+		t.Fatal(err)
+	}
+	bot := env.svc.as.BotMXID()
+	body, err := json.Marshal(map[string]any{
+		"events":                          []map[string]any{},
+		"org.matrix.msc3202.device_lists": map[string]any{"changed": []id.UserID{bob}},
+		"org.matrix.msc3202.device_one_time_keys_count": map[id.UserID]any{
+			bot: map[id.DeviceID]any{e2eeBotDevice: map[string]int{"signed_curve25519": 0}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := do(t, env.base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/o1", testHSToken, string(body)}); status != http.StatusOK {
+		t.Fatalf("transaction = %d, want 200", status)
+	}
+	for _, path := range []string{"/_matrix/client/v3/keys/upload", "/_matrix/client/v3/keys/query"} {
+		env.hs.WaitFor(t, 20*time.Second, "a request to "+path, func() bool {
+			return slices.ContainsFunc(env.hs.Requests(), func(r astest.Request) bool { return r.Path == path })
+		})
+	}
+}
