@@ -137,11 +137,6 @@ type parsedTransaction struct {
 	hasFallback  bool
 }
 
-// carriesEncryptionData reports whether the transaction has anything for the bot's device.
-func (pt *parsedTransaction) carriesEncryptionData() bool {
-	return pt.toDevice > 0 || len(pt.changedDevices) > 0 || pt.otkCounts != nil
-}
-
 // eventEnvelope is the part of an event the inbox indexes.
 type eventEnvelope struct {
 	EventID id.EventID `json:"event_id"`
