@@ -56,6 +56,8 @@ type Service struct {
 	// cryptoState is the rest of the encryption state: whether the start-up probe found it
 	// broken, and the lock that attaches crypto to ghosts' clients (cryptosetup.go).
 	cryptoState cryptoState
+	// e2ee is the in-memory state of encrypted events (cryptoevents.go).
+	e2ee encryptedEvents
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).

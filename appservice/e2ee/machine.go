@@ -60,6 +60,29 @@ func NewMachine(client *mautrix.Client, store *crypto.SQLCryptoStore, stateStore
 	return &Machine{mach: mach, store: store, states: stateStore, log: mlog}
 }
 
+// Device returns the bot's user ID and device ID: where the to-device events, one-time key
+// counts and fallback key types the machine handles are addressed. The device ID is empty
+// before the device is created.
+func (m *Machine) Device() (id.UserID, id.DeviceID) {
+	return m.mach.Client.UserID, m.mach.Client.DeviceID
+}
+
+// ForgetUncommitted drops what the machine holds in memory of the crypto store, after a database
+// transaction in which it handled a to-device event rolled back: it reloads the olm account
+// (whose spent one-time key the rollback restored) and empties the olm session cache (whose
+// sessions may have advanced past what is stored). It must not run while another goroutine
+// decrypts or encrypts olm messages; the core calls it only from the to-device lane, after a
+// failed commit, which is rare.
+func (m *Machine) ForgetUncommitted(ctx context.Context) error {
+	m.store.InitFields()
+	// The store caches the account too; without this, Load would return the cached one.
+	m.store.Account = nil
+	if err := m.mach.Load(ctx); err != nil {
+		return fmt.Errorf("failed to reload the olm account: %w", err)
+	}
+	return nil
+}
+
 // Olm returns the underlying olm machine, for start-up (device, account, cross-signing) and
 // tests.
 func (m *Machine) Olm() *crypto.OlmMachine { return m.mach }
