@@ -1,11 +1,13 @@
 package appservice
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,7 +20,9 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/database"
 	"github.com/custodian-matrix/custodian/appservice/e2ee"
+	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
 // cryptoKeyOf returns a fake 43-character curve25519 or ed25519 key, unique per label.
@@ -502,6 +506,178 @@ func TestCryptoErasureEvictsOlmSessions(t *testing.T) {
 			}
 			if ogs, err := store.GetOutboundGroupSession(ctx, pvRoom); err != nil || ogs == nil || ogs.ID() != unshared.ID() {
 				t.Errorf("outbound session of a room without alice after her erasure = %v, %v; want it kept", ogs, err)
+			}
+		})
+	}
+}
+
+// copyTables copies every row of tables from src into dst, as a database backup restored
+// elsewhere would hold them.
+func copyTables(t *testing.T, ctx context.Context, src, dst *dbutil.Database, tables ...string) {
+	t.Helper()
+	for _, table := range tables {
+		rows, err := src.Query(ctx, "SELECT * FROM "+table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, err := rows.Columns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var copied [][]any
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err = rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			copied = append(copied, vals)
+		}
+		if err = rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+		placeholders := make([]string, len(cols))
+		quoted := make([]string, len(cols))
+		for i, col := range cols {
+			placeholders[i] = fmt.Sprintf("$%d", i+1)
+			quoted[i] = `"` + col + `"`
+		}
+		for _, vals := range copied {
+			if _, err = dst.Exec(ctx, "INSERT INTO "+table+" ("+strings.Join(quoted, ", ")+") VALUES ("+strings.Join(placeholders, ", ")+")", vals...); err != nil {
+				t.Fatalf("failed to copy a row of %s: %v", table, err)
+			}
+		}
+	}
+}
+
+// cryptoBackup copies the vault's keys and the crypto store of db into a fresh database, as a
+// backup would hold them.
+func cryptoBackup(t *testing.T, ctx context.Context, db *dbutil.Database, dialect string) *dbutil.Database {
+	t.Helper()
+	raw := astest.TestDB(t, dialect)
+	if err := database.New(raw).Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := vault.ChildDB(raw, zerolog.Nop()).Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e2ee.Upgrade(ctx, raw, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	copyTables(t, ctx, db, raw, "as_vault_kek", "as_vault_crypto_key", "crypto_account", "crypto_device", "crypto_olm_session",
+		"crypto_megolm_inbound_session", "crypto_megolm_outbound_session", "crypto_secrets")
+	return raw
+}
+
+// TestCryptoShredRepickles takes a backup of the crypto store, erases alice with
+// vault.shred_backups on, and checks that after the shred rotation the backup opens neither
+// with the master keys now in the key file (the crypto key in it is wrapped by the retired one)
+// nor with the live store's pickle key (every row was re-pickled under a new one), while the
+// live machine and a store opened afresh still decrypt bob's messages and read the account and
+// secrets.
+func TestCryptoShredRepickles(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			keyFile := filepath.Join(t.TempDir(), "custodian.key")
+			k1 := mustGenerateKey(t)
+			writeKeys(t, keyFile, k1)
+			env := newPrivacyEnv(t, dialect, func(cfg *Config) {
+				cfg.Vault = VaultConfig{KeyFile: &keyFile, ShredBackups: true}
+			})
+			env.start()
+			ctx := env.ctx
+			log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+			v := env.svc.vault.(*vault.Vault)
+			store, err := e2ee.OpenStore(ctx, env.svc.rawDB, v, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			store.DeviceID = "BOTDEV"
+			account := crypto.NewOlmAccount()
+			if err = store.PutAccount(ctx, account); err != nil {
+				t.Fatal(err)
+			}
+			m := env.machineOn(store)
+			env.svc.crypto = m
+			if err = m.Olm().CryptoStore.PutSecret(ctx, id.SecretXSMaster, "cross-signing-seed"); err != nil {
+				t.Fatal(err)
+			}
+			env.seedUser(pvAlice, pvDM)
+			alice := env.newMegolmSender(m, pvAlice, pvDM, env.clock.Now())
+			bob := env.newMegolmSender(m, pvBob, pvRoom, env.clock.Now())
+			aliceEvt, bobEvt := alice.encrypt(t, "$alice", "alice's secret"), bob.encrypt(t, "$bob", "bob's")
+			out, err := crypto.NewOutboundGroupSession(pvRoom, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out.Shared = true
+			if err = m.Olm().CryptoStore.AddOutboundGroupSession(ctx, out); err != nil {
+				t.Fatal(err)
+			}
+
+			backup := cryptoBackup(t, ctx, env.svc.rawDB, dialect)
+			// The backup is a real one: with the master key it was taken under, it decrypts.
+			oldKeys := vault.New(vault.ChildDB(backup, log), vault.Options{Keys: vault.StaticKeys{k1}})
+			if err = oldKeys.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			backupStore, err := e2ee.OpenStore(ctx, backup, oldKeys, log)
+			if err != nil {
+				t.Fatalf("OpenStore(backup) with the old master key = %v", err)
+			}
+			if sess, err := backupStore.GetGroupSession(ctx, pvDM, alice.outbound.ID()); err != nil || sess == nil {
+				t.Fatalf("backup GetGroupSession(alice) with the old master key = %v, %v", sess, err)
+			}
+
+			if _, err = env.svc.engine.Erase(ctx, pvAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+				t.Fatal(err)
+			}
+			env.shredAfterDebounce(1)
+			if !strings.Contains(env.logs.String(), "Replaced the crypto store's pickle key") {
+				t.Error("the shred rotation did not replace the crypto store's pickle key")
+			}
+
+			newKeys := vault.New(vault.ChildDB(backup, log), vault.Options{Keys: vault.FileKeys(keyFile)})
+			_ = newKeys.Reload(ctx) // logs that the backup's master key is missing
+			if _, err = e2ee.OpenStore(ctx, backup, newKeys, log); !errors.Is(err, vault.ErrKeyUnavailable) {
+				t.Errorf("OpenStore(backup) with the key file after the shred = %v, want ErrKeyUnavailable", err)
+			}
+			liveKey, _, err := v.CryptoKey(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			thief := crypto.NewSQLCryptoStore(backup, dbutil.ZeroLogger(log), e2ee.AccountID, "BOTDEV", liveKey)
+			if sess, err := thief.GetGroupSession(ctx, pvDM, alice.outbound.ID()); err == nil {
+				t.Errorf("backup GetGroupSession(alice) with the live pickle key = %v, nil; want an error", sess)
+			}
+			if acc, err := thief.GetAccount(ctx); err == nil {
+				t.Errorf("backup GetAccount with the live pickle key = %v, nil; want an error", acc.IdentityKey())
+			}
+
+			// The live store works on, in the running machine and opened afresh.
+			reopened, err := e2ee.OpenStore(ctx, env.svc.rawDB, v, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, mach := range map[string]*e2ee.Machine{"live": m, "reopened": env.machineOn(reopened)} {
+				if _, err := mach.Decrypt(ctx, bobEvt); err != nil {
+					t.Errorf("%s Decrypt(bob) after the shred = %v", name, err)
+				}
+				if _, err := mach.Decrypt(ctx, aliceEvt); !errors.Is(err, e2ee.ErrNoSession) {
+					t.Errorf("%s Decrypt(alice) after her erasure = %v, want ErrNoSession", name, err)
+				}
+				if secret, err := mach.Olm().CryptoStore.GetSecret(ctx, id.SecretXSMaster); err != nil || secret != "cross-signing-seed" {
+					t.Errorf("%s GetSecret after the shred = %q, %v", name, secret, err)
+				}
+				if ogs, err := mach.Olm().CryptoStore.GetOutboundGroupSession(ctx, pvRoom); err != nil || ogs == nil || ogs.ID() != out.ID() {
+					t.Errorf("%s GetOutboundGroupSession after the shred = %v, %v", name, ogs, err)
+				}
+			}
+			if acc, err := reopened.GetAccount(ctx); err != nil || acc.IdentityKey() != account.IdentityKey() {
+				t.Errorf("GetAccount on the reopened store after the shred = %v, %v; want the account", acc, err)
 			}
 		})
 	}

@@ -68,7 +68,8 @@ func (m *Machine) Olm() *crypto.OlmMachine { return m.mach }
 
 // Store returns the crypto store the machine works on, for its device ID, account and
 // database. Olm sessions, megolm sessions and secrets are read and written through the olm
-// machine (Olm().CryptoStore), whose store waits while [Machine.EvictOlmSessions] runs; calling those methods on the returned store directly
+// machine (Olm().CryptoStore), whose store waits while [Machine.EvictOlmSessions] or
+// [Machine.ReplacePickleKey] runs; calling those methods on the returned store directly
 // bypasses that.
 func (m *Machine) Store() *crypto.SQLCryptoStore { return m.store }
 
