@@ -53,6 +53,10 @@ type Service struct {
 	// crypto is the bot's end-to-end encryption device; nil while encryption is off (see
 	// encryptionActive).
 	crypto *e2ee.Machine
+	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
+	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
+	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).
+	cryptoKeyLock sync.Mutex
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).

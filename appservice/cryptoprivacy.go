@@ -20,6 +20,8 @@ var _ cryptoKeyReplacer = (*vault.Vault)(nil)
 // evictOlmSessions drops the olm sessions the bot's crypto store keeps in memory, after an
 // erasure deleted some of them from the database. It does nothing while encryption is off.
 func (svc *Service) evictOlmSessions() {
+	svc.cryptoKeyLock.Lock()
+	defer svc.cryptoKeyLock.Unlock()
 	if svc.crypto != nil {
 		svc.crypto.EvictOlmSessions()
 	}
@@ -27,7 +29,8 @@ func (svc *Service) evictOlmSessions() {
 
 // replaceCryptoKey replaces the vault's crypto key (the crypto store's pickle key) after an
 // erasure (vault.shred_backups) and re-pickles every pickled crypto row under it, in one
-// transaction. With encryption on, the bot's store waits meanwhile and then uses the new key.
+// transaction. With encryption on, the bot's store waits meanwhile and then uses the new key;
+// a store being opened (cryptoKeyLock) is waited for.
 // Once the shredder retires the old master key, a backup taken before the erasure holds the
 // crypto rows under a pickle key that no key Custodian holds unwraps, so the erased user's olm
 // and megolm sessions in it stay closed (invariant 2). Without a vault or a crypto key it does
@@ -37,6 +40,8 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 	if !ok || svc.vault == nil {
 		return nil
 	}
+	svc.cryptoKeyLock.Lock()
+	defer svc.cryptoKeyLock.Unlock()
 	start := time.Now()
 	var res e2ee.RepickleResult
 	var replaced bool
