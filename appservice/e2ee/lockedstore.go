@@ -16,7 +16,7 @@ import (
 //   - after an erasure, the olm session cache is dropped (evictOlmSessions): mautrix keeps
 //     every olm session it loaded in an unexported map and offers no way to remove one, and
 //     InitFields, which replaces the map, must not run while a method reads it;
-//   - after a shred rotation, the pickle key is replaced (replacePickleKey): no row may be
+//   - after a shred rotation, the pickle key is replaced ([Machine.ReplacePickleKey]): no row may be
 //     pickled under the old key once the rows were re-pickled under the new one.
 //
 // The other methods (devices, tracked users, signatures, message indexes) neither pickle nor
