@@ -20,6 +20,17 @@ const DefaultCacheSize = 4096
 // cannot see the commit, and until then a read outside the transaction returns the old row.
 const txnFence = time.Minute
 
+// cacheTTL is how long an entry is used before it is read again: the bound on how long a change
+// by another process (an erasure by `custodian forget` against the running service) takes to
+// reach the cache, the same as the vault's data-key cache.
+const cacheTTL = time.Minute
+
+// entry is a cached value and when it was read.
+type entry[V any] struct {
+	v  V
+	at time.Time
+}
+
 // sessionKey names an inbound megolm session in the cache.
 type sessionKey struct {
 	room    id.RoomID
@@ -48,7 +59,7 @@ type sigKey struct {
 // each decryption still writes its index durably, so a replayed or forged index is still
 // refused after a restart.
 //
-// Fills are guarded by a generation counter: a read that began before an invalidation does not
+// Entries are used for at most [cacheTTL]. Fills are guarded by a generation counter: a read that began before an invalidation does not
 // put its (possibly outdated) result in the cache. Reads inside a transaction never fill the
 // cache (the transaction may roll back), and a row written inside one is fenced (not cached)
 // for [txnFence] or until [Machine.Evict].
@@ -61,11 +72,11 @@ type cachingStore struct {
 
 	mu            sync.Mutex
 	gen           uint64
-	sessions      map[sessionKey]*crypto.InboundGroupSession
+	sessions      map[sessionKey]entry[*crypto.InboundGroupSession]
 	fencedSession map[sessionKey]time.Time
-	devices       map[deviceKey]*id.Device
-	xsKeys        map[id.UserID]map[id.CrossSigningUsage]id.CrossSigningKey
-	sigs          map[sigKey]bool
+	devices       map[deviceKey]entry[*id.Device]
+	xsKeys        map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey]
+	sigs          map[sigKey]entry[bool]
 	// trustFence is when trust data (devices, cross-signing keys, signatures) written inside a
 	// transaction may be cached again; sessionFence the same for every inbound session, after
 	// a write inside a transaction that may have changed any of them.
@@ -94,6 +105,7 @@ func newCachingStore(store crypto.Store, db *dbutil.Database, size int) *caching
 //
 // Writes through the machine keep the cache right. Whoever deletes or changes crypto rows in
 // another way (SQL, or [Machine.Store]) must call [Machine.Evict] after the change committed.
+// A change by another process reaches the cache within a minute (an entry's lifetime).
 func (m *Machine) EnableCache(size int) {
 	if _, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		return
@@ -124,11 +136,11 @@ func (c *cachingStore) evict() {
 // reset empties the cache and invalidates fills in flight. c.mu must be held (or c unshared).
 func (c *cachingStore) reset() {
 	c.gen++
-	c.sessions = make(map[sessionKey]*crypto.InboundGroupSession)
+	c.sessions = make(map[sessionKey]entry[*crypto.InboundGroupSession])
 	c.fencedSession = make(map[sessionKey]time.Time)
-	c.devices = make(map[deviceKey]*id.Device)
-	c.xsKeys = make(map[id.UserID]map[id.CrossSigningUsage]id.CrossSigningKey)
-	c.sigs = make(map[sigKey]bool)
+	c.devices = make(map[deviceKey]entry[*id.Device])
+	c.xsKeys = make(map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey])
+	c.sigs = make(map[sigKey]entry[bool])
 	c.trustFence = time.Time{}
 	c.sessionFence = time.Time{}
 }
@@ -148,6 +160,25 @@ func (c *cachingStore) begin(ctx context.Context) (uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.gen, true
+}
+
+// get returns the value under k in m if it is younger than [cacheTTL], and drops it if older.
+// c.mu must be held.
+func get[K comparable, V any](c *cachingStore, m map[K]entry[V], k K) (V, bool) {
+	e, ok := m[k]
+	if ok && c.now().Sub(e.at) < cacheTTL {
+		return e.v, true
+	}
+	if ok {
+		delete(m, k)
+	}
+	var zero V
+	return zero, false
+}
+
+// put caches v under k in m, read now. c.mu must be held.
+func put[K comparable, V any](c *cachingStore, m map[K]entry[V], k K, v V) {
+	putBounded(m, c.size, k, entry[V]{v: v, at: c.now()})
 }
 
 // putBounded stores v under k in m, first dropping an arbitrary entry when m is full.
@@ -242,7 +273,7 @@ func copySession(s *crypto.InboundGroupSession) (*crypto.InboundGroupSession, bo
 func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, sessionID id.SessionID) (*crypto.InboundGroupSession, error) {
 	k := sessionKey{roomID, sessionID}
 	c.mu.Lock()
-	cached, ok := c.sessions[k]
+	cached, ok := get(c, c.sessions, k)
 	c.mu.Unlock()
 	if ok {
 		if cp, ok := copySession(cached); ok {
@@ -257,7 +288,7 @@ func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, se
 	if cp, ok := copySession(sess); ok {
 		c.mu.Lock()
 		if c.sessionFillable(gen, k) {
-			putBounded(c.sessions, c.size, k, cp)
+			put(c, c.sessions, k, cp)
 		}
 		c.mu.Unlock()
 	}
@@ -312,7 +343,7 @@ func (c *cachingStore) RedactOutdatedGroupSessions(ctx context.Context) ([]id.Se
 func (c *cachingStore) FindDeviceByKey(ctx context.Context, userID id.UserID, identityKey id.IdentityKey) (*id.Device, error) {
 	k := deviceKey{userID, identityKey}
 	c.mu.Lock()
-	cached, ok := c.devices[k]
+	cached, ok := get(c, c.devices, k)
 	c.mu.Unlock()
 	if ok {
 		cp := *cached
@@ -326,7 +357,7 @@ func (c *cachingStore) FindDeviceByKey(ctx context.Context, userID id.UserID, id
 	cp := *device
 	c.mu.Lock()
 	if c.trustFillable(gen) {
-		putBounded(c.devices, c.size, k, &cp)
+		put(c, c.devices, k, &cp)
 	}
 	c.mu.Unlock()
 	return device, nil
@@ -336,7 +367,7 @@ func (c *cachingStore) FindDeviceByKey(ctx context.Context, userID id.UserID, id
 // the database and caches them.
 func (c *cachingStore) GetCrossSigningKeys(ctx context.Context, userID id.UserID) (map[id.CrossSigningUsage]id.CrossSigningKey, error) {
 	c.mu.Lock()
-	cached, ok := c.xsKeys[userID]
+	cached, ok := get(c, c.xsKeys, userID)
 	var cp map[id.CrossSigningUsage]id.CrossSigningKey
 	if ok {
 		cp = make(map[id.CrossSigningUsage]id.CrossSigningKey, len(cached))
@@ -359,7 +390,7 @@ func (c *cachingStore) GetCrossSigningKeys(ctx context.Context, userID id.UserID
 	}
 	c.mu.Lock()
 	if c.trustFillable(gen) {
-		putBounded(c.xsKeys, c.size, userID, cp)
+		put(c, c.xsKeys, userID, cp)
 	}
 	c.mu.Unlock()
 	return keys, nil
@@ -370,7 +401,7 @@ func (c *cachingStore) GetCrossSigningKeys(ctx context.Context, userID id.UserID
 func (c *cachingStore) IsKeySignedBy(ctx context.Context, userID id.UserID, key id.Ed25519, signedByUser id.UserID, signedByKey id.Ed25519) (bool, error) {
 	k := sigKey{userID, key, signedByUser, signedByKey}
 	c.mu.Lock()
-	cached, ok := c.sigs[k]
+	cached, ok := get(c, c.sigs, k)
 	c.mu.Unlock()
 	if ok {
 		return cached, nil
@@ -382,7 +413,7 @@ func (c *cachingStore) IsKeySignedBy(ctx context.Context, userID id.UserID, key 
 	}
 	c.mu.Lock()
 	if c.trustFillable(gen) {
-		putBounded(c.sigs, c.size, k, signed)
+		put(c, c.sigs, k, signed)
 	}
 	c.mu.Unlock()
 	return signed, nil

@@ -155,6 +155,23 @@ func TestCacheEvict(t *testing.T) {
 	}
 }
 
+// TestCacheTTL checks that an entry is read again after [cacheTTL], so that an erasure by
+// another process (which cannot call Evict) reaches the cache within that time.
+func TestCacheTTL(t *testing.T) {
+	env := newCacheEnv(t, astest.SQLite, true)
+	c := env.bm.mach.Olm().CryptoStore.(*cachingStore)
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	env.mustDecrypt(t, 0)
+	if _, err := env.bm.db.Exec(env.ctx, `DELETE FROM crypto_megolm_inbound_session WHERE source_user=$1`, env.sender.user); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(cacheTTL)
+	if _, err := env.decrypt(t, 1); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("Decrypt() %s after the session was deleted elsewhere = %v, want ErrNoSession", cacheTTL, err)
+	}
+}
+
 // TestCacheWritesInvalidate checks that writes through the machine's store drop what they change
 // from the cache.
 func TestCacheWritesInvalidate(t *testing.T) {

@@ -44,6 +44,7 @@ type benchMachine struct {
 	mach  *Machine
 	store *crypto.SQLCryptoStore
 	db    *dbutil.Database
+	ctx   context.Context
 }
 
 // noHomeserver returns the URL of a server that fails b on any request: the benchmarks must
@@ -86,17 +87,25 @@ func newBenchMachine(b testing.TB, ctx context.Context, dialect string) *benchMa
 	if m.Olm().CrossSigningKeys, err = m.Olm().GenerateCrossSigningKeys(); err != nil {
 		b.Fatal(err)
 	}
-	return &benchMachine{mach: m, store: store, db: db}
+	return &benchMachine{mach: m, store: store, db: db, ctx: ctx}
 }
 
 // benchSender is one sending device of a cross-signed user, with its megolm session in one
 // room: outbound here (in the sender's hands), inbound in the bot's store.
 type benchSender struct {
+	bm     *benchMachine
 	user   id.UserID
 	room   id.RoomID
 	device *id.Device
 	out    *crypto.OutboundGroupSession
+	// rotateEvery, if not 0, is after how many messages the sender starts a new session, as
+	// Element does after 100 (rotation_period_msgs); sent counts the current session's.
+	rotateEvery int
+	sent        int
 }
+
+// elementRotation is the number of messages after which Element starts a new megolm session.
+const elementRotation = 100
 
 // addSender stores a device of user (cross-signed by the user's self-signing key, itself signed
 // by their master key, as Element's users are) and the inbound megolm session it shared in
@@ -137,27 +146,39 @@ func (bm *benchMachine) addSender(b testing.TB, ctx context.Context, user id.Use
 	if err = bm.store.PutSignature(ctx, user, device.SigningKey, user, keys[id.XSUsageSelfSigning].Key, "sig"); err != nil {
 		b.Fatal(err)
 	}
+	s := &benchSender{bm: bm, user: user, room: room, device: device}
+	s.newSession(b)
+	return s
+}
 
-	out, err := crypto.NewOutboundGroupSession(room, nil, nil)
+// newSession starts a new megolm session of s and stores its inbound side in the bot's store,
+// as if its room key had arrived.
+func (s *benchSender) newSession(b testing.TB) {
+	b.Helper()
+	out, err := crypto.NewOutboundGroupSession(s.room, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	in, err := crypto.NewInboundGroupSession(device.IdentityKey, device.SigningKey, room, out.Internal.Key(), 0, 0, nil, false)
+	in, err := crypto.NewInboundGroupSession(s.device.IdentityKey, s.device.SigningKey, s.room, out.Internal.Key(), 0, 0, nil, false)
 	if err != nil {
 		b.Fatal(err)
 	}
 	in.KeySource = id.KeySourceDirect
-	in.SourceUser = user
+	in.SourceUser = s.user
 	in.ReceivedAt = time.Now()
-	if err = bm.store.PutGroupSession(ctx, in); err != nil {
+	if err = s.bm.store.PutGroupSession(s.bm.ctx, in); err != nil {
 		b.Fatal(err)
 	}
-	return &benchSender{user: user, room: room, device: device, out: out}
+	s.out, s.sent = out, 0
 }
 
 // encryptedEvent returns the n-th event s sends: an m.room.message encrypted with its megolm
 // session, as the inbox hands it to the handler (content parsed).
 func (s *benchSender) encryptedEvent(b testing.TB, n int) *event.Event {
+	if s.rotateEvery > 0 && s.sent == s.rotateEvery {
+		s.newSession(b)
+	}
+	s.sent++
 	plaintext, err := json.Marshal(map[string]any{
 		"room_id": s.room,
 		"type":    event.EventMessage.Type,
@@ -190,28 +211,29 @@ func benchDialects(b *testing.B) []string {
 	return astest.Dialects(b)
 }
 
-// BenchmarkDecrypt measures [Machine.Decrypt] per megolm event: the events of one session, or
-// spread round-robin over 50 sessions (50 devices of 10 users in 10 rooms); one at a time, or
-// 16 at once as the dispatcher's workers handle rooms. replay=yes decrypts events whose message
+// BenchmarkDecrypt measures [Machine.Decrypt] per megolm event: the events of one sending
+// device, or spread round-robin over 50 (devices of 10 users in 10 rooms); each device starts a
+// new session every 100 messages as Element does, whose key is stored beforehand. One at a
+// time, or 16 at once as the dispatcher's workers handle rooms. replay=yes decrypts events whose message
 // indexes are already recorded, as a replay after a crash does. cache=on runs with
 // [Machine.EnableCache], cache=off reads everything from the store.
 func BenchmarkDecrypt(b *testing.B) {
 	variants := []struct {
-		name     string
-		sessions int
-		workers  int
-		replay   bool
+		name    string
+		senders int
+		workers int
+		replay  bool
 	}{
-		{"sessions=1", 1, 1, false},
-		{"sessions=50", 50, 1, false},
-		{"sessions=50/workers=16", 50, benchWorkers, false},
-		{"sessions=1/replay=yes", 1, 1, true},
+		{"senders=1", 1, 1, false},
+		{"senders=50", 50, 1, false},
+		{"senders=50/workers=16", 50, benchWorkers, false},
+		{"senders=50/replay=yes", 50, 1, true},
 	}
 	for _, dialect := range benchDialects(b) {
 		for _, v := range variants {
 			for _, cache := range []bool{true, false} {
 				b.Run(fmt.Sprintf("%s/cache=%s/%s", dialect, onOff(cache), v.name), func(b *testing.B) {
-					benchmarkDecrypt(b, dialect, cache, v.sessions, v.workers, v.replay)
+					benchmarkDecrypt(b, dialect, cache, v.senders, v.workers, v.replay)
 				})
 			}
 		}
@@ -225,17 +247,18 @@ func onOff(on bool) string {
 	return "off"
 }
 
-func benchmarkDecrypt(b *testing.B, dialect string, cache bool, sessions, workers int, replay bool) {
+func benchmarkDecrypt(b *testing.B, dialect string, cache bool, count, workers int, replay bool) {
 	ctx := astest.Within(b, 10*time.Minute)
 	bm := newBenchMachine(b, ctx, dialect)
 	if cache {
 		bm.mach.EnableCache(0)
 	}
-	senders := make([]*benchSender, sessions)
+	senders := make([]*benchSender, count)
 	for i := range senders {
 		user := id.UserID(fmt.Sprintf("@user%d:example.org", i%10))
 		room := id.RoomID(fmt.Sprintf("!room%d:example.org", i%10))
 		senders[i] = bm.addSender(b, ctx, user, id.DeviceID(fmt.Sprintf("DEVICE%d", i)), room)
+		senders[i].rotateEvery = elementRotation
 	}
 	events := make([]*event.Event, b.N)
 	for n := range events {
