@@ -106,6 +106,9 @@ func newCachingStore(store crypto.Store, db *dbutil.Database, size int) *caching
 // Writes through the machine keep the cache right. Whoever deletes or changes crypto rows in
 // another way (SQL, or [Machine.Store]) must call [Machine.Evict] after the change committed.
 // A change by another process reaches the cache within a minute (an entry's lifetime).
+//
+// With the cache, a decryption on PostgreSQL also writes its message index without waiting for
+// the WAL flush (see [cachingStore.ValidateMessageIndex] for why that keeps it durable).
 func (m *Machine) EnableCache(size int) {
 	if _, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		return

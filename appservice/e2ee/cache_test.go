@@ -155,6 +155,42 @@ func TestCacheEvict(t *testing.T) {
 	}
 }
 
+// TestMessageIndex checks that a decryption records its message index so that the same event
+// decrypts again (a replay) and another event with the same index does not, on both dialects;
+// and that on PostgreSQL the index is written without waiting for the WAL flush.
+func TestMessageIndex(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newCacheEnv(t, dialect, true)
+			evt := env.sender.encryptedEvent(t, 0)
+			env.qc.take()
+			if _, err := env.bm.mach.Decrypt(env.ctx, evt); err != nil {
+				t.Fatalf("Decrypt() = %v", err)
+			}
+			queries := env.qc.take()
+			wantAsync := 0
+			if dialect == astest.Postgres {
+				wantAsync = 1
+			}
+			if n := countMentioning(queries, "synchronous_commit = off"); n != wantAsync {
+				t.Errorf("statements turning synchronous_commit off = %d, want %d", n, wantAsync)
+			}
+			if _, err := env.bm.mach.Decrypt(env.ctx, evt); err != nil {
+				t.Fatalf("Decrypt() of the same event again = %v", err)
+			}
+			forged := *evt
+			forged.ID = "$forged"
+			if _, err := env.bm.mach.Decrypt(env.ctx, &forged); !errors.Is(err, crypto.ErrDuplicateMessageIndex) {
+				t.Fatalf("Decrypt() of another event with the same index = %v, want ErrDuplicateMessageIndex", err)
+			}
+			var n int
+			if err := env.bm.db.QueryRow(env.ctx, `SELECT COUNT(*) FROM crypto_message_index WHERE event_id=$1`, evt.ID).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("message index rows of the event = %d, %v; want 1", n, err)
+			}
+		})
+	}
+}
+
 // TestCacheTTL checks that an entry is read again after [cacheTTL], so that an erasure by
 // another process (which cannot call Evict) reaches the cache within that time.
 func TestCacheTTL(t *testing.T) {
