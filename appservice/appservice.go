@@ -56,6 +56,12 @@ type Service struct {
 	// cryptoState is the rest of the encryption state: whether the start-up probe found it
 	// broken, and the lock that attaches crypto to ghosts' clients (cryptosetup.go).
 	cryptoState cryptoState
+	// e2ee is the in-memory state of encrypted events (cryptoevents.go).
+	e2ee encryptedEvents
+	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
+	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
+	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).
+	cryptoKeyLock sync.Mutex
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).

@@ -44,6 +44,8 @@ type FakeHomeserver struct {
 	failures   map[string]failure // pattern → injected failure
 	nextID     int
 	keys       fakeKeys // devices, keys, account data, to-device (fakekeys.go)
+	// changed is closed and replaced whenever a request is recorded (see WaitFor).
+	changed chan struct{}
 }
 
 type failure struct {
@@ -132,10 +134,14 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 		registered: make(map[id.UserID]bool),
 		failures:   make(map[string]failure),
 		keys:       newFakeKeys(),
+		changed:    make(chan struct{}),
 	}
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request, req *Request)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			// Waiters look once the request was answered: its effect (an event appended) comes
+			// after it is recorded.
+			defer hs.notify()
 			req := hs.record(r, pattern)
 			if req == nil {
 				writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
@@ -172,6 +178,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 	handle("GET /_matrix/client/v3/profile/{userID}", hs.getProfile)
 	hs.handleKeys(handle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		defer hs.notify()
 		hs.record(r, "")
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
@@ -216,6 +223,36 @@ func (hs *FakeHomeserver) record(r *http.Request, pattern string) *Request {
 		return nil
 	}
 	return req
+}
+
+// notify wakes the callers of WaitFor.
+func (hs *FakeHomeserver) notify() {
+	hs.lock.Lock()
+	defer hs.lock.Unlock()
+	close(hs.changed)
+	hs.changed = make(chan struct{})
+}
+
+// WaitFor waits until cond holds, checking it again after every request the homeserver
+// receives, and fails the test if it does not hold within d. cond must not call back into
+// WaitFor; it may call the other methods.
+func (hs *FakeHomeserver) WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		hs.lock.Lock()
+		changed := hs.changed
+		hs.lock.Unlock()
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+	}
 }
 
 // Requests returns a copy of every request received so far, in order.
