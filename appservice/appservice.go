@@ -53,6 +53,15 @@ type Service struct {
 	// crypto is the bot's end-to-end encryption device; nil while encryption is off (see
 	// encryptionActive).
 	crypto *e2ee.Machine
+	// cryptoState is the rest of the encryption state: whether the start-up probe found it
+	// broken, and the lock that attaches crypto to ghosts' clients (cryptosetup.go).
+	cryptoState cryptoState
+	// e2ee is the in-memory state of encrypted events (cryptoevents.go).
+	e2ee encryptedEvents
+	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
+	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
+	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).
+	cryptoKeyLock sync.Mutex
 	// shredder rotates the master key after erasures; nil unless vault.shred_backups.
 	shredder *privacy.BackupShredder
 	// engine is the personal-data engine (package privacy).
@@ -133,6 +142,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	}
 	svc.engine = svc.newEngine()
 	svc.notifier.RefuseDuringErasure(svc.engine.Store().HasPendingErasure)
+	svc.notifier.EncryptRooms(svc.encryptOpenedRooms)
 	svc.bot = newBotHost(svc)
 	svc.dispatcher = newDispatcher(svc)
 	return svc, nil
@@ -172,6 +182,9 @@ func (svc *Service) start(ctx context.Context) error {
 	// A missing or wrong master key is logged and leaves the vault unable to open the affected
 	// secrets; it never stops the service.
 	svc.setupVault(ctx)
+	// Needs the vault (the crypto store's pickle key); before the bridges and the bot, which
+	// send through clients it attaches the bot's device to. Problems leave encryption off.
+	svc.setupCrypto(ctx)
 	for _, bh := range svc.bridges {
 		if err := bh.br.Init(bh); err != nil {
 			return &BridgeError{Bridge: bh.id, Op: "initialize", Err: err}
@@ -197,6 +210,8 @@ func (svc *Service) start(ctx context.Context) error {
 	}
 	svc.setReady(true)
 	svc.goBackground(ctx, svc.connectHomeserver)
+	// Listeners are up: check that to-device events reach us (only with encryption on).
+	svc.goBackground(ctx, svc.probeToDevice)
 	svc.goBackground(ctx, svc.pruneLoop)
 	if svc.inboxKeys != nil {
 		svc.goBackground(ctx, svc.inboxRetryLoop)
@@ -424,5 +439,8 @@ func (svc *Service) sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // encryptionActive reports whether the bot can read and write encrypted rooms: encryption is
-// configured, the crypto store opened and the bot's device is set up.
-func (svc *Service) encryptionActive() bool { return svc.crypto != nil }
+// configured, the crypto store opened and the bot's device is set up (svc.crypto), and the
+// start-up probe did not find that the homeserver withholds to-device events.
+func (svc *Service) encryptionActive() bool {
+	return svc.crypto != nil && !svc.cryptoState.broken.Load()
+}

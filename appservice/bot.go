@@ -238,11 +238,9 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 		}
 		return fmt.Errorf("failed to join room: %w", err)
 	}
-	// The state cache only knows members whose events arrived after we joined; load the rest,
-	// so that direct-chat detection and the empty-room check see everyone.
-	if _, err := bot.Members(ctx, evt.RoomID); err != nil {
-		log.Warn().Err(err).Msg("Failed to fetch room members after joining")
-	}
+	// The state cache knows nothing of the room yet; the welcome is encrypted, and shared with
+	// the right devices, only once it knows the room's encryption and members.
+	primeErr := bh.svc.primeRoomState(ctx, evt.RoomID)
 
 	setup := &database.BotSetup{
 		RoomID:        evt.RoomID,
@@ -262,6 +260,11 @@ func (bh *botHost) handleInvite(ctx context.Context, evt *event.Event, content *
 	})
 	if err != nil {
 		return fmt.Errorf("failed to record bot setup: %w", err)
+	}
+	if primeErr != nil {
+		// Without the room's state the welcome could go out in plaintext into an encrypted
+		// room; the next event in the room updates the state cache, and commands work then.
+		return fmt.Errorf("not welcoming: %w", primeErr)
 	}
 	// The flag only says what the inviter meant; the room is a direct chat if its members say so.
 	direct := false
@@ -301,10 +304,13 @@ func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect b
 		help = "help"
 	}
 	msg := "Hello! I'm the Custodian bot. Send " + format.SafeMarkdownCode(help) + " to see what I can do."
-	if encrypted, err := bh.isEncrypted(ctx, evt.RoomID); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
-	} else if encrypted {
-		msg += "\n\nThis room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
+	// The warning only while the bot cannot read and write encrypted rooms.
+	if !bh.svc.encryptionActive() {
+		if encrypted, err := bh.isEncrypted(ctx, evt.RoomID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check whether the room is encrypted")
+		} else if encrypted {
+			msg += "\n\nThis room is encrypted, and I can't read encrypted messages: talk to me in an unencrypted room."
+		}
 	}
 	content := format.RenderMarkdown(msg, true, false)
 	content.MsgType = event.MsgNotice

@@ -14,12 +14,14 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/sqlstatestore"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 )
 
 const (
@@ -318,12 +320,43 @@ func TestBotWelcomeInDirectChat(t *testing.T) {
 	}
 }
 
+// TestBotWarnsAboutEncryptedRoom checks that the welcome in an encrypted room warns that the
+// bot cannot read it exactly while encryption is not active: off, or found broken by the
+// start-up probe.
 func TestBotWarnsAboutEncryptedRoom(t *testing.T) {
-	env := newBotEnv(t, nil)
-	env.hs.SetState(botTestRoom, event.StateEncryption, "", botTestAlice, map[string]any{"algorithm": "m.megolm.v1.aes-sha2"})
-	env.setUpRoom(false, botTestAlice)
-	if msgs := env.messages(); len(msgs) != 1 || !strings.Contains(msgs[0].Body, "encrypted") {
-		t.Errorf("welcome in encrypted room = %+v, want a warning about encryption", msgs)
+	cases := []struct {
+		name     string
+		crypto   bool
+		broken   bool
+		wantWarn bool
+	}{
+		{"encryption off", false, false, true},
+		{"encryption active", true, false, false},
+		{"homeserver withholds to-device events", true, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newBotEnv(t, nil)
+			if tc.crypto {
+				// A machine that is never started: the welcome only asks whether encryption
+				// is active, and the bot's client does not encrypt with it.
+				if err := e2ee.Upgrade(env.ctx, env.svc.rawDB, env.svc.log); err != nil {
+					t.Fatal(err)
+				}
+				store := crypto.NewSQLCryptoStore(env.svc.rawDB, dbutil.ZeroLogger(env.svc.log), e2ee.AccountID, "", make([]byte, 32))
+				env.svc.crypto = e2ee.NewMachine(env.svc.as.BotClient(), store, env.svc.stateStore, env.svc.log)
+				env.svc.cryptoState.broken.Store(tc.broken)
+			}
+			env.hs.SetState(botTestRoom, event.StateEncryption, "", botTestAlice, map[string]any{"algorithm": "m.megolm.v1.aes-sha2"})
+			env.setUpRoom(false, botTestAlice)
+			msgs := env.messages()
+			if len(msgs) != 1 {
+				t.Fatalf("welcome messages = %+v, want one", msgs)
+			}
+			if warned := strings.Contains(msgs[0].Body, "can't read encrypted messages"); warned != tc.wantWarn {
+				t.Errorf("welcome in encrypted room = %q; warning = %t, want %t", msgs[0].Body, warned, tc.wantWarn)
+			}
+		})
 	}
 }
 

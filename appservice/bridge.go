@@ -258,6 +258,13 @@ type Host interface {
 	// new room. It returns the room and the event ID of the message. While the user's erasure is
 	// queued or running it sends nothing and returns [ErrUserBeingErased].
 	NotifyUser(ctx context.Context, userID id.UserID, n Notice) (id.RoomID, id.EventID, error)
+	// EncryptionActive reports whether the core can read and write encrypted rooms now: its
+	// device is set up, so the bot's and the ghosts' messages into encrypted rooms are
+	// encrypted, and encrypted events reach the bridge decrypted. A bridge that creates rooms
+	// may make them encrypted (see [EncryptionInitialState]) only while it is true; otherwise
+	// nobody on Custodian's side could read them. It may change at run time, so ask before
+	// each room is created.
+	EncryptionActive() bool
 }
 
 // Notice is a private message to one user, for [Host.NotifyUser].

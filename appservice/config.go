@@ -244,8 +244,9 @@ type EncryptionConfig struct {
 	// KeyWait is how long an event whose room key has not arrived waits for it before its
 	// sender is told it could not be read.
 	KeyWait time.Duration `yaml:"key_wait"`
-	// SessionRetention is how long received megolm sessions are kept; older ones are deleted,
-	// so a database backup cannot decrypt older messages. Zero means privacy.activity_retention.
+	// SessionRetention is how long megolm sessions (received ones, and the bot's outbound ones)
+	// are kept; the retention sweep deletes older ones, so a database backup cannot decrypt
+	// older messages. Zero means privacy.activity_retention.
 	SessionRetention time.Duration `yaml:"session_retention"`
 }
 

@@ -197,7 +197,7 @@ func (svc *Service) accountDeactivated(ctx context.Context, user id.UserID) (boo
 	}
 	if cli.SetAppServiceUserID {
 		// The promoted ghost must exist before it can make requests.
-		if err := svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
+		if err := svc.intent(cli.UserID).EnsureRegistered(ctx); err != nil {
 			return false, fmt.Errorf("failed to register the admin ghost: %w", err)
 		}
 	}

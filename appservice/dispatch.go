@@ -23,6 +23,12 @@ import (
 // parallel (at most cfg.AppService.Workers at a time). Ingest hands it events only after they
 // are committed; at startup it first replays whatever an earlier run left unfinished.
 //
+// To-device events (end-to-end encryption) have a lane of their own, in the order they came,
+// with a worker that takes no slot: room events waiting for a room key hold no slot either
+// (see releaseSlot), but a lane of its own also means the keys never queue behind rooms. Each
+// to-device event is marked done in the same database transaction that stores what it changed
+// (cryptoevents.go), not in the batches below.
+//
 // A handled event is marked done in batches (one database transaction per batch) to keep the
 // write rate independent of the event rate. A crash between handling and marking means the event
 // is handled again after restart, which is why handlers must be idempotent on the event ID.
@@ -101,7 +107,7 @@ func (d *dispatcher) start(ctx context.Context) error {
 		defer d.svc.ingestLock.Unlock()
 		var after int64
 		for {
-			if err := d.waitBacklog(ctx); err != nil {
+			if err := d.waitBacklog(ctx, d.maxBacklog()); err != nil {
 				return
 			}
 			page, err := d.svc.db.Inbox.Pending(ctx, after, replayPageSize)
@@ -185,13 +191,17 @@ func (d *dispatcher) retryHeld(ctx context.Context, seqs []int64) {
 	}
 }
 
-// waitBacklog blocks while more than cfg.AppService.MaxBacklog events are queued. It returns
-// ctx's error if ctx ends first.
-func (d *dispatcher) waitBacklog(ctx context.Context) error {
-	limit := d.svc.cfg.AppService.MaxBacklog
-	if limit <= 0 {
-		limit = 10000
+// maxBacklog returns cfg.AppService.MaxBacklog, or its default.
+func (d *dispatcher) maxBacklog() int {
+	if limit := d.svc.cfg.AppService.MaxBacklog; limit > 0 {
+		return limit
 	}
+	return 10000
+}
+
+// waitBacklog blocks while limit or more events are queued. It returns ctx's error if ctx ends
+// first.
+func (d *dispatcher) waitBacklog(ctx context.Context, limit int) error {
 	for {
 		d.lock.Lock()
 		if d.backlog < limit {
@@ -213,29 +223,41 @@ func (d *dispatcher) enqueue(ctx context.Context, events []*database.InboxEvent)
 	d.lock.Lock()
 	defer d.lock.Unlock()
 	for _, evt := range events {
-		rq, ok := d.rooms[evt.RoomID]
+		lane := evt.RoomID
+		if evt.ToDevice {
+			lane = toDeviceLane
+		}
+		rq, ok := d.rooms[lane]
 		if !ok {
 			rq = &roomQueue{}
-			d.rooms[evt.RoomID] = rq
+			d.rooms[lane] = rq
 		}
 		rq.events = append(rq.events, evt)
 		d.backlog++
 		if !rq.running && !d.stopping {
 			rq.running = true
 			d.workers.Add(1)
-			go d.runRoom(ctx, evt.RoomID, rq)
+			go d.runRoom(ctx, lane, rq)
 		}
 	}
 	d.svc.metrics.inboxDepth.Set(float64(d.backlog))
 }
+
+// toDeviceLane is the queue key of to-device events: not a room ID (those start with "!"),
+// nor the empty one of ephemeral events without a room.
+const toDeviceLane = id.RoomID("\x00to-device")
 
 func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueue) {
 	defer d.workers.Done()
 	// Shutdown must not cancel a handler halfway: stop lets each room finish its current event
 	// (bounded by handlerTimeout and the shutdown deadline) before the done marks are flushed.
 	ctx = context.WithoutCancel(ctx)
-	d.slots <- struct{}{}
-	defer func() { <-d.slots }()
+	if roomID != toDeviceLane {
+		s := &slot{d: d}
+		s.acquire()
+		defer s.release()
+		ctx = context.WithValue(ctx, slotKey{}, s)
+	}
 	for {
 		d.lock.Lock()
 		if len(rq.events) == 0 || d.stopping {
@@ -251,8 +273,13 @@ func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueu
 		rq.events = rq.events[1:]
 		d.lock.Unlock()
 
-		d.svc.handleInboxEvent(ctx, evt)
-		d.done <- database.Done{TxnID: evt.TxnID, Index: evt.Index, EventID: evt.EventID}
+		if evt.ToDevice {
+			// Marked done by its own transaction, or left for a later run.
+			d.svc.handleToDeviceRow(ctx, evt)
+		} else {
+			d.svc.handleInboxEvent(ctx, evt)
+			d.done <- database.Done{TxnID: evt.TxnID, Index: evt.Index, EventID: evt.EventID}
+		}
 
 		d.lock.Lock()
 		d.backlog--
@@ -261,6 +288,42 @@ func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueu
 		d.drained = make(chan struct{})
 		d.lock.Unlock()
 	}
+}
+
+// slot is a room worker's hold on one of the dispatcher's slots. Only the worker that owns it
+// uses it.
+type slot struct {
+	d    *dispatcher
+	held bool
+}
+
+func (s *slot) acquire() {
+	if !s.held {
+		s.d.slots <- struct{}{}
+		s.held = true
+	}
+}
+
+func (s *slot) release() {
+	if s.held {
+		<-s.d.slots
+		s.held = false
+	}
+}
+
+type slotKey struct{}
+
+// releaseSlot lets other rooms use the slot of the room worker running in ctx while it waits
+// for something that does not need one (a room key), and returns the function that takes a
+// slot back before the worker goes on. The room's later events wait behind it meanwhile, so
+// its order is kept. Outside a room worker it does nothing.
+func releaseSlot(ctx context.Context) (reacquire func()) {
+	s, ok := ctx.Value(slotKey{}).(*slot)
+	if !ok {
+		return func() {}
+	}
+	s.release()
+	return s.acquire
 }
 
 // flushLoop marks handled events done in batches until the dispatcher stops.
@@ -366,6 +429,11 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 	} else if err != nil {
 		log.Warn().Err(err).Msg("Event content did not parse; delivering it unparsed")
 	}
+	if evt.Type == event.EventEncrypted && svc.cryptoOn() && !svc.isOwnUser(evt.Sender) {
+		// Before the handler timeout: waiting for the keys is bounded by encryption.key_wait.
+		// An event that stays unreadable is handled as it came (handlers ignore it).
+		evt = svc.decryptInboxEvent(ctx, evt)
+	}
 	log = log.With().Str("event_type", evt.Type.Type).Logger()
 	ctx = log.WithContext(ctx)
 	ctx, cancel := context.WithTimeout(ctx, handlerTimeout)
@@ -375,6 +443,9 @@ func (svc *Service) handleInboxEvent(ctx context.Context, ie *database.InboxEven
 		// Our own members' state matters too (the bot's joins), so the cache is updated before
 		// echoes are dropped.
 		mautrix.UpdateStateStore(ctx, svc.stateStore, evt)
+		if evt.Type == event.StateMember {
+			svc.cryptoMemberEvent(ctx, evt)
+		}
 		if evt.Type == event.StateMember && evt.GetStateKey() == svc.as.BotMXID().String() {
 			svc.botRooms.Delete(evt.RoomID)
 			// Out of the room, the bot hears nothing more from it: drop its cached state, so
@@ -498,6 +569,9 @@ func decodeEvent(ie *database.InboxEvent) (*event.Event, error) {
 		return nil, fmt.Errorf("failed to decode event: %w", err)
 	}
 	switch {
+	case ie.ToDevice:
+		evt.Mautrix.EventSource = event.SourceToDevice
+		evt.Type.Class = event.ToDeviceEventType
 	case ie.Ephemeral:
 		evt.Mautrix.EventSource = event.SourceEphemeral
 		evt.Type.Class = event.EphemeralEventType

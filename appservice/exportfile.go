@@ -140,7 +140,7 @@ func (svc *Service) deleteExportMedia(ctx context.Context, mxc id.ContentURIStri
 	}
 	if cli.SetAppServiceUserID {
 		// The promoted ghost must exist before it can make requests.
-		if err = svc.as.Intent(cli.UserID).EnsureRegistered(ctx); err != nil {
+		if err = svc.intent(cli.UserID).EnsureRegistered(ctx); err != nil {
 			return fmt.Errorf("failed to register the admin ghost: %w", err)
 		}
 	}

@@ -39,7 +39,7 @@ func (bh *bridgeHost) Intent(localpart string) (*mxas.IntentAPI, error) {
 	if _, _, err := userID.ParseAndValidateStrict(); err != nil {
 		return nil, err
 	}
-	return bh.svc.as.Intent(userID), nil
+	return bh.svc.intent(userID), nil
 }
 
 func (bh *bridgeHost) Bot() *mxas.IntentAPI { return bh.svc.as.BotIntent() }

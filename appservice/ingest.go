@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	mxas "maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
@@ -78,13 +80,61 @@ func (svc *Service) checkToken(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // transactionBody is what Custodian reads of a transaction. Events stay raw: they are stored
-// exactly as received and decoded by the dispatcher.
+// exactly as received and decoded by the dispatcher. To-device events, device lists, one-time
+// key counts and unused fallback key types are for end-to-end encryption (MSC2409, MSC3202);
+// each is read from its stable field, or from its unstable one when the stable one is absent.
 type transactionBody struct {
 	Events           []json.RawMessage `json:"events"`
 	Ephemeral        []json.RawMessage `json:"ephemeral"`
 	MSC2409Ephemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral"`
-	// To-device events, device lists and one-time key counts are for end-to-end encryption,
-	// which Custodian does not do; they are ignored.
+
+	ToDevice        []json.RawMessage `json:"to_device"`
+	MSC2409ToDevice []json.RawMessage `json:"de.sorunome.msc2409.to_device"`
+
+	DeviceLists        *mautrix.DeviceLists `json:"device_lists"`
+	MSC3202DeviceLists *mautrix.DeviceLists `json:"org.matrix.msc3202.device_lists"`
+
+	OTKCounts        mxas.OTKCountMap `json:"device_one_time_keys_count"`
+	MSC3202OTKCounts mxas.OTKCountMap `json:"org.matrix.msc3202.device_one_time_keys_count"`
+
+	FallbackKeys        mxas.FallbackKeyMap `json:"device_unused_fallback_key_types"`
+	MSC3202FallbackKeys mxas.FallbackKeyMap `json:"org.matrix.msc3202.device_unused_fallback_key_types"`
+}
+
+// toDeviceEnvelope is the part of a to-device event that says who sent it to which device.
+type toDeviceEnvelope struct {
+	Sender     id.UserID   `json:"sender"`
+	Type       string      `json:"type"`
+	ToUserID   id.UserID   `json:"to_user_id"`
+	ToDeviceID id.DeviceID `json:"to_device_id"`
+}
+
+// deviceTarget is the bot's device, to which the to-device events, one-time key counts and
+// fallback key types Custodian keeps are addressed. A zero deviceTarget (encryption off) keeps
+// none of them.
+type deviceTarget struct {
+	user   id.UserID
+	device id.DeviceID
+}
+
+// parsedTransaction is what parseTransactionFor makes of a transaction body.
+type parsedTransaction struct {
+	// events are the inbox events: room events (PDUs, then ephemeral events), then to-device
+	// events for the bot's device.
+	events []*database.InboxEvent
+	// skipped counts malformed events left out.
+	skipped int
+	// toDevice counts the to-device events kept; otherDevice those addressed elsewhere, or
+	// received while encryption is off, which are dropped.
+	toDevice, otherDevice int
+	// changedDevices are the users whose device lists changed.
+	changedDevices []id.UserID
+	// otkCounts is the bot's device's one-time key count, nil if the transaction has none.
+	otkCounts *mautrix.OTKCount
+	// fallbackKeys are the bot's device's unused fallback key types; hasFallback tells whether
+	// the transaction said anything about them.
+	fallbackKeys []id.KeyAlgorithm
+	hasFallback  bool
 }
 
 // eventEnvelope is the part of an event the inbox indexes.
@@ -124,7 +174,11 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	events, skipped, err := parseTransaction(txnID, body)
+	var target deviceTarget
+	if svc.crypto != nil && svc.encryptionActive() {
+		target.user, target.device = svc.crypto.Device()
+	}
+	parsed, err := parseTransactionFor(txnID, body, target)
 	if err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		log.Warn().Err(err).Int("body_bytes", len(body)).Msg("Rejected malformed transaction")
@@ -135,20 +189,31 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	if skipped > 0 {
-		log.Warn().Int("skipped", skipped).Msg("Skipped malformed events in transaction")
+	events := parsed.events
+	if parsed.skipped > 0 {
+		log.Warn().Int("skipped", parsed.skipped).Msg("Skipped malformed events in transaction")
+	}
+	if parsed.otherDevice > 0 {
+		svc.metrics.eventsReceived.WithLabelValues("to_device_dropped").Add(float64(parsed.otherDevice))
+		log.Debug().Int("to_device_dropped", parsed.otherDevice).Msg("Dropped to-device events not for the bot's device")
 	}
 
 	svc.ingestLock.Lock()
 	defer svc.ingestLock.Unlock()
 	// Backpressure: while too much is queued, hold the transaction. Synapse sends one at a time,
-	// so it waits with us instead of piling up more.
-	if err = svc.dispatcher.waitBacklog(r.Context()); err != nil {
+	// so it waits with us instead of piling up more. A transaction with to-device events is let
+	// in above the limit (up to twice it): the room keys it may carry are what queued encrypted
+	// events wait for, and holding it would keep them waiting until their key wait ends.
+	limit := svc.dispatcher.maxBacklog()
+	if parsed.toDevice > 0 {
+		limit *= 2
+	}
+	if err = svc.dispatcher.waitBacklog(r.Context(), limit); err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		httpjson.WriteError(w, http.StatusServiceUnavailable, "M_LIMIT_EXCEEDED", "Backlog full, try again later")
 		return
 	}
-	added, dup, err := svc.db.Inbox.Accept(ctx, txnID, events, svc.now())
+	added, dup, err := svc.db.Inbox.AcceptWith(ctx, txnID, events, svc.now(), svc.deviceListsInTxn(parsed))
 	if err != nil {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		log.Error().Err(err).Msg("Failed to store transaction")
@@ -162,46 +227,70 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	svc.dispatcher.enqueue(ctx, added)
+	svc.afterEncryptionData(ctx, parsed)
 	svc.metrics.txnReceived.WithLabelValues("accepted").Inc()
-	var pdus, ephemeral int
+	var pdus, ephemeral, toDevice int
 	for _, evt := range added {
-		if evt.Ephemeral {
+		switch {
+		case evt.ToDevice:
+			toDevice++
+		case evt.Ephemeral:
 			ephemeral++
-		} else {
+		default:
 			pdus++
 		}
 	}
 	svc.metrics.eventsReceived.WithLabelValues("pdu").Add(float64(pdus))
 	svc.metrics.eventsReceived.WithLabelValues("ephemeral").Add(float64(ephemeral))
+	svc.metrics.eventsReceived.WithLabelValues("to_device").Add(float64(toDevice))
 	elapsed := time.Since(start)
 	svc.metrics.ingestLatency.Observe(elapsed.Seconds())
 	log.Debug().
 		Int("pdu", pdus).
 		Int("ephemeral", ephemeral).
+		Int("to_device", toDevice).
 		Int("known", len(events)-len(added)).
 		Dur("duration", elapsed).
 		Msg("Accepted transaction")
 	httpjson.Write(w, http.StatusOK, struct{}{})
 }
 
-// parseTransaction turns a transaction body into inbox events. It fails only if the body is not
-// a JSON object of the transaction's shape; individual events that are not objects or lack the
-// fields every event has are skipped and counted, so one bad event cannot block the homeserver's
-// queue.
+// parseTransaction turns a transaction body into inbox events, keeping no to-device event (as
+// with encryption off). See [parseTransactionFor].
 func parseTransaction(txnID string, body []byte) (events []*database.InboxEvent, skipped int, err error) {
-	var txn transactionBody
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err = dec.Decode(&txn); err != nil {
+	pt, err := parseTransactionFor(txnID, body, deviceTarget{})
+	if err != nil {
 		return nil, 0, err
 	}
+	return pt.events, pt.skipped, nil
+}
+
+// parseTransactionFor turns a transaction body into inbox events and the encryption data for
+// the bot's device target. It fails only if the body is not a JSON object of the transaction's
+// shape; individual events that are not objects or lack the fields every event has are skipped
+// and counted, so one bad event cannot block the homeserver's queue. To-device events become
+// inbox events only when they are addressed to target (to_user_id and to_device_id); others are
+// counted in otherDevice and dropped.
+func parseTransactionFor(txnID string, body []byte, target deviceTarget) (*parsedTransaction, error) {
+	var txn transactionBody
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&txn); err != nil {
+		return nil, err
+	}
 	if dec.More() {
-		return nil, 0, errors.New("trailing data after transaction object")
+		return nil, errors.New("trailing data after transaction object")
 	}
 	ephemeral := txn.Ephemeral
 	if ephemeral == nil {
 		ephemeral = txn.MSC2409Ephemeral
 	}
-	events = make([]*database.InboxEvent, 0, len(txn.Events)+len(ephemeral))
+	toDevice := txn.ToDevice
+	if toDevice == nil {
+		toDevice = txn.MSC2409ToDevice
+	}
+	pt := &parsedTransaction{}
+	events := make([]*database.InboxEvent, 0, len(txn.Events)+len(ephemeral))
+	skipped := 0
 	add := func(raw json.RawMessage, isEphemeral bool) {
 		var env eventEnvelope
 		if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &env) != nil || env.Type == "" {
@@ -231,7 +320,50 @@ func parseTransaction(txnID string, body []byte) (events []*database.InboxEvent,
 	for _, raw := range ephemeral {
 		add(raw, true)
 	}
-	return events, skipped, nil
+	for _, raw := range toDevice {
+		var env toDeviceEnvelope
+		if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &env) != nil || env.Type == "" || env.Sender == "" {
+			skipped++
+			continue
+		}
+		if target.device == "" || env.ToUserID != target.user || env.ToDeviceID != target.device {
+			pt.otherDevice++
+			continue
+		}
+		pt.toDevice++
+		events = append(events, &database.InboxEvent{
+			TxnID:    txnID,
+			Index:    len(events) + skipped + pt.otherDevice,
+			Sender:   env.Sender,
+			ToDevice: true,
+			JSON:     raw,
+		})
+	}
+	pt.events, pt.skipped = events, skipped
+	if target.device == "" {
+		return pt, nil
+	}
+	dl := txn.DeviceLists
+	if dl == nil {
+		dl = txn.MSC3202DeviceLists
+	}
+	if dl != nil {
+		pt.changedDevices = dl.Changed
+	}
+	counts := txn.OTKCounts
+	if counts == nil {
+		counts = txn.MSC3202OTKCounts
+	}
+	if c, ok := counts[target.user][target.device]; ok {
+		c.UserID, c.DeviceID = target.user, target.device
+		pt.otkCounts = &c
+	}
+	fallback := txn.FallbackKeys
+	if fallback == nil {
+		fallback = txn.MSC3202FallbackKeys
+	}
+	pt.fallbackKeys, pt.hasFallback = fallback[target.user][target.device]
+	return pt, nil
 }
 
 func (svc *Service) getUser(w http.ResponseWriter, r *http.Request) {

@@ -20,6 +20,7 @@ type metrics struct {
 	eventsHandled  prometheus.Counter
 	handlerErrors  *prometheus.CounterVec
 	handleLatency  prometheus.Histogram
+	decryption     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -31,7 +32,7 @@ func newMetrics() *metrics {
 		}, []string{"outcome"}),
 		eventsReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "custodian_events_received_total",
-			Help: "Events accepted into the inbox, by kind (pdu, ephemeral).",
+			Help: "Events accepted into the inbox, by kind (pdu, ephemeral, to_device), and to-device events dropped because they were not for the bot's device (to_device_dropped).",
 		}, []string{"kind"}),
 		ingestLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "custodian_ingest_duration_seconds",
@@ -55,15 +56,19 @@ func newMetrics() *metrics {
 			Help:    "Time spent handling one event.",
 			Buckets: prometheus.DefBuckets,
 		}),
+		decryption: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custodian_decryption_total",
+			Help: "Encrypted room events handled, by outcome (decrypted, missing_keys, failed).",
+		}, []string{"outcome"}),
 	}
 	m.registry.MustRegister(
 		m.txnReceived, m.eventsReceived, m.ingestLatency, m.inboxDepth,
-		m.eventsHandled, m.handlerErrors, m.handleLatency,
+		m.eventsHandled, m.handlerErrors, m.handleLatency, m.decryption,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	// Export zeroes from the start, so rate() and alerts work before the first error.
-	for _, module := range []string{"core", "bot"} {
+	for _, module := range []string{"core", "bot", "crypto"} {
 		m.handlerErrors.WithLabelValues(module)
 	}
 	for _, outcome := range []string{"accepted", "duplicate", "rejected"} {

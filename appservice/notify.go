@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 
 	"github.com/rs/zerolog"
@@ -40,6 +39,9 @@ type Notifier struct {
 
 	// erasing, if set, reports whether user's erasure is pending (see RefuseDuringErasure).
 	erasing func(ctx context.Context, user id.UserID) (bool, error)
+	// encrypt, if set, reports whether new management rooms are created encrypted (see
+	// EncryptRooms).
+	encrypt func() bool
 
 	lock  sync.Mutex
 	locks map[id.UserID]*userLock
@@ -50,6 +52,15 @@ type Notifier struct {
 // must be called before the Notifier is used.
 func (nf *Notifier) RefuseDuringErasure(erasing func(ctx context.Context, user id.UserID) (bool, error)) {
 	nf.erasing = erasing
+}
+
+// EncryptRooms makes the Notifier create each new management room encrypted (an
+// m.room.encryption initial state event, see [EncryptionInitialState]) when encrypt reports
+// true at that moment: the core passes encryption.default_encrypted while the bot can read and
+// write encrypted rooms. Notices into an encrypted room are encrypted when the bot's client has
+// a Crypto helper. It must be called before the Notifier is used.
+func (nf *Notifier) EncryptRooms(encrypt func() bool) {
+	nf.encrypt = encrypt
 }
 
 type userLock struct {
@@ -202,17 +213,14 @@ func (nf *Notifier) privateToUser(ctx context.Context, roomID id.RoomID, user id
 }
 
 // send sends content to roomID as the bot, marked as sensitive so that mautrix never logs the
-// body: notices carry secrets (webhook URLs, signing secrets) and personal data.
+// body: notices carry secrets (webhook URLs, signing secrets) and personal data. In an
+// encrypted room it is encrypted (see [SendMessageSensitive]), export files' keys included.
 func (nf *Notifier) send(ctx context.Context, roomID id.RoomID, txnID string, content *event.MessageEventContent) (id.EventID, error) {
-	var resp mautrix.RespSendEvent
-	_, err := nf.bot.MakeFullRequest(ctx, mautrix.FullRequest{
-		Method:           http.MethodPut,
-		URL:              nf.bot.BuildClientURL("v3", "rooms", roomID, "send", event.EventMessage.Type, txnID),
-		RequestJSON:      content,
-		ResponseJSON:     &resp,
-		SensitiveContent: true,
-	})
-	return resp.EventID, err
+	resp, err := SendMessageSensitive(ctx, nf.bot.Client, roomID, event.EventMessage, content, txnID)
+	if err != nil {
+		return "", err
+	}
+	return resp.EventID, nil
 }
 
 // usable reports whether roomID can still carry what is meant for user alone: the bot is joined,
@@ -251,19 +259,25 @@ func (nf *Notifier) usable(ctx context.Context, roomID id.RoomID, user id.UserID
 // open creates a private room between the bot and user and records it as the user's
 // management room (see [Notifier.record]: hadRow tells whether the user had a users row when the
 // notice started). It is the one place such rooms are made: a room that should be encrypted is
-// set up here (an m.room.encryption initial state event), and nowhere else. If Custodian stops
-// between creating and recording, the next notice opens another room; nothing is lost.
+// set up here (an m.room.encryption initial state event, see [Notifier.EncryptRooms]), and
+// nowhere else; mautrix records that state in the state cache when the room is created, so the
+// first notice is already encrypted. If Custodian stops between creating and recording, the
+// next notice opens another room; nothing is lost.
 func (nf *Notifier) open(ctx context.Context, user id.UserID, hadRow bool) (id.RoomID, error) {
-	resp, err := nf.bot.CreateRoom(ctx, &mautrix.ReqCreateRoom{
-		Preset:   "trusted_private_chat",
-		IsDirect: true,
-		Invite:   []id.UserID{user},
-		Topic:    ManagementRoomTopic,
+	initialState := []*event.Event{{
 		// Someone the user invites later sees nothing sent before their own invite.
-		InitialState: []*event.Event{{
-			Type:    event.StateHistoryVisibility,
-			Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
-		}},
+		Type:    event.StateHistoryVisibility,
+		Content: event.Content{Parsed: &event.HistoryVisibilityEventContent{HistoryVisibility: event.HistoryVisibilityInvited}},
+	}}
+	if nf.encrypt != nil && nf.encrypt() {
+		initialState = append(initialState, EncryptionInitialState())
+	}
+	resp, err := nf.bot.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset:       "trusted_private_chat",
+		IsDirect:     true,
+		Invite:       []id.UserID{user},
+		Topic:        ManagementRoomTopic,
+		InitialState: initialState,
 	})
 	if err != nil {
 		return "", fmt.Errorf("failed to create management room: %w", err)

@@ -198,14 +198,20 @@ func (svc *Service) inventory() map[string][]UserTable {
 // engineHost is the service as the engine's [privacy.Host].
 type engineHost struct{ svc *Service }
 
-var _ privacy.Host = engineHost{}
+var (
+	_ privacy.Host             = engineHost{}
+	_ privacy.ErasureCommitter = engineHost{}
+)
 
 // Inventory returns the core's and every bridge's declared tables.
 func (h engineHost) Inventory() map[string][]UserTable { return h.svc.inventory() }
 
-// Retention returns privacy.activity_retention or privacy.network_retention.
+// Retention returns privacy.activity_retention, privacy.network_retention or
+// encryption.session_retention.
 func (h engineHost) Retention(class RetentionClass) time.Duration {
 	switch class {
+	case privacy.RetentionSessions:
+		return h.svc.cfg.sessionRetention()
 	case RetentionActivity:
 		return h.svc.cfg.Privacy.activityRetention()
 	case RetentionNetwork:
@@ -255,6 +261,14 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 		forgetter.Forget(user)
 	}
 	return h.svc.requestShred()
+}
+
+// ErasureCommitted drops the olm sessions the crypto store keeps in memory after an erasure that
+// covered the crypto store (see [privacy.ErasureCommitter]).
+func (h engineHost) ErasureCommitted(_ context.Context, modules []string) {
+	if len(modules) == 0 || slices.Contains(modules, e2ee.Module) {
+		h.svc.evictOlmSessions()
+	}
 }
 
 // SendErasureReceipt posts the receipt as a notice from the bot.

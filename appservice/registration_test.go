@@ -138,7 +138,10 @@ func TestWriteRegistration(t *testing.T) {
 		t.Errorf("loaded registration = %+v, want %+v", loaded, reg)
 	}
 	data, _ := os.ReadFile(path)
-	for _, want := range []string{"receive_ephemeral: true", "rate_limited: false", "# Custodian's appservice registration"} {
+	for _, want := range []string{
+		"receive_ephemeral: true", "rate_limited: false", "# Custodian's appservice registration",
+		"org.matrix.msc3202: true", "io.element.msc4190: true",
+	} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("registration lacks %q", want)
 		}
@@ -164,6 +167,47 @@ func TestWriteRegistration(t *testing.T) {
 	}
 	if info, err = os.Lstat(path); err != nil || info.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("symlink was replaced: %v %v", info.Mode(), err)
+	}
+}
+
+// TestRegistrationWarnings checks the warnings about the flags encryption needs: one per
+// missing flag while encryption is enabled (io.element.msc4190 only with encryption.msc4190),
+// none with encryption off, and none for what custodian -g writes.
+func TestRegistrationWarnings(t *testing.T) {
+	cases := []struct {
+		name               string
+		enabled, msc4190   bool
+		ephemeral, m3, m41 bool
+		want               []string
+	}{
+		{"generated, encryption on", true, true, true, true, true, nil},
+		{"nothing, encryption off", false, true, false, false, false, nil},
+		{"nothing, encryption on", true, true, false, false, false, []string{"receive_ephemeral", "org.matrix.msc3202", "io.element.msc4190"}},
+		{"no msc3202", true, true, true, false, true, []string{"org.matrix.msc3202"}},
+		{"no msc4190, login instead", true, false, true, true, false, nil},
+		{"no msc4190, msc4190 configured", true, true, true, true, false, []string{"io.element.msc4190"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := registrationConfig()
+			cfg.Encryption = EncryptionConfig{Enabled: tc.enabled, MSC4190: tc.msc4190}
+			reg := &mxas.Registration{EphemeralEvents: tc.ephemeral, MSC3202: tc.m3, MSC4190: tc.m41}
+			got := RegistrationWarnings(cfg, reg)
+			if len(got) != len(tc.want) {
+				t.Fatalf("RegistrationWarnings() = %q, want %d naming %v", got, len(tc.want), tc.want)
+			}
+			for i, flag := range tc.want {
+				if !strings.HasPrefix(got[i], flag+" ") {
+					t.Errorf("warning %d = %q, want it about %s", i, got[i], flag)
+				}
+			}
+		})
+	}
+	// What custodian -g writes satisfies it.
+	cfg, all := registrationConfig()
+	cfg.Encryption = EncryptionConfig{Enabled: true, MSC4190: true}
+	if got := RegistrationWarnings(cfg, GenerateRegistration(cfg, all)); len(got) != 0 {
+		t.Errorf("RegistrationWarnings(generated) = %q, want none", got)
 	}
 }
 

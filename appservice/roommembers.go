@@ -147,6 +147,27 @@ func (svc *Service) privateRoomsOf(ctx context.Context, user id.UserID) []id.Roo
 	return out
 }
 
+// primeRoomState loads into the state cache what the bot needs before it first sends into
+// roomID, which it just joined: all members (joined, invited and the rest, from /members) and
+// the room's m.room.encryption event. Without them an encrypted room looks unencrypted, so the
+// first message would go out in plaintext, and a room key would be shared with too few
+// devices; direct-chat detection and the empty-room check need the members too. Later changes
+// reach the cache through the room's events.
+func (svc *Service) primeRoomState(ctx context.Context, roomID id.RoomID) error {
+	bot := svc.as.BotIntent()
+	if _, err := bot.Members(ctx, roomID); err != nil {
+		return fmt.Errorf("failed to fetch the room's members: %w", err)
+	}
+	// The client stores what it reads in the state cache; a room without the event is not
+	// encrypted, which the cache says when it has no event either.
+	var content event.EncryptionEventContent
+	err := bot.Client.StateEvent(ctx, roomID, event.StateEncryption, "", &content)
+	if err != nil && !errors.Is(err, mautrix.MNotFound) {
+		return fmt.Errorf("failed to fetch the room's encryption state: %w", err)
+	}
+	return nil
+}
+
 // forgetRoomState drops what the state cache holds about roomID: its members, power levels,
 // create event and the rest of its state. The bot calls it when it leaves a room or is removed,
 // since it hears nothing more from the room until it returns, and authorisation must then read

@@ -49,7 +49,7 @@ func (svc *Service) setupVault(ctx context.Context) {
 	if svc.cfg.Vault.ShredBackups && svc.cfg.Vault.KeyFile != nil {
 		svc.shredder = privacy.NewBackupShredder(privacy.ShredderOptions{
 			Vault: v, KeyFile: *svc.cfg.Vault.KeyFile, DB: svc.privacyDB(), Clock: svc.clock(),
-			ReplaceInboxKey: svc.replaceInboxKey,
+			ReplaceInboxKey: svc.replaceInboxKey, ReplaceCryptoKey: svc.replaceCryptoKey,
 		})
 		log.Info().Str("key_file", *svc.cfg.Vault.KeyFile).
 			Msg("Backup shredding is on: the master key is rotated after every erasure")

@@ -43,6 +43,9 @@ type FakeHomeserver struct {
 	registered map[id.UserID]bool
 	failures   map[string]failure // pattern → injected failure
 	nextID     int
+	keys       fakeKeys // devices, keys, account data, to-device (fakekeys.go)
+	// changed is closed and replaced whenever a request is recorded (see WaitFor).
+	changed chan struct{}
 }
 
 type failure struct {
@@ -130,10 +133,15 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 		profiles:   make(map[id.UserID]map[string]any),
 		registered: make(map[id.UserID]bool),
 		failures:   make(map[string]failure),
+		keys:       newFakeKeys(),
+		changed:    make(chan struct{}),
 	}
 	mux := http.NewServeMux()
 	handle := func(pattern string, fn func(w http.ResponseWriter, r *http.Request, req *Request)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			// Waiters look once the request was answered: its effect (an event appended) comes
+			// after it is recorded.
+			defer hs.notify()
 			req := hs.record(r, pattern)
 			if req == nil {
 				writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
@@ -168,7 +176,9 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 	handle(PatternPutProfile, hs.putProfileField)
 	handle(PatternCreateRoom, hs.postCreateRoom)
 	handle("GET /_matrix/client/v3/profile/{userID}", hs.getProfile)
+	hs.handleKeys(handle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		defer hs.notify()
 		hs.record(r, "")
 		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	})
@@ -194,18 +204,55 @@ func (hs *FakeHomeserver) record(r *http.Request, pattern string) *Request {
 		Body:       body,
 		PathValues: make(map[string]string),
 	}
-	for _, name := range []string{"appserviceID", "roomID", "eventType", "txnID", "eventID", "stateKey", "userID", "field"} {
+	for _, name := range []string{"appserviceID", "roomID", "eventType", "txnID", "eventID", "stateKey", "userID", "field", "deviceID"} {
 		if v := r.PathValue(name); v != "" {
 			req.PathValues[name] = v
 		}
 	}
 	hs.lock.Lock()
+	defer hs.lock.Unlock()
 	hs.requests = append(hs.requests, *req)
-	hs.lock.Unlock()
-	if hs.asToken != "" && r.Header.Get("Authorization") != "Bearer "+hs.asToken {
+	token := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if ref, ok := hs.keys.tokens[token]; ok {
+		// A device's own access token (appservice login): the request is made as that device.
+		req.UserID = ref.user
+		req.Query.Set("device_id", ref.device.String())
+		return req
+	}
+	if hs.asToken != "" && token != hs.asToken {
 		return nil
 	}
 	return req
+}
+
+// notify wakes the callers of WaitFor.
+func (hs *FakeHomeserver) notify() {
+	hs.lock.Lock()
+	defer hs.lock.Unlock()
+	close(hs.changed)
+	hs.changed = make(chan struct{})
+}
+
+// WaitFor waits until cond holds, checking it again after every request the homeserver
+// receives, and fails the test if it does not hold within d. cond must not call back into
+// WaitFor; it may call the other methods.
+func (hs *FakeHomeserver) WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		hs.lock.Lock()
+		changed := hs.changed
+		hs.lock.Unlock()
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+	}
 }
 
 // Requests returns a copy of every request received so far, in order.

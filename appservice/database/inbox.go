@@ -58,6 +58,9 @@ type InboxEvent struct {
 	RoomID    id.RoomID
 	Sender    id.UserID
 	Ephemeral bool
+	// ToDevice marks a to-device event for the bot's device (end-to-end encryption): RoomID and
+	// EventID are empty, Sender is the user who sent it.
+	ToDevice bool
 	// JSON is the event exactly as the homeserver sent it, in memory only. It is nil on an event
 	// read back by [InboxQuery.Pending] or [InboxQuery.PendingBySeq] whose sealed content could
 	// not be opened; OpenErr then says why.
@@ -83,10 +86,14 @@ func (evt *InboxEvent) aad() []byte {
 		b = append(b, f...)
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(evt.Index))
-	if evt.Ephemeral {
+	switch {
+	case evt.ToDevice:
+		return append(b, 2)
+	case evt.Ephemeral:
 		return append(b, 1)
+	default:
+		return append(b, 0)
 	}
-	return append(b, 0)
 }
 
 // Done identifies a handled inbox event.
@@ -102,10 +109,10 @@ const (
 		ON CONFLICT (txn_id) DO NOTHING
 	`
 	insertInboxPrefix = `
-		INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, received_at)
+		INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, received_at, to_device)
 		VALUES
 	`
-	inboxColumns      = `seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed`
+	inboxColumns      = `seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, to_device`
 	pendingQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE seq > $1 ORDER BY seq LIMIT $2`
 	plaintextQuery    = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE event_sealed IS NULL ORDER BY seq`
 	allRowsQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox ORDER BY seq`
@@ -120,7 +127,7 @@ const (
 	pruneEventDoneQuery = `DELETE FROM as_event_done WHERE done_at < $1`
 )
 
-// insertChunk bounds the rows of one multi-row INSERT (9 parameters each), well under SQLite's
+// insertChunk bounds the rows of one multi-row INSERT (10 parameters each), well under SQLite's
 // and PostgreSQL's parameter limits.
 const insertChunk = 250
 
@@ -134,6 +141,14 @@ const insertChunk = 250
 // sealer refuses (it has no key) is stored unsealed rather than refused, since the homeserver
 // would only retry it.
 func (iq *InboxQuery) Accept(ctx context.Context, txnID string, events []*InboxEvent, now time.Time) (added []*InboxEvent, dup bool, err error) {
+	return iq.AcceptWith(ctx, txnID, events, now, nil)
+}
+
+// AcceptWith is [InboxQuery.Accept] that also runs inTxn, if not nil, inside the same database
+// transaction after the events are appended (not for a repeated transaction): what it writes
+// commits with the events, or not at all. The service marks the users whose devices changed
+// there (end-to-end encryption), so a crash cannot lose the change the homeserver reported once.
+func (iq *InboxQuery) AcceptWith(ctx context.Context, txnID string, events []*InboxEvent, now time.Time, inTxn func(ctx context.Context) error) (added []*InboxEvent, dup bool, err error) {
 	if iq.sealer != nil {
 		for _, evt := range events {
 			// A failed seal leaves evt.sealed nil: the event is stored unsealed. The sealer
@@ -160,6 +175,9 @@ func (iq *InboxQuery) Accept(ctx context.Context, txnID string, events []*InboxE
 			if err = iq.insert(ctx, added[start:min(start+insertChunk, len(added))], now); err != nil {
 				return err
 			}
+		}
+		if inTxn != nil {
+			return inTxn(ctx)
 		}
 		return nil
 	})
@@ -218,7 +236,7 @@ func (iq *InboxQuery) filterKnown(ctx context.Context, events []*InboxEvent) ([]
 }
 
 func (iq *InboxQuery) insert(ctx context.Context, events []*InboxEvent, now time.Time) error {
-	const cols = 9
+	const cols = 10
 	var query strings.Builder
 	query.WriteString(insertInboxPrefix)
 	args := make([]any, 0, len(events)*cols)
@@ -227,12 +245,12 @@ func (iq *InboxQuery) insert(ctx context.Context, events []*InboxEvent, now time
 			query.WriteByte(',')
 		}
 		base := i * cols
-		fmt.Fprintf(&query, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", base+1, base+2, base+3, base+4, base+5, base+6, base+7, base+8, base+9)
+		fmt.Fprintf(&query, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", base+1, base+2, base+3, base+4, base+5, base+6, base+7, base+8, base+9, base+10)
 		plain, sealed := string(evt.JSON), evt.sealed
 		if sealed != nil {
 			plain = ""
 		}
-		args = append(args, evt.TxnID, evt.Index, dbutil.StrPtr(evt.EventID), evt.RoomID, evt.Sender, evt.Ephemeral, plain, sealed, now.UnixMilli())
+		args = append(args, evt.TxnID, evt.Index, dbutil.StrPtr(evt.EventID), evt.RoomID, evt.Sender, evt.Ephemeral, plain, sealed, now.UnixMilli(), evt.ToDevice)
 	}
 	if _, err := iq.db.Exec(ctx, query.String(), args...); err != nil {
 		return fmt.Errorf("failed to append events to inbox: %w", err)
@@ -289,7 +307,7 @@ func (iq *InboxQuery) scan(ctx context.Context, query string, args ...any) ([]*I
 		var eventID *string
 		var raw string
 		var sealed []byte
-		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw, &sealed); err != nil {
+		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw, &sealed, &evt.ToDevice); err != nil {
 			_ = rows.Close()
 			return nil, err
 		}
@@ -367,7 +385,9 @@ func (iq *InboxQuery) CountPending(ctx context.Context) (n int, err error) {
 }
 
 // MarkDone removes handled events from the inbox and remembers their event IDs, in one
-// transaction with a few multi-row statements, however many events there are.
+// transaction with a few multi-row statements, however many events there are. It runs in the
+// transaction in ctx if there is one (the to-device lane's, which commits the event's effects
+// with its deletion).
 func (iq *InboxQuery) MarkDone(ctx context.Context, done []Done, now time.Time) error {
 	if len(done) == 0 {
 		return nil

@@ -14,6 +14,8 @@ const (
 	// userInboundSessions matches the megolm sessions the user's devices created (the user sent
 	// messages with them) or the user forwarded to us.
 	userInboundSessions = `source_user=$1 OR sender_key IN (` + userIdentityKeys + `)`
+	// sharedWithUser selects the bot's outbound megolm sessions it sent to the user's devices.
+	sharedWithUser = `SELECT session_id FROM crypto_megolm_outbound_session_shared WHERE user_id=$1`
 )
 
 // Inventory declares the crypto store's tables about Matrix users. Every table is erased by
@@ -25,8 +27,18 @@ const (
 // find the user's rows, is declared first and deleted last; crypto_message_index is declared
 // after crypto_megolm_inbound_session for the same reason.
 //
-// The bot's own tables (crypto_account, crypto_secrets, crypto_olm_message_hash,
-// crypto_megolm_outbound_session) name no user and are not declared.
+// The bot's outbound megolm sessions name no user, but the ones it shared with the user's
+// devices are declared through crypto_megolm_outbound_session_shared: erasing the user deletes
+// them (declared after that table, so deleted before it), and the next message in those rooms
+// starts a new session that the erased user's devices never receive.
+//
+// Retention (encryption.session_retention, [privacy.RetentionSessions]) deletes inbound megolm
+// sessions by received_at and outbound ones by created_at; the message indexes and sharing
+// records of deleted sessions go with them as orphans. After that, a copy of the database
+// cannot decrypt the messages those sessions encrypted, even with the master key.
+//
+// The bot's own tables (crypto_account, crypto_secrets, crypto_olm_message_hash) name no user
+// and are not declared.
 func Inventory() []privacy.UserTable {
 	return []privacy.UserTable{
 		{
@@ -41,13 +53,15 @@ func Inventory() []privacy.UserTable {
 		},
 		{
 			Table: "crypto_megolm_inbound_session", UserColumn: "source_user", Policy: privacy.EraseDeleteRows,
-			Match:       userInboundSessions,
-			Export:      []string{"room_id"},
+			Match:      userInboundSessions,
+			Export:     []string{"room_id"},
+			TimeColumn: "received_at", TimeKind: privacy.TimeSQLTimestamp, RetentionClass: privacy.RetentionSessions,
 			Description: "the keys to decrypt encrypted messages you sent in rooms with the bot (exported as the room only, never the key)",
 		},
 		{
 			Table: "crypto_message_index", UserColumn: "session_id", Policy: privacy.EraseDeleteRows,
 			Match:       `session_id IN (SELECT session_id FROM crypto_megolm_inbound_session WHERE ` + userInboundSessions + `)`,
+			Orphaned:    `NOT EXISTS (SELECT 1 FROM crypto_megolm_inbound_session s WHERE s.session_id=crypto_message_index.session_id)`,
 			Description: "a record of which of your encrypted messages the bot decrypted, to refuse replayed ones (counted only)",
 		},
 		{
@@ -57,7 +71,15 @@ func Inventory() []privacy.UserTable {
 		},
 		{
 			Table: "crypto_megolm_outbound_session_shared", UserColumn: "user_id", Policy: privacy.EraseDeleteRows,
+			Orphaned:    `NOT EXISTS (SELECT 1 FROM crypto_megolm_outbound_session o WHERE o.session_id=crypto_megolm_outbound_session_shared.session_id)`,
 			Description: "which of the bot's message keys were sent to your devices (counted only)",
+		},
+		{
+			Table: "crypto_megolm_outbound_session", UserColumn: "session_id", Policy: privacy.EraseDeleteRows,
+			Match:      `session_id IN (` + sharedWithUser + `)`,
+			Export:     []string{"room_id"},
+			TimeColumn: "created_at", TimeKind: privacy.TimeSQLTimestamp, RetentionClass: privacy.RetentionSessions,
+			Description: "the bot's current message keys for rooms it shares with you, which it sent to your devices (exported as the room only, never the key); erasing your data replaces them",
 		},
 		{
 			Table: "crypto_cross_signing_keys", UserColumn: "user_id", Policy: privacy.EraseDeleteRows,

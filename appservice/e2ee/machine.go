@@ -23,10 +23,15 @@ import (
 //
 // A Machine is safe for concurrent use once [NewMachine] returned.
 type Machine struct {
-	mach   *crypto.OlmMachine
-	store  *crypto.SQLCryptoStore
+	mach  *crypto.OlmMachine
+	store *crypto.SQLCryptoStore
+	// locked is the store the olm machine uses: store behind the lock that evicting olm
+	// sessions and replacing the pickle key take.
+	locked *lockedStore
 	states StateStore
 	log    zerolog.Logger
+	// probes are the delivery probes waiting for their to-device echo (probe.go).
+	probes probes
 }
 
 // StateStore is what the machine reads of the rooms' state: whether a room is encrypted, its
@@ -48,22 +53,55 @@ type StateStore interface {
 // are sent keys whatever their trust, as other clients do by default.
 func NewMachine(client *mautrix.Client, store *crypto.SQLCryptoStore, stateStore StateStore, log zerolog.Logger) *Machine {
 	mlog := log.With().Str("component", "crypto").Logger()
-	mach := crypto.NewOlmMachine(client, &mlog, store, stateStore)
+	locked := &lockedStore{SQLCryptoStore: store}
+	mach := crypto.NewOlmMachine(client, &mlog, locked, stateStore)
 	mach.SendKeysMinTrust = id.TrustStateUnset
 	mach.ShareKeysMinTrust = id.TrustStateUnset
 	mach.DontStoreOutboundKeys = true
 	mach.DeleteKeysOnDeviceDelete = true
 	mach.RatchetKeysOnDecrypt = false
 	mach.DisableRatchetTracking = true
-	return &Machine{mach: mach, store: store, states: stateStore, log: mlog}
+	return &Machine{mach: mach, store: store, locked: locked, states: stateStore, log: mlog}
+}
+
+// Device returns the bot's user ID and device ID: where the to-device events, one-time key
+// counts and fallback key types the machine handles are addressed. The device ID is empty
+// before the device is created.
+func (m *Machine) Device() (id.UserID, id.DeviceID) {
+	return m.mach.Client.UserID, m.mach.Client.DeviceID
+}
+
+// ForgetUncommitted drops what the machine holds in memory of the crypto store, after a database
+// transaction in which it handled a to-device event rolled back: it reloads the olm account
+// (whose spent one-time key the rollback restored) and empties the olm session cache (whose
+// sessions may have advanced past what is stored). It must not run while another goroutine
+// decrypts or encrypts olm messages; the core calls it only from the to-device lane, after a
+// failed commit, which is rare.
+func (m *Machine) ForgetUncommitted(ctx context.Context) error {
+	m.store.InitFields()
+	// The store caches the account too; without this, Load would return the cached one.
+	m.store.Account = nil
+	if err := m.mach.Load(ctx); err != nil {
+		return fmt.Errorf("failed to reload the olm account: %w", err)
+	}
+	return nil
 }
 
 // Olm returns the underlying olm machine, for start-up (device, account, cross-signing) and
 // tests.
 func (m *Machine) Olm() *crypto.OlmMachine { return m.mach }
 
-// Store returns the crypto store the machine works on.
+// Store returns the crypto store the machine works on, for its device ID, account and
+// database. Olm sessions, megolm sessions and secrets are read and written through the olm
+// machine (Olm().CryptoStore), whose store waits while [Machine.EvictOlmSessions] or
+// [Machine.ReplacePickleKey] runs; calling those methods on the returned store directly
+// bypasses that.
 func (m *Machine) Store() *crypto.SQLCryptoStore { return m.store }
+
+// EvictOlmSessions drops the olm sessions the store keeps in memory, so that the ones an
+// erasure deleted from the database are no longer used. The core calls it after every erasure
+// that covered the crypto store. It waits for store calls in progress.
+func (m *Machine) EvictOlmSessions() { m.locked.evictOlmSessions() }
 
 // ErrNoSession is wrapped by [Machine.Decrypt]'s error when the megolm session of the event is
 // not (yet) known: its keys may still arrive (see [Machine.WaitForSession]).
@@ -131,7 +169,13 @@ func (m *Machine) Init(context.Context) error { return nil }
 // HandleToDevice handles one to-device event (m.room.encrypted carrying room keys, key
 // requests, m.dummy, …). ctx may carry a database transaction: everything the event changes in
 // the crypto store is then written in it.
+//
+// The service's own delivery probe ([ProbeEventType], see [Machine.SendProbe]) is recognised
+// here and goes no further.
 func (m *Machine) HandleToDevice(ctx context.Context, evt *event.Event) {
+	if m.probes.received(m.mach.Client.UserID, evt) {
+		return
+	}
 	m.mach.HandleToDeviceEvent(ctx, evt)
 }
 

@@ -5,6 +5,11 @@
 // can declare its tables. The store's pickle key is the vault's crypto key
 // ([vault.Vault.CryptoKey]), wrapped by the master key: a copy of the database without the
 // master key yields no usable olm or megolm key.
+//
+// The store is personal data (invariant 11): [Inventory] declares its tables, so the privacy
+// engine exports, erases and expires them; after an erasure [Machine.EvictOlmSessions] drops
+// the olm sessions mautrix keeps in memory, and after a shred rotation
+// [Machine.ReplacePickleKey] with [Repickle] moves every pickled row to a new pickle key.
 package e2ee
 
 import (

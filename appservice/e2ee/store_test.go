@@ -1,6 +1,7 @@
 package e2ee
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -196,5 +197,75 @@ func TestUpgradeWithoutVault(t *testing.T) {
 	}
 	if ok, err := tableExists(ctx, db, "crypto_device"); err != nil || !ok {
 		t.Fatalf("crypto_device exists = %v, %v", ok, err)
+	}
+}
+
+// TestReplacePickleKey checks that the machine's store moves to the new pickle key only when the
+// replacement succeeds: a failed replacement, or one handing it a key that is not the store's,
+// leaves the store and its rows under the old key; a successful one re-pickles the rows, after
+// which the store reads them with the new key and the old key opens none.
+func TestReplacePickleKey(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			ctx := astest.Within(t, 30*time.Second)
+			db := migratedDB(t, ctx, dialect)
+			oldKey, newKey, otherKey := make([]byte, 32), make([]byte, 32), make([]byte, 32)
+			for _, k := range [][]byte{oldKey, newKey, otherKey} {
+				if _, err := rand.Read(k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			store := crypto.NewSQLCryptoStore(db, dbLogger(testLog(t)), AccountID, "CUSTODIANDEV", bytes.Clone(oldKey))
+			m := NewMachine(nil, store, nil, testLog(t))
+			acc := crypto.NewOlmAccount()
+			if err := m.Olm().CryptoStore.PutAccount(ctx, acc); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Olm().CryptoStore.PutSecret(ctx, "m.test", "value"); err != nil {
+				t.Fatal(err)
+			}
+			readsWith := func(key []byte) bool {
+				s := crypto.NewSQLCryptoStore(db, dbLogger(testLog(t)), AccountID, "CUSTODIANDEV", key)
+				got, err := s.GetAccount(ctx)
+				secret, secretErr := s.GetSecret(ctx, "m.test")
+				return err == nil && got != nil && got.IdentityKey() == acc.IdentityKey() && secretErr == nil && secret == "value"
+			}
+
+			failed := errors.New("the vault failed")
+			if _, err := m.ReplacePickleKey(ctx, func(ctx context.Context, repickle func(context.Context, []byte, []byte) error) error {
+				if err := db.DoTxn(ctx, nil, func(ctx context.Context) error {
+					if err := repickle(ctx, oldKey, newKey); err != nil {
+						return err
+					}
+					return failed
+				}); err != nil {
+					return err
+				}
+				return nil
+			}); !errors.Is(err, failed) {
+				t.Fatalf("ReplacePickleKey with a failing replacement = %v, want its error", err)
+			}
+			if _, err := m.ReplacePickleKey(ctx, func(ctx context.Context, repickle func(context.Context, []byte, []byte) error) error {
+				return repickle(ctx, otherKey, newKey)
+			}); err == nil {
+				t.Fatal("ReplacePickleKey from a key that is not the store's = nil, want an error")
+			}
+			if !bytes.Equal(store.PickleKey, oldKey) || !readsWith(oldKey) {
+				t.Fatal("after failed replacements the store or its rows left the old key")
+			}
+
+			res, err := m.ReplacePickleKey(ctx, func(ctx context.Context, repickle func(context.Context, []byte, []byte) error) error {
+				return db.DoTxn(ctx, nil, func(ctx context.Context) error { return repickle(ctx, oldKey, newKey) })
+			})
+			if err != nil || res.Repickled != 2 || res.Unreadable != 0 {
+				t.Fatalf("ReplacePickleKey = %+v, %v; want 2 rows re-pickled", res, err)
+			}
+			if !bytes.Equal(store.PickleKey, newKey) || !readsWith(newKey) || readsWith(oldKey) {
+				t.Fatal("after the replacement the store and its rows are not under the new key alone")
+			}
+			if got, err := m.Olm().CryptoStore.GetSecret(ctx, "m.test"); err != nil || got != "value" {
+				t.Fatalf("GetSecret through the machine after the replacement = %q, %v", got, err)
+			}
+		})
 	}
 }

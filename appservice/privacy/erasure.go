@@ -104,6 +104,16 @@ type eraseCounts struct {
 	Kept   map[string]map[string]int64 `json:"kept,omitempty"`
 }
 
+// ErasureCommitter is an optional interface that a [Host] can implement to drop copies of
+// erased rows it keeps in memory (the crypto store's olm sessions) after any erasure, full or
+// limited to some modules.
+type ErasureCommitter interface {
+	Host
+	// ErasureCommitted runs once an erasure's transaction has committed, with the erasure's
+	// modules (empty for a full erasure). It must not block for long.
+	ErasureCommitted(ctx context.Context, modules []string)
+}
+
 // ErrUnknownModule is returned by [Engine.Erase] when EraseRequest.Modules names something
 // that is not a bridge of this service. The caller should show the user the valid names.
 var ErrUnknownModule = errors.New("appservice: unknown module")
@@ -371,6 +381,9 @@ func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt
 		counts, err := e.eraseRows(ctx, job)
 		if err != nil {
 			return nil, fmt.Errorf("failed to erase user data: %w", err)
+		}
+		if ec, ok := e.host.(ErasureCommitter); ok {
+			ec.ErasureCommitted(ctx, job.Modules)
 		}
 		if len(job.Modules) == 0 {
 			// The data key is gone with the users row: the host drops any copy kept in memory.

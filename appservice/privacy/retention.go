@@ -2,11 +2,13 @@ package privacy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 )
 
 // finishedErasureTTL is how long a finished erasure job stays visible in the admin API. The job
@@ -20,12 +22,15 @@ func CheckRetention(inventory map[string][]UserTable) error {
 	for _, module := range sortedKeys(inventory) {
 		for _, ut := range inventory[module] {
 			switch ut.RetentionClass {
-			case "", RetentionActivity, RetentionNetwork:
+			case "", RetentionActivity, RetentionNetwork, RetentionSessions:
 			default:
 				errs = append(errs, fmt.Errorf("%s: table %s: unknown retention class %q", module, ut.Table, ut.RetentionClass))
 			}
 			if (ut.RetentionClass != "" || ut.Retention > 0) && ut.TimeColumn == "" {
 				errs = append(errs, fmt.Errorf("%s: table %s: a retention needs a TimeColumn", module, ut.Table))
+			}
+			if ut.TimeKind != TimeUnixMillis && ut.TimeKind != TimeSQLTimestamp {
+				errs = append(errs, fmt.Errorf("%s: table %s: unknown time kind %d", module, ut.Table, ut.TimeKind))
 			}
 			if ut.Retention < 0 {
 				errs = append(errs, fmt.Errorf("%s: table %s: negative retention", module, ut.Table))
@@ -56,7 +61,8 @@ func (e *Engine) retentionLoop(ctx context.Context, interval time.Duration) {
 
 // SweepRetention deletes, in every module's declared tables with a retention (their own, or
 // their retention class's from the configuration), the rows whose TimeColumn is older than the
-// retention, and finished erasure jobs older than 90 days. It returns how many rows it deleted.
+// retention; then, in every module, the rows its tables declare orphaned ([UserTable.Orphaned]);
+// and finished erasure jobs older than 90 days. It returns how many rows it deleted.
 // On PostgreSQL only one instance sweeps at a time (an advisory lock); the others skip the
 // sweep. A table that fails does not stop the others; the failures are returned together.
 func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
@@ -66,23 +72,40 @@ func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 		now := e.now()
 		inv := e.host.Inventory()
 		var errs []error
+		deleted := func(module, table string, res sql.Result) {
+			if n, _ := res.RowsAffected(); n > 0 {
+				total += n
+				zerolog.Ctx(ctx).Debug().Str("module", module).Str("table", table).Int64("rows", n).
+					Msg("Deleted expired rows")
+			}
+		}
 		for _, module := range sortedKeys(inv) {
 			for _, ut := range inv[module] {
 				retention := e.EffectiveRetention(ut)
 				if retention <= 0 || ut.TimeColumn == "" {
 					continue
 				}
-				res, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s < $1`, quoteIdent(ut.Table), quoteIdent(ut.TimeColumn)),
-					now.Add(-retention).UnixMilli())
+				cond, cutoff := OlderThan(e.db.Dialect, ut.TimeColumn, ut.TimeKind, now.Add(-retention))
+				res, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s`, quoteIdent(ut.Table), cond), cutoff)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("failed to delete expired rows of %s: %w", ut.Table, err))
 					continue
 				}
-				if n, _ := res.RowsAffected(); n > 0 {
-					total += n
-					zerolog.Ctx(ctx).Debug().Str("module", module).Str("table", ut.Table).Int64("rows", n).
-						Msg("Deleted expired rows")
+				deleted(module, ut.Table, res)
+			}
+		}
+		// After the expired rows, which orphan theirs.
+		for _, module := range sortedKeys(inv) {
+			for _, ut := range inv[module] {
+				if ut.Orphaned == "" {
+					continue
 				}
+				res, err := e.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s`, quoteIdent(ut.Table), ut.Orphaned))
+				if err != nil {
+					errs = append(errs, fmt.Errorf("failed to delete orphaned rows of %s: %w", ut.Table, err))
+					continue
+				}
+				deleted(module, ut.Table, res)
 			}
 		}
 		n, err := e.queries().DeleteFinishedErasures(ctx, now.Add(-finishedErasureTTL))
@@ -100,4 +123,27 @@ func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 		zerolog.Ctx(ctx).Info().Int64("rows", total).Dur("duration", time.Since(start)).Msg("Retention sweep deleted expired rows")
 	}
 	return total, err
+}
+
+// sqliteTimeFormat writes a UTC time the way SQLite's date functions read it.
+const sqliteTimeFormat = "2006-01-02 15:04:05.000Z"
+
+// pgTimeFormat writes a UTC wall clock for a PostgreSQL timestamp (without time zone) column.
+const pgTimeFormat = "2006-01-02 15:04:05.999999"
+
+// OlderThan returns the SQL condition that selects rows whose column col, stored as kind, is
+// before cutoff, and the value to pass as its $1. Millisecond columns compare as integers. SQL
+// timestamps compare as times: on SQLite through julianday, since the text go-sqlite3 writes
+// carries the writer's zone offset and so does not sort as time; on PostgreSQL against the UTC
+// wall clock, which is what a timestamp column without time zone holds for the UTC times
+// mautrix writes. Rows whose time is NULL are never selected.
+func OlderThan(dialect dbutil.Dialect, col string, kind TimeKind, cutoff time.Time) (cond string, arg any) {
+	switch {
+	case kind != TimeSQLTimestamp:
+		return quoteIdent(col) + " < $1", cutoff.UnixMilli()
+	case dialect == dbutil.SQLite:
+		return "julianday(" + quoteIdent(col) + ") < julianday($1)", cutoff.UTC().Format(sqliteTimeFormat)
+	default:
+		return quoteIdent(col) + " < CAST($1 AS timestamp)", cutoff.UTC().Format(pgTimeFormat)
+	}
 }

@@ -49,6 +49,9 @@ type BackupShredder struct {
 	// replaceInboxKey, if set, retires the inbox keys (Service.replaceInboxKey); rotate calls it
 	// once the new master key is loaded, so the old ones no longer wrap any inbox key.
 	replaceInboxKey func(ctx context.Context) error
+	// replaceCryptoKey, if set, replaces the crypto store's pickle key and re-pickles its rows
+	// (Service.replaceCryptoKey); rotate calls it once the new master key is loaded.
+	replaceCryptoKey func(ctx context.Context) error
 }
 
 // ShredResult reports one shred rotation.
@@ -77,6 +80,11 @@ type ShredderOptions struct {
 	// ReplaceInboxKey, if set, retires the inbox keys; Rotate calls it once the new master key
 	// is loaded, so the old ones no longer wrap any inbox key.
 	ReplaceInboxKey func(ctx context.Context) error
+	// ReplaceCryptoKey, if set, replaces the vault's crypto key (the end-to-end encryption
+	// store's pickle key) and re-pickles every pickled crypto row under it; Rotate calls it once
+	// the new master key is loaded, so that a backup taken before the erasure, whose crypto key
+	// only an old master key wraps, no longer opens with the current keys.
+	ReplaceCryptoKey func(ctx context.Context) error
 }
 
 // NewBackupShredder returns a shredder; start it with [BackupShredder.Run].
@@ -87,7 +95,7 @@ func NewBackupShredder(opts ShredderOptions) *BackupShredder {
 	}
 	return &BackupShredder{
 		v: opts.Vault, path: opts.KeyFile, db: opts.DB, kick: make(chan struct{}, 1), clk: clk,
-		replaceInboxKey: opts.ReplaceInboxKey,
+		replaceInboxKey: opts.ReplaceInboxKey, replaceCryptoKey: opts.ReplaceCryptoKey,
 	}
 }
 
@@ -179,7 +187,7 @@ func (bs *BackupShredder) Run(ctx context.Context) {
 
 // Rotate makes one shred rotation. With newKey, it first writes a new key in front of the key
 // file (atomically, the old keys kept as previous). Then, up to shredAttempts times: it reloads
-// the keys, re-wraps every data key under the current one, and retires every other key no data
+// the keys, replaces the inbox keys and the crypto key once (see [ShredderOptions]), re-wraps every data key under the current one, and retires every other key no data
 // key needs any more (its check value, then the key file line). Keys are removed from the file
 // only once no data key uses them, and put back if one appeared meanwhile (another process
 // still wrapping with an old key), so no key that wraps a data key is ever lost.
@@ -200,6 +208,7 @@ func (bs *BackupShredder) Rotate(ctx context.Context, newKey bool) (res ShredRes
 		res.KeyID = k.ID()
 	}
 	inboxReplaced := bs.replaceInboxKey == nil
+	cryptoReplaced := bs.replaceCryptoKey == nil
 	for range shredAttempts {
 		if err = bs.v.Reload(ctx); err != nil {
 			return res, err
@@ -209,6 +218,12 @@ func (bs *BackupShredder) Rotate(ctx context.Context, newKey bool) (res ShredRes
 				return res, err
 			}
 			inboxReplaced = true
+		}
+		if !cryptoReplaced {
+			if err = bs.replaceCryptoKey(ctx); err != nil {
+				return res, err
+			}
+			cryptoReplaced = true
 		}
 		keys, err := vault.FileKeys(bs.path).LoadKeys()
 		if err != nil {

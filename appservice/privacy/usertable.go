@@ -68,9 +68,16 @@ type UserTable struct {
 	// or last changed the row (its provenance). Redacting that event deletes the row, and what
 	// cascades from it.
 	SourceEventColumn string
-	// TimeColumn names the column (milliseconds since the epoch) that Retention is measured
-	// from; required when Retention or RetentionClass is set.
+	// TimeColumn names the column that Retention is measured from (milliseconds since the epoch,
+	// unless TimeKind says otherwise); required when Retention or RetentionClass is set.
 	TimeColumn string
+	// TimeKind says how TimeColumn stores time; the zero value is [TimeUnixMillis].
+	TimeKind TimeKind
+	// Orphaned, if set, is an SQL condition (no parameters) that selects rows whose parent row,
+	// in another table of the module, is gone: the retention sweep deletes them after the
+	// expired rows. It is for tables that have no time of their own and live only as long as
+	// another table's rows, such as the crypto store's message indexes of expired sessions.
+	Orphaned string
 	// RetentionClass, if set, takes the table's retention from the configuration instead of
 	// Retention, so that the administrator decides it: [RetentionActivity] for records of what
 	// users did, [RetentionNetwork] for IP addresses and user agents. The retention sweeper
@@ -89,6 +96,20 @@ type UserTable struct {
 	RoomColumn string
 }
 
+// TimeKind says how a [UserTable.TimeColumn] stores time.
+type TimeKind int
+
+const (
+	// TimeUnixMillis is an integer column of milliseconds since the epoch, the way every table
+	// of Custodian's own stores time.
+	TimeUnixMillis TimeKind = iota
+	// TimeSQLTimestamp is an SQL timestamp column holding UTC, the way mautrix's crypto store
+	// writes it: "timestamp" on PostgreSQL (without time zone, so the UTC wall clock) and, on
+	// SQLite, text in go-sqlite3's format with the writer's zone offset. The retention sweep
+	// compares it as a time on both (julianday on SQLite), never as text.
+	TimeSQLTimestamp
+)
+
 // RetentionClass names a retention limit set in the configuration (see
 // [UserTable.RetentionClass]).
 type RetentionClass string
@@ -100,6 +121,10 @@ const (
 	// RetentionNetwork is privacy.network_retention (60 days by default): IP addresses and user
 	// agents, for example of webhook callers.
 	RetentionNetwork RetentionClass = "network"
+	// RetentionSessions is encryption.session_retention (privacy.activity_retention unless
+	// set): the end-to-end encryption sessions the bot received or created. Once they are
+	// deleted, a database backup cannot decrypt older messages (forward secrecy at rest).
+	RetentionSessions RetentionClass = "sessions"
 )
 
 // Provenance records who created or last changed a configuration row, where and through which

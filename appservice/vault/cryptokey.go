@@ -182,3 +182,77 @@ func (v *Vault) rotateCryptoKey(ctx context.Context, cur *masterKey, res *Rotate
 	res.CryptoKeys += n
 	return n, nil
 }
+
+const replaceCryptoKeyQuery = `
+	UPDATE as_vault_crypto_key SET kek_id=$1, wrapped=$2, rewrapped_at=$3
+	WHERE key_id=$4 AND kek_id=$5 AND wrapped=$6
+`
+
+// ReplaceCryptoKey replaces the crypto key after an erasure (vault.shred_backups): in one
+// transaction (joining the one in ctx, if any) it generates a new crypto key, calls repickle
+// with the old and the new key (repickle must re-encrypt, in the same transaction, every row
+// pickled under the old key), and stores the new key wrapped by the current master key in place
+// of the old one. Once the master key that wrapped the old key is retired, rows pickled under it
+// (in WAL frames, dead tuples or backups) open with no key Custodian holds.
+//
+// The caller must keep anything from pickling under the old key concurrently, and switch to the
+// new key (repickle may keep a copy; both slices are cleared when ReplaceCryptoKey returns). It
+// returns false, and does nothing, when there is no crypto key yet. It fails with [ErrNoKey]
+// without a usable current master key and with [ErrKeyUnavailable] when the old key does not
+// unwrap; on any error nothing changed.
+func (v *Vault) ReplaceCryptoKey(ctx context.Context, repickle func(ctx context.Context, oldKey, newKey []byte) error) (bool, error) {
+	cur := v.ring.Load().current
+	if cur == nil {
+		return false, fmt.Errorf("%w: %s has no key loaded", ErrNoKey, v.opts.Keys.String())
+	}
+	replaced := false
+	err := v.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		var kekID string
+		var wrapped []byte
+		err := v.db.QueryRow(ctx, getCryptoKeyQuery, cryptoKeyID).Scan(&kekID, &wrapped)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("failed to read the crypto key: %w", err)
+		}
+		mk, ok := v.ring.Load().byID[kekID]
+		if !ok || mk.wrong.Load() {
+			return fmt.Errorf("%w: master key %s of the crypto key is missing or wrong", ErrKeyUnavailable, kekID)
+		}
+		oldKey, err := unwrapCrypto(mk, cryptoKeyID, wrapped)
+		if err != nil {
+			return fmt.Errorf("%w: the crypto key does not unwrap under master key %s", ErrKeyUnavailable, kekID)
+		}
+		defer clear(oldKey)
+		newKey := make([]byte, KeySize)
+		defer clear(newKey)
+		if _, err = rand.Read(newKey); err != nil {
+			return fmt.Errorf("failed to generate the crypto key: %w", err)
+		}
+		if err = v.recordKey(ctx, cur); err != nil {
+			return err
+		}
+		newWrapped, err := wrapCrypto(cur, cryptoKeyID, newKey)
+		if err != nil {
+			return err
+		}
+		if err = repickle(ctx, oldKey, newKey); err != nil {
+			return fmt.Errorf("failed to re-pickle the crypto store: %w", err)
+		}
+		res, err := v.db.Exec(ctx, replaceCryptoKeyQuery, cur.ID(), newWrapped, v.now().UnixMilli(), cryptoKeyID, kekID, wrapped)
+		if err != nil {
+			return fmt.Errorf("failed to store the new crypto key: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n != 1 {
+			return errors.New("vault: the crypto key changed while it was being replaced")
+		}
+		replaced = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return replaced, nil
+}

@@ -50,6 +50,10 @@ type Config struct {
 	QuitDebounce time.Duration `yaml:"quit_debounce"`
 	// Identd is the built-in RFC 1413 ident server.
 	Identd IdentdConfig `yaml:"identd"`
+	// EncryptPortals creates the portal rooms and IRC private chats the bridge opens with
+	// end-to-end encryption, while the core's encryption is active. Off by default: IRC users
+	// read everything in plaintext anyway (see the README).
+	EncryptPortals bool `yaml:"encrypt_portals"`
 	// Networks are the networks to bridge, by their permanent ID.
 	Networks map[string]*NetworkConfig `yaml:"networks"`
 }

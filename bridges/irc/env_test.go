@@ -78,6 +78,8 @@ type envConfig struct {
 	noPortal bool
 	// quiet logs warnings and errors only (benchmarks).
 	quiet bool
+	// crypto turns the host's end-to-end encryption on before the bridge starts.
+	crypto bool
 }
 
 // gatedHost is the fake host with the test environment's logger.
@@ -242,6 +244,9 @@ func newTestEnv(t testing.TB, dialect string, ec envConfig) *testEnv {
 	sig := &trafficSignal{changed: make(chan struct{})}
 	// Every intent shares this client; nothing has used it yet.
 	host.AS.HTTPClient.Transport = signalTransport{base: http.DefaultTransport, sig: sig}
+	if ec.crypto {
+		host.EnableCrypto(t)
+	}
 	logs := &logGate{t: t, quiet: ec.quiet}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	if ec.quiet {

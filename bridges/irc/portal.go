@@ -67,6 +67,17 @@ func (br *Bridge) createPortal(ctx context.Context, n *network, folded, name, al
 	}, prov)
 }
 
+// roomEncryption returns the initial state that makes a room the bridge creates (a portal, a
+// private chat) encrypted: an m.room.encryption event with encrypt_portals while the core's
+// encryption is active, else nothing. IRC users read the room's messages in plaintext, so
+// encryption is off by default (see the README).
+func (br *Bridge) roomEncryption() []*event.Event {
+	if !br.cfg.EncryptPortals || !br.host.EncryptionActive() {
+		return nil
+	}
+	return []*event.Event{appservice.EncryptionInitialState()}
+}
+
 // portalRoomRequest is the request that creates a public portal room for channel name, with the
 // alias localpart if not empty. The bot has power level 100 in it, and the network's
 // portal_power_levels users theirs, so that someone can moderate the room and run !irc unlink.
@@ -77,6 +88,7 @@ func (br *Bridge) portalRoomRequest(n *network, name, aliasLocalpart string) *ma
 	}
 	users[br.host.Bot().UserID] = 100
 	return &mautrix.ReqCreateRoom{
+		InitialState:  br.roomEncryption(),
 		Visibility:    "private",
 		Preset:        "public_chat",
 		RoomAliasName: aliasLocalpart,
@@ -246,7 +258,8 @@ func (br *Bridge) pmRoom(ctx context.Context, n *network, userID id.UserID, nick
 	}
 	resp, err := intent.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{userID},
-		Name: nick + " (" + n.cfg.Name + ")",
+		Name:         nick + " (" + n.cfg.Name + ")",
+		InitialState: br.roomEncryption(),
 	})
 	if err != nil {
 		return "", fmt.Errorf("failed to create private chat: %w", err)

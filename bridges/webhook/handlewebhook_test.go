@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookid"
 )
 
@@ -274,4 +275,48 @@ func TestInboundMatrixFailure(t *testing.T) {
 	if status, answer := env.post(path, "text/plain", "x", nil); status != http.StatusBadGateway {
 		t.Errorf("post with the homeserver refusing = %d %v, want 502", status, answer)
 	}
+}
+
+func TestInboundPostIntoEncryptedRoomIsEncrypted(t *testing.T) {
+	forEachDialect(t, nil, func(t *testing.T, env *testEnv) {
+		env.mustRun(testAlice, "add ci", "Created")
+		path, hookID := env.lastURL(testAlice)
+		ghost := id.NewUserID(webhookid.GhostLocalpart(hookID), "example.org")
+		env.host.EnableCrypto(t)
+		alice := astest.NewTestDevice(t, env.host.HS, testAlice, "ALICEPHONE")
+		encryption := &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}
+		env.host.HS.SetState(testRoom, event.StateEncryption, "", testAlice, encryption)
+		// As the core's state cache knows it from the room's state.
+		if err := env.host.AS.StateStore.SetEncryptionEvent(env.ctx, testRoom, encryption); err != nil {
+			t.Fatal(err)
+		}
+
+		before := len(env.roomMessages())
+		if status, answer := env.post(path, "text/plain", "build passed", nil); status != 200 {
+			t.Fatalf("POST = %d %v, want 200", status, answer)
+		}
+		if n := len(env.roomMessages()) - before; n != 0 {
+			t.Errorf("%d plaintext messages in the encrypted room, want none", n)
+		}
+		var sent *astest.SentEvent
+		for _, se := range env.host.HS.Events(testRoom) {
+			if se.Sender == ghost && se.Type.Class == event.MessageEventType {
+				sent = se
+			}
+		}
+		if sent == nil || sent.Type != event.EventEncrypted {
+			t.Fatalf("ghost's message = %+v, want m.room.encrypted", sent)
+		}
+		if strings.Contains(string(sent.Content), "build passed") {
+			t.Errorf("ciphertext holds the post: %s", sent.Content)
+		}
+		alice.Receive(env.ctx)
+		evt, err := alice.Decrypt(env.ctx, sent)
+		if err != nil {
+			t.Fatalf("alice cannot decrypt the post: %v", err)
+		}
+		if content := evt.Content.AsMessage(); content.Body != "build passed" || evt.Sender != ghost {
+			t.Errorf("alice decrypts %q from %s, want the post from the hook's ghost", content.Body, evt.Sender)
+		}
+	})
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 	"maunium.net/go/mautrix/sqlstatestore"
@@ -33,6 +34,7 @@ import (
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -80,6 +82,9 @@ type Host struct {
 
 	notifier *appservice.Notifier
 
+	// crypto is the bot's olm machine once EnableCrypto ran; guarded by lock.
+	crypto *e2ee.Machine
+
 	lock    sync.Mutex
 	notices []SentNotice
 	created []CreatedRoom
@@ -97,6 +102,8 @@ type CreatedRoom struct {
 	Invite   []id.UserID
 	IsDirect bool
 	Preset   string
+	// Encryption is the m.room.encryption event of the request's initial_state, nil if none.
+	Encryption *event.EncryptionEventContent
 }
 
 // SentNotice is a notice the homeserver accepted through [Host.NotifyUser].
@@ -168,6 +175,8 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	h.notifier = appservice.NewNotifier(h.AS.BotIntent(), h.CoreDB.User)
 	h.Engine = privacy.New(privacy.Options{DB: h.CoreDB, Host: engineHost{h}, Log: log.With().Str("component", "privacy").Logger()})
 	h.notifier.RefuseDuringErasure(h.Engine.Store().HasPendingErasure)
+	// As the core with encryption.default_encrypted on.
+	h.notifier.EncryptRooms(h.EncryptionActive)
 	// As at the core's start: the bridge's inventory must match its schema.
 	if err := h.Engine.CheckSchema(ctx); err != nil {
 		t.Fatalf("fakehost: %v", err)
@@ -196,7 +205,52 @@ func (h *Host) Intent(localpart string) (*mxas.IntentAPI, error) {
 	if _, _, err := userID.ParseAndValidateStrict(); err != nil {
 		return nil, err
 	}
-	return h.AS.Intent(userID), nil
+	intent := h.AS.Intent(userID)
+	h.lock.Lock()
+	if h.crypto != nil {
+		intent.Client.Crypto = h.crypto
+	}
+	h.lock.Unlock()
+	return intent, nil
+}
+
+// BotDevice is the bot's device ID once [Host.EnableCrypto] ran.
+const BotDevice = id.DeviceID("CUSTODIANBOT")
+
+// EnableCrypto turns end-to-end encryption on as the core's start-up does once the bot's device
+// is set up: an olm machine for the bot's device [BotDevice] on a crypto store in the host's
+// database, its device keys uploaded to HS, set as Crypto on the bot's client and on the
+// client of every intent [Host.Intent] returns from then on. [Host.EncryptionActive] then
+// reports true, and management rooms are created encrypted. Call it before the bridge starts.
+func (h *Host) EnableCrypto(t testing.TB) *e2ee.Machine {
+	t.Helper()
+	log := h.Logger().With().Str("component", "crypto").Logger()
+	ctx := log.WithContext(context.Background())
+	if err := e2ee.Upgrade(ctx, h.RawDB, log); err != nil {
+		t.Fatalf("fakehost: %v", err)
+	}
+	store := crypto.NewSQLCryptoStore(h.RawDB, dbutil.ZeroLogger(log), e2ee.AccountID, BotDevice, []byte("fakehost pickle key, 32 bytes!!!"))
+	cli := h.AS.BotClient()
+	cli.DeviceID = BotDevice
+	mach := e2ee.NewMachine(cli, store, h.AS.StateStore.(e2ee.StateStore), log)
+	if err := mach.Olm().Load(ctx); err != nil {
+		t.Fatalf("fakehost: failed to load the bot's account: %v", err)
+	}
+	if err := mach.Olm().ShareKeys(ctx, -1); err != nil {
+		t.Fatalf("fakehost: failed to upload the bot's device keys: %v", err)
+	}
+	cli.Crypto = mach
+	h.lock.Lock()
+	h.crypto = mach
+	h.lock.Unlock()
+	return mach
+}
+
+// EncryptionActive reports whether [Host.EnableCrypto] ran.
+func (h *Host) EncryptionActive() bool {
+	h.lock.Lock()
+	defer h.lock.Unlock()
+	return h.crypto != nil
 }
 
 // Bot returns the bot's intent.
@@ -623,9 +677,14 @@ func (h *Host) createRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req struct {
-		Invite   []id.UserID `json:"invite"`
-		IsDirect bool        `json:"is_direct"`
-		Preset   string      `json:"preset"`
+		Invite       []id.UserID `json:"invite"`
+		IsDirect     bool        `json:"is_direct"`
+		Preset       string      `json:"preset"`
+		InitialState []struct {
+			Type     string          `json:"type"`
+			StateKey string          `json:"state_key"`
+			Content  json.RawMessage `json:"content"`
+		} `json:"initial_state"`
 	}
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, "M_NOT_JSON", "Body is not JSON")
@@ -635,9 +694,21 @@ func (h *Host) createRoom(w http.ResponseWriter, r *http.Request) {
 	h.lock.Lock()
 	h.nextID++
 	roomID := id.RoomID(fmt.Sprintf("!created%d:%s", h.nextID, Domain))
-	h.created = append(h.created, CreatedRoom{RoomID: roomID, Creator: creator, Invite: req.Invite, IsDirect: req.IsDirect, Preset: req.Preset})
+	created := CreatedRoom{RoomID: roomID, Creator: creator, Invite: req.Invite, IsDirect: req.IsDirect, Preset: req.Preset}
+	for _, st := range req.InitialState {
+		if st.Type == event.StateEncryption.Type && st.StateKey == "" {
+			var content event.EncryptionEventContent
+			if err := json.Unmarshal(st.Content, &content); err == nil {
+				created.Encryption = &content
+			}
+		}
+	}
+	h.created = append(h.created, created)
 	h.lock.Unlock()
 	h.HS.SetMembership(roomID, creator, event.MembershipJoin)
+	for _, st := range req.InitialState {
+		h.HS.SetState(roomID, event.Type{Type: st.Type, Class: event.StateEventType}, st.StateKey, creator, st.Content)
+	}
 	for _, invitee := range req.Invite {
 		h.HS.SetMembership(roomID, invitee, event.MembershipInvite)
 	}

@@ -1,4 +1,4 @@
--- v0 -> v6 (compatible with v4+): Latest revision
+-- v0 -> v7 (compatible with v4+): Latest revision
 
 -- users is the root of all personal data: every table that holds data about a Matrix user
 -- references it ON DELETE CASCADE (or SET NULL for provenance on shared configuration) and is
@@ -43,6 +43,9 @@ CREATE TABLE as_inbox (
 	event_sealed BYTEA,
 -- only: sqlite
 	event_sealed BLOB,
+	-- to_device marks a to-device event for the bot's device (end-to-end encryption); such rows
+	-- have no room and no event ID, and are handled in a lane of their own.
+	to_device   BOOLEAN NOT NULL DEFAULT false,
 	UNIQUE (txn_id, idx)
 );
 CREATE UNIQUE INDEX as_inbox_event_idx ON as_inbox (event_id);

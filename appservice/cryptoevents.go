@@ -1,0 +1,387 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/database"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
+)
+
+// Encrypted events through the durable inbox (see docs/ARCHITECTURE.md, "End-to-end
+// encryption"):
+//
+//   - Ingest stores to-device events for the bot's device in the inbox, sealed like room events,
+//     in the same transaction as the room events, and marks the users whose device lists
+//     changed as outdated in it too. Their keys are fetched, and one-time keys topped up, after
+//     the commit.
+//   - The dispatcher's to-device lane hands each to-device row to the olm machine inside one
+//     database transaction that also deletes the row: the olm session, the olm message hash,
+//     the account's spent one-time key and the room key commit together with the row's end, or
+//     none of them.
+//   - Room events stay encrypted in the inbox; handleInboxEvent decrypts them in memory. A
+//     missing room key is waited for with the worker's slot released, asked for from the
+//     sender's devices, and when it never comes the sender is told, without any content.
+
+const (
+	// firstKeyWait is how long a room key is waited for before it is asked for: it is usually
+	// on its way, in a transaction right behind the event.
+	firstKeyWait = 3 * time.Second
+	// toDeviceAttempts bounds the tries to commit one to-device event before it is left in the
+	// inbox for the next run.
+	toDeviceAttempts = 5
+)
+
+// encryptedEvents is the service's in-memory state of encrypted events. The zero value is ready.
+type encryptedEvents struct {
+	lock sync.Mutex
+	// keys is closed and replaced whenever a to-device event committed: room keys may have
+	// arrived. Nil until first used.
+	keys chan struct{}
+	// missing are the megolm sessions whose keys were waited for in vain; later events of
+	// theirs are not waited for again (a key that arrives late is still used).
+	missing map[sessionRef]struct{}
+	// told are the (sender, room, session) the sender was told about.
+	told map[utdRef]struct{}
+
+	// otkBusy is set while one-time key counts are being acted on; counts that come meanwhile
+	// are dropped (every transaction repeats them).
+	otkBusy atomic.Bool
+}
+
+type sessionRef struct {
+	room    id.RoomID
+	session id.SessionID
+}
+
+type utdRef struct {
+	sender id.UserID
+	sessionRef
+}
+
+// keysChanged returns a channel closed when the next to-device event commits.
+func (cs *encryptedEvents) keysChanged() <-chan struct{} {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	if cs.keys == nil {
+		cs.keys = make(chan struct{})
+	}
+	return cs.keys
+}
+
+// toDeviceCommitted wakes everyone waiting in keysChanged.
+func (cs *encryptedEvents) toDeviceCommitted() {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	if cs.keys != nil {
+		close(cs.keys)
+	}
+	cs.keys = make(chan struct{})
+}
+
+// gaveUp reports whether ref's keys were waited for in vain before; with mark, it records that.
+func (cs *encryptedEvents) gaveUp(ref sessionRef, mark bool) bool {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	if cs.missing == nil {
+		cs.missing = make(map[sessionRef]struct{})
+	}
+	_, ok := cs.missing[ref]
+	if mark {
+		cs.missing[ref] = struct{}{}
+	}
+	return ok
+}
+
+// firstTell records ref and reports whether it is new.
+func (cs *encryptedEvents) firstTell(ref utdRef) bool {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	if cs.told == nil {
+		cs.told = make(map[utdRef]struct{})
+	}
+	if _, ok := cs.told[ref]; ok {
+		return false
+	}
+	cs.told[ref] = struct{}{}
+	return true
+}
+
+// cryptoOn reports whether encrypted events are handled: encryption is configured and active.
+func (svc *Service) cryptoOn() bool {
+	return svc.crypto != nil && svc.encryptionActive()
+}
+
+// deviceListsInTxn returns what ingest runs inside its transaction for pt: marking the users
+// whose device lists changed as outdated in the crypto store, so the change survives a crash
+// between the acknowledgement and the key fetch (the homeserver reports it once). Nil when
+// there is nothing to do.
+func (svc *Service) deviceListsInTxn(pt *parsedTransaction) func(ctx context.Context) error {
+	if !svc.cryptoOn() || len(pt.changedDevices) == 0 {
+		return nil
+	}
+	users := pt.changedDevices
+	return func(ctx context.Context) error {
+		if err := svc.crypto.Store().MarkTrackedUsersOutdated(ctx, users); err != nil {
+			return fmt.Errorf("failed to mark changed device lists outdated: %w", err)
+		}
+		return nil
+	}
+}
+
+// afterEncryptionData acts on a committed transaction's device lists and one-time key counts,
+// in the background: both need the homeserver, which must not hold up the acknowledgement.
+// Losing either is harmless: outdated users stay marked until fetched, and every transaction
+// repeats the counts.
+func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransaction) {
+	if !svc.cryptoOn() {
+		return
+	}
+	log := zerolog.Ctx(ctx)
+	if len(pt.changedDevices) > 0 {
+		users := slices.Clone(pt.changedDevices)
+		svc.bg.Add(1)
+		go func() {
+			defer svc.bg.Done()
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			svc.crypto.HandleDeviceLists(ctx, &mautrix.DeviceLists{Changed: users})
+		}()
+	}
+	if pt.otkCounts != nil && svc.e2ee.otkBusy.CompareAndSwap(false, true) {
+		counts := *pt.otkCounts
+		svc.bg.Add(1)
+		go func() {
+			defer svc.bg.Done()
+			defer svc.e2ee.otkBusy.Store(false)
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			svc.crypto.HandleOTKCounts(ctx, &counts)
+		}()
+	}
+	if pt.hasFallback && !slices.Contains(pt.fallbackKeys, id.KeyAlgorithmSignedCurve25519) {
+		// mautrix v0.31 uploads no fallback key; with one-time keys topped up, none is needed.
+		log.Debug().Int("fallback_key_types", len(pt.fallbackKeys)).Msg("The bot's device has no unused fallback key")
+	}
+}
+
+// handleToDeviceRow handles one to-device inbox row. An m.room.encrypted one (olm: room keys,
+// forwarded keys, secrets) is handed to the olm machine inside one database transaction with
+// the row's deletion, after the sender's device keys were fetched (network stays out of the
+// transaction). Other types (key requests, withheld notices) change nothing that must commit
+// with the row; they are handled, then the row deleted. On a database error the transaction
+// rolls back, the machine forgets what it changed in memory, and the row is tried again a few
+// times, then left in the inbox for the next run.
+func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEvent) {
+	log := zerolog.Ctx(ctx).With().
+		Str("transaction_id", ie.TxnID).
+		Int("inbox_index", ie.Index).
+		Stringer("sender", ie.Sender).
+		Logger()
+	ctx = log.WithContext(ctx)
+	start := time.Now()
+	defer func() {
+		svc.metrics.eventsHandled.Inc()
+		svc.metrics.handleLatency.Observe(time.Since(start).Seconds())
+	}()
+	done := []database.Done{{TxnID: ie.TxnID, Index: ie.Index}}
+	if !svc.cryptoOn() {
+		// Stored while encryption was on: kept for a run that has it again.
+		log.Warn().Msg("Leaving a to-device event in the inbox: encryption is off")
+		return
+	}
+	evt, err := decodeEvent(ie)
+	if evt == nil {
+		log.Warn().Err(err).Msg("Dropping undecodable to-device event")
+		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
+		if err = svc.db.Inbox.MarkDone(ctx, done, svc.now()); err != nil {
+			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
+		}
+		return
+	}
+	log = log.With().Str("event_type", evt.Type.Type).Logger()
+	ctx = log.WithContext(ctx)
+	if evt.Type != event.ToDeviceEncrypted {
+		svc.crypto.HandleToDevice(ctx, evt)
+		svc.commitToDevice(ctx, func(ctx context.Context) error {
+			return svc.db.Inbox.MarkDone(ctx, done, svc.now())
+		})
+		return
+	}
+	if content, ok := evt.Content.Parsed.(*event.EncryptedEventContent); ok && content.Algorithm == id.AlgorithmOlmV1 {
+		// Outside the transaction: the olm machine would otherwise fetch the sender's device
+		// keys from the homeserver while holding it.
+		if _, err = svc.crypto.Olm().GetOrFetchDeviceByKey(ctx, evt.Sender, content.SenderKey); err != nil {
+			log.Debug().Err(err).Msg("Failed to get the sender's device keys")
+		}
+	}
+	if svc.commitToDevice(ctx, func(ctx context.Context) error {
+		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
+			// The crypto store is a child of rawDB: its writes join this transaction through ctx.
+			svc.crypto.HandleToDevice(ctx, evt)
+			return svc.db.Inbox.MarkDone(ctx, done, svc.now())
+		})
+	}) {
+		svc.e2ee.toDeviceCommitted()
+	}
+}
+
+// commitToDevice runs commit until it succeeds, up to toDeviceAttempts times with growing
+// pauses, and reports whether it did. After a failure the olm machine drops what it holds in
+// memory, which the rolled-back transaction no longer has.
+func (svc *Service) commitToDevice(ctx context.Context, commit func(ctx context.Context) error) bool {
+	log := zerolog.Ctx(ctx)
+	for attempt := 1; ; attempt++ {
+		err := commit(ctx)
+		if err == nil {
+			return true
+		}
+		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
+		log.Error().Err(err).Int("attempt", attempt).Msg("Failed to commit a to-device event; rolled back")
+		if rerr := svc.crypto.ForgetUncommitted(ctx); rerr != nil {
+			log.Error().Err(rerr).Msg("Failed to reload the olm account after a rollback")
+		}
+		if attempt >= toDeviceAttempts {
+			log.Error().Msg("Giving up on a to-device event for now; it stays in the inbox and is handled after restart")
+			return false
+		}
+		if !svc.sleep(ctx, time.Duration(attempt)*time.Second) {
+			return false
+		}
+	}
+}
+
+// decryptInboxEvent decrypts an m.room.encrypted room event in memory and returns the plaintext
+// event, which keeps the encrypted event's ID, room, sender and time (a redaction of it targets
+// the event as stored). If the room key is missing, it waits for it (see waitForRoomKey); if it
+// never comes, the sender is told, once per (sender, room, session), and evt is returned as it
+// came, as it is for any other failure.
+func (svc *Service) decryptInboxEvent(ctx context.Context, evt *event.Event) *event.Event {
+	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
+	if !ok {
+		return evt
+	}
+	log := zerolog.Ctx(ctx).With().Stringer("session_id", content.SessionID).Logger()
+	ctx = log.WithContext(ctx)
+	plain, err := svc.crypto.Decrypt(ctx, evt)
+	if errors.Is(err, e2ee.ErrNoSession) && svc.waitForRoomKey(ctx, evt, content) {
+		plain, err = svc.crypto.Decrypt(ctx, evt)
+	}
+	switch {
+	case err == nil:
+		svc.metrics.decryption.WithLabelValues("decrypted").Inc()
+		return plain
+	case errors.Is(err, e2ee.ErrNoSession):
+		svc.metrics.decryption.WithLabelValues("missing_keys").Inc()
+		log.Warn().Msg("The room key of an encrypted event never came")
+		svc.tellUndecryptable(ctx, evt, content)
+	default:
+		svc.metrics.decryption.WithLabelValues("failed").Inc()
+		log.Warn().Err(err).Msg("Failed to decrypt an event")
+	}
+	return evt
+}
+
+// waitForRoomKey waits for the megolm session of evt with the worker's slot released: briefly,
+// then, having asked the sender's devices for it, up to encryption.key_wait. It reports whether
+// the session is there. A session waited for in vain before is not waited for again.
+func (svc *Service) waitForRoomKey(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) bool {
+	ref := sessionRef{room: evt.RoomID, session: content.SessionID}
+	if svc.e2ee.gaveUp(ref, false) {
+		return svc.hasRoomKey(ctx, ref)
+	}
+	reacquire := releaseSlot(ctx)
+	defer reacquire()
+	keyWait := svc.cfg.Encryption.keyWait()
+	if svc.awaitRoomKey(ctx, ref, min(firstKeyWait, keyWait)) {
+		return true
+	}
+	zerolog.Ctx(ctx).Debug().Msg("Asking the sender's devices for a missing room key")
+	svc.crypto.RequestSession(ctx, evt.RoomID, content.SenderKey, content.SessionID, evt.Sender, "")
+	if svc.awaitRoomKey(ctx, ref, keyWait) {
+		return true
+	}
+	svc.e2ee.gaveUp(ref, true)
+	return false
+}
+
+// awaitRoomKey waits up to d for ref's session to be in the crypto store. It looks again each
+// time a to-device event commits, rather than on the olm machine's own signal, which comes
+// before the transaction storing the key commits.
+func (svc *Service) awaitRoomKey(ctx context.Context, ref sessionRef, d time.Duration) bool {
+	timer := svc.clock().NewTimer(d)
+	defer timer.Stop()
+	for {
+		changed := svc.e2ee.keysChanged()
+		if svc.hasRoomKey(ctx, ref) {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C():
+			return svc.hasRoomKey(ctx, ref)
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// hasRoomKey reports whether the crypto store has ref's session (or knows it was withheld, which
+// decrypting then reports).
+func (svc *Service) hasRoomKey(ctx context.Context, ref sessionRef) bool {
+	sess, err := svc.crypto.Store().GetGroupSession(ctx, ref.room, ref.session)
+	if errors.Is(err, crypto.ErrGroupSessionWithheld) {
+		return true
+	} else if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to look up a room key")
+		return false
+	}
+	return sess != nil
+}
+
+// undecryptableText is what the sender of a message the bot could not decrypt is told.
+const undecryptableText = "I couldn't read your message%s: it was encrypted with keys your device didn't share with me. " +
+	"Try sending it again; if this keeps happening, check that your device is verified and online."
+
+// tellUndecryptable tells evt's sender, in plain words and without any content, that the bot
+// could not read their message: in the room itself when it is a direct chat between the two of
+// them, else in their management room (both through [Service.NotifyUser], with a transaction ID
+// derived from the event). Once per (sender, room, session) in this run; a replay after a
+// restart sends the same transaction ID, which the homeserver deduplicates.
+func (svc *Service) tellUndecryptable(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) {
+	if !svc.e2ee.firstTell(utdRef{sender: evt.Sender, sessionRef: sessionRef{room: evt.RoomID, session: content.SessionID}}) {
+		return
+	}
+	log := zerolog.Ctx(ctx)
+	where := " in " + evt.RoomID.URI().MatrixToURL()
+	if direct, err := svc.isDirectChat(ctx, evt.RoomID, evt.Sender); err != nil {
+		log.Warn().Err(err).Msg("Failed to check whether the room is a direct chat")
+	} else if direct {
+		ctx = svc.useAsManagementRoom(ctx, evt.Sender, evt.RoomID)
+		where = ""
+	}
+	msg := &event.MessageEventContent{MsgType: event.MsgNotice, Body: fmt.Sprintf(undecryptableText, where)}
+	if _, _, err := svc.NotifyUser(ctx, evt.Sender, Notice{Cause: evt.ID.String(), Purpose: "undecryptable", Content: msg}); err != nil {
+		log.Warn().Err(err).Msg("Failed to tell the sender their message could not be decrypted")
+	}
+}
+
+// cryptoMemberEvent lets the olm machine see a membership change (the machine ignores those of
+// rooms the state cache does not know as encrypted): the room's outbound megolm session is
+// dropped, so a member who left gets none of the next keys and one who joined gets them.
+func (svc *Service) cryptoMemberEvent(ctx context.Context, evt *event.Event) {
+	if svc.cryptoOn() {
+		svc.crypto.HandleMemberEvent(ctx, evt)
+	}
+}

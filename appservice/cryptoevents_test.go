@@ -1,0 +1,757 @@
+package appservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
+)
+
+const (
+	e2eeBotDevice   = id.DeviceID("CUSTODIANBOT")
+	e2eeAlice       = id.UserID("@alice:example.org")
+	e2eeAliceDevice = id.DeviceID("ALICEPHONE")
+	e2eeDM          = id.RoomID("!dm:example.org")
+)
+
+// e2eePickleKey is the crypto store's pickle key in these tests (the vault's crypto key in
+// production).
+var e2eePickleKey = bytes.Repeat([]byte{7}, 32)
+
+// e2eeEnv is a service with a real olm machine for the bot's device, on the fake homeserver,
+// and Alice's device: an olm account of her own and a megolm session she encrypts with.
+type e2eeEnv struct {
+	t       *testing.T
+	ctx     context.Context
+	db      *dbutil.Database
+	svc     *Service
+	hs      *astest.FakeHomeserver
+	base    string
+	started bool
+
+	alice *crypto.OlmAccount
+	// megolm is Alice's outbound megolm session in the DM.
+	megolm *crypto.OutboundGroupSession
+	seq    int
+}
+
+// newE2EEEnv builds the service on db with the vault on and the bot's olm machine set, its
+// rooms and Alice's device known, and does not start it. An earlier env on the same db (a
+// restart) is passed as prev, so Alice keeps her device and session.
+func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func(cfg *Config), bridges ...Bridge) *e2eeEnv {
+	t.Helper()
+	hs := astest.NewFakeHomeserver(t, testDomain, testASToken)
+	cfg := testConfig(hs.URL())
+	keyFile := ""
+	if prev != nil {
+		keyFile = *prev.svc.cfg.Vault.KeyFile
+	} else {
+		keyFile, _ = newKeyFile(t)
+	}
+	cfg.Vault = VaultConfig{KeyFile: &keyFile}
+	cfg.Encryption.Enabled = true
+	cfg.Encryption.KeyWait = 10 * time.Second
+	if configure != nil {
+		configure(cfg)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	svc, err := newService(cfg, testRegistration(), bridges, log, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
+	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs}
+	t.Cleanup(func() {
+		cancel()
+		if env.started {
+			svc.stopServing()
+		} else {
+			svc.bg.Wait()
+		}
+	})
+	if err = svc.upgradeDatabases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err = svc.as.BotIntent().EnsureRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client := svc.as.BotIntent().Client
+	client.DeviceID = e2eeBotDevice
+	store := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), e2ee.AccountID, e2eeBotDevice, e2eePickleKey)
+	mach := e2ee.NewMachine(client, store, svc.stateStore, log)
+	if err = mach.Olm().Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err = store.PutAccount(ctx, mach.Olm().GetAccount()); err != nil {
+		t.Fatal(err)
+	}
+	svc.crypto = mach
+
+	if prev != nil {
+		env.alice, env.megolm = prev.alice, prev.megolm
+		env.seq = prev.seq + 100
+	} else {
+		env.alice = crypto.NewOlmAccount()
+		env.megolm, err = crypto.NewOutboundGroupSession(e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.megolm.Shared = true
+		// The room key is taken (and kept) at index 0, before anything is encrypted.
+		env.megolm.ShareContent()
+	}
+	signing, identity := env.alice.Keys()
+	if err = store.PutDevice(ctx, e2eeAlice, &id.Device{
+		UserID: e2eeAlice, DeviceID: e2eeAliceDevice, IdentityKey: identity, SigningKey: signing,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The DM: the bot and Alice, encrypted, as the homeserver and the state cache know it.
+	bot := svc.as.BotMXID()
+	for _, user := range []id.UserID{bot, e2eeAlice} {
+		hs.SetMembership(e2eeDM, user, event.MembershipJoin)
+		if err = svc.stateStore.SetMembership(ctx, e2eeDM, user, event.MembershipJoin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hs.SetState(e2eeDM, event.StateEncryption, "", e2eeAlice, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+	if err = svc.stateStore.SetEncryptionEvent(ctx, e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// start starts the service.
+func (env *e2eeEnv) start() {
+	env.t.Helper()
+	if err := env.svc.start(env.ctx); err != nil {
+		env.t.Fatal(err)
+	}
+	env.started = true
+	env.base = "http://" + env.svc.listenAddr.String()
+}
+
+// shareKey stores Alice's megolm session in the bot's crypto store, as if its room key had come.
+func (env *e2eeEnv) shareKey() {
+	env.t.Helper()
+	signing, identity := env.alice.Keys()
+	key := env.megolm.ShareContent().Parsed.(*event.RoomKeyEventContent).SessionKey
+	igs, err := crypto.NewInboundGroupSession(identity, signing, e2eeDM, key, 0, 0, nil, false)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	if err = env.svc.crypto.Store().PutGroupSession(env.ctx, igs); err != nil {
+		env.t.Fatal(err)
+	}
+}
+
+// encrypted returns an m.room.encrypted event from Alice in the DM, body encrypted with the
+// megolm session ogs (Alice's usual one when nil).
+func (env *e2eeEnv) encrypted(ogs *crypto.OutboundGroupSession, body string) map[string]any {
+	env.t.Helper()
+	if ogs == nil {
+		ogs = env.megolm
+	}
+	env.seq++
+	plaintext, err := json.Marshal(map[string]any{
+		"room_id": e2eeDM, "type": event.EventMessage.Type,
+		"content": map[string]any{"msgtype": event.MsgText, "body": body},
+	})
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	ciphertext, err := ogs.Encrypt(plaintext)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	_, identity := env.alice.Keys()
+	return map[string]any{
+		"event_id": fmt.Sprintf("$enc%d", env.seq), "room_id": e2eeDM, "sender": e2eeAlice,
+		"type": event.EventEncrypted.Type, "origin_server_ts": 1700000000000 + env.seq,
+		"content": map[string]any{
+			"algorithm": id.AlgorithmMegolmV1, "sender_key": identity, "device_id": e2eeAliceDevice,
+			"session_id": ogs.ID(), "ciphertext": string(ciphertext),
+		},
+	}
+}
+
+// roomKey returns the to-device event that shares ogs's room key with the bot's device: an
+// m.room_key olm-encrypted by Alice's device on a new olm session with one of the bot's
+// one-time keys, addressed as MSC2409 addresses it.
+func (env *e2eeEnv) roomKey(ogs *crypto.OutboundGroupSession) map[string]any {
+	env.t.Helper()
+	botAccount := env.svc.crypto.Olm().GetAccount()
+	if err := botAccount.Internal.GenOneTimeKeys(1); err != nil {
+		env.t.Fatal(err)
+	}
+	otks, err := botAccount.Internal.OneTimeKeys()
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	botAccount.Internal.MarkKeysAsPublished()
+	if err = env.svc.crypto.Store().PutAccount(env.ctx, botAccount); err != nil {
+		env.t.Fatal(err)
+	}
+	var otk id.Curve25519
+	for _, key := range otks {
+		otk = key
+	}
+	botSigning, botIdentity := botAccount.Keys()
+	session, err := env.alice.Internal.NewOutboundSession(botIdentity, otk)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	signing, identity := env.alice.Keys()
+	payload, err := json.Marshal(map[string]any{
+		"sender": e2eeAlice, "sender_device": e2eeAliceDevice, "keys": map[string]any{"ed25519": signing},
+		"recipient": env.svc.as.BotMXID(), "recipient_keys": map[string]any{"ed25519": botSigning},
+		"type": event.ToDeviceRoomKey.Type, "content": ogs.ShareContent().Parsed,
+	})
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	msgType, ciphertext, err := session.Encrypt(payload)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	return map[string]any{
+		"type": event.ToDeviceEncrypted.Type, "sender": e2eeAlice,
+		"to_user_id": env.svc.as.BotMXID(), "to_device_id": e2eeBotDevice,
+		"content": map[string]any{
+			"algorithm": id.AlgorithmOlmV1, "sender_key": identity,
+			"ciphertext": map[string]any{string(botIdentity): map[string]any{"type": msgType, "body": string(ciphertext)}},
+		},
+	}
+}
+
+// put sends a transaction with events and to-device events to the service.
+func (env *e2eeEnv) put(txnID string, events []map[string]any, toDevice []map[string]any) {
+	env.t.Helper()
+	body := map[string]any{"events": events}
+	if toDevice != nil {
+		body["de.sorunome.msc2409.to_device"] = toDevice
+	}
+	data, err := json.Marshal(body)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	if status, merr := do(env.t, env.base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/" + txnID, testHSToken, string(data)}); status != http.StatusOK {
+		env.t.Fatalf("transaction %s = %d %v, want 200", txnID, status, merr)
+	}
+}
+
+// botMessages returns the bodies of the messages the bot sent to roomID.
+func (env *e2eeEnv) botMessages(roomID id.RoomID) []string {
+	var out []string
+	for _, evt := range env.hs.Messages(roomID) {
+		if evt.Sender != env.svc.as.BotMXID() {
+			continue
+		}
+		var content event.MessageEventContent
+		if err := evt.Decode(&content); err != nil {
+			env.t.Fatal(err)
+		}
+		out = append(out, content.Body)
+	}
+	return out
+}
+
+// waitForBotMessage waits until the bot sent a message to roomID whose body contains substr.
+func (env *e2eeEnv) waitForBotMessage(roomID id.RoomID, substr string) {
+	env.t.Helper()
+	env.hs.WaitFor(env.t, 20*time.Second, "a bot message containing "+substr, func() bool {
+		return slices.ContainsFunc(env.botMessages(roomID), func(body string) bool { return strings.Contains(body, substr) })
+	})
+}
+
+func TestParseTransactionReadsEncryptionData(t *testing.T) {
+	bot := deviceTarget{user: "@custodian:x", device: "BOT"}
+	toDevice := func(toUser, toDevice string) string {
+		return fmt.Sprintf(`{"type":"m.room.encrypted","sender":"@a:x","to_user_id":%q,"to_device_id":%q,"content":{}}`, toUser, toDevice)
+	}
+	tests := []struct {
+		name         string
+		target       deviceTarget
+		body         string
+		wantToDevice int
+		wantOther    int
+		wantSkipped  int
+		wantChanged  []id.UserID
+		wantOTK      int // -1: no counts
+		wantFallback []id.KeyAlgorithm
+	}{
+		{"stable to-device for the bot", bot, `{"to_device":[` + toDevice("@custodian:x", "BOT") + `]}`, 1, 0, 0, nil, -1, nil},
+		{"unstable to-device for the bot", bot, `{"de.sorunome.msc2409.to_device":[` + toDevice("@custodian:x", "BOT") + `]}`, 1, 0, 0, nil, -1, nil},
+		{"stable wins over unstable", bot, `{"to_device":[],"de.sorunome.msc2409.to_device":[` + toDevice("@custodian:x", "BOT") + `]}`, 0, 0, 0, nil, -1, nil},
+		{"another device", bot, `{"to_device":[` + toDevice("@custodian:x", "OTHER") + `]}`, 0, 1, 0, nil, -1, nil},
+		{"another user", bot, `{"to_device":[` + toDevice("@ghost:x", "BOT") + `]}`, 0, 1, 0, nil, -1, nil},
+		{"no address", bot, `{"to_device":[{"type":"m.dummy","sender":"@a:x","content":{}}]}`, 0, 1, 0, nil, -1, nil},
+		{"malformed", bot, `{"to_device":[1,{"type":"m.dummy"}]}`, 0, 0, 2, nil, -1, nil},
+		{"encryption off", deviceTarget{}, `{"to_device":[` + toDevice("@custodian:x", "BOT") + `],"device_lists":{"changed":["@b:x"]},"device_one_time_keys_count":{"@custodian:x":{"BOT":{"signed_curve25519":3}}}}`, 0, 1, 0, nil, -1, nil},
+		{"stable device lists", bot, `{"device_lists":{"changed":["@b:x"],"left":[]}}`, 0, 0, 0, []id.UserID{"@b:x"}, -1, nil},
+		{"unstable device lists", bot, `{"org.matrix.msc3202.device_lists":{"changed":["@c:x"]}}`, 0, 0, 0, []id.UserID{"@c:x"}, -1, nil},
+		{"stable otk counts", bot, `{"device_one_time_keys_count":{"@custodian:x":{"BOT":{"signed_curve25519":7}}}}`, 0, 0, 0, nil, 7, nil},
+		{"unstable otk counts", bot, `{"org.matrix.msc3202.device_one_time_keys_count":{"@custodian:x":{"BOT":{"signed_curve25519":9}}}}`, 0, 0, 0, nil, 9, nil},
+		{"otk counts of another device", bot, `{"device_one_time_keys_count":{"@custodian:x":{"OTHER":{"signed_curve25519":9}}}}`, 0, 0, 0, nil, -1, nil},
+		{"stable fallback keys", bot, `{"device_unused_fallback_key_types":{"@custodian:x":{"BOT":["signed_curve25519"]}}}`, 0, 0, 0, nil, -1, []id.KeyAlgorithm{id.KeyAlgorithmSignedCurve25519}},
+		{"unstable fallback keys", bot, `{"org.matrix.msc3202.device_unused_fallback_key_types":{"@custodian:x":{"BOT":["signed_curve25519"]}}}`, 0, 0, 0, nil, -1, []id.KeyAlgorithm{id.KeyAlgorithmSignedCurve25519}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pt, err := parseTransactionFor("t", []byte(tt.body), tt.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pt.toDevice != tt.wantToDevice || pt.otherDevice != tt.wantOther || pt.skipped != tt.wantSkipped {
+				t.Errorf("to-device kept/dropped/skipped = %d/%d/%d, want %d/%d/%d", pt.toDevice, pt.otherDevice, pt.skipped, tt.wantToDevice, tt.wantOther, tt.wantSkipped)
+			}
+			kept := 0
+			for _, evt := range pt.events {
+				if evt.ToDevice {
+					kept++
+					if evt.Sender != "@a:x" || evt.RoomID != "" || evt.EventID != "" {
+						t.Errorf("to-device inbox event = sender %s, room %q, event %q; want @a:x and no room or event ID", evt.Sender, evt.RoomID, evt.EventID)
+					}
+				}
+			}
+			if kept != tt.wantToDevice {
+				t.Errorf("to-device inbox events = %d, want %d", kept, tt.wantToDevice)
+			}
+			if !slices.Equal(pt.changedDevices, tt.wantChanged) {
+				t.Errorf("changed devices = %v, want %v", pt.changedDevices, tt.wantChanged)
+			}
+			gotOTK := -1
+			if pt.otkCounts != nil {
+				gotOTK = pt.otkCounts.SignedCurve25519
+				if pt.otkCounts.UserID != bot.user || pt.otkCounts.DeviceID != bot.device {
+					t.Errorf("otk counts addressed to %s/%s, want %s/%s", pt.otkCounts.UserID, pt.otkCounts.DeviceID, bot.user, bot.device)
+				}
+			}
+			if gotOTK != tt.wantOTK {
+				t.Errorf("otk count = %d, want %d", gotOTK, tt.wantOTK)
+			}
+			if !slices.Equal(pt.fallbackKeys, tt.wantFallback) || pt.hasFallback != (tt.wantFallback != nil) {
+				t.Errorf("fallback keys = %v (%v), want %v", pt.fallbackKeys, pt.hasFallback, tt.wantFallback)
+			}
+		})
+	}
+}
+
+// TestIngestStoresToDeviceEventsSealedWithTheirSender ingests a transaction carrying a room
+// event, a to-device event for the bot's device, one for another device and a device list
+// change, with the dispatcher stopped so the rows stay: the to-device event for the bot is in
+// the inbox, sealed, marked to_device, with its sender; the other is not; the changed user is
+// marked outdated by the same commit.
+func TestIngestStoresToDeviceEventsSealedWithTheirSender(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			ctx := env.ctx
+			env.svc.setupVault(ctx)
+			env.svc.dispatcher.stop(ctx) // nothing is handled: the rows stay for the test to read
+			srv := httptest.NewServer(env.svc.router())
+			t.Cleanup(srv.Close)
+			env.base = srv.URL
+			bob := id.UserID("@bob:example.org")
+			if err := env.svc.crypto.Store().PutDevices(ctx, bob, map[id.DeviceID]*id.Device{}); err != nil {
+				t.Fatal(err)
+			}
+			other := env.roomKey(env.megolm)
+			other["to_device_id"] = "SOMEONEELSE"
+			body, _ := json.Marshal(map[string]any{
+				"events":                          []map[string]any{messageEvent("$plain", string(e2eeDM), string(e2eeAlice), "hello")},
+				"de.sorunome.msc2409.to_device":   []map[string]any{env.roomKey(env.megolm), other},
+				"org.matrix.msc3202.device_lists": map[string]any{"changed": []id.UserID{bob}},
+			})
+			if status, _ := do(t, env.base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/td1", testHSToken, string(body)}); status != http.StatusOK {
+				t.Fatalf("transaction = %d, want 200", status)
+			}
+			rows, err := env.db.Query(ctx, `SELECT room_id, sender, to_device, event_json, event_sealed IS NOT NULL FROM as_inbox ORDER BY seq`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for rows.Next() {
+				var room, sender, plain string
+				var toDevice, sealed bool
+				if err = rows.Scan(&room, &sender, &toDevice, &plain, &sealed); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, fmt.Sprintf("%q %s to_device=%v plaintext=%v sealed=%v", room, sender, toDevice, plain != "", sealed))
+			}
+			_ = rows.Close()
+			want := []string{
+				fmt.Sprintf("%q %s to_device=false plaintext=false sealed=true", e2eeDM, e2eeAlice),
+				fmt.Sprintf("%q %s to_device=true plaintext=false sealed=true", "", e2eeAlice),
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("inbox rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			outdated, err := env.svc.crypto.Store().GetOutdatedTrackedUsers(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(outdated, bob) {
+				t.Errorf("outdated tracked users = %v, want %s among them", outdated, bob)
+			}
+			// The sender's inbox rows are theirs: read back, both open, the to-device one too.
+			pending, err := env.svc.db.Inbox.Pending(ctx, 0, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ie := range pending {
+				if ie.OpenErr != nil {
+					t.Errorf("inbox row %d does not open: %v", ie.Seq, ie.OpenErr)
+				}
+			}
+		})
+	}
+}
+
+// TestEncryptedCommandIsDecryptedAndAnswered ingests an encrypted !help in the DM: the bot
+// answers. The inbox row holds the event as it came (the ciphertext), sealed.
+func TestEncryptedCommandIsDecryptedAndAnswered(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.shareKey()
+			env.start()
+			env.put("h1", []map[string]any{env.encrypted(nil, "!help")}, nil)
+			env.waitForBotMessage(e2eeDM, "help")
+		})
+	}
+}
+
+// TestEncryptedEventReplayAfterCrashDecryptsAgain handles an encrypted !help in a first run that
+// dies before marking it done; the next run replays it from the inbox, decrypts it again and
+// answers with the same transaction ID.
+func TestEncryptedEventReplayAfterCrashDecryptsAgain(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env1 := newE2EEEnv(t, db, nil, nil)
+			env1.shareKey()
+			env1.svc.setupVault(env1.ctx)
+			env1.svc.bot.init(env1.ctx)
+			acceptDirect(t, env1.svc, "c1", env1.encrypted(nil, "!help"))
+			pending, err := env1.svc.db.Inbox.Pending(env1.ctx, 0, 10)
+			if err != nil || len(pending) != 1 {
+				t.Fatalf("pending = %d events, %v; want 1", len(pending), err)
+			}
+			// Handled, never marked done: the process dies here.
+			env1.svc.handleInboxEvent(env1.ctx, pending[0])
+			first := env1.hs.RequestsTo(astest.PatternSend)
+			if len(first) != 1 || !strings.Contains(string(first[0].Body), "help") {
+				t.Fatalf("first run sent %d messages, want the help", len(first))
+			}
+
+			env2 := newE2EEEnv(t, db, env1, nil)
+			env2.start()
+			env2.waitForBotMessage(e2eeDM, "help")
+			second := env2.hs.RequestsTo(astest.PatternSend)
+			if got, want := second[0].PathValues["txnID"], first[0].PathValues["txnID"]; got != want {
+				t.Errorf("replayed answer's transaction ID = %q, want the first run's %q", got, want)
+			}
+			env2.svc.dispatcher.stop(env2.ctx)
+			if n := countRows(t, db, "as_inbox"); n != 0 {
+				t.Errorf("inbox rows after the replay = %d, want 0", n)
+			}
+		})
+	}
+}
+
+// TestRoomKeyArrivingLaterUnblocksTheEvent ingests an encrypted !help whose room key has not
+// come. With one worker, another room's event is handled meanwhile (the waiting room gave its
+// slot back). Then a transaction brings the room key, olm-encrypted by Alice's device to the
+// bot's: the to-device lane stores it, and the waiting event is decrypted and answered.
+func TestRoomKeyArrivingLaterUnblocksTheEvent(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			br := newRecordingBridge("rec")
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, func(cfg *Config) {
+				cfg.AppService.Workers = 1
+				cfg.Encryption.KeyWait = 30 * time.Second
+			}, br)
+			env.start()
+			other := id.RoomID("!other:example.org")
+			if err := br.host.ClaimRoom(env.ctx, other, Provenance{}); err != nil {
+				t.Fatal(err)
+			}
+			env.put("k1", []map[string]any{env.encrypted(nil, "!help")}, nil)
+			env.put("k2", []map[string]any{messageEvent("$other", string(other), string(e2eeAlice), "meanwhile")}, nil)
+			if got := br.next(t).ID; got != "$other" {
+				t.Fatalf("bridge handled %s, want $other", got)
+			}
+			if msgs := env.botMessages(e2eeDM); len(msgs) != 0 {
+				t.Fatalf("bot answered %q before the room key came", msgs)
+			}
+			env.put("k3", nil, []map[string]any{env.roomKey(env.megolm)})
+			env.waitForBotMessage(e2eeDM, "help")
+			env.svc.dispatcher.stop(env.ctx)
+			if n := countRows(t, env.db, "as_inbox"); n != 0 {
+				t.Errorf("inbox rows after the key came = %d, want 0 (the to-device row done with its key)", n)
+			}
+		})
+	}
+}
+
+// TestMissingRoomKeyIsToldOnceWithoutContent ingests two encrypted messages of a session whose
+// key never comes: the bot asks Alice's devices for it, then tells her once, in the DM, with
+// none of the content.
+func TestMissingRoomKeyIsToldOnceWithoutContent(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, func(cfg *Config) {
+				cfg.Encryption.KeyWait = 300 * time.Millisecond
+			})
+			env.start()
+			unknown, err := crypto.NewOutboundGroupSession(e2eeDM, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unknown.Shared = true
+			env.put("u1", []map[string]any{env.encrypted(unknown, "marker-one"), env.encrypted(unknown, "marker-two")}, nil)
+			env.waitForBotMessage(e2eeDM, "couldn't read")
+			waitDrained(t, env.svc.dispatcher)
+			env.svc.dispatcher.stop(env.ctx)
+			if n := countRows(t, env.db, "as_inbox"); n != 0 {
+				t.Errorf("inbox rows = %d, want 0: undecryptable events are done once told", n)
+			}
+			msgs := env.botMessages(e2eeDM)
+			if len(msgs) != 1 {
+				t.Fatalf("bot messages = %q, want exactly one notice", msgs)
+			}
+			if strings.Contains(msgs[0], "marker") {
+				t.Errorf("notice %q carries the message's content", msgs[0])
+			}
+			requested := slices.ContainsFunc(env.hs.Requests(), func(r astest.Request) bool {
+				return strings.Contains(r.Path, "/sendToDevice/"+event.ToDeviceRoomKeyRequest.Type+"/")
+			})
+			if !requested {
+				t.Error("the bot never asked Alice's devices for the missing room key")
+			}
+		})
+	}
+}
+
+// TestEncryptedSecretIsRedactedAndLeavesNoPlaintext ingests an encrypted !irc login: the bot
+// redacts the encrypted event, and the password is nowhere in the SQLite files.
+func TestEncryptedSecretIsRedactedAndLeavesNoPlaintext(t *testing.T) {
+	br := secretBridge{newRecordingBridge("irc")}
+	db := astest.TestDB(t, astest.SQLite)
+	env := newE2EEEnv(t, db, nil, nil, br)
+	env.shareKey()
+	env.start()
+	marker := "e2ee-password-" + strings.Repeat("z", 8)
+	evt := env.encrypted(nil, "!irc login "+marker)
+	evtID := evt["event_id"].(string)
+	env.put("s1", []map[string]any{evt}, nil)
+	env.hs.WaitFor(t, 20*time.Second, "the redaction of the encrypted command", func() bool {
+		return slices.ContainsFunc(env.hs.RequestsTo(astest.PatternRedact), func(r astest.Request) bool {
+			return r.PathValues["eventID"] == evtID
+		})
+	})
+	env.svc.dispatcher.stop(env.ctx)
+	data, path := sqliteFiles(t, db)
+	if bytes.Contains(data, []byte(marker)) {
+		t.Errorf("the password is in %s, -wal or -shm", path)
+	}
+	for _, r := range env.hs.Requests() {
+		if bytes.Contains(r.Body, []byte(marker)) {
+			t.Errorf("the password was sent to the homeserver in %s %s", r.Method, r.Path)
+		}
+	}
+	br.assertNoEvent(t, 100*time.Millisecond)
+}
+
+// waitDrained waits until the dispatcher has no event queued or being handled.
+func waitDrained(t *testing.T, d *dispatcher) {
+	t.Helper()
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	for {
+		d.lock.Lock()
+		backlog, ch := d.backlog, d.drained
+		d.lock.Unlock()
+		if backlog == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("the dispatcher still has %d events after 30s", backlog)
+		}
+	}
+}
+
+// TestToDeviceEventCommitsWithItsRowOrNotAtAll makes the deletion of a to-device inbox row fail
+// (an SQLite trigger): the room key, the new olm session and the spent one-time key roll back
+// with it, and the row stays. Once deleting works again, the retry (on the service's clock)
+// decrypts the same olm message again and commits all of it with the row's end.
+func TestToDeviceEventCommitsWithItsRowOrNotAtAll(t *testing.T) {
+	db := astest.TestDB(t, astest.SQLite)
+	env := newE2EEEnv(t, db, nil, nil)
+	clk := clock.NewFake(time.Now())
+	env.svc.clk = clk
+	if _, err := db.Exec(env.ctx, `CREATE TRIGGER inbox_no_delete BEFORE DELETE ON as_inbox
+		BEGIN SELECT RAISE(ABORT, 'injected failure'); END`); err != nil {
+		t.Fatal(err)
+	}
+	env.start()
+	env.put("f1", nil, []map[string]any{env.roomKey(env.megolm)})
+	if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() string {
+		return fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+			countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+	}
+	if got, want := counts(), "inbound sessions 0, olm sessions 0, inbox rows 1"; got != want {
+		t.Fatalf("after a failed commit: %s; want %s", got, want)
+	}
+	if _, err := db.Exec(env.ctx, `DROP TRIGGER inbox_no_delete`); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	waitDrained(t, env.svc.dispatcher)
+	if got, want := counts(), "inbound sessions 1, olm sessions 1, inbox rows 0"; got != want {
+		t.Fatalf("after the retry: %s; want %s", got, want)
+	}
+}
+
+// TestMemberChangeInEncryptedRoomDropsTheOutboundSession ingests a join to the encrypted DM:
+// the bot's outbound megolm session there is dropped, so the newcomer gets the next room key;
+// in a room not known as encrypted, a join changes nothing.
+func TestMemberChangeInEncryptedRoomDropsTheOutboundSession(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.start()
+			plainRoom := id.RoomID("!plain:example.org")
+			store := env.svc.crypto.Store()
+			for _, room := range []id.RoomID{e2eeDM, plainRoom} {
+				ogs, err := crypto.NewOutboundGroupSession(room, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err = store.AddOutboundGroupSession(env.ctx, ogs); err != nil {
+					t.Fatal(err)
+				}
+			}
+			join := func(evtID string, room id.RoomID) map[string]any {
+				return map[string]any{
+					"event_id": evtID, "room_id": room, "sender": "@bob:example.org", "state_key": "@bob:example.org",
+					"type": event.StateMember.Type, "origin_server_ts": 1700000000000, "content": map[string]any{"membership": "join"},
+				}
+			}
+			env.put("m1", []map[string]any{join("$j1", e2eeDM), join("$j2", plainRoom)}, nil)
+			waitDrained(t, env.svc.dispatcher)
+			for _, tt := range []struct {
+				room id.RoomID
+				kept bool
+			}{{e2eeDM, false}, {plainRoom, true}} {
+				sess, err := store.GetOutboundGroupSession(env.ctx, tt.room)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (sess != nil) != tt.kept {
+					t.Errorf("outbound session of %s kept = %v, want %v", tt.room, sess != nil, tt.kept)
+				}
+			}
+		})
+	}
+}
+
+// TestToDeviceTransactionPassesAFullBacklog fills the backlog with room events a bridge holds
+// on to: a transaction carrying a to-device event is still admitted at once, and its room key
+// is stored while the room events wait.
+func TestToDeviceTransactionPassesAFullBacklog(t *testing.T) {
+	br := &gatedBridge{recordingBridge: newRecordingBridge("rec"), release: make(chan struct{})}
+	env := newE2EEEnv(t, astest.TestDB(t, astest.SQLite), nil, func(cfg *Config) {
+		cfg.AppService.MaxBacklog = 2
+	}, br)
+	env.start()
+	t.Cleanup(func() { close(br.release) })
+	room := id.RoomID("!portal:example.org")
+	if err := br.host.ClaimRoom(env.ctx, room, Provenance{}); err != nil {
+		t.Fatal(err)
+	}
+	env.put("b1", []map[string]any{
+		messageEvent("$b1", string(room), string(e2eeAlice), "one"),
+		messageEvent("$b2", string(room), string(e2eeAlice), "two"),
+	}, nil)
+	stored := env.svc.e2ee.keysChanged()
+	body, err := json.Marshal(map[string]any{"de.sorunome.msc2409.to_device": []map[string]any{env.roomKey(env.megolm)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, env.base+"/_matrix/app/v1/transactions/b2", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("a transaction with a to-device event was held behind a full backlog: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("transaction = %d, want 200", resp.StatusCode)
+	}
+	select {
+	case <-stored:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the to-device event was not handled while the room events waited")
+	}
+	if !env.svc.hasRoomKey(env.ctx, sessionRef{room: e2eeDM, session: env.megolm.ID()}) {
+		t.Error("the room key is not stored")
+	}
+}
+
+// TestKeyCountsAndDeviceListsActAfterTheCommit ingests a transaction saying the bot's device has
+// no one-time keys left and a tracked user's devices changed: after the acknowledgement the bot
+// uploads new one-time keys and queries the user's device keys.
+func TestKeyCountsAndDeviceListsActAfterTheCommit(t *testing.T) {
+	env := newE2EEEnv(t, astest.TestDB(t, astest.SQLite), nil, nil)
+	env.start()
+	bob := id.UserID("@bob:example.org")
+	if err := env.svc.crypto.Store().PutDevices(env.ctx, bob, map[id.DeviceID]*id.Device{}); err != nil {
+		t.Fatal(err)
+	}
+	bot := env.svc.as.BotMXID()
+	body, err := json.Marshal(map[string]any{
+		"events":                          []map[string]any{},
+		"org.matrix.msc3202.device_lists": map[string]any{"changed": []id.UserID{bob}},
+		"org.matrix.msc3202.device_one_time_keys_count": map[id.UserID]any{
+			bot: map[id.DeviceID]any{e2eeBotDevice: map[string]int{"signed_curve25519": 0}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := do(t, env.base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/o1", testHSToken, string(body)}); status != http.StatusOK {
+		t.Fatalf("transaction = %d, want 200", status)
+	}
+	for _, path := range []string{"/_matrix/client/v3/keys/upload", "/_matrix/client/v3/keys/query"} {
+		env.hs.WaitFor(t, 20*time.Second, "a request to "+path, func() bool {
+			return slices.ContainsFunc(env.hs.Requests(), func(r astest.Request) bool { return r.Path == path })
+		})
+	}
+}

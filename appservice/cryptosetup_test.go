@@ -1,0 +1,289 @@
+package appservice
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
+)
+
+// cryptoEnv is a service with encryption configured, on a fake homeserver and a fake clock.
+type cryptoEnv struct {
+	svc  *Service
+	hs   *astest.FakeHomeserver
+	clk  *clock.Fake
+	logs *watchedLog
+	br   *recordingBridge
+	ctx  context.Context
+}
+
+// cryptoSetup configures one start of a cryptoEnv.
+type cryptoSetup struct {
+	dialect string
+	// vault turns the vault on (a fresh key file).
+	vault bool
+	// configure changes the config before the start.
+	configure func(cfg *Config)
+	// registration changes the registration before the start.
+	registration func(reg *testRegistrationFlags)
+	// before runs on the fake homeserver and the service before the start.
+	before func(hs *astest.FakeHomeserver, svc *Service)
+}
+
+// testRegistrationFlags are the encryption flags of the test registration.
+type testRegistrationFlags struct{ ephemeral, msc3202, msc4190 bool }
+
+func startCryptoService(t *testing.T, setup cryptoSetup) *cryptoEnv {
+	t.Helper()
+	if setup.dialect == "" {
+		setup.dialect = astest.SQLite
+	}
+	hs := astest.NewFakeHomeserver(t, testDomain, testASToken)
+	cfg := testConfig(hs.URL())
+	cfg.Encryption = EncryptionConfig{Enabled: true, MSC4190: true, DefaultEncrypted: true}
+	if setup.vault {
+		keyFile := filepath.Join(t.TempDir(), "master.key")
+		writeKeys(t, keyFile, mustGenerateKey(t))
+		cfg.Vault = VaultConfig{KeyFile: &keyFile}
+	}
+	if setup.configure != nil {
+		setup.configure(cfg)
+	}
+	reg := testRegistration()
+	flags := testRegistrationFlags{ephemeral: true, msc3202: true, msc4190: true}
+	if setup.registration != nil {
+		setup.registration(&flags)
+	}
+	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = flags.ephemeral, flags.msc3202, flags.msc4190
+	logs := newWatchedLog()
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	br := newRecordingBridge("irc")
+	svc, err := newService(cfg, reg, []Bridge{br}, log, astest.TestDB(t, setup.dialect))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	svc.clk = clk
+	if setup.before != nil {
+		setup.before(hs, svc)
+	}
+	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
+	if err = svc.start(ctx); err != nil {
+		cancel()
+		t.Fatalf("start() = %v; encryption problems must not stop the service", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		svc.stopServing()
+	})
+	return &cryptoEnv{svc: svc, hs: hs, clk: clk, logs: logs, br: br, ctx: ctx}
+}
+
+// echoToDevice makes the fake homeserver hand every to-device message for the service's bot
+// back to the service's machine, as the to-device ingest does with the events of a transaction.
+func echoToDevice(hs *astest.FakeHomeserver, svc *Service) {
+	hs.OnToDevice(func(msg astest.ToDeviceMessage) {
+		if msg.UserID != svc.as.BotMXID() {
+			return
+		}
+		evt := &event.Event{Sender: msg.Sender, ToUserID: msg.UserID, ToDeviceID: msg.DeviceID, Type: event.Type{Type: msg.Type, Class: event.ToDeviceEventType}}
+		if err := json.Unmarshal(msg.Content, &evt.Content); err != nil {
+			return
+		}
+		svc.crypto.HandleToDevice(context.Background(), evt)
+	})
+}
+
+// TestSetupCryptoTurnsEncryptionOn starts the service with encryption on, on both dialects,
+// and checks the bot's device on the homeserver (keys uploaded, cross-signed by the bot), the
+// machine on the bot's client and a bridge's ghost, and the probe coming back.
+func TestSetupCryptoTurnsEncryptionOn(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := startCryptoService(t, cryptoSetup{dialect: dialect, vault: true, before: echoToDevice})
+			svc, bot := env.svc, env.svc.as.BotMXID()
+			if svc.crypto == nil {
+				t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+			}
+			env.logs.waitFor(t, "The homeserver delivers to-device events to the appservice")
+			if !svc.encryptionActive() {
+				t.Error("encryptionActive() = false after the probe came back")
+			}
+			dev := svc.crypto.Store().DeviceID
+			if devices := env.hs.Devices(bot); len(devices) != 1 || devices[0] != dev || !env.hs.HasDeviceKeys(bot, dev) {
+				t.Errorf("bot devices on the homeserver = %v (keys %t), want %q with keys", devices, env.hs.HasDeviceKeys(bot, dev), dev)
+			}
+			ssk := env.hs.CrossSigningKey(bot, "self_signing")
+			if ssk == "" || !env.hs.DeviceSignedBy(bot, dev, bot, "ed25519:"+ssk) {
+				t.Error("the bot's device is not signed by the bot's self-signing key")
+			}
+			if svc.as.BotClient().Crypto != svc.crypto || !svc.as.BotClient().SetAppServiceDeviceID {
+				t.Error("the bot's client does not encrypt with the machine, or does not send its device ID")
+			}
+			ghost, err := env.br.host.Intent("irc_alice")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ghost.Client.Crypto != svc.crypto {
+				t.Error("a ghost's client from Host.Intent does not encrypt with the machine")
+			}
+		})
+	}
+}
+
+// TestIntentAttachesCryptoConcurrently gets the same and different ghosts' intents from many
+// goroutines (run with -race): each has the machine as Crypto when it is returned.
+func TestIntentAttachesCryptoConcurrently(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true, before: echoToDevice})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	var wg sync.WaitGroup
+	missing := make(chan id.UserID, 64)
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			localpart := []string{"irc_a", "irc_b", "irc_c", "irc_d"}[i%4]
+			intent, err := env.br.host.Intent(localpart)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if intent.Client.Crypto != env.svc.crypto {
+				missing <- intent.UserID
+			}
+		}()
+	}
+	wg.Wait()
+	close(missing)
+	for userID := range missing {
+		t.Errorf("the intent of %s came back without the machine", userID)
+	}
+}
+
+// TestSetupCryptoProblemsLeaveEncryptionOff checks that every problem of the start-up leaves
+// the service running with encryption off and a Warn that says so and what to fix.
+func TestSetupCryptoProblemsLeaveEncryptionOff(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup cryptoSetup
+		want  []string
+	}{
+		{
+			name:  "encryption disabled",
+			setup: cryptoSetup{vault: true, configure: func(cfg *Config) { cfg.Encryption.Enabled = false }},
+			want:  []string{`"level":"info","message":"Encryption is off (encryption.enabled is false)`},
+		},
+		{
+			name:  "no vault",
+			setup: cryptoSetup{},
+			want:  []string{`"level":"warn"`, "configure the vault's master key", "Encryption is off: the crypto store cannot be opened"},
+		},
+		{
+			name: "homeserver refuses the device",
+			setup: cryptoSetup{vault: true, before: func(hs *astest.FakeHomeserver, _ *Service) {
+				hs.Fail(astest.PatternPutDevice, http.StatusBadRequest, "M_UNRECOGNIZED")
+			}},
+			want: []string{"io.element.msc4190", "Encryption is off: the bot's device could not be set up"},
+		},
+		{
+			name: "keys cannot be uploaded",
+			setup: cryptoSetup{vault: true, before: func(hs *astest.FakeHomeserver, _ *Service) {
+				hs.Fail(astest.PatternKeysUpload, http.StatusBadRequest, "M_UNKNOWN")
+			}},
+			want: []string{"Encryption is off: the bot's device keys could not be loaded or uploaded"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := startCryptoService(t, tc.setup)
+			logs := env.logs.String()
+			for _, want := range tc.want {
+				if !strings.Contains(logs, want) {
+					t.Errorf("the log lacks %q:\n%s", want, logs)
+				}
+			}
+			if env.svc.crypto != nil || env.svc.encryptionActive() || env.svc.as.BotClient().Crypto != nil {
+				t.Error("encryption is active after a failed set-up")
+			}
+			if strings.Contains(logs, `"message":"Encryption is on"`) {
+				t.Error("the log says encryption is on")
+			}
+		})
+	}
+}
+
+// TestSetupCryptoCrossSigningFailureKeepsEncryption checks that a homeserver refusing the
+// cross-signing keys costs only the device's verified status.
+func TestSetupCryptoCrossSigningFailureKeepsEncryption(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true, before: func(hs *astest.FakeHomeserver, svc *Service) {
+		hs.Fail(astest.PatternDeviceSigning, http.StatusForbidden, "M_FORBIDDEN")
+		echoToDevice(hs, svc)
+	}})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	if !strings.Contains(env.logs.String(), "The bot's device is not cross-signed") {
+		t.Errorf("the log does not say the device is not cross-signed:\n%s", env.logs.String())
+	}
+}
+
+// TestProbeWithoutToDeviceDelivery checks the degraded mode: the homeserver never hands the
+// probe back, so after ten seconds on the service's clock the service Warns naming the
+// homeserver's and the registration's flags, and encryption is no longer active.
+func TestProbeWithoutToDeviceDelivery(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeTimeout) != nil {
+		t.Fatal("the service does not wait for the probe on its clock")
+	}
+	if msgs := env.hs.ToDeviceMessages(); len(msgs) != 1 || msgs[0].Type != e2ee.ProbeEventType.Type {
+		t.Fatalf("to-device messages = %+v, want the probe", msgs)
+	}
+	if !env.svc.encryptionActive() {
+		t.Error("encryption is inactive before the probe's time ran out")
+	}
+	env.clk.Advance(probeTimeout)
+	line := env.logs.waitForLine(t, "did not deliver the bot's to-device probe", 1)
+	for _, want := range []string{`"level":"warn"`, "msc2409_to_device_messages_enabled", "msc3202_transaction_extensions", "org.matrix.msc3202", "receive_ephemeral"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the probe's Warn lacks %q: %s", want, line)
+		}
+	}
+	if env.svc.encryptionActive() {
+		t.Error("encryptionActive() = true after the probe never came back")
+	}
+}
+
+// TestSetupCryptoWarnsAboutRegistrationFlags checks that a registration without the flags
+// encryption needs is a Warn per flag at start, not a failure.
+func TestSetupCryptoWarnsAboutRegistrationFlags(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true, registration: func(f *testRegistrationFlags) {
+		f.msc3202 = false
+		f.ephemeral = false
+	}, before: echoToDevice})
+	logs := env.logs.String()
+	for _, want := range []string{"org.matrix.msc3202 is not true", "receive_ephemeral is not true"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "io.element.msc4190 is not true") {
+		t.Error("the log warns about io.element.msc4190, which the registration has")
+	}
+}

@@ -1,0 +1,97 @@
+package irc
+
+import (
+	"strings"
+	"testing"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/astest/fakehost"
+)
+
+func TestPortalEncryption(t *testing.T) {
+	tests := []struct {
+		name           string
+		encryptPortals bool
+		crypto         bool
+		want           bool
+	}{
+		{name: "default", crypto: true},
+		{name: "encrypt_portals, encryption active", encryptPortals: true, crypto: true, want: true},
+		{name: "encrypt_portals, encryption off", encryptPortals: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			br := New()
+			br.cfg.EncryptPortals = tt.encryptPortals
+			host := fakehost.New(t, astest.SQLite, br)
+			if tt.crypto {
+				host.EnableCrypto(t)
+			}
+			br.host = host
+			req := br.portalRoomRequest(&network{cfg: &NetworkConfig{ID: testNet}}, testChannel, "")
+			var encryption *event.EncryptionEventContent
+			for _, st := range req.InitialState {
+				if st.Type == event.StateEncryption {
+					encryption, _ = st.Content.Parsed.(*event.EncryptionEventContent)
+				}
+			}
+			if got := encryption != nil; got != tt.want {
+				t.Fatalf("portal created encrypted = %v (%+v), want %v", got, req.InitialState, tt.want)
+			}
+			if tt.want && (encryption.Algorithm != id.AlgorithmMegolmV1 || encryption.RotationPeriodMillis != 24*60*60*1000) {
+				t.Errorf("portal encryption = %+v, want megolm rotated daily", encryption)
+			}
+		})
+	}
+}
+
+// TestPrivateChatEncryption: with encrypt_portals and the core's encryption active, the
+// private chat an IRC user opens is created encrypted, and the ghost's messages there are
+// encrypted for the Matrix user's devices; without encrypt_portals it stays in plaintext.
+func TestPrivateChatEncryption(t *testing.T) {
+	for _, encryptPortals := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "encrypt_portals"}[encryptPortals], func(t *testing.T) {
+			ec := envConfig{crypto: true, configure: func(cfg *Config) { cfg.EncryptPortals = encryptPortals }}
+			forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+				alice := astest.NewTestDevice(t, env.host.HS, testAlice, "ALICEPHONE")
+				carol := env.srv.Client(t, "carol")
+				env.say(testAlice, "i am here")
+				env.waitMembers(testChannel, "alice[m]")
+				if err := carol.Privmsg("alice[m]", "psst, alice"); err != nil {
+					t.Fatal(err)
+				}
+				ghost := ghostID(t, "carol")
+				sent := env.waitEvent("", "the private message", func(evt *astest.SentEvent) bool {
+					return (evt.Type == event.EventEncrypted || evt.Type == event.EventMessage) && evt.Sender == ghost
+				})
+				created := env.host.CreatedRooms()
+				if len(created) != 1 || created[0].RoomID != sent.RoomID {
+					t.Fatalf("created rooms = %+v, want the private chat", created)
+				}
+				if !encryptPortals {
+					if created[0].Encryption != nil || sent.Type != event.EventMessage {
+						t.Errorf("private chat encryption %+v, message %s; want an unencrypted room", created[0].Encryption, sent.Type.Type)
+					}
+					return
+				}
+				if created[0].Encryption == nil || sent.Type != event.EventEncrypted {
+					t.Fatalf("private chat encryption %+v, message %s; want an encrypted room and message", created[0].Encryption, sent.Type.Type)
+				}
+				if strings.Contains(string(sent.Content), "psst") {
+					t.Errorf("ciphertext holds the message: %s", sent.Content)
+				}
+				alice.Receive(env.ctx)
+				evt, err := alice.Decrypt(env.ctx, sent)
+				if err != nil {
+					t.Fatalf("alice cannot decrypt the private message: %v", err)
+				}
+				if body := evt.Content.AsMessage().Body; body != "psst, alice" {
+					t.Errorf("alice decrypts %q, want the private message", body)
+				}
+			})
+		})
+	}
+}
