@@ -17,13 +17,15 @@ type cryptoKeyReplacer interface {
 
 var _ cryptoKeyReplacer = (*vault.Vault)(nil)
 
-// evictOlmSessions drops the olm sessions the bot's crypto store keeps in memory, after an
-// erasure deleted some of them from the database. It does nothing while encryption is off.
+// evictOlmSessions drops the olm sessions the bot's crypto store keeps in memory, and the
+// decryption cache (megolm sessions, devices, cross-signing trust), after an erasure deleted
+// some of them from the database. It does nothing while encryption is off.
 func (svc *Service) evictOlmSessions() {
 	svc.cryptoKeyLock.Lock()
 	defer svc.cryptoKeyLock.Unlock()
 	if svc.crypto != nil {
 		svc.crypto.EvictOlmSessions()
+		svc.crypto.Evict()
 	}
 }
 

@@ -129,6 +129,9 @@ func TestSetupCryptoTurnsEncryptionOn(t *testing.T) {
 			if ssk == "" || !env.hs.DeviceSignedBy(bot, dev, bot, "ed25519:"+ssk) {
 				t.Error("the bot's device is not signed by the bot's self-signing key")
 			}
+			if !svc.crypto.CacheEnabled() {
+				t.Error("the machine decrypts without its cache (EnableCache was not called)")
+			}
 			if svc.as.BotClient().Crypto != svc.crypto || !svc.as.BotClient().SetAppServiceDeviceID {
 				t.Error("the bot's client does not encrypt with the machine, or does not send its device ID")
 			}

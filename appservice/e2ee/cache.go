@@ -116,13 +116,21 @@ func (m *Machine) EnableCache(size int) {
 	m.mach.CryptoStore = newCachingStore(m.mach.CryptoStore, m.store.DB, size)
 }
 
+// CacheEnabled reports whether [Machine.EnableCache] put the cache in front of the store.
+func (m *Machine) CacheEnabled() bool {
+	_, ok := m.mach.CryptoStore.(*cachingStore)
+	return ok
+}
+
 // Evict empties the cache of [Machine.EnableCache], so that the next decryption reads the
-// crypto store again. It must be called after any change to the crypto tables that does not go
-// through the machine has committed: erasure (the user's devices, olm and inbound megolm
-// sessions, cross-signing keys and signatures), the retention sweep of inbound megolm sessions,
-// the re-pickling of the store under a new crypto key, and a reset of the crypto rows at
-// start-up. Otherwise the machine could go on decrypting with a session the database no longer
-// holds. Evict is safe for concurrent use and does nothing when the cache is off.
+// crypto store again. It must be called after any deletion or change of crypto rows that does
+// not go through the machine has committed, or the machine could go on decrypting with a
+// session the database no longer holds: the core calls it after every erasure that covered
+// the crypto store (the user's devices, olm and inbound megolm sessions, cross-signing keys and
+// signatures). The retention sweep, which has no hook after it, relies on an entry's one-minute
+// lifetime; re-pickling under a new crypto key changes no session's content and needs no
+// eviction; the start-up reset of the crypto rows runs before the cache is enabled. Evict is
+// safe for concurrent use and does nothing when the cache is off.
 func (m *Machine) Evict() {
 	if c, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		c.evict()
