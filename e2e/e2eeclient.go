@@ -41,6 +41,8 @@ type E2EEClient interface {
 	// (pred sees every message, in the order the client saw them in clear), and returns it.
 	// On timeout the test fails, listing the client's decryption failures.
 	WaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) *Message
+	// TryWaitFor is WaitFor that reports a timeout (nil, false) instead of failing the test.
+	TryWaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) (*Message, bool)
 	// WaitForInvite waits up to timeout for an invite from inviter that no earlier call
 	// returned, and returns its room.
 	WaitForInvite(t testing.TB, inviter id.UserID, timeout time.Duration) id.RoomID

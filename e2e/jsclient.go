@@ -349,16 +349,26 @@ func (c *JSClient) WaitForBody(t testing.TB, roomID id.RoomID, body string, time
 	return &msg
 }
 
-// WaitFor waits up to timeout for a message pred matches (see [E2EEClient]). It pages through
-// the client's messages in order, asking the client to wait for new ones.
+// WaitFor waits up to timeout for a message pred matches (see [E2EEClient]).
 func (c *JSClient) WaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) *Message {
+	t.Helper()
+	m, ok := c.TryWaitFor(t, timeout, pred)
+	if !ok {
+		t.Fatalf("%s: no matching message within %v; decryption failures: %+v", c.name, timeout, c.DecryptionFailures(t))
+	}
+	return m
+}
+
+// TryWaitFor is [JSClient.WaitFor] that reports a timeout. It pages through the client's
+// messages in order, asking the client to wait for new ones.
+func (c *JSClient) TryWaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) (*Message, bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	since := 0
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
-			break
+			return nil, false
 		}
 		var resp struct {
 			Messages []*Message `json:"messages"`
@@ -367,13 +377,11 @@ func (c *JSClient) WaitFor(t testing.TB, timeout time.Duration, pred func(*Messa
 		c.call(t, min(left, 5*time.Second), &resp, map[string]any{"cmd": "messages", "since": since})
 		for _, m := range resp.Messages {
 			if pred(m) {
-				return m
+				return m, true
 			}
 		}
 		since += len(resp.Messages)
 	}
-	t.Fatalf("%s: no matching message within %v (%d seen); decryption failures: %+v", c.name, timeout, since, c.DecryptionFailures(t))
-	return nil
 }
 
 // WaitForInvite waits up to timeout for an invite from inviter that no earlier call returned.

@@ -366,15 +366,49 @@ func (c *MXClient) WaitFor(t testing.TB, timeout time.Duration, pred func(*Messa
 	var found *Message
 	next := 0
 	c.wait(t, timeout, "a matching message", func() bool {
-		for ; next < len(c.messages); next++ {
-			if pred(c.messages[next]) {
-				found = c.messages[next]
-				return true
-			}
-		}
-		return false
+		found, next = c.find(next, pred)
+		return found != nil
 	})
 	return found
+}
+
+// TryWaitFor is [MXClient.WaitFor] that reports a timeout.
+func (c *MXClient) TryWaitFor(t testing.TB, timeout time.Duration, pred func(*Message) bool) (*Message, bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	next := 0
+	for {
+		c.mu.Lock()
+		var found *Message
+		found, next = c.find(next, pred)
+		changed, syncErr := c.changed, c.syncErr
+		c.mu.Unlock()
+		if found != nil {
+			return found, true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, false
+		}
+		if syncErr != nil {
+			t.Fatalf("%s: the sync loop stopped: %v", c.name, syncErr)
+		}
+		select {
+		case <-changed:
+		case <-time.After(left):
+		}
+	}
+}
+
+// find returns the first message from index next on that pred matches, and the index to go on
+// from. It must be called under the lock.
+func (c *MXClient) find(next int, pred func(*Message) bool) (*Message, int) {
+	for ; next < len(c.messages); next++ {
+		if pred(c.messages[next]) {
+			return c.messages[next], next + 1
+		}
+	}
+	return nil, next
 }
 
 // WaitForInvite waits up to timeout for an invite from inviter that no earlier call returned.
