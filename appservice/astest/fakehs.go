@@ -44,6 +44,8 @@ type FakeHomeserver struct {
 	failures   map[string]failure // pattern → injected failure
 	nextID     int
 	keys       fakeKeys // devices, keys, account data, to-device (fakekeys.go)
+	// deliveryCounters count DeliverToDevice's pushes (fakedelivery.go).
+	deliveryCounters
 	// changed is closed and replaced whenever a request is recorded (see WaitFor).
 	changed chan struct{}
 }
