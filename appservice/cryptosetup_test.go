@@ -293,3 +293,35 @@ func TestSetupCryptoWarnsAboutRegistrationFlags(t *testing.T) {
 		t.Error("the log warns about io.element.msc4190, which the registration has")
 	}
 }
+
+// TestSetupCryptoHoldsTheCryptoKeyLock checks, from inside the homeserver's answer to the
+// device's creation (after the store was opened with the vault's crypto key, before the machine
+// is set), that start-up holds cryptoKeyLock: a shred rotation resuming meanwhile waits rather
+// than re-pickle the rows under a new key while the store being set up pickles under the old.
+func TestSetupCryptoHoldsTheCryptoKeyLock(t *testing.T) {
+	held := make(chan bool, 1)
+	env := startCryptoService(t, cryptoSetup{vault: true, before: func(hs *astest.FakeHomeserver, svc *Service) {
+		echoToDevice(hs, svc)
+		hs.OnRequest(astest.PatternPutDevice, func() {
+			free := svc.cryptoKeyLock.TryLock()
+			if free {
+				svc.cryptoKeyLock.Unlock()
+			}
+			select {
+			case held <- !free:
+			default:
+			}
+		})
+	}})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	select {
+	case ok := <-held:
+		if !ok {
+			t.Error("cryptoKeyLock was free while start-up set the bot's device up")
+		}
+	default:
+		t.Fatal("start-up never created the bot's device")
+	}
+}
