@@ -120,7 +120,10 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	if err := svc.as.SetHomeserverURL(cfg.Homeserver.Address); err != nil {
 		return nil, fmt.Errorf("invalid homeserver.address: %w", err)
 	}
-	svc.stateStore = sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), true)
+	// isBridge false: with true, mautrix's FindSharedRooms (used by the olm machine to rotate
+	// a room's outbound session when a member's devices change) reads a "portal" table that
+	// only mautrix's bridges have.
+	svc.stateStore = sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), false)
 	svc.as.StateStore = svc.stateStore
 	// mautrix creates the bot's client and intent lazily and without locking; create them now,
 	// before any goroutine can race to.
@@ -210,8 +213,11 @@ func (svc *Service) start(ctx context.Context) error {
 	}
 	svc.setReady(true)
 	svc.goBackground(ctx, svc.connectHomeserver)
-	// Listeners are up: check that to-device events reach us (only with encryption on).
-	svc.goBackground(ctx, svc.probeToDevice)
+	// Listeners are up: check that to-device events reach us (only with encryption on). The
+	// machine is read here, once: the probe runs with the one start-up set.
+	if mach := svc.crypto; mach != nil {
+		svc.goBackground(ctx, func(ctx context.Context) { svc.probeToDevice(ctx, mach) })
+	}
 	svc.goBackground(ctx, svc.pruneLoop)
 	if svc.inboxKeys != nil {
 		svc.goBackground(ctx, svc.inboxRetryLoop)

@@ -118,9 +118,10 @@ func (cs *encryptedEvents) firstTell(ref utdRef) bool {
 	return true
 }
 
-// cryptoOn reports whether encrypted events are handled: encryption is configured and active.
+// cryptoOn reports whether encrypted events are handled: encryption is active (see
+// encryptionActive, which implies svc.crypto is set).
 func (svc *Service) cryptoOn() bool {
-	return svc.crypto != nil && svc.encryptionActive()
+	return svc.encryptionActive()
 }
 
 // deviceListsInTxn returns what ingest runs inside its transaction for pt: marking the users
@@ -340,7 +341,9 @@ func (svc *Service) awaitRoomKey(ctx context.Context, ref sessionRef, d time.Dur
 // hasRoomKey reports whether the crypto store has ref's session (or knows it was withheld, which
 // decrypting then reports).
 func (svc *Service) hasRoomKey(ctx context.Context, ref sessionRef) bool {
-	sess, err := svc.crypto.Store().GetGroupSession(ctx, ref.room, ref.session)
+	// Through the machine's store: it waits while the pickle key is replaced, and it is the
+	// one the decryption cache fronts.
+	sess, err := svc.crypto.Olm().CryptoStore.GetGroupSession(ctx, ref.room, ref.session)
 	if errors.Is(err, crypto.ErrGroupSessionWithheld) {
 		return true
 	} else if err != nil {

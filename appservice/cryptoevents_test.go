@@ -20,22 +20,21 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/clock"
-	"github.com/custodian-matrix/custodian/appservice/e2ee"
 )
 
 const (
-	e2eeBotDevice   = id.DeviceID("CUSTODIANBOT")
 	e2eeAlice       = id.UserID("@alice:example.org")
 	e2eeAliceDevice = id.DeviceID("ALICEPHONE")
+	// e2eeAliceReader is Alice's second device, a real olm machine on the fake homeserver, which
+	// reads what the bot sends her encrypted.
+	e2eeAliceReader = id.DeviceID("ALICELAPTOP")
 	e2eeDM          = id.RoomID("!dm:example.org")
 )
 
-// e2eePickleKey is the crypto store's pickle key in these tests (the vault's crypto key in
-// production).
-var e2eePickleKey = bytes.Repeat([]byte{7}, 32)
-
-// e2eeEnv is a service with a real olm machine for the bot's device, on the fake homeserver,
-// and Alice's device: an olm account of her own and a megolm session she encrypts with.
+// e2eeEnv is a service with encryption on, on the fake homeserver, which delivers to-device
+// messages for the bot back to the service in transactions (MSC2409), and Alice's device: an
+// olm account of her own and a megolm session she encrypts with. The bot's device is the one
+// start-up creates through the fake's device endpoints.
 type e2eeEnv struct {
 	t       *testing.T
 	ctx     context.Context
@@ -49,34 +48,46 @@ type e2eeEnv struct {
 	// megolm is Alice's outbound megolm session in the DM.
 	megolm *crypto.OutboundGroupSession
 	seq    int
+	// reader is Alice's device that decrypts the bot's messages; decrypted what it decrypted
+	// (an event decrypts once: a second time is a replayed message index).
+	reader    *astest.TestDevice
+	decrypted map[id.EventID]*event.Event
 }
 
-// newE2EEEnv builds the service on db with the vault on and the bot's olm machine set, its
-// rooms and Alice's device known, and does not start it. An earlier env on the same db (a
-// restart) is passed as prev, so Alice keeps her device and session.
+// newE2EEEnv builds the service on db with the vault and encryption on, its rooms known, and
+// does not start it: start (or setupCrypto, for a test that drives the service by hand) sets
+// encryption up as start-up does. An earlier env on the same db (a restart) is passed as prev:
+// the same homeserver, vault key, Alice's device and session.
 func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func(cfg *Config), bridges ...Bridge) *e2eeEnv {
 	t.Helper()
-	hs := astest.NewFakeHomeserver(t, testDomain, testASToken)
-	cfg := testConfig(hs.URL())
+	var hs *astest.FakeHomeserver
 	keyFile := ""
 	if prev != nil {
+		hs = prev.hs
 		keyFile = *prev.svc.cfg.Vault.KeyFile
 	} else {
+		hs = astest.NewFakeHomeserver(t, testDomain, testASToken)
 		keyFile, _ = newKeyFile(t)
 	}
+	cfg := testConfig(hs.URL())
 	cfg.Vault = VaultConfig{KeyFile: &keyFile}
-	cfg.Encryption.Enabled = true
-	cfg.Encryption.KeyWait = 10 * time.Second
+	cfg.Encryption = EncryptionConfig{Enabled: true, MSC4190: true, DefaultEncrypted: true, KeyWait: 10 * time.Second}
+	// A free port, fixed before the start, so the homeserver knows where to deliver from the
+	// first to-device message on (the probe is sent while start runs).
+	cfg.AppService.Port = freePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", cfg.AppService.Port)
 	if configure != nil {
 		configure(cfg)
 	}
+	reg := testRegistration()
+	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = true, true, true
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	svc, err := newService(cfg, testRegistration(), bridges, log, db)
+	svc, err := newService(cfg, reg, bridges, log, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
-	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs}
+	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs, base: base, decrypted: make(map[id.EventID]*event.Event)}
 	t.Cleanup(func() {
 		cancel()
 		if env.started {
@@ -85,28 +96,18 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 			svc.bg.Wait()
 		}
 	})
+	deliverToDevice(hs, svc, func() string { return base })
 	if err = svc.upgradeDatabases(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err = svc.as.BotIntent().EnsureRegistered(ctx); err != nil {
 		t.Fatal(err)
 	}
-	client := svc.as.BotIntent().Client
-	client.DeviceID = e2eeBotDevice
-	store := crypto.NewSQLCryptoStore(db, dbutil.ZeroLogger(log), e2ee.AccountID, e2eeBotDevice, e2eePickleKey)
-	mach := e2ee.NewMachine(client, store, svc.stateStore, log)
-	if err = mach.Olm().Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err = store.PutAccount(ctx, mach.Olm().GetAccount()); err != nil {
-		t.Fatal(err)
-	}
-	svc.crypto = mach
-
 	if prev != nil {
-		env.alice, env.megolm = prev.alice, prev.megolm
+		env.alice, env.megolm, env.reader, env.decrypted = prev.alice, prev.megolm, prev.reader, prev.decrypted
 		env.seq = prev.seq + 100
 	} else {
+		env.reader = astest.NewTestDevice(t, hs, e2eeAlice, e2eeAliceReader)
 		env.alice = crypto.NewOlmAccount()
 		env.megolm, err = crypto.NewOutboundGroupSession(e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
 		if err != nil {
@@ -115,12 +116,6 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 		env.megolm.Shared = true
 		// The room key is taken (and kept) at index 0, before anything is encrypted.
 		env.megolm.ShareContent()
-	}
-	signing, identity := env.alice.Keys()
-	if err = store.PutDevice(ctx, e2eeAlice, &id.Device{
-		UserID: e2eeAlice, DeviceID: e2eeAliceDevice, IdentityKey: identity, SigningKey: signing,
-	}); err != nil {
-		t.Fatal(err)
 	}
 	// The DM: the bot and Alice, encrypted, as the homeserver and the state cache know it.
 	bot := svc.as.BotMXID()
@@ -137,14 +132,61 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 	return env
 }
 
-// start starts the service.
+// deliverToDevice makes hs push every to-device message for svc's bot to svc's listener at
+// base() in a transaction, as Synapse does with MSC2409.
+func deliverToDevice(hs *astest.FakeHomeserver, svc *Service, base func() string) {
+	bot := svc.as.BotMXID()
+	hs.DeliverToDevice(astest.ToDeviceDelivery{
+		URL: base, HSToken: svc.reg.ServerToken,
+		Ours: func(userID id.UserID) bool { return userID == bot },
+	})
+}
+
+// knowAlice stores Alice's device in the bot's crypto store, as a key query would.
+func (env *e2eeEnv) knowAlice() {
+	env.t.Helper()
+	if env.svc.crypto == nil {
+		env.t.Fatal("encryption did not come on at start-up")
+	}
+	signing, identity := env.alice.Keys()
+	if err := env.svc.crypto.Store().PutDevice(env.ctx, e2eeAlice, &id.Device{
+		UserID: e2eeAlice, DeviceID: e2eeAliceDevice, IdentityKey: identity, SigningKey: signing,
+	}); err != nil {
+		env.t.Fatal(err)
+	}
+}
+
+// setupCrypto sets the vault and encryption up as start-up does, without starting the service.
+func (env *e2eeEnv) setupCrypto() {
+	env.t.Helper()
+	env.svc.setupVault(env.ctx)
+	env.svc.setupCrypto(env.ctx)
+	env.knowAlice()
+}
+
+// start starts the service and waits for its to-device probe to come back through a
+// transaction.
 func (env *e2eeEnv) start() {
 	env.t.Helper()
+	delivered := env.hs.Delivered()
 	if err := env.svc.start(env.ctx); err != nil {
 		env.t.Fatal(err)
 	}
 	env.started = true
-	env.base = "http://" + env.svc.listenAddr.String()
+	env.knowAlice()
+	env.hs.WaitFor(env.t, 20*time.Second, "the to-device probe's delivery", func() bool {
+		return env.hs.Delivered() > delivered || env.hs.DeliveryFailures() > 0
+	})
+	if n := env.hs.DeliveryFailures(); n > 0 {
+		env.t.Fatalf("%d to-device transactions were refused", n)
+	}
+	// The probe's to-device row handled: the tests start from an empty inbox.
+	waitDrained(env.t, env.svc.dispatcher)
+}
+
+// botDevice returns the device start-up created for the bot.
+func (env *e2eeEnv) botDevice() id.DeviceID {
+	return env.svc.crypto.Store().DeviceID
 }
 
 // shareKey stores Alice's megolm session in the bot's crypto store, as if its room key had come.
@@ -232,7 +274,7 @@ func (env *e2eeEnv) roomKey(ogs *crypto.OutboundGroupSession) map[string]any {
 	}
 	return map[string]any{
 		"type": event.ToDeviceEncrypted.Type, "sender": e2eeAlice,
-		"to_user_id": env.svc.as.BotMXID(), "to_device_id": e2eeBotDevice,
+		"to_user_id": env.svc.as.BotMXID(), "to_device_id": env.botDevice(),
 		"content": map[string]any{
 			"algorithm": id.AlgorithmOlmV1, "sender_key": identity,
 			"ciphertext": map[string]any{string(botIdentity): map[string]any{"type": msgType, "body": string(ciphertext)}},
@@ -259,13 +301,32 @@ func (env *e2eeEnv) put(txnID string, events []map[string]any, toDevice []map[st
 // botMessages returns the bodies of the messages the bot sent to roomID.
 func (env *e2eeEnv) botMessages(roomID id.RoomID) []string {
 	var out []string
-	for _, evt := range env.hs.Messages(roomID) {
+	env.reader.Receive(env.ctx)
+	for _, evt := range env.hs.Events(roomID) {
 		if evt.Sender != env.svc.as.BotMXID() {
 			continue
 		}
 		var content event.MessageEventContent
-		if err := evt.Decode(&content); err != nil {
-			env.t.Fatal(err)
+		switch evt.Type {
+		case event.EventMessage:
+			if err := evt.Decode(&content); err != nil {
+				env.t.Fatal(err)
+			}
+		case event.EventEncrypted:
+			plain, ok := env.decrypted[evt.EventID]
+			if !ok {
+				var err error
+				if plain, err = env.reader.Decrypt(env.ctx, evt); err != nil {
+					env.t.Fatalf("Alice cannot decrypt the bot's message %s: %v", evt.EventID, err)
+				}
+				env.decrypted[evt.EventID] = plain
+			}
+			if plain.Type != event.EventMessage {
+				continue
+			}
+			content = *plain.Content.AsMessage()
+		default:
+			continue
 		}
 		out = append(out, content.Body)
 	}
@@ -363,8 +424,10 @@ func TestIngestStoresToDeviceEventsSealedWithTheirSender(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
 			ctx := env.ctx
-			env.svc.setupVault(ctx)
+			env.setupCrypto()
 			env.svc.dispatcher.stop(ctx) // nothing is handled: the rows stay for the test to read
+			// The key fetch after the commit fails: the mark of the commit stays to be read.
+			env.hs.Fail(astest.PatternKeysQuery, http.StatusBadGateway, "M_UNKNOWN")
 			srv := httptest.NewServer(env.svc.router())
 			t.Cleanup(srv.Close)
 			env.base = srv.URL
@@ -430,8 +493,8 @@ func TestEncryptedCommandIsDecryptedAndAnswered(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
-			env.shareKey()
 			env.start()
+			env.shareKey()
 			env.put("h1", []map[string]any{env.encrypted(nil, "!help")}, nil)
 			env.waitForBotMessage(e2eeDM, "help")
 		})
@@ -446,8 +509,8 @@ func TestEncryptedEventReplayAfterCrashDecryptsAgain(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			db := astest.TestDB(t, dialect)
 			env1 := newE2EEEnv(t, db, nil, nil)
+			env1.setupCrypto()
 			env1.shareKey()
-			env1.svc.setupVault(env1.ctx)
 			env1.svc.bot.init(env1.ctx)
 			acceptDirect(t, env1.svc, "c1", env1.encrypted(nil, "!help"))
 			pending, err := env1.svc.db.Inbox.Pending(env1.ctx, 0, 10)
@@ -457,14 +520,15 @@ func TestEncryptedEventReplayAfterCrashDecryptsAgain(t *testing.T) {
 			// Handled, never marked done: the process dies here.
 			env1.svc.handleInboxEvent(env1.ctx, pending[0])
 			first := env1.hs.RequestsTo(astest.PatternSend)
-			if len(first) != 1 || !strings.Contains(string(first[0].Body), "help") {
-				t.Fatalf("first run sent %d messages, want the help", len(first))
+			if msgs := env1.botMessages(e2eeDM); len(first) != 1 || len(msgs) != 1 || !strings.Contains(msgs[0], "help") {
+				t.Fatalf("first run sent %d messages (%q), want the help", len(first), msgs)
 			}
 
 			env2 := newE2EEEnv(t, db, env1, nil)
 			env2.start()
 			env2.waitForBotMessage(e2eeDM, "help")
-			second := env2.hs.RequestsTo(astest.PatternSend)
+			// The same homeserver: its first send was the first run's.
+			second := env2.hs.RequestsTo(astest.PatternSend)[len(first):]
 			if got, want := second[0].PathValues["txnID"], first[0].PathValues["txnID"]; got != want {
 				t.Errorf("replayed answer's transaction ID = %q, want the first run's %q", got, want)
 			}
@@ -556,8 +620,8 @@ func TestEncryptedSecretIsRedactedAndLeavesNoPlaintext(t *testing.T) {
 	br := secretBridge{newRecordingBridge("irc")}
 	db := astest.TestDB(t, astest.SQLite)
 	env := newE2EEEnv(t, db, nil, nil, br)
-	env.shareKey()
 	env.start()
+	env.shareKey()
 	marker := "e2ee-password-" + strings.Repeat("z", 8)
 	evt := env.encrypted(nil, "!irc login "+marker)
 	evtID := evt["event_id"].(string)
@@ -609,11 +673,11 @@ func TestToDeviceEventCommitsWithItsRowOrNotAtAll(t *testing.T) {
 	env := newE2EEEnv(t, db, nil, nil)
 	clk := clock.NewFake(time.Now())
 	env.svc.clk = clk
+	env.start()
 	if _, err := db.Exec(env.ctx, `CREATE TRIGGER inbox_no_delete BEFORE DELETE ON as_inbox
 		BEGIN SELECT RAISE(ABORT, 'injected failure'); END`); err != nil {
 		t.Fatal(err)
 	}
-	env.start()
 	env.put("f1", nil, []map[string]any{env.roomKey(env.megolm)})
 	if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Second); err != nil {
 		t.Fatal(err)
@@ -736,11 +800,17 @@ func TestKeyCountsAndDeviceListsActAfterTheCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	bot := env.svc.as.BotMXID()
+	// Start-up uploaded the new device's keys and queried its own: only requests after the
+	// transaction count.
+	before := map[string]int{}
+	for _, pattern := range []string{astest.PatternKeysUpload, astest.PatternKeysQuery} {
+		before[pattern] = len(env.hs.RequestsTo(pattern))
+	}
 	body, err := json.Marshal(map[string]any{
 		"events":                          []map[string]any{},
 		"org.matrix.msc3202.device_lists": map[string]any{"changed": []id.UserID{bob}},
 		"org.matrix.msc3202.device_one_time_keys_count": map[id.UserID]any{
-			bot: map[id.DeviceID]any{e2eeBotDevice: map[string]int{"signed_curve25519": 0}},
+			bot: map[id.DeviceID]any{env.botDevice(): map[string]int{"signed_curve25519": 0}},
 		},
 	})
 	if err != nil {
@@ -749,9 +819,27 @@ func TestKeyCountsAndDeviceListsActAfterTheCommit(t *testing.T) {
 	if status, _ := do(t, env.base, testRequest{http.MethodPut, "/_matrix/app/v1/transactions/o1", testHSToken, string(body)}); status != http.StatusOK {
 		t.Fatalf("transaction = %d, want 200", status)
 	}
-	for _, path := range []string{"/_matrix/client/v3/keys/upload", "/_matrix/client/v3/keys/query"} {
-		env.hs.WaitFor(t, 20*time.Second, "a request to "+path, func() bool {
-			return slices.ContainsFunc(env.hs.Requests(), func(r astest.Request) bool { return r.Path == path })
+	for _, pattern := range []string{astest.PatternKeysUpload, astest.PatternKeysQuery} {
+		env.hs.WaitFor(t, 20*time.Second, "a request "+pattern, func() bool {
+			return len(env.hs.RequestsTo(pattern)) > before[pattern]
+		})
+	}
+}
+
+// TestStateStoreFindsSharedEncryptedRooms asks the state store, as the olm machine does when a
+// user's devices change (to rotate the room keys they had), for the encrypted rooms the bot
+// shares with Alice: the DM, found in Custodian's own state tables.
+func TestStateStoreFindsSharedEncryptedRooms(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			rooms, err := env.svc.stateStore.FindSharedRooms(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatalf("FindSharedRooms = %v", err)
+			}
+			if !slices.Equal(rooms, []id.RoomID{e2eeDM}) {
+				t.Errorf("FindSharedRooms = %v, want [%s]", rooms, e2eeDM)
+			}
 		})
 	}
 }

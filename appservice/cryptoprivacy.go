@@ -17,14 +17,25 @@ type cryptoKeyReplacer interface {
 
 var _ cryptoKeyReplacer = (*vault.Vault)(nil)
 
-// evictOlmSessions drops the olm sessions the bot's crypto store keeps in memory, and the
-// decryption cache (megolm sessions, devices, cross-signing trust), after an erasure deleted
-// some of them from the database. It does nothing while encryption is off.
+// evictOlmSessions drops the olm sessions the bot's crypto store keeps in memory and empties its
+// decryption cache, after an erasure deleted some of their rows from the database. It does
+// nothing while encryption is off.
 func (svc *Service) evictOlmSessions() {
 	svc.cryptoKeyLock.Lock()
 	defer svc.cryptoKeyLock.Unlock()
 	if svc.crypto != nil {
 		svc.crypto.EvictOlmSessions()
+		svc.crypto.Evict()
+	}
+}
+
+// evictCryptoCache empties the bot's decryption cache ([e2ee.Machine.Evict]) after a change to
+// the crypto tables that did not go through the machine. It does nothing while encryption is
+// off.
+func (svc *Service) evictCryptoCache() {
+	svc.cryptoKeyLock.Lock()
+	defer svc.cryptoKeyLock.Unlock()
+	if svc.crypto != nil {
 		svc.crypto.Evict()
 	}
 }

@@ -384,6 +384,10 @@ func TestCryptoForwardSecrecyAtRest(t *testing.T) {
 			env := newPrivacyEnv(t, dialect, func(cfg *Config) { cfg.Encryption.SessionRetention = retention })
 			key := randomKey(t)
 			m := env.newTestMachine(key)
+			// The live machine as start-up sets it: with the decryption cache, which the sweep
+			// must empty.
+			m.EnableCache(0)
+			env.svc.crypto = m
 			old := env.newMegolmSender(m, pvAlice, pvDM, env.clock.Now())
 			recent := env.newMegolmSender(m, pvBob, pvRoom, env.clock.Now().Add(retention))
 			oldEvt, recentEvt := old.encrypt(t, "$old", "old secret"), recent.encrypt(t, "$recent", "recent")
@@ -425,8 +429,15 @@ func TestCryptoErasureEvictsOlmSessions(t *testing.T) {
 			env.seedUser(pvAlice, pvDM)
 			env.seedUser(pvBob, "!dm-bob:example.org")
 			m := env.newTestMachine(randomKey(t))
+			m.EnableCache(0)
 			env.svc.crypto = m
 			ctx := env.ctx
+			// A message of alice's decrypted before the erasure: her session is in the cache.
+			aliceSender := env.newMegolmSender(m, pvAlice, pvDM, env.clock.Now())
+			aliceEvt := aliceSender.encrypt(t, "$alice-before", "alice's words")
+			if _, err := m.Decrypt(ctx, aliceEvt); err != nil {
+				t.Fatalf("Decrypt(alice's message) before the erasure = %v", err)
+			}
 			store := m.Olm().CryptoStore
 			_, botKey := m.Olm().GetAccount().Keys()
 			botAccount := m.Olm().GetAccount()
@@ -491,6 +502,9 @@ func TestCryptoErasureEvictsOlmSessions(t *testing.T) {
 			}
 			if store.HasSession(ctx, deviceKeys[pvAlice]) {
 				t.Error("the machine still has an olm session with alice's device after her erasure")
+			}
+			if got, err := m.Decrypt(ctx, aliceEvt); !errors.Is(err, e2ee.ErrNoSession) {
+				t.Errorf("Decrypt(alice's message) after her erasure = %v, %v; want ErrNoSession (her session evicted from the cache)", got, err)
 			}
 			if sess, err := store.GetLatestSession(ctx, deviceKeys[pvAlice]); err != nil || sess != nil {
 				t.Errorf("GetLatestSession(alice's device) after her erasure = %v, %v; want none", sess, err)

@@ -56,6 +56,11 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(log.WithContext(ctx), cryptoSetupTimeout)
 	defer cancel()
+	// From opening the store with the vault's crypto key until svc.crypto is set, a shred
+	// rotation resuming meanwhile must wait: it would re-pickle the rows under a new key while
+	// this store goes on pickling under the old one (replaceCryptoKey takes the same lock).
+	svc.cryptoKeyLock.Lock()
+	defer svc.cryptoKeyLock.Unlock()
 	v, _ := svc.vault.(*vault.Vault)
 	store, err := e2ee.OpenStore(ctx, svc.rawDB, v, svc.log)
 	if err != nil {
@@ -78,6 +83,10 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 		return
 	}
 	mach := e2ee.NewMachine(client, store, svc.stateStore, svc.log)
+	// The decryption cache (BENCHMARKS.md): every path that changes crypto rows outside the
+	// machine empties it (erasure, retention, re-pickle, a rolled-back to-device commit). The
+	// reset of the account above ran before the machine, and so the cache, existed.
+	mach.EnableCache(0)
 	if err = mach.Start(ctx); err != nil {
 		log.Warn().Err(err).Stringer("device_id", store.DeviceID).
 			Str("fix", "check that the homeserver is reachable and accepts the device's keys, then restart").
@@ -131,17 +140,14 @@ func (svc *Service) intent(userID id.UserID) *mxas.IntentAPI {
 }
 
 // probeToDevice checks, once the listeners are up, that the homeserver delivers to-device
-// events to the appservice (MSC2409): it sends a probe to the bot's own device and waits up to
+// events to the appservice (MSC2409): it sends a probe from mach (svc.crypto) to the bot's own device and waits up to
 // probeTimeout, on the service's clock, for a transaction to bring it back. If none does, the
 // bot cannot receive room keys: it Warns naming the homeserver's and the registration's flags,
 // and encryption is marked broken (encryptionActive false), so the bot warns in encrypted rooms
 // as it does with encryption off.
-func (svc *Service) probeToDevice(ctx context.Context) {
-	if svc.crypto == nil {
-		return
-	}
+func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	log := zerolog.Ctx(ctx).With().Str("component", "crypto").Logger()
-	received, cancel, err := svc.crypto.SendProbe(ctx)
+	received, cancel, err := mach.SendProbe(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return

@@ -2,7 +2,8 @@ package appservice
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
@@ -53,6 +53,7 @@ func startCryptoService(t *testing.T, setup cryptoSetup) *cryptoEnv {
 	hs := astest.NewFakeHomeserver(t, testDomain, testASToken)
 	cfg := testConfig(hs.URL())
 	cfg.Encryption = EncryptionConfig{Enabled: true, MSC4190: true, DefaultEncrypted: true}
+	cfg.AppService.Port = freePort(t)
 	if setup.vault {
 		keyFile := filepath.Join(t.TempDir(), "master.key")
 		writeKeys(t, keyFile, mustGenerateKey(t))
@@ -91,19 +92,24 @@ func startCryptoService(t *testing.T, setup cryptoSetup) *cryptoEnv {
 	return &cryptoEnv{svc: svc, hs: hs, clk: clk, logs: logs, br: br, ctx: ctx}
 }
 
-// echoToDevice makes the fake homeserver hand every to-device message for the service's bot
-// back to the service's machine, as the to-device ingest does with the events of a transaction.
+// echoToDevice makes the fake homeserver deliver every to-device message for the service's bot
+// back to the service in a transaction, as Synapse does with MSC2409: through ingest, the
+// inbox and the to-device lane to the machine.
 func echoToDevice(hs *astest.FakeHomeserver, svc *Service) {
-	hs.OnToDevice(func(msg astest.ToDeviceMessage) {
-		if msg.UserID != svc.as.BotMXID() {
-			return
-		}
-		evt := &event.Event{Sender: msg.Sender, ToUserID: msg.UserID, ToDeviceID: msg.DeviceID, Type: event.Type{Type: msg.Type, Class: event.ToDeviceEventType}}
-		if err := json.Unmarshal(msg.Content, &evt.Content); err != nil {
-			return
-		}
-		svc.crypto.HandleToDevice(context.Background(), evt)
-	})
+	base := fmt.Sprintf("http://%s:%d", svc.cfg.AppService.Hostname, svc.cfg.AppService.Port)
+	deliverToDevice(hs, svc, func() string { return base })
+}
+
+// freePort returns a TCP port free on 127.0.0.1 now, for a listener whose address must be known
+// before it starts.
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
 // TestSetupCryptoTurnsEncryptionOn starts the service with encryption on, on both dialects,
@@ -288,5 +294,37 @@ func TestSetupCryptoWarnsAboutRegistrationFlags(t *testing.T) {
 	}
 	if strings.Contains(logs, "io.element.msc4190 is not true") {
 		t.Error("the log warns about io.element.msc4190, which the registration has")
+	}
+}
+
+// TestSetupCryptoHoldsTheCryptoKeyLock checks, from inside the homeserver's answer to the
+// device's creation (after the store was opened with the vault's crypto key, before the machine
+// is set), that start-up holds cryptoKeyLock: a shred rotation resuming meanwhile waits rather
+// than re-pickle the rows under a new key while the store being set up pickles under the old.
+func TestSetupCryptoHoldsTheCryptoKeyLock(t *testing.T) {
+	held := make(chan bool, 1)
+	env := startCryptoService(t, cryptoSetup{vault: true, before: func(hs *astest.FakeHomeserver, svc *Service) {
+		echoToDevice(hs, svc)
+		hs.OnRequest(astest.PatternPutDevice, func() {
+			free := svc.cryptoKeyLock.TryLock()
+			if free {
+				svc.cryptoKeyLock.Unlock()
+			}
+			select {
+			case held <- !free:
+			default:
+			}
+		})
+	}})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	select {
+	case ok := <-held:
+		if !ok {
+			t.Error("cryptoKeyLock was free while start-up set the bot's device up")
+		}
+	default:
+		t.Fatal("start-up never created the bot's device")
 	}
 }

@@ -175,7 +175,7 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var target deviceTarget
-	if svc.crypto != nil && svc.encryptionActive() {
+	if svc.encryptionActive() {
 		target.user, target.device = svc.crypto.Device()
 	}
 	parsed, err := parseTransactionFor(txnID, body, target)

@@ -199,8 +199,9 @@ func (svc *Service) inventory() map[string][]UserTable {
 type engineHost struct{ svc *Service }
 
 var (
-	_ privacy.Host             = engineHost{}
-	_ privacy.ErasureCommitter = engineHost{}
+	_ privacy.Host               = engineHost{}
+	_ privacy.ErasureCommitter   = engineHost{}
+	_ privacy.RetentionCommitter = engineHost{}
 )
 
 // Inventory returns the core's and every bridge's declared tables.
@@ -268,6 +269,15 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 func (h engineHost) ErasureCommitted(_ context.Context, modules []string) {
 	if len(modules) == 0 || slices.Contains(modules, e2ee.Module) {
 		h.svc.evictOlmSessions()
+	}
+}
+
+// RetentionCommitted empties the crypto store's decryption cache after a sweep that deleted
+// crypto rows (expired inbound megolm sessions), so that the machine no longer decrypts with a
+// session the database no longer holds (see [privacy.RetentionCommitter]).
+func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
+	if slices.Contains(modules, e2ee.Module) {
+		h.svc.evictCryptoCache()
 	}
 }
 

@@ -42,8 +42,11 @@ type FakeHomeserver struct {
 	profiles   map[id.UserID]map[string]any
 	registered map[id.UserID]bool
 	failures   map[string]failure // pattern → injected failure
+	hooks      map[string]func()  // pattern → OnRequest callback
 	nextID     int
 	keys       fakeKeys // devices, keys, account data, to-device (fakekeys.go)
+	// deliveryCounters count DeliverToDevice's pushes (fakedelivery.go).
+	deliveryCounters
 	// changed is closed and replaced whenever a request is recorded (see WaitFor).
 	changed chan struct{}
 }
@@ -133,6 +136,7 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 		profiles:   make(map[id.UserID]map[string]any),
 		registered: make(map[id.UserID]bool),
 		failures:   make(map[string]failure),
+		hooks:      make(map[string]func()),
 		keys:       newFakeKeys(),
 		changed:    make(chan struct{}),
 	}
@@ -149,7 +153,11 @@ func NewFakeHomeserver(t testing.TB, domain, asToken string) *FakeHomeserver {
 			}
 			hs.lock.Lock()
 			fail, failing := hs.failures[pattern]
+			hook := hs.hooks[pattern]
 			hs.lock.Unlock()
+			if hook != nil {
+				hook()
+			}
 			if failing {
 				writeError(w, fail.status, fail.errcode, "Injected failure")
 				return
@@ -299,6 +307,19 @@ func (hs *FakeHomeserver) Messages(roomID id.RoomID) []*SentEvent {
 		}
 	}
 	return out
+}
+
+// OnRequest makes the fake call fn, in the request's goroutine, before it answers each request
+// to pattern (after an injected failure is decided); nil removes it. fn sees what the caller
+// holds while it waits for the answer.
+func (hs *FakeHomeserver) OnRequest(pattern string, fn func()) {
+	hs.lock.Lock()
+	defer hs.lock.Unlock()
+	if fn == nil {
+		delete(hs.hooks, pattern)
+		return
+	}
+	hs.hooks[pattern] = fn
 }
 
 // Fail makes every later request to pattern (as in [FakeHomeserver.RequestsTo]) fail with

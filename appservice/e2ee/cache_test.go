@@ -423,3 +423,71 @@ func TestCacheConcurrentDecrypt(t *testing.T) {
 		t.Fatalf("%d of %d operations failed, first: %v", len(failures), 2*len(events), failures[0])
 	}
 }
+
+// TestMachineChangesEmptyTheCache decrypts once with the cache on, then re-pickles the store
+// under a new key or forgets what a rolled-back transaction left in memory: the next decryption
+// reads the inbound session (and the sender's trust) from the database again, not from the
+// cache, and still decrypts.
+func TestMachineChangesEmptyTheCache(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		for _, tt := range []struct {
+			name   string
+			change func(t *testing.T, env *cacheEnv)
+		}{
+			{"repickle", func(t *testing.T, env *cacheEnv) {
+				oldKey := append([]byte(nil), env.bm.mach.locked.PickleKey...)
+				newKey := make([]byte, len(oldKey))
+				for i := range newKey {
+					newKey[i] = oldKey[i] ^ 0x5a
+				}
+				_, err := env.bm.mach.ReplacePickleKey(env.ctx, func(ctx context.Context, repickle func(ctx context.Context, oldKey, newKey []byte) error) error {
+					return repickle(ctx, oldKey, newKey)
+				})
+				if err != nil {
+					t.Fatalf("ReplacePickleKey = %v", err)
+				}
+			}},
+			{"rollback", func(t *testing.T, env *cacheEnv) {
+				if err := env.bm.mach.ForgetUncommitted(env.ctx); err != nil {
+					t.Fatalf("ForgetUncommitted = %v", err)
+				}
+			}},
+			{"erasure", func(_ *testing.T, env *cacheEnv) { env.bm.mach.EvictOlmSessions() }},
+		} {
+			t.Run(dialect+"/"+tt.name, func(t *testing.T) {
+				env := newCacheEnv(t, dialect, true)
+				env.mustDecrypt(t, 0)
+				tt.change(t, env)
+				env.qc.take()
+				env.mustDecrypt(t, 1)
+				if reads := countMentioning(env.qc.take(), "crypto_megolm_inbound_session"); reads == 0 {
+					t.Error("the decryption after the change read the inbound session from the cache")
+				}
+			})
+		}
+	}
+}
+
+// TestForgetUncommittedWaitsForTheStore holds the store's lock as a decryption in progress does:
+// ForgetUncommitted, which replaces the olm session cache and the account, waits for it.
+func TestForgetUncommittedWaitsForTheStore(t *testing.T) {
+	env := newCacheEnv(t, astest.SQLite, true)
+	env.bm.mach.locked.mu.RLock()
+	done := make(chan error, 1)
+	go func() { done <- env.bm.mach.ForgetUncommitted(env.ctx) }()
+	select {
+	case err := <-done:
+		env.bm.mach.locked.mu.RUnlock()
+		t.Fatalf("ForgetUncommitted = %v while a store call held the lock; want it to wait", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	env.bm.mach.locked.mu.RUnlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ForgetUncommitted = %v", err)
+		}
+	case <-env.ctx.Done():
+		t.Fatal("ForgetUncommitted did not finish once the lock was free")
+	}
+}

@@ -38,6 +38,16 @@ func (s *lockedStore) evictOlmSessions() {
 	s.InitFields()
 }
 
+// forgetCached drops the olm sessions and the account held in memory, under the lock: the next
+// use reads them from the database. Without dropping the account, the olm machine's next Load
+// would return the cached one.
+func (s *lockedStore) forgetCached() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.InitFields()
+	s.Account = nil
+}
+
 // PutAccount implements [crypto.Store].
 func (s *lockedStore) PutAccount(ctx context.Context, account *crypto.OlmAccount) error {
 	s.mu.RLock()

@@ -72,15 +72,16 @@ func (m *Machine) Device() (id.UserID, id.DeviceID) {
 }
 
 // ForgetUncommitted drops what the machine holds in memory of the crypto store, after a database
-// transaction in which it handled a to-device event rolled back: it reloads the olm account
-// (whose spent one-time key the rollback restored) and empties the olm session cache (whose
-// sessions may have advanced past what is stored). It must not run while another goroutine
-// decrypts or encrypts olm messages; the core calls it only from the to-device lane, after a
-// failed commit, which is rare.
+// transaction in which it handled a to-device event rolled back: it empties the olm session
+// cache (whose sessions may have advanced past what is stored) and the store's cached account,
+// under the store's lock (taken for writing, as [Machine.EvictOlmSessions] does), empties the
+// decryption cache of [Machine.EnableCache] (which fenced, and now forgets, what the
+// transaction wrote), then reloads the olm account (whose spent one-time key the rollback
+// restored). The core calls it only from the to-device lane, after a failed commit, which is
+// rare.
 func (m *Machine) ForgetUncommitted(ctx context.Context) error {
-	m.store.InitFields()
-	// The store caches the account too; without this, Load would return the cached one.
-	m.store.Account = nil
+	m.locked.forgetCached()
+	m.Evict()
 	if err := m.mach.Load(ctx); err != nil {
 		return fmt.Errorf("failed to reload the olm account: %w", err)
 	}
@@ -99,9 +100,14 @@ func (m *Machine) Olm() *crypto.OlmMachine { return m.mach }
 func (m *Machine) Store() *crypto.SQLCryptoStore { return m.store }
 
 // EvictOlmSessions drops the olm sessions the store keeps in memory, so that the ones an
-// erasure deleted from the database are no longer used. The core calls it after every erasure
-// that covered the crypto store. It waits for store calls in progress.
-func (m *Machine) EvictOlmSessions() { m.locked.evictOlmSessions() }
+// erasure deleted from the database are no longer used, and empties the decryption cache
+// ([Machine.Evict]), which may hold the erased user's devices and inbound megolm sessions. The
+// core calls it after every erasure that covered the crypto store. It waits for store calls in
+// progress.
+func (m *Machine) EvictOlmSessions() {
+	m.locked.evictOlmSessions()
+	m.Evict()
+}
 
 // ErrNoSession is wrapped by [Machine.Decrypt]'s error when the megolm session of the event is
 // not (yet) known: its keys may still arrive (see [Machine.WaitForSession]).

@@ -112,6 +112,7 @@ const replaceKeyTimeout = 30 * time.Second
 // key, and, if replace returns nil, switches the store to the new key. replace is normally
 // [vault.Vault.ReplaceCryptoKey], which calls the function in its transaction. ReplacePickleKey
 // gives replace at most 30 seconds; on an error nothing changed and the store keeps its key.
+// On success the decryption cache ([Machine.Evict]) is emptied.
 func (m *Machine) ReplacePickleKey(ctx context.Context, replace func(ctx context.Context, repickle func(ctx context.Context, oldKey, newKey []byte) error) error) (RepickleResult, error) {
 	m.locked.mu.Lock()
 	defer m.locked.mu.Unlock()
@@ -134,5 +135,7 @@ func (m *Machine) ReplacePickleKey(ctx context.Context, replace func(ctx context
 	if next != nil {
 		m.locked.PickleKey = next
 	}
+	// Nothing cached may outlive the rows it was read from under the old key.
+	m.Evict()
 	return res, nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -40,6 +41,15 @@ func CheckRetention(inventory map[string][]UserTable) error {
 	return errors.Join(errs...)
 }
 
+// RetentionCommitter is an optional interface that a [Host] can implement to drop copies of
+// expired rows it keeps in memory (the crypto store's decryption cache) after a retention sweep.
+type RetentionCommitter interface {
+	Host
+	// RetentionCommitted runs after a retention sweep deleted rows, with the modules whose
+	// tables it deleted rows of (also when some tables failed). It must not block for long.
+	RetentionCommitted(ctx context.Context, modules []string)
+}
+
 // retentionLoop runs the retention sweeper every interval until ctx ends.
 func (e *Engine) retentionLoop(ctx context.Context, interval time.Duration) {
 	ticker := e.clk.NewTicker(interval)
@@ -62,11 +72,14 @@ func (e *Engine) retentionLoop(ctx context.Context, interval time.Duration) {
 // SweepRetention deletes, in every module's declared tables with a retention (their own, or
 // their retention class's from the configuration), the rows whose TimeColumn is older than the
 // retention; then, in every module, the rows its tables declare orphaned ([UserTable.Orphaned]);
-// and finished erasure jobs older than 90 days. It returns how many rows it deleted.
+// and finished erasure jobs older than 90 days. It returns how many rows it deleted. A host that
+// implements [RetentionCommitter] is told which modules lost rows.
 // On PostgreSQL only one instance sweeps at a time (an advisory lock); the others skip the
 // sweep. A table that fails does not stop the others; the failures are returned together.
 func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 	var total int64
+	// swept are the modules the sweep deleted rows of, for the host's RetentionCommitted.
+	var swept []string
 	start := time.Now()
 	ran, err := WithSweepLock(ctx, e.db.Database, "retention", func(ctx context.Context) error {
 		now := e.now()
@@ -75,6 +88,9 @@ func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 		deleted := func(module, table string, res sql.Result) {
 			if n, _ := res.RowsAffected(); n > 0 {
 				total += n
+				if !slices.Contains(swept, module) {
+					swept = append(swept, module)
+				}
 				zerolog.Ctx(ctx).Debug().Str("module", module).Str("table", table).Int64("rows", n).
 					Msg("Deleted expired rows")
 			}
@@ -118,6 +134,9 @@ func (e *Engine) SweepRetention(ctx context.Context) (int64, error) {
 	if !ran {
 		zerolog.Ctx(ctx).Debug().Msg("Another instance is running the retention sweep")
 		return 0, err
+	}
+	if rc, ok := e.host.(RetentionCommitter); ok && len(swept) > 0 {
+		rc.RetentionCommitted(ctx, swept)
 	}
 	if total > 0 {
 		zerolog.Ctx(ctx).Info().Int64("rows", total).Dur("duration", time.Since(start)).Msg("Retention sweep deleted expired rows")
