@@ -101,8 +101,6 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	} else {
 		log.Info().Str("cross_signing", string(outcome)).Msg("The bot's device is cross-signed")
 	}
-	// After the device's set-up, which may have reset the crypto rows: the cache starts empty.
-	mach.EnableCache(0)
 	svc.crypto = mach
 	svc.attachCrypto()
 	log.Info().Stringer("device_id", store.DeviceID).Bool("new_device", isNew).Bool("msc4190", svc.cfg.Encryption.MSC4190).
