@@ -45,7 +45,10 @@ type pendingIndexes struct {
 	m  map[indexKey]indexUse
 	// removals counts the flushes that removed written indexes from m: a lookup that began
 	// before one must look again, or it could miss an index that moved from m to the table.
-	removals uint64
+	// lastRemoved are the indexes the last of them wrote, enough to look again in memory when
+	// only one flush happened meanwhile.
+	removals    uint64
+	lastRemoved map[indexKey]indexUse
 }
 
 // DeferMessageIndexes makes decryptions keep the message index they record (mautrix's replay
@@ -136,9 +139,16 @@ func (s *lockedStore) ValidateMessageIndex(ctx context.Context, sessionID id.Ses
 		p.mu.Unlock()
 		return prev == use, nil
 	}
-	if p.removals != removals {
-		// A flush moved indexes from memory to the table since the lookup: look again, under
-		// the lock, which keeps any other from moving.
+	switch p.removals - removals {
+	case 0:
+	case 1:
+		// One flush moved indexes from memory to the table since the lookup: they are these.
+		if prev, found = p.lastRemoved[key]; found {
+			p.mu.Unlock()
+			return prev == use, nil
+		}
+	default:
+		// More did: look again, under the lock, which keeps any other from moving.
 		prev, found, err = s.lookupIndex(ctx, key)
 		if err != nil || found {
 			p.mu.Unlock()
@@ -231,6 +241,7 @@ func (s *lockedStore) flushIndexes(ctx context.Context) (func(), error) {
 			}
 		}
 		p.removals++
+		p.lastRemoved = written
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package e2ee
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 
 	"maunium.net/go/mautrix/crypto"
@@ -200,5 +201,70 @@ func TestPendingMessageIndexesBounded(t *testing.T) {
 	}
 	if p := env.bm.mach.PendingMessageIndexes(); rows+p != events || rows == 0 {
 		t.Fatalf("%d indexes written and %d pending, want %d in all and some written", rows, p, events)
+	}
+}
+
+// TestDeferredMessageIndexesConcurrent decrypts, for each of many message indexes, the genuine
+// event and a forged copy at once while flushes run concurrently: for every index exactly one of
+// the two is accepted, and after a last flush the table names the accepted one.
+func TestDeferredMessageIndexesConcurrent(t *testing.T) {
+	const events = 200
+	env := newCacheEnv(t, astest.SQLite, true)
+	env.bm.mach.DeferMessageIndexes(16)
+	evts := make([]*event.Event, events)
+	for n := range evts {
+		evts[n] = env.sender.encryptedEvent(t, n)
+	}
+	accepted := make([][2]bool, events)
+	stop := make(chan struct{})
+	flusherDone := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				flusherDone <- nil
+				return
+			default:
+			}
+			if err := env.bm.mach.WriteMessageIndexes(env.ctx); err != nil {
+				flusherDone <- err
+				return
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for n, evt := range evts {
+		forged := *evt
+		forged.ID += "-forged"
+		for i, e := range []*event.Event{evt, &forged} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := env.bm.mach.Decrypt(env.ctx, e)
+				if err != nil && !errors.Is(err, crypto.ErrDuplicateMessageIndex) {
+					t.Errorf("Decrypt(%s) = %v", e.ID, err)
+				}
+				accepted[n][i] = err == nil
+			}()
+		}
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-flusherDone; err != nil {
+		t.Fatal(err)
+	}
+	env.flush(t)
+	for n, evt := range evts {
+		if accepted[n][0] == accepted[n][1] {
+			t.Errorf("index %d: genuine accepted %v, forged accepted %v; want exactly one", n, accepted[n][0], accepted[n][1])
+			continue
+		}
+		want := evt.ID.String()
+		if accepted[n][1] {
+			want += "-forged"
+		}
+		if rows := env.indexRows(t, want); rows != 1 {
+			t.Errorf("index %d: rows naming the accepted event = %d, want 1", n, rows)
+		}
 	}
 }
