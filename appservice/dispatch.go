@@ -93,6 +93,12 @@ func (d *dispatcher) start(ctx context.Context) error {
 	d.lock.Lock()
 	d.started = true
 	d.lock.Unlock()
+	if m := d.svc.crypto; m != nil {
+		// Decryptions keep their message indexes in memory; the done marks write them in
+		// their transaction (docs/ARCHITECTURE.md, "Message indexes with the done marks").
+		m.DeferMessageIndexes(0)
+		d.svc.db.Inbox.SetBeforeDone(m.FlushMessageIndexes)
+	}
 	go d.flushLoop(ctx)
 	n, err := d.svc.db.Inbox.CountPending(ctx)
 	if err != nil {
@@ -400,6 +406,13 @@ func (d *dispatcher) stop(ctx context.Context) {
 	case <-finished:
 		close(d.done)
 		<-d.flusherDone
+		if m := d.svc.crypto; m != nil {
+			// Indexes of events handled but not marked done (a failed flush): not needed,
+			// since those events are replayed, but cheaper than decrypting them again.
+			if err := m.WriteMessageIndexes(context.WithoutCancel(ctx)); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to write pending message indexes at shutdown")
+			}
+		}
 	case <-ctx.Done():
 		zerolog.Ctx(ctx).Warn().Msg("Handlers did not finish before the shutdown deadline; their events will be replayed")
 	}

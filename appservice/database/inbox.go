@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -22,6 +23,25 @@ import (
 type InboxQuery struct {
 	db     *dbutil.Database
 	sealer InboxSealer
+	// beforeDone is the hook [InboxQuery.MarkDone] runs in its transaction (SetBeforeDone).
+	beforeDone atomic.Pointer[BeforeDone]
+}
+
+// BeforeDone is run by [InboxQuery.MarkDone] inside its transaction (ctx carries it) before the
+// events are marked done. An error rolls the transaction back: nothing is marked done. If it
+// returns committed, MarkDone calls it once the transaction has committed; not when MarkDone ran
+// inside a transaction of the caller's, whose commit it cannot see.
+type BeforeDone func(ctx context.Context) (committed func(), err error)
+
+// SetBeforeDone makes every later [InboxQuery.MarkDone] run fn in its transaction; nil removes
+// it. The core sets it while encryption is on, to write the message indexes of decrypted events
+// with their done marks.
+func (iq *InboxQuery) SetBeforeDone(fn BeforeDone) {
+	if fn == nil {
+		iq.beforeDone.Store(nil)
+		return
+	}
+	iq.beforeDone.Store(&fn)
 }
 
 // InboxSealer seals and opens the content of inbox events. The vault implements it with its
@@ -387,12 +407,21 @@ func (iq *InboxQuery) CountPending(ctx context.Context) (n int, err error) {
 // MarkDone removes handled events from the inbox and remembers their event IDs, in one
 // transaction with a few multi-row statements, however many events there are. It runs in the
 // transaction in ctx if there is one (the to-device lane's, which commits the event's effects
-// with its deletion).
+// with its deletion). The hook set with [InboxQuery.SetBeforeDone] runs first, in the same
+// transaction.
 func (iq *InboxQuery) MarkDone(ctx context.Context, done []Done, now time.Time) error {
 	if len(done) == 0 {
 		return nil
 	}
-	return iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+	_, callerTxn := iq.db.Execable(ctx).(dbutil.Transaction)
+	var committed func()
+	err := iq.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if hook := iq.beforeDone.Load(); hook != nil {
+			var err error
+			if committed, err = (*hook)(ctx); err != nil {
+				return fmt.Errorf("failed to run the hook before marking events done: %w", err)
+			}
+		}
 		for start := 0; start < len(done); start += insertChunk {
 			chunk := done[start:min(start+insertChunk, len(done))]
 			var del, ins strings.Builder
@@ -427,6 +456,10 @@ func (iq *InboxQuery) MarkDone(ctx context.Context, done []Done, now time.Time) 
 		}
 		return nil
 	})
+	if err == nil && committed != nil && !callerTxn {
+		committed()
+	}
+	return err
 }
 
 // Prune forgets transaction and event IDs recorded before cutoff, except the newest transaction

@@ -55,9 +55,9 @@ type sigKey struct {
 // decryption makes: the inbound megolm session (one SELECT and an unpickle), the sender's
 // device (FindDeviceByKey) and what resolving its trust reads (the user's cross-signing keys
 // and up to three signature checks). Every write goes to the database as before and drops
-// what it may change from the cache. Message indexes (ValidateMessageIndex) are never cached:
-// each decryption still writes its index durably, so a replayed or forged index is still
-// refused after a restart.
+// what it may change from the cache. Message indexes (ValidateMessageIndex) are not cached here
+// but checked by the store underneath (see [Machine.DeferMessageIndexes]), so a replayed or
+// forged index is still refused after a restart.
 //
 // Entries are used for at most [cacheTTL]. Fills are guarded by a generation counter: a read that began before an invalidation does not
 // put its (possibly outdated) result in the cache. Reads inside a transaction never fill the
@@ -106,9 +106,6 @@ func newCachingStore(store crypto.Store, db *dbutil.Database, size int) *caching
 // Writes through the machine keep the cache right. Whoever deletes or changes crypto rows in
 // another way (SQL, or [Machine.Store]) must call [Machine.Evict] after the change committed.
 // A change by another process reaches the cache within a minute (an entry's lifetime).
-//
-// With the cache, a decryption on PostgreSQL also writes its message index without waiting for
-// the WAL flush (see [cachingStore.ValidateMessageIndex] for why that keeps it durable).
 func (m *Machine) EnableCache(size int) {
 	if _, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		return

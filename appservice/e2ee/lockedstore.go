@@ -19,11 +19,13 @@ import (
 //   - after a shred rotation, the pickle key is replaced ([Machine.ReplacePickleKey]): no row may be
 //     pickled under the old key once the rows were re-pickled under the new one.
 //
-// The other methods (devices, tracked users, signatures, message indexes) neither pickle nor
-// touch the cache and are mautrix's own, unlocked.
+// The other methods (devices, tracked users, signatures) neither pickle nor touch the cache and
+// are mautrix's own, unlocked. Message indexes may be kept in memory until the inbox's done
+// marks write them (indexes; msgindex.go, [Machine.DeferMessageIndexes]).
 type lockedStore struct {
 	*crypto.SQLCryptoStore
-	mu sync.RWMutex
+	mu      sync.RWMutex
+	indexes *pendingIndexes
 }
 
 var _ crypto.Store = (*lockedStore)(nil)

@@ -2,35 +2,256 @@ package e2ee
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 
+	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 )
 
-// ValidateMessageIndex records the message index of a decrypted event (or finds it recorded by
-// the same event) as the SQL store does. On PostgreSQL, outside a transaction, the insert commits
-// with synchronous_commit off for its own transaction only: it returns without waiting for the
-// WAL flush (one flush per decrypted event capped decryption at about 1,000 events/s, see
-// BENCHMARKS.md).
+// DefaultPendingIndexes bounds the message indexes [Machine.DeferMessageIndexes] holds in memory
+// by default: when more are pending, the decryption that adds one writes them all at once.
+const DefaultPendingIndexes = 4096
+
+// indexChunk is the number of message indexes one INSERT writes (four parameters each).
+const indexChunk = 500
+
+// indexKey is a megolm message index: which message of which session.
+type indexKey struct {
+	session id.SessionID
+	index   uint
+}
+
+// indexUse is the event a message index was first seen in.
+type indexUse struct {
+	event id.EventID
+	ts    int64
+}
+
+// pendingIndexes are message indexes that decryptions accepted and that are not written to
+// crypto_message_index yet. See [Machine.DeferMessageIndexes].
+type pendingIndexes struct {
+	on    atomic.Bool
+	limit int
+	// flushing is set while a flush of a full set runs, so that only one does.
+	flushing atomic.Bool
+
+	mu sync.Mutex
+	m  map[indexKey]indexUse
+	// removals counts the flushes that removed written indexes from m: a lookup that began
+	// before one must look again, or it could miss an index that moved from m to the table.
+	// lastRemoved are the indexes the last of them wrote, enough to look again in memory when
+	// only one flush happened meanwhile.
+	removals    uint64
+	lastRemoved map[indexKey]indexUse
+}
+
+// DeferMessageIndexes makes decryptions keep the message index they record (mautrix's replay
+// protection, crypto_message_index) in memory instead of writing it at once in a transaction of
+// its own: a decryption looks its (session, index) up in the table and among the pending ones;
+// a different event ID or timestamp in either is refused as a replayed or forged index, the
+// same is accepted (a replay after a crash), none is added to the pending ones and accepted.
 //
-// The index is still durable before anything depends on it. WAL is flushed in order, and the
-// core marks an inbox event done only after handling it, with a synchronous commit, which
-// flushes this insert with it. A crash before that loses at most indexes of events still in the
-// inbox; their replay records them again before a forged duplicate (ordered after them in its
-// room) is decrypted. SQLite runs in WAL mode with synchronous=NORMAL, which flushes at
-// checkpoints only, so it needs no change; inside a transaction the caller's commit decides.
-func (c *cachingStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
-	if c.db.Dialect != dbutil.Postgres || c.inTxn(ctx) {
-		return c.Store.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
+// The caller must write the pending indexes, with [Machine.FlushMessageIndexes], in the same
+// database transaction that marks a decrypted event as handled (the core does it in
+// the inbox's done marks), so that no event is ever done without its index written. More than
+// limit pending indexes (<= 0: [DefaultPendingIndexes]) are written at once by the decryption
+// that adds one. Call it once, at start-up, before the machine decrypts; a second call
+// does nothing.
+func (m *Machine) DeferMessageIndexes(limit int) {
+	p := m.locked.indexes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.on.Load() {
+		return
 	}
-	var ok bool
-	err := c.db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		if _, err := c.db.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-			return err
+	if limit <= 0 {
+		limit = DefaultPendingIndexes
+	}
+	p.limit = limit
+	p.on.Store(true)
+}
+
+// FlushMessageIndexes writes every message index pending (see [Machine.DeferMessageIndexes])
+// in ctx's database transaction, or in one of its own when ctx has none. The caller must call
+// committed, if not nil, once that transaction committed: only then are the written indexes
+// dropped from memory. If it rolls back, they stay pending and the next flush writes them.
+// Indexes of an inbound session that no longer exists (erased, or past retention) are not
+// written. Safe for concurrent use.
+func (m *Machine) FlushMessageIndexes(ctx context.Context) (committed func(), err error) {
+	return m.locked.flushIndexes(ctx)
+}
+
+// WriteMessageIndexes writes every pending message index in a transaction of its own and drops
+// them from memory; the dispatcher's shutdown calls it after the last done marks. Safe for
+// concurrent use.
+func (m *Machine) WriteMessageIndexes(ctx context.Context) error {
+	return m.locked.writeIndexes(ctx)
+}
+
+// PendingMessageIndexes returns how many message indexes are pending.
+func (m *Machine) PendingMessageIndexes() int {
+	p := m.locked.indexes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
+}
+
+// ValidateMessageIndex implements [crypto.Store]. Unless [Machine.DeferMessageIndexes] was
+// called it is mautrix's: the index is written at once. Otherwise it is checked against the
+// table and the pending indexes and, if new, added to the pending ones.
+func (s *lockedStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
+	p := s.indexes
+	if !p.on.Load() {
+		return s.SQLCryptoStore.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
+	}
+	key, use := indexKey{sessionID, index}, indexUse{eventID, timestamp}
+	if eventID == "" && timestamp == 0 {
+		// mautrix's check for an event without ID and timestamp: refused if the index is known.
+		p.mu.Lock()
+		_, known := p.m[key]
+		p.mu.Unlock()
+		if known {
+			return false, nil
 		}
-		var err error
-		ok, err = c.Store.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
-		return err
+		return s.SQLCryptoStore.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
+	}
+	p.mu.Lock()
+	prev, pending := p.m[key]
+	removals := p.removals
+	p.mu.Unlock()
+	if pending {
+		return prev == use, nil
+	}
+	prev, found, err := s.lookupIndex(ctx, key)
+	if err != nil {
+		return false, err
+	} else if found {
+		return prev == use, nil
+	}
+	p.mu.Lock()
+	if prev, pending = p.m[key]; pending {
+		p.mu.Unlock()
+		return prev == use, nil
+	}
+	switch p.removals - removals {
+	case 0:
+	case 1:
+		// One flush moved indexes from memory to the table since the lookup: they are these.
+		if prev, found = p.lastRemoved[key]; found {
+			p.mu.Unlock()
+			return prev == use, nil
+		}
+	default:
+		// More did: look again, under the lock, which keeps any other from moving.
+		prev, found, err = s.lookupIndex(ctx, key)
+		if err != nil || found {
+			p.mu.Unlock()
+			return err == nil && prev == use, err
+		}
+	}
+	p.m[key] = use
+	full := len(p.m) > p.limit
+	p.mu.Unlock()
+	if full && !s.inTxn(ctx) && p.flushing.CompareAndSwap(false, true) {
+		defer p.flushing.Store(false)
+		if err = s.writeIndexes(ctx); err != nil {
+			// The index is accepted and stays pending; the next done marks write it.
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to write pending message indexes")
+		}
+	}
+	return true, nil
+}
+
+// lookupIndex returns the event recorded in crypto_message_index for key, if any.
+func (s *lockedStore) lookupIndex(ctx context.Context, key indexKey) (use indexUse, found bool, err error) {
+	err = s.DB.QueryRow(ctx, `SELECT event_id, timestamp FROM crypto_message_index WHERE session_id=$1 AND "index"=$2`,
+		key.session, key.index).Scan(&use.event, &use.ts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return indexUse{}, false, nil
+	} else if err != nil {
+		return indexUse{}, false, fmt.Errorf("failed to look up message index: %w", err)
+	}
+	return use, true, nil
+}
+
+// inTxn reports whether ctx carries a transaction of the store's database.
+func (s *lockedStore) inTxn(ctx context.Context) bool {
+	_, ok := s.DB.Execable(ctx).(dbutil.Transaction)
+	return ok
+}
+
+// flushIndexes writes the pending indexes in ctx's transaction (or its own) and returns the
+// function that drops them from memory after the commit. See [Machine.FlushMessageIndexes].
+func (s *lockedStore) flushIndexes(ctx context.Context) (func(), error) {
+	p := s.indexes
+	p.mu.Lock()
+	if len(p.m) == 0 {
+		p.mu.Unlock()
+		return nil, nil
+	}
+	written := make(map[indexKey]indexUse, len(p.m))
+	for k, v := range p.m {
+		written[k] = v
+	}
+	p.mu.Unlock()
+	err := s.DB.DoTxn(ctx, nil, func(ctx context.Context) error {
+		keys := make([]indexKey, 0, len(written))
+		for k := range written {
+			keys = append(keys, k)
+		}
+		for start := 0; start < len(keys); start += indexChunk {
+			chunk := keys[start:min(start+indexChunk, len(keys))]
+			var q strings.Builder
+			// Only indexes of sessions the store still holds: an erasure or the retention
+			// sweep may have deleted a session (and its indexes) since its index was accepted.
+			q.WriteString(`INSERT INTO crypto_message_index (session_id, "index", event_id, timestamp) SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES `)
+			args := make([]any, 0, 1+len(chunk)*4)
+			args = append(args, s.AccountID)
+			for i, k := range chunk {
+				if i > 0 {
+					q.WriteByte(',')
+				}
+				n := len(args)
+				fmt.Fprintf(&q, "(CAST($%d AS TEXT),CAST($%d AS INTEGER),CAST($%d AS TEXT),CAST($%d AS BIGINT))", n+1, n+2, n+3, n+4)
+				use := written[k]
+				args = append(args, string(k.session), int64(k.index), string(use.event), use.ts)
+			}
+			q.WriteString(`) AS v WHERE EXISTS (SELECT 1 FROM crypto_megolm_inbound_session s WHERE s.account_id=$1 AND s.session_id=v.column1) ON CONFLICT (session_id, "index") DO NOTHING`)
+			if _, err := s.DB.Exec(ctx, q.String(), args...); err != nil {
+				return fmt.Errorf("failed to write message indexes: %w", err)
+			}
+		}
+		return nil
 	})
-	return ok, err
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for k, v := range written {
+			if p.m[k] == v {
+				delete(p.m, k)
+			}
+		}
+		p.removals++
+		p.lastRemoved = written
+	}, nil
+}
+
+// writeIndexes flushes the pending indexes in a transaction of their own (or ctx's, in which
+// case they stay in memory until a flush outside any transaction).
+func (s *lockedStore) writeIndexes(ctx context.Context) error {
+	inTxn := s.inTxn(ctx)
+	committed, err := s.flushIndexes(ctx)
+	if err == nil && committed != nil && !inTxn {
+		committed()
+	}
+	return err
 }
