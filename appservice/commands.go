@@ -127,8 +127,10 @@ func (ce *CommandEvent) TxnID(purpose string) string {
 // thread if it was sent in one. Raw HTML in markdown is escaped, not rendered. Each call on one
 // CommandEvent sends a distinct message whose transaction ID is derived from the command event
 // and the call's position, so a handler that runs again after a crash and replies the same way
-// does not post twice. Reply blocks until the homeserver accepted the message; it is not safe
-// for concurrent use.
+// does not post twice. Replies carry secrets (links, tokens), so, like every sensitive send
+// ([SendMessageSensitive]), one is never logged, and is refused with [ErrNoEncryption] rather
+// than sent in plaintext into an encrypted room while encryption is unavailable. Reply blocks
+// until the homeserver accepted the message; it is not safe for concurrent use.
 func (ce *CommandEvent) Reply(ctx context.Context, markdown string) error {
 	ce.replies++
 	content := format.RenderMarkdown(markdown, true, false)
@@ -139,9 +141,7 @@ func (ce *CommandEvent) Reply(ctx context.Context, markdown string) error {
 		// Answer in the thread the command was sent in.
 		content.RelatesTo.SetThread(root, "")
 	}
-	_, err := ce.bot.svc.as.BotIntent().SendMessageEvent(ctx, ce.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: ce.TxnID(fmt.Sprintf("reply-%d", ce.replies)),
-	})
+	_, err := SendMessageSensitive(ctx, ce.bot.svc.as.BotIntent().Client, ce.RoomID, event.EventMessage, &content, ce.TxnID(fmt.Sprintf("reply-%d", ce.replies)))
 	if err != nil {
 		return fmt.Errorf("failed to send command reply: %w", err)
 	}

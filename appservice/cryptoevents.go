@@ -49,11 +49,12 @@ type encryptedEvents struct {
 	// keys is closed and replaced whenever a to-device event committed: room keys may have
 	// arrived. Nil until first used.
 	keys chan struct{}
-	// missing are the megolm sessions whose keys were waited for in vain; later events of
-	// theirs are not waited for again (a key that arrives late is still used).
-	missing map[sessionRef]struct{}
-	// told are the (sender, room, session) the sender was told about.
-	told map[utdRef]struct{}
+	// missing are the megolm sessions whose keys were waited for in vain (with the sender who
+	// used them); later events of theirs are not waited for again (a key that arrives late is
+	// still used). At most recentRefs, the least recently used dropped first.
+	missing recentSet[sessionRef]
+	// told are the (sender, room, session) the sender was told about; bounded like missing.
+	told recentSet[utdRef]
 
 	// otkBusy is set while one-time key counts are being acted on; counts that come meanwhile
 	// are dropped (every transaction repeats them).
@@ -90,16 +91,14 @@ func (cs *encryptedEvents) toDeviceCommitted() {
 	cs.keys = make(chan struct{})
 }
 
-// gaveUp reports whether ref's keys were waited for in vain before; with mark, it records that.
-func (cs *encryptedEvents) gaveUp(ref sessionRef, mark bool) bool {
+// gaveUp reports whether ref's keys (used by sender) were waited for in vain before; with mark,
+// it records that.
+func (cs *encryptedEvents) gaveUp(ref sessionRef, sender id.UserID, mark bool) bool {
 	cs.lock.Lock()
 	defer cs.lock.Unlock()
-	if cs.missing == nil {
-		cs.missing = make(map[sessionRef]struct{})
-	}
-	_, ok := cs.missing[ref]
+	ok := cs.missing.has(ref)
 	if mark {
-		cs.missing[ref] = struct{}{}
+		cs.missing.add(ref, sender)
 	}
 	return ok
 }
@@ -108,14 +107,19 @@ func (cs *encryptedEvents) gaveUp(ref sessionRef, mark bool) bool {
 func (cs *encryptedEvents) firstTell(ref utdRef) bool {
 	cs.lock.Lock()
 	defer cs.lock.Unlock()
-	if cs.told == nil {
-		cs.told = make(map[utdRef]struct{})
-	}
-	if _, ok := cs.told[ref]; ok {
+	if cs.told.has(ref) {
 		return false
 	}
-	cs.told[ref] = struct{}{}
+	cs.told.add(ref, ref.sender)
 	return true
+}
+
+// forgetUser drops every entry of user (after their erasure).
+func (cs *encryptedEvents) forgetUser(user id.UserID) {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	cs.missing.dropUser(user)
+	cs.told.dropUser(user)
 }
 
 // cryptoOn reports whether encrypted events are handled: encryption is active (see
@@ -299,7 +303,7 @@ func (svc *Service) decryptInboxEvent(ctx context.Context, evt *event.Event) *ev
 // the session is there. A session waited for in vain before is not waited for again.
 func (svc *Service) waitForRoomKey(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) bool {
 	ref := sessionRef{room: evt.RoomID, session: content.SessionID}
-	if svc.e2ee.gaveUp(ref, false) {
+	if svc.e2ee.gaveUp(ref, evt.Sender, false) {
 		return svc.hasRoomKey(ctx, ref)
 	}
 	reacquire := releaseSlot(ctx)
@@ -313,7 +317,7 @@ func (svc *Service) waitForRoomKey(ctx context.Context, evt *event.Event, conten
 	if svc.awaitRoomKey(ctx, ref, keyWait) {
 		return true
 	}
-	svc.e2ee.gaveUp(ref, true)
+	svc.e2ee.gaveUp(ref, evt.Sender, true)
 	return false
 }
 
@@ -359,25 +363,48 @@ const undecryptableText = "I couldn't read your message%s: it was encrypted with
 
 // tellUndecryptable tells evt's sender, in plain words and without any content, that the bot
 // could not read their message: in the room itself when it is a direct chat between the two of
-// them, else in their management room (both through [Service.NotifyUser], with a transaction ID
-// derived from the event). Once per (sender, room, session) in this run; a replay after a
-// restart sends the same transaction ID, which the homeserver deduplicates.
+// them, else, for a user of this homeserver only, in their management room (both through
+// [Service.NotifyUser]). A remote sender in any other room is not told: opening a room per
+// federated stranger would be abuse-prone. Once per (sender, room, session) in this run; the
+// notice's cause is a keyed hash of (sender, room, session), so a retry or a later event of the
+// same session after a restart sends the same transaction ID, which the homeserver
+// deduplicates.
 func (svc *Service) tellUndecryptable(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent) {
 	if !svc.e2ee.firstTell(utdRef{sender: evt.Sender, sessionRef: sessionRef{room: evt.RoomID, session: content.SessionID}}) {
 		return
 	}
 	log := zerolog.Ctx(ctx)
 	where := " in " + evt.RoomID.URI().MatrixToURL()
-	if direct, err := svc.isDirectChat(ctx, evt.RoomID, evt.Sender); err != nil {
+	direct, err := svc.isDirectChat(ctx, evt.RoomID, evt.Sender)
+	if err != nil {
 		log.Warn().Err(err).Msg("Failed to check whether the room is a direct chat")
-	} else if direct {
+	}
+	if direct {
 		ctx = svc.useAsManagementRoom(ctx, evt.Sender, evt.RoomID)
 		where = ""
+	} else if _, server, _ := evt.Sender.Parse(); server != svc.cfg.Homeserver.Domain {
+		log.Debug().Msg("Not telling a remote sender outside a direct chat about an unreadable message")
+		return
+	}
+	cause, err := svc.undecryptableCause(ctx, evt.Sender, evt.RoomID, content.SessionID)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to derive the cause of an unreadable-message notice")
+		return
 	}
 	msg := &event.MessageEventContent{MsgType: event.MsgNotice, Body: fmt.Sprintf(undecryptableText, where)}
-	if _, _, err := svc.NotifyUser(ctx, evt.Sender, Notice{Cause: evt.ID.String(), Purpose: "undecryptable", Content: msg}); err != nil {
+	if _, _, err := svc.NotifyUser(ctx, evt.Sender, Notice{Cause: cause, Purpose: "undecryptable", Content: msg}); err != nil {
 		log.Warn().Err(err).Msg("Failed to tell the sender their message could not be decrypted")
 	}
+}
+
+// undecryptableCause returns the cause of the unreadable-message notice of (sender, room,
+// session): a keyed hash, the same across restarts, that names none of them.
+func (svc *Service) undecryptableCause(ctx context.Context, sender id.UserID, roomID id.RoomID, session id.SessionID) (string, error) {
+	hash, err := svc.engine.ScopedHash(ctx, "undecryptable", sender.String()+"\x00"+roomID.String()+"\x00"+session.String())
+	if err != nil {
+		return "", err
+	}
+	return "utd:" + hash, nil
 }
 
 // cryptoMemberEvent lets the olm machine see a membership change (the machine ignores those of

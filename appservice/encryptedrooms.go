@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -31,23 +32,40 @@ func EncryptionInitialState() *event.Event {
 	}
 }
 
+// ErrNoEncryption is returned by [SendMessageSensitive] for an encrypted room when the client
+// has no Crypto helper (encryption is off, or the vault's master key was unavailable at start):
+// the content is not sent rather than sent in plaintext into a room its members believe private.
+var ErrNoEncryption = errors.New("the room is encrypted and encryption is not available, so nothing was sent")
+
 // SendMessageSensitive sends content as an event of type evtType into roomID through cli,
 // under transaction ID txnID, like mautrix's SendMessageEvent but without ever logging the
 // content: notices and bridged messages carry secrets and message bodies, and mautrix logs
 // request bodies unless a request is marked sensitive. Like SendMessageEvent, it encrypts the
 // content when cli has a Crypto helper and the state cache says the room is encrypted, so the
-// homeserver gets m.room.encrypted. It does not join the room first.
+// homeserver gets m.room.encrypted. Unlike it, when cli has no Crypto helper it refuses (with
+// an error wrapping [ErrNoEncryption]) to send into a room the state cache or, failing that,
+// the homeserver says is encrypted; a failed lookup is an error too. It does not join the room
+// first.
 func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, evtType event.Type, content any, txnID string) (*mautrix.RespSendEvent, error) {
-	if cli.Crypto != nil && evtType != event.EventReaction && evtType != event.EventEncrypted {
-		encrypted, err := cli.StateStore.IsEncrypted(ctx, roomID)
-		if err != nil {
-			return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
-		}
-		if encrypted {
-			if content, err = cli.Crypto.Encrypt(ctx, roomID, evtType, content); err != nil {
-				return nil, fmt.Errorf("failed to encrypt event: %w", err)
+	if evtType != event.EventReaction && evtType != event.EventEncrypted {
+		if cli.Crypto == nil {
+			encrypted, err := roomEncrypted(ctx, cli, roomID)
+			if err != nil {
+				return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
+			} else if encrypted {
+				return nil, ErrNoEncryption
 			}
-			evtType = event.EventEncrypted
+		} else {
+			encrypted, err := cli.StateStore.IsEncrypted(ctx, roomID)
+			if err != nil {
+				return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
+			}
+			if encrypted {
+				if content, err = cli.Crypto.Encrypt(ctx, roomID, evtType, content); err != nil {
+					return nil, fmt.Errorf("failed to encrypt event: %w", err)
+				}
+				evtType = event.EventEncrypted
+			}
 		}
 	}
 	var resp mautrix.RespSendEvent
@@ -62,6 +80,24 @@ func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.Ro
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// roomEncrypted reports whether roomID is encrypted: by cli's state cache if it says so, else by
+// the room's m.room.encryption state on the homeserver (none: not encrypted).
+func roomEncrypted(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) (bool, error) {
+	if cli.StateStore != nil {
+		if encrypted, err := cli.StateStore.IsEncrypted(ctx, roomID); err != nil || encrypted {
+			return encrypted, err
+		}
+	}
+	var content event.EncryptionEventContent
+	err := cli.StateEvent(ctx, roomID, event.StateEncryption, "", &content)
+	if errors.Is(err, mautrix.MNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return content.Algorithm != "", nil
 }
 
 // EncryptionActive implements [Host.EncryptionActive].

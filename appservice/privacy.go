@@ -256,11 +256,13 @@ func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile)
 // InFullErasure records the backup shred request in the erasing transaction.
 func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
 
-// FullErasureCommitted drops the vault's cached data key of user and wakes the shredder.
+// FullErasureCommitted drops the vault's cached data key of user and the service's in-memory
+// references to user's encrypted events, and wakes the shredder.
 func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
 	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
 		forgetter.Forget(user)
 	}
+	h.svc.e2ee.forgetUser(user)
 	return h.svc.requestShred()
 }
 

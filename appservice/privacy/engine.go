@@ -257,6 +257,17 @@ func (e *Engine) RequestJobID(ctx context.Context, requestID string) (string, er
 	return "er_" + keyedHash(key, "request\x00"+requestID)[:24], nil
 }
 
+// ScopedHash returns a keyed hash (hex HMAC-SHA256, under the tombstone key) of msg in scope:
+// the same scope and msg always give the same hash, and the hash reveals neither. Callers use
+// it for stable identifiers (such as transaction IDs) that must not name users in logs.
+func (e *Engine) ScopedHash(ctx context.Context, scope, msg string) (string, error) {
+	key, _, err := e.userHashKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	return keyedHash(key, scope+"\x00"+msg), nil
+}
+
 func keyedHash(key []byte, msg string) string {
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte(msg))
