@@ -151,12 +151,18 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 	}
 	log := zerolog.Ctx(ctx)
 	if len(pt.changedDevices) > 0 {
-		users := slices.Clone(pt.changedDevices)
+		changed := slices.Clone(pt.changedDevices)
 		svc.bg.Add(1)
 		go func() {
 			defer svc.bg.Done()
 			ctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
+			// Fetching the keys of a user whose erasure is pending would store their devices
+			// again after (or while) the erasure deletes them.
+			users := svc.usersNotBeingErased(ctx, changed)
+			if len(users) == 0 {
+				return
+			}
 			svc.crypto.HandleDeviceLists(ctx, &mautrix.DeviceLists{Changed: users})
 		}()
 	}
@@ -197,18 +203,32 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		svc.metrics.handleLatency.Observe(time.Since(start).Seconds())
 	}()
 	done := []database.Done{{TxnID: ie.TxnID, Index: ie.Index}}
+	markDone := func() {
+		if err := svc.db.Inbox.MarkDone(ctx, done, svc.now()); err != nil {
+			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
+		}
+	}
 	if !svc.cryptoOn() {
-		// Stored while encryption was on: kept for a run that has it again.
-		log.Warn().Msg("Leaving a to-device event in the inbox: encryption is off")
+		// Encryption is off or broken in this run: nothing can use the event (a room key
+		// without the olm account is unreadable), and left in the inbox it would stay there
+		// forever, outside the backlog count. A missing room key is asked for again when an
+		// event needs it.
+		log.Debug().Msg("Dropping a to-device event: encryption is off")
+		markDone()
+		return
+	}
+	if svc.toDeviceSenderBeingErased(ctx, ie.Sender) {
+		// Handling it would fetch and store the sender's devices again, the data the erasure
+		// deletes.
+		log.Debug().Msg("Dropping a to-device event: its sender's erasure is pending")
+		markDone()
 		return
 	}
 	evt, err := decodeEvent(ie)
 	if evt == nil {
 		log.Warn().Err(err).Msg("Dropping undecodable to-device event")
 		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
-		if err = svc.db.Inbox.MarkDone(ctx, done, svc.now()); err != nil {
-			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
-		}
+		markDone()
 		return
 	}
 	log = log.With().Str("event_type", evt.Type.Type).Logger()
@@ -236,6 +256,27 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}) {
 		svc.e2ee.toDeviceCommitted()
 	}
+}
+
+// toDeviceSenderBeingErased reports whether an erasure of sender is recorded and has not run
+// yet. A failed check is logged and counts as not pending: the event is handled.
+func (svc *Service) toDeviceSenderBeingErased(ctx context.Context, sender id.UserID) bool {
+	if sender == "" {
+		return false
+	}
+	pending, err := svc.engine.Store().HasPendingErasure(ctx, sender)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a pending erasure; handling the to-device event")
+		return false
+	}
+	return pending
+}
+
+// usersNotBeingErased returns users without those whose erasure is pending.
+func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) []id.UserID {
+	return slices.DeleteFunc(users, func(user id.UserID) bool {
+		return svc.toDeviceSenderBeingErased(ctx, user)
+	})
 }
 
 // commitToDevice runs commit until it succeeds, up to toDeviceAttempts times with growing
