@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
@@ -250,7 +251,14 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
 			// The crypto store is a child of rawDB: its writes join this transaction through ctx.
+			// The olm machine only logs a failed write, and on SQLite a failed statement does
+			// not abort the transaction: the write errors recorded through ctx roll it back,
+			// so the row never ends without what it carried.
+			ctx, failed := withWriteErrors(ctx)
 			svc.crypto.HandleToDevice(ctx, evt)
+			if err := failed.first(); err != nil {
+				return fmt.Errorf("a crypto store write failed while handling a to-device event: %w", err)
+			}
 			return svc.db.Inbox.MarkDone(ctx, done, svc.now())
 		})
 	}) {
@@ -428,4 +436,64 @@ func (svc *Service) cryptoMemberEvent(ctx context.Context, evt *event.Event) {
 	if svc.cryptoOn() {
 		svc.crypto.HandleMemberEvent(ctx, evt)
 	}
+}
+
+// writeErrorsKey is the context key of a *writeErrors.
+type writeErrorsKey struct{}
+
+// writeErrors records the first failed write of the statements run with its context.
+type writeErrors struct {
+	lock sync.Mutex
+	err  error
+}
+
+// withWriteErrors returns ctx recording the database writes that fail under it (through a
+// database set up with recordWriteErrors), and the record.
+func withWriteErrors(ctx context.Context) (context.Context, *writeErrors) {
+	rec := &writeErrors{}
+	return context.WithValue(ctx, writeErrorsKey{}, rec), rec
+}
+
+func (we *writeErrors) record(err error) {
+	we.lock.Lock()
+	defer we.lock.Unlock()
+	if we.err == nil {
+		we.err = err
+	}
+}
+
+// first returns the first write error recorded, nil if none.
+func (we *writeErrors) first() error {
+	we.lock.Lock()
+	defer we.lock.Unlock()
+	return we.err
+}
+
+// writeErrorLogger is a database logger that also hands every failed Exec to the
+// writeErrors of the statement's context, if any. Every statement in a transaction is logged
+// by the root database's logger, whichever child database runs it.
+type writeErrorLogger struct {
+	dbutil.DatabaseLogger
+}
+
+// QueryTiming logs through the wrapped logger and records a failed Exec.
+func (l writeErrorLogger) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
+	l.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
+	if err == nil || method != "Exec" {
+		return
+	}
+	if rec, ok := ctx.Value(writeErrorsKey{}).(*writeErrors); ok {
+		rec.record(err)
+	}
+}
+
+// recordWriteErrors makes db's logger record failed writes for withWriteErrors, once.
+func recordWriteErrors(db *dbutil.Database) {
+	if _, ok := db.Log.(writeErrorLogger); ok {
+		return
+	}
+	if db.Log == nil {
+		db.Log = dbutil.NoopLogger
+	}
+	db.Log = writeErrorLogger{DatabaseLogger: db.Log}
 }

@@ -909,3 +909,49 @@ func TestToDeviceEventWithEncryptionOffIsDropped(t *testing.T) {
 		t.Fatalf("%d room keys stored with encryption off, want 0", n)
 	}
 }
+
+// TestFailedCryptoWriteKeepsTheToDeviceRow makes storing the room key fail (a trigger) while the
+// rest of the to-device transaction works: the olm machine only logs the failure, yet the
+// transaction must roll back, so the row stays and no olm session is kept without its room
+// key. On SQLite a failed statement does not abort the transaction by itself. Once the writes
+// work again, the retry stores both.
+func TestFailedCryptoWriteKeepsTheToDeviceRow(t *testing.T) {
+	inject := map[string][2]string{
+		astest.SQLite: {`CREATE TRIGGER megolm_no_insert BEFORE INSERT ON crypto_megolm_inbound_session
+			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`, `DROP TRIGGER megolm_no_insert`},
+		astest.Postgres: {`CREATE FUNCTION megolm_fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql;
+			CREATE TRIGGER megolm_no_insert BEFORE INSERT ON crypto_megolm_inbound_session FOR EACH ROW EXECUTE FUNCTION megolm_fail()`,
+			`DROP TRIGGER megolm_no_insert ON crypto_megolm_inbound_session`},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			clk := clock.NewFake(time.Now())
+			env.svc.clk = clk
+			env.start()
+			if _, err := db.Exec(env.ctx, inject[dialect][0]); err != nil {
+				t.Fatal(err)
+			}
+			env.put("w1", nil, []map[string]any{env.roomKey(env.megolm)})
+			if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Second); err != nil {
+				t.Fatal(err)
+			}
+			counts := func() string {
+				return fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+					countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+			}
+			if got, want := counts(), "inbound sessions 0, olm sessions 0, inbox rows 1"; got != want {
+				t.Fatalf("after a failed room key write: %s; want %s", got, want)
+			}
+			if _, err := db.Exec(env.ctx, inject[dialect][1]); err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(time.Second)
+			waitDrained(t, env.svc.dispatcher)
+			if got, want := counts(), "inbound sessions 1, olm sessions 1, inbox rows 0"; got != want {
+				t.Fatalf("after the retry: %s; want %s", got, want)
+			}
+		})
+	}
+}
