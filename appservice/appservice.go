@@ -105,6 +105,9 @@ func New(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerolog.Logg
 
 // newService builds a Service on an already opened database; tests use it directly.
 func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerolog.Logger, rawDB *dbutil.Database) (*Service, error) {
+	// The to-device lane learns of crypto store writes that failed inside its transaction
+	// through the database's logger (see recordWriteErrors).
+	recordWriteErrors(rawDB)
 	svc := &Service{
 		cfg:        cfg,
 		reg:        reg,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
@@ -155,12 +156,18 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 	}
 	log := zerolog.Ctx(ctx)
 	if len(pt.changedDevices) > 0 {
-		users := slices.Clone(pt.changedDevices)
+		changed := slices.Clone(pt.changedDevices)
 		svc.bg.Add(1)
 		go func() {
 			defer svc.bg.Done()
 			ctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
+			// Fetching the keys of a user whose erasure is pending would store their devices
+			// again after (or while) the erasure deletes them.
+			users := svc.usersNotBeingErased(ctx, changed)
+			if len(users) == 0 {
+				return
+			}
 			svc.crypto.HandleDeviceLists(ctx, &mautrix.DeviceLists{Changed: users})
 		}()
 	}
@@ -201,18 +208,32 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		svc.metrics.handleLatency.Observe(time.Since(start).Seconds())
 	}()
 	done := []database.Done{{TxnID: ie.TxnID, Index: ie.Index}}
+	markDone := func() {
+		if err := svc.db.Inbox.MarkDone(ctx, done, svc.now()); err != nil {
+			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
+		}
+	}
 	if !svc.cryptoOn() {
-		// Stored while encryption was on: kept for a run that has it again.
-		log.Warn().Msg("Leaving a to-device event in the inbox: encryption is off")
+		// Encryption is off or broken in this run: nothing can use the event (a room key
+		// without the olm account is unreadable), and left in the inbox it would stay there
+		// forever, outside the backlog count. A missing room key is asked for again when an
+		// event needs it.
+		log.Debug().Msg("Dropping a to-device event: encryption is off")
+		markDone()
+		return
+	}
+	if svc.toDeviceSenderBeingErased(ctx, ie.Sender) {
+		// Handling it would fetch and store the sender's devices again, the data the erasure
+		// deletes.
+		log.Debug().Msg("Dropping a to-device event: its sender's erasure is pending")
+		markDone()
 		return
 	}
 	evt, err := decodeEvent(ie)
 	if evt == nil {
 		log.Warn().Err(err).Msg("Dropping undecodable to-device event")
 		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
-		if err = svc.db.Inbox.MarkDone(ctx, done, svc.now()); err != nil {
-			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
-		}
+		markDone()
 		return
 	}
 	log = log.With().Str("event_type", evt.Type.Type).Logger()
@@ -234,12 +255,40 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
 			// The crypto store is a child of rawDB: its writes join this transaction through ctx.
+			// The olm machine only logs a failed write, and on SQLite a failed statement does
+			// not abort the transaction: the write errors recorded through ctx roll it back,
+			// so the row never ends without what it carried.
+			ctx, failed := withWriteErrors(ctx)
 			svc.crypto.HandleToDevice(ctx, evt)
+			if err := failed.first(); err != nil {
+				return fmt.Errorf("a crypto store write failed while handling a to-device event: %w", err)
+			}
 			return svc.db.Inbox.MarkDone(ctx, done, svc.now())
 		})
 	}) {
 		svc.e2ee.toDeviceCommitted()
 	}
+}
+
+// toDeviceSenderBeingErased reports whether an erasure of sender is recorded and has not run
+// yet. A failed check is logged and counts as not pending: the event is handled.
+func (svc *Service) toDeviceSenderBeingErased(ctx context.Context, sender id.UserID) bool {
+	if sender == "" {
+		return false
+	}
+	pending, err := svc.engine.Store().HasPendingErasure(ctx, sender)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a pending erasure; handling the to-device event")
+		return false
+	}
+	return pending
+}
+
+// usersNotBeingErased returns users without those whose erasure is pending.
+func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) []id.UserID {
+	return slices.DeleteFunc(users, func(user id.UserID) bool {
+		return svc.toDeviceSenderBeingErased(ctx, user)
+	})
 }
 
 // commitToDevice runs commit until it succeeds, up to toDeviceAttempts times with growing
@@ -414,4 +463,64 @@ func (svc *Service) cryptoMemberEvent(ctx context.Context, evt *event.Event) {
 	if svc.cryptoOn() {
 		svc.crypto.HandleMemberEvent(ctx, evt)
 	}
+}
+
+// writeErrorsKey is the context key of a *writeErrors.
+type writeErrorsKey struct{}
+
+// writeErrors records the first failed write of the statements run with its context.
+type writeErrors struct {
+	lock sync.Mutex
+	err  error
+}
+
+// withWriteErrors returns ctx recording the database writes that fail under it (through a
+// database set up with recordWriteErrors), and the record.
+func withWriteErrors(ctx context.Context) (context.Context, *writeErrors) {
+	rec := &writeErrors{}
+	return context.WithValue(ctx, writeErrorsKey{}, rec), rec
+}
+
+func (we *writeErrors) record(err error) {
+	we.lock.Lock()
+	defer we.lock.Unlock()
+	if we.err == nil {
+		we.err = err
+	}
+}
+
+// first returns the first write error recorded, nil if none.
+func (we *writeErrors) first() error {
+	we.lock.Lock()
+	defer we.lock.Unlock()
+	return we.err
+}
+
+// writeErrorLogger is a database logger that also hands every failed Exec to the
+// writeErrors of the statement's context, if any. Every statement in a transaction is logged
+// by the root database's logger, whichever child database runs it.
+type writeErrorLogger struct {
+	dbutil.DatabaseLogger
+}
+
+// QueryTiming logs through the wrapped logger and records a failed Exec.
+func (l writeErrorLogger) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
+	l.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
+	if err == nil || method != "Exec" {
+		return
+	}
+	if rec, ok := ctx.Value(writeErrorsKey{}).(*writeErrors); ok {
+		rec.record(err)
+	}
+}
+
+// recordWriteErrors makes db's logger record failed writes for withWriteErrors, once.
+func recordWriteErrors(db *dbutil.Database) {
+	if _, ok := db.Log.(writeErrorLogger); ok {
+		return
+	}
+	if db.Log == nil {
+		db.Log = dbutil.NoopLogger
+	}
+	db.Log = writeErrorLogger{DatabaseLogger: db.Log}
 }

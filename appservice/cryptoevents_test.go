@@ -20,6 +20,7 @@ import (
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/clock"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 const (
@@ -839,6 +840,117 @@ func TestStateStoreFindsSharedEncryptedRooms(t *testing.T) {
 			}
 			if !slices.Equal(rooms, []id.RoomID{e2eeDM}) {
 				t.Errorf("FindSharedRooms = %v, want [%s]", rooms, e2eeDM)
+			}
+		})
+	}
+}
+
+// TestToDeviceEventOfSenderBeingErasedIsDropped records an erasure of Alice that has not run yet
+// (the runner waits on the fake clock), then delivers her room key: the row is dropped without
+// reaching the olm machine, so neither her olm session nor her room key is stored, and the
+// device lists she changed are not fetched.
+func TestToDeviceEventOfSenderBeingErasedIsDropped(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.svc.clk = clock.NewFake(time.Now())
+			env.start()
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+				JobID: "er_todevice", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
+			env.put("e1", nil, []map[string]any{env.roomKey(env.megolm)})
+			waitDrained(t, env.svc.dispatcher)
+			got := fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+				countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+			if want := "inbound sessions 0, olm sessions 0, inbox rows 0"; got != want {
+				t.Fatalf("after a to-device event of a sender being erased: %s; want %s", got, want)
+			}
+			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
+				t.Errorf("%d key queries after the event, want %d", n, queries)
+			}
+			// Her device list change: the users left after the filter are none.
+			if users := env.svc.usersNotBeingErased(env.ctx, []id.UserID{e2eeAlice, "@bob:example.org"}); !slices.Equal(users, []id.UserID{"@bob:example.org"}) {
+				t.Errorf("users whose keys are fetched = %v, want only bob", users)
+			}
+		})
+	}
+}
+
+// TestToDeviceEventWithEncryptionOffIsDropped: a to-device row left from a run with encryption
+// is deleted when this run has none, rather than staying in the inbox forever.
+func TestToDeviceEventWithEncryptionOffIsDropped(t *testing.T) {
+	db := astest.TestDB(t, astest.SQLite)
+	env := newE2EEEnv(t, db, nil, nil)
+	env.start()
+	env.svc.dispatcher.stop(env.ctx) // the row is stored while encryption is on
+	env.put("o1", nil, []map[string]any{env.roomKey(env.megolm)})
+	if n := countRows(t, db, "as_inbox"); n != 1 {
+		t.Fatalf("%d inbox rows stored, want 1", n)
+	}
+	env.svc.cryptoState.broken.Store(true)
+	rows, err := env.svc.db.Inbox.Pending(env.ctx, 0, 10)
+	if err != nil || len(rows) != 1 || !rows[0].ToDevice {
+		t.Fatalf("pending inbox rows = %d (%v), want the one to-device row", len(rows), err)
+	}
+	env.svc.handleToDeviceRow(env.ctx, rows[0])
+	if n := countRows(t, db, "as_inbox"); n != 0 {
+		t.Fatalf("%d inbox rows after handling with encryption off, want 0", n)
+	}
+	if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+		t.Fatalf("%d room keys stored with encryption off, want 0", n)
+	}
+}
+
+// TestFailedCryptoWriteKeepsTheToDeviceRow makes storing the room key fail (a trigger) while the
+// rest of the to-device transaction works: the olm machine only logs the failure, yet the
+// transaction must roll back, so the row stays and no olm session is kept without its room
+// key. On SQLite a failed statement does not abort the transaction by itself. Once the writes
+// work again, the retry stores both.
+func TestFailedCryptoWriteKeepsTheToDeviceRow(t *testing.T) {
+	inject := map[string][2]string{
+		astest.SQLite: {`CREATE TRIGGER megolm_no_insert BEFORE INSERT ON crypto_megolm_inbound_session
+			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`, `DROP TRIGGER megolm_no_insert`},
+		astest.Postgres: {`CREATE FUNCTION megolm_fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql;
+			CREATE TRIGGER megolm_no_insert BEFORE INSERT ON crypto_megolm_inbound_session FOR EACH ROW EXECUTE FUNCTION megolm_fail()`,
+			`DROP TRIGGER megolm_no_insert ON crypto_megolm_inbound_session`},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			clk := clock.NewFake(time.Now())
+			env.svc.clk = clk
+			env.start()
+			if _, err := db.Exec(env.ctx, inject[dialect][0]); err != nil {
+				t.Fatal(err)
+			}
+			env.put("w1", nil, []map[string]any{env.roomKey(env.megolm)})
+			if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Second); err != nil {
+				t.Fatal(err)
+			}
+			counts := func() string {
+				return fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+					countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+			}
+			if got, want := counts(), "inbound sessions 0, olm sessions 0, inbox rows 1"; got != want {
+				t.Fatalf("after a failed room key write: %s; want %s", got, want)
+			}
+			if _, err := db.Exec(env.ctx, inject[dialect][1]); err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(time.Second)
+			waitDrained(t, env.svc.dispatcher)
+			if got, want := counts(), "inbound sessions 1, olm sessions 1, inbox rows 0"; got != want {
+				t.Fatalf("after the retry: %s; want %s", got, want)
 			}
 		})
 	}

@@ -23,6 +23,9 @@ const cryptoSetupTimeout = 2 * time.Minute
 // transaction before encryption is declared unusable.
 const probeTimeout = 10 * time.Second
 
+// probeResend is how often the probe is sent again while none came back.
+const probeResend = 2 * time.Second
+
 // Names of what the homeserver and the registration need for encryption, for the Warns.
 const (
 	synapseE2EEFlags      = "experimental_features: {msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true}"
@@ -138,11 +141,14 @@ func (svc *Service) intent(userID id.UserID) *mxas.IntentAPI {
 }
 
 // probeToDevice checks, once the listeners are up, that the homeserver delivers to-device
-// events to the appservice (MSC2409): it sends a probe from mach (svc.crypto) to the bot's own device and waits up to
-// probeTimeout, on the service's clock, for a transaction to bring it back. If none does, the
-// bot cannot receive room keys: it Warns naming the homeserver's and the registration's flags,
-// and encryption is marked broken (encryptionActive false), so the bot warns in encrypted rooms
-// as it does with encryption off.
+// events to the appservice (MSC2409): it sends a probe from mach (svc.crypto) to the bot's own
+// device, sends another every probeResend, and waits up to probeTimeout, on the service's
+// clock, for a transaction to bring any of them back. The probe is sent again because Synapse
+// keeps no to-device message of a transaction the appservice did not take (only room events
+// are retried), and right after a restart it may still count the appservice as down: one
+// probe is easily lost. If none comes back, the bot cannot receive room keys: it Warns naming
+// the homeserver's and the registration's flags, and encryption is marked broken
+// (encryptionActive false), so the bot warns in encrypted rooms as it does with encryption off.
 func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	log := zerolog.Ctx(ctx).With().Str("component", "crypto").Logger()
 	received, cancel, err := mach.SendProbe(ctx)
@@ -155,16 +161,55 @@ func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 			Msg("Encryption is off: the to-device probe could not be sent, so the bot cannot tell whether it would receive room keys; it warns in encrypted rooms that it cannot read them")
 		return
 	}
-	defer cancel()
+	// Every probe sent signals one shared channel.
+	back := make(chan struct{}, 1)
+	var cancels []func()
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	watch := func(received <-chan struct{}, cancel func()) {
+		cancels = append(cancels, cancel)
+		svc.goBackground(ctx, func(ctx context.Context) {
+			select {
+			case <-received:
+				select {
+				case back <- struct{}{}:
+				default:
+				}
+			case <-ctx.Done():
+			}
+		})
+	}
+	probeCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	ctx = probeCtx
+	watch(received, cancel)
 	timer := svc.clock().NewTimer(probeTimeout)
 	defer timer.Stop()
-	select {
-	case <-received:
-		log.Info().Msg("The homeserver delivers to-device events to the appservice: encryption is active")
-	case <-timer.C():
-		svc.cryptoState.broken.Store(true)
-		log.Warn().Dur("waited", probeTimeout).Str("homeserver_flags", synapseE2EEFlags).Str("registration_flags", registrationE2EEFlags).
-			Msg("Encryption is off: the homeserver did not deliver the bot's to-device probe in a transaction, so the bot cannot receive room keys; enable the homeserver's experimental features and the registration's flags, then restart. Until then the bot warns in encrypted rooms that it cannot read them")
-	case <-ctx.Done():
+	resend := svc.clock().NewTimer(probeResend)
+	defer resend.Stop()
+	for sent := 1; ; {
+		select {
+		case <-back:
+			log.Info().Int("probes_sent", sent).Msg("The homeserver delivers to-device events to the appservice: encryption is active")
+			return
+		case <-resend.C():
+			if received, cancel, err = mach.SendProbe(ctx); err != nil {
+				log.Debug().Err(err).Msg("Failed to send the to-device probe again")
+			} else {
+				sent++
+				watch(received, cancel)
+			}
+			resend.Reset(probeResend)
+		case <-timer.C():
+			svc.cryptoState.broken.Store(true)
+			log.Warn().Dur("waited", probeTimeout).Int("probes_sent", sent).Str("homeserver_flags", synapseE2EEFlags).Str("registration_flags", registrationE2EEFlags).
+				Msg("Encryption is off: the homeserver did not deliver the bot's to-device probe in a transaction, so the bot cannot receive room keys; enable the homeserver's experimental features and the registration's flags, then restart. Until then the bot warns in encrypted rooms that it cannot read them")
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }

@@ -328,3 +328,40 @@ func TestSetupCryptoHoldsTheCryptoKeyLock(t *testing.T) {
 		t.Fatal("start-up never created the bot's device")
 	}
 }
+
+// TestProbeIsSentAgainUntilOneComesBack loses the first probe (the homeserver does not deliver
+// to-device messages yet, as right after a restart): the service sends it again every
+// probeResend on its clock, and the one delivered then keeps encryption active past the
+// probe's deadline.
+func TestProbeIsSentAgainUntilOneComesBack(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	probes := func() int {
+		n := 0
+		for _, msg := range env.hs.ToDeviceMessages() {
+			if msg.Type == e2ee.ProbeEventType.Type {
+				n++
+			}
+		}
+		return n
+	}
+	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeResend) != nil {
+		t.Fatal("the service does not wait to send the probe again")
+	}
+	if n := probes(); n != 1 {
+		t.Fatalf("%d probes sent at first, want 1", n)
+	}
+	// The homeserver delivers from now on; the first probe is lost.
+	echoToDevice(env.hs, env.svc)
+	env.clk.Advance(probeResend)
+	env.logs.waitForLine(t, "The homeserver delivers to-device events to the appservice", 1)
+	if n := probes(); n != 2 {
+		t.Errorf("%d probes sent, want 2", n)
+	}
+	env.clk.Advance(probeTimeout)
+	if !env.svc.encryptionActive() {
+		t.Error("encryptionActive() = false after a probe sent again came back")
+	}
+}
