@@ -123,10 +123,19 @@ func (cs *encryptedEvents) forgetUser(user id.UserID) {
 	cs.told.dropUser(user)
 }
 
-// cryptoOn reports whether encrypted events are handled: encryption is active (see
+// cryptoOn reports whether encrypted room events are decrypted: encryption is active (see
 // encryptionActive, which implies svc.crypto is set).
 func (svc *Service) cryptoOn() bool {
 	return svc.encryptionActive()
+}
+
+// cryptoPresent reports whether the bot's olm machine exists (svc.crypto, set before the
+// listeners start and never changed after). The machine keeps up with to-device events, device
+// lists, key counts and membership while it exists, even while the probe has not (yet) seen the
+// homeserver deliver to-device events: a probe or room key that arrives late is then still
+// used, and the bot becomes able to read encrypted rooms without a restart.
+func (svc *Service) cryptoPresent() bool {
+	return svc.crypto != nil
 }
 
 // deviceListsInTxn returns what ingest runs inside its transaction for pt: marking the users
@@ -134,7 +143,7 @@ func (svc *Service) cryptoOn() bool {
 // between the acknowledgement and the key fetch (the homeserver reports it once). Nil when
 // there is nothing to do.
 func (svc *Service) deviceListsInTxn(pt *parsedTransaction) func(ctx context.Context) error {
-	if !svc.cryptoOn() || len(pt.changedDevices) == 0 {
+	if !svc.cryptoPresent() || len(pt.changedDevices) == 0 {
 		return nil
 	}
 	users := pt.changedDevices
@@ -151,7 +160,7 @@ func (svc *Service) deviceListsInTxn(pt *parsedTransaction) func(ctx context.Con
 // Losing either is harmless: outdated users stay marked until fetched, and every transaction
 // repeats the counts.
 func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransaction) {
-	if !svc.cryptoOn() {
+	if !svc.cryptoPresent() {
 		return
 	}
 	log := zerolog.Ctx(ctx)
@@ -213,8 +222,8 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
 		}
 	}
-	if !svc.cryptoOn() {
-		// Encryption is off or broken in this run: nothing can use the event (a room key
+	if !svc.cryptoPresent() {
+		// Encryption is off in this run: nothing can use the event (a room key
 		// without the olm account is unreadable), and left in the inbox it would stay there
 		// forever, outside the backlog count. A missing room key is asked for again when an
 		// event needs it.
@@ -460,7 +469,7 @@ func (svc *Service) undecryptableCause(ctx context.Context, sender id.UserID, ro
 // rooms the state cache does not know as encrypted): the room's outbound megolm session is
 // dropped, so a member who left gets none of the next keys and one who joined gets them.
 func (svc *Service) cryptoMemberEvent(ctx context.Context, evt *event.Event) {
-	if svc.cryptoOn() {
+	if svc.cryptoPresent() {
 		svc.crypto.HandleMemberEvent(ctx, evt)
 	}
 }

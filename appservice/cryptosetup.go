@@ -26,6 +26,10 @@ const probeTimeout = 10 * time.Second
 // probeResend is how often the probe is sent again while none came back.
 const probeResend = 2 * time.Second
 
+// probeRetryBroken is how often the probe is sent after probeTimeout passed without one coming
+// back, until one does.
+const probeRetryBroken = 30 * time.Second
+
 // Names of what the homeserver and the registration need for encryption, for the Warns.
 const (
 	synapseE2EEFlags      = "experimental_features: {msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true}"
@@ -149,6 +153,10 @@ func (svc *Service) intent(userID id.UserID) *mxas.IntentAPI {
 // probe is easily lost. If none comes back, the bot cannot receive room keys: it Warns naming
 // the homeserver's and the registration's flags, and encryption is marked broken
 // (encryptionActive false), so the bot warns in encrypted rooms as it does with encryption off.
+// It then keeps sending a probe every probeRetryBroken until the service stops: when one comes
+// back (the homeserver was only slow to take transactions again), encryption becomes active
+// without a restart, and the olm machine, which kept up with to-device events meanwhile (see
+// cryptoPresent), has every room key that arrived.
 func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	log := zerolog.Ctx(ctx).With().Str("component", "crypto").Logger()
 	received, cancel, err := mach.SendProbe(ctx)
@@ -170,8 +178,9 @@ func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 		}
 	}()
 	watch := func(received <-chan struct{}, cancel func()) {
-		cancels = append(cancels, cancel)
-		svc.goBackground(ctx, func(ctx context.Context) {
+		wctx, stop := context.WithCancel(ctx)
+		cancels = append(cancels, func() { cancel(); stop() })
+		svc.goBackground(wctx, func(ctx context.Context) {
 			select {
 			case <-received:
 				select {
@@ -193,21 +202,33 @@ func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	for sent := 1; ; {
 		select {
 		case <-back:
+			svc.cryptoState.broken.Store(false)
 			log.Info().Int("probes_sent", sent).Msg("The homeserver delivers to-device events to the appservice: encryption is active")
 			return
 		case <-resend.C():
+			interval := probeResend
+			if svc.cryptoState.broken.Load() {
+				// Past the deadline: one probe at a time, so a homeserver that never delivers
+				// them costs one waiting goroutine, not one per probe.
+				for _, c := range cancels {
+					c()
+				}
+				cancels = cancels[:0]
+				interval = probeRetryBroken
+			}
 			if received, cancel, err = mach.SendProbe(ctx); err != nil {
 				log.Debug().Err(err).Msg("Failed to send the to-device probe again")
 			} else {
 				sent++
 				watch(received, cancel)
 			}
-			resend.Reset(probeResend)
+			resend.Reset(interval)
 		case <-timer.C():
 			svc.cryptoState.broken.Store(true)
 			log.Warn().Dur("waited", probeTimeout).Int("probes_sent", sent).Str("homeserver_flags", synapseE2EEFlags).Str("registration_flags", registrationE2EEFlags).
-				Msg("Encryption is off: the homeserver did not deliver the bot's to-device probe in a transaction, so the bot cannot receive room keys; enable the homeserver's experimental features and the registration's flags, then restart. Until then the bot warns in encrypted rooms that it cannot read them")
-			return
+				Dur("probe_interval", probeRetryBroken).
+				Msg("Encryption is off: the homeserver did not deliver the bot's to-device probe in a transaction, so the bot cannot receive room keys; enable the homeserver's experimental features and the registration's flags, then restart. Until then the bot warns in encrypted rooms that it cannot read them; it keeps probing and turns encryption on if a probe comes back")
+			resend.Reset(probeRetryBroken)
 		case <-ctx.Done():
 			return
 		}

@@ -365,3 +365,31 @@ func TestProbeIsSentAgainUntilOneComesBack(t *testing.T) {
 		t.Error("encryptionActive() = false after a probe sent again came back")
 	}
 }
+
+// TestProbeAfterTheDeadlineTurnsEncryptionOn checks that a homeserver that starts delivering
+// to-device events only after the probe's deadline (one that still counted the appservice as
+// down after a restart) is noticed without a restart: the service keeps probing every
+// probeRetryBroken, and encryption becomes active when a probe comes back.
+func TestProbeAfterTheDeadlineTurnsEncryptionOn(t *testing.T) {
+	env := startCryptoService(t, cryptoSetup{vault: true})
+	if env.svc.crypto == nil {
+		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	}
+	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeTimeout) != nil {
+		t.Fatal("the service does not wait for the probe on its clock")
+	}
+	env.clk.Advance(probeTimeout)
+	env.logs.waitForLine(t, "did not deliver the bot's to-device probe", 1)
+	if env.svc.encryptionActive() {
+		t.Fatal("encryptionActive() = true after the probe's deadline passed")
+	}
+	echoToDevice(env.hs, env.svc)
+	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeRetryBroken) != nil {
+		t.Fatal("the service stopped probing after the deadline")
+	}
+	env.clk.Advance(probeRetryBroken)
+	env.logs.waitForLine(t, "The homeserver delivers to-device events to the appservice", 1)
+	if !env.svc.encryptionActive() {
+		t.Error("encryptionActive() = false after a probe came back past the deadline")
+	}
+}

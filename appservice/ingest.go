@@ -175,7 +175,7 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var target deviceTarget
-	if svc.encryptionActive() {
+	if svc.cryptoPresent() {
 		target.user, target.device = svc.crypto.Device()
 	}
 	parsed, err := parseTransactionFor(txnID, body, target)
