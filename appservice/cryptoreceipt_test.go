@@ -1,0 +1,65 @@
+package appservice
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
+)
+
+// TestEncryptedErasureReceiptIsReadableAndLeavesNoRows erases Alice with a receipt in her
+// encrypted DM: the bot shares a fresh room key with her device, which decrypts the receipt,
+// and once the cleanup is done no row of the crypto store or the state cache (nor any other)
+// names her, although sharing the key fetched and stored her devices again.
+func TestEncryptedErasureReceiptIsReadableAndLeavesNoRows(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.start()
+			env.shareKey()
+			// A first message shares a room key with Alice's devices, so the crypto store names
+			// her in every kind of row before the erasure.
+			env.put("h1", []map[string]any{env.encrypted(nil, "!help")}, nil)
+			env.waitForBotMessage(e2eeDM, "help")
+			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), e2eeAlice.String()); len(rows) == 0 {
+				t.Fatal("no row names alice before the erasure; the test would prove nothing")
+			}
+
+			receipt, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerUser, NotifyRoom: e2eeDM})
+			if err != nil {
+				t.Fatalf("Erase = %v", err)
+			}
+			env.hs.WaitFor(t, 20*time.Second, "the erasure's cleanup", func() bool {
+				status, err := env.svc.engine.ErasureStatus(env.ctx, receipt.JobID)
+				return err == nil && status.State == string(privacy.ErasureDone)
+			})
+			// botMessages fails the test if Alice's device cannot decrypt one of the bot's messages.
+			if !slices.ContainsFunc(env.botMessages(e2eeDM), func(body string) bool {
+				return strings.Contains(body, "I erased everything Custodian held about you")
+			}) {
+				t.Errorf("alice read no erasure receipt; bot messages: %q", env.botMessages(e2eeDM))
+			}
+			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), e2eeAlice.String()); len(rows) > 0 {
+				t.Errorf("after the erasure and its receipt %d rows name alice:\n%s", len(rows), strings.Join(rows, "\n"))
+			}
+			// The olm session that carried the receipt's key names her device's key, not her.
+			readerKey := env.reader.Mach.OwnIdentity().IdentityKey
+			if n := countQuery(t, env, `SELECT COUNT(*) FROM crypto_olm_session WHERE sender_key=$1`, readerKey); n != 0 {
+				t.Errorf("%d olm sessions with alice's device remain", n)
+			}
+		})
+	}
+}
+
+// countQuery runs a COUNT query on env's database.
+func countQuery(t *testing.T, env *e2eeEnv, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := env.svc.rawDB.QueryRow(env.ctx, query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
