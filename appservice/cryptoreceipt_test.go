@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
@@ -62,4 +65,46 @@ func countQuery(t *testing.T, env *e2eeEnv, query string, args ...any) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestScrubAfterReceiptFindsTheUserAfterARestart runs the scrub of a receipt the process does
+// not remember (a restart between the receipt and the scrub): it finds the erased user from the
+// rows that name them, by their keyed hash, and deletes those rows, and only theirs.
+func TestScrubAfterReceiptFindsTheUserAfterARestart(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.setupCrypto()
+			bob := id.UserID("@bob:example.org")
+			if err := env.svc.stateStore.SetMembership(env.ctx, e2eeDM, bob, event.MembershipJoin); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.svc.crypto.Store().PutDevice(env.ctx, bob, &id.Device{UserID: bob, DeviceID: "BOBPHONE", IdentityKey: "bobkey", SigningKey: "bobsign"}); err != nil {
+				t.Fatal(err)
+			}
+			hash, _, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, scope := range []struct {
+				modules []string
+				want    int
+			}{
+				// A scope that erased neither the crypto store nor the state cache keeps them.
+				{[]string{"hooks"}, 2},
+				{nil, 0},
+			} {
+				if err = env.svc.scrubAfterReceipt(env.ctx, "er_unknown", hash, scope.modules); err != nil {
+					t.Fatalf("scrubAfterReceipt(%v) = %v", scope.modules, err)
+				}
+				rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), e2eeAlice.String())
+				if len(rows) != scope.want {
+					t.Errorf("after the scrub of scope %v, %d rows name alice, want %d:\n%s", scope.modules, len(rows), scope.want, strings.Join(rows, "\n"))
+				}
+			}
+			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), bob.String()); len(rows) != 2 {
+				t.Errorf("after alice's scrub %d rows name bob, want his device and membership:\n%s", len(rows), strings.Join(rows, "\n"))
+			}
+		})
+	}
 }
