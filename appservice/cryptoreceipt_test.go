@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -21,6 +22,10 @@ func TestEncryptedErasureReceiptIsReadableAndLeavesNoRows(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			// Every log line, to check that none names alice next to the erasure's user hash.
+			logs := &lockedBuffer{}
+			env.svc.log = zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+			env.svc.engine = env.svc.newEngine()
 			env.start()
 			env.shareKey()
 			// A first message shares a room key with Alice's devices, so the crypto store names
@@ -47,6 +52,19 @@ func TestEncryptedErasureReceiptIsReadableAndLeavesNoRows(t *testing.T) {
 			}
 			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), e2eeAlice.String()); len(rows) > 0 {
 				t.Errorf("after the erasure and its receipt %d rows name alice:\n%s", len(rows), strings.Join(rows, "\n"))
+			}
+			hash, _, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(logs.String(), "\n")
+			if !slices.ContainsFunc(lines, func(line string) bool { return strings.Contains(line, hash[:16]) }) {
+				t.Error("no log line carries the erasure's user hash; the check below would prove nothing")
+			}
+			for _, line := range lines {
+				if strings.Contains(line, hash[:16]) && strings.Contains(line, e2eeAlice.String()) {
+					t.Errorf("a log line names alice next to the erasure's user hash: %s", line)
+				}
 			}
 			// The olm session that carried the receipt's key names her device's key, not her.
 			readerKey := env.reader.Mach.OwnIdentity().IdentityKey

@@ -291,12 +291,15 @@ func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
 
 // SendErasureReceipt posts the receipt as a notice from the bot. In an encrypted room, while
 // encryption is on, it first makes the receipt readable to the erased user (see
-// prepareEncryptedReceipt).
+// prepareEncryptedReceipt). It logs through the service's logger, never the job's.
 func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error {
 	modules, err := h.svc.receiptJobScope(ctx, jobID)
 	if err != nil {
 		return err
 	}
+	// In an encrypted room mautrix logs the users it shares the room key with, the erased user
+	// among them: not next to the job's fields (its user hash).
+	ctx = h.svc.log.With().Str("action", "send erasure receipt").Logger().WithContext(ctx)
 	if err = h.svc.prepareEncryptedReceipt(ctx, roomID, jobID, userHash, modules); err != nil {
 		return err
 	}
