@@ -90,6 +90,11 @@ type privacyState struct {
 	adminServer *http.Server
 	adminAddr   net.Addr
 
+	// receiptUsers holds, by erasure job, the erased user an encrypted receipt was shared with,
+	// until the cleanup has scrubbed what the receipt stored about them. It lives in memory
+	// only: after a restart, the scrub finds the user from the rows that name them.
+	receiptUsers map[string]id.UserID
+
 	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
 	erasureRan func(jobID string, state privacy.ErasureState, err error)
 	loops      sync.WaitGroup
@@ -202,6 +207,7 @@ var (
 	_ privacy.Host               = engineHost{}
 	_ privacy.ErasureCommitter   = engineHost{}
 	_ privacy.RetentionCommitter = engineHost{}
+	_ privacy.ReceiptScrubber    = engineHost{}
 )
 
 // Inventory returns the core's and every bridge's declared tables.
@@ -283,14 +289,32 @@ func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
 	}
 }
 
-// SendErasureReceipt posts the receipt as a notice from the bot.
-func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, markdown string) error {
+// SendErasureReceipt posts the receipt as a notice from the bot. In an encrypted room, while
+// encryption is on, it first makes the receipt readable to the erased user (see
+// prepareEncryptedReceipt). It logs through the service's logger, never the job's.
+func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error {
+	modules, err := h.svc.receiptJobScope(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	// In an encrypted room mautrix logs the users it shares the room key with, the erased user
+	// among them: not next to the job's fields (its user hash).
+	ctx = h.svc.log.With().Str("action", "send erasure receipt").Logger().WithContext(ctx)
+	if err = h.svc.prepareEncryptedReceipt(ctx, roomID, jobID, userHash, modules); err != nil {
+		return err
+	}
 	content := format.RenderMarkdown(markdown, true, false)
 	content.MsgType = event.MsgNotice
-	_, err := h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
+	_, err = h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
 		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
 	})
 	return err
+}
+
+// ScrubAfterReceipt deletes what an encrypted receipt stored about the erased user (see
+// scrubAfterReceipt).
+func (h engineHost) ScrubAfterReceipt(ctx context.Context, jobID, userHash string, modules []string) error {
+	return h.svc.scrubAfterReceipt(ctx, jobID, userHash, modules)
 }
 
 // LeaveAfterErasure leaves roomID and ends the bot's setup there, if the room is still private

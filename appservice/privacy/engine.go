@@ -57,8 +57,10 @@ type Host interface {
 	// backups are shredded.
 	FullErasureCommitted(ctx context.Context, user id.UserID) (shredding bool)
 	// SendErasureReceipt posts the receipt (Markdown) of erasure jobID into roomID, with a
-	// transaction ID derived from jobID, so that a retry does not post it twice.
-	SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, markdown string) error
+	// transaction ID derived from jobID, so that a retry does not post it twice. userHash is the
+	// erased user's keyed hash (see [Engine.UserHash]), so that the host can make the receipt
+	// readable to them in an encrypted room.
+	SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error
 	// LeaveAfterErasure leaves roomID, one of the rooms PrepareFullErasure returned, if it still
 	// holds nobody but the bot and the erased user (whose keyed hash is userHash), and ends the
 	// bot's setup there. Failures are the host's to log; they are not retried.
@@ -72,6 +74,18 @@ type Host interface {
 	// RedactionPurged tells module that a redaction purged rows of its tables (table → rows).
 	// Errors are logged.
 	RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
+}
+
+// ReceiptScrubber is a [Host] whose erasure receipt can store rows about the erased user again:
+// in an encrypted room, sharing the receipt's room key with the user's devices fetches and
+// stores their devices and records the share.
+type ReceiptScrubber interface {
+	// ScrubAfterReceipt runs in the cleanup of a job that sent a receipt, after the receipt was
+	// sent and the rooms were left, on every attempt (also after a restart): it deletes what
+	// sending the receipt stored about the user whose keyed hash is userHash, within the job's
+	// scope modules (empty: a full erasure). An error leaves the job in cleanup, and the runner
+	// retries the cleanup.
+	ScrubAfterReceipt(ctx context.Context, jobID, userHash string, modules []string) error
 }
 
 // Options configure an [Engine].

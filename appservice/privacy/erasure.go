@@ -601,6 +601,120 @@ func (e *Engine) scrubStateCache(ctx context.Context, user id.UserID) (int64, er
 	return total, nil
 }
 
+// EraseAgain deletes, in one transaction, the rows naming user that appeared after their erasure
+// committed in the tables of modules (as the erasure deletes them, set-null columns set to NULL,
+// retained tables kept) and, with stateCache, in the state cache: their member rows and cached
+// state mentioning them (see scrubStateCache). It records no job and no tombstone: it finishes an
+// erasure that has one. It returns how many rows it changed.
+func (e *Engine) EraseAgain(ctx context.Context, user id.UserID, modules []string, stateCache bool) (int64, error) {
+	inv := e.host.Inventory()
+	var total int64
+	err := e.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		total = 0
+		if !stateCache {
+			return e.eraseModulesAgain(ctx, inv, user, modules, &total)
+		}
+		scrubbed, err := e.scrubStateCache(ctx, user)
+		if err != nil {
+			return err
+		}
+		total += scrubbed
+		res, err := e.db.Exec(ctx, `DELETE FROM mx_user_profile WHERE user_id=$1`, user)
+		if err != nil {
+			return fmt.Errorf("failed to erase the state cache's member rows: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		return e.eraseModulesAgain(ctx, inv, user, modules, &total)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+// eraseModulesAgain is EraseAgain's erasure of modules' tables, in the caller's transaction; it
+// adds the rows it changed to total.
+func (e *Engine) eraseModulesAgain(ctx context.Context, inv map[string][]UserTable, user id.UserID, modules []string, total *int64) error {
+	for _, module := range modules {
+		tables, ok := inv[module]
+		if !ok {
+			return fmt.Errorf("%w %q", ErrUnknownModule, module)
+		}
+		for i := len(tables) - 1; i >= 0; i-- {
+			ut := tables[i]
+			var query string
+			switch {
+			case ut.Table == "users" || ut.Policy == EraseRetain || slices.Contains(bookkeepingTables, ut.Table):
+				continue
+			case ut.Policy == EraseSetNull:
+				query = fmt.Sprintf(`UPDATE %s SET %s=NULL WHERE %s=$1`, quoteIdent(ut.Table), quoteIdent(ut.UserColumn), quoteIdent(ut.UserColumn))
+			default:
+				query = fmt.Sprintf(`DELETE FROM %s WHERE %s`, quoteIdent(ut.Table), ut.userCondition())
+			}
+			res, err := e.db.Exec(ctx, query, user)
+			if err != nil {
+				return fmt.Errorf("failed to erase rows of %s again: %w", ut.Table, err)
+			}
+			n, _ := res.RowsAffected()
+			*total += n
+		}
+	}
+	return nil
+}
+
+// UsersWithHash returns the users whose keyed hash (see [Engine.UserHash]) is userHash among
+// those the state cache's member rows and the plain user columns of modules' tables name. It
+// finds an erased user again, after a restart, from the rows that still name them.
+func (e *Engine) UsersWithHash(ctx context.Context, userHash string, modules []string) ([]id.UserID, error) {
+	inv := e.host.Inventory()
+	queries := []string{`SELECT DISTINCT user_id FROM mx_user_profile`}
+	for _, module := range modules {
+		for _, ut := range inv[module] {
+			if ut.Match != "" || ut.UserColumn == "" || ut.Policy == EraseRetain {
+				continue
+			}
+			queries = append(queries, fmt.Sprintf(`SELECT DISTINCT %[1]s FROM %[2]s WHERE %[1]s IS NOT NULL`, quoteIdent(ut.UserColumn), quoteIdent(ut.Table)))
+		}
+	}
+	var out []id.UserID
+	for _, query := range queries {
+		rows, err := e.db.Query(ctx, query)
+		if err != nil {
+			return nil, fmt.Errorf("failed to list users: %w", err)
+		}
+		var users []id.UserID
+		for rows.Next() {
+			var user id.UserID
+			if err = rows.Scan(&user); err != nil {
+				_ = rows.Close()
+				return nil, fmt.Errorf("failed to list users: %w", err)
+			}
+			users = append(users, user)
+		}
+		if err = rows.Err(); err != nil {
+			_ = rows.Close()
+			return nil, fmt.Errorf("failed to list users: %w", err)
+		}
+		if err = rows.Close(); err != nil {
+			return nil, fmt.Errorf("failed to list users: %w", err)
+		}
+		for _, user := range users {
+			if slices.Contains(out, user) {
+				continue
+			}
+			hash, _, err := e.UserHash(ctx, user)
+			if err != nil {
+				return nil, err
+			}
+			if hash == userHash {
+				out = append(out, user)
+			}
+		}
+	}
+	return out, nil
+}
+
 // jsonStringBody returns s as it appears inside a JSON string, without the quotes.
 func jsonStringBody(s string) string {
 	var sb strings.Builder
@@ -618,7 +732,7 @@ func quoteIdent(name string) string {
 }
 
 // cleanUpErasure tells the user (if asked to) and leaves the direct chats the bot shared with
-// them, then, on SQLite, checkpoints and truncates the WAL, then marks the job done. Each step is
+// them, then lets a [ReceiptScrubber] host delete what the receipt stored about them, then, on SQLite, checkpoints and truncates the WAL, then marks the job done. Each step is
 // retried by the erasure runner until it succeeds: a failure to send the receipt or to
 // checkpoint leaves the job in cleanup (the receipt carries a transaction ID, so a retry does
 // not post it twice). Failures to leave a room are logged, not retried.
@@ -627,7 +741,7 @@ func (e *Engine) cleanUpErasure(ctx context.Context, job *ErasureJob) {
 	if job.NotifyRoom != "" {
 		receipt, err := ReceiptOf(job)
 		if err == nil {
-			err = e.host.SendErasureReceipt(ctx, job.NotifyRoom, job.JobID, receiptMarkdown(receipt, len(job.LeaveRooms) > 0))
+			err = e.host.SendErasureReceipt(ctx, job.NotifyRoom, job.JobID, job.UserHash, receiptMarkdown(receipt, len(job.LeaveRooms) > 0))
 		}
 		if err != nil {
 			log.Warn().Err(err).Msg("Failed to send the erasure receipt; will retry")
@@ -639,6 +753,13 @@ func (e *Engine) cleanUpErasure(ctx context.Context, job *ErasureJob) {
 		// come much later, when someone else has joined: the host leaves only a room that still
 		// holds nobody but the bot and (by the job's keyed hash) the erased user.
 		e.host.LeaveAfterErasure(ctx, roomID, job.UserHash)
+	}
+	if scrubber, ok := e.host.(ReceiptScrubber); ok && job.NotifyRoom != "" {
+		// After the rooms are left, so that nothing shares a room key with the user again.
+		if err := scrubber.ScrubAfterReceipt(ctx, job.JobID, job.UserHash, job.Modules); err != nil {
+			log.Warn().Err(err).Msg("Failed to scrub the rows the erasure receipt stored; will retry")
+			return
+		}
 	}
 	if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 {
 		if err := e.queries().ClearErasureCleanup(ctx, job.JobID); err != nil {

@@ -548,7 +548,9 @@ func (e engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 	return false
 }
 
-func (e engineHost) SendErasureReceipt(context.Context, id.RoomID, string, string) error { return nil }
+func (e engineHost) SendErasureReceipt(context.Context, id.RoomID, string, string, string) error {
+	return nil
+}
 
 func (e engineHost) LeaveAfterErasure(context.Context, id.RoomID, string) {}
 
