@@ -211,14 +211,6 @@ func TestE2EE(t *testing.T) {
 	})
 }
 
-// knownDefect records, in the test's log, a defect of Custodian that is known and reported but
-// not fixed yet, where the scenario works around it. Turn each call into t.Errorf when the
-// defect is fixed.
-func knownDefect(t *testing.T, format string, args ...any) {
-	t.Helper()
-	t.Logf("KNOWN DEFECT: "+format, args...)
-}
-
 // mustEncryptionActive waits until Custodian's log since its last start says the homeserver
 // delivers to-device events to it (the start-up probe came back), and fails the test if that
 // takes longer than probeVerdictWait. Synapse does not retry a failed transaction's to-device
