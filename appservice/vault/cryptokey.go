@@ -131,56 +131,14 @@ func (v *Vault) CryptoKey(ctx context.Context) ([]byte, CryptoKeyStatus, error) 
 // compare-and-swap, and returns how many keys it re-wrapped (0 or 1). A key whose master key is
 // missing or wrong is counted in res.Unavailable.
 func (v *Vault) rotateCryptoKey(ctx context.Context, cur *masterKey, res *RotateResult) (int, error) {
-	rows, err := v.db.Query(ctx, rotateCryptoKeyQuery, cur.ID())
-	if err != nil {
-		return 0, fmt.Errorf("failed to read the crypto key: %w", err)
+	n, err := v.rewrapKeys(ctx, cur, res, wrappedKeyTable{
+		noun: "crypto key", selectQuery: rotateCryptoKeyQuery, updateQuery: updateCryptoKeyQuery,
+		unwrap: unwrapCrypto, wrap: wrapCrypto,
+	})
+	if err == nil {
+		res.CryptoKeys += n
 	}
-	var todo []inboxKeyRow
-	for rows.Next() {
-		var r inboxKeyRow
-		var keyID int64
-		if err = rows.Scan(&keyID, &r.kekID, &r.wrapped); err != nil {
-			_ = rows.Close()
-			return 0, fmt.Errorf("failed to read the crypto key: %w", err)
-		}
-		r.keyID = uint32(keyID)
-		todo = append(todo, r)
-	}
-	if err = rows.Close(); err != nil {
-		return 0, fmt.Errorf("failed to read the crypto key: %w", err)
-	}
-	var n int
-	for _, row := range todo {
-		mk, ok := v.ring.Load().byID[row.kekID]
-		if !ok && v.reloadForKey(ctx, row.kekID) {
-			mk, ok = v.ring.Load().byID[row.kekID]
-		}
-		if !ok || mk.wrong.Load() {
-			res.Unavailable[row.kekID]++
-			continue
-		}
-		key, err := unwrapCrypto(mk, row.keyID, row.wrapped)
-		if err != nil {
-			res.Unavailable[row.kekID]++
-			continue
-		}
-		wrapped, err := wrapCrypto(cur, row.keyID, key)
-		clear(key)
-		if err != nil {
-			return n, err
-		}
-		r, err := v.db.Exec(ctx, updateCryptoKeyQuery, cur.ID(), wrapped, v.now().UnixMilli(), int64(row.keyID), row.kekID, row.wrapped)
-		if err != nil {
-			return n, fmt.Errorf("failed to store the re-wrapped crypto key: %w", err)
-		}
-		if changed, err := r.RowsAffected(); err != nil {
-			return n, err
-		} else if changed == 1 {
-			n++
-		}
-	}
-	res.CryptoKeys += n
-	return n, nil
+	return n, err
 }
 
 const replaceCryptoKeyQuery = `

@@ -354,9 +354,37 @@ const (
 // compare-and-swap, and returns how many it re-wrapped. Keys whose master key is missing or
 // wrong are counted in res.Unavailable.
 func (v *Vault) rotateInboxKeys(ctx context.Context, cur *masterKey, res *RotateResult) (int, error) {
-	rows, err := v.db.Query(ctx, rotateInboxKeysQuery, cur.ID())
+	n, err := v.rewrapKeys(ctx, cur, res, wrappedKeyTable{
+		noun: "inbox keys", selectQuery: rotateInboxKeysQuery, updateQuery: updateInboxKeyQuery,
+		unwrap: unwrapInbox, wrap: wrapInbox,
+	})
+	if err == nil {
+		res.InboxKeys += n
+	}
+	return n, err
+}
+
+// wrappedKeyTable is a table of keys wrapped by master keys (the inbox keys, the crypto key),
+// for [Vault.rewrapKeys].
+type wrappedKeyTable struct {
+	// noun names the keys in errors.
+	noun string
+	// selectQuery lists (key_id, kek_id, wrapped) of the keys not wrapped by $1.
+	selectQuery string
+	// updateQuery sets kek_id=$1, wrapped=$2, rewrapped_at=$3 where key_id=$4, kek_id=$5 and
+	// wrapped=$6 (a compare-and-swap on the wrapped bytes, so a key deleted and re-created
+	// meanwhile is not overwritten).
+	updateQuery  string
+	unwrap, wrap func(mk *masterKey, keyID uint32, key []byte) ([]byte, error)
+}
+
+// rewrapKeys re-wraps every key of t not wrapped by cur under it, each row by compare-and-swap,
+// and returns how many it re-wrapped. Keys whose master key is missing or wrong are counted in
+// res.Unavailable.
+func (v *Vault) rewrapKeys(ctx context.Context, cur *masterKey, res *RotateResult, t wrappedKeyTable) (int, error) {
+	rows, err := v.db.Query(ctx, t.selectQuery, cur.ID())
 	if err != nil {
-		return 0, fmt.Errorf("failed to read inbox keys: %w", err)
+		return 0, fmt.Errorf("failed to read %s: %w", t.noun, err)
 	}
 	var todo []inboxKeyRow
 	for rows.Next() {
@@ -364,13 +392,13 @@ func (v *Vault) rotateInboxKeys(ctx context.Context, cur *masterKey, res *Rotate
 		var keyID int64
 		if err = rows.Scan(&keyID, &r.kekID, &r.wrapped); err != nil {
 			_ = rows.Close()
-			return 0, fmt.Errorf("failed to read inbox keys: %w", err)
+			return 0, fmt.Errorf("failed to read %s: %w", t.noun, err)
 		}
 		r.keyID = uint32(keyID)
 		todo = append(todo, r)
 	}
 	if err = rows.Close(); err != nil {
-		return 0, fmt.Errorf("failed to read inbox keys: %w", err)
+		return 0, fmt.Errorf("failed to read %s: %w", t.noun, err)
 	}
 	var n int
 	for _, row := range todo {
@@ -382,19 +410,19 @@ func (v *Vault) rotateInboxKeys(ctx context.Context, cur *masterKey, res *Rotate
 			res.Unavailable[row.kekID]++
 			continue
 		}
-		key, err := unwrapInbox(mk, row.keyID, row.wrapped)
+		key, err := t.unwrap(mk, row.keyID, row.wrapped)
 		if err != nil {
 			res.Unavailable[row.kekID]++
 			continue
 		}
-		wrapped, err := wrapInbox(cur, row.keyID, key)
+		wrapped, err := t.wrap(cur, row.keyID, key)
 		clear(key)
 		if err != nil {
 			return n, err
 		}
-		r, err := v.db.Exec(ctx, updateInboxKeyQuery, cur.ID(), wrapped, v.now().UnixMilli(), int64(row.keyID), row.kekID, row.wrapped)
+		r, err := v.db.Exec(ctx, t.updateQuery, cur.ID(), wrapped, v.now().UnixMilli(), int64(row.keyID), row.kekID, row.wrapped)
 		if err != nil {
-			return n, fmt.Errorf("failed to store re-wrapped inbox key: %w", err)
+			return n, fmt.Errorf("failed to store re-wrapped %s: %w", t.noun, err)
 		}
 		if changed, err := r.RowsAffected(); err != nil {
 			return n, err
@@ -402,7 +430,6 @@ func (v *Vault) rotateInboxKeys(ctx context.Context, cur *masterKey, res *Rotate
 			n++
 		}
 	}
-	res.InboxKeys += n
 	return n, nil
 }
 
