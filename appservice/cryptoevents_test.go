@@ -885,28 +885,62 @@ func TestToDeviceEventOfSenderBeingErasedIsDropped(t *testing.T) {
 	}
 }
 
-// TestToDeviceEventWithEncryptionOffIsDropped: a to-device row left from a run with encryption
-// is deleted when this run has none, rather than staying in the inbox forever.
+// TestToDeviceEventWithEncryptionOffIsDropped stores a to-device row in a run with encryption
+// on, then handles it in a run with encryption off (no olm machine): the row is deleted, since
+// nothing could read it and kept it would stay in the inbox forever.
 func TestToDeviceEventWithEncryptionOffIsDropped(t *testing.T) {
 	db := astest.TestDB(t, astest.SQLite)
-	env := newE2EEEnv(t, db, nil, nil)
-	env.start()
-	env.svc.dispatcher.stop(env.ctx) // the row is stored while encryption is on
-	env.put("o1", nil, []map[string]any{env.roomKey(env.megolm)})
+	env1 := newE2EEEnv(t, db, nil, nil)
+	env1.start()
+	env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
+	env1.put("o1", nil, []map[string]any{env1.roomKey(env1.megolm)})
 	if n := countRows(t, db, "as_inbox"); n != 1 {
 		t.Fatalf("%d inbox rows stored, want 1", n)
 	}
+	env2 := newE2EEEnv(t, db, env1, func(cfg *Config) { cfg.Encryption.Enabled = false })
+	if err := env2.svc.start(env2.ctx); err != nil {
+		t.Fatal(err)
+	}
+	env2.started = true
+	if env2.svc.crypto != nil {
+		t.Fatal("svc.crypto is set with encryption off")
+	}
+	// The replay holds the ingest lock until it queued every unfinished row.
+	env2.svc.ingestLock.Lock()
+	queued := env2.svc.dispatcher.backlogNow()
+	env2.svc.ingestLock.Unlock()
+	if queued > 1 {
+		t.Fatalf("%d events queued by the replay, want at most the one row", queued)
+	}
+	waitDrained(t, env2.svc.dispatcher)
+	if n := countRows(t, db, "as_inbox"); n != 0 {
+		t.Fatalf("%d inbox rows after handling with encryption off, want 0", n)
+	}
+	if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+		t.Fatalf("%d room keys stored with encryption off, want 0", n)
+	}
+}
+
+// TestToDeviceEventIsKeptWhileTheProbeFailed handles a room key while the start-up probe has
+// not seen the homeserver deliver to-device events (encryptionActive false, the olm machine
+// present): the machine keeps up, so the key is stored and usable once a later probe comes back.
+func TestToDeviceEventIsKeptWhileTheProbeFailed(t *testing.T) {
+	db := astest.TestDB(t, astest.SQLite)
+	env := newE2EEEnv(t, db, nil, nil)
+	env.start()
+	env.svc.dispatcher.stop(env.ctx)
 	env.svc.cryptoState.broken.Store(true)
+	env.put("o1", nil, []map[string]any{env.roomKey(env.megolm)})
 	rows, err := env.svc.db.Inbox.Pending(env.ctx, 0, 10)
 	if err != nil || len(rows) != 1 || !rows[0].ToDevice {
 		t.Fatalf("pending inbox rows = %d (%v), want the one to-device row", len(rows), err)
 	}
 	env.svc.handleToDeviceRow(env.ctx, rows[0])
 	if n := countRows(t, db, "as_inbox"); n != 0 {
-		t.Fatalf("%d inbox rows after handling with encryption off, want 0", n)
+		t.Fatalf("%d inbox rows after handling, want 0", n)
 	}
-	if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
-		t.Fatalf("%d room keys stored with encryption off, want 0", n)
+	if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 1 {
+		t.Fatalf("%d room keys stored while the probe had failed, want 1", n)
 	}
 }
 

@@ -205,6 +205,13 @@ func (d *dispatcher) maxBacklog() int {
 	return 10000
 }
 
+// backlogNow returns how many events are queued and not yet handled.
+func (d *dispatcher) backlogNow() int {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	return d.backlog
+}
+
 // waitBacklog blocks while limit or more events are queued. It returns ctx's error if ctx ends
 // first.
 func (d *dispatcher) waitBacklog(ctx context.Context, limit int) error {
