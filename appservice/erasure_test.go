@@ -465,7 +465,22 @@ func TestErasureRunnerFinishesQueuedJobs(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			env.clock.Advance(privacy.ErasurePoll)
+			// Other loops arm timers of the same length; the runner may still be finishing
+			// alice's cleanup and arm its poll only after this advance: advance again, boundedly,
+			// until the runner took the job.
+			for attempt := 0; env.count(`SELECT COUNT(*) FROM as_erasure WHERE state='pending'`) > 0; attempt++ {
+				if attempt == 10 {
+					t.Fatal("the directly recorded job is still pending after 10 polls")
+				}
+				if attempt > 0 && env.clock.BlockUntilInterval(astest.Within(t, 10*time.Second), privacy.ErasurePoll) != nil {
+					t.Fatal("the erasure runner is not waiting for its poll")
+				}
+				env.clock.Advance(privacy.ErasurePoll)
+				select {
+				case <-env.erasureRan:
+				case <-time.After(5 * time.Second):
+				}
+			}
 			env.awaitErasures()
 			if exists, _ := env.svc.db.User.Exists(env.ctx, pvBob); exists {
 				t.Error("bob's users row exists after the runner's poll")
