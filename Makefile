@@ -23,7 +23,7 @@ STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
 # Extra flags for the unit tests; the race detector is on because ingest and dispatch are
 # concurrent.
 UNIT_TESTFLAGS ?= -race
-E2E_TESTFLAGS ?= -count=1 -timeout 30m
+E2E_TESTFLAGS ?= -count=1 -timeout 50m
 # Build the binary the end-to-end tests run with the race detector too; a reported race fails.
 E2E_RACE ?= 1
 
