@@ -68,7 +68,7 @@ func checkBotDeviceCrossSigned(t *testing.T, cli *mautrix.Client, bot id.UserID,
 // cross-signs it; a restart keeps the same device and signature.
 func TestE2EEBotDevice(t *testing.T) {
 	e2e.RunBackends(t, func(t *testing.T, backend e2e.Backend) {
-		env := e2e.New(t, backend)
+		env := e2e.New(t, backend, withEncryption())
 		reg, err := os.ReadFile(env.RegistrationPath())
 		if err != nil {
 			t.Fatal(err)

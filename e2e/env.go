@@ -237,6 +237,11 @@ func (env *Env) prepare(t testing.TB, dbType, dbURI, hsURL string) {
 			"key_file": filepath.Join(env.dir, "custodian.key"),
 		},
 		"bridges": map[string]any{},
+		// Encryption is on by default in Custodian; here it is off unless a test turns it on
+		// (encryption.enabled), so the tests of other features keep reading the bot's rooms
+		// with the harness's plain clients. The encrypted scenarios (e2ee_*_test.go) turn it on
+		// and use real E2EE clients.
+		"encryption": map[string]any{"enabled": false},
 	}
 	for _, patch := range env.opts.patches {
 		patch(cfg)
