@@ -308,8 +308,17 @@ func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jo
 	_, err = h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
 		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
 	})
-	return err
+	if err != nil {
+		// mautrix's errors may name users (the devices it failed to get): log the detail here,
+		// away from the job's hash, and hand the engine, which logs next to it, a plain error.
+		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to send an erasure receipt")
+		return errReceiptNotSent
+	}
+	return nil
 }
+
+// errReceiptNotSent is what the engine sees of a failed receipt send; it names nobody.
+var errReceiptNotSent = errors.New("failed to send the erasure receipt (see the previous log line)")
 
 // ScrubAfterReceipt deletes what an encrypted receipt stored about the erased user (see
 // scrubAfterReceipt).
