@@ -58,6 +58,9 @@ type Service struct {
 	cryptoState cryptoState
 	// e2ee is the in-memory state of encrypted events (cryptoevents.go).
 	e2ee encryptedEvents
+	// erasureGate keeps a user's to-device handling and the deletion of their crypto rows by
+	// an erasure apart (cryptoprivacy.go).
+	erasureGate erasureGate
 	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
 	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
 	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).

@@ -231,12 +231,18 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		markDone()
 		return
 	}
-	if svc.toDeviceSenderBeingErased(ctx, ie.Sender) {
-		// Handling it would fetch and store the sender's devices again, the data the erasure
-		// deletes.
-		log.Debug().Msg("Dropping a to-device event: its sender's erasure is pending")
+	// From the gate check through the commit, an erasure of the sender waits (see erasureGate):
+	// whatever this event stores about them is either deleted by the erasure or never stored.
+	defer svc.erasureGate.lock(ie.Sender)()
+	if svc.toDeviceSenderGated(ctx, ie.Sender) {
+		// Handling it would fetch and store the sender's devices and olm sessions again, the
+		// data the erasure deletes; every type is dropped, key requests included.
+		log.Debug().Msg("Dropping a to-device event: its sender's erasure is pending or recent")
 		markDone()
 		return
+	}
+	if hook := svc.erasureGate.held; hook != nil {
+		hook(ie.Sender)
 	}
 	evt, err := decodeEvent(ie)
 	if evt == nil {
@@ -248,7 +254,13 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	log = log.With().Str("event_type", evt.Type.Type).Logger()
 	ctx = log.WithContext(ctx)
 	if evt.Type != event.ToDeviceEncrypted {
-		svc.crypto.HandleToDevice(ctx, evt)
+		if content, ok := evt.Content.Parsed.(*event.RoomKeyRequestEventContent); ok {
+			// Here, under the gate, rather than in the goroutine the olm machine would start:
+			// answering fetches the requester's devices.
+			svc.handleKeyRequest(ctx, evt.Sender, content)
+		} else {
+			svc.crypto.HandleToDevice(ctx, evt)
+		}
 		svc.commitToDevice(ctx, func(ctx context.Context) error {
 			return svc.db.Inbox.MarkDone(ctx, done, svc.now())
 		})
@@ -279,6 +291,22 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}
 }
 
+// keyRequestTimeout bounds the handling of one room key request: a key query for the
+// requester's devices and the answer.
+const keyRequestTimeout = time.Minute
+
+// handleKeyRequest answers a room key request (see [e2ee.Machine.SetKeyShareGate] for the
+// policy) on a context detached from ctx's database transaction and write-error record,
+// keeping its logger and cancellation: what it stores (the requester's devices, the olm session
+// of the answer) commits on its own, and a failure of it rolls back nothing else.
+func (svc *Service) handleKeyRequest(ctx context.Context, sender id.UserID, content *event.RoomKeyRequestEventContent) {
+	detached, cancel := context.WithTimeout(zerolog.Ctx(ctx).WithContext(context.Background()), keyRequestTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	svc.crypto.Olm().HandleRoomKeyRequest(detached, sender, content)
+}
+
 // toDeviceSenderBeingErased reports whether an erasure of sender is recorded and has not run
 // yet. A failed check is logged and counts as not pending: the event is handled.
 func (svc *Service) toDeviceSenderBeingErased(ctx context.Context, sender id.UserID) bool {
@@ -293,10 +321,12 @@ func (svc *Service) toDeviceSenderBeingErased(ctx context.Context, sender id.Use
 	return pending
 }
 
-// usersNotBeingErased returns users without those whose erasure is pending.
+// usersNotBeingErased returns users without those who are gated (their erasure is pending or
+// recent, see toDeviceSenderGated). The key fetch that follows does not hold the gate: a fetch
+// racing an erasure can still store a device, which the scrub after erasureQuietPeriod deletes.
 func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) []id.UserID {
 	return slices.DeleteFunc(users, func(user id.UserID) bool {
-		return svc.toDeviceSenderBeingErased(ctx, user)
+		return svc.toDeviceSenderGated(ctx, user)
 	})
 }
 
@@ -505,17 +535,25 @@ func (we *writeErrors) first() error {
 	return we.err
 }
 
-// writeErrorLogger is a database logger that also hands every failed Exec to the
+// writeErrorLogger is a database logger that also hands every failed statement to the
 // writeErrors of the statement's context, if any. Every statement in a transaction is logged
 // by the root database's logger, whichever child database runs it.
+//
+// dbutil reports a statement under the name of the method that ran it: "Exec", "Query" (a
+// write with RETURNING run through Query fails there or at the end of its rows), "EndRows",
+// "QueryRow", and "Begin", "Commit", "Rollback" for the transaction itself. A failure is
+// recorded whatever the method: a write may run through any of them, and a failed read inside
+// the transaction leaves the olm machine acting on what it could not see, which rolls back as
+// well. dbutil v0.10 reports every QueryRow without its error (it is only known at Scan); the
+// olm machine writes nothing through QueryRow while handling a to-device event.
 type writeErrorLogger struct {
 	dbutil.DatabaseLogger
 }
 
-// QueryTiming logs through the wrapped logger and records a failed Exec.
+// QueryTiming logs through the wrapped logger and records a failed statement.
 func (l writeErrorLogger) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
 	l.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
-	if err == nil || method != "Exec" {
+	if err == nil {
 		return
 	}
 	if rec, ok := ctx.Value(writeErrorsKey{}).(*writeErrors); ok {

@@ -989,3 +989,117 @@ func TestFailedCryptoWriteKeepsTheToDeviceRow(t *testing.T) {
 		})
 	}
 }
+
+// keyRequest returns an m.room_key_request from Alice's reader device for a megolm session of
+// the DM, addressed to the bot's device.
+func (env *e2eeEnv) keyRequest(requestID string, session id.SessionID) map[string]any {
+	_, identity := env.alice.Keys()
+	return map[string]any{
+		"type": event.ToDeviceRoomKeyRequest.Type, "sender": e2eeAlice,
+		"to_user_id": env.svc.as.BotMXID(), "to_device_id": env.botDevice(),
+		"content": map[string]any{
+			"action": event.KeyRequestActionRequest, "requesting_device_id": e2eeAliceReader, "request_id": requestID,
+			"body": map[string]any{"algorithm": id.AlgorithmMegolmV1, "room_id": e2eeDM, "sender_key": identity, "session_id": session},
+		},
+	}
+}
+
+// cryptoRowsOf returns, per crypto table, the rows that name user by user ID or by one of
+// keys (their devices' identity keys); tables without any are left out.
+func cryptoRowsOf(t *testing.T, db *dbutil.Database, user id.UserID, keys ...id.IdentityKey) map[string]int {
+	t.Helper()
+	queries := map[string]string{
+		"crypto_device":                         `SELECT COUNT(*) FROM crypto_device WHERE user_id=$1`,
+		"crypto_tracked_user":                   `SELECT COUNT(*) FROM crypto_tracked_user WHERE user_id=$1`,
+		"crypto_megolm_outbound_session_shared": `SELECT COUNT(*) FROM crypto_megolm_outbound_session_shared WHERE user_id=$1`,
+		"crypto_cross_signing_keys":             `SELECT COUNT(*) FROM crypto_cross_signing_keys WHERE user_id=$1`,
+		"crypto_cross_signing_signatures":       `SELECT COUNT(*) FROM crypto_cross_signing_signatures WHERE signed_user_id=$1`,
+		"crypto_megolm_inbound_session":         `SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE source_user=$1`,
+	}
+	out := map[string]int{}
+	count := func(table, query string, arg any) {
+		var n int
+		if err := db.QueryRow(context.Background(), query, arg).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			out[table] += n
+		}
+	}
+	for table, query := range queries {
+		count(table, query, user)
+	}
+	for _, key := range keys {
+		count("crypto_olm_session", `SELECT COUNT(*) FROM crypto_olm_session WHERE sender_key=$1`, key)
+		count("crypto_megolm_inbound_session", `SELECT COUNT(*) FROM crypto_megolm_inbound_session WHERE sender_key=$1`, key)
+	}
+	return out
+}
+
+// TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod erases Alice, then sends the bot
+// her to-device events (a room key in an olm message, a key request): within
+// erasureQuietPeriod of the erasure they are dropped and leave no crypto row naming her, and no
+// key query is made; after the period the same kind of event is handled.
+func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
+	cases := []struct {
+		name string
+		evt  func(env *e2eeEnv, n int) map[string]any
+		// known: Alice's device is stored again before the event after the period, as a key
+		// query would (her olm account is not on the fake homeserver).
+		known bool
+		// handled reports what handling the event after the period left.
+		handled func(t *testing.T, env *e2eeEnv) bool
+	}{
+		{"room key", func(env *e2eeEnv, _ int) map[string]any { return env.roomKey(env.megolm) }, true,
+			func(t *testing.T, env *e2eeEnv) bool {
+				return countRows(t, env.db, "crypto_megolm_inbound_session") == 1 && countRows(t, env.db, "crypto_olm_session") == 1
+			}},
+		{"key request", func(env *e2eeEnv, n int) map[string]any {
+			return env.keyRequest(fmt.Sprintf("req%d", n), id.SessionID(env.megolm.ID()))
+		}, false, func(t *testing.T, env *e2eeEnv) bool {
+			// Answering fetched and stored the requesting device.
+			return cryptoRowsOf(t, env.db, e2eeAlice)["crypto_device"] > 0
+		}},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tc := range cases {
+			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env := newE2EEEnv(t, db, nil, nil)
+				clk := clock.NewFake(time.Now())
+				env.svc.clk = clk
+				env.start()
+				if _, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+					t.Fatal(err)
+				}
+				_, identity := env.alice.Keys()
+				if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+					t.Fatalf("crypto rows naming alice right after her erasure: %v", rows)
+				}
+				queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
+				clk.Advance(erasureQuietPeriod - time.Second)
+				env.put("q1", nil, []map[string]any{tc.evt(env, 1)})
+				waitDrained(t, env.svc.dispatcher)
+				if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+					t.Errorf("crypto rows naming alice after her to-device event within the quiet period: %v", rows)
+				}
+				if n := countRows(t, db, "as_inbox"); n != 0 {
+					t.Errorf("%d inbox rows after the dropped event, want 0", n)
+				}
+				if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
+					t.Errorf("%d key queries after the dropped event, want %d", n, queries)
+				}
+
+				clk.Advance(2 * time.Second)
+				if tc.known {
+					env.knowAlice()
+				}
+				env.put("q2", nil, []map[string]any{tc.evt(env, 2)})
+				waitDrained(t, env.svc.dispatcher)
+				if !tc.handled(t, env) {
+					t.Errorf("the event after the quiet period was not handled: crypto rows naming alice %v", cryptoRowsOf(t, db, e2eeAlice, identity))
+				}
+			})
+		}
+	}
+}

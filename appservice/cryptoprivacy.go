@@ -2,11 +2,16 @@ package appservice
 
 import (
 	"context"
+	"hash/fnv"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/e2ee"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
 
@@ -86,4 +91,83 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 			Msg("Some crypto store rows did not open with the old pickle key and were left as they were")
 	}
 	return nil
+}
+
+// erasureQuietPeriod is how long after an erasure of a user committed their to-device events
+// are still dropped and their key requests refused. An erasure's receipt in an encrypted room
+// makes the user's clients ask for its room key and retry, and Synapse retries a failed
+// transaction, so to-device traffic caused by the erasure itself keeps coming for a while;
+// handled, it would fetch and store the user's devices and olm sessions again. After the
+// period, traffic from the user is a new interaction and is handled as any other.
+const erasureQuietPeriod = 5 * time.Minute
+
+// gateStripes is the number of locks of an [erasureGate]: users share them by hash, so memory
+// stays bounded whoever writes.
+const gateStripes = 64
+
+// erasureGate holds one lock per stripe of users. The to-device lane holds a sender's lock from
+// its gate check ([Service.toDeviceSenderGated]) through the commit of what the event changed,
+// device fetches included; an erasure holds it around the deletion of the user's rows
+// ([engineHost.LockForErasure]). So an event either committed before the erasure deleted its
+// rows, or checked the gate after the erasure was recorded and was dropped. The zero value is
+// ready.
+type erasureGate struct {
+	stripes [gateStripes]sync.Mutex
+
+	// held, if set, is called while the to-device lane holds a sender's lock, right after its
+	// gate check let the event through (tests).
+	held func(user id.UserID)
+	// waiting, if set, is called when an erasure is about to take a user's lock (tests).
+	waiting func(user id.UserID)
+}
+
+// lock takes user's stripe and returns its unlock.
+func (g *erasureGate) lock(user id.UserID) (unlock func()) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	mu := &g.stripes[h.Sum32()%gateStripes]
+	mu.Lock()
+	return mu.Unlock
+}
+
+var _ privacy.ErasureLocker = engineHost{}
+
+// LockForErasure implements [privacy.ErasureLocker]: the erasure of user waits for a to-device
+// event of theirs being handled, and keeps the next out until its transaction ended.
+func (h engineHost) LockForErasure(_ context.Context, user id.UserID, _ []string) func() {
+	if hook := h.svc.erasureGate.waiting; hook != nil {
+		hook(user)
+	}
+	return h.svc.erasureGate.lock(user)
+}
+
+// toDeviceSenderGated reports whether sender's to-device events are dropped: an erasure of
+// them is pending, or one whose scope covers the crypto store committed less than
+// erasureQuietPeriod ago (their tombstones, one indexed lookup by keyed hash). A failed check is
+// logged and counts as not gated: the event is handled.
+func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID) bool {
+	if sender == "" {
+		return false
+	}
+	log := zerolog.Ctx(ctx)
+	if svc.toDeviceSenderBeingErased(ctx, sender) {
+		return true
+	}
+	hash, _, err := svc.engine.UserHash(ctx, sender)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
+		return false
+	}
+	tombstones, err := svc.engine.Store().Tombstones(ctx, hash)
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
+		return false
+	}
+	since := svc.now().Add(-erasureQuietPeriod)
+	for _, ts := range tombstones {
+		if ts.ErasedAt.After(since) && (len(ts.Modules) == 0 || slices.Contains(ts.Modules, e2ee.Module)) {
+			return true
+		}
+	}
+	return false
 }

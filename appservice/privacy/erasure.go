@@ -114,6 +114,17 @@ type ErasureCommitter interface {
 	ErasureCommitted(ctx context.Context, modules []string)
 }
 
+// ErasureLocker is an optional interface that a [Host] can implement to keep its own writers of
+// a user's rows (the crypto store's to-device handling) out while an erasure deletes them.
+type ErasureLocker interface {
+	Host
+	// LockForErasure is called before the erasing transaction of user begins, with the
+	// erasure's modules (empty for a full erasure); the engine calls the returned function once
+	// that transaction ended, committed or not. It may block until a writer of user's rows
+	// finished, but must not wait for the database.
+	LockForErasure(ctx context.Context, user id.UserID, modules []string) (unlock func())
+}
+
 // ErrUnknownModule is returned by [Engine.Erase] when EraseRequest.Modules names something
 // that is not a bridge of this service. The caller should show the user the valid names.
 var ErrUnknownModule = errors.New("appservice: unknown module")
@@ -462,6 +473,9 @@ func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, 
 		modules = sortedKeys(inv)
 	}
 	var counts *eraseCounts
+	if el, ok := e.host.(ErasureLocker); ok {
+		defer el.LockForErasure(ctx, user, job.Modules)()
+	}
 	now := e.now()
 	err := e.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		counts = &eraseCounts{Erased: map[string]map[string]int64{}, Kept: map[string]map[string]int64{}}
