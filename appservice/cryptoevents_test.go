@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -1101,5 +1102,133 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestErasureWaitsForAToDeviceEventPastItsGate holds the handling of Alice's room key between
+// its gate check and its commit, and erases her meanwhile: the erasure waits for the gate, so
+// the rows the event commits are deleted with the rest, and none naming her is left.
+func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.start()
+			passed, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			env.svc.erasureGate.held = func(user id.UserID) {
+				if user == e2eeAlice {
+					once.Do(func() {
+						close(passed)
+						<-release
+					})
+				}
+			}
+			erasing := make(chan struct{}, 1)
+			env.svc.erasureGate.waiting = func(user id.UserID) {
+				if user == e2eeAlice {
+					erasing <- struct{}{}
+				}
+			}
+			env.put("r1", nil, []map[string]any{env.roomKey(env.megolm)})
+			within := astest.Within(t, 20*time.Second)
+			select {
+			case <-passed:
+			case <-within.Done():
+				t.Fatal("the room key never passed the gate")
+			}
+			erased := make(chan error, 1)
+			go func() {
+				_, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin})
+				erased <- err
+			}()
+			select {
+			case <-erasing:
+			case err := <-erased:
+				close(release)
+				t.Fatalf("the erasure finished (%v) while a to-device event of the user was past its gate", err)
+			case <-within.Done():
+				t.Fatal("the erasure never came to the gate")
+			}
+			close(release)
+			select {
+			case err := <-erased:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-within.Done():
+				t.Fatal("the erasure did not finish after the event committed")
+			}
+			waitDrained(t, env.svc.dispatcher)
+			_, identity := env.alice.Keys()
+			if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+				t.Errorf("crypto rows naming alice after her erasure: %v", rows)
+			}
+			if n := countRows(t, db, "crypto_megolm_inbound_session") + countRows(t, db, "crypto_olm_session"); n != 0 {
+				t.Errorf("%d olm and megolm sessions after the erasure, want 0", n)
+			}
+		})
+	}
+}
+
+// TestKeyShareIsRefusedToAGatedUser asks the bot's key-share policy about a session the bot
+// sent to Alice's device: granted normally, refused (without an answer) while her erasure is
+// pending or within the quiet period after it.
+func TestKeyShareIsRefusedToAGatedUser(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			clk := clock.NewFake(time.Now())
+			env.svc.clk = clk
+			env.start()
+			signing, identity := env.alice.Keys()
+			device := &id.Device{UserID: e2eeAlice, DeviceID: e2eeAliceDevice, IdentityKey: identity, SigningKey: signing}
+			const session = id.SessionID("sent-to-alice")
+			if err := env.svc.crypto.Store().MarkOutboundGroupSessionShared(env.ctx, e2eeAlice, identity, session); err != nil {
+				t.Fatal(err)
+			}
+			info := event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SenderKey: identity, SessionID: session}
+			allow := func() *crypto.KeyShareRejection {
+				return env.svc.crypto.Olm().AllowKeyShare(env.ctx, device, info)
+			}
+			if r := allow(); r != nil {
+				t.Fatalf("before any erasure: rejected %+v, want the share allowed", *r)
+			}
+			other := info
+			other.SessionID = "never-sent"
+			if r := env.svc.crypto.Olm().AllowKeyShare(env.ctx, device, other); r == nil {
+				t.Fatal("a session never sent to her: allowed, want refused")
+			}
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+				JobID: "er_keyshare", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if r := allow(); r == nil || *r != crypto.KeyShareRejectNoResponse {
+				t.Errorf("while her erasure is pending: %v, want refused without an answer", r)
+			}
+			if err = env.svc.engine.Store().FinishErasure(env.ctx, "er_keyshare", env.svc.now()); err != nil {
+				t.Fatal(err)
+			}
+			if err = env.svc.engine.Store().PutTombstone(env.ctx, &privacy.Tombstone{
+				JobID: "er_keyshare", UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin, ErasedAt: env.svc.now(), Counts: []byte("{}"),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(erasureQuietPeriod - time.Second)
+			if r := allow(); r == nil || *r != crypto.KeyShareRejectNoResponse {
+				t.Errorf("within the quiet period after her erasure: %v, want refused without an answer", r)
+			}
+			clk.Advance(2 * time.Second)
+			if r := allow(); r != nil {
+				t.Errorf("after the quiet period: rejected %+v, want the share allowed", *r)
+			}
+		})
 	}
 }
