@@ -1232,3 +1232,80 @@ func TestKeyShareIsRefusedToAGatedUser(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyRequestIsHandledOutsideTheCallersTransaction answers a key request with a context
+// that carries a database transaction, already committed, and a write-error record, as the
+// to-device lane's would: the answer works on its own, so it stores the requesting device it
+// fetched, and records nothing against the caller.
+func TestKeyRequestIsHandledOutsideTheCallersTransaction(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.start()
+			var txnCtx context.Context
+			if err := env.svc.rawDB.DoTxn(env.ctx, nil, func(ctx context.Context) error {
+				txnCtx = ctx
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, failed := withWriteErrors(txnCtx)
+			evt := env.keyRequest("detached", id.SessionID(env.megolm.ID()))
+			content := &event.RoomKeyRequestEventContent{}
+			data, err := json.Marshal(evt["content"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err = json.Unmarshal(data, content); err != nil {
+				t.Fatal(err)
+			}
+			env.svc.handleKeyRequest(ctx, e2eeAlice, content)
+			if err := failed.first(); err != nil {
+				t.Errorf("the key request recorded a failed write against its caller: %v", err)
+			}
+			device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader)
+			if err != nil || device == nil {
+				t.Errorf("requesting device after the key request = %v, %v; want it stored", device, err)
+			}
+		})
+	}
+}
+
+// TestFailedWriteWithReturningIsRecorded runs an INSERT … RETURNING through the crypto store's
+// database, as a Query, inside a to-device transaction's context, and makes it fail (a
+// trigger): the failure is recorded, so the transaction rolls back rather than committing
+// without the write.
+func TestFailedWriteWithReturningIsRecorded(t *testing.T) {
+	inject := map[string]string{
+		astest.SQLite: `CREATE TRIGGER tracked_no_insert BEFORE INSERT ON crypto_tracked_user
+			BEGIN SELECT RAISE(ABORT, 'injected failure'); END`,
+		astest.Postgres: `CREATE FUNCTION tracked_fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql;
+			CREATE TRIGGER tracked_no_insert BEFORE INSERT ON crypto_tracked_user FOR EACH ROW EXECUTE FUNCTION tracked_fail()`,
+	}
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.setupCrypto()
+			if _, err := db.Exec(env.ctx, inject[dialect]); err != nil {
+				t.Fatal(err)
+			}
+			store := env.svc.crypto.Store()
+			err := env.svc.rawDB.DoTxn(env.ctx, nil, func(ctx context.Context) error {
+				ctx, failed := withWriteErrors(ctx)
+				// As the olm machine does: the error is logged and dropped.
+				rows, qerr := store.DB.Query(ctx, `INSERT INTO crypto_tracked_user (user_id, devices_outdated) VALUES ($1, true) RETURNING user_id`, e2eeAlice)
+				if qerr == nil {
+					for rows.Next() {
+					}
+					_ = rows.Close()
+				}
+				return failed.first()
+			})
+			if err == nil {
+				t.Fatal("the failed INSERT … RETURNING was not recorded: the transaction committed")
+			}
+		})
+	}
+}
