@@ -1188,7 +1188,7 @@ func TestKeyShareIsRefusedToAGatedUser(t *testing.T) {
 			if err := env.svc.crypto.Store().MarkOutboundGroupSessionShared(env.ctx, e2eeAlice, identity, session); err != nil {
 				t.Fatal(err)
 			}
-			info := event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SenderKey: identity, SessionID: session}
+			info := event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SessionID: session}
 			allow := func() *crypto.KeyShareRejection {
 				return env.svc.crypto.Olm().AllowKeyShare(env.ctx, device, info)
 			}
