@@ -201,9 +201,13 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 // forwarded keys, secrets) is handed to the olm machine inside one database transaction with
 // the row's deletion, after the sender's device keys were fetched (network stays out of the
 // transaction). Other types (key requests, withheld notices) change nothing that must commit
-// with the row; they are handled, then the row deleted. On a database error the transaction
+// with the row; they are handled, then the row deleted; a key request is answered here, not in
+// the olm machine's own goroutine (see handleKeyRequest). On a database error the transaction
 // rolls back, the machine forgets what it changed in memory, and the row is tried again a few
 // times, then left in the inbox for the next run.
+//
+// The sender's erasure gate is held from the gate check through the end (see erasureGate): a
+// row of a gated sender (toDeviceSenderGated) is deleted unhandled, whatever its type.
 func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEvent) {
 	log := zerolog.Ctx(ctx).With().
 		Str("transaction_id", ie.TxnID).

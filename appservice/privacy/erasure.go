@@ -463,7 +463,8 @@ func callSafely(fn func() error) (err error) {
 }
 
 // eraseRows is the erasure's one database transaction; see [Engine.Erase]. It moves the job
-// to cleanup (or done, if there is nothing left to do) and records the tombstone.
+// to cleanup (or done, if there is nothing left to do) and records the tombstone. A host that
+// implements [ErasureLocker] has the user locked from before the transaction to its end.
 func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, error) {
 	full := len(job.Modules) == 0
 	user := job.User
