@@ -302,3 +302,57 @@ func TestFinalScrubSurvivesARestartAndLooksTheUserUpOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestErasureKeepsTheUserInRoomKeysOfRoomsTheyStayIn erases Alice, who shares an encrypted
+// group room with the bot and Bob and stays in it. The erasure and its scrubs leave no row
+// naming her, and mark the room's member list as not fetched; the bot's next message there
+// reads the members from the homeserver before sharing its room key, so that her device can
+// read it.
+func TestErasureKeepsTheUserInRoomKeysOfRoomsTheyStayIn(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.start()
+			group := id.RoomID("!group:example.org")
+			bob := id.UserID("@bob:example.org")
+			for _, user := range []id.UserID{env.svc.as.BotMXID(), e2eeAlice, bob} {
+				env.hs.SetMembership(group, user, event.MembershipJoin)
+				if err := env.svc.stateStore.SetMembership(env.ctx, group, user, event.MembershipJoin); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env.hs.SetState(group, event.StateEncryption, "", bob, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+			if err := env.svc.stateStore.SetEncryptionEvent(env.ctx, group, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+				t.Fatal(err)
+			}
+			if err := env.svc.stateStore.MarkMembersFetched(env.ctx, group); err != nil {
+				t.Fatal(err)
+			}
+
+			receipt, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin})
+			if err != nil {
+				t.Fatal(err)
+			} else if receipt.State != string(privacy.ErasureDone) {
+				t.Fatalf("erasure state = %s, want done", receipt.State)
+			}
+			if rows := rowsMentioning(dumpDatabase(t, env.ctx, env.svc.rawDB), e2eeAlice.String()); len(rows) > 0 {
+				t.Fatalf("after the erasure %d rows name alice:\n%s", len(rows), strings.Join(rows, "\n"))
+			}
+			if fetched, err := env.svc.stateStore.HasFetchedMembers(env.ctx, group); err != nil || fetched {
+				t.Fatalf("after the erasure the group's member list counts as fetched (%v, %v)", fetched, err)
+			}
+
+			content := &event.MessageEventContent{MsgType: event.MsgNotice, Body: "after the erasure"}
+			if _, err = SendMessageSensitive(env.ctx, env.svc.as.BotIntent().Client, group, event.EventMessage, content, "after-erasure"); err != nil {
+				t.Fatalf("send = %v", err)
+			}
+			// botMessages fails the test if Alice's device cannot decrypt the message.
+			if got := env.botMessages(group); !slices.Contains(got, content.Body) {
+				t.Errorf("alice read %q in the group, want %q", got, content.Body)
+			}
+			if fetched, err := env.svc.stateStore.HasFetchedMembers(env.ctx, group); err != nil || !fetched {
+				t.Errorf("after the send the group's member list is not fetched (%v, %v)", fetched, err)
+			}
+		})
+	}
+}
