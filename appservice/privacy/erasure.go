@@ -55,9 +55,10 @@ type EraseRequest struct {
 type EraseReceipt struct {
 	// JobID identifies the erasure (admin API: GET /_custodian/admin/v1/erasures/{jobId}).
 	JobID string `json:"job_id"`
-	// State is "pending", "cleanup" (data erased; telling the user, leaving their direct chats
-	// or, on SQLite, truncating the write-ahead log is still to do, and the erasure runner
-	// retries it) or "done".
+	// State is "pending", "cleanup" (data erased; telling the user, leaving their direct chats,
+	// scrubbing what was stored about them since (see [ErasureScrubber]) or, on SQLite,
+	// truncating the write-ahead log is still to do, and the erasure runner retries it) or
+	// "done".
 	State string `json:"state"`
 	// Trigger is who asked, see [EraseRequest].
 	Trigger string `json:"trigger"`

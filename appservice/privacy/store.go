@@ -37,8 +37,9 @@ const (
 	// names the user.
 	ErasurePending ErasureState = "pending"
 	// ErasureCleanup is a job whose data is erased; what remains is telling the user, leaving
-	// their direct chats and, on SQLite, truncating the write-ahead log, which may still hold the
-	// erased rows. The job no longer names the user.
+	// their direct chats, scrubbing what was stored about them since (see [ErasureScrubber]) and,
+	// on SQLite, truncating the write-ahead log, which may still hold the erased rows. The job no
+	// longer names the user.
 	ErasureCleanup ErasureState = "cleanup"
 	// ErasureDone is a finished job.
 	ErasureDone ErasureState = "done"
