@@ -98,7 +98,9 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 // makes the user's clients ask for its room key and retry, and Synapse retries a failed
 // transaction, so to-device traffic caused by the erasure itself keeps coming for a while;
 // handled, it would fetch and store the user's devices and olm sessions again. After the
-// period, traffic from the user is a new interaction and is handled as any other.
+// period, traffic from the user is a new interaction and is handled as any other. The erasure's
+// final scrub runs when the period ends (see erasureCommittedScrub) and deletes what a racing
+// goroutine (mautrix's olm unwedging, a late key request) wrote about the user meanwhile.
 const erasureQuietPeriod = 5 * time.Minute
 
 // gateStripes is the number of locks of an [erasureGate]: users share them by hash, so memory

@@ -4,26 +4,32 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/clock"
 	"github.com/custodian-matrix/custodian/appservice/e2ee"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
 )
 
 // prepareEncryptedReceipt makes the receipt of erasure jobID readable to the erased user
 // (keyed hash userHash) when roomID is encrypted and encryption is on. The erasure deleted the
 // user's member row in the state cache, so the room key would go to the bot's own device only:
 // it reads the room's joined members from the homeserver, records the one whose keyed hash is
-// userHash as joined, remembers them for the scrub after the receipt (see scrubAfterReceipt)
+// userHash as joined, remembers them for the job's scrubs (see scrubAfterErasure)
 // and drops the room's outbound megolm session, so that the receipt goes out under a fresh room
 // key shared with the user's devices. The user ID is never logged.
+//
+// The member row and the devices the share stores are deleted again by the job's scrubs (see
+// scrubAfterErasure).
 func (svc *Service) prepareEncryptedReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash string, modules []string) error {
 	if !svc.encryptionActive() || userHash == "" {
 		return nil
 	}
-	if crypto, stateCache := receiptScrubScope(modules); !crypto && !stateCache {
+	if crypto, stateCache := scrubScope(modules); !crypto && !stateCache {
 		// The erasure left the user's member row and devices: the room key reaches them.
 		return nil
 	}
@@ -57,12 +63,7 @@ func (svc *Service) prepareEncryptedReceipt(ctx context.Context, roomID id.RoomI
 		zerolog.Ctx(ctx).Info().Stringer("room_id", roomID).Msg("Erased user is not in the encrypted receipt room")
 		return nil
 	}
-	svc.privacy.lock.Lock()
-	if svc.privacy.receiptUsers == nil {
-		svc.privacy.receiptUsers = make(map[string]id.UserID)
-	}
-	svc.privacy.receiptUsers[jobID] = user
-	svc.privacy.lock.Unlock()
+	svc.rememberScrubUsers(jobID, user)
 	if err = svc.stateStore.SetMembership(ctx, roomID, user, event.MembershipJoin); err != nil {
 		return fmt.Errorf("failed to record the erased user's membership for the receipt: %w", err)
 	}
@@ -72,17 +73,34 @@ func (svc *Service) prepareEncryptedReceipt(ctx context.Context, roomID id.RoomI
 	return nil
 }
 
-// scrubAfterReceipt deletes again, after the receipt of erasure jobID was sent and the rooms were
-// left, every row naming the erased user (keyed hash userHash) in the crypto store's tables and
-// in the state cache (each only if the job's scope modules covered it), in one transaction ([privacy.Engine.EraseAgain]), and then drops the olm
-// sessions and the decryption cache kept in memory. The user is the one prepareEncryptedReceipt
-// found in the room's members in this run; after a restart (or when the receipt was sent in an
-// earlier run) it is every user the state cache's member rows or the crypto store's user
-// columns name whose keyed hash is userHash: those rows are exactly what there is to delete, and
-// the bot may have left the room since. It is idempotent: with nothing left to delete it does
-// nothing.
-func (svc *Service) scrubAfterReceipt(ctx context.Context, jobID, userHash string, modules []string) error {
-	crypto, stateCache := receiptScrubScope(modules)
+// finalScrubRetry is how long a failed final scrub waits before it runs again.
+const finalScrubRetry = time.Minute
+
+// scrubAfterErasure deletes again, in the cleanup of erasure jobID and after its receipt was sent
+// and the rooms were left, every row naming the erased user (keyed hash userHash) in the crypto
+// store's tables and in the state cache, each only if the job's scope modules covered it (see
+// scrubErasure). It runs on every cleanup attempt, for every job whose scope covers either, with
+// or without a receipt. Unless a final scrub is still to come, it then forgets the job's users.
+// It is idempotent: with nothing left to delete it does nothing.
+func (svc *Service) scrubAfterErasure(ctx context.Context, jobID, userHash string, modules []string) error {
+	if err := svc.scrubErasure(ctx, jobID, userHash, modules); err != nil {
+		return err
+	}
+	svc.privacy.lock.Lock()
+	if _, pending := svc.privacy.finalScrubs[jobID]; !pending {
+		delete(svc.privacy.scrubUsers, jobID)
+	}
+	svc.privacy.lock.Unlock()
+	return nil
+}
+
+// scrubErasure deletes again every row naming the users of erasure jobID (keyed hash userHash)
+// in the crypto store's tables and in the state cache, each only if the job's scope modules
+// covered it, one transaction per user ([privacy.Engine.EraseAgain]), and then drops the olm
+// sessions and the decryption cache kept in memory. The users are the ones remembered for the
+// job (see usersOfErasure). It never logs a user ID.
+func (svc *Service) scrubErasure(ctx context.Context, jobID, userHash string, modules []string) error {
+	crypto, stateCache := scrubScope(modules)
 	if userHash == "" || (!crypto && !stateCache) {
 		return nil
 	}
@@ -90,36 +108,180 @@ func (svc *Service) scrubAfterReceipt(ctx context.Context, jobID, userHash strin
 	if crypto {
 		cryptoModules = []string{e2ee.Module}
 	}
-	svc.privacy.lock.Lock()
-	remembered, ok := svc.privacy.receiptUsers[jobID]
-	svc.privacy.lock.Unlock()
-	users := []id.UserID{remembered}
-	if !ok {
-		var err error
-		if users, err = svc.engine.UsersWithHash(ctx, userHash, cryptoModules); err != nil {
-			return err
-		}
+	users, err := svc.usersOfErasure(ctx, jobID, userHash, cryptoModules)
+	if err != nil {
+		return err
 	}
 	var changed int64
 	for _, user := range users {
+		// Under the user's erasure gate, as the erasure itself: a to-device event past its gate
+		// check cannot commit rows behind the scrub.
+		unlock := svc.erasureGate.lock(user)
 		n, err := svc.engine.EraseAgain(ctx, user, cryptoModules, stateCache)
+		unlock()
 		if err != nil {
 			return err
 		}
 		changed += n
 	}
 	svc.evictOlmSessions()
-	svc.privacy.lock.Lock()
-	delete(svc.privacy.receiptUsers, jobID)
-	svc.privacy.lock.Unlock()
-	zerolog.Ctx(ctx).Debug().Int64("rows", changed).Msg("Scrubbed the rows the erasure receipt stored")
+	zerolog.Ctx(ctx).Debug().Int64("rows", changed).Msg("Scrubbed the rows stored about the erased user since the erasure")
 	return nil
 }
 
-// receiptScrubScope reports which of what an encrypted receipt stores about the erased user an
-// erasure of modules (empty: full) erased: the crypto store's rows, the state cache's (the
-// core's).
-func receiptScrubScope(modules []string) (crypto, stateCache bool) {
+// usersOfErasure returns the erased users of job jobID: the ones remembered for it in this run
+// (the erasure's user, and the one an encrypted receipt was shared with). After a restart it
+// finds them, by their keyed hash userHash, among the users the state cache's member rows and
+// the crypto store's user columns (cryptoModules) name ([privacy.Engine.UsersWithHash], a scan
+// of those rows) and remembers them, so that the scan runs once per job and run whatever the
+// retries, not at each one; a scan that found nobody is not remembered, since there was nothing
+// to delete.
+func (svc *Service) usersOfErasure(ctx context.Context, jobID, userHash string, cryptoModules []string) ([]id.UserID, error) {
+	svc.privacy.lock.Lock()
+	users, ok := svc.privacy.scrubUsers[jobID]
+	users = slices.Clone(users)
+	svc.privacy.lock.Unlock()
+	if ok {
+		return users, nil
+	}
+	svc.privacy.lock.Lock()
+	svc.privacy.scrubLookups++
+	svc.privacy.lock.Unlock()
+	users, err := svc.engine.UsersWithHash(ctx, userHash, cryptoModules)
+	if err != nil {
+		return nil, err
+	}
+	svc.rememberScrubUsers(jobID, users...)
+	return users, nil
+}
+
+// rememberScrubUsers adds users to the ones the scrubs of erasure job jobID delete again.
+func (svc *Service) rememberScrubUsers(jobID string, users ...id.UserID) {
+	if len(users) == 0 {
+		return
+	}
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	if svc.privacy.scrubUsers == nil {
+		svc.privacy.scrubUsers = make(map[string][]id.UserID)
+	}
+	for _, user := range users {
+		if !slices.Contains(svc.privacy.scrubUsers[jobID], user) {
+			svc.privacy.scrubUsers[jobID] = append(svc.privacy.scrubUsers[jobID], user)
+		}
+	}
+}
+
+// erasureCommittedScrub runs once erasure c committed. If its scope covers the crypto store or
+// the state cache, it remembers the user for the job's scrubs and, while encryption is on and the
+// service runs, arms the job's final scrub for erasureQuietPeriod after the erasure (see
+// armFinalScrub).
+func (svc *Service) erasureCommittedScrub(c privacy.CommittedErasure) {
+	if crypto, stateCache := scrubScope(c.Modules); !crypto && !stateCache {
+		return
+	}
+	svc.rememberScrubUsers(c.JobID, c.User)
+	if svc.encryptionActive() {
+		svc.armFinalScrub(c.JobID, c.UserHash, c.Modules, c.ErasedAt.Add(erasureQuietPeriod).Sub(svc.now()))
+	}
+}
+
+// startFinalScrubs lets final scrubs run in ctx, the service's context, and, while encryption is
+// on, arms the final scrub of every erasure that covered the crypto store or the state cache and
+// committed less than erasureQuietPeriod ago, for when it falls due: the tombstones' times say
+// which, so that a restart within the delay does not lose it.
+func (svc *Service) startFinalScrubs(ctx context.Context) {
+	svc.privacy.lock.Lock()
+	svc.privacy.scrubCtx, svc.privacy.scrubsStopped = ctx, false
+	svc.privacy.lock.Unlock()
+	if !svc.encryptionActive() {
+		return
+	}
+	now := svc.now()
+	tombstones, err := svc.engine.Store().TombstonesSince(ctx, now.Add(-erasureQuietPeriod))
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to find the erasures whose final scrub is due; skipping them")
+		return
+	}
+	for _, ts := range tombstones {
+		if crypto, stateCache := scrubScope(ts.Modules); crypto || stateCache {
+			svc.armFinalScrub(ts.JobID, ts.UserHash, ts.Modules, ts.ErasedAt.Add(erasureQuietPeriod).Sub(now))
+		}
+	}
+}
+
+// stopFinalScrubs stops every final scrub not yet running; none starts after it returned.
+func (svc *Service) stopFinalScrubs() {
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	svc.privacy.scrubsStopped = true
+	for jobID, timer := range svc.privacy.finalScrubs {
+		timer.Stop()
+		delete(svc.privacy.finalScrubs, jobID)
+	}
+}
+
+// armFinalScrub arms the final scrub of erasure job jobID to run in d (at once if d is not
+// positive), unless it is armed already or the service does not run. The final scrub is the
+// job's scrub (scrubErasure) once more, when the quiet period after the erasure has ended; it
+// deletes what a goroutine racing the erasure stored about the user since. A failure is logged
+// and retried after finalScrubRetry.
+func (svc *Service) armFinalScrub(jobID, userHash string, modules []string, d time.Duration) {
+	svc.privacy.lock.Lock()
+	defer svc.privacy.lock.Unlock()
+	if svc.privacy.scrubCtx == nil || svc.privacy.scrubsStopped {
+		return
+	}
+	if _, armed := svc.privacy.finalScrubs[jobID]; armed {
+		return
+	}
+	if svc.privacy.finalScrubs == nil {
+		svc.privacy.finalScrubs = make(map[string]clock.Timer)
+	}
+	svc.privacy.finalScrubs[jobID] = svc.clock().AfterFunc(max(d, 0), func() {
+		svc.runFinalScrub(jobID, userHash, modules)
+	})
+}
+
+// runFinalScrub runs the final scrub of erasure job jobID (see armFinalScrub), in the service's
+// context, unless the service is stopping.
+func (svc *Service) runFinalScrub(jobID, userHash string, modules []string) {
+	svc.privacy.lock.Lock()
+	if svc.privacy.scrubsStopped || svc.privacy.scrubCtx == nil {
+		svc.privacy.lock.Unlock()
+		return
+	}
+	ctx := svc.privacy.scrubCtx
+	svc.privacy.loops.Add(1)
+	svc.privacy.lock.Unlock()
+	defer svc.privacy.loops.Done()
+	// The service's logger, with the job ID: never one that may carry a user ID.
+	log := svc.log.With().Str("action", "final erasure scrub").Str("job_id", jobID).Logger()
+	err := svc.scrubErasure(log.WithContext(ctx), jobID, userHash, modules)
+	svc.privacy.lock.Lock()
+	if err == nil {
+		delete(svc.privacy.finalScrubs, jobID)
+		delete(svc.privacy.scrubUsers, jobID)
+	} else if !svc.privacy.scrubsStopped {
+		svc.privacy.finalScrubs[jobID] = svc.clock().AfterFunc(finalScrubRetry, func() {
+			svc.runFinalScrub(jobID, userHash, modules)
+		})
+	}
+	hook := svc.privacy.scrubRan
+	svc.privacy.lock.Unlock()
+	if err != nil {
+		log.Warn().Err(err).Msg("Failed to run the final scrub after an erasure; will retry")
+	} else {
+		log.Info().Msg("Ran the final scrub after an erasure")
+	}
+	if hook != nil {
+		hook(jobID, err)
+	}
+}
+
+// scrubScope reports which of the stores an erasure's scrubs cover an erasure of modules (empty:
+// full) erased: the crypto store's rows, the state cache's (the core's).
+func scrubScope(modules []string) (crypto, stateCache bool) {
 	if len(modules) == 0 {
 		return true, true
 	}

@@ -90,10 +90,22 @@ type privacyState struct {
 	adminServer *http.Server
 	adminAddr   net.Addr
 
-	// receiptUsers holds, by erasure job, the erased user an encrypted receipt was shared with,
-	// until the cleanup has scrubbed what the receipt stored about them. It lives in memory
-	// only: after a restart, the scrub finds the user from the rows that name them.
-	receiptUsers map[string]id.UserID
+	// scrubUsers holds, by erasure job whose scope covers the crypto store or the state cache,
+	// the erased users its scrubs delete again (see scrubAfterErasure), until its last scrub
+	// ran. It lives in memory only: after a restart, the scrub finds the users once from the
+	// rows that name them (usersOfErasure) and keeps them here for its retries.
+	scrubUsers map[string][]id.UserID
+	// finalScrubs holds the timers of the final scrubs not yet run, by erasure job.
+	finalScrubs map[string]clock.Timer
+	// scrubCtx is the context final scrubs run in: the service's, from start on; nil before.
+	// Once scrubsStopped is set, no final scrub starts.
+	scrubCtx      context.Context
+	scrubsStopped bool
+	// scrubLookups counts the scrubs that had to find the erased users from the rows
+	// (usersOfErasure), a scan of the state cache and the crypto store.
+	scrubLookups int
+	// scrubRan, if set, is called after each final scrub attempt (tests).
+	scrubRan func(jobID string, err error)
 
 	// erasureRan, if set, is called after each attempt of the erasure runner at a job (tests).
 	erasureRan func(jobID string, state privacy.ErasureState, err error)
@@ -127,6 +139,7 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 	if err := svc.startAdminAPI(ctx); err != nil {
 		return err
 	}
+	svc.startFinalScrubs(ctx)
 	svc.engine.Start(ctx, svc.cfg.Privacy.sweepInterval())
 	svc.privacy.loops.Add(1)
 	go func() {
@@ -136,11 +149,13 @@ func (svc *Service) startPrivacy(ctx context.Context) error {
 	return nil
 }
 
-// stopPrivacy stops the admin API. The loops end with the service's context.
+// stopPrivacy stops the admin API and the final scrubs not yet due. The loops end with the
+// service's context.
 func (svc *Service) stopPrivacy(ctx context.Context) {
 	if srv := svc.privacy.adminServer; srv != nil {
 		_ = srv.Shutdown(ctx)
 	}
+	svc.stopFinalScrubs()
 }
 
 // handlePrivacyEvent is the core's privacy handler, run for every event that is not an echo of
@@ -207,7 +222,7 @@ var (
 	_ privacy.Host               = engineHost{}
 	_ privacy.ErasureCommitter   = engineHost{}
 	_ privacy.RetentionCommitter = engineHost{}
-	_ privacy.ReceiptScrubber    = engineHost{}
+	_ privacy.ErasureScrubber    = engineHost{}
 )
 
 // Inventory returns the core's and every bridge's declared tables.
@@ -262,22 +277,25 @@ func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile)
 // InFullErasure records the backup shred request in the erasing transaction.
 func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
 
-// FullErasureCommitted drops the vault's cached data key of user and the service's in-memory
-// references to user's encrypted events, and wakes the shredder.
+// FullErasureCommitted drops the vault's cached data key of user and wakes the shredder.
 func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
 	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
 		forgetter.Forget(user)
 	}
-	h.svc.e2ee.forgetUser(user)
 	return h.svc.requestShred()
 }
 
-// ErasureCommitted drops the olm sessions the crypto store keeps in memory after an erasure that
-// covered the crypto store (see [privacy.ErasureCommitter]).
-func (h engineHost) ErasureCommitted(_ context.Context, modules []string) {
-	if len(modules) == 0 || slices.Contains(modules, e2ee.Module) {
+// ErasureCommitted, after an erasure that covered the crypto store (a full one, or one of the
+// e2ee module), drops the olm sessions the crypto store keeps in memory and the service's
+// in-memory references to the user's encrypted events. For a scope ScrubsAfterErasure covers,
+// it remembers the user for the job's scrubs and arms its final scrub (see
+// erasureCommittedScrub). See [privacy.ErasureCommitter].
+func (h engineHost) ErasureCommitted(_ context.Context, c privacy.CommittedErasure) {
+	if crypto, _ := scrubScope(c.Modules); crypto {
 		h.svc.evictOlmSessions()
+		h.svc.e2ee.forgetUser(c.User)
 	}
+	h.svc.erasureCommittedScrub(c)
 }
 
 // RetentionCommitted empties the crypto store's decryption cache after a sweep that deleted
@@ -320,10 +338,17 @@ func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jo
 // errReceiptNotSent is what the engine sees of a failed receipt send; it names nobody.
 var errReceiptNotSent = errors.New("failed to send the erasure receipt (see the previous log line)")
 
-// ScrubAfterReceipt deletes what an encrypted receipt stored about the erased user (see
-// scrubAfterReceipt).
-func (h engineHost) ScrubAfterReceipt(ctx context.Context, jobID, userHash string, modules []string) error {
-	return h.svc.scrubAfterReceipt(ctx, jobID, userHash, modules)
+// ScrubsAfterErasure reports whether an erasure of modules covered the crypto store or the state
+// cache (see scrubScope).
+func (h engineHost) ScrubsAfterErasure(modules []string) bool {
+	crypto, stateCache := scrubScope(modules)
+	return crypto || stateCache
+}
+
+// ScrubAfterErasure deletes what was stored about the erased user since the erasure (see
+// scrubAfterErasure).
+func (h engineHost) ScrubAfterErasure(ctx context.Context, jobID, userHash string, modules []string) error {
+	return h.svc.scrubAfterErasure(ctx, jobID, userHash, modules)
 }
 
 // LeaveAfterErasure leaves roomID and ends the bot's setup there, if the room is still private

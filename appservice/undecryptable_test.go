@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
 )
 
 // TestRecentSetIsBoundedAndForgetsUsers fills a set past its bound: the least recently used
@@ -103,17 +104,24 @@ func TestUndecryptableNoticeGoesOnlyToLocalUsersUnderAStableCause(t *testing.T) 
 				t.Errorf("cause after a restart = %q, %v; want %q", again, err, cause)
 			}
 
+			// Every erasure whose scope covers the crypto store drops the user's entries: a full
+			// one, and one of the e2ee module alone (!forget e2ee, the admin API with modules).
 			ref := utdRef{sender: local, sessionRef: sessionRef{room: group, session: "S1"}}
-			if env.svc.e2ee.firstTell(ref) {
-				t.Fatal("the told set lost the local sender before the erasure")
-			}
-			env.svc.e2ee.gaveUp(ref.sessionRef, local, true)
-			engineHost{svc: env.svc}.FullErasureCommitted(env.ctx, local)
-			if env.svc.e2ee.gaveUp(ref.sessionRef, local, false) {
-				t.Error("the erased user's missing session is still remembered")
-			}
-			if !env.svc.e2ee.firstTell(ref) {
-				t.Error("the erased user's told entry is still remembered")
+			for _, modules := range [][]string{{e2ee.Module}, nil} {
+				env.svc.e2ee.firstTell(ref)
+				if env.svc.e2ee.firstTell(ref) {
+					t.Fatal("the told set lost the local sender before the erasure")
+				}
+				env.svc.e2ee.gaveUp(ref.sessionRef, local, true)
+				if _, err := env.svc.engine.Erase(env.ctx, local, EraseRequest{Trigger: TriggerAdmin, Modules: modules}); err != nil {
+					t.Fatalf("Erase(%v) = %v", modules, err)
+				}
+				if env.svc.e2ee.gaveUp(ref.sessionRef, local, false) {
+					t.Errorf("after an erasure of %v the erased user's missing session is still remembered", modules)
+				}
+				if !env.svc.e2ee.firstTell(ref) {
+					t.Errorf("after an erasure of %v the erased user's told entry is still remembered", modules)
+				}
 			}
 		})
 	}

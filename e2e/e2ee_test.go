@@ -134,7 +134,8 @@ func mustReadBotSecret(t *testing.T, env *e2e.Env, u *e2eeUser, groupRoom id.Roo
 //   - a secret typed in the direct chat is nowhere at rest: not in Custodian's database files
 //     (WAL and pg_wal included), not in its log, not in Synapse's database;
 //   - !forget confirm: the receipt arrives, and no row of any table, crypto tables included,
-//     names the user or their device's key.
+//     names the user or their device's key; the next ghost message in the linked room, under a
+//     new room key, still reaches the user's device.
 //
 // The homeserver holds only ciphertext of all of it (checked from a second device of the user
 // that has no keys).
@@ -201,7 +202,7 @@ func TestE2EE(t *testing.T) {
 			t.FailNow()
 		}
 		t.Run("no plaintext at rest", func(t *testing.T) { e2eeNoPlaintextAtRest(t, env, users, bob) })
-		phase("forget", func(t *testing.T, u *e2eeUser) { e2eeForget(t, env, u, bob) })
+		phase("forget", func(t *testing.T, u *e2eeUser) { e2eeForget(t, env, u, bob, dan) })
 		for _, u := range users {
 			if failures := u.c.DecryptionFailures(t); len(failures) > 0 {
 				t.Errorf("the %s client could not decrypt: %+v", u.kind, failures)
@@ -487,8 +488,9 @@ func e2eeNoPlaintextAtRest(t *testing.T, env *e2e.Env, users []*e2eeUser, bob *m
 }
 
 // e2eeForget: !forget confirm in the encrypted direct chat; the receipt arrives, decrypted; the
-// puppet quits; then no row of any table names the user, their device or its identity key.
-func e2eeForget(t *testing.T, env *e2e.Env, u *e2eeUser, bob *mautrix.Client) {
+// puppet quits; then no row of any table names the user, their device or its identity key. The
+// user, still in the linked room, decrypts dan's next relayed message there.
+func e2eeForget(t *testing.T, env *e2e.Env, u *e2eeUser, bob *mautrix.Client, dan *e2e.IRCClient) {
 	bot := env.BotUserID()
 	c := u.c
 	user := c.User()
@@ -548,6 +550,17 @@ func e2eeForget(t *testing.T, env *e2e.Env, u *e2eeUser, bob *mautrix.Client) {
 	})
 	if rows := env.DumpDatabase(t).Find(bob.UserID.String()); len(rows) == 0 {
 		t.Errorf("no row names bob after the erasure of %s: too much was erased, or the dump is wrong", user)
+	}
+
+	// The user stays in the linked room, which the erasure left as it was. It dropped the bot's
+	// room key shared with them there and their member row: the next key the bot shares there
+	// (for dan's ghost's message) must still reach their device, read from the homeserver's
+	// member list.
+	toMatrix := "after the erasure " + e2e.RandomHex(t, 4)
+	dan.Privmsg(t, u.channel, toMatrix)
+	got := c.WaitFor(t, e2eeWait, e2e.InRoom(u.linked, e2e.FromSender(ircGhost(t, dan.Nick())), e2e.WithBody(toMatrix)))
+	if !got.Encrypted {
+		t.Errorf("the ghost's message %s after the erasure arrived in plaintext in an encrypted room", got.EventID)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -40,6 +41,12 @@ type StateStore interface {
 	crypto.StateStore
 	// GetRoomJoinedOrInvitedMembers returns the joined and invited members of roomID.
 	GetRoomJoinedOrInvitedMembers(ctx context.Context, roomID id.RoomID) ([]id.UserID, error)
+	// HasFetchedMembers reports whether the store holds roomID's full member list. An erasure
+	// deletes the erased user's member rows and clears this flag of their rooms.
+	HasFetchedMembers(ctx context.Context, roomID id.RoomID) (bool, error)
+	// ReplaceCachedMembers replaces roomID's member rows with the member events evts and, with
+	// no onlyMemberships, marks its member list as fetched.
+	ReplaceCachedMembers(ctx context.Context, roomID id.RoomID, evts []*event.Event, onlyMemberships ...event.Membership) error
 }
 
 // NewMachine wraps an olm machine around store for client (the bot's client, whose Crypto field
@@ -128,6 +135,9 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 // Encrypt implements [mautrix.CryptoHelper]: it encrypts content of type evtType for roomID
 // with the room's outbound megolm session, first sharing a new session with the devices of the
 // room's joined and invited members when there is none, it expired, or it was not yet shared.
+// Before sharing, it reads the members from the homeserver if the state store does not hold the
+// room's full member list (see fetchMembersIfIncomplete); if that fails (the bot's own user is
+// not in the room), it shares with the members the store knows.
 func (m *Machine) Encrypt(ctx context.Context, roomID id.RoomID, evtType event.Type, content any) (*event.EncryptedEventContent, error) {
 	encrypted, err := m.mach.EncryptMegolmEvent(ctx, roomID, evtType, content)
 	if err == nil {
@@ -135,6 +145,9 @@ func (m *Machine) Encrypt(ctx context.Context, roomID id.RoomID, evtType event.T
 	}
 	if !errors.Is(err, crypto.ErrSessionExpired) && !errors.Is(err, crypto.ErrSessionNotShared) && !errors.Is(err, crypto.ErrNoGroupSession) {
 		return nil, err
+	}
+	if err = m.fetchMembersIfIncomplete(ctx, roomID); err != nil {
+		m.log.Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to complete the room's member list; sharing with the members known")
 	}
 	users, err := m.states.GetRoomJoinedOrInvitedMembers(ctx, roomID)
 	if err != nil {
@@ -148,6 +161,32 @@ func (m *Machine) Encrypt(ctx context.Context, roomID id.RoomID, evtType event.T
 		return nil, fmt.Errorf("failed to encrypt after sharing the room key: %w", err)
 	}
 	return encrypted, nil
+}
+
+// fetchMembersIfIncomplete reads roomID's members from the homeserver into the state store
+// unless the store holds its full member list. An erasure deletes the erased user's member rows
+// in every room, also in the rooms the bot stays in with them, and marks those lists as not
+// fetched: without this, a room key would not be shared with a member who is still there.
+func (m *Machine) fetchMembersIfIncomplete(ctx context.Context, roomID id.RoomID) error {
+	fetched, err := m.states.HasFetchedMembers(ctx, roomID)
+	if err != nil {
+		return fmt.Errorf("failed to check whether the room's members were fetched: %w", err)
+	} else if fetched {
+		return nil
+	}
+	var resp mautrix.RespMembers
+	cli := m.mach.Client
+	url := cli.BuildClientURL("v3", "rooms", roomID, "members")
+	if _, err = cli.MakeRequest(ctx, http.MethodGet, url, nil, &resp); err != nil {
+		return fmt.Errorf("failed to fetch the room's members: %w", err)
+	}
+	for _, evt := range resp.Chunk {
+		_ = evt.Content.ParseRaw(evt.Type)
+	}
+	if err = m.states.ReplaceCachedMembers(ctx, roomID, resp.Chunk); err != nil {
+		return fmt.Errorf("failed to store the room's members: %w", err)
+	}
+	return nil
 }
 
 // WaitForSession implements [mautrix.CryptoHelper]: it waits up to timeout for the megolm

@@ -76,16 +76,19 @@ type Host interface {
 	RedactionPurged(ctx context.Context, module string, roomID id.RoomID, redacted id.EventID, purged map[string]int64) error
 }
 
-// ReceiptScrubber is a [Host] whose erasure receipt can store rows about the erased user again:
-// in an encrypted room, sharing the receipt's room key with the user's devices fetches and
-// stores their devices and records the share.
-type ReceiptScrubber interface {
-	// ScrubAfterReceipt runs in the cleanup of a job that sent a receipt, after the receipt was
-	// sent and the rooms were left, on every attempt (also after a restart): it deletes what
-	// sending the receipt stored about the user whose keyed hash is userHash, within the job's
-	// scope modules (empty: a full erasure). An error leaves the job in cleanup, and the runner
-	// retries the cleanup.
-	ScrubAfterReceipt(ctx context.Context, jobID, userHash string, modules []string) error
+// ErasureScrubber is a [Host] that can store rows about an erased user again after their
+// erasure committed: in an encrypted room, sharing a room key (the receipt's) with the user's
+// devices fetches and stores their devices and records the share, and the crypto machine's own
+// goroutines (a late key request, olm unwedging) may write about them while the erasure runs.
+type ErasureScrubber interface {
+	// ScrubsAfterErasure reports whether an erasure of the scope modules (empty: a full
+	// erasure) needs ScrubAfterErasure. Such a job goes through cleanup, even without a receipt.
+	ScrubsAfterErasure(modules []string) bool
+	// ScrubAfterErasure runs in the cleanup of a job ScrubsAfterErasure chose, after the receipt
+	// was sent and the rooms were left, on every attempt (also after a restart): it deletes what
+	// was stored about the user whose keyed hash is userHash since the erasure, within the job's
+	// scope modules. An error leaves the job in cleanup, and the runner retries the cleanup.
+	ScrubAfterErasure(ctx context.Context, jobID, userHash string, modules []string) error
 }
 
 // Options configure an [Engine].

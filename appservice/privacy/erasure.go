@@ -55,9 +55,10 @@ type EraseRequest struct {
 type EraseReceipt struct {
 	// JobID identifies the erasure (admin API: GET /_custodian/admin/v1/erasures/{jobId}).
 	JobID string `json:"job_id"`
-	// State is "pending", "cleanup" (data erased; telling the user, leaving their direct chats
-	// or, on SQLite, truncating the write-ahead log is still to do, and the erasure runner
-	// retries it) or "done".
+	// State is "pending", "cleanup" (data erased; telling the user, leaving their direct chats,
+	// scrubbing what was stored about them since (see [ErasureScrubber]) or, on SQLite,
+	// truncating the write-ahead log is still to do, and the erasure runner retries it) or
+	// "done".
 	State string `json:"state"`
 	// Trigger is who asked, see [EraseRequest].
 	Trigger string `json:"trigger"`
@@ -109,9 +110,24 @@ type eraseCounts struct {
 // limited to some modules.
 type ErasureCommitter interface {
 	Host
-	// ErasureCommitted runs once an erasure's transaction has committed, with the erasure's
-	// modules (empty for a full erasure). It must not block for long.
-	ErasureCommitted(ctx context.Context, modules []string)
+	// ErasureCommitted runs once an erasure's transaction has committed. It must not block for
+	// long, and must never log c.User next to c.UserHash or c.JobID.
+	ErasureCommitted(ctx context.Context, c CommittedErasure)
+}
+
+// CommittedErasure is what [ErasureCommitter.ErasureCommitted] learns of an erasure that has
+// just committed.
+type CommittedErasure struct {
+	// JobID is the erasure job's ID.
+	JobID string
+	// User is the erased user. The engine forgets them once ErasureCommitted returned.
+	User id.UserID
+	// UserHash is the user's keyed hash, as in the tombstone.
+	UserHash string
+	// Modules is the scope: empty for a full erasure.
+	Modules []string
+	// ErasedAt is when the erasing transaction ran (the tombstone's time).
+	ErasedAt time.Time
 }
 
 // ErasureLocker is an optional interface that a [Host] can implement to keep its own writers of
@@ -389,12 +405,14 @@ func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt
 			e.withdrawExportsOf(ctx, user)
 			job.LeaveRooms = e.host.PrepareFullErasure(ctx, user)
 		}
-		counts, err := e.eraseRows(ctx, job)
+		counts, erasedAt, err := e.eraseRows(ctx, job)
 		if err != nil {
 			return nil, fmt.Errorf("failed to erase user data: %w", err)
 		}
 		if ec, ok := e.host.(ErasureCommitter); ok {
-			ec.ErasureCommitted(ctx, job.Modules)
+			ec.ErasureCommitted(ctx, CommittedErasure{
+				JobID: job.JobID, User: user, UserHash: job.UserHash, Modules: job.Modules, ErasedAt: erasedAt,
+			})
 		}
 		if len(job.Modules) == 0 {
 			// The data key is gone with the users row: the host drops any copy kept in memory.
@@ -464,8 +482,9 @@ func callSafely(fn func() error) (err error) {
 
 // eraseRows is the erasure's one database transaction; see [Engine.Erase]. It moves the job
 // to cleanup (or done, if there is nothing left to do) and records the tombstone. A host that
-// implements [ErasureLocker] has the user locked from before the transaction to its end.
-func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, error) {
+// implements [ErasureLocker] has the user locked from before the transaction to its end. It
+// returns the counts and the tombstone's time.
+func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, time.Time, error) {
 	full := len(job.Modules) == 0
 	user := job.User
 	inv := e.host.Inventory()
@@ -561,7 +580,7 @@ func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, 
 			return err
 		}
 		next := ErasureDone
-		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || e.db.Dialect == dbutil.SQLite {
+		if job.NotifyRoom != "" || len(job.LeaveRooms) > 0 || e.scrubs(job.Modules) || e.db.Dialect == dbutil.SQLite {
 			// On SQLite, cleanup also truncates the WAL (checkpointAfterErasure).
 			next = ErasureCleanup
 		}
@@ -572,13 +591,20 @@ func (e *Engine) eraseRows(ctx context.Context, job *ErasureJob) (*eraseCounts, 
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	job.User = ""
 	if job.State == ErasureDone {
 		job.FinishedAt = now
 	}
-	return counts, nil
+	return counts, now, nil
+}
+
+// scrubs reports whether the host scrubs again after an erasure of modules (see
+// [ErasureScrubber]).
+func (e *Engine) scrubs(modules []string) bool {
+	scrubber, ok := e.host.(ErasureScrubber)
+	return ok && scrubber.ScrubsAfterErasure(modules)
 }
 
 // countUserRows counts ut's rows about user.
@@ -747,7 +773,9 @@ func quoteIdent(name string) string {
 }
 
 // cleanUpErasure tells the user (if asked to) and leaves the direct chats the bot shared with
-// them, then lets a [ReceiptScrubber] host delete what the receipt stored about them, then, on SQLite, checkpoints and truncates the WAL, then marks the job done. Each step is
+// them, then lets an [ErasureScrubber] host delete what was stored about them since the erasure
+// (the receipt's room key share among it), then, on SQLite, checkpoints and truncates the WAL,
+// then marks the job done. Each step is
 // retried by the erasure runner until it succeeds: a failure to send the receipt or to
 // checkpoint leaves the job in cleanup (the receipt carries a transaction ID, so a retry does
 // not post it twice). Failures to leave a room are logged, not retried.
@@ -769,10 +797,10 @@ func (e *Engine) cleanUpErasure(ctx context.Context, job *ErasureJob) {
 		// holds nobody but the bot and (by the job's keyed hash) the erased user.
 		e.host.LeaveAfterErasure(ctx, roomID, job.UserHash)
 	}
-	if scrubber, ok := e.host.(ReceiptScrubber); ok && job.NotifyRoom != "" {
+	if e.scrubs(job.Modules) {
 		// After the rooms are left, so that nothing shares a room key with the user again.
-		if err := scrubber.ScrubAfterReceipt(ctx, job.JobID, job.UserHash, job.Modules); err != nil {
-			log.Warn().Err(err).Msg("Failed to scrub the rows the erasure receipt stored; will retry")
+		if err := e.host.(ErasureScrubber).ScrubAfterErasure(ctx, job.JobID, job.UserHash, job.Modules); err != nil {
+			log.Warn().Err(err).Msg("Failed to scrub the rows stored about the user since the erasure; will retry")
 			return
 		}
 	}

@@ -37,8 +37,9 @@ const (
 	// names the user.
 	ErasurePending ErasureState = "pending"
 	// ErasureCleanup is a job whose data is erased; what remains is telling the user, leaving
-	// their direct chats and, on SQLite, truncating the write-ahead log, which may still hold the
-	// erased rows. The job no longer names the user.
+	// their direct chats, scrubbing what was stored about them since (see [ErasureScrubber]) and,
+	// on SQLite, truncating the write-ahead log, which may still hold the erased rows. The job no
+	// longer names the user.
 	ErasureCleanup ErasureState = "cleanup"
 	// ErasureDone is a finished job.
 	ErasureDone ErasureState = "done"
@@ -125,6 +126,10 @@ const (
 	getTombstonesQuery = `
 		SELECT job_id, user_hash, hash_key_id, erase_trigger, scope, erased_at, counts
 		FROM as_tombstone WHERE user_hash=$1 ORDER BY erased_at, job_id
+	`
+	getTombstonesSinceQuery = `
+		SELECT job_id, user_hash, hash_key_id, erase_trigger, scope, erased_at, counts
+		FROM as_tombstone WHERE erased_at>=$1 ORDER BY erased_at, job_id
 	`
 	insertKeyQuery = `
 		INSERT INTO as_privacy_key (name, key_hex, created_at) VALUES ($1, $2, $3)
@@ -262,6 +267,17 @@ func (pq *Store) PutTombstone(ctx context.Context, ts *Tombstone) error {
 // Tombstones returns the tombstones recorded under userHash, oldest first; an empty slice if
 // none.
 func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone, error) {
+	return pq.tombstones(ctx, getTombstonesQuery, userHash)
+}
+
+// TombstonesSince returns the tombstones of the erasures that ran at or after since, oldest
+// first; an empty slice if none.
+func (pq *Store) TombstonesSince(ctx context.Context, since time.Time) ([]*Tombstone, error) {
+	return pq.tombstones(ctx, getTombstonesSinceQuery, since.UnixMilli())
+}
+
+// tombstones runs query, one of the tombstone queries, with arg.
+func (pq *Store) tombstones(ctx context.Context, query string, arg any) ([]*Tombstone, error) {
 	list, err := database.QueryList(ctx, pq.db, func(row dbutil.Scannable) (*Tombstone, error) {
 		var ts Tombstone
 		var scope, counts string
@@ -273,7 +289,7 @@ func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone,
 		ts.ErasedAt = time.UnixMilli(erasedAt)
 		ts.Counts = json.RawMessage(counts)
 		return &ts, nil
-	}, getTombstonesQuery, userHash)
+	}, query, arg)
 	if err != nil {
 		return nil, fmt.Errorf("failed to list tombstones: %w", err)
 	}
