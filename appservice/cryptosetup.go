@@ -157,10 +157,16 @@ func (svc *Service) intent(userID id.UserID) *mxas.IntentAPI {
 // back (the homeserver was only slow to take transactions again), encryption becomes active
 // without a restart, and the olm machine, which kept up with to-device events meanwhile (see
 // cryptoPresent), has every room key that arrived.
+//
+// All the probes of a start belong to one [e2ee.ProbeRun], so any of its last
+// [e2ee.MaxOutstandingProbes] counts when it comes back, however long after it was sent:
+// Synapse's appservice recoverer backs off for minutes after failed transactions, and a probe
+// it delivers late is as good a proof as a new one.
 func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	log := zerolog.Ctx(ctx).With().Str("component", "crypto").Logger()
-	received, cancel, err := mach.SendProbe(ctx)
-	if err != nil {
+	run := mach.NewProbeRun()
+	defer run.Stop()
+	if err := run.Send(ctx); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
@@ -169,58 +175,25 @@ func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 			Msg("Encryption is off: the to-device probe could not be sent, so the bot cannot tell whether it would receive room keys; it warns in encrypted rooms that it cannot read them")
 		return
 	}
-	// Every probe sent signals one shared channel.
-	back := make(chan struct{}, 1)
-	var cancels []func()
-	defer func() {
-		for _, c := range cancels {
-			c()
-		}
-	}()
-	watch := func(received <-chan struct{}, cancel func()) {
-		wctx, stop := context.WithCancel(ctx)
-		cancels = append(cancels, func() { cancel(); stop() })
-		svc.goBackground(wctx, func(ctx context.Context) {
-			select {
-			case <-received:
-				select {
-				case back <- struct{}{}:
-				default:
-				}
-			case <-ctx.Done():
-			}
-		})
-	}
-	probeCtx, stopWatching := context.WithCancel(ctx)
-	defer stopWatching()
-	ctx = probeCtx
-	watch(received, cancel)
 	timer := svc.clock().NewTimer(probeTimeout)
 	defer timer.Stop()
 	resend := svc.clock().NewTimer(probeResend)
 	defer resend.Stop()
 	for sent := 1; ; {
 		select {
-		case <-back:
+		case <-run.Received():
 			svc.cryptoState.broken.Store(false)
 			log.Info().Int("probes_sent", sent).Msg("The homeserver delivers to-device events to the appservice: encryption is active")
 			return
 		case <-resend.C():
 			interval := probeResend
 			if svc.cryptoState.broken.Load() {
-				// Past the deadline: one probe at a time, so a homeserver that never delivers
-				// them costs one waiting goroutine, not one per probe.
-				for _, c := range cancels {
-					c()
-				}
-				cancels = cancels[:0]
 				interval = probeRetryBroken
 			}
-			if received, cancel, err = mach.SendProbe(ctx); err != nil {
+			if err := run.Send(ctx); err != nil {
 				log.Debug().Err(err).Msg("Failed to send the to-device probe again")
 			} else {
 				sent++
-				watch(received, cancel)
 			}
 			resend.Reset(interval)
 		case <-timer.C():
