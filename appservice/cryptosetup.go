@@ -43,6 +43,11 @@ type cryptoState struct {
 	broken atomic.Bool
 	// attachLock serialises setting Client.Crypto on intents' clients (see Service.intent).
 	attachLock sync.Mutex
+	// waitingDevice is the bot's device recorded in the crypto store when encryption is
+	// enabled but its set-up failed in this run (no olm machine): ingest keeps the to-device
+	// events sent to it for a later start. Set by setupCrypto before the listeners start,
+	// never changed after; empty otherwise.
+	waitingDevice id.DeviceID
 }
 
 // setupCrypto sets up end-to-end encryption when encryption.enabled: it opens the crypto store
@@ -68,6 +73,11 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	// this store goes on pickling under the old one (replaceCryptoKey takes the same lock).
 	svc.cryptoKeyLock.Lock()
 	defer svc.cryptoKeyLock.Unlock()
+	defer func() {
+		if svc.crypto == nil {
+			svc.keepToDeviceWithoutMachine(ctx)
+		}
+	}()
 	v, _ := svc.vault.(*vault.Vault)
 	store, err := e2ee.OpenStore(ctx, svc.rawDB, v, svc.log)
 	if err != nil {
@@ -112,6 +122,20 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	svc.attachCrypto()
 	log.Info().Stringer("device_id", store.DeviceID).Bool("new_device", isNew).Bool("msc4190", svc.cfg.Encryption.MSC4190).
 		Msg("Encryption is on")
+}
+
+// keepToDeviceWithoutMachine records, after setupCrypto failed with encryption enabled, the
+// bot's device from the crypto store (read without the pickle key), so that ingest keeps the
+// to-device events sent to it: they may carry room keys, which the next start with the olm
+// machine can still use. Without a recorded device (none was ever created, or the set-up
+// reset it) nothing can have been sent to it.
+func (svc *Service) keepToDeviceWithoutMachine(ctx context.Context) {
+	deviceID, err := e2ee.StoredDeviceID(ctx, svc.rawDB, svc.log)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to read the bot's device: to-device events sent to it while encryption is off are lost")
+		return
+	}
+	svc.cryptoState.waitingDevice = deviceID
 }
 
 // attachCrypto sets the bot's machine as Crypto on the bot's client and on every ghost client

@@ -263,12 +263,13 @@ func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile)
 func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
 
 // FullErasureCommitted drops the vault's cached data key of user and the service's in-memory
-// references to user's encrypted events, and wakes the shredder.
+// references to user's encrypted events and to-device rows, and wakes the shredder.
 func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
 	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
 		forgetter.Forget(user)
 	}
 	h.svc.e2ee.forgetUser(user)
+	h.svc.dispatcher.forgetKept(user)
 	return h.svc.requestShred()
 }
 
