@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -40,6 +41,8 @@ type cryptoSetup struct {
 	registration func(reg *testRegistrationFlags)
 	// before runs on the fake homeserver and the service before the start.
 	before func(hs *astest.FakeHomeserver, svc *Service)
+	// logger makes the service's logger writing to w; nil for a plain JSON logger at debug.
+	logger func(t *testing.T, w io.Writer) zerolog.Logger
 }
 
 // testRegistrationFlags are the encryption flags of the test registration.
@@ -70,6 +73,9 @@ func startCryptoService(t *testing.T, setup cryptoSetup) *cryptoEnv {
 	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = flags.ephemeral, flags.msc3202, flags.msc4190
 	logs := newWatchedLog()
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	if setup.logger != nil {
+		log = setup.logger(t, logs)
+	}
 	br := newRecordingBridge("irc")
 	svc, err := newService(cfg, reg, []Bridge{br}, log, astest.TestDB(t, setup.dialect))
 	if err != nil {
