@@ -56,6 +56,8 @@ type dispatcher struct {
 	// their sender: encryption is enabled, but this run has no olm machine (keepToDevice).
 	// Guarded by lock.
 	kept map[int64]id.UserID
+	// keptWarned is set once keepToDevice has warned in this run. Guarded by lock.
+	keptWarned bool
 }
 
 type roomQueue struct {
@@ -274,7 +276,8 @@ func (d *dispatcher) setDepthLocked() {
 // one of a run is a Warn.
 func (d *dispatcher) keepToDevice(ctx context.Context, ie *database.InboxEvent) {
 	d.lock.Lock()
-	first := len(d.kept) == 0
+	first := !d.keptWarned
+	d.keptWarned = true
 	d.kept[ie.Seq] = ie.Sender
 	d.setDepthLocked()
 	d.lock.Unlock()
