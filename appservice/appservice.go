@@ -93,6 +93,10 @@ type Service struct {
 // and prepares (but does not start) every bridge. Bridges must already have had their config
 // sections decoded into their targets (see [Config.DecodeBridges]). New does no network I/O
 // towards the homeserver.
+//
+// log must come from [NewLogger]: the service hands it to mautrix, whose clients log every
+// request with its body (a message's text, uploaded keys), and only NewLogger's writer removes
+// those bodies before they are written.
 func New(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerolog.Logger) (*Service, error) {
 	rawDB, err := openDatabase(&cfg.Database, log)
 	if err != nil {

@@ -227,10 +227,17 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		}
 	}
 	if !svc.cryptoPresent() {
-		// Encryption is off in this run: nothing can use the event (a room key
-		// without the olm account is unreadable), and left in the inbox it would stay there
-		// forever, outside the backlog count. A missing room key is asked for again when an
-		// event needs it.
+		if svc.cfg.Encryption.Enabled {
+			// The olm machine is missing in this run only (its set-up failed): the event may
+			// carry a room key that nothing else can bring back. It stays in the inbox for the
+			// next start that has the machine, counted in the inbox depth meanwhile.
+			log.Debug().Msg("Keeping a to-device event for a start with encryption: its olm machine is missing")
+			svc.dispatcher.keepToDevice(ctx, ie)
+			return
+		}
+		// Encryption is off in the config: nothing can use the event (a room key without
+		// the olm account is unreadable), and left in the inbox it would stay there
+		// forever. A missing room key is asked for again when an event needs it.
 		log.Debug().Msg("Dropping a to-device event: encryption is off")
 		markDone()
 		return

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/crypto"
@@ -887,39 +889,139 @@ func TestToDeviceEventOfSenderBeingErasedIsDropped(t *testing.T) {
 }
 
 // TestToDeviceEventWithEncryptionOffIsDropped stores a to-device row in a run with encryption
-// on, then handles it in a run with encryption off (no olm machine): the row is deleted, since
-// nothing could read it and kept it would stay in the inbox forever.
+// on, then handles it in a run with encryption off in the config (no olm machine): the row is
+// deleted, since nothing could read it and kept it would stay in the inbox forever; and ingest
+// stores no to-device event in that run.
 func TestToDeviceEventWithEncryptionOffIsDropped(t *testing.T) {
-	db := astest.TestDB(t, astest.SQLite)
-	env1 := newE2EEEnv(t, db, nil, nil)
-	env1.start()
-	env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
-	env1.put("o1", nil, []map[string]any{env1.roomKey(env1.megolm)})
-	if n := countRows(t, db, "as_inbox"); n != 1 {
-		t.Fatalf("%d inbox rows stored, want 1", n)
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env1 := newE2EEEnv(t, db, nil, nil)
+			env1.start()
+			env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
+			env1.put("o1", nil, []map[string]any{env1.roomKey(env1.megolm)})
+			if n := countRows(t, db, "as_inbox"); n != 1 {
+				t.Fatalf("%d inbox rows stored, want 1", n)
+			}
+			late := env1.roomKey(env1.megolm)
+			env2 := newE2EEEnv(t, db, env1, func(cfg *Config) { cfg.Encryption.Enabled = false })
+			if err := env2.svc.start(env2.ctx); err != nil {
+				t.Fatal(err)
+			}
+			env2.started = true
+			if env2.svc.crypto != nil {
+				t.Fatal("svc.crypto is set with encryption off")
+			}
+			// The replay holds the ingest lock until it queued every unfinished row.
+			env2.svc.ingestLock.Lock()
+			queued := env2.svc.dispatcher.backlogNow()
+			env2.svc.ingestLock.Unlock()
+			if queued > 1 {
+				t.Fatalf("%d events queued by the replay, want at most the one row", queued)
+			}
+			waitDrained(t, env2.svc.dispatcher)
+			if n := countRows(t, db, "as_inbox"); n != 0 {
+				t.Fatalf("%d inbox rows after handling with encryption off, want 0", n)
+			}
+			// Ingest does not store what the lane would drop: a room key for the bot's device (still
+			// recorded in the crypto store) arriving with encryption off.
+			env2.put("o2", nil, []map[string]any{late})
+			stored := metricValue(t, env2.svc.metrics.eventsReceived.WithLabelValues("to_device"))
+			dropped := metricValue(t, env2.svc.metrics.eventsReceived.WithLabelValues("to_device_dropped"))
+			if stored != 0 || dropped != 1 {
+				t.Errorf("to-device events stored by ingest with encryption off = %v, dropped = %v; want 0 and 1", stored, dropped)
+			}
+			if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+				t.Fatalf("%d room keys stored with encryption off, want 0", n)
+			}
+		})
 	}
-	env2 := newE2EEEnv(t, db, env1, func(cfg *Config) { cfg.Encryption.Enabled = false })
-	if err := env2.svc.start(env2.ctx); err != nil {
+}
+
+// TestToDeviceEventWaitsForAStartWithTheMachine restarts the service with encryption enabled
+// but its set-up failing (the homeserver refuses the bot's device), then once more with it
+// working. The to-device rows of the run without the olm machine, a room key replayed from the
+// inbox and one arriving in that run, are neither handled nor dropped: they stay in the inbox,
+// counted in the inbox depth, while room events go on being handled; the next start with the
+// machine stores both room keys.
+func TestToDeviceEventWaitsForAStartWithTheMachine(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env1 := newE2EEEnv(t, db, nil, nil)
+			env1.start()
+			env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
+			env1.put("w1", nil, []map[string]any{env1.roomKey(env1.megolm)})
+			second, err := crypto.NewOutboundGroupSession(e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second.Shared = true
+			late := env1.roomKey(second)
+
+			env1.hs.Fail(astest.PatternPutDevice, http.StatusBadRequest, "M_UNKNOWN")
+			env2 := newE2EEEnv(t, db, env1, nil)
+			if err = env2.svc.start(env2.ctx); err != nil {
+				t.Fatal(err)
+			}
+			env2.started = true
+			if env2.svc.crypto != nil {
+				t.Fatal("svc.crypto is set although the homeserver refused the bot's device")
+			}
+			waitDrained(t, env2.svc.dispatcher)
+			message := map[string]any{
+				"event_id": "$plain1", "room_id": "!other:example.org", "sender": e2eeAlice,
+				"type": event.EventMessage.Type, "origin_server_ts": 1700000000000,
+				"content": map[string]any{"msgtype": event.MsgText, "body": "hello"},
+			}
+			env2.put("w2", []map[string]any{message}, []map[string]any{late})
+			waitDrained(t, env2.svc.dispatcher)
+			waitDone(t, env2, "$plain1")
+			if n := countRows(t, db, "as_inbox"); n != 2 {
+				t.Errorf("%d inbox rows in the run without the olm machine, want the 2 to-device rows (the room event handled)", n)
+			}
+			if n := env2.svc.dispatcher.keptToDevice(); n != 2 {
+				t.Errorf("keptToDevice() = %d, want 2", n)
+			}
+			if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 2 {
+				t.Errorf("custodian_inbox_depth = %v, want 2 (the kept to-device rows)", depth)
+			}
+			if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+				t.Fatalf("%d room keys stored without the olm machine, want 0", n)
+			}
+			// Alice's erasure deletes her rows: they no longer count.
+			env2.svc.dispatcher.forgetKept(e2eeAlice)
+			if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 0 {
+				t.Errorf("custodian_inbox_depth = %v after the sender's rows were forgotten, want 0", depth)
+			}
+			env2.svc.stopServing()
+			env2.started = false
+
+			env1.hs.Unfail(astest.PatternPutDevice)
+			env3 := newE2EEEnv(t, db, env2, nil)
+			env3.start()
+			waitDrained(t, env3.svc.dispatcher)
+			if n := countRows(t, db, "as_inbox"); n != 0 {
+				t.Errorf("%d inbox rows after a start with the olm machine, want 0", n)
+			}
+			if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 2 {
+				t.Errorf("%d room keys stored after a start with the olm machine, want 2", n)
+			}
+		})
+	}
+}
+
+// metricValue returns the value of one of the service's gauges or counters.
+func metricValue(t testing.TB, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
 		t.Fatal(err)
 	}
-	env2.started = true
-	if env2.svc.crypto != nil {
-		t.Fatal("svc.crypto is set with encryption off")
+	if m.Gauge != nil {
+		return m.GetGauge().GetValue()
 	}
-	// The replay holds the ingest lock until it queued every unfinished row.
-	env2.svc.ingestLock.Lock()
-	queued := env2.svc.dispatcher.backlogNow()
-	env2.svc.ingestLock.Unlock()
-	if queued > 1 {
-		t.Fatalf("%d events queued by the replay, want at most the one row", queued)
-	}
-	waitDrained(t, env2.svc.dispatcher)
-	if n := countRows(t, db, "as_inbox"); n != 0 {
-		t.Fatalf("%d inbox rows after handling with encryption off, want 0", n)
-	}
-	if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
-		t.Fatalf("%d room keys stored with encryption off, want 0", n)
-	}
+	return m.GetCounter().GetValue()
 }
 
 // TestToDeviceEventIsKeptWhileTheProbeFailed handles a room key while the start-up probe has

@@ -43,6 +43,11 @@ type cryptoState struct {
 	broken atomic.Bool
 	// attachLock serialises setting Client.Crypto on intents' clients (see Service.intent).
 	attachLock sync.Mutex
+	// waitingDevice is the bot's device recorded in the crypto store when encryption is
+	// enabled but its set-up failed in this run (no olm machine): ingest keeps the to-device
+	// events sent to it for a later start. Set by setupCrypto before the listeners start,
+	// never changed after; empty otherwise.
+	waitingDevice id.DeviceID
 }
 
 // setupCrypto sets up end-to-end encryption when encryption.enabled: it opens the crypto store
@@ -68,6 +73,11 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	// this store goes on pickling under the old one (replaceCryptoKey takes the same lock).
 	svc.cryptoKeyLock.Lock()
 	defer svc.cryptoKeyLock.Unlock()
+	defer func() {
+		if svc.crypto == nil {
+			svc.keepToDeviceWithoutMachine(ctx)
+		}
+	}()
 	v, _ := svc.vault.(*vault.Vault)
 	store, err := e2ee.OpenStore(ctx, svc.rawDB, v, svc.log)
 	if err != nil {
@@ -116,6 +126,20 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 		Msg("Encryption is on")
 }
 
+// keepToDeviceWithoutMachine records, after setupCrypto failed with encryption enabled, the
+// bot's device from the crypto store (read without the pickle key), so that ingest keeps the
+// to-device events sent to it: they may carry room keys, which the next start with the olm
+// machine can still use. Without a recorded device (none was ever created, or the set-up
+// reset it) nothing can have been sent to it.
+func (svc *Service) keepToDeviceWithoutMachine(ctx context.Context) {
+	deviceID, err := e2ee.StoredDeviceID(ctx, svc.rawDB, svc.log)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to read the bot's device: to-device events sent to it while encryption is off are lost")
+		return
+	}
+	svc.cryptoState.waitingDevice = deviceID
+}
+
 // attachCrypto sets the bot's machine as Crypto on the bot's client and on every ghost client
 // mautrix created so far; later ghosts get it in [Service.intent]. With Crypto set, mautrix
 // encrypts what a client sends into rooms the state store knows as encrypted.
@@ -159,10 +183,16 @@ func (svc *Service) intent(userID id.UserID) *mxas.IntentAPI {
 // back (the homeserver was only slow to take transactions again), encryption becomes active
 // without a restart, and the olm machine, which kept up with to-device events meanwhile (see
 // cryptoPresent), has every room key that arrived.
+//
+// All the probes of a start belong to one [e2ee.ProbeRun], so any of its last
+// [e2ee.MaxOutstandingProbes] counts when it comes back, however long after it was sent:
+// Synapse's appservice recoverer backs off for minutes after failed transactions, and a probe
+// it delivers late is as good a proof as a new one.
 func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 	log := zerolog.Ctx(ctx).With().Str("component", "crypto").Logger()
-	received, cancel, err := mach.SendProbe(ctx)
-	if err != nil {
+	run := mach.NewProbeRun()
+	defer run.Stop()
+	if err := run.Send(ctx); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
@@ -171,58 +201,25 @@ func (svc *Service) probeToDevice(ctx context.Context, mach *e2ee.Machine) {
 			Msg("Encryption is off: the to-device probe could not be sent, so the bot cannot tell whether it would receive room keys; it warns in encrypted rooms that it cannot read them")
 		return
 	}
-	// Every probe sent signals one shared channel.
-	back := make(chan struct{}, 1)
-	var cancels []func()
-	defer func() {
-		for _, c := range cancels {
-			c()
-		}
-	}()
-	watch := func(received <-chan struct{}, cancel func()) {
-		wctx, stop := context.WithCancel(ctx)
-		cancels = append(cancels, func() { cancel(); stop() })
-		svc.goBackground(wctx, func(ctx context.Context) {
-			select {
-			case <-received:
-				select {
-				case back <- struct{}{}:
-				default:
-				}
-			case <-ctx.Done():
-			}
-		})
-	}
-	probeCtx, stopWatching := context.WithCancel(ctx)
-	defer stopWatching()
-	ctx = probeCtx
-	watch(received, cancel)
 	timer := svc.clock().NewTimer(probeTimeout)
 	defer timer.Stop()
 	resend := svc.clock().NewTimer(probeResend)
 	defer resend.Stop()
 	for sent := 1; ; {
 		select {
-		case <-back:
+		case <-run.Received():
 			svc.cryptoState.broken.Store(false)
 			log.Info().Int("probes_sent", sent).Msg("The homeserver delivers to-device events to the appservice: encryption is active")
 			return
 		case <-resend.C():
 			interval := probeResend
 			if svc.cryptoState.broken.Load() {
-				// Past the deadline: one probe at a time, so a homeserver that never delivers
-				// them costs one waiting goroutine, not one per probe.
-				for _, c := range cancels {
-					c()
-				}
-				cancels = cancels[:0]
 				interval = probeRetryBroken
 			}
-			if received, cancel, err = mach.SendProbe(ctx); err != nil {
+			if err := run.Send(ctx); err != nil {
 				log.Debug().Err(err).Msg("Failed to send the to-device probe again")
 			} else {
 				sent++
-				watch(received, cancel)
 			}
 			resend.Reset(interval)
 		case <-timer.C():

@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -40,6 +41,8 @@ type cryptoSetup struct {
 	registration func(reg *testRegistrationFlags)
 	// before runs on the fake homeserver and the service before the start.
 	before func(hs *astest.FakeHomeserver, svc *Service)
+	// logger makes the service's logger writing to w; nil for a plain JSON logger at debug.
+	logger func(t *testing.T, w io.Writer) zerolog.Logger
 }
 
 // testRegistrationFlags are the encryption flags of the test registration.
@@ -70,6 +73,9 @@ func startCryptoService(t *testing.T, setup cryptoSetup) *cryptoEnv {
 	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = flags.ephemeral, flags.msc3202, flags.msc4190
 	logs := newWatchedLog()
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	if setup.logger != nil {
+		log = setup.logger(t, logs)
+	}
 	br := newRecordingBridge("irc")
 	svc, err := newService(cfg, reg, []Bridge{br}, log, astest.TestDB(t, setup.dialect))
 	if err != nil {
@@ -369,27 +375,71 @@ func TestProbeIsSentAgainUntilOneComesBack(t *testing.T) {
 // TestProbeAfterTheDeadlineTurnsEncryptionOn checks that a homeserver that starts delivering
 // to-device events only after the probe's deadline (one that still counted the appservice as
 // down after a restart) is noticed without a restart: the service keeps probing every
-// probeRetryBroken, and encryption becomes active when a probe comes back.
+// probeRetryBroken, and encryption becomes active when a probe comes back, whether it is the
+// latest one or one sent several probes earlier (Synapse's recoverer backs off for longer than
+// probeRetryBroken, then delivers what it held).
 func TestProbeAfterTheDeadlineTurnsEncryptionOn(t *testing.T) {
-	env := startCryptoService(t, cryptoSetup{vault: true})
-	if env.svc.crypto == nil {
-		t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+	tests := []struct {
+		name string
+		// laterProbes is how many probes are sent after the deadline before one comes back.
+		laterProbes int
+		// first delivers the run's first probe, late; else the homeserver delivers every
+		// probe from the deadline on.
+		first bool
+	}{
+		{name: "a later probe comes back", laterProbes: 1},
+		{name: "the first probe comes back after several later ones", laterProbes: 4, first: true},
 	}
-	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeTimeout) != nil {
-		t.Fatal("the service does not wait for the probe on its clock")
-	}
-	env.clk.Advance(probeTimeout)
-	env.logs.waitForLine(t, "did not deliver the bot's to-device probe", 1)
-	if env.svc.encryptionActive() {
-		t.Fatal("encryptionActive() = true after the probe's deadline passed")
-	}
-	echoToDevice(env.hs, env.svc)
-	if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeRetryBroken) != nil {
-		t.Fatal("the service stopped probing after the deadline")
-	}
-	env.clk.Advance(probeRetryBroken)
-	env.logs.waitForLine(t, "The homeserver delivers to-device events to the appservice", 1)
-	if !env.svc.encryptionActive() {
-		t.Error("encryptionActive() = false after a probe came back past the deadline")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := startCryptoService(t, cryptoSetup{vault: true})
+			if env.svc.crypto == nil {
+				t.Fatalf("svc.crypto is nil; the log says:\n%s", env.logs.String())
+			}
+			probes := func() []astest.ToDeviceMessage {
+				var out []astest.ToDeviceMessage
+				for _, msg := range env.hs.ToDeviceMessages() {
+					if msg.Type == e2ee.ProbeEventType.Type {
+						out = append(out, msg)
+					}
+				}
+				return out
+			}
+			if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeTimeout) != nil {
+				t.Fatal("the service does not wait for the probe on its clock")
+			}
+			env.clk.Advance(probeTimeout)
+			env.logs.waitForLine(t, "did not deliver the bot's to-device probe", 1)
+			if env.svc.encryptionActive() {
+				t.Fatal("encryptionActive() = true after the probe's deadline passed")
+			}
+			first := probes()[0]
+			if !tt.first {
+				echoToDevice(env.hs, env.svc)
+			}
+			for i := range tt.laterProbes {
+				if env.clk.BlockUntilInterval(astest.Within(t, 10*time.Second), probeRetryBroken) != nil {
+					t.Fatal("the service stopped probing after the deadline")
+				}
+				sent := len(probes())
+				env.clk.Advance(probeRetryBroken)
+				env.hs.WaitFor(t, 10*time.Second, "the next probe", func() bool { return len(probes()) > sent })
+				if tt.first && env.svc.encryptionActive() {
+					t.Fatalf("encryptionActive() = true after probe %d past the deadline, none delivered", i+1)
+				}
+			}
+			if tt.first {
+				base := fmt.Sprintf("http://%s:%d", env.svc.cfg.AppService.Hostname, env.svc.cfg.AppService.Port)
+				if err := env.hs.PushToDevice(astest.ToDeviceDelivery{
+					URL: func() string { return base }, HSToken: env.svc.reg.ServerToken,
+				}, first); err != nil {
+					t.Fatalf("delivering the first probe late: %v", err)
+				}
+			}
+			env.logs.waitForLine(t, "The homeserver delivers to-device events to the appservice", 1)
+			if !env.svc.encryptionActive() {
+				t.Error("encryptionActive() = false after a probe came back past the deadline")
+			}
+		})
 	}
 }

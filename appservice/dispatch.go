@@ -52,6 +52,12 @@ type dispatcher struct {
 	// inbox key's master key is missing or wrong, or the vault is off). They stay in the inbox;
 	// the service retries them (inboxRetryLoop). Guarded by lock.
 	held map[int64]struct{}
+	// kept are the to-device rows left in the inbox for a later run, by sequence number with
+	// their sender: encryption is enabled, but this run has no olm machine (keepToDevice).
+	// Guarded by lock.
+	kept map[int64]id.UserID
+	// keptWarned is set once keepToDevice has warned in this run. Guarded by lock.
+	keptWarned bool
 }
 
 type roomQueue struct {
@@ -83,6 +89,7 @@ func newDispatcher(svc *Service) *dispatcher {
 		done:        make(chan database.Done, doneBatchSize*4),
 		flusherDone: make(chan struct{}),
 		held:        make(map[int64]struct{}),
+		kept:        make(map[int64]id.UserID),
 	}
 }
 
@@ -253,7 +260,51 @@ func (d *dispatcher) enqueue(ctx context.Context, events []*database.InboxEvent)
 			go d.runRoom(ctx, lane, rq)
 		}
 	}
-	d.svc.metrics.inboxDepth.Set(float64(d.backlog))
+	d.setDepthLocked()
+}
+
+// setDepthLocked sets the inbox depth gauge: the events queued, and the to-device rows kept for
+// a later run, which are as unhandled. d.lock is held.
+func (d *dispatcher) setDepthLocked() {
+	d.svc.metrics.inboxDepth.Set(float64(d.backlog + len(d.kept)))
+}
+
+// keepToDevice records a to-device row that stays in the inbox, unhandled, for a later run:
+// encryption is enabled but this run has no olm machine. The row is not queued again in this
+// run (replay and ingest queue each row once), so it costs the to-device lane nothing more; it
+// counts in the inbox depth until the run ends or its sender is erased (forgetKept). The first
+// one of a run is a Warn.
+func (d *dispatcher) keepToDevice(ctx context.Context, ie *database.InboxEvent) {
+	d.lock.Lock()
+	first := !d.keptWarned
+	d.keptWarned = true
+	d.kept[ie.Seq] = ie.Sender
+	d.setDepthLocked()
+	d.lock.Unlock()
+	if first {
+		zerolog.Ctx(ctx).Warn().
+			Str("fix", "make encryption start (see the Warn that says why it is off), then restart").
+			Msg("To-device events stay in the inbox until a start with encryption: encryption is enabled, but its olm machine is missing, and they may carry room keys")
+	}
+}
+
+// keptToDevice returns how many to-device rows this run keeps for a later one.
+func (d *dispatcher) keptToDevice() int {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	return len(d.kept)
+}
+
+// forgetKept stops counting the kept to-device rows of user, which their erasure deleted.
+func (d *dispatcher) forgetKept(user id.UserID) {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	for seq, sender := range d.kept {
+		if sender == user {
+			delete(d.kept, seq)
+		}
+	}
+	d.setDepthLocked()
 }
 
 // toDeviceLane is the queue key of to-device events: not a room ID (those start with "!"),
@@ -296,7 +347,7 @@ func (d *dispatcher) runRoom(ctx context.Context, roomID id.RoomID, rq *roomQueu
 
 		d.lock.Lock()
 		d.backlog--
-		d.svc.metrics.inboxDepth.Set(float64(d.backlog))
+		d.setDepthLocked()
 		close(d.drained)
 		d.drained = make(chan struct{})
 		d.lock.Unlock()

@@ -177,6 +177,10 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 	var target deviceTarget
 	if svc.cryptoPresent() {
 		target.user, target.device = svc.crypto.Device()
+	} else if svc.cryptoState.waitingDevice != "" {
+		// Encryption is enabled, but its olm machine is missing in this run: the to-device
+		// events stay in the inbox for a start that has it (handleToDeviceRow).
+		target.user, target.device = svc.as.BotMXID(), svc.cryptoState.waitingDevice
 	}
 	parsed, err := parseTransactionFor(txnID, body, target)
 	if err != nil {

@@ -41,7 +41,7 @@ func newMetrics() *metrics {
 		}),
 		inboxDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "custodian_inbox_depth",
-			Help: "Events acknowledged but not yet handled.",
+			Help: "Events acknowledged but not yet handled, including to-device events kept in the inbox for a start with encryption.",
 		}),
 		eventsHandled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custodian_events_handled_total",

@@ -277,11 +277,13 @@ func (h engineHost) WithdrawExport(ctx context.Context, ef *database.ExportFile)
 // InFullErasure records the backup shred request in the erasing transaction.
 func (h engineHost) InFullErasure(ctx context.Context) error { return h.svc.recordShredRequest(ctx) }
 
-// FullErasureCommitted drops the vault's cached data key of user and wakes the shredder.
+// FullErasureCommitted drops the vault's cached data key of user and the dispatcher's record
+// of user's to-device rows kept for a start with encryption, and wakes the shredder.
 func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool {
 	if forgetter, ok := any(h.svc.vault).(interface{ Forget(id.UserID) }); ok && h.svc.vault != nil {
 		forgetter.Forget(user)
 	}
+	h.svc.dispatcher.forgetKept(user)
 	return h.svc.requestShred()
 }
 

@@ -47,6 +47,14 @@ func (hs *FakeHomeserver) DeliverToDevice(to ToDeviceDelivery) {
 	})
 }
 
+// PushToDevice pushes msg to the appservice now, in a transaction of its own as
+// [FakeHomeserver.DeliverToDevice] does: a test uses it to deliver a message the fake recorded
+// earlier (see [FakeHomeserver.ToDeviceMessages]) late, as a homeserver does after backing off.
+// It is not counted in Delivered; it returns the push's error.
+func (hs *FakeHomeserver) PushToDevice(to ToDeviceDelivery, msg ToDeviceMessage) error {
+	return hs.pushToDevice(&http.Client{Timeout: deliveryTimeout}, to, msg)
+}
+
 // Delivered returns how many to-device transactions [FakeHomeserver.DeliverToDevice] pushed
 // and the appservice accepted.
 func (hs *FakeHomeserver) Delivered() int64 { return hs.delivered.Load() }

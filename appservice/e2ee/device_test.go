@@ -277,11 +277,12 @@ func TestProbe(t *testing.T) {
 		}
 		return evt
 	}
-	received, cancel, err := res.mach.SendProbe(env.ctx)
-	if err != nil {
+	run := res.mach.NewProbeRun()
+	defer run.Stop()
+	if err := run.Send(env.ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer cancel()
+	received := run.Received()
 	msgs := env.hs.ToDeviceMessages()
 	if len(msgs) != 1 || msgs[0].Type != ProbeEventType.Type || msgs[0].UserID != env.bot || msgs[0].DeviceID != res.client.DeviceID || msgs[0].SenderDevice != res.client.DeviceID {
 		t.Fatalf("to-device messages = %+v, want one probe from the bot's device to itself", msgs)
@@ -308,5 +309,70 @@ func TestProbe(t *testing.T) {
 	}
 	if slices.ContainsFunc(env.hs.Requests(), func(r astest.Request) bool { return r.Pattern == "" }) {
 		t.Errorf("requests to endpoints the fake homeserver does not know: %+v", env.hs.Requests())
+	}
+}
+
+// TestProbeRunWaitsForItsLastProbes checks which of a run's probes count when they come back
+// late: any of the last MaxOutstandingProbes, none older, and none after the run stopped.
+func TestProbeRunWaitsForItsLastProbes(t *testing.T) {
+	env := newDeviceEnv(t, astest.SQLite)
+	res := env.start(true)
+	probeEvent := func(msg astest.ToDeviceMessage) *event.Event {
+		evt := &event.Event{Sender: env.bot, Type: event.Type{Type: msg.Type, Class: event.ToDeviceEventType}}
+		if err := json.Unmarshal(msg.Content, &evt.Content); err != nil {
+			t.Fatal(err)
+		}
+		return evt
+	}
+	isClosed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	tests := []struct {
+		name string
+		// sent is how many probes the run sends; back is the index of the one handed back.
+		sent, back int
+		stop       bool
+		want       bool
+	}{
+		{name: "the first of several", sent: 5, back: 0, want: true},
+		{name: "the oldest still waited for", sent: MaxOutstandingProbes + 1, back: 1, want: true},
+		{name: "one older than the last MaxOutstandingProbes", sent: MaxOutstandingProbes + 1, back: 0, want: false},
+		{name: "after the run stopped", sent: 2, back: 0, stop: true, want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(env.hs.ToDeviceMessages())
+			run := res.mach.NewProbeRun()
+			defer run.Stop()
+			for range tt.sent {
+				if err := run.Send(env.ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			msgs := env.hs.ToDeviceMessages()[before:]
+			if len(msgs) != tt.sent {
+				t.Fatalf("%d probes on the homeserver, want %d", len(msgs), tt.sent)
+			}
+			if tt.stop {
+				run.Stop()
+			}
+			res.mach.HandleToDevice(env.ctx, probeEvent(msgs[tt.back]))
+			if got := isClosed(run.Received()); got != tt.want {
+				t.Errorf("probe %d of %d handed back: received = %t, want %t", tt.back, tt.sent, got, tt.want)
+			}
+			// Every probe of a finished run is forgotten: none is left waiting.
+			run.Stop()
+			res.mach.probes.lock.Lock()
+			left := len(res.mach.probes.waiting)
+			res.mach.probes.lock.Unlock()
+			if left != 0 {
+				t.Errorf("%d probes still waited for after the run ended", left)
+			}
+		})
 	}
 }

@@ -215,7 +215,7 @@ func (m *Machine) Init(context.Context) error { return nil }
 // requests, m.dummy, …). ctx may carry a database transaction: everything the event changes in
 // the crypto store is then written in it.
 //
-// The service's own delivery probe ([ProbeEventType], see [Machine.SendProbe]) is recognised
+// The service's own delivery probe ([ProbeEventType], see [Machine.NewProbeRun]) is recognised
 // here and goes no further.
 func (m *Machine) HandleToDevice(ctx context.Context, evt *event.Event) {
 	if m.probes.received(m.mach.Client.UserID, evt) {

@@ -21,6 +21,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/sql_store_upgrade"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/vault"
 )
@@ -53,6 +54,18 @@ func Upgrade(ctx context.Context, parent *dbutil.Database, log zerolog.Logger) e
 		return fmt.Errorf("failed to upgrade the crypto store: %w", err)
 	}
 	return nil
+}
+
+// StoredDeviceID returns the bot's device recorded in the crypto store on parent (migrated by
+// [Upgrade]), empty if none, without the pickle key: the service reads it when encryption is
+// enabled but [OpenStore] or the device's set-up failed, to keep the to-device events sent to
+// that device for a later start.
+func StoredDeviceID(ctx context.Context, parent *dbutil.Database, log zerolog.Logger) (id.DeviceID, error) {
+	deviceID, err := crypto.NewSQLCryptoStore(parent, dbLogger(log), AccountID, "", nil).FindDeviceID(ctx)
+	if err != nil {
+		return "", fmt.Errorf("failed to read the crypto store's device: %w", err)
+	}
+	return deviceID, nil
 }
 
 // OpenStore opens the crypto store on parent (migrated by [Upgrade]) with the vault's crypto key
