@@ -165,7 +165,9 @@ func (svc *Service) handlePrivacyEvent(ctx context.Context, evt *event.Event) er
 }
 
 // announcePurge tells the room what a redaction purged, in kinds and counts, if the bot is
-// there. The transaction ID is derived from the redaction, so a replay posts nothing new.
+// there, through [SendMessageSensitive] (encrypted in an encrypted room, never sent there
+// without crypto). The transaction ID is derived from the redaction, so a replay posts nothing
+// new.
 func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged map[string]map[string]int64) error {
 	bot := svc.as.BotIntent()
 	if !svc.botInRoom(ctx, evt.RoomID) {
@@ -181,9 +183,9 @@ func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged 
 	}
 	content := format.RenderMarkdown("Removed the configuration created by that message: "+strings.Join(parts, ", ")+".", true, false)
 	content.MsgType = event.MsgNotice
-	_, err := bot.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: TxnIDFor(evt.ID, "redaction-purge"),
-	})
+	// It says what configuration the redacted message held: never in plaintext into an
+	// encrypted room.
+	_, err := SendMessageSensitive(ctx, bot.Client, evt.RoomID, event.EventMessage, &content, TxnIDFor(evt.ID, "redaction-purge"))
 	if err != nil {
 		return fmt.Errorf("failed to announce purged configuration: %w", err)
 	}
@@ -289,9 +291,13 @@ func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
 	}
 }
 
-// SendErasureReceipt posts the receipt as a notice from the bot. In an encrypted room, while
-// encryption is on, it first makes the receipt readable to the erased user (see
-// prepareEncryptedReceipt). It logs through the service's logger, never the job's.
+// SendErasureReceipt posts the receipt as a notice from the bot, through
+// [SendMessageSensitive]: in an encrypted room it is encrypted, even when the state cache does
+// not know the room is, and without crypto it is not sent (an error, so the engine retries,
+// say after a restart brought the vault's master key back; when encryption is off by
+// configuration, it is given up with a warning instead, since no retry would send it). In an
+// encrypted room, while encryption is on, it first makes the receipt readable to the erased
+// user (see prepareEncryptedReceipt). It logs through the service's logger, never the job's.
 func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error {
 	modules, err := h.svc.receiptJobScope(ctx, jobID)
 	if err != nil {
@@ -305,10 +311,16 @@ func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jo
 	}
 	content := format.RenderMarkdown(markdown, true, false)
 	content.MsgType = event.MsgNotice
-	_, err = h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
-	})
-	if err != nil {
+	// Encrypted in an encrypted room, whatever the state cache knows, and never sent there in
+	// plaintext: it tells what Custodian held about the user.
+	_, err = SendMessageSensitive(ctx, h.svc.as.BotIntent().Client, roomID, event.EventMessage, &content,
+		TxnIDFor(id.EventID("erasure:"+jobID), "receipt"))
+	if errors.Is(err, ErrNoEncryption) && !h.svc.cfg.Encryption.Enabled {
+		// Encryption is off by configuration: no retry would ever send it.
+		zerolog.Ctx(ctx).Warn().Stringer("room_id", roomID).
+			Msg("Erasure receipt not sent: its room is encrypted and encryption is off")
+		return nil
+	} else if err != nil {
 		// mautrix's errors may name users (the devices it failed to get): log the detail here,
 		// away from the job's hash, and hand the engine, which logs next to it, a plain error.
 		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to send an erasure receipt")
