@@ -293,11 +293,10 @@ func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
 
 // SendErasureReceipt posts the receipt as a notice from the bot, through
 // [SendMessageSensitive]: in an encrypted room it is encrypted, even when the state cache does
-// not know the room is, and without crypto it is not sent (an error, so the engine retries,
-// say after a restart brought the vault's master key back; when encryption is off by
-// configuration, it is given up with a warning instead, since no retry would send it). In an
-// encrypted room, while encryption is on, it first makes the receipt readable to the erased
-// user (see prepareEncryptedReceipt). It logs through the service's logger, never the job's.
+// not know the room is, and without crypto it is not sent but given up with a warning (nil:
+// the engine goes on with the cleanup rather than wait for encryption). In an encrypted room,
+// while encryption is on, it first makes the receipt readable to the erased user (see
+// prepareEncryptedReceipt). It logs through the service's logger, never the job's.
 func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error {
 	modules, err := h.svc.receiptJobScope(ctx, jobID)
 	if err != nil {
@@ -315,10 +314,11 @@ func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jo
 	// plaintext: it tells what Custodian held about the user.
 	_, err = SendMessageSensitive(ctx, h.svc.as.BotIntent().Client, roomID, event.EventMessage, &content,
 		TxnIDFor(id.EventID("erasure:"+jobID), "receipt"))
-	if errors.Is(err, ErrNoEncryption) && !h.svc.cfg.Encryption.Enabled {
-		// Encryption is off by configuration: no retry would ever send it.
+	if errors.Is(err, ErrNoEncryption) {
+		// Retrying until encryption comes back (it may never, in this run or at all) would hold
+		// up the rest of the cleanup: leaving the rooms, the scrub, the WAL checkpoint.
 		zerolog.Ctx(ctx).Warn().Stringer("room_id", roomID).
-			Msg("Erasure receipt not sent: its room is encrypted and encryption is off")
+			Msg("Erasure receipt not sent: its room is encrypted and encryption is not available")
 		return nil
 	} else if err != nil {
 		// mautrix's errors may name users (the devices it failed to get): log the detail here,
