@@ -122,6 +122,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 		rawDB:      rawDB,
 		bridgeByID: make(map[string]*bridgeHost),
 	}
+	svc.e2ee.setHome(cfg.Homeserver.Domain)
 	svc.db = database.New(svc.rawDB)
 	svc.as = mxas.Create()
 	svc.as.Log = log.With().Str("component", "mautrix").Logger()

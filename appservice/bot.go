@@ -297,7 +297,8 @@ func (bh *botHost) setupConfig() json.RawMessage {
 }
 
 // sendWelcome posts the bot's welcome notice after it joined on invite evt; isDirect says the
-// room is a direct chat by its members, where commands need no prefix.
+// room is a direct chat by its members, where commands need no prefix. With crypto it goes
+// through [SendMessageSensitive], so it is encrypted in an encrypted room.
 func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect bool) error {
 	help := bh.prefix() + "help"
 	if isDirect {
@@ -315,9 +316,16 @@ func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect b
 	content := format.RenderMarkdown(msg, true, false)
 	content.MsgType = event.MsgNotice
 	content.EnsureHasHTML()
-	_, err := bh.svc.as.BotIntent().SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: TxnIDFor(evt.ID, "welcome"),
-	})
+	cli, txnID := bh.svc.as.BotIntent().Client, TxnIDFor(evt.ID, "welcome")
+	var err error
+	if cli.Crypto != nil {
+		// Encrypted in an encrypted room, even when the state cache has not heard of it yet.
+		_, err = SendMessageSensitive(ctx, cli, evt.RoomID, event.EventMessage, &content, txnID)
+	} else {
+		// Without crypto the welcome, which holds nothing private, goes out in plaintext: in an
+		// encrypted room it carries the warning that the bot cannot read the room.
+		_, err = cli.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{TransactionID: txnID})
+	}
 	if err != nil {
 		return fmt.Errorf("failed to send welcome notice: %w", err)
 	}

@@ -54,7 +54,8 @@ type encryptedEvents struct {
 	// used them); later events of theirs are not waited for again (a key that arrives late is
 	// still used). At most recentRefs, the least recently used dropped first.
 	missing recentSet[sessionRef]
-	// told are the (sender, room, session) the sender was told about; bounded like missing.
+	// told are the (sender, room, session) the sender was told about; bounded like missing,
+	// each sender's and each other server's share too (see recentSet).
 	told recentSet[utdRef]
 
 	// otkBusy is set while one-time key counts are being acted on; counts that come meanwhile
@@ -104,7 +105,18 @@ func (cs *encryptedEvents) gaveUp(ref sessionRef, sender id.UserID, mark bool) b
 	return ok
 }
 
-// firstTell records ref and reports whether it is new.
+// setHome makes home the server whose users share no per-server bound in the sets (see
+// recentSet): the homeserver's own users, each bounded on their own. Call it before first use.
+func (cs *encryptedEvents) setHome(home string) {
+	cs.lock.Lock()
+	defer cs.lock.Unlock()
+	cs.missing.home, cs.told.home = home, home
+}
+
+// firstTell records ref and reports whether it is new. Each sender holds at most
+// recentPerUser entries, and the senders of any other server recentPerServer together, so one
+// remote partner sending under ever new sessions cannot push out the entries of others, who
+// would then be told again.
 func (cs *encryptedEvents) firstTell(ref utdRef) bool {
 	cs.lock.Lock()
 	defer cs.lock.Unlock()

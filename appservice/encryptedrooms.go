@@ -40,32 +40,28 @@ var ErrNoEncryption = errors.New("the room is encrypted and encryption is not av
 // SendMessageSensitive sends content as an event of type evtType into roomID through cli,
 // under transaction ID txnID, like mautrix's SendMessageEvent but without ever logging the
 // content: notices and bridged messages carry secrets and message bodies, and mautrix logs
-// request bodies unless a request is marked sensitive. Like SendMessageEvent, it encrypts the
-// content when cli has a Crypto helper and the state cache says the room is encrypted, so the
-// homeserver gets m.room.encrypted. Unlike it, when cli has no Crypto helper it refuses (with
-// an error wrapping [ErrNoEncryption]) to send into a room the state cache or, failing that,
-// the homeserver says is encrypted; a failed lookup is an error too. It does not join the room
-// first.
+// request bodies unless a request is marked sensitive. Whether the room is encrypted it learns
+// from the state cache or, when the cache does not say so, from the homeserver (see
+// roomEncrypted): a cache that is stale or empty (after a restart, an erasure's scrub, a room
+// just joined) never lets content out in plaintext. In an encrypted room it encrypts the
+// content with cli's Crypto helper, so the homeserver gets m.room.encrypted, or, when cli has
+// none, refuses with [ErrNoEncryption] and sends nothing. A failed lookup is an error too, and
+// nothing is sent. Reactions and content already of type m.room.encrypted go out as they are.
+// It does not join the room first.
 func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, evtType event.Type, content any, txnID string) (*mautrix.RespSendEvent, error) {
 	if evtType != event.EventReaction && evtType != event.EventEncrypted {
-		if cli.Crypto == nil {
-			encrypted, err := roomEncrypted(ctx, cli, roomID)
-			if err != nil {
-				return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
-			} else if encrypted {
+		encrypted, err := roomEncrypted(ctx, cli, roomID)
+		if err != nil {
+			return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
+		}
+		if encrypted {
+			if cli.Crypto == nil {
 				return nil, ErrNoEncryption
 			}
-		} else {
-			encrypted, err := cli.StateStore.IsEncrypted(ctx, roomID)
-			if err != nil {
-				return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
+			if content, err = cli.Crypto.Encrypt(ctx, roomID, evtType, content); err != nil {
+				return nil, fmt.Errorf("failed to encrypt event: %w", err)
 			}
-			if encrypted {
-				if content, err = cli.Crypto.Encrypt(ctx, roomID, evtType, content); err != nil {
-					return nil, fmt.Errorf("failed to encrypt event: %w", err)
-				}
-				evtType = event.EventEncrypted
-			}
+			evtType = event.EventEncrypted
 		}
 	}
 	var resp mautrix.RespSendEvent
@@ -83,7 +79,10 @@ func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.Ro
 }
 
 // roomEncrypted reports whether roomID is encrypted: by cli's state cache if it says so, else by
-// the room's m.room.encryption state on the homeserver (none: not encrypted).
+// the room's m.room.encryption state on the homeserver (none: not encrypted). mautrix's
+// StateEvent records what the homeserver returned in the state cache, so the olm machine then
+// finds the room's settings (its rotation period) and mautrix's own sends through cli encrypt
+// there too.
 func roomEncrypted(ctx context.Context, cli *mautrix.Client, roomID id.RoomID) (bool, error) {
 	if cli.StateStore != nil {
 		if encrypted, err := cli.StateStore.IsEncrypted(ctx, roomID); err != nil || encrypted {

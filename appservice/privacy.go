@@ -180,7 +180,9 @@ func (svc *Service) handlePrivacyEvent(ctx context.Context, evt *event.Event) er
 }
 
 // announcePurge tells the room what a redaction purged, in kinds and counts, if the bot is
-// there. The transaction ID is derived from the redaction, so a replay posts nothing new.
+// there, through [SendMessageSensitive] (encrypted in an encrypted room, never sent there
+// without crypto). The transaction ID is derived from the redaction, so a replay posts nothing
+// new.
 func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged map[string]map[string]int64) error {
 	bot := svc.as.BotIntent()
 	if !svc.botInRoom(ctx, evt.RoomID) {
@@ -196,9 +198,9 @@ func (svc *Service) announcePurge(ctx context.Context, evt *event.Event, purged 
 	}
 	content := format.RenderMarkdown("Removed the configuration created by that message: "+strings.Join(parts, ", ")+".", true, false)
 	content.MsgType = event.MsgNotice
-	_, err := bot.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: TxnIDFor(evt.ID, "redaction-purge"),
-	})
+	// It says what configuration the redacted message held: never in plaintext into an
+	// encrypted room.
+	_, err := SendMessageSensitive(ctx, bot.Client, evt.RoomID, event.EventMessage, &content, TxnIDFor(evt.ID, "redaction-purge"))
 	if err != nil {
 		return fmt.Errorf("failed to announce purged configuration: %w", err)
 	}
@@ -309,8 +311,11 @@ func (h engineHost) RetentionCommitted(_ context.Context, modules []string) {
 	}
 }
 
-// SendErasureReceipt posts the receipt as a notice from the bot. In an encrypted room, while
-// encryption is on, it first makes the receipt readable to the erased user (see
+// SendErasureReceipt posts the receipt as a notice from the bot, through
+// [SendMessageSensitive]: in an encrypted room it is encrypted, even when the state cache does
+// not know the room is, and without crypto it is not sent but given up with a warning (nil:
+// the engine goes on with the cleanup rather than wait for encryption). In an encrypted room,
+// while encryption is on, it first makes the receipt readable to the erased user (see
 // prepareEncryptedReceipt). It logs through the service's logger, never the job's.
 func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jobID, userHash, markdown string) error {
 	modules, err := h.svc.receiptJobScope(ctx, jobID)
@@ -325,10 +330,17 @@ func (h engineHost) SendErasureReceipt(ctx context.Context, roomID id.RoomID, jo
 	}
 	content := format.RenderMarkdown(markdown, true, false)
 	content.MsgType = event.MsgNotice
-	_, err = h.svc.as.BotIntent().SendMessageEvent(ctx, roomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: TxnIDFor(id.EventID("erasure:"+jobID), "receipt"),
-	})
-	if err != nil {
+	// Encrypted in an encrypted room, whatever the state cache knows, and never sent there in
+	// plaintext: it tells what Custodian held about the user.
+	_, err = SendMessageSensitive(ctx, h.svc.as.BotIntent().Client, roomID, event.EventMessage, &content,
+		TxnIDFor(id.EventID("erasure:"+jobID), "receipt"))
+	if errors.Is(err, ErrNoEncryption) {
+		// Retrying until encryption comes back (it may never, in this run or at all) would hold
+		// up the rest of the cleanup: leaving the rooms, the scrub, the WAL checkpoint.
+		zerolog.Ctx(ctx).Warn().Stringer("room_id", roomID).
+			Msg("Erasure receipt not sent: its room is encrypted and encryption is not available")
+		return nil
+	} else if err != nil {
 		// mautrix's errors may name users (the devices it failed to get): log the detail here,
 		// away from the job's hash, and hand the engine, which logs next to it, a plain error.
 		zerolog.Ctx(ctx).Warn().Err(err).Stringer("room_id", roomID).Msg("Failed to send an erasure receipt")

@@ -42,10 +42,112 @@ func TestRecentSetIsBoundedAndForgetsUsers(t *testing.T) {
 	}
 	var big recentSet[int]
 	for i := 0; i < 3*recentRefs; i++ {
-		big.add(i, alice)
+		big.add(i, id.UserID(fmt.Sprintf("@u%d:s%d.example", i, i%8)))
 	}
 	if big.len() != recentRefs {
 		t.Errorf("default-bounded set holds %d keys, want %d", big.len(), recentRefs)
+	}
+}
+
+// TestRecentSetBoundsEachSendersShare floods a set with keys of one remote user, then of many
+// users of one remote server, each time after local users and another server's user recorded
+// theirs: the flood pushes out only its own oldest keys, and holds at most its share.
+func TestRecentSetBoundsEachSendersShare(t *testing.T) {
+	const home = "example.org"
+	alice, bob := id.UserID("@alice:"+home), id.UserID("@bob:"+home)
+	carol := id.UserID("@carol:other.example")
+	tests := []struct {
+		name string
+		// flooder returns the user recording the flood's i'th key.
+		flooder func(i int) id.UserID
+		// share is the most keys the flood may hold.
+		share int
+	}{
+		{name: "one remote user", flooder: func(int) id.UserID { return "@eve:remote.example" }, share: recentPerUser},
+		{name: "many users of one server", flooder: func(i int) id.UserID {
+			return id.UserID(fmt.Sprintf("@eve%d:remote.example", i%1000))
+		}, share: recentPerServer},
+		{name: "one local user", flooder: func(int) id.UserID { return "@mallory:" + home }, share: recentPerUser},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := recentSet[string]{home: home}
+			kept := map[string]id.UserID{}
+			for i := 0; i < recentPerUser; i++ {
+				for _, user := range []id.UserID{alice, bob, carol} {
+					key := fmt.Sprintf("%s-%d", user, i)
+					rs.add(key, user)
+					kept[key] = user
+				}
+			}
+			flood := 3 * recentRefs
+			for i := 0; i < flood; i++ {
+				rs.add(fmt.Sprintf("flood-%d", i), tt.flooder(i))
+			}
+			for key := range kept {
+				if !rs.has(key) {
+					t.Errorf("the flood pushed out %s", key)
+				}
+			}
+			if n := rs.len() - len(kept); n != tt.share {
+				t.Errorf("the flood holds %d keys, want its share %d", n, tt.share)
+			}
+			if !rs.has(fmt.Sprintf("flood-%d", flood-1)) || rs.has("flood-0") {
+				t.Error("the flood's newest key is gone or its oldest stayed")
+			}
+			rs.dropUser(alice)
+			if rs.len() != len(kept)-recentPerUser+tt.share {
+				t.Errorf("after dropping alice the set holds %d keys, want %d", rs.len(), len(kept)-recentPerUser+tt.share)
+			}
+		})
+	}
+	t.Run("the homeserver's users have no server share", func(t *testing.T) {
+		rs := recentSet[int]{home: home}
+		for i := 0; i < 2*recentPerServer; i++ {
+			rs.add(i, id.UserID(fmt.Sprintf("@u%d:%s", i, home)))
+		}
+		if rs.len() != 2*recentPerServer {
+			t.Errorf("the set holds %d keys of distinct local users, want %d", rs.len(), 2*recentPerServer)
+		}
+	})
+}
+
+// TestUndecryptableNoticeNotRepeatedAfterARemoteFlood tells a local user once that their
+// message was unreadable; then a remote partner's messages under thousands of new sessions go
+// unread (as from a direct chat): the local user's session comes again and they are not told
+// a second time.
+func TestUndecryptableNoticeNotRepeatedAfterARemoteFlood(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			env.setupCrypto()
+			group := id.RoomID("!group:example.org")
+			local, remote := id.UserID("@bob:"+testDomain), id.UserID("@eve:remote.example")
+			for _, user := range []id.UserID{env.svc.as.BotMXID(), local, remote} {
+				env.hs.SetMembership(group, user, event.MembershipJoin)
+			}
+			sends := func() int { return len(env.hs.RequestsTo(astest.PatternSend)) }
+			tell := func() {
+				evt := &event.Event{Sender: local, RoomID: group, ID: "$bob-S1", Type: event.EventEncrypted}
+				env.svc.tellUndecryptable(env.ctx, evt, &event.EncryptedEventContent{SessionID: "S1"})
+			}
+			before := sends()
+			tell()
+			if sends() == before {
+				t.Fatal("the local sender was not told; the test would prove nothing")
+			}
+			for i := 0; i < 2*recentRefs; i++ {
+				ref := utdRef{sender: remote, sessionRef: sessionRef{room: "!dm:remote.example", session: id.SessionID(fmt.Sprintf("F%d", i))}}
+				if !env.svc.e2ee.firstTell(ref) {
+					t.Fatalf("the remote partner's session %d was told before", i)
+				}
+			}
+			told := sends()
+			tell()
+			if n := sends() - told; n != 0 {
+				t.Errorf("the local sender was told %d more times after the remote flood, want 0", n)
+			}
+		})
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/rs/zerolog"
-	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
 	"maunium.net/go/mautrix/id"
@@ -88,9 +87,10 @@ func (br *Bridge) suspend(ctx context.Context, hook *webhookdb.Hook, reason stri
 	log.Info().Str("reason", reason).Msg("Suspended outbound webhook whose owner lost the right to it")
 	content := format.RenderMarkdown(suspendedNotice(hook, reason), true, false)
 	content.MsgType = event.MsgNotice
-	_, err = br.host.Bot().SendMessageEvent(ctx, hook.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{
-		TransactionID: appservice.TxnIDFor(cause, "webhook-suspended-"+hook.ID),
-	})
+	// It names the hook and its owner: encrypted in an encrypted room, never sent there in
+	// plaintext (see [appservice.SendMessageSensitive]).
+	_, err = appservice.SendMessageSensitive(ctx, br.host.Bot().Client, hook.RoomID, event.EventMessage, &content,
+		appservice.TxnIDFor(cause, "webhook-suspended-"+hook.ID))
 	if err != nil {
 		log.Warn().Err(err).Msg("Failed to tell the room that an outbound webhook was suspended")
 	}

@@ -8,6 +8,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/bridges/webhook/webhookdb"
 )
 
@@ -215,4 +216,66 @@ func TestResumeSuspendedHook(t *testing.T) {
 		}
 		env.mustRun(testAlice, "resume relay", "is not suspended")
 	})
+}
+
+// TestSuspendedNoticeNeverPlaintextInEncryptedRoom suspends a hook in a room that turned
+// encrypted while the state cache still holds it unencrypted: the notice, which names the hook
+// and its owner, goes out encrypted (Alice reads it) with the core's crypto, and not at all
+// without it (the suspension stands all the same).
+func TestSuspendedNoticeNeverPlaintextInEncryptedRoom(t *testing.T) {
+	for _, withCrypto := range []bool{true, false} {
+		t.Run(map[bool]string{true: "with crypto", false: "without crypto"}[withCrypto], func(t *testing.T) {
+			forEachDialect(t, nil, func(t *testing.T, env *testEnv) {
+				env.host.SetPowerLevels(t, testRoom, ownerLevels(50))
+				rc := newReceiver(t)
+				hook, _ := setUpOutbound(t, env, rc)
+				var alice *astest.TestDevice
+				if withCrypto {
+					env.host.EnableCrypto(t)
+					alice = astest.NewTestDevice(t, env.host.HS, testAlice, "ALICEPHONE")
+				}
+				env.host.HS.SetState(testRoom, event.StateEncryption, "", testAlice,
+					&event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1})
+				if cached, err := env.host.AS.StateStore.IsEncrypted(env.ctx, testRoom); err != nil || cached {
+					t.Fatalf("state cache says encrypted = %t (%v); the test needs it stale", cached, err)
+				}
+				before := len(env.host.HS.Events(testRoom))
+
+				env.host.SetPowerLevels(t, testRoom, ownerLevels(0))
+				if err := env.deliver(env.ctx, env.powerLevelsEvent(ownerLevels(0))); err != nil {
+					t.Fatal(err)
+				}
+				// The power-level change is handled, and the notice sent, before deliver returns.
+				if got := env.status(hook.ID); got.SuspendedAt.IsZero() {
+					t.Fatal("the hook was not suspended; the test would prove nothing")
+				}
+				if n := len(env.suspendedNotices()); n != 0 {
+					t.Errorf("%d plaintext suspension notices in the encrypted room, want none", n)
+				}
+				var sent []*astest.SentEvent
+				for _, se := range env.host.HS.Events(testRoom)[before:] {
+					if se.Sender == env.host.BotID() && se.Type.Class == event.MessageEventType {
+						sent = append(sent, se)
+					}
+				}
+				if !withCrypto {
+					if len(sent) != 0 {
+						t.Errorf("the bot sent %d messages into the encrypted room without crypto, want 0", len(sent))
+					}
+					return
+				}
+				if len(sent) != 1 || sent[0].Type != event.EventEncrypted {
+					t.Fatalf("the bot sent %d messages, want one m.room.encrypted", len(sent))
+				}
+				alice.Receive(env.ctx)
+				evt, err := alice.Decrypt(env.ctx, sent[0])
+				if err != nil {
+					t.Fatalf("alice cannot decrypt the notice: %v", err)
+				}
+				if body := evt.Content.AsMessage().Body; !strings.Contains(body, "relay") || !strings.Contains(body, suspendedDemoted) {
+					t.Errorf("notice decrypts to %q, want it to name the hook", body)
+				}
+			})
+		})
+	}
 }
