@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -273,5 +276,44 @@ func TestDirectChatVerdictDroppedAtIngest(t *testing.T) {
 				t.Error("a verdict is cached after a membership event of the room was accepted, want none")
 			}
 		})
+	}
+}
+
+// queryCounter is a database logger that counts the statements run.
+type queryCounter struct {
+	dbutil.DatabaseLogger
+	mu      sync.Mutex
+	queries []string
+}
+
+func (qc *queryCounter) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
+	qc.mu.Lock()
+	qc.queries = append(qc.queries, query)
+	qc.mu.Unlock()
+	qc.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
+}
+
+func (qc *queryCounter) ran() []string {
+	qc.mu.Lock()
+	defer qc.mu.Unlock()
+	return slices.Clone(qc.queries)
+}
+
+// TestGroupRoomMessageCostsNoReads checks that once the bot knows a room is no direct chat, a
+// message there that is no command costs no database statement and no homeserver request.
+func TestGroupRoomMessageCostsNoReads(t *testing.T) {
+	env := groupChatEnv(t)
+	qc := &queryCounter{DatabaseLogger: env.svc.rawDB.Log}
+	env.svc.rawDB.Log = qc
+	defer func() { env.svc.rawDB.Log = qc.DatabaseLogger }()
+	asked := len(env.hs.Requests())
+	for range 3 {
+		env.assertAnswersUnprefixed(false)
+	}
+	if got := qc.ran(); len(got) != 0 {
+		t.Errorf("three messages in a known group room ran %d statements, want none: %q", len(got), got)
+	}
+	if got := len(env.hs.Requests()); got != asked {
+		t.Errorf("three messages in a known group room made %d homeserver requests, want none", got-asked)
 	}
 }
