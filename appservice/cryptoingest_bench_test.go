@@ -5,9 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +58,13 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	}
 	db.RawDB.SetMaxOpenConns(open)
 	db.RawDB.SetMaxIdleConns(2)
+	// BENCH_QUERIES=1 counts the statements run per handled event (=v also lists them by
+	// count), to see where the round trips to the database go.
+	var qc *queryCounter
+	if os.Getenv("BENCH_QUERIES") != "" {
+		qc = &queryCounter{DatabaseLogger: db.Log}
+		db.Log = qc
+	}
 
 	hs := astest.NewFakeHomeserver(b, testDomain, testASToken)
 	cfg := testConfig(hs.URL())
@@ -66,10 +78,30 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	}
 	cfg.Vault = VaultConfig{KeyFile: &keyFile}
 	cfg.Encryption.Enabled = true
+	// The probe's echo (echoToDevice) sends to the configured port, which must be known before
+	// the listener starts.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.AppService.Port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	if err = ln.Close(); err != nil {
+		b.Fatal(err)
+	}
 	cfg.AppService.MaxBacklog = 1000000
-	log := zerolog.Nop()
+	// The start-up's probe must have come back before the load starts: encryptionActive is
+	// true while the probe is still out, and a probe that has not come back after its timeout
+	// (on PostgreSQL under this load it may not) turns encryption off for the rest of the run.
+	probed := make(chan struct{})
+	var probeBack sync.Once
+	hook := zerolog.HookFunc(func(_ *zerolog.Event, level zerolog.Level, msg string) {
+		if level == zerolog.InfoLevel && msg == probeBackMessage {
+			probeBack.Do(func() { close(probed) })
+		}
+	})
+	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel).Hook(hook)
 	if os.Getenv("BENCH_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(b)).Level(zerolog.InfoLevel)
+		log = zerolog.New(zerolog.NewTestWriter(b)).Level(zerolog.InfoLevel).Hook(hook)
 	}
 	svc, err := newService(cfg, testRegistration(), nil, log, db)
 	if err != nil {
@@ -94,14 +126,13 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	if svc.crypto == nil || !svc.crypto.CacheEnabled() {
 		b.Fatal("encryption is not on after start-up")
 	}
-	probed := time.Now().Add(20 * time.Second)
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	for !svc.encryptionActive() {
-		if time.Now().After(probed) {
-			b.Fatal("the to-device probe did not come back")
-		}
-		<-poll.C
+	select {
+	case <-probed:
+	case <-time.After(20 * time.Second):
+		b.Fatal("the to-device probe did not come back")
+	}
+	if !svc.encryptionActive() {
+		b.Fatal("encryption is not active after the probe came back")
 	}
 	base := "http://" + svc.listenAddr.String()
 
@@ -182,6 +213,10 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 		bodies[n], _ = json.Marshal(map[string]any{"events": events})
 	}
 	handledBefore := counterValue(b, svc.metrics.eventsHandled)
+	queriesBefore := 0
+	if qc != nil {
+		queriesBefore = len(qc.ran())
+	}
 	client := &http.Client{}
 	b.ResetTimer()
 	cpuStart := processCPUTime()
@@ -216,13 +251,33 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 		b.Fatalf("%v decryptions failed", f)
 	}
 	events := float64(b.N * perTxn)
+	if !plain && !svc.encryptionActive() {
+		b.Fatal("encryption was turned off during the run")
+	}
 	if d := counterValue(b, svc.metrics.decryption.WithLabelValues("decrypted")); !plain && d < events {
 		b.Fatalf("%v of %v events decrypted", d, events)
 	}
 	b.ReportMetric(events/acked.Seconds(), "acked-events/s")
 	b.ReportMetric(events/handled.Seconds(), "handled-events/s")
 	b.ReportMetric(float64(cpu.Microseconds())/events, "cpu-µs/event")
+	if qc != nil {
+		ran := qc.ran()[queriesBefore:]
+		b.ReportMetric(float64(len(ran))/events, "queries/event")
+		if os.Getenv("BENCH_QUERIES") == "v" {
+			counts := map[string]int{}
+			for _, q := range ran {
+				counts[q]++
+			}
+			keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
+			for _, q := range keys {
+				b.Logf("%8.3f per event: %.120s", float64(counts[q])/events, q)
+			}
+		}
+	}
 }
+
+// probeBackMessage is what the service logs when its to-device probe came back.
+const probeBackMessage = "The homeserver delivers to-device events to the appservice: encryption is active"
 
 // processCPUTime returns the CPU time (user and system) the process has used so far.
 func processCPUTime() time.Duration {
