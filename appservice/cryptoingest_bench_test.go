@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -50,14 +52,19 @@ func BenchmarkIngestEncrypted(b *testing.B) {
 
 func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	db := astest.TestDB(b, dialect)
-	// The service's default pool (database.max_open_conns 5, max_idle_conns 2); more
-	// connections on PostgreSQL, where 16 workers each wait for the server.
-	open := 5
+	// The service's default pool on SQLite (database.max_open_conns 5, max_idle_conns 2); on
+	// PostgreSQL, where 16 workers each wait for the server, the recommended 20 open and as many
+	// idle: with fewer idle, every burst opens connections again (a server process each), which
+	// cut the handled rate to a quarter. BENCH_IDLE_CONNS overrides max_idle_conns.
+	open, idle := 5, 2
 	if dialect == astest.Postgres {
-		open = 20
+		open, idle = 20, 20
+	}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_IDLE_CONNS")); err == nil {
+		idle = v
 	}
 	db.RawDB.SetMaxOpenConns(open)
-	db.RawDB.SetMaxIdleConns(2)
+	db.RawDB.SetMaxIdleConns(idle)
 	// BENCH_QUERIES=1 counts the statements run per handled event (=v also lists them by
 	// count), to see where the round trips to the database go.
 	var qc *queryCounter
@@ -270,7 +277,8 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 			}
 			keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
 			for _, q := range keys {
-				b.Logf("%8.3f per event: %.120s", float64(counts[q])/events, q)
+				b.Logf("%8.3f per event, %8.1f µs each: %.100s", float64(counts[q])/events,
+					float64(qc.tookTotal(q).Microseconds())/float64(counts[q]), strings.Join(strings.Fields(q), " "))
 			}
 		}
 	}

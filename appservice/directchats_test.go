@@ -279,16 +279,21 @@ func TestDirectChatVerdictDroppedAtIngest(t *testing.T) {
 	}
 }
 
-// queryCounter is a database logger that counts the statements run.
+// queryCounter is a database logger that counts the statements run, with the time each took.
 type queryCounter struct {
 	dbutil.DatabaseLogger
 	mu      sync.Mutex
 	queries []string
+	took    map[string]time.Duration
 }
 
 func (qc *queryCounter) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
 	qc.mu.Lock()
 	qc.queries = append(qc.queries, query)
+	if qc.took == nil {
+		qc.took = make(map[string]time.Duration)
+	}
+	qc.took[query] += duration
 	qc.mu.Unlock()
 	qc.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
 }
@@ -297,6 +302,13 @@ func (qc *queryCounter) ran() []string {
 	qc.mu.Lock()
 	defer qc.mu.Unlock()
 	return slices.Clone(qc.queries)
+}
+
+// tookTotal returns the time the statement query took in all so far.
+func (qc *queryCounter) tookTotal(query string) time.Duration {
+	qc.mu.Lock()
+	defer qc.mu.Unlock()
+	return qc.took[query]
 }
 
 // TestGroupRoomMessageCostsNoReads checks that once the bot knows a room is no direct chat, a
