@@ -35,7 +35,8 @@ type Service struct {
 	as         *mxas.AppService
 	stateStore *watchedStateStore
 	metrics    *metrics
-	// directChats caches isDirectChat's verdict per room until the room's members change.
+	// directChats remembers which rooms isDirectChat found to be no direct chat, until their
+	// members change (stateStore and ingest drop a room's verdict).
 	directChats directChats
 
 	bridges    []*bridgeHost

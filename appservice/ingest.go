@@ -217,8 +217,8 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A room's members change with these events: no event of the room handled from now on may
-	// use the direct-chat verdict from before them (a room that gained a third member is no
-	// longer a direct chat, whatever the cache knew).
+	// use the direct-chat verdict from before them (a group room whose third member left is a
+	// direct chat now, whatever the cache knew).
 	for _, roomID := range parsed.memberRooms {
 		svc.directChats.invalidate(roomID)
 	}

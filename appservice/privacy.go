@@ -274,8 +274,8 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 
 // ErasureCommitted drops the olm sessions the crypto store keeps in memory after an erasure that
 // covered the crypto store (see [privacy.ErasureCommitter]), and after every erasure the
-// direct-chat verdicts: they name users, and the erasure scrubbed the state cache they may have
-// been read from.
+// direct-chat verdicts ([directChats]): the erasure scrubbed the state cache they may have been
+// read from, and the user's private rooms change members.
 func (h engineHost) ErasureCommitted(_ context.Context, modules []string) {
 	h.svc.directChats.invalidateAll()
 	if len(modules) == 0 || slices.Contains(modules, e2ee.Module) {
