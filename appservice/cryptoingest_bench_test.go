@@ -277,7 +277,7 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 			}
 			keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
 			for _, q := range keys {
-				b.Logf("%8.3f per event, %8.1f µs each: %.100s", float64(counts[q])/events,
+				b.Logf("%8.3f per event, %8.1f µs each: %.160s", float64(counts[q])/events,
 					float64(qc.tookTotal(q).Microseconds())/float64(counts[q]), strings.Join(strings.Fields(q), " "))
 			}
 		}

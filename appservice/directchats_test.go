@@ -279,7 +279,9 @@ func TestDirectChatVerdictDroppedAtIngest(t *testing.T) {
 	}
 }
 
-// queryCounter is a database logger that counts the statements run, with the time each took.
+// queryCounter is a database logger that counts the statements run (Exec, Query and QueryRow;
+// not the ends of result sets or the transactions' begins and ends), with the time each took
+// until it returned.
 type queryCounter struct {
 	dbutil.DatabaseLogger
 	mu      sync.Mutex
@@ -288,6 +290,10 @@ type queryCounter struct {
 }
 
 func (qc *queryCounter) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
+	defer qc.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
+	if method != "Exec" && method != "Query" && method != "QueryRow" {
+		return
+	}
 	qc.mu.Lock()
 	qc.queries = append(qc.queries, query)
 	if qc.took == nil {
@@ -295,7 +301,6 @@ func (qc *queryCounter) QueryTiming(ctx context.Context, method, query string, a
 	}
 	qc.took[query] += duration
 	qc.mu.Unlock()
-	qc.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
 }
 
 func (qc *queryCounter) ran() []string {
