@@ -33,8 +33,11 @@ type Service struct {
 	rawDB      *dbutil.Database
 	db         *database.Database
 	as         *mxas.AppService
-	stateStore *sqlstatestore.SQLStateStore
+	stateStore *watchedStateStore
 	metrics    *metrics
+	// directChats remembers which rooms isDirectChat found to be no direct chat, until their
+	// members change (stateStore and ingest drop a room's verdict).
+	directChats directChats
 
 	bridges    []*bridgeHost
 	bridgeByID map[string]*bridgeHost
@@ -134,7 +137,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	// isBridge false: with true, mautrix's FindSharedRooms (used by the olm machine to rotate
 	// a room's outbound session when a member's devices change) reads a "portal" table that
 	// only mautrix's bridges have.
-	svc.stateStore = sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), false)
+	svc.stateStore = newWatchedStateStore(sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), false), &svc.directChats)
 	svc.as.StateStore = svc.stateStore
 	// mautrix creates the bot's client and intent lazily and without locking; create them now,
 	// before any goroutine can race to.

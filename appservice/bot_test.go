@@ -129,9 +129,11 @@ func newBotEnvOn(t *testing.T, dialect string, configure func(cfg *Config)) *bot
 		configure(cfg)
 	}
 	svc := &Service{
-		cfg: cfg, log: log, rawDB: db.Database, db: db, as: as, stateStore: stateStore,
+		cfg: cfg, log: log, rawDB: db.Database, db: db, as: as,
 		metrics: newMetrics(), bridgeByID: make(map[string]*bridgeHost),
 	}
+	svc.stateStore = newWatchedStateStore(stateStore, &svc.directChats)
+	as.StateStore = svc.stateStore
 	bridge := &botTestBridge{}
 	bh := &bridgeHost{svc: svc, br: bridge, id: bridge.ID(), ns: bridge.Namespaces(), log: log}
 	svc.bridges = append(svc.bridges, bh)

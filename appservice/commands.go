@@ -536,6 +536,10 @@ func (bh *botHost) carriesSecret(evt *event.Event) bool {
 // can only narrow this: a room the bot was invited to as a group room (a private room of one
 // user and the bot, say for their webhooks) stays a group room.
 func (bh *botHost) isDM(ctx context.Context, roomID id.RoomID, sender id.UserID) (bool, error) {
+	// A room known to be no direct chat is none whatever its setup says: no database read.
+	if notDirect, _ := bh.svc.directChats.lookup(roomID, bh.svc.now()); notDirect {
+		return false, nil
+	}
 	setup, err := bh.svc.db.BotSetup.Get(ctx, roomID, bh.svc.as.BotMXID())
 	if err != nil {
 		return false, err

@@ -443,7 +443,7 @@ func TestConfigValues(t *testing.T) {
 			wantErr: "appservice.bot_avatar: must be an mxc:// URI or null"},
 		{name: "trace refused", from: "level: info", to: "level: trace",
 			wantErr: "logging.level: trace is not allowed: at trace level dependencies log query arguments and request bodies; use debug"},
-		{name: "idle above open", from: "max_idle_conns: 2", to: "max_idle_conns: 9",
+		{name: "idle above open", from: "max_idle_conns: 5", to: "max_idle_conns: 9",
 			wantErr: "database.max_idle_conns: must be between 0 and max_open_conns (5)"},
 		{name: "in-memory sqlite", from: "uri: file:custodian.db?_txlock=immediate", to: "uri: ':memory:'",
 			wantErr: "database.uri: an in-memory SQLite database needs cache=shared, or each connection sees its own empty database"},

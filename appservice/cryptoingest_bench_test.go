@@ -5,9 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,14 +52,26 @@ func BenchmarkIngestEncrypted(b *testing.B) {
 
 func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	db := astest.TestDB(b, dialect)
-	// The service's default pool (database.max_open_conns 5, max_idle_conns 2); more
-	// connections on PostgreSQL, where 16 workers each wait for the server.
-	open := 5
+	// The service's default pool on SQLite (database.max_open_conns 5, max_idle_conns 5); on
+	// PostgreSQL, where 16 workers each wait for the server, the recommended 20 open and as many
+	// idle: with fewer idle, every burst opens connections again (a server process each), which
+	// cut the handled rate to a quarter. BENCH_IDLE_CONNS overrides max_idle_conns.
+	open, idle := 5, 5
 	if dialect == astest.Postgres {
-		open = 20
+		open, idle = 20, 20
+	}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_IDLE_CONNS")); err == nil {
+		idle = v
 	}
 	db.RawDB.SetMaxOpenConns(open)
-	db.RawDB.SetMaxIdleConns(2)
+	db.RawDB.SetMaxIdleConns(idle)
+	// BENCH_QUERIES=1 counts the statements run per handled event (=v also lists them by
+	// count), to see where the round trips to the database go.
+	var qc *queryCounter
+	if os.Getenv("BENCH_QUERIES") != "" {
+		qc = &queryCounter{DatabaseLogger: db.Log}
+		db.Log = qc
+	}
 
 	hs := astest.NewFakeHomeserver(b, testDomain, testASToken)
 	cfg := testConfig(hs.URL())
@@ -66,10 +85,30 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	}
 	cfg.Vault = VaultConfig{KeyFile: &keyFile}
 	cfg.Encryption.Enabled = true
+	// The probe's echo (echoToDevice) sends to the configured port, which must be known before
+	// the listener starts.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.AppService.Port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	if err = ln.Close(); err != nil {
+		b.Fatal(err)
+	}
 	cfg.AppService.MaxBacklog = 1000000
-	log := zerolog.Nop()
+	// The start-up's probe must have come back before the load starts: encryptionActive is
+	// true while the probe is still out, and a probe that has not come back after its timeout
+	// (on PostgreSQL under this load it may not) turns encryption off for the rest of the run.
+	probed := make(chan struct{})
+	var probeBack sync.Once
+	hook := zerolog.HookFunc(func(_ *zerolog.Event, level zerolog.Level, msg string) {
+		if level == zerolog.InfoLevel && msg == probeBackMessage {
+			probeBack.Do(func() { close(probed) })
+		}
+	})
+	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel).Hook(hook)
 	if os.Getenv("BENCH_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(b)).Level(zerolog.InfoLevel)
+		log = zerolog.New(zerolog.NewTestWriter(b)).Level(zerolog.InfoLevel).Hook(hook)
 	}
 	svc, err := newService(cfg, testRegistration(), nil, log, db)
 	if err != nil {
@@ -94,14 +133,13 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	if svc.crypto == nil || !svc.crypto.CacheEnabled() {
 		b.Fatal("encryption is not on after start-up")
 	}
-	probed := time.Now().Add(20 * time.Second)
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	for !svc.encryptionActive() {
-		if time.Now().After(probed) {
-			b.Fatal("the to-device probe did not come back")
-		}
-		<-poll.C
+	select {
+	case <-probed:
+	case <-time.After(20 * time.Second):
+		b.Fatal("the to-device probe did not come back")
+	}
+	if !svc.encryptionActive() {
+		b.Fatal("encryption is not active after the probe came back")
 	}
 	base := "http://" + svc.listenAddr.String()
 
@@ -182,6 +220,10 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 		bodies[n], _ = json.Marshal(map[string]any{"events": events})
 	}
 	handledBefore := counterValue(b, svc.metrics.eventsHandled)
+	queriesBefore := 0
+	if qc != nil {
+		queriesBefore = len(qc.ran())
+	}
 	client := &http.Client{}
 	b.ResetTimer()
 	cpuStart := processCPUTime()
@@ -216,13 +258,36 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 		b.Fatalf("%v decryptions failed", f)
 	}
 	events := float64(b.N * perTxn)
+	if !plain && !svc.encryptionActive() {
+		b.Fatal("encryption was turned off during the run")
+	}
 	if d := counterValue(b, svc.metrics.decryption.WithLabelValues("decrypted")); !plain && d < events {
 		b.Fatalf("%v of %v events decrypted", d, events)
 	}
 	b.ReportMetric(events/acked.Seconds(), "acked-events/s")
 	b.ReportMetric(events/handled.Seconds(), "handled-events/s")
 	b.ReportMetric(float64(cpu.Microseconds())/events, "cpu-µs/event")
+	if qc != nil {
+		ran := qc.ran()[queriesBefore:]
+		b.ReportMetric(float64(len(ran))/events, "queries/event")
+		// Only the first run's log is shown (b.N = 1, where the reads made once per room
+		// weigh 0.1 per event), so the listing waits for a run of more transactions.
+		if os.Getenv("BENCH_QUERIES") == "v" && b.N > 1 {
+			counts := map[string]int{}
+			for _, q := range ran {
+				counts[q]++
+			}
+			keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
+			for _, q := range keys {
+				b.Logf("%8.3f per event, %8.1f µs each: %.160s", float64(counts[q])/events,
+					float64(qc.tookTotal(q).Microseconds())/float64(counts[q]), strings.Join(strings.Fields(q), " "))
+			}
+		}
+	}
 }
+
+// probeBackMessage is what the service logs when its to-device probe came back.
+const probeBackMessage = "The homeserver delivers to-device events to the appservice: encryption is active"
 
 // processCPUTime returns the CPU time (user and system) the process has used so far.
 func processCPUTime() time.Duration {

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	mxas "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/database"
@@ -127,6 +128,8 @@ type parsedTransaction struct {
 	// toDevice counts the to-device events kept; otherDevice those addressed elsewhere, or
 	// received while encryption is off, which are dropped.
 	toDevice, otherDevice int
+	// memberRooms are the rooms of the transaction's membership events, in order, repeated.
+	memberRooms []id.RoomID
 	// changedDevices are the users whose device lists changed.
 	changedDevices []id.UserID
 	// otkCounts is the bot's device's one-time key count, nil if the transaction has none.
@@ -216,6 +219,12 @@ func (svc *Service) putTransaction(w http.ResponseWriter, r *http.Request) {
 		svc.metrics.txnReceived.WithLabelValues("rejected").Inc()
 		httpjson.WriteError(w, http.StatusServiceUnavailable, "M_LIMIT_EXCEEDED", "Backlog full, try again later")
 		return
+	}
+	// A room's members change with these events: no event of the room handled from now on may
+	// use the direct-chat verdict from before them (a group room whose third member left is a
+	// direct chat now, whatever the cache knew).
+	for _, roomID := range parsed.memberRooms {
+		svc.directChats.invalidate(roomID)
 	}
 	added, dup, err := svc.db.Inbox.AcceptWith(ctx, txnID, events, svc.now(), svc.deviceListsInTxn(parsed))
 	if err != nil {
@@ -307,6 +316,8 @@ func parseTransactionFor(txnID string, body []byte, target deviceTarget) (*parse
 		}
 		if isEphemeral {
 			env.EventID = ""
+		} else if env.Type == event.StateMember.Type {
+			pt.memberRooms = append(pt.memberRooms, env.RoomID)
 		}
 		events = append(events, &database.InboxEvent{
 			TxnID:     txnID,

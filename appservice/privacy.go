@@ -293,8 +293,11 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 // e2ee module), drops the olm sessions the crypto store keeps in memory and the service's
 // in-memory references to the user's encrypted events. For a scope ScrubsAfterErasure covers,
 // it remembers the user for the job's scrubs and arms its final scrub (see
-// erasureCommittedScrub). See [privacy.ErasureCommitter].
+// erasureCommittedScrub). After every erasure it drops the direct-chat verdicts
+// ([directChats]): the erasure scrubbed the state cache they may have been read from, and the
+// user's private rooms change members. See [privacy.ErasureCommitter].
 func (h engineHost) ErasureCommitted(_ context.Context, c privacy.CommittedErasure) {
+	h.svc.directChats.invalidateAll()
 	if crypto, _ := scrubScope(c.Modules); crypto {
 		h.svc.evictOlmSessions()
 		h.svc.e2ee.forgetUser(c.User)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/http"
 	"slices"
 
@@ -68,25 +70,53 @@ func (bh *bridgeHost) IsPrivateWith(ctx context.Context, roomID id.RoomID, userI
 // isDirectChat reports whether roomID is a direct chat between the bot and user: its joined
 // members are exactly those two (invariant 9). A state cache that holds the room's full member
 // list can only rule that out; a "yes" is always confirmed with the homeserver, so a missed join
-// cannot turn a group room into a direct chat.
+// cannot turn a group room into a direct chat. A room found to be a direct chat with nobody is
+// remembered as such ([directChats]) until its members change, so the messages of a group room
+// cost no state cache reads and no homeserver request.
 func (svc *Service) isDirectChat(ctx context.Context, roomID id.RoomID, user id.UserID) (bool, error) {
+	notDirect, token := svc.directChats.lookup(roomID, svc.now())
+	if notDirect {
+		return false, nil
+	}
+	with, err := svc.directChatWith(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	if with == "" {
+		svc.directChats.store(roomID, token, svc.now())
+	}
+	return with == user, nil
+}
+
+// directChatWith returns the user with whom roomID is a direct chat, by isDirectChat's rule, or
+// "" if it is none.
+func (svc *Service) directChatWith(ctx context.Context, roomID id.RoomID) (id.UserID, error) {
 	if fetched, err := svc.stateStore.HasFetchedMembers(ctx, roomID); err == nil && fetched {
 		cached, err := svc.stateStore.GetRoomMembers(ctx, roomID, event.MembershipJoin)
-		if err == nil {
-			members := make([]id.UserID, 0, len(cached))
-			for member := range cached {
-				members = append(members, member)
-			}
-			if !svc.onlyBotAnd(members, user, false) {
-				return false, nil
-			}
+		if err == nil && directChatPartner(maps.Keys(cached), svc.as.BotMXID()) == "" {
+			return "", nil
 		}
 	}
 	members, err := svc.joinedMembersNow(ctx, roomID)
 	if err != nil {
-		return false, err
+		return "", err
 	}
-	return svc.onlyBotAnd(members, user, false), nil
+	return directChatPartner(slices.Values(members), svc.as.BotMXID()), nil
+}
+
+// directChatPartner returns the one member other than bot if members are exactly bot and that
+// member ([OnlyBotAnd] without allowAlone), "" otherwise.
+func directChatPartner(members iter.Seq[id.UserID], bot id.UserID) id.UserID {
+	var list []id.UserID
+	for member := range members {
+		list = append(list, member)
+	}
+	for _, member := range list {
+		if member != bot && OnlyBotAnd(list, bot, member, false) {
+			return member
+		}
+	}
+	return ""
 }
 
 // privateRoomsOf returns the rooms that belong to user alone among people: rooms whose joined
@@ -173,6 +203,7 @@ func (svc *Service) primeRoomState(ctx context.Context, roomID id.RoomID) error 
 // since it hears nothing more from the room until it returns, and authorisation must then read
 // the room's power levels afresh.
 func (svc *Service) forgetRoomState(ctx context.Context, roomID id.RoomID) error {
+	defer svc.directChats.invalidate(roomID)
 	return svc.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		if _, err := svc.rawDB.Exec(ctx, `DELETE FROM mx_user_profile WHERE room_id=$1`, roomID); err != nil {
 			return fmt.Errorf("failed to drop cached members: %w", err)
