@@ -95,8 +95,11 @@ type privacyState struct {
 	// ran. It lives in memory only: after a restart, the scrub finds the users once from the
 	// rows that name them (usersOfErasure) and keeps them here for its retries.
 	scrubUsers map[string][]id.UserID
-	// finalScrubs holds the timers of the final scrubs not yet run, by erasure job.
-	finalScrubs map[string]clock.Timer
+	// finalScrubs holds the final scrubs armed and not yet run, by erasure job.
+	finalScrubs map[string]*armedScrub
+	// scrubRun is held by the final scrub that runs: they run one at a time, also the many a
+	// start may find past due.
+	scrubRun sync.Mutex
 	// scrubCtx is the context final scrubs run in: the service's, from start on; nil before.
 	// Once scrubsStopped is set, no final scrub starts.
 	scrubCtx      context.Context
