@@ -92,14 +92,16 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 	return nil
 }
 
-// erasureQuietPeriod is how long after an erasure of a user committed their to-device events
-// are still dropped and their key requests refused. An erasure's receipt in an encrypted room
-// makes the user's clients ask for its room key and retry, and Synapse retries a failed
-// transaction, so to-device traffic caused by the erasure itself keeps coming for a while;
-// handled, it would fetch and store the user's devices and olm sessions again. After the
+// erasureQuietPeriod is how long after the cleanup of an erasure of a user ended (its receipt
+// sent and its scrub done) their to-device events are still dropped and their key requests
+// refused; during the cleanup they are, too (see erasureQuietUntil). An erasure's receipt in an
+// encrypted room makes the user's clients ask for its room key and retry, and Synapse retries a
+// failed transaction, so to-device traffic caused by the erasure itself keeps coming for a
+// while; handled, it would fetch and store the user's devices and olm sessions again. After the
 // period, traffic from the user is a new interaction and is handled as any other. The erasure's
-// final scrub runs when the period ends (see erasureCommittedScrub) and deletes what a racing
-// goroutine (mautrix's olm unwedging, a late key request) wrote about the user meanwhile.
+// final scrub runs a period after the cleanup's last scrub (see scrubAfterErasure) and deletes
+// what a racing goroutine (mautrix's olm unwedging, a late key request) wrote about the user
+// meanwhile.
 const erasureQuietPeriod = 5 * time.Minute
 
 // gateStripes is the number of locks of an [erasureGate]: users share them by hash, so memory

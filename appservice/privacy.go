@@ -295,8 +295,8 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 // ErasureCommitted, after an erasure that covered the crypto store (a full one, or one of the
 // e2ee module), drops the olm sessions the crypto store keeps in memory and the service's
 // in-memory references to the user's encrypted events. For a scope ScrubsAfterErasure covers,
-// it remembers the user for the job's scrubs and arms its final scrub (see
-// erasureCommittedScrub). See [privacy.ErasureCommitter].
+// it remembers the user for the job's scrubs (see erasureCommittedScrub; the cleanup's scrub
+// arms the final one). See [privacy.ErasureCommitter].
 func (h engineHost) ErasureCommitted(_ context.Context, c privacy.CommittedErasure) {
 	if crypto, _ := scrubScope(c.Modules); crypto {
 		h.svc.evictOlmSessions()
