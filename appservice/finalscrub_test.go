@@ -256,3 +256,71 @@ func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 		})
 	}
 }
+
+// TestTombstonesWithTheirJobs reads tombstones joined with their erasure jobs: the job's state
+// and finish time while its row exists, none once it is deleted (then the gate and the start's
+// arming fall back on the tombstone's time); the recent ones newest first, at most the limit.
+func TestTombstonesWithTheirJobs(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env, clk, _ := finalScrubEnv(t, dialect)
+			store := env.svc.engine.Store()
+			gone, kept := id.UserID("@gone:example.org"), id.UserID("@kept:example.org")
+			goneReceipt, err := env.svc.engine.Erase(env.ctx, gone, EraseRequest{Trigger: TriggerAdmin, Modules: []string{e2ee.Module}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			goneAt := clk.Now()
+			clk.Advance(time.Minute)
+			// The job's row goes, as finishedErasureTTL after it was done; the tombstone stays.
+			if n, err := store.DeleteFinishedErasures(env.ctx, clk.Now()); err != nil || n != 1 {
+				t.Fatalf("DeleteFinishedErasures = %d, %v; want 1", n, err)
+			}
+			clk.Advance(time.Minute)
+			keptReceipt, err := env.svc.engine.Erase(env.ctx, kept, EraseRequest{Trigger: TriggerAdmin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keptAt := clk.Now().Truncate(time.Millisecond)
+
+			list, err := store.TombstonesWithJobs(env.ctx, goneReceipt.UserHash)
+			if err != nil || len(list) != 1 {
+				t.Fatalf("TombstonesWithJobs(gone) = %v, %v; want one", list, err)
+			}
+			if list[0].JobState != "" || !list[0].JobFinishedAt.IsZero() {
+				t.Errorf("gone's tombstone has job state %q finished %v, want none", list[0].JobState, list[0].JobFinishedAt)
+			}
+			list, err = store.TombstonesWithJobs(env.ctx, keptReceipt.UserHash)
+			if err != nil || len(list) != 1 {
+				t.Fatalf("TombstonesWithJobs(kept) = %v, %v; want one", list, err)
+			}
+			if list[0].JobState != privacy.ErasureDone || !list[0].JobFinishedAt.Equal(keptAt) {
+				t.Errorf("kept's tombstone has job state %q finished %v, want done at %v", list[0].JobState, list[0].JobFinishedAt, keptAt)
+			}
+
+			recent, err := store.RecentTombstonesWithJobs(env.ctx, goneAt.Add(-time.Hour), 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var jobs []string
+			for _, ts := range recent {
+				jobs = append(jobs, ts.JobID)
+			}
+			if want := []string{keptReceipt.JobID, goneReceipt.JobID}; !slices.Equal(jobs, want) {
+				t.Errorf("RecentTombstonesWithJobs = %v, want %v (newest first)", jobs, want)
+			}
+			if recent, err = store.RecentTombstonesWithJobs(env.ctx, goneAt.Add(-time.Hour), 1); err != nil || len(recent) != 1 || recent[0].JobID != keptReceipt.JobID {
+				t.Errorf("RecentTombstonesWithJobs with limit 1 = %v, %v; want only %s", recent, err, keptReceipt.JobID)
+			}
+			if recent, err = store.RecentTombstonesWithJobs(env.ctx, keptAt.Add(time.Millisecond), 10); err != nil || len(recent) != 0 {
+				t.Errorf("RecentTombstonesWithJobs after the last erasure = %v, %v; want none", recent, err)
+			}
+
+			// Without its job, gone's gate ends a quiet period after the tombstone's time.
+			until, gated, err := env.svc.erasureQuietUntil(env.ctx, gone)
+			if want := goneAt.Truncate(time.Millisecond).Add(erasureQuietPeriod); err != nil || !gated || !until.Equal(want) {
+				t.Errorf("erasureQuietUntil(gone) = %v, %v, %v; want %v, gated", until, gated, err, want)
+			}
+		})
+	}
+}
