@@ -3,7 +3,6 @@ package appservice
 import (
 	"context"
 	"hash/fnv"
-	"slices"
 	"sync"
 	"time"
 
@@ -93,14 +92,16 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 	return nil
 }
 
-// erasureQuietPeriod is how long after an erasure of a user committed their to-device events
-// are still dropped and their key requests refused. An erasure's receipt in an encrypted room
-// makes the user's clients ask for its room key and retry, and Synapse retries a failed
-// transaction, so to-device traffic caused by the erasure itself keeps coming for a while;
-// handled, it would fetch and store the user's devices and olm sessions again. After the
+// erasureQuietPeriod is how long after the cleanup of an erasure of a user ended (its receipt
+// sent and its scrub done) their to-device events are still dropped and their key requests
+// refused; during the cleanup they are, too (see erasureQuietUntil). An erasure's receipt in an
+// encrypted room makes the user's clients ask for its room key and retry, and Synapse retries a
+// failed transaction, so to-device traffic caused by the erasure itself keeps coming for a
+// while; handled, it would fetch and store the user's devices and olm sessions again. After the
 // period, traffic from the user is a new interaction and is handled as any other. The erasure's
-// final scrub runs when the period ends (see erasureCommittedScrub) and deletes what a racing
-// goroutine (mautrix's olm unwedging, a late key request) wrote about the user meanwhile.
+// final scrub runs a period after the cleanup's last scrub (see scrubAfterErasure) and deletes
+// what a racing goroutine (mautrix's olm unwedging, a late key request) wrote about the user
+// meanwhile.
 const erasureQuietPeriod = 5 * time.Minute
 
 // gateStripes is the number of locks of an [erasureGate]: users share them by hash, so memory
@@ -143,33 +144,71 @@ func (h engineHost) LockForErasure(_ context.Context, user id.UserID, _ []string
 	return h.svc.erasureGate.lock(user)
 }
 
-// toDeviceSenderGated reports whether sender's to-device events are dropped: an erasure of
-// them is pending, or one whose scope covers the crypto store committed less than
-// erasureQuietPeriod ago (their tombstones, one indexed lookup by keyed hash). A failed check is
-// logged and counts as not gated: the event is handled.
-func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID) bool {
-	if sender == "" {
-		return false
+// erasureQuietUntil returns the time until which to-device traffic of user is gated (see
+// toDeviceSenderGated), and whether it is gated now. The convention: gated with a zero until
+// means gated for as long as an erasure of user is unfinished, an end nobody can tell yet: one is
+// pending (any scope; the job names the user), or one whose scope covers the crypto store is in
+// cleanup (its receipt, leaving the rooms, its scrubs; the job is found by the user's keyed hash
+// through its tombstone). Otherwise until is the latest end of the cleanup of such an erasure
+// (its job's finish time, or the tombstone's time once the job's row is gone) plus
+// erasureQuietPeriod, and gated says whether it is still to come; not gated, until is zero. It
+// logs nothing: the caller's logger may name user.
+func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (until time.Time, gated bool, err error) {
+	if user == "" {
+		return time.Time{}, false, nil
 	}
-	log := zerolog.Ctx(ctx)
+	pending, err := svc.engine.Store().HasPendingErasure(ctx, user)
+	if err != nil {
+		return time.Time{}, false, err
+	} else if pending {
+		return time.Time{}, true, nil
+	}
+	hash, _, err := svc.engine.UserHash(ctx, user)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	tombstones, err := svc.engine.Store().TombstonesWithJobs(ctx, hash)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	for _, ts := range tombstones {
+		if crypto, _ := scrubScope(ts.Modules); !crypto {
+			continue
+		}
+		var end time.Time
+		switch ts.JobState {
+		case privacy.ErasureDone:
+			end = ts.JobFinishedAt
+		case "":
+			end = ts.ErasedAt
+		default:
+			return time.Time{}, true, nil
+		}
+		if end.IsZero() {
+			end = ts.ErasedAt
+		}
+		if end = end.Add(erasureQuietPeriod); end.After(until) {
+			until = end
+		}
+	}
+	if !until.After(svc.now()) {
+		return time.Time{}, false, nil
+	}
+	return until, true, nil
+}
+
+// toDeviceSenderGated reports whether sender's to-device events are dropped: an erasure of
+// them is unfinished, or the cleanup of one whose scope covers the crypto store ended less than
+// erasureQuietPeriod ago (see erasureQuietUntil). A failed check is logged and counts as not
+// gated: the event is handled.
+func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID) bool {
 	if svc.toDeviceSenderBeingErased(ctx, sender) {
 		return true
 	}
-	hash, _, err := svc.engine.UserHash(ctx, sender)
+	_, gated, err := svc.erasureQuietUntil(ctx, sender)
 	if err != nil {
-		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
 		return false
 	}
-	tombstones, err := svc.engine.Store().Tombstones(ctx, hash)
-	if err != nil {
-		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
-		return false
-	}
-	since := svc.now().Add(-erasureQuietPeriod)
-	for _, ts := range tombstones {
-		if ts.ErasedAt.After(since) && (len(ts.Modules) == 0 || slices.Contains(ts.Modules, e2ee.Module)) {
-			return true
-		}
-	}
-	return false
+	return gated
 }

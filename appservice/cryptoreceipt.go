@@ -80,11 +80,17 @@ const finalScrubRetry = time.Minute
 // and the rooms were left, every row naming the erased user (keyed hash userHash) in the crypto
 // store's tables and in the state cache, each only if the job's scope modules covered it (see
 // scrubErasure). It runs on every cleanup attempt, for every job whose scope covers either, with
-// or without a receipt. Unless a final scrub is still to come, it then forgets the job's users.
-// It is idempotent: with nothing left to delete it does nothing.
+// or without a receipt. After each scrub that succeeded it arms the job's final scrub (anew, if
+// an earlier attempt armed it) for erasureQuietPeriod later, while the olm machine exists: so
+// the final scrub comes a quiet period after the cleanup's last scrub, however long the receipt
+// took. Unless a final scrub is still to come, it then forgets the job's users. It is
+// idempotent: with nothing left to delete it does nothing.
 func (svc *Service) scrubAfterErasure(ctx context.Context, jobID, userHash string, modules []string) error {
 	if err := svc.scrubErasure(ctx, jobID, userHash, modules); err != nil {
 		return err
+	}
+	if svc.cryptoPresent() {
+		svc.armFinalScrub(jobID, userHash, modules, erasureQuietPeriod, true)
 	}
 	svc.privacy.lock.Lock()
 	if _, pending := svc.privacy.finalScrubs[jobID]; !pending {
@@ -173,40 +179,63 @@ func (svc *Service) rememberScrubUsers(jobID string, users ...id.UserID) {
 }
 
 // erasureCommittedScrub runs once erasure c committed. If its scope covers the crypto store or
-// the state cache, it remembers the user for the job's scrubs and, while encryption is on and the
-// service runs, arms the job's final scrub for erasureQuietPeriod after the erasure (see
-// armFinalScrub).
+// the state cache, it remembers the user for the job's scrubs. The job's final scrub is armed by
+// its cleanup's scrub (see scrubAfterErasure).
 func (svc *Service) erasureCommittedScrub(c privacy.CommittedErasure) {
 	if crypto, stateCache := scrubScope(c.Modules); !crypto && !stateCache {
 		return
 	}
 	svc.rememberScrubUsers(c.JobID, c.User)
-	if svc.encryptionActive() {
-		svc.armFinalScrub(c.JobID, c.UserHash, c.Modules, c.ErasedAt.Add(erasureQuietPeriod).Sub(svc.now()))
-	}
 }
 
-// startFinalScrubs lets final scrubs run in ctx, the service's context, and, while encryption is
-// on, arms the final scrub of every erasure that covered the crypto store or the state cache and
-// committed less than erasureQuietPeriod ago, for when it falls due: the tombstones' times say
-// which, so that a restart within the delay does not lose it.
+// finalScrubWindow is how far back startFinalScrubs looks for erasures whose final scrub may
+// still be due, or fell due while the service was down; finalScrubsAtStart caps how many it
+// arms (the newest), each of which may scan the state cache and the crypto store's user columns
+// once (usersOfErasure).
+const (
+	finalScrubWindow   = 24 * time.Hour
+	finalScrubsAtStart = 1000
+)
+
+// startFinalScrubs lets final scrubs run in ctx, the service's context, and, while the olm
+// machine exists, arms the final scrubs of recent erasures (see armRecentFinalScrubs).
 func (svc *Service) startFinalScrubs(ctx context.Context) {
 	svc.privacy.lock.Lock()
 	svc.privacy.scrubCtx, svc.privacy.scrubsStopped = ctx, false
 	svc.privacy.lock.Unlock()
-	if !svc.encryptionActive() {
-		return
+	if svc.cryptoPresent() {
+		svc.armRecentFinalScrubs(ctx, finalScrubsAtStart)
 	}
+}
+
+// armRecentFinalScrubs arms the final scrub of every erasure that covered the crypto store or
+// the state cache, ran less than finalScrubWindow ago and whose job is done, for a quiet period
+// after its cleanup ended (the job's finish time; the tombstone's time once the job's row is
+// gone): later if that is still to come, at once if it fell due while the service was down (the
+// scrub is idempotent). Only the newest limit tombstones are looked at. A job still unfinished
+// is left to its cleanup, which the erasure runner resumes and whose scrub arms it.
+func (svc *Service) armRecentFinalScrubs(ctx context.Context, limit int) {
 	now := svc.now()
-	tombstones, err := svc.engine.Store().TombstonesSince(ctx, now.Add(-erasureQuietPeriod))
+	tombstones, err := svc.engine.Store().RecentTombstonesWithJobs(ctx, now.Add(-finalScrubWindow), limit)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to find the erasures whose final scrub is due; skipping them")
 		return
 	}
 	for _, ts := range tombstones {
-		if crypto, stateCache := scrubScope(ts.Modules); crypto || stateCache {
-			svc.armFinalScrub(ts.JobID, ts.UserHash, ts.Modules, ts.ErasedAt.Add(erasureQuietPeriod).Sub(now))
+		if crypto, stateCache := scrubScope(ts.Modules); !crypto && !stateCache {
+			continue
 		}
+		end := ts.ErasedAt
+		switch ts.JobState {
+		case privacy.ErasureDone:
+			if !ts.JobFinishedAt.IsZero() {
+				end = ts.JobFinishedAt
+			}
+		case "":
+		default:
+			continue
+		}
+		svc.armFinalScrub(ts.JobID, ts.UserHash, ts.Modules, end.Add(erasureQuietPeriod).Sub(now), false)
 	}
 }
 
@@ -215,39 +244,59 @@ func (svc *Service) stopFinalScrubs() {
 	svc.privacy.lock.Lock()
 	defer svc.privacy.lock.Unlock()
 	svc.privacy.scrubsStopped = true
-	for jobID, timer := range svc.privacy.finalScrubs {
-		timer.Stop()
+	for jobID, armed := range svc.privacy.finalScrubs {
+		armed.timer.Stop()
 		delete(svc.privacy.finalScrubs, jobID)
 	}
 }
 
+// armedScrub is a final scrub armed and not yet run (see armFinalScrub).
+type armedScrub struct {
+	timer clock.Timer
+}
+
 // armFinalScrub arms the final scrub of erasure job jobID to run in d (at once if d is not
-// positive), unless it is armed already or the service does not run. The final scrub is the
-// job's scrub (scrubErasure) once more, when the quiet period after the erasure has ended; it
-// deletes what a goroutine racing the erasure stored about the user since. A failure is logged
-// and retried after finalScrubRetry.
-func (svc *Service) armFinalScrub(jobID, userHash string, modules []string, d time.Duration) {
+// positive), unless the service does not run. If the job's final scrub is armed already, rearm
+// replaces it (the cleanup scrubbed again), else it is left as it is. The final scrub is the
+// job's scrub (scrubErasure) once more, when the quiet period after the job's cleanup has ended;
+// it deletes what a goroutine racing the erasure stored about the user since. Final scrubs run
+// one at a time. A failure is logged and retried after finalScrubRetry.
+func (svc *Service) armFinalScrub(jobID, userHash string, modules []string, d time.Duration, rearm bool) {
 	svc.privacy.lock.Lock()
 	defer svc.privacy.lock.Unlock()
 	if svc.privacy.scrubCtx == nil || svc.privacy.scrubsStopped {
 		return
 	}
-	if _, armed := svc.privacy.finalScrubs[jobID]; armed {
-		return
+	if old, armed := svc.privacy.finalScrubs[jobID]; armed {
+		if !rearm {
+			return
+		}
+		old.timer.Stop()
 	}
-	if svc.privacy.finalScrubs == nil {
-		svc.privacy.finalScrubs = make(map[string]clock.Timer)
-	}
-	svc.privacy.finalScrubs[jobID] = svc.clock().AfterFunc(max(d, 0), func() {
-		svc.runFinalScrub(jobID, userHash, modules)
-	})
+	svc.armFinalScrubLocked(jobID, userHash, modules, d)
 }
 
-// runFinalScrub runs the final scrub of erasure job jobID (see armFinalScrub), in the service's
-// context, unless the service is stopping.
-func (svc *Service) runFinalScrub(jobID, userHash string, modules []string) {
+// armFinalScrubLocked arms the final scrub of job jobID in d; the caller holds privacy.lock.
+func (svc *Service) armFinalScrubLocked(jobID, userHash string, modules []string, d time.Duration) {
+	if svc.privacy.finalScrubs == nil {
+		svc.privacy.finalScrubs = make(map[string]*armedScrub)
+	}
+	armed := &armedScrub{}
+	// The timer's function takes privacy.lock first, so it sees armed.timer set.
+	armed.timer = svc.clock().AfterFunc(max(d, 0), func() {
+		svc.runFinalScrub(armed, jobID, userHash, modules)
+	})
+	svc.privacy.finalScrubs[jobID] = armed
+}
+
+// runFinalScrub runs the final scrub armed of erasure job jobID (see armFinalScrub), in the
+// service's context, unless the service is stopping or the job's final scrub was armed anew
+// meanwhile.
+func (svc *Service) runFinalScrub(armed *armedScrub, jobID, userHash string, modules []string) {
+	svc.privacy.scrubRun.Lock()
+	defer svc.privacy.scrubRun.Unlock()
 	svc.privacy.lock.Lock()
-	if svc.privacy.scrubsStopped || svc.privacy.scrubCtx == nil {
+	if svc.privacy.scrubsStopped || svc.privacy.scrubCtx == nil || svc.privacy.finalScrubs[jobID] != armed {
 		svc.privacy.lock.Unlock()
 		return
 	}
@@ -259,13 +308,13 @@ func (svc *Service) runFinalScrub(jobID, userHash string, modules []string) {
 	log := svc.log.With().Str("action", "final erasure scrub").Str("job_id", jobID).Logger()
 	err := svc.scrubErasure(log.WithContext(ctx), jobID, userHash, modules)
 	svc.privacy.lock.Lock()
-	if err == nil {
-		delete(svc.privacy.finalScrubs, jobID)
-		delete(svc.privacy.scrubUsers, jobID)
-	} else if !svc.privacy.scrubsStopped {
-		svc.privacy.finalScrubs[jobID] = svc.clock().AfterFunc(finalScrubRetry, func() {
-			svc.runFinalScrub(jobID, userHash, modules)
-		})
+	if svc.privacy.finalScrubs[jobID] == armed {
+		if err == nil {
+			delete(svc.privacy.finalScrubs, jobID)
+			delete(svc.privacy.scrubUsers, jobID)
+		} else if !svc.privacy.scrubsStopped {
+			svc.armFinalScrubLocked(jobID, userHash, modules, finalScrubRetry)
+		}
 	}
 	hook := svc.privacy.scrubRan
 	svc.privacy.lock.Unlock()

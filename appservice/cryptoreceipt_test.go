@@ -230,9 +230,10 @@ func TestEveryCryptoErasureIsScrubbedNowAndAfterTheQuietPeriod(t *testing.T) {
 
 // TestFinalScrubSurvivesARestartAndLooksTheUserUpOnce erases Alice, then forgets everything the
 // process remembered of the erasure, as a restart does. Starting again arms the final scrub from
-// the tombstone for when it falls due (an older erasure's is not armed). The cleanup's scrubs
-// (two attempts) and the final scrub find her once from the rows that name her, not at each
-// attempt, and each deletes the rows written since.
+// the tombstone and its job's finish time for when it falls due (an erasure older than
+// finalScrubWindow is not armed). The cleanup's scrubs (two attempts, each arming the final scrub
+// anew a quiet period later) and the final scrub find her once from the rows that name her, not
+// at each attempt, and each deletes the rows written since.
 func TestFinalScrubSurvivesARestartAndLooksTheUserUpOnce(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
@@ -249,6 +250,7 @@ func TestFinalScrubSurvivesARestartAndLooksTheUserUpOnce(t *testing.T) {
 			}
 			clk.Advance(erasureQuietPeriod)
 			waitScrubbed(t, ran)
+			clk.Advance(finalScrubWindow)
 			receipt, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin, Modules: []string{e2ee.Module}})
 			if err != nil {
 				t.Fatal(err)
@@ -285,7 +287,11 @@ func TestFinalScrubSurvivesARestartAndLooksTheUserUpOnce(t *testing.T) {
 			if err = writeLateRows(env, e2eeAlice, "FINAL", false); err != nil {
 				t.Fatal(err)
 			}
-			clk.Advance(erasureQuietPeriod - 2*time.Minute)
+			clk.Advance(erasureQuietPeriod - time.Second)
+			if n := devices(); n == 0 {
+				t.Fatal("the final scrub ran before a quiet period after the cleanup's last scrub")
+			}
+			clk.Advance(time.Second)
 			waitScrubbed(t, ran)
 			if n := devices(); n != 0 {
 				t.Errorf("after the final scrub %d devices of alice remain", n)

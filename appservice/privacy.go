@@ -95,8 +95,11 @@ type privacyState struct {
 	// ran. It lives in memory only: after a restart, the scrub finds the users once from the
 	// rows that name them (usersOfErasure) and keeps them here for its retries.
 	scrubUsers map[string][]id.UserID
-	// finalScrubs holds the timers of the final scrubs not yet run, by erasure job.
-	finalScrubs map[string]clock.Timer
+	// finalScrubs holds the final scrubs armed and not yet run, by erasure job.
+	finalScrubs map[string]*armedScrub
+	// scrubRun is held by the final scrub that runs: they run one at a time, also the many a
+	// start may find past due.
+	scrubRun sync.Mutex
 	// scrubCtx is the context final scrubs run in: the service's, from start on; nil before.
 	// Once scrubsStopped is set, no final scrub starts.
 	scrubCtx      context.Context
@@ -292,10 +295,10 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 // ErasureCommitted, after an erasure that covered the crypto store (a full one, or one of the
 // e2ee module), drops the olm sessions the crypto store keeps in memory and the service's
 // in-memory references to the user's encrypted events. For a scope ScrubsAfterErasure covers,
-// it remembers the user for the job's scrubs and arms its final scrub (see
-// erasureCommittedScrub). After every erasure it drops the direct-chat verdicts
-// ([directChats]): the erasure scrubbed the state cache they may have been read from, and the
-// user's private rooms change members. See [privacy.ErasureCommitter].
+// it remembers the user for the job's scrubs (see erasureCommittedScrub; the cleanup's scrub
+// arms the final one). After every erasure it drops the direct-chat verdicts ([directChats]):
+// the erasure scrubbed the state cache they may have been read from, and the user's private
+// rooms change members. See [privacy.ErasureCommitter].
 func (h engineHost) ErasureCommitted(_ context.Context, c privacy.CommittedErasure) {
 	h.svc.directChats.invalidateAll()
 	if crypto, _ := scrubScope(c.Modules); crypto {

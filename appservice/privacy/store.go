@@ -92,6 +92,12 @@ type Tombstone struct {
 	ErasedAt time.Time
 	// Counts is the JSON of the rows erased and kept, per module and table.
 	Counts json.RawMessage
+	// JobState and JobFinishedAt are the state of the tombstone's erasure job and when it was
+	// done (the end of its cleanup; zero before), as its row holds them. Only
+	// [Store.TombstonesWithJobs] and [Store.RecentTombstonesWithJobs] fill them; JobState is
+	// empty when the job's row is gone (deleted finishedErasureTTL after the job was done).
+	JobState      ErasureState
+	JobFinishedAt time.Time
 }
 
 const (
@@ -127,11 +133,14 @@ const (
 		SELECT job_id, user_hash, hash_key_id, erase_trigger, scope, erased_at, counts
 		FROM as_tombstone WHERE user_hash=$1 ORDER BY erased_at, job_id
 	`
-	getTombstonesSinceQuery = `
-		SELECT job_id, user_hash, hash_key_id, erase_trigger, scope, erased_at, counts
-		FROM as_tombstone WHERE erased_at>=$1 ORDER BY erased_at, job_id
+	tombstoneWithJobColumns = `
+		SELECT t.job_id, t.user_hash, t.hash_key_id, t.erase_trigger, t.scope, t.erased_at, t.counts,
+			e.state, e.finished_at
+		FROM as_tombstone t LEFT JOIN as_erasure e ON e.job_id=t.job_id
 	`
-	insertKeyQuery = `
+	getTombstonesWithJobsQuery   = tombstoneWithJobColumns + `WHERE t.user_hash=$1 ORDER BY t.erased_at, t.job_id`
+	recentTombstonesWithJobQuery = tombstoneWithJobColumns + `WHERE t.erased_at>=$1 ORDER BY t.erased_at DESC, t.job_id DESC LIMIT $2`
+	insertKeyQuery               = `
 		INSERT INTO as_privacy_key (name, key_hex, created_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO NOTHING
 	`
@@ -270,10 +279,44 @@ func (pq *Store) Tombstones(ctx context.Context, userHash string) ([]*Tombstone,
 	return pq.tombstones(ctx, getTombstonesQuery, userHash)
 }
 
-// TombstonesSince returns the tombstones of the erasures that ran at or after since, oldest
-// first; an empty slice if none.
-func (pq *Store) TombstonesSince(ctx context.Context, since time.Time) ([]*Tombstone, error) {
-	return pq.tombstones(ctx, getTombstonesSinceQuery, since.UnixMilli())
+// TombstonesWithJobs returns the tombstones recorded under userHash, oldest first, each with its
+// job's state and finish time (see [Tombstone.JobState]): one indexed lookup by keyed hash and
+// one by job ID per tombstone, naming nobody. An empty slice if none.
+func (pq *Store) TombstonesWithJobs(ctx context.Context, userHash string) ([]*Tombstone, error) {
+	return pq.tombstonesWithJobs(ctx, getTombstonesWithJobsQuery, userHash)
+}
+
+// RecentTombstonesWithJobs returns the newest tombstones, at most limit, of the erasures that ran
+// at or after since, newest first, each with its job's state and finish time (see
+// [Tombstone.JobState]). An empty slice if none.
+func (pq *Store) RecentTombstonesWithJobs(ctx context.Context, since time.Time, limit int) ([]*Tombstone, error) {
+	return pq.tombstonesWithJobs(ctx, recentTombstonesWithJobQuery, since.UnixMilli(), limit)
+}
+
+// tombstonesWithJobs runs query, one of the tombstone queries joined with the jobs, with args.
+func (pq *Store) tombstonesWithJobs(ctx context.Context, query string, args ...any) ([]*Tombstone, error) {
+	list, err := database.QueryList(ctx, pq.db, func(row dbutil.Scannable) (*Tombstone, error) {
+		var ts Tombstone
+		var scope, counts string
+		var erasedAt int64
+		var state sql.NullString
+		var finished sql.NullInt64
+		if err := row.Scan(&ts.JobID, &ts.UserHash, &ts.HashKeyID, &ts.Trigger, &scope, &erasedAt, &counts, &state, &finished); err != nil {
+			return nil, err
+		}
+		ts.Modules = splitScope(scope)
+		ts.ErasedAt = time.UnixMilli(erasedAt)
+		ts.Counts = json.RawMessage(counts)
+		ts.JobState = ErasureState(state.String)
+		if finished.Valid {
+			ts.JobFinishedAt = time.UnixMilli(finished.Int64)
+		}
+		return &ts, nil
+	}, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to list tombstones with their jobs: %w", err)
+	}
+	return list, nil
 }
 
 // tombstones runs query, one of the tombstone queries, with arg.
