@@ -1,0 +1,145 @@
+package appservice
+
+import (
+	"errors"
+	"net/url"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+)
+
+// TestPlaintextGuard sends, through a bridge's ghost's intent and the bot's client, by
+// mautrix's own SendMessageEvent (no SendMessageSensitive), into a room only the state cache
+// knows as encrypted. Without crypto (no vault key, so encryption is off) every such send is
+// refused with ErrPlaintextRefused and nothing reaches the homeserver's /send, reactions and
+// sends that ask not to be encrypted included, while state events and a room the cache knows
+// as unencrypted still go out. With crypto the same sends go out as m.room.encrypted and the
+// guard never fires.
+func TestPlaintextGuard(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		for _, crypto := range []bool{false, true} {
+			t.Run(dialect+map[bool]string{false: "/no crypto", true: "/crypto"}[crypto], func(t *testing.T) {
+				env := startCryptoService(t, cryptoSetup{dialect: dialect, vault: crypto, before: echoToDevice})
+				if got := env.svc.crypto != nil; got != crypto {
+					t.Fatalf("encryption set up = %v, want %v; the log says:\n%s", got, crypto, env.logs.String())
+				}
+				ghost, err := env.br.host.Intent("irc_alice")
+				if err != nil {
+					t.Fatal(err)
+				}
+				bot := env.svc.as.BotIntent()
+				encryptedRoom := id.RoomID("!encrypted:" + testDomain)
+				plainRoom := id.RoomID("!plain:" + testDomain)
+				for _, roomID := range []id.RoomID{encryptedRoom, plainRoom} {
+					for _, userID := range []id.UserID{ghost.UserID, bot.UserID} {
+						env.hs.SetMembership(roomID, userID, event.MembershipJoin)
+						if err = env.svc.stateStore.SetMembership(env.ctx, roomID, userID, event.MembershipJoin); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				// The homeserver does not say the room is encrypted: only the state cache does.
+				if err = env.svc.stateStore.SetEncryptionEvent(env.ctx, encryptedRoom, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+					t.Fatal(err)
+				}
+				text := &event.MessageEventContent{MsgType: event.MsgText, Body: "private words"}
+				reaction := &event.ReactionEventContent{RelatesTo: event.RelatesTo{Type: event.RelAnnotation, EventID: "$target", Key: "private words"}}
+				sends := []struct {
+					name    string
+					cli     *mautrix.Client
+					evtType event.Type
+					content any
+					extra   mautrix.ReqSendEvent
+					// refused: refused without crypto; with crypto nothing is.
+					refused bool
+				}{
+					{name: "ghost message", cli: ghost.Client, evtType: event.EventMessage, content: text},
+					{name: "bot message", cli: bot.Client, evtType: event.EventMessage, content: text},
+					{name: "ghost message asked not to be encrypted", cli: ghost.Client, evtType: event.EventMessage, content: text, extra: mautrix.ReqSendEvent{DontEncrypt: true}, refused: true},
+					{name: "ghost reaction", cli: ghost.Client, evtType: event.EventReaction, content: reaction, refused: true},
+				}
+				for _, s := range sends {
+					wantRefused := s.refused || !crypto
+					// mautrix sends reactions and DontEncrypt in plaintext even with crypto:
+					// the guard refuses them then too.
+					before := len(env.hs.RequestsTo(astest.PatternSend))
+					_, err := s.cli.SendMessageEvent(env.ctx, encryptedRoom, s.evtType, s.content, s.extra)
+					sent := env.hs.RequestsTo(astest.PatternSend)[before:]
+					if wantRefused {
+						if !errors.Is(err, ErrPlaintextRefused) {
+							t.Errorf("%s into the encrypted room: error = %v, want ErrPlaintextRefused", s.name, err)
+						}
+						if len(sent) != 0 {
+							t.Errorf("%s into the encrypted room reached the homeserver's /send %d times, want none", s.name, len(sent))
+						}
+						continue
+					}
+					if err != nil {
+						t.Errorf("%s into the encrypted room with crypto: %v", s.name, err)
+						continue
+					}
+					if len(sent) != 1 || !sentAs(sent[0], event.EventEncrypted) {
+						t.Errorf("%s into the encrypted room with crypto reached /send as %v, want one m.room.encrypted", s.name, sendPaths(sent))
+					}
+				}
+				// What is not a message in an encrypted room goes out without crypto too.
+				before := len(env.hs.RequestsTo(astest.PatternSend))
+				if _, err = ghost.Client.SendMessageEvent(env.ctx, plainRoom, event.EventMessage, text); err != nil {
+					t.Errorf("message into the unencrypted room: %v", err)
+				}
+				if sent := env.hs.RequestsTo(astest.PatternSend)[before:]; len(sent) != 1 || !sentAs(sent[0], event.EventMessage) {
+					t.Errorf("message into the unencrypted room reached /send as %v, want one m.room.message", sendPaths(sent))
+				}
+				if _, err = bot.Client.SendStateEvent(env.ctx, encryptedRoom, event.StateTopic, "", &event.TopicEventContent{Topic: "topic"}); err != nil {
+					t.Errorf("state event into the encrypted room: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// sentAs reports whether req was a send of an event of type evtType.
+func sentAs(req astest.Request, evtType event.Type) bool {
+	return req.PathValues["eventType"] == evtType.Type
+}
+
+// sendPaths lists the paths of reqs, for failure messages.
+func sendPaths(reqs []astest.Request) []string {
+	paths := make([]string, len(reqs))
+	for i, req := range reqs {
+		paths[i] = req.Path
+	}
+	return paths
+}
+
+// TestParseSendPath checks which request paths the guard takes for room event sends.
+func TestParseSendPath(t *testing.T) {
+	tests := []struct {
+		path     string
+		wantRoom id.RoomID
+		wantType string
+		wantOK   bool
+	}{
+		{path: "/_matrix/client/v3/rooms/%21a:hs/send/m.room.message/txn1", wantRoom: "!a:hs", wantType: "m.room.message", wantOK: true},
+		{path: "/prefix/_matrix/client/r0/rooms/!a:hs/send/m.reaction/t", wantRoom: "!a:hs", wantType: "m.reaction", wantOK: true},
+		{path: "/_matrix/client/v3/rooms/!a:hs/send/org.example%2Fodd/t", wantRoom: "!a:hs", wantType: "org.example/odd", wantOK: true},
+		{path: "/_matrix/client/v3/rooms/!a:hs/state/m.room.topic/"},
+		{path: "/_matrix/client/v3/rooms/!a:hs/redact/$e/t"},
+		{path: "/_matrix/client/v3/sendToDevice/m.room.encrypted/t"},
+		{path: "/_matrix/client/v3/rooms/!a:hs/send/m.room.message"},
+	}
+	for _, tt := range tests {
+		u, err := url.Parse("http://hs" + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		room, typ, ok := parseSendPath(u)
+		if room != tt.wantRoom || typ != tt.wantType || ok != tt.wantOK {
+			t.Errorf("parseSendPath(%q) = %q, %q, %v; want %q, %q, %v", tt.path, room, typ, ok, tt.wantRoom, tt.wantType, tt.wantOK)
+		}
+	}
+}
