@@ -1,13 +1,21 @@
 package appservice
 
 import (
+	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 )
@@ -141,5 +149,74 @@ func TestParseSendPath(t *testing.T) {
 		if room != tt.wantRoom || typ != tt.wantType || ok != tt.wantOK {
 			t.Errorf("parseSendPath(%q) = %q, %q, %v; want %q, %q, %v", tt.path, room, typ, ok, tt.wantRoom, tt.wantType, tt.wantOK)
 		}
+	}
+}
+
+// cannedTransport answers every request with 200 and a send's response, without I/O.
+type cannedTransport struct{}
+
+func (cannedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader(`{"event_id":"$e"}`)), Request: req}, nil
+}
+
+// BenchmarkPlaintextGuard measures what the guard adds to a send into an unencrypted room (the
+// case that goes out, one state-store read): a PUT /send through a loopback HTTP server,
+// without and with the guard, on the state store of each dialect.
+func BenchmarkPlaintextGuard(b *testing.B) {
+	for _, dialect := range astest.Dialects(b) {
+		b.Run(dialect, func(b *testing.B) { benchmarkPlaintextGuard(b, dialect) })
+	}
+}
+
+func benchmarkPlaintextGuard(b *testing.B, dialect string) {
+	db := astest.TestDB(b, dialect)
+	store := sqlstatestore.NewSQLStateStore(db, dbutil.ZeroLogger(zerolog.Nop()), false)
+	ctx := context.Background()
+	if err := store.Upgrade(ctx); err != nil {
+		b.Fatal(err)
+	}
+	roomID := id.RoomID("!plain:" + testDomain)
+	if err := store.SetMembership(ctx, roomID, "@custodian:"+testDomain, event.MembershipJoin); err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"event_id":"$e"}`))
+	}))
+	b.Cleanup(srv.Close)
+	base := srv.Client().Transport
+	canned := cannedTransport{}
+	for _, bc := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{
+		// The guard's own cost: a transport that answers without any I/O.
+		{name: "no I/O/unguarded", rt: canned},
+		{name: "no I/O/guarded", rt: GuardPlaintext(canned, store)},
+		// Next to a loopback HTTP round trip, the floor of a real send.
+		{name: "loopback/unguarded", rt: base},
+		{name: "loopback/guarded", rt: GuardPlaintext(base, store)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cli := &http.Client{Transport: bc.rt}
+			url := srv.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(roomID.String()) + "/send/m.room.message/txn"
+			for b.Loop() {
+				req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, strings.NewReader(`{"msgtype":"m.text","body":"x"}`))
+				if err != nil {
+					b.Fatal(err)
+				}
+				resp, err := cli.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
 	}
 }
