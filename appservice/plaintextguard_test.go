@@ -220,3 +220,31 @@ func benchmarkPlaintextGuard(b *testing.B, dialect string) {
 		})
 	}
 }
+
+// TestPlaintextGuardOnAdminClient: the homeserver admin client made from
+// privacy.deactivation.admin_token_file, the one client the core builds outside the appservice's
+// shared HTTP client, is guarded too.
+func TestPlaintextGuardOnAdminClient(t *testing.T) {
+	cfg := testConfig(deadHomeserver(t).URL)
+	withAdminToken(t)(cfg)
+	svc, err := newService(cfg, testRegistration(), nil, testLogger(t), astest.TestDB(t, astest.SQLite))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testLogger(t).WithContext(context.Background())
+	if err = svc.stateStore.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err = svc.setUpDeactivation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	roomID := id.RoomID("!encrypted:" + testDomain)
+	if err = svc.stateStore.SetEncryptionEvent(ctx, roomID, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+		t.Fatal(err)
+	}
+	svc.privacy.hsAdmin.DefaultHTTPRetries = 0
+	_, err = svc.privacy.hsAdmin.SendMessageEvent(ctx, roomID, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "x"})
+	if !errors.Is(err, ErrPlaintextRefused) {
+		t.Errorf("admin client's plaintext send into an encrypted room: error = %v, want ErrPlaintextRefused", err)
+	}
+}
