@@ -94,12 +94,24 @@ func TestPlaintextGuard(t *testing.T) {
 						t.Errorf("%s into the encrypted room with crypto reached /send as %v, want one m.room.encrypted", s.name, sendPaths(sent))
 					}
 				}
-				// What is not a message in an encrypted room goes out without crypto too.
+				// A reaction through SendMessageSensitive is encrypted with crypto, and refused
+				// before the guard without.
 				before := len(env.hs.RequestsTo(astest.PatternSend))
+				_, err = SendMessageSensitive(env.ctx, ghost.Client, encryptedRoom, event.EventReaction, reaction, "txn-reaction")
+				sent := env.hs.RequestsTo(astest.PatternSend)[before:]
+				if !crypto {
+					if !errors.Is(err, ErrNoEncryption) || len(sent) != 0 {
+						t.Errorf("sensitive reaction without crypto: error = %v, %d sends; want ErrNoEncryption and none", err, len(sent))
+					}
+				} else if err != nil || len(sent) != 1 || !sentAs(sent[0], event.EventEncrypted) {
+					t.Errorf("sensitive reaction with crypto: error = %v, sent as %v; want one m.room.encrypted", err, sendPaths(sent))
+				}
+				// What is not a message in an encrypted room goes out without crypto too.
+				before = len(env.hs.RequestsTo(astest.PatternSend))
 				if _, err = ghost.Client.SendMessageEvent(env.ctx, plainRoom, event.EventMessage, text); err != nil {
 					t.Errorf("message into the unencrypted room: %v", err)
 				}
-				if sent := env.hs.RequestsTo(astest.PatternSend)[before:]; len(sent) != 1 || !sentAs(sent[0], event.EventMessage) {
+				if sent = env.hs.RequestsTo(astest.PatternSend)[before:]; len(sent) != 1 || !sentAs(sent[0], event.EventMessage) {
 					t.Errorf("message into the unencrypted room reached /send as %v, want one m.room.message", sendPaths(sent))
 				}
 				if _, err = bot.Client.SendStateEvent(env.ctx, encryptedRoom, event.StateTopic, "", &event.TopicEventContent{Topic: "topic"}); err != nil {
