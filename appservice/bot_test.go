@@ -132,6 +132,8 @@ func newBotEnvOn(t *testing.T, dialect string, configure func(cfg *Config)) *bot
 		cfg: cfg, log: log, rawDB: db.Database, db: db, as: as, stateStore: stateStore,
 		metrics: newMetrics(), bridgeByID: make(map[string]*bridgeHost),
 	}
+	// As newService does: the bot's sends go through the plaintext guard.
+	svc.guardClientSends()
 	bridge := &botTestBridge{}
 	bh := &bridgeHost{svc: svc, br: bridge, id: bridge.ID(), ns: bridge.Namespaces(), log: log}
 	svc.bridges = append(svc.bridges, bh)

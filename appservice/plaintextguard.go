@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -51,10 +52,12 @@ type plaintextGuard struct {
 // errors.Is(err, [ErrPlaintextRefused]) matches what the send returns. Reactions are refused
 // too: they are encrypted in an encrypted room. A send is refused as well when store fails to
 // answer, since the room may be encrypted. State events (/state), redactions (/redact) and
-// every other request pass untouched; the guard makes no request of its own.
-// A client with Crypto set encrypts before sending into a room the state cache knows as
-// encrypted, so the guard stops only sends without encryption: a client without the olm
-// machine (encryption off, or its set-up failed) or a send that asked not to be encrypted.
+// every other request pass untouched; the guard makes no request of its own. The core's
+// welcome without crypto, which holds nothing private, is the one send let through (see
+// allowPlaintext). A client with Crypto set encrypts before sending into a room the state cache
+// knows as encrypted, so the guard stops only sends without encryption: a client without the
+// olm machine (encryption off, or its set-up failed), a reaction through mautrix's
+// SendMessageEvent, or a send that asked not to be encrypted.
 // Each send costs one state-store read; other requests cost none.
 func GuardPlaintext(base http.RoundTripper, store mautrix.StateStore) http.RoundTripper {
 	if base == nil {
@@ -65,6 +68,9 @@ func GuardPlaintext(base http.RoundTripper, store mautrix.StateStore) http.Round
 
 // RoundTrip implements http.RoundTripper.
 func (g *plaintextGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if allowed, _ := req.Context().Value(plaintextAllowedKey{}).(bool); allowed {
+		return g.base.RoundTrip(req)
+	}
 	if req.Method == http.MethodPut && g.store != nil {
 		if roomID, evtType, ok := parseSendPath(req.URL); ok && evtType != event.EventEncrypted.Type {
 			// A failed lookup refuses too: the room may be encrypted.
@@ -77,6 +83,17 @@ func (g *plaintextGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return g.base.RoundTrip(req)
+}
+
+// plaintextAllowedKey marks a context whose sends the guard lets through (see allowPlaintext).
+type plaintextAllowedKey struct{}
+
+// allowPlaintext returns ctx marked so that the plaintext guard lets its sends through. Only the
+// core can mark a context, and only for a message that holds nothing private and must reach an
+// encrypted room although the bot cannot encrypt: the bot's welcome without crypto, which warns
+// that the bot cannot read the room (botHost.sendWelcome). Bridges cannot.
+func allowPlaintext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, plaintextAllowedKey{}, true)
 }
 
 // refusedResponse is the guard's answer to req.
