@@ -139,6 +139,9 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	// only mautrix's bridges have.
 	svc.stateStore = newWatchedStateStore(sqlstatestore.NewSQLStateStore(svc.rawDB, dbutil.ZeroLogger(log.With().Str("db_section", "state_store").Logger()), false), &svc.directChats)
 	svc.as.StateStore = svc.stateStore
+	// Before any client exists: every client mautrix makes shares this HTTP client, so no send
+	// puts plaintext into a room the state cache knows as encrypted (plaintextguard.go).
+	svc.guardClientSends()
 	// mautrix creates the bot's client and intent lazily and without locking; create them now,
 	// before any goroutine can race to.
 	// The sender_localpart user exists as soon as the homeserver loads the registration, so

@@ -323,8 +323,9 @@ func (bh *botHost) sendWelcome(ctx context.Context, evt *event.Event, isDirect b
 		_, err = SendMessageSensitive(ctx, cli, evt.RoomID, event.EventMessage, &content, txnID)
 	} else {
 		// Without crypto the welcome, which holds nothing private, goes out in plaintext: in an
-		// encrypted room it carries the warning that the bot cannot read the room.
-		_, err = cli.SendMessageEvent(ctx, evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{TransactionID: txnID})
+		// encrypted room it carries the warning that the bot cannot read the room. It is the
+		// one send the plaintext guard lets through.
+		_, err = cli.SendMessageEvent(allowPlaintext(ctx), evt.RoomID, event.EventMessage, &content, mautrix.ReqSendEvent{TransactionID: txnID})
 	}
 	if err != nil {
 		return fmt.Errorf("failed to send welcome notice: %w", err)

@@ -134,6 +134,8 @@ func newBotEnvOn(t *testing.T, dialect string, configure func(cfg *Config)) *bot
 	}
 	svc.stateStore = newWatchedStateStore(stateStore, &svc.directChats)
 	as.StateStore = svc.stateStore
+	// As newService does: the bot's sends go through the plaintext guard.
+	svc.guardClientSends()
 	bridge := &botTestBridge{}
 	bh := &bridgeHost{svc: svc, br: bridge, id: bridge.ID(), ns: bridge.Namespaces(), log: log}
 	svc.bridges = append(svc.bridges, bh)

@@ -39,6 +39,8 @@ func (svc *Service) setUpDeactivation(ctx context.Context) error {
 			return fmt.Errorf("failed to create homeserver admin client: %w", err)
 		}
 		cli.Log = log.With().Str("component", "homeserver_admin").Logger()
+		// It is for the admin API only, but guarded like every client the core makes.
+		cli.Client.Transport = GuardPlaintext(cli.Client.Transport, svc.stateStore)
 		svc.privacy.hsAdmin = cli
 		log.Info().Msg("Account deactivations can be confirmed: the homeserver's admin API is asked, with the configured admin token")
 	case dc.AdminLocalpart != nil:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -46,10 +47,18 @@ var ErrNoEncryption = errors.New("the room is encrypted and encryption is not av
 // just joined) never lets content out in plaintext. In an encrypted room it encrypts the
 // content with cli's Crypto helper, so the homeserver gets m.room.encrypted, or, when cli has
 // none, refuses with [ErrNoEncryption] and sends nothing. A failed lookup is an error too, and
-// nothing is sent. Reactions and content already of type m.room.encrypted go out as they are.
-// It does not join the room first.
+// nothing is sent. Content already of type m.room.encrypted goes out as it is; reactions are
+// encrypted like any other event (the core's plaintext guard, [GuardPlaintext], refuses them
+// in plaintext). It does not join the room first.
 func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, evtType event.Type, content any, txnID string) (*mautrix.RespSendEvent, error) {
-	if evtType != event.EventReaction && evtType != event.EventEncrypted {
+	return SendMessageSensitiveAt(ctx, cli, roomID, evtType, content, txnID, time.Time{})
+}
+
+// SendMessageSensitiveAt is [SendMessageSensitive] with the event's origin_server_ts set to ts
+// (the appservice API's ts parameter, for bridged messages that carry their own time); a zero
+// ts leaves it to the homeserver.
+func SendMessageSensitiveAt(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, evtType event.Type, content any, txnID string, ts time.Time) (*mautrix.RespSendEvent, error) {
+	if evtType != event.EventEncrypted {
 		encrypted, err := roomEncrypted(ctx, cli, roomID)
 		if err != nil {
 			return nil, fmt.Errorf("failed to check whether the room is encrypted: %w", err)
@@ -67,7 +76,7 @@ func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.Ro
 	var resp mautrix.RespSendEvent
 	_, err := cli.MakeFullRequest(ctx, mautrix.FullRequest{
 		Method:           http.MethodPut,
-		URL:              cli.BuildClientURL("v3", "rooms", roomID, "send", evtType.Type, txnID),
+		URL:              sendURL(cli, roomID, evtType, txnID, ts),
 		RequestJSON:      content,
 		ResponseJSON:     &resp,
 		SensitiveContent: true,
@@ -76,6 +85,15 @@ func SendMessageSensitive(ctx context.Context, cli *mautrix.Client, roomID id.Ro
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// sendURL is the URL of a room event send, with the ts parameter when ts is set.
+func sendURL(cli *mautrix.Client, roomID id.RoomID, evtType event.Type, txnID string, ts time.Time) string {
+	var query map[string]string
+	if !ts.IsZero() {
+		query = map[string]string{"ts": strconv.FormatInt(ts.UnixMilli(), 10)}
+	}
+	return cli.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID, "send", evtType.Type, txnID}, query)
 }
 
 // roomEncrypted reports whether roomID is encrypted: by cli's state cache if it says so, else by

@@ -56,6 +56,9 @@ type Bridge struct {
 
 	// ghosts caches which ghosts have their display name set (localpart → nick).
 	ghosts sync.Map
+	// unencryptableWarned holds the encrypted private chats (room IDs) a dropped IRC message
+	// was warned about in this run (see warnUnencryptable).
+	unencryptableWarned sync.Map
 	// mediaServer and mediaListener serve relayed media to IRC users (media_proxy); Start
 	// sets them.
 	mediaServer   *http.Server

@@ -3,12 +3,14 @@ package irc
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/custodian-matrix/custodian/appservice/astest"
 	"github.com/custodian-matrix/custodian/appservice/astest/fakehost"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 )
 
 func TestPortalEncryption(t *testing.T) {
@@ -90,6 +92,80 @@ func TestPrivateChatEncryption(t *testing.T) {
 				}
 				if body := evt.Content.AsMessage().Body; body != "psst, alice" {
 					t.Errorf("alice decrypts %q, want the private message", body)
+				}
+			})
+		})
+	}
+}
+
+// TestPrivateMessageIntoEncryptedChatWithoutEncryption: a private chat made encrypted earlier,
+// while the core's encryption is now off (as after a start without the vault's master key).
+// Two private messages from an IRC user are dropped, not sent in plaintext, whether the state
+// cache knows the chat as encrypted or only the homeserver does; the drop is a Warn, once, that
+// holds no text. Into the same chat unencrypted, the message goes out.
+func TestPrivateMessageIntoEncryptedChatWithoutEncryption(t *testing.T) {
+	tests := []struct {
+		name       string
+		cached, hs bool
+	}{
+		{name: "encrypted in the state cache", cached: true},
+		{name: "encrypted on the homeserver only", hs: true},
+		{name: "unencrypted"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ec := envConfig{configure: func(cfg *Config) { cfg.EncryptPortals = true }}
+			forEachDialect(t, ec, func(t *testing.T, env *testEnv) {
+				pmRoom := id.RoomID("!pm:example.org")
+				ghost := ghostID(t, "carol")
+				if err := env.br.recordPM(env.ctx, &ircdb.PM{UserID: testAlice, Network: testNet, Nick: "carol", RoomID: pmRoom, CreatedAt: time.Now()}); err != nil {
+					t.Fatal(err)
+				}
+				for _, userID := range []id.UserID{ghost, testAlice} {
+					env.host.HS.SetMembership(pmRoom, userID, event.MembershipJoin)
+					if err := env.host.AS.StateStore.SetMembership(env.ctx, pmRoom, userID, event.MembershipJoin); err != nil {
+						t.Fatal(err)
+					}
+				}
+				encryption := &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}
+				if tt.hs {
+					env.host.HS.SetState(pmRoom, event.StateEncryption, "", testAlice, encryption)
+				}
+				if tt.cached {
+					if err := env.host.AS.StateStore.SetEncryptionEvent(env.ctx, pmRoom, encryption); err != nil {
+						t.Fatal(err)
+					}
+				}
+				env.say(testAlice, "i am here")
+				env.waitMembers(testChannel, "alice[m]")
+				carol := env.srv.Client(t, "carol")
+				if !tt.cached && !tt.hs {
+					if err := carol.Privmsg("alice[m]", "psst, alice"); err != nil {
+						t.Fatal(err)
+					}
+					env.waitMessage(pmRoom, ghost, "psst, alice")
+					return
+				}
+				for _, text := range []string{"psst, alice", "psst again"} {
+					if err := carol.Privmsg("alice[m]", text); err != nil {
+						t.Fatal(err)
+					}
+				}
+				const dropped = "Dropped an IRC message for an encrypted private chat"
+				env.eventually("both private messages are dropped", func() bool {
+					return strings.Contains(env.logs.String(), dropped)
+				})
+				logs := env.logs.String()
+				if n := strings.Count(logs, "Dropping IRC messages for an encrypted private chat"); n != 1 {
+					t.Errorf("the drop was warned about %d times, want once", n)
+				}
+				if strings.Contains(logs, "psst") {
+					t.Error("the logs hold the private message")
+				}
+				for _, evt := range env.host.HS.Events(pmRoom) {
+					if evt.Type == event.EventMessage || strings.Contains(string(evt.Content), "psst") {
+						t.Errorf("the private chat got %s in plaintext: %s", evt.Type.Type, evt.Content)
+					}
 				}
 			})
 		})

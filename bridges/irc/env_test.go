@@ -242,8 +242,9 @@ func newTestEnv(t testing.TB, dialect string, ec envConfig) *testEnv {
 	}
 	host := fakehost.New(t, dialect, br)
 	sig := &trafficSignal{changed: make(chan struct{})}
-	// Every intent shares this client; nothing has used it yet.
-	host.AS.HTTPClient.Transport = signalTransport{base: http.DefaultTransport, sig: sig}
+	// Every intent shares this client; nothing has used it yet. The signal goes under the
+	// host's plaintext guard, which stays.
+	host.AS.HTTPClient.Transport = signalTransport{base: host.AS.HTTPClient.Transport, sig: sig}
 	if ec.crypto {
 		host.EnableCrypto(t)
 	}

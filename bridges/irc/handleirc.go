@@ -2,7 +2,10 @@ package irc
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/ergochat/irc-go/ircmsg"
 	"github.com/rs/zerolog"
@@ -11,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircline"
@@ -133,12 +137,24 @@ func (n *network) sendToMatrix(ctx context.Context, intent *mxas.IntentAPI, room
 	if formatted != "" {
 		content.Format, content.FormattedBody = event.FormatHTML, formatted
 	}
-	if target != "" && strings.ContainsRune("#&+!", rune(target[0])) {
+	channel := target != "" && strings.ContainsRune("#&+!", rune(target[0]))
+	if channel {
 		n.addMentions(ctx, target, roomID, content)
 	}
 	ts := ircline.ServerTime(msg, n.br.clock.Now())
-	resp, err := intent.SendMessageEvent(ctx, roomID, event.EventMessage, content, mautrix.ReqSendEvent{Timestamp: ts.UnixMilli()})
-	if err != nil {
+	var resp *mautrix.RespSendEvent
+	var err error
+	if channel {
+		// A portal: the core's plaintext guard refuses it in plaintext when the state cache
+		// knows the room as encrypted.
+		resp, err = intent.SendMessageEvent(ctx, roomID, event.EventMessage, content, mautrix.ReqSendEvent{Timestamp: ts.UnixMilli()})
+	} else {
+		resp, err = n.sendPrivate(ctx, intent, roomID, content, ts)
+	}
+	if errors.Is(err, appservice.ErrNoEncryption) {
+		n.br.warnUnencryptable(ctx, roomID)
+		return
+	} else if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to send IRC message to Matrix")
 		return
 	}
@@ -152,6 +168,35 @@ func (n *network) sendToMatrix(ctx context.Context, intent *mxas.IntentAPI, room
 		}
 	}
 	zerolog.Ctx(ctx).Debug().Stringer("event_id", resp.EventID).Msg("Relayed IRC message to Matrix")
+}
+
+// sendPrivate sends content into the private chat roomID as its ghost, through
+// [appservice.SendMessageSensitive]: a private message is never logged, and goes out in
+// plaintext only into a room that neither the state cache nor the homeserver knows as
+// encrypted. Without the core's encryption the send into an encrypted chat is refused with
+// [appservice.ErrNoEncryption]. It costs a request to the homeserver per message while the
+// state cache says the chat is unencrypted, so portals, where messages are public to the
+// channel anyway, are sent the ordinary way.
+func (n *network) sendPrivate(ctx context.Context, intent *mxas.IntentAPI, roomID id.RoomID, content *event.MessageEventContent, ts time.Time) (*mautrix.RespSendEvent, error) {
+	if err := intent.EnsureJoined(ctx, roomID); err != nil {
+		return nil, fmt.Errorf("failed to join ghost to private chat: %w", err)
+	}
+	return appservice.SendMessageSensitiveAt(ctx, intent.Client, roomID, event.EventMessage, content, intent.TxnID(), ts)
+}
+
+// warnUnencryptable logs, once per private chat and run, that an IRC message for the encrypted
+// chat roomID was dropped because the core's encryption is off; later drops there are logged at
+// debug level. Neither the IRC sender nor the Matrix user is told: a notice on IRC would come
+// from the user's own nick.
+func (br *Bridge) warnUnencryptable(ctx context.Context, roomID id.RoomID) {
+	log := zerolog.Ctx(ctx)
+	if _, warned := br.unencryptableWarned.LoadOrStore(roomID, true); warned {
+		log.Debug().Stringer("room_id", roomID).Msg("Dropped an IRC message for an encrypted private chat: encryption is off")
+		return
+	}
+	log.Warn().Stringer("room_id", roomID).
+		Str("fix", "make encryption work again (encryption.enabled, the vault's master key) and restart").
+		Msg("Dropping IRC messages for an encrypted private chat: encryption is off, and they are never sent in plaintext")
 }
 
 // handlePuppetMessage handles what a puppet's own connection receives: private messages to the

@@ -172,6 +172,8 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	if err := h.AS.SetHomeserverURL(h.Front.URL); err != nil {
 		t.Fatalf("fakehost: %v", err)
 	}
+	// As the core: no client sends plaintext into a room the state cache knows as encrypted.
+	h.AS.HTTPClient.Transport = appservice.GuardPlaintext(h.AS.HTTPClient.Transport, stateStore)
 	h.notifier = appservice.NewNotifier(h.AS.BotIntent(), h.CoreDB.User)
 	h.Engine = privacy.New(privacy.Options{DB: h.CoreDB, Host: engineHost{h}, Log: log.With().Str("component", "privacy").Logger()})
 	h.notifier.RefuseDuringErasure(h.Engine.Store().HasPendingErasure)
