@@ -47,6 +47,8 @@ type e2eeEnv struct {
 	hs      *astest.FakeHomeserver
 	base    string
 	started bool
+	// logs has everything the service logged.
+	logs *lockedBuffer
 
 	alice *crypto.OlmAccount
 	// megolm is Alice's outbound megolm session in the DM.
@@ -85,13 +87,14 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 	}
 	reg := testRegistration()
 	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = true, true, true
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	logs := &lockedBuffer{}
+	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	svc, err := newService(cfg, reg, bridges, log, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
-	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs, base: base, decrypted: make(map[id.EventID]*event.Event)}
+	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs, base: base, logs: logs, decrypted: make(map[id.EventID]*event.Event)}
 	t.Cleanup(func() {
 		cancel()
 		if env.started {
@@ -648,7 +651,8 @@ func TestEncryptedSecretIsRedactedAndLeavesNoPlaintext(t *testing.T) {
 	br.assertNoEvent(t, 100*time.Millisecond)
 }
 
-// waitDrained waits until the dispatcher has no event queued or being handled.
+// waitDrained waits until the dispatcher has no event queued or being handled, and no room key
+// request the lane queued is waiting for its answer.
 func waitDrained(t *testing.T, d *dispatcher) {
 	t.Helper()
 	deadline := time.NewTimer(30 * time.Second)
@@ -658,12 +662,23 @@ func waitDrained(t *testing.T, d *dispatcher) {
 		backlog, ch := d.backlog, d.drained
 		d.lock.Unlock()
 		if backlog == 0 {
-			return
+			break
 		}
 		select {
 		case <-ch:
 		case <-deadline.C:
 			t.Fatalf("the dispatcher still has %d events after 30s", backlog)
+		}
+	}
+	for {
+		pending, idle := d.svc.keyRequests.state()
+		if pending == 0 {
+			return
+		}
+		select {
+		case <-idle:
+		case <-deadline.C:
+			t.Fatalf("%d room key requests still unanswered after 30s", pending)
 		}
 	}
 }

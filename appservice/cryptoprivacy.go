@@ -2,7 +2,8 @@ package appservice
 
 import (
 	"context"
-	"hash/fnv"
+	"fmt"
+	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
@@ -107,9 +108,14 @@ const erasureQuietPeriod = 5 * time.Minute
 // stays bounded whoever writes.
 const gateStripes = 64
 
+// gateSeed keys the stripe hash with a random per-process seed, so nobody can pick user IDs
+// that land on a victim's stripe.
+var gateSeed = maphash.MakeSeed()
+
 // erasureGate holds one lock per stripe of users. The to-device lane holds a sender's lock from
 // its gate check ([Service.toDeviceSenderGated]) through the commit of what the event changed,
-// device fetches included; an erasure holds it around the deletion of the user's rows
+// device fetches included; a key request worker holds it from its own gate check through the
+// answer; an erasure holds it around the deletion of the user's rows
 // ([engineHost.LockForErasure]). So an event either committed before the erasure deleted its
 // rows, or checked the gate after the erasure was recorded and was dropped. The zero value is
 // ready.
@@ -121,13 +127,21 @@ type erasureGate struct {
 	held func(user id.UserID)
 	// waiting, if set, is called when an erasure is about to take a user's lock (tests).
 	waiting func(user id.UserID)
+	// acquired, if set, is called once an erasure holds a user's lock (tests).
+	acquired func(user id.UserID)
+	// checkFails, if set, makes the gate check of user fail with the error it returns, if any
+	// (tests).
+	checkFails func(user id.UserID) error
+}
+
+// stripe returns the index of user's stripe.
+func (g *erasureGate) stripe(user id.UserID) int {
+	return int(maphash.String(gateSeed, string(user)) % gateStripes)
 }
 
 // lock takes user's stripe and returns its unlock.
 func (g *erasureGate) lock(user id.UserID) (unlock func()) {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(user))
-	mu := &g.stripes[h.Sum32()%gateStripes]
+	mu := &g.stripes[g.stripe(user)]
 	mu.Lock()
 	return mu.Unlock
 }
@@ -140,36 +154,81 @@ func (h engineHost) LockForErasure(_ context.Context, user id.UserID, _ []string
 	if hook := h.svc.erasureGate.waiting; hook != nil {
 		hook(user)
 	}
-	return h.svc.erasureGate.lock(user)
+	unlock := h.svc.erasureGate.lock(user)
+	if hook := h.svc.erasureGate.acquired; hook != nil {
+		hook(user)
+	}
+	return unlock
 }
 
-// toDeviceSenderGated reports whether sender's to-device events are dropped: an erasure of
-// them is pending, or one whose scope covers the crypto store committed less than
-// erasureQuietPeriod ago (their tombstones, one indexed lookup by keyed hash). A failed check is
-// logged and counts as not gated: the event is handled.
-func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID) bool {
-	if sender == "" {
-		return false
-	}
-	log := zerolog.Ctx(ctx)
-	if svc.toDeviceSenderBeingErased(ctx, sender) {
-		return true
-	}
-	hash, _, err := svc.engine.UserHash(ctx, sender)
+// gatedForever is the end of the gate of a user whose erasure is pending: no time ends it.
+var gatedForever = time.Unix(1<<62, 0)
+
+// erasureQuietUntil returns the time until which to-device traffic of user is gated, and
+// whether one exists: while an erasure of user is pending, a time after every other (every
+// event is gated); else, of the erasures whose scope covers the crypto store, the latest
+// tombstone's time plus erasureQuietPeriod (one indexed lookup by keyed hash). It may lie in
+// the past: an event that arrived before it is still gated (see toDeviceSenderGated).
+func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (time.Time, bool, error) {
+	pending, err := svc.engine.Store().HasPendingErasure(ctx, user)
 	if err != nil {
-		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
-		return false
+		return time.Time{}, false, err
+	}
+	if pending {
+		return gatedForever, true, nil
+	}
+	hash, _, err := svc.engine.UserHash(ctx, user)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("failed to hash the user: %w", err)
 	}
 	tombstones, err := svc.engine.Store().Tombstones(ctx, hash)
 	if err != nil {
-		log.Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
-		return false
+		return time.Time{}, false, err
 	}
-	since := svc.now().Add(-erasureQuietPeriod)
+	var until time.Time
+	found := false
 	for _, ts := range tombstones {
-		if ts.ErasedAt.After(since) && (len(ts.Modules) == 0 || slices.Contains(ts.Modules, e2ee.Module)) {
-			return true
+		if len(ts.Modules) > 0 && !slices.Contains(ts.Modules, e2ee.Module) {
+			continue
+		}
+		if end := ts.ErasedAt.Add(erasureQuietPeriod); !found || end.After(until) {
+			until, found = end, true
 		}
 	}
-	return false
+	return until, found, nil
+}
+
+// toDeviceSenderGated reports whether to-device traffic of sender that arrived at arrived is
+// dropped: it arrived before the end of sender's gate (erasureQuietUntil), so a pending erasure
+// gates everything, and an event that arrived during an erasure's quiet period stays gated when
+// handled later (a row kept for a start with the olm machine). Traffic that does not come
+// through the inbox (a key share, a device list fetch) passes the current time. A failed check
+// is returned as an error: the caller must not handle the event.
+func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID, arrived time.Time) (bool, error) {
+	if sender == "" {
+		return false, nil
+	}
+	if hook := svc.erasureGate.checkFails; hook != nil {
+		if err := hook(sender); err != nil {
+			return false, err
+		}
+	}
+	until, ok, err := svc.erasureQuietUntil(ctx, sender)
+	if err != nil {
+		return false, fmt.Errorf("failed to check the erasure gate: %w", err)
+	}
+	return ok && arrived.Before(until), nil
+}
+
+// senderGatedNow reports whether sender is gated for traffic arriving now (a key share, a
+// device list fetch). A failed check counts as gated: what is refused or skipped is asked for
+// again (key requests are retried, an outdated device list stays marked until fetched). It
+// logs the failure without the user.
+func (svc *Service) senderGatedNow(ctx context.Context, sender id.UserID) bool {
+	gated, err := svc.toDeviceSenderGated(ctx, sender, svc.now())
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for an erasure; treating the user as gated")
+		return true
+	}
+	return gated
 }
