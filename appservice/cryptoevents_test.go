@@ -1201,6 +1201,10 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 				clk := clock.NewFake(time.Now())
 				env.svc.clk = clk
 				env.start()
+				// The final scrub, due when the period ends, deletes rows naming her: the event
+				// after the period is sent once it ran.
+				scrubbed := make(chan error, 1)
+				env.svc.privacy.scrubRan = func(_ string, err error) { scrubbed <- err }
 				if _, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
@@ -1223,6 +1227,14 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 				}
 
 				clk.Advance(2 * time.Second)
+				select {
+				case err := <-scrubbed:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-astest.Within(t, 20*time.Second).Done():
+					t.Fatal("the final scrub did not run when the quiet period ended")
+				}
 				if tc.known {
 					env.knowAlice()
 				}
