@@ -64,6 +64,8 @@ type Service struct {
 	// erasureGate keeps a user's to-device handling and the deletion of their crypto rows by
 	// an erasure apart (cryptoprivacy.go).
 	erasureGate erasureGate
+	// keyRequests answers room key requests off the to-device lane (keyrequests.go).
+	keyRequests *keyRequestPool
 	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
 	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
 	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).
@@ -165,6 +167,7 @@ func newService(cfg *Config, reg *mxas.Registration, bridges []Bridge, log zerol
 	svc.notifier.EncryptRooms(svc.encryptOpenedRooms)
 	svc.bot = newBotHost(svc)
 	svc.dispatcher = newDispatcher(svc)
+	svc.keyRequests = newKeyRequestPool()
 	return svc, nil
 }
 
@@ -205,6 +208,9 @@ func (svc *Service) start(ctx context.Context) error {
 	// Needs the vault (the crypto store's pickle key); before the bridges and the bot, which
 	// send through clients it attaches the bot's device to. Problems leave encryption off.
 	svc.setupCrypto(ctx)
+	if svc.cryptoPresent() {
+		svc.startKeyRequestWorkers(ctx)
+	}
 	for _, bh := range svc.bridges {
 		if err := bh.br.Init(bh); err != nil {
 			return &BridgeError{Bridge: bh.id, Op: "initialize", Err: err}

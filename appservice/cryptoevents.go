@@ -212,19 +212,21 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 // handleToDeviceRow handles one to-device inbox row. An m.room.encrypted one (olm: room keys,
 // forwarded keys, secrets) is handed to the olm machine inside one database transaction with
 // the row's deletion, after the sender's device keys were fetched (network stays out of the
-// transaction). Other types (key requests, withheld notices) change nothing that must commit
-// with the row; they are handled, then the row deleted; a key request is answered here, not in
-// the olm machine's own goroutine (see handleKeyRequest). On a database error the transaction
-// rolls back, the machine forgets what it changed in memory, and the row is tried again a few
-// times, then left in the inbox for the next run.
+// transaction, and within senderFetchTimeout). A key request is queued for the key request
+// workers (see keyRequestPool) and the row deleted. Other types (withheld notices) change
+// nothing that must commit with the row; they are handled, then the row deleted. On a database
+// error the transaction rolls back, the machine forgets what it changed in memory, and the row
+// is tried again a few times, then left in the inbox for the next run.
 //
 // The sender's erasure gate is held from the gate check through the end (see erasureGate): a
-// row of a gated sender (toDeviceSenderGated) is deleted unhandled, whatever its type.
+// row of a gated sender (toDeviceSenderGated, by the row's arrival) is deleted unhandled,
+// whatever its type, also in a run without the olm machine, before it could be kept for a
+// later one. A row whose gate check failed is left in the inbox for the next run, unhandled.
+// The lane's logs name no user: a drop would tell the log reader who was erased.
 func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEvent) {
 	log := zerolog.Ctx(ctx).With().
 		Str("transaction_id", ie.TxnID).
 		Int("inbox_index", ie.Index).
-		Stringer("sender", ie.Sender).
 		Logger()
 	ctx = log.WithContext(ctx)
 	start := time.Now()
@@ -238,15 +240,7 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 			log.Error().Err(err).Msg("Failed to mark a to-device event done; it is handled again after restart")
 		}
 	}
-	if !svc.cryptoPresent() {
-		if svc.cfg.Encryption.Enabled {
-			// The olm machine is missing in this run only (its set-up failed): the event may
-			// carry a room key that nothing else can bring back. It stays in the inbox for the
-			// next start that has the machine, counted in the inbox depth meanwhile.
-			log.Debug().Msg("Keeping a to-device event for a start with encryption: its olm machine is missing")
-			svc.dispatcher.keepToDevice(ctx, ie)
-			return
-		}
+	if !svc.cryptoPresent() && !svc.cfg.Encryption.Enabled {
 		// Encryption is off in the config: nothing can use the event (a room key without
 		// the olm account is unreadable), and left in the inbox it would stay there
 		// forever. A missing room key is asked for again when an event needs it.
@@ -257,15 +251,21 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	// From the gate check through the commit, an erasure of the sender waits (see erasureGate):
 	// whatever this event stores about them is either deleted by the erasure or never stored.
 	defer svc.erasureGate.lock(ie.Sender)()
-	if svc.toDeviceSenderGated(ctx, ie.Sender) {
+	gated, err := svc.toDeviceSenderGated(ctx, ie.Sender, ie.ReceivedAt)
+	if err != nil {
+		// Never handled ungated: the row stays for the next run, like a commit that failed.
+		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
+		log.Error().Err(err).Msg("Failed to check the sender's erasure gate; the to-device event stays in the inbox and is handled after restart")
+		svc.dispatcher.leaveToDevice(ie)
+		return
+	}
+	if gated {
 		// Handling it would fetch and store the sender's devices and olm sessions again, the
-		// data the erasure deletes; every type is dropped, key requests included.
+		// data the erasure deletes; every type is dropped, key requests included, and so is a
+		// row that would be kept for a later start.
 		log.Debug().Msg("Dropping a to-device event: its sender's erasure is pending or recent")
 		markDone()
 		return
-	}
-	if hook := svc.erasureGate.held; hook != nil {
-		hook(ie.Sender)
 	}
 	evt, err := decodeEvent(ie)
 	if evt == nil {
@@ -276,11 +276,19 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}
 	log = log.With().Str("event_type", evt.Type.Type).Logger()
 	ctx = log.WithContext(ctx)
+	if !svc.cryptoPresent() {
+		svc.keepOrDropToDevice(ctx, ie, evt, markDone)
+		return
+	}
+	if hook := svc.erasureGate.held; hook != nil {
+		hook(ie.Sender)
+	}
 	if evt.Type != event.ToDeviceEncrypted {
 		if content, ok := evt.Content.Parsed.(*event.RoomKeyRequestEventContent); ok {
-			// Here, under the gate, rather than in the goroutine the olm machine would start:
-			// answering fetches the requester's devices.
-			svc.handleKeyRequest(ctx, evt.Sender, content)
+			// Answered off the lane, under the gate, rather than in the goroutine the olm
+			// machine would start: answering fetches the requester's devices, and a request
+			// whose lookup hangs must not hold up everyone's room keys.
+			svc.keyRequests.enqueue(ctx, svc, keyRequestJob{sender: evt.Sender, arrived: ie.ReceivedAt, content: content})
 		} else {
 			svc.crypto.HandleToDevice(ctx, evt)
 		}
@@ -291,10 +299,12 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}
 	if content, ok := evt.Content.Parsed.(*event.EncryptedEventContent); ok && content.Algorithm == id.AlgorithmOlmV1 {
 		// Outside the transaction: the olm machine would otherwise fetch the sender's device
-		// keys from the homeserver while holding it.
-		if _, err = svc.crypto.Olm().GetOrFetchDeviceByKey(ctx, evt.Sender, content.SenderKey); err != nil {
+		// keys from the homeserver while holding it. Bounded: the gate's stripe is held.
+		fetchCtx, cancel := context.WithTimeout(ctx, senderFetchTimeout)
+		if _, err = svc.crypto.Olm().GetOrFetchDeviceByKey(fetchCtx, evt.Sender, content.SenderKey); err != nil {
 			log.Debug().Err(err).Msg("Failed to get the sender's device keys")
 		}
+		cancel()
 	}
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
@@ -314,14 +324,39 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}
 }
 
+// senderFetchTimeout bounds the fetch of an olm message sender's device keys, which runs under
+// the sender's gate stripe: an erasure on that stripe waits for it.
+const senderFetchTimeout = 15 * time.Second
+
+// keepOrDropToDevice decides, in a run with encryption enabled but without the olm machine
+// (its set-up failed), about a to-device row that passed the gate: an olm-encrypted event (it
+// may carry a room key nothing else can bring back) stays in the inbox for the next start that
+// has the machine, within the dispatcher's caps (keepToDevice); anything else (a key request,
+// a probe, a withheld notice, worthless later) and what is over the caps is dropped.
+func (svc *Service) keepOrDropToDevice(ctx context.Context, ie *database.InboxEvent, evt *event.Event, markDone func()) {
+	log := zerolog.Ctx(ctx)
+	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
+	if evt.Type != event.ToDeviceEncrypted || !ok || content.Algorithm != id.AlgorithmOlmV1 {
+		log.Debug().Msg("Dropping a to-device event: its olm machine is missing, and only olm-encrypted events are kept for a later start")
+		markDone()
+		return
+	}
+	if !svc.dispatcher.keepToDevice(ctx, ie) {
+		markDone()
+		return
+	}
+	log.Debug().Msg("Keeping a to-device event for a start with encryption: its olm machine is missing")
+}
+
 // keyRequestTimeout bounds the handling of one room key request: a key query for the
-// requester's devices and the answer.
-const keyRequestTimeout = time.Minute
+// requester's devices and the answer, under the requester's gate stripe.
+const keyRequestTimeout = 15 * time.Second
 
 // handleKeyRequest answers a room key request (see [e2ee.Machine.SetKeyShareGate] for the
 // policy) on a context detached from ctx's database transaction and write-error record,
-// keeping its logger and cancellation: what it stores (the requester's devices, the olm session
-// of the answer) commits on its own, and a failure of it rolls back nothing else.
+// keeping its logger and cancellation, within keyRequestTimeout: what it stores (the
+// requester's devices, the olm session of the answer) commits on its own, and a failure of it
+// rolls back nothing else.
 func (svc *Service) handleKeyRequest(ctx context.Context, sender id.UserID, content *event.RoomKeyRequestEventContent) {
 	detached, cancel := context.WithTimeout(zerolog.Ctx(ctx).WithContext(context.Background()), keyRequestTimeout)
 	defer cancel()
@@ -330,26 +365,13 @@ func (svc *Service) handleKeyRequest(ctx context.Context, sender id.UserID, cont
 	svc.crypto.Olm().HandleRoomKeyRequest(detached, sender, content)
 }
 
-// toDeviceSenderBeingErased reports whether an erasure of sender is recorded and has not run
-// yet. A failed check is logged and counts as not pending: the event is handled.
-func (svc *Service) toDeviceSenderBeingErased(ctx context.Context, sender id.UserID) bool {
-	if sender == "" {
-		return false
-	}
-	pending, err := svc.engine.Store().HasPendingErasure(ctx, sender)
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a pending erasure; handling the to-device event")
-		return false
-	}
-	return pending
-}
-
-// usersNotBeingErased returns users without those who are gated (their erasure is pending or
-// recent, see toDeviceSenderGated). The key fetch that follows does not hold the gate: a fetch
-// racing an erasure can still store a device, which the scrub after erasureQuietPeriod deletes.
+// usersNotBeingErased returns users without those who are gated now (see
+// toDeviceSenderGated; a failed check counts as gated). The key fetch that follows does not
+// hold the gate: a fetch racing an erasure can still store a device, which the scrub after
+// erasureQuietPeriod deletes.
 func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) []id.UserID {
 	return slices.DeleteFunc(users, func(user id.UserID) bool {
-		return svc.toDeviceSenderGated(ctx, user)
+		return svc.senderGatedNow(ctx, user)
 	})
 }
 

@@ -47,6 +47,8 @@ type e2eeEnv struct {
 	hs      *astest.FakeHomeserver
 	base    string
 	started bool
+	// logs has everything the service logged.
+	logs *lockedBuffer
 
 	alice *crypto.OlmAccount
 	// megolm is Alice's outbound megolm session in the DM.
@@ -85,13 +87,14 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 	}
 	reg := testRegistration()
 	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = true, true, true
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	logs := &lockedBuffer{}
+	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	svc, err := newService(cfg, reg, bridges, log, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(log.WithContext(context.Background()))
-	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs, base: base, decrypted: make(map[id.EventID]*event.Event)}
+	env := &e2eeEnv{t: t, ctx: ctx, db: db, svc: svc, hs: hs, base: base, logs: logs, decrypted: make(map[id.EventID]*event.Event)}
 	t.Cleanup(func() {
 		cancel()
 		if env.started {
@@ -648,7 +651,8 @@ func TestEncryptedSecretIsRedactedAndLeavesNoPlaintext(t *testing.T) {
 	br.assertNoEvent(t, 100*time.Millisecond)
 }
 
-// waitDrained waits until the dispatcher has no event queued or being handled.
+// waitDrained waits until the dispatcher has no event queued or being handled, and no room key
+// request the lane queued is waiting for its answer.
 func waitDrained(t *testing.T, d *dispatcher) {
 	t.Helper()
 	deadline := time.NewTimer(30 * time.Second)
@@ -658,12 +662,23 @@ func waitDrained(t *testing.T, d *dispatcher) {
 		backlog, ch := d.backlog, d.drained
 		d.lock.Unlock()
 		if backlog == 0 {
-			return
+			break
 		}
 		select {
 		case <-ch:
 		case <-deadline.C:
 			t.Fatalf("the dispatcher still has %d events after 30s", backlog)
+		}
+	}
+	for {
+		pending, idle := d.svc.keyRequests.state()
+		if pending == 0 {
+			return
+		}
+		select {
+		case <-idle:
+		case <-deadline.C:
+			t.Fatalf("%d room key requests still unanswered after 30s", pending)
 		}
 	}
 }
@@ -943,71 +958,85 @@ func TestToDeviceEventWithEncryptionOffIsDropped(t *testing.T) {
 // working. The to-device rows of the run without the olm machine, a room key replayed from the
 // inbox and one arriving in that run, are neither handled nor dropped: they stay in the inbox,
 // counted in the inbox depth, while room events go on being handled; the next start with the
-// machine stores both room keys.
+// machine stores both room keys. When Alice is erased in the run without the machine (a real
+// erasure), her kept rows no longer count and the next start handles none of them: no crypto
+// row names her.
 func TestToDeviceEventWaitsForAStartWithTheMachine(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env1 := newE2EEEnv(t, db, nil, nil)
-			env1.start()
-			env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
-			env1.put("w1", nil, []map[string]any{env1.roomKey(env1.megolm)})
-			second, err := crypto.NewOutboundGroupSession(e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			second.Shared = true
-			late := env1.roomKey(second)
+		for _, erased := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/erased=%v", dialect, erased), func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env1 := newE2EEEnv(t, db, nil, nil)
+				env1.start()
+				env1.svc.dispatcher.stop(env1.ctx) // the row is stored, and this run never handles it
+				env1.put("w1", nil, []map[string]any{env1.roomKey(env1.megolm)})
+				second, err := crypto.NewOutboundGroupSession(e2eeDM, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				second.Shared = true
+				late := env1.roomKey(second)
 
-			env1.hs.Fail(astest.PatternPutDevice, http.StatusBadRequest, "M_UNKNOWN")
-			env2 := newE2EEEnv(t, db, env1, nil)
-			if err = env2.svc.start(env2.ctx); err != nil {
-				t.Fatal(err)
-			}
-			env2.started = true
-			if env2.svc.crypto != nil {
-				t.Fatal("svc.crypto is set although the homeserver refused the bot's device")
-			}
-			waitDrained(t, env2.svc.dispatcher)
-			message := map[string]any{
-				"event_id": "$plain1", "room_id": "!other:example.org", "sender": e2eeAlice,
-				"type": event.EventMessage.Type, "origin_server_ts": 1700000000000,
-				"content": map[string]any{"msgtype": event.MsgText, "body": "hello"},
-			}
-			env2.put("w2", []map[string]any{message}, []map[string]any{late})
-			waitDrained(t, env2.svc.dispatcher)
-			waitDone(t, env2, "$plain1")
-			if n := countRows(t, db, "as_inbox"); n != 2 {
-				t.Errorf("%d inbox rows in the run without the olm machine, want the 2 to-device rows (the room event handled)", n)
-			}
-			if n := env2.svc.dispatcher.keptToDevice(); n != 2 {
-				t.Errorf("keptToDevice() = %d, want 2", n)
-			}
-			if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 2 {
-				t.Errorf("custodian_inbox_depth = %v, want 2 (the kept to-device rows)", depth)
-			}
-			if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
-				t.Fatalf("%d room keys stored without the olm machine, want 0", n)
-			}
-			// Alice's erasure deletes her rows: they no longer count.
-			env2.svc.dispatcher.forgetKept(e2eeAlice)
-			if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 0 {
-				t.Errorf("custodian_inbox_depth = %v after the sender's rows were forgotten, want 0", depth)
-			}
-			env2.svc.stopServing()
-			env2.started = false
+				env1.hs.Fail(astest.PatternPutDevice, http.StatusBadRequest, "M_UNKNOWN")
+				env2 := newE2EEEnv(t, db, env1, nil)
+				if err = env2.svc.start(env2.ctx); err != nil {
+					t.Fatal(err)
+				}
+				env2.started = true
+				if env2.svc.crypto != nil {
+					t.Fatal("svc.crypto is set although the homeserver refused the bot's device")
+				}
+				waitDrained(t, env2.svc.dispatcher)
+				message := map[string]any{
+					"event_id": "$plain1", "room_id": "!other:example.org", "sender": e2eeAlice,
+					"type": event.EventMessage.Type, "origin_server_ts": 1700000000000,
+					"content": map[string]any{"msgtype": event.MsgText, "body": "hello"},
+				}
+				env2.put("w2", []map[string]any{message}, []map[string]any{late})
+				waitDrained(t, env2.svc.dispatcher)
+				waitDone(t, env2, "$plain1")
+				if n := countRows(t, db, "as_inbox"); n != 2 {
+					t.Errorf("%d inbox rows in the run without the olm machine, want the 2 to-device rows (the room event handled)", n)
+				}
+				if n := env2.svc.dispatcher.keptToDevice(); n != 2 {
+					t.Errorf("keptToDevice() = %d, want 2", n)
+				}
+				if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 2 {
+					t.Errorf("custodian_inbox_depth = %v, want 2 (the kept to-device rows)", depth)
+				}
+				if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+					t.Fatalf("%d room keys stored without the olm machine, want 0", n)
+				}
+				wantKeys := 2
+				if erased {
+					// Alice's erasure deletes her rows: they no longer count.
+					if _, err = env2.svc.engine.Erase(env2.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
+						t.Fatal(err)
+					}
+					if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 0 {
+						t.Errorf("custodian_inbox_depth = %v after the sender's erasure, want 0", depth)
+					}
+					wantKeys = 0
+				}
+				env2.svc.stopServing()
+				env2.started = false
 
-			env1.hs.Unfail(astest.PatternPutDevice)
-			env3 := newE2EEEnv(t, db, env2, nil)
-			env3.start()
-			waitDrained(t, env3.svc.dispatcher)
-			if n := countRows(t, db, "as_inbox"); n != 0 {
-				t.Errorf("%d inbox rows after a start with the olm machine, want 0", n)
-			}
-			if n := countRows(t, db, "crypto_megolm_inbound_session"); n != 2 {
-				t.Errorf("%d room keys stored after a start with the olm machine, want 2", n)
-			}
-		})
+				env1.hs.Unfail(astest.PatternPutDevice)
+				env3 := newE2EEEnv(t, db, env2, nil)
+				env3.startBare()
+				if n := countRows(t, db, "as_inbox"); n != 0 {
+					t.Errorf("%d inbox rows after a start with the olm machine, want 0", n)
+				}
+				if n := countRows(t, db, "crypto_megolm_inbound_session"); n != wantKeys {
+					t.Errorf("%d room keys stored after a start with the olm machine, want %d", n, wantKeys)
+				}
+				if _, identity := env1.alice.Keys(); erased {
+					if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+						t.Errorf("crypto rows naming alice after the start that followed her erasure: %v", rows)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -1172,6 +1201,10 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 				clk := clock.NewFake(time.Now())
 				env.svc.clk = clk
 				env.start()
+				// The final scrub, due when the period ends, deletes rows naming her: the event
+				// after the period is sent once it ran.
+				scrubbed := make(chan error, 1)
+				env.svc.privacy.scrubRan = func(_ string, err error) { scrubbed <- err }
 				if _, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin}); err != nil {
 					t.Fatal(err)
 				}
@@ -1194,6 +1227,14 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 				}
 
 				clk.Advance(2 * time.Second)
+				select {
+				case err := <-scrubbed:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-astest.Within(t, 20*time.Second).Done():
+					t.Fatal("the final scrub did not run when the quiet period ended")
+				}
 				if tc.known {
 					env.knowAlice()
 				}
@@ -1208,8 +1249,9 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 }
 
 // TestErasureWaitsForAToDeviceEventPastItsGate holds the handling of Alice's room key between
-// its gate check and its commit, and erases her meanwhile: the erasure waits for the gate, so
-// the rows the event commits are deleted with the rest, and none naming her is left.
+// its gate check and its commit, and erases her meanwhile: the erasure comes to the gate and
+// does not take it while the lane holds it, so the rows the event commits are deleted with the
+// rest, and none naming her is left.
 func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
@@ -1226,10 +1268,15 @@ func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
 					})
 				}
 			}
-			erasing := make(chan struct{}, 1)
+			erasing, acquired := make(chan struct{}, 1), make(chan struct{}, 1)
 			env.svc.erasureGate.waiting = func(user id.UserID) {
 				if user == e2eeAlice {
 					erasing <- struct{}{}
+				}
+			}
+			env.svc.erasureGate.acquired = func(user id.UserID) {
+				if user == e2eeAlice {
+					acquired <- struct{}{}
 				}
 			}
 			env.put("r1", nil, []map[string]any{env.roomKey(env.megolm)})
@@ -1252,7 +1299,21 @@ func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
 			case <-within.Done():
 				t.Fatal("the erasure never came to the gate")
 			}
+			// The erasure is at the gate; it must not get past it while the lane holds it.
+			held := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-acquired:
+				held.Stop()
+				close(release)
+				t.Fatal("the erasure took the gate while the lane held it")
+			case <-held.C:
+			}
 			close(release)
+			select {
+			case <-acquired:
+			case <-within.Done():
+				t.Fatal("the erasure never took the gate after the lane released it")
+			}
 			select {
 			case err := <-erased:
 				if err != nil {

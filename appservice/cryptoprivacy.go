@@ -2,7 +2,8 @@ package appservice
 
 import (
 	"context"
-	"hash/fnv"
+	"fmt"
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -108,9 +109,14 @@ const erasureQuietPeriod = 5 * time.Minute
 // stays bounded whoever writes.
 const gateStripes = 64
 
+// gateSeed keys the stripe hash with a random per-process seed, so nobody can pick user IDs
+// that land on a victim's stripe.
+var gateSeed = maphash.MakeSeed()
+
 // erasureGate holds one lock per stripe of users. The to-device lane holds a sender's lock from
 // its gate check ([Service.toDeviceSenderGated]) through the commit of what the event changed,
-// device fetches included; an erasure holds it around the deletion of the user's rows
+// device fetches included; a key request worker holds it from its own gate check through the
+// answer; an erasure holds it around the deletion of the user's rows
 // ([engineHost.LockForErasure]). So an event either committed before the erasure deleted its
 // rows, or checked the gate after the erasure was recorded and was dropped. The zero value is
 // ready.
@@ -122,13 +128,21 @@ type erasureGate struct {
 	held func(user id.UserID)
 	// waiting, if set, is called when an erasure is about to take a user's lock (tests).
 	waiting func(user id.UserID)
+	// acquired, if set, is called once an erasure holds a user's lock (tests).
+	acquired func(user id.UserID)
+	// checkFails, if set, makes the gate check of user fail with the error it returns, if any
+	// (tests).
+	checkFails func(user id.UserID) error
+}
+
+// stripe returns the index of user's stripe.
+func (g *erasureGate) stripe(user id.UserID) int {
+	return int(maphash.String(gateSeed, string(user)) % gateStripes)
 }
 
 // lock takes user's stripe and returns its unlock.
 func (g *erasureGate) lock(user id.UserID) (unlock func()) {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(user))
-	mu := &g.stripes[h.Sum32()%gateStripes]
+	mu := &g.stripes[g.stripe(user)]
 	mu.Lock()
 	return mu.Unlock
 }
@@ -141,19 +155,25 @@ func (h engineHost) LockForErasure(_ context.Context, user id.UserID, _ []string
 	if hook := h.svc.erasureGate.waiting; hook != nil {
 		hook(user)
 	}
-	return h.svc.erasureGate.lock(user)
+	unlock := h.svc.erasureGate.lock(user)
+	if hook := h.svc.erasureGate.acquired; hook != nil {
+		hook(user)
+	}
+	return unlock
 }
 
+// gatedForever is the end of the gate of a user whose erasure is unfinished: no time ends it.
+var gatedForever = time.Unix(1<<62, 0)
+
 // erasureQuietUntil returns the time until which to-device traffic of user is gated (see
-// toDeviceSenderGated), and whether it is gated now. The convention: gated with a zero until
-// means gated for as long as an erasure of user is unfinished, an end nobody can tell yet: one is
-// pending (any scope; the job names the user), or one whose scope covers the crypto store is in
-// cleanup (its receipt, leaving the rooms, its scrubs; the job is found by the user's keyed hash
-// through its tombstone). Otherwise until is the latest end of the cleanup of such an erasure
-// (its job's finish time, or the tombstone's time once the job's row is gone) plus
-// erasureQuietPeriod, and gated says whether it is still to come; not gated, until is zero. It
-// logs nothing: the caller's logger may name user.
-func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (until time.Time, gated bool, err error) {
+// toDeviceSenderGated), and whether one exists. While an erasure of user is unfinished it is
+// gatedForever, a time after every other: one is pending (any scope; the job names the user),
+// or one whose scope covers the crypto store is in cleanup (its receipt, leaving the rooms, its
+// scrubs; the job is found by the user's keyed hash through its tombstone). Otherwise it is the
+// latest end of the cleanup of such an erasure (its job's finish time, or the tombstone's time
+// once the job's row is gone) plus erasureQuietPeriod. It may lie in the past: an event that
+// arrived before it is still gated. It logs nothing: the caller's logger may name user.
+func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (time.Time, bool, error) {
 	if user == "" {
 		return time.Time{}, false, nil
 	}
@@ -161,16 +181,18 @@ func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (unti
 	if err != nil {
 		return time.Time{}, false, err
 	} else if pending {
-		return time.Time{}, true, nil
+		return gatedForever, true, nil
 	}
 	hash, _, err := svc.engine.UserHash(ctx, user)
 	if err != nil {
-		return time.Time{}, false, err
+		return time.Time{}, false, fmt.Errorf("failed to hash the user: %w", err)
 	}
 	tombstones, err := svc.engine.Store().TombstonesWithJobs(ctx, hash)
 	if err != nil {
 		return time.Time{}, false, err
 	}
+	var until time.Time
+	found := false
 	for _, ts := range tombstones {
 		if crypto, _ := scrubScope(ts.Modules); !crypto {
 			continue
@@ -182,33 +204,49 @@ func (svc *Service) erasureQuietUntil(ctx context.Context, user id.UserID) (unti
 		case "":
 			end = ts.ErasedAt
 		default:
-			return time.Time{}, true, nil
+			return gatedForever, true, nil
 		}
 		if end.IsZero() {
 			end = ts.ErasedAt
 		}
-		if end = end.Add(erasureQuietPeriod); end.After(until) {
-			until = end
+		if end = end.Add(erasureQuietPeriod); !found || end.After(until) {
+			until, found = end, true
 		}
 	}
-	if !until.After(svc.now()) {
-		return time.Time{}, false, nil
-	}
-	return until, true, nil
+	return until, found, nil
 }
 
-// toDeviceSenderGated reports whether sender's to-device events are dropped: an erasure of
-// them is unfinished, or the cleanup of one whose scope covers the crypto store ended less than
-// erasureQuietPeriod ago (see erasureQuietUntil). A failed check is logged and counts as not
-// gated: the event is handled.
-func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID) bool {
-	if svc.toDeviceSenderBeingErased(ctx, sender) {
-		return true
+// toDeviceSenderGated reports whether to-device traffic of sender that arrived at arrived is
+// dropped: it arrived before the end of sender's gate (erasureQuietUntil), so a pending erasure
+// gates everything, and an event that arrived during an erasure's quiet period stays gated when
+// handled later (a row kept for a start with the olm machine). Traffic that does not come
+// through the inbox (a key share, a device list fetch) passes the current time. A failed check
+// is returned as an error: the caller must not handle the event.
+func (svc *Service) toDeviceSenderGated(ctx context.Context, sender id.UserID, arrived time.Time) (bool, error) {
+	if sender == "" {
+		return false, nil
 	}
-	_, gated, err := svc.erasureQuietUntil(ctx, sender)
+	if hook := svc.erasureGate.checkFails; hook != nil {
+		if err := hook(sender); err != nil {
+			return false, err
+		}
+	}
+	until, ok, err := svc.erasureQuietUntil(ctx, sender)
 	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for a recent erasure; handling the to-device event")
-		return false
+		return false, fmt.Errorf("failed to check the erasure gate: %w", err)
+	}
+	return ok && arrived.Before(until), nil
+}
+
+// senderGatedNow reports whether sender is gated for traffic arriving now (a key share, a
+// device list fetch). A failed check counts as gated: what is refused or skipped is asked for
+// again (key requests are retried, an outdated device list stays marked until fetched). It
+// logs the failure without the user.
+func (svc *Service) senderGatedNow(ctx context.Context, sender id.UserID) bool {
+	gated, err := svc.toDeviceSenderGated(ctx, sender, svc.now())
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to check for an erasure; treating the user as gated")
+		return true
 	}
 	return gated
 }

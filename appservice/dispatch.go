@@ -52,13 +52,26 @@ type dispatcher struct {
 	// inbox key's master key is missing or wrong, or the vault is off). They stay in the inbox;
 	// the service retries them (inboxRetryLoop). Guarded by lock.
 	held map[int64]struct{}
-	// kept are the to-device rows left in the inbox for a later run, by sequence number with
-	// their sender: encryption is enabled, but this run has no olm machine (keepToDevice).
-	// Guarded by lock.
-	kept map[int64]id.UserID
-	// keptWarned is set once keepToDevice has warned in this run. Guarded by lock.
-	keptWarned bool
+	// keptBy counts the to-device rows left in the inbox for a later run, by sender, and kept
+	// all of them: encryption is enabled, but this run has no olm machine (keepToDevice).
+	// left counts the rows left for a later run because their gate check failed
+	// (leaveToDevice). Guarded by lock.
+	keptBy map[id.UserID]int
+	kept   int
+	left   int
+	// keepPerSender and keepTotal cap what keepToDevice keeps in a run.
+	keepPerSender, keepTotal int
+	// keptWarned and capWarned are set once keepToDevice has warned in this run, that it keeps
+	// rows and that it dropped some over the caps. Guarded by lock.
+	keptWarned, capWarned bool
 }
+
+const (
+	// keepPerSender and keepTotal are the default caps of the to-device rows a run without the
+	// olm machine keeps for a later one: per sender and in all.
+	keepPerSender = 100
+	keepTotal     = 10000
+)
 
 type roomQueue struct {
 	events  []*database.InboxEvent
@@ -89,7 +102,10 @@ func newDispatcher(svc *Service) *dispatcher {
 		done:        make(chan database.Done, doneBatchSize*4),
 		flusherDone: make(chan struct{}),
 		held:        make(map[int64]struct{}),
-		kept:        make(map[int64]id.UserID),
+		keptBy:      make(map[id.UserID]int),
+
+		keepPerSender: keepPerSender,
+		keepTotal:     keepTotal,
 	}
 }
 
@@ -263,22 +279,35 @@ func (d *dispatcher) enqueue(ctx context.Context, events []*database.InboxEvent)
 	d.setDepthLocked()
 }
 
-// setDepthLocked sets the inbox depth gauge: the events queued, and the to-device rows kept for
-// a later run, which are as unhandled. d.lock is held.
+// setDepthLocked sets the inbox depth gauge: the events queued, and the to-device rows left in
+// the inbox for a later run, which are as unhandled. d.lock is held.
 func (d *dispatcher) setDepthLocked() {
-	d.svc.metrics.inboxDepth.Set(float64(d.backlog + len(d.kept)))
+	d.svc.metrics.inboxDepth.Set(float64(d.backlog + d.kept + d.left))
 }
 
 // keepToDevice records a to-device row that stays in the inbox, unhandled, for a later run:
 // encryption is enabled but this run has no olm machine. The row is not queued again in this
 // run (replay and ingest queue each row once), so it costs the to-device lane nothing more; it
 // counts in the inbox depth until the run ends or its sender is erased (forgetKept). The first
-// one of a run is a Warn.
-func (d *dispatcher) keepToDevice(ctx context.Context, ie *database.InboxEvent) {
+// one of a run is a Warn. It reports false, keeping nothing, when the row's sender already has
+// keepPerSender rows kept in this run, or the run keepTotal: the caller drops the row (a Warn
+// the first time in a run), so a flood cannot grow the inbox without bound.
+func (d *dispatcher) keepToDevice(ctx context.Context, ie *database.InboxEvent) bool {
 	d.lock.Lock()
+	if d.keptBy[ie.Sender] >= d.keepPerSender || d.kept >= d.keepTotal {
+		first := !d.capWarned
+		d.capWarned = true
+		d.lock.Unlock()
+		if first {
+			zerolog.Ctx(ctx).Warn().Int("per_sender", d.keepPerSender).Int("total", d.keepTotal).
+				Msg("Dropping to-device events kept for a start with encryption: this run keeps no more")
+		}
+		return false
+	}
 	first := !d.keptWarned
 	d.keptWarned = true
-	d.kept[ie.Seq] = ie.Sender
+	d.keptBy[ie.Sender]++
+	d.kept++
 	d.setDepthLocked()
 	d.lock.Unlock()
 	if first {
@@ -286,24 +315,31 @@ func (d *dispatcher) keepToDevice(ctx context.Context, ie *database.InboxEvent) 
 			Str("fix", "make encryption start (see the Warn that says why it is off), then restart").
 			Msg("To-device events stay in the inbox until a start with encryption: encryption is enabled, but its olm machine is missing, and they may carry room keys")
 	}
+	return true
+}
+
+// leaveToDevice records a to-device row left in the inbox, unhandled, for the next run because
+// its erasure gate could not be checked; it counts in the inbox depth until the run ends.
+func (d *dispatcher) leaveToDevice(_ *database.InboxEvent) {
+	d.lock.Lock()
+	defer d.lock.Unlock()
+	d.left++
+	d.setDepthLocked()
 }
 
 // keptToDevice returns how many to-device rows this run keeps for a later one.
 func (d *dispatcher) keptToDevice() int {
 	d.lock.Lock()
 	defer d.lock.Unlock()
-	return len(d.kept)
+	return d.kept
 }
 
 // forgetKept stops counting the kept to-device rows of user, which their erasure deleted.
 func (d *dispatcher) forgetKept(user id.UserID) {
 	d.lock.Lock()
 	defer d.lock.Unlock()
-	for seq, sender := range d.kept {
-		if sender == user {
-			delete(d.kept, seq)
-		}
-	}
+	d.kept -= d.keptBy[user]
+	delete(d.keptBy, user)
 	d.setDepthLocked()
 }
 

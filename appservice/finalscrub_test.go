@@ -120,7 +120,9 @@ func TestQuietPeriodRunsFromTheEndOfTheCleanup(t *testing.T) {
 				if gated != wantGated || !until.Equal(wantUntil) {
 					t.Errorf("%s: erasureQuietUntil = %v, %v; want %v, %v", when, until, gated, wantUntil, wantGated)
 				}
-				if got := env.svc.toDeviceSenderGated(env.ctx, e2eeAlice); got != wantGated {
+				if got, err := env.svc.toDeviceSenderGated(env.ctx, e2eeAlice, env.svc.now()); err != nil {
+					t.Fatalf("%s: toDeviceSenderGated: %v", when, err)
+				} else if got != wantGated {
 					t.Errorf("%s: toDeviceSenderGated = %v, want %v", when, got, wantGated)
 				}
 			}

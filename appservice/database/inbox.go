@@ -91,6 +91,9 @@ type InboxEvent struct {
 	OpenErr error
 	// Sealed reports whether the row is stored sealed; set on events read back.
 	Sealed bool
+	// ReceivedAt is when the transaction that carried the event was accepted (millisecond
+	// precision): set by [InboxQuery.Accept] on the events it adds, and on events read back.
+	ReceivedAt time.Time
 
 	// sealed is JSON sealed for storage, computed by Accept before its transaction.
 	sealed []byte
@@ -132,7 +135,7 @@ const (
 		INSERT INTO as_inbox (txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, received_at, to_device)
 		VALUES
 	`
-	inboxColumns      = `seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, to_device`
+	inboxColumns      = `seq, txn_id, idx, event_id, room_id, sender, ephemeral, event_json, event_sealed, to_device, received_at`
 	pendingQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE seq > $1 ORDER BY seq LIMIT $2`
 	plaintextQuery    = `SELECT ` + inboxColumns + ` FROM as_inbox WHERE event_sealed IS NULL ORDER BY seq`
 	allRowsQuery      = `SELECT ` + inboxColumns + ` FROM as_inbox ORDER BY seq`
@@ -266,6 +269,7 @@ func (iq *InboxQuery) insert(ctx context.Context, events []*InboxEvent, now time
 		}
 		base := i * cols
 		fmt.Fprintf(&query, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", base+1, base+2, base+3, base+4, base+5, base+6, base+7, base+8, base+9, base+10)
+		evt.ReceivedAt = time.UnixMilli(now.UnixMilli())
 		plain, sealed := string(evt.JSON), evt.sealed
 		if sealed != nil {
 			plain = ""
@@ -327,10 +331,12 @@ func (iq *InboxQuery) scan(ctx context.Context, query string, args ...any) ([]*I
 		var eventID *string
 		var raw string
 		var sealed []byte
-		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw, &sealed, &evt.ToDevice); err != nil {
+		var receivedAt int64
+		if err = rows.Scan(&evt.Seq, &evt.TxnID, &evt.Index, &eventID, &evt.RoomID, &evt.Sender, &evt.Ephemeral, &raw, &sealed, &evt.ToDevice, &receivedAt); err != nil {
 			_ = rows.Close()
 			return nil, err
 		}
+		evt.ReceivedAt = time.UnixMilli(receivedAt)
 		if eventID != nil {
 			evt.EventID = id.EventID(*eventID)
 		}

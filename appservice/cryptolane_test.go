@@ -1,0 +1,372 @@
+package appservice
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
+	"github.com/custodian-matrix/custodian/appservice/clock"
+	"github.com/custodian-matrix/custodian/appservice/e2ee"
+	"github.com/custodian-matrix/custodian/appservice/privacy"
+)
+
+// startBare starts env's service and waits for its to-device probe and its replay, like start,
+// without storing Alice's device.
+func (env *e2eeEnv) startBare() {
+	env.t.Helper()
+	delivered := env.hs.Delivered()
+	if err := env.svc.start(env.ctx); err != nil {
+		env.t.Fatal(err)
+	}
+	env.started = true
+	if env.svc.crypto != nil {
+		env.hs.WaitFor(env.t, 20*time.Second, "the to-device probe's delivery", func() bool {
+			return env.hs.Delivered() > delivered || env.hs.DeliveryFailures() > 0
+		})
+	}
+	waitDrained(env.t, env.svc.dispatcher)
+}
+
+// stop stops env's service.
+func (env *e2eeEnv) stop() {
+	env.svc.stopServing()
+	env.started = false
+}
+
+// withoutMachine starts a service on env's database whose encryption set-up fails (the
+// homeserver refuses the bot's device), with configure applied to its dispatcher first.
+func (env *e2eeEnv) withoutMachine(configure func(d *dispatcher)) *e2eeEnv {
+	env.t.Helper()
+	env.hs.Fail(astest.PatternPutDevice, http.StatusBadRequest, "M_UNKNOWN")
+	next := newE2EEEnv(env.t, env.db, env, nil)
+	if configure != nil {
+		configure(next.svc.dispatcher)
+	}
+	next.startBare()
+	if next.svc.crypto != nil {
+		env.t.Fatal("svc.crypto is set although the homeserver refused the bot's device")
+	}
+	env.hs.Unfail(astest.PatternPutDevice)
+	return next
+}
+
+// fromSender returns a copy of the to-device event evt with sender as its sender.
+func fromSender(evt map[string]any, sender id.UserID) map[string]any {
+	out := maps.Clone(evt)
+	out["sender"] = sender
+	return out
+}
+
+// TestKeptToDeviceRowIsGatedByItsArrival keeps Alice's room key in a run without the olm
+// machine and erases her (scenario A: the row kept first, then an erasure of the crypto store,
+// which leaves the inbox row; scenario B: a full erasure first, then the row arriving in its
+// quiet period). The next start, with the machine and past the quiet period, handles nothing
+// of hers: no crypto table has a row naming her, and the inbox is empty.
+func TestKeptToDeviceRowIsGatedByItsArrival(t *testing.T) {
+	cases := []struct {
+		name       string
+		modules    []string
+		eraseFirst bool
+		// inbox is the rows left in the run without the machine.
+		inbox int
+	}{
+		{"kept, then its crypto store erased", []string{e2ee.Module}, false, 1},
+		{"arrived in the quiet period of a full erasure", nil, true, 0},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tc := range cases {
+			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env1 := newE2EEEnv(t, db, nil, nil)
+				env1.start()
+				row := env1.roomKey(env1.megolm)
+				_, identity := env1.alice.Keys()
+				env1.stop()
+
+				env2 := env1.withoutMachine(nil)
+				erase := func() {
+					t.Helper()
+					if _, err := env2.svc.engine.Erase(env2.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin, Modules: tc.modules}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.eraseFirst {
+					erase()
+				}
+				env2.put("g1", nil, []map[string]any{row})
+				waitDrained(t, env2.svc.dispatcher)
+				if !tc.eraseFirst {
+					if n := env2.svc.dispatcher.keptToDevice(); n != 1 {
+						t.Fatalf("keptToDevice() = %d before the erasure, want 1", n)
+					}
+					erase()
+				}
+				if n := countRows(t, db, "as_inbox"); n != tc.inbox {
+					t.Errorf("%d inbox rows in the run without the machine, want %d", n, tc.inbox)
+				}
+				env2.stop()
+
+				env3 := newE2EEEnv(t, db, env2, nil)
+				env3.svc.clk = clock.NewFake(time.Now().Add(erasureQuietPeriod + time.Minute))
+				env3.startBare()
+				if env3.svc.crypto == nil {
+					t.Fatal("encryption did not come on at the last start")
+				}
+				if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+					t.Errorf("crypto rows naming alice after the start with the machine: %v", rows)
+				}
+				if n := countRows(t, db, "crypto_olm_session") + countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+					t.Errorf("%d olm and megolm sessions after the start with the machine, want 0", n)
+				}
+				if n := countRows(t, db, "as_inbox"); n != 0 {
+					t.Errorf("%d inbox rows after the start with the machine, want 0", n)
+				}
+			})
+		}
+	}
+}
+
+// TestToDeviceRowsKeptWithoutTheMachineAreCappedAndFiltered sends a run without the olm machine
+// room keys of three senders and a key request, with caps of 2 per sender and 3 in all: the key
+// request is dropped (only olm-encrypted events are kept), Alice's third room key is over her
+// cap and Carol's over the total; the 3 rows kept are the inbox, its depth, and the count, and
+// the drop over the caps is one Warn.
+func TestToDeviceRowsKeptWithoutTheMachineAreCappedAndFiltered(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env1 := newE2EEEnv(t, db, nil, nil)
+			env1.start()
+			rows := []map[string]any{
+				env1.roomKey(env1.megolm), env1.roomKey(env1.megolm), env1.roomKey(env1.megolm),
+				env1.keyRequest("capped", id.SessionID(env1.megolm.ID())),
+				fromSender(env1.roomKey(env1.megolm), "@bob:example.org"),
+				fromSender(env1.roomKey(env1.megolm), "@carol:example.org"),
+			}
+			env1.stop()
+			env2 := env1.withoutMachine(func(d *dispatcher) { d.keepPerSender, d.keepTotal = 2, 3 })
+			env2.put("c1", nil, rows)
+			waitDrained(t, env2.svc.dispatcher)
+			var senders []string
+			res, err := db.Query(env2.ctx, `SELECT sender FROM as_inbox ORDER BY seq`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for res.Next() {
+				var s string
+				if err = res.Scan(&s); err != nil {
+					t.Fatal(err)
+				}
+				senders = append(senders, s)
+			}
+			if err = res.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := strings.Join(senders, ","), "@alice:example.org,@alice:example.org,@bob:example.org"; got != want {
+				t.Errorf("inbox rows kept from %s, want %s", got, want)
+			}
+			if n := env2.svc.dispatcher.keptToDevice(); n != 3 {
+				t.Errorf("keptToDevice() = %d, want 3", n)
+			}
+			if depth := metricValue(t, env2.svc.metrics.inboxDepth); depth != 3 {
+				t.Errorf("custodian_inbox_depth = %v, want 3", depth)
+			}
+			if n := strings.Count(env2.logs.String(), "this run keeps no more"); n != 1 {
+				t.Errorf("%d Warns about rows over the caps, want 1", n)
+			}
+		})
+	}
+}
+
+// laneLogLines returns the lines of logs about to-device events or the erasure gate.
+func laneLogLines(logs string) []string {
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "to-device event") || strings.Contains(line, "erasure gate") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// TestToDeviceLaneLogsNameNoUser drops Alice's room key while her erasure is pending, and leaves
+// another in the inbox because its gate check fails: the lane's log lines about them name no
+// user (a drop would tell the log reader who is being erased), and the event whose check
+// failed is not handled: its row stays, and no room key or olm session is stored.
+func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
+	cases := []struct {
+		name    string
+		prepare func(t *testing.T, env *e2eeEnv)
+		message string
+		inbox   int
+	}{
+		{"pending erasure", func(t *testing.T, env *e2eeEnv) {
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+				JobID: "er_lanelog", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}, "Dropping a to-device event: its sender's erasure is pending or recent", 0},
+		{"failed gate check", func(_ *testing.T, env *e2eeEnv) {
+			env.svc.erasureGate.checkFails = func(id.UserID) error { return errors.New("injected failure") }
+		}, "Failed to check the sender's erasure gate", 1},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tc := range cases {
+			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env := newE2EEEnv(t, db, nil, nil)
+				env.svc.clk = clock.NewFake(time.Now())
+				env.start()
+				tc.prepare(t, env)
+				env.put("l1", nil, []map[string]any{env.roomKey(env.megolm)})
+				waitDrained(t, env.svc.dispatcher)
+				lines := laneLogLines(env.logs.String())
+				found := false
+				for _, line := range lines {
+					found = found || strings.Contains(line, tc.message)
+					if strings.Contains(line, "alice") {
+						t.Errorf("a log line of the lane names the user: %s", line)
+					}
+				}
+				if !found {
+					t.Errorf("no log line %q among %q", tc.message, lines)
+				}
+				if n := countRows(t, db, "as_inbox"); n != tc.inbox {
+					t.Errorf("%d inbox rows, want %d", n, tc.inbox)
+				}
+				if n := countRows(t, db, "crypto_olm_session") + countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
+					t.Errorf("%d olm and megolm sessions stored, want 0", n)
+				}
+			})
+		}
+	}
+}
+
+// TestKeyRequestDoesNotHoldUpTheLane holds the answer to a key request of a user on another
+// gate stripe than Alice's at its key query, and sends Alice's room key after it: the room key
+// is stored while the request is still waiting (key requests are answered off the lane), and
+// the request is answered once released.
+func TestKeyRequestDoesNotHoldUpTheLane(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.start()
+			queried, release := make(chan struct{}, 1), make(chan struct{})
+			released := false
+			unblock := func() {
+				if !released {
+					released = true
+					close(release)
+				}
+			}
+			defer unblock()
+			env.hs.OnRequest(astest.PatternKeysQuery, func() {
+				select {
+				case queried <- struct{}{}:
+				default:
+				}
+				<-release
+			})
+			var other id.UserID
+			for i := range 100 {
+				if u := id.NewUserID(fmt.Sprintf("requester%d", i), "example.org"); env.svc.erasureGate.stripe(u) != env.svc.erasureGate.stripe(e2eeAlice) {
+					other = u
+					break
+				}
+			}
+			if other == "" {
+				t.Fatal("no user on another stripe than alice's")
+			}
+			env.put("h1", nil, []map[string]any{fromSender(env.keyRequest("held", id.SessionID(env.megolm.ID())), other)})
+			within := astest.Within(t, 10*time.Second)
+			select {
+			case <-queried:
+			case <-within.Done():
+				t.Fatal("the key request never queried the requester's keys")
+			}
+			env.put("h2", nil, []map[string]any{env.roomKey(env.megolm)})
+			for countRows(t, db, "crypto_megolm_inbound_session") == 0 {
+				select {
+				case <-env.svc.e2ee.keysChanged():
+				case <-within.Done():
+					t.Fatal("the room key was not stored while a key request waited for its answer")
+				}
+			}
+			unblock()
+			env.hs.OnRequest(astest.PatternKeysQuery, nil)
+			waitDrained(t, env.svc.dispatcher)
+			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n == 0 {
+				t.Error("the held key request made no key query")
+			}
+		})
+	}
+}
+
+// TestKeyRequestWorkerChecksTheGateAgain hands a key request worker a request of Alice's
+// after her erasure was recorded (as if it came while the request waited in the queue): it is
+// not answered, so her devices are neither queried nor stored.
+func TestKeyRequestWorkerChecksTheGateAgain(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.svc.clk = clock.NewFake(time.Now())
+			env.start()
+			arrived := env.svc.now()
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+				JobID: "er_worker", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
+			content := &event.RoomKeyRequestEventContent{
+				Action: event.KeyRequestActionRequest, RequestingDeviceID: e2eeAliceReader, RequestID: "queued",
+				Body: event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SessionID: id.SessionID(env.megolm.ID())},
+			}
+			env.svc.answerKeyRequest(env.ctx, keyRequestJob{sender: e2eeAlice, arrived: arrived, content: content, log: env.svc.log})
+			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
+				t.Errorf("%d key queries after the gated request, want %d", n, queries)
+			}
+			if device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader); err != nil || device != nil {
+				t.Errorf("requesting device after the gated request = %v, %v; want none", device, err)
+			}
+		})
+	}
+}
+
+// TestKeyRequestsBeyondTheQueueAreDropped queues more key requests than the queue holds with no
+// worker running: the one over is dropped and counted, the rest wait.
+func TestKeyRequestsBeyondTheQueueAreDropped(t *testing.T) {
+	db := astest.TestDB(t, astest.Dialects(t)[0])
+	env := newE2EEEnv(t, db, nil, nil)
+	content := &event.RoomKeyRequestEventContent{Action: event.KeyRequestActionRequest}
+	for range keyRequestQueue + 1 {
+		env.svc.keyRequests.enqueue(env.ctx, env.svc, keyRequestJob{sender: e2eeAlice, arrived: time.Now(), content: content})
+	}
+	if pending, _ := env.svc.keyRequests.state(); pending != keyRequestQueue {
+		t.Errorf("%d key requests pending, want %d", pending, keyRequestQueue)
+	}
+	if n := metricValue(t, env.svc.metrics.eventsReceived.WithLabelValues("key_request_dropped")); n != 1 {
+		t.Errorf("key requests dropped = %v, want 1", n)
+	}
+}
