@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -106,9 +107,14 @@ func TestMautrixClientTalksToJSClient(t *testing.T) {
 	}
 	alice.CrossSign(t)
 	for _, c := range []e2e.E2EEClient{alice, bob} {
-		if !c.DeviceCrossSigned(t, alice.User(), alice.Device()) {
-			t.Errorf("the %s client does not see alice's device as cross-signed after she signed it", c.Kind())
-		}
+		// The js client learns of the new signatures when its sync reports alice's device list
+		// as changed and it queries her keys again, a moment after she signed.
+		e2e.Eventually(t, 30*time.Second, func() error {
+			if !c.DeviceCrossSigned(t, alice.User(), alice.Device()) {
+				return fmt.Errorf("the %s client does not see alice's device as cross-signed after she signed it", c.Kind())
+			}
+			return nil
+		})
 	}
 
 	for _, c := range []e2e.E2EEClient{alice, bob} {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -130,25 +131,58 @@ func runCommand(t testing.TB, timeout time.Duration, dir, name string, args ...s
 	return out, err
 }
 
-// freePorts returns n distinct TCP ports that were free on 127.0.0.1 a moment ago.
+// Listen ports are picked below Linux's ephemeral range (32768–60999 by default): a port from
+// that range, free when picked, can be taken as the local port of any outgoing connection (to
+// PostgreSQL, to Synapse) before the process meant to listen on it starts, seconds later, and it
+// then fails with "address already in use". Below the range only another listener can take it.
+const (
+	listenPortLow   = 20000
+	listenPortHigh  = 32000
+	listenPortTries = 200
+)
+
+var (
+	portsMu     sync.Mutex
+	portsHanded = map[int]bool{} // ports handed out in this test process
+)
+
+// freePorts returns n distinct TCP ports of listenPortLow–listenPortHigh that were free on
+// 127.0.0.1 a moment ago and were not handed out before in this process. It tries at most
+// listenPortTries random ports per wanted one.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	ports := make([]int, 0, n)
-	listeners := make([]net.Listener, 0, n)
-	defer func() {
-		for _, l := range listeners {
-			_ = l.Close()
-		}
-	}()
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		port, err := pickListenPort()
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		portsHanded[port] = true
+		ports = append(ports, port)
 	}
 	return ports
+}
+
+// pickListenPort returns a random port of the listen range that is free now and was not handed
+// out before; portsMu is held.
+func pickListenPort() (int, error) {
+	var lastErr error
+	for range listenPortTries {
+		port := listenPortLow + rand.IntN(listenPortHigh-listenPortLow)
+		if portsHanded[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		_ = l.Close()
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free port in %d–%d after %d tries: %v", listenPortLow, listenPortHigh, listenPortTries, lastErr)
 }
 
 // keepWorkDirs reports whether work directories of failed tests are kept (CUSTODIAN_E2E_KEEP=1).
