@@ -195,7 +195,8 @@ func (m *Machine) PendingMessageIndexes() int {
 
 // ValidateMessageIndex implements [crypto.Store]. Unless [Machine.DeferMessageIndexes] was
 // called it is mautrix's: the index is written at once. Otherwise it is checked against the
-// session's known indexes (see knownIndexes) and, if new, added to them and to the pending ones.
+// session's known indexes (see [Machine.DeferMessageIndexes]) and, if new, added to them and
+// to the pending ones.
 func (s *lockedStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
 	p := s.indexes
 	if !p.on.Load() {
