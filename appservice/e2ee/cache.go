@@ -120,15 +120,17 @@ func (m *Machine) CacheEnabled() bool {
 }
 
 // Evict empties the cache of [Machine.EnableCache], so that the next decryption reads the
-// crypto store again. It must be called after any deletion or change of crypto rows that does
-// not go through the machine has committed, or the machine could go on decrypting with a
-// session the database no longer holds: the core calls it after every erasure that covered
-// the crypto store (the user's devices, olm and inbound megolm sessions, cross-signing keys and
-// signatures). The retention sweep, which has no hook after it, relies on an entry's one-minute
-// lifetime; re-pickling under a new crypto key changes no session's content and needs no
-// eviction; the start-up reset of the crypto rows runs before the cache is enabled. Evict is
-// safe for concurrent use and does nothing when the cache is off.
+// crypto store again, and forgets the message indexes loaded per session (see
+// [Machine.DeferMessageIndexes]; the pending ones stay until written). It must be called after
+// any deletion or change of crypto rows that does not go through the machine has committed, or
+// the machine could go on decrypting with a session the database no longer holds: the core
+// calls it after every erasure that covered the crypto store (the user's devices, olm and
+// inbound megolm sessions, cross-signing keys and signatures) and after a retention sweep that
+// deleted crypto rows; re-pickling under a new crypto key changes no session's content; the
+// start-up reset of the crypto rows runs before the cache is enabled. Evict is safe for
+// concurrent use; without the cache it only forgets the loaded indexes.
 func (m *Machine) Evict() {
+	m.locked.indexes.evictKnown()
 	if c, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		c.evict()
 	}

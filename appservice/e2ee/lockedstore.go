@@ -21,7 +21,8 @@ import (
 //
 // The other methods (devices, tracked users, signatures) neither pickle nor touch the cache and
 // are mautrix's own, unlocked. Message indexes may be kept in memory until the inbox's done
-// marks write them (indexes; msgindex.go, [Machine.DeferMessageIndexes]).
+// marks write them, and each session's known ones are checked in memory (indexes; msgindex.go,
+// [Machine.DeferMessageIndexes]).
 type lockedStore struct {
 	*crypto.SQLCryptoStore
 	mu      sync.RWMutex

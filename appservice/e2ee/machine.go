@@ -60,7 +60,7 @@ type StateStore interface {
 // are sent keys whatever their trust, as other clients do by default.
 func NewMachine(client *mautrix.Client, store *crypto.SQLCryptoStore, stateStore StateStore, log zerolog.Logger) *Machine {
 	mlog := log.With().Str("component", "crypto").Logger()
-	locked := &lockedStore{SQLCryptoStore: store, indexes: &pendingIndexes{m: make(map[indexKey]indexUse)}}
+	locked := &lockedStore{SQLCryptoStore: store, indexes: newPendingIndexes()}
 	mach := crypto.NewOlmMachine(client, &mlog, locked, stateStore)
 	mach.SendKeysMinTrust = id.TrustStateUnset
 	mach.ShareKeysMinTrust = id.TrustStateUnset
