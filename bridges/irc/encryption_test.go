@@ -171,3 +171,73 @@ func TestPrivateMessageIntoEncryptedChatWithoutEncryption(t *testing.T) {
 		})
 	}
 }
+
+// TestRedactionReasonNeverPlaintextWherePrivate: a message deleted on IRC (REDACT with a free
+// text) is redacted on Matrix, and the text becomes the redaction's reason, which nothing
+// encrypts. It is passed on only into an unencrypted channel room: a private chat, or a channel
+// room the state cache holds encrypted, gets a redaction without it.
+func TestRedactionReasonNeverPlaintextWherePrivate(t *testing.T) {
+	const secret = "deleted because it held my home address"
+	tests := []struct {
+		name       string
+		room       id.RoomID
+		target     string
+		encrypted  bool
+		wantReason bool
+	}{
+		{name: "unencrypted channel", room: testPortalRoom, target: testChannel, wantReason: true},
+		{name: "encrypted channel", room: testPortalRoom, target: testChannel, encrypted: true},
+		{name: "private chat", room: "!pm:example.org", target: "carol"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			forEachDialect(t, envConfig{}, func(t *testing.T, env *testEnv) {
+				if tt.encrypted {
+					encryption := &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}
+					if err := env.host.AS.StateStore.SetEncryptionEvent(env.ctx, tt.room, encryption); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, userID := range []id.UserID{ghostID(t, "carol"), env.host.BotID(), testAlice} {
+					env.host.HS.SetMembership(tt.room, userID, event.MembershipJoin)
+				}
+				env.say(testAlice, "i am here")
+				env.waitMembers(testChannel, "alice[m]")
+				eventID := env.newEventID()
+				if err := env.br.db.Message.Put(env.ctx, &ircdb.Message{
+					EventID: eventID, RoomID: tt.room, Network: testNet, Target: tt.target,
+					MsgID: "msg-1", CreatedAt: time.Now(),
+				}); err != nil {
+					t.Fatal(err)
+				}
+				// The bridge's own connection reads the channel; alice's puppet her private chats.
+				to, line := "custodian", ":carol!carol@irc.example REDACT "+tt.target+" msg-1 :"+secret+"\r\n"
+				if tt.target == "carol" {
+					to, line = "alice[m]", ":carol!carol@irc.example REDACT alice[m] msg-1 :"+secret+"\r\n"
+				}
+				if err := env.srv.SendRaw(to, line); err != nil {
+					t.Fatal(err)
+				}
+				var reasons []string
+				env.eventually("the message is redacted on Matrix", func() bool {
+					reasons = reasons[:0]
+					for _, req := range env.host.HS.RequestsTo(astest.PatternRedact) {
+						var body struct {
+							Reason string `json:"reason"`
+						}
+						if err := req.DecodeBody(&body); err != nil {
+							t.Fatal(err)
+						}
+						reasons = append(reasons, body.Reason)
+					}
+					return len(reasons) > 0
+				})
+				for _, reason := range reasons {
+					if got := strings.Contains(reason, secret); got != tt.wantReason {
+						t.Errorf("redaction reason %q: carries the IRC text = %v, want %v", reason, got, tt.wantReason)
+					}
+				}
+			})
+		})
+	}
+}

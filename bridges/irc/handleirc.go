@@ -17,6 +17,7 @@ import (
 	"github.com/custodian-matrix/custodian/appservice"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircconv"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircdb"
+	"github.com/custodian-matrix/custodian/bridges/irc/ircid"
 	"github.com/custodian-matrix/custodian/bridges/irc/ircline"
 )
 
@@ -236,6 +237,11 @@ func (n *network) handlePuppetMessage(ctx context.Context, in inbound) {
 			return
 		}
 		n.sendToMatrix(ctx, intent, roomID, folded, msg)
+	case "REDACT":
+		// A private message deleted by its sender (the server checked that they may).
+		if target := ircline.Param(msg, 0); target != "" && !strings.ContainsRune("#&+!", rune(target[0])) {
+			n.onRedact(ctx, msg)
+		}
 	case "KICK":
 		if n.fold(ircline.Param(msg, 1)) == n.fold(in.conn.Nick()) {
 			n.onPuppetKicked(ctx, p, msg)
@@ -442,7 +448,7 @@ func (n *network) onRedact(ctx context.Context, msg *ircmsg.Message) {
 		// Unknown, or a message from Matrix: the Matrix side already decided about it.
 		return
 	}
-	req := mautrix.ReqRedact{Reason: ircconv.Strip(ircconv.DecodeText(ircline.Param(msg, 2)))}
+	req := mautrix.ReqRedact{Reason: n.br.redactionReason(ctx, m, ircline.Param(msg, 2))}
 	var redactErr error
 	if intent, err := n.br.ghostIntent(n, msg.Nick()); err == nil {
 		_, redactErr = intent.RedactEvent(ctx, m.RoomID, m.EventID, req)
@@ -457,4 +463,23 @@ func (n *network) onRedact(ctx context.Context, msg *ircmsg.Message) {
 	if err = n.br.db.Message.Delete(ctx, m.EventID); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to forget a redacted message")
 	}
+}
+
+// redactionReason returns the reason to give the Matrix redaction of m, which was deleted on IRC
+// with the free text raw. A redaction's reason is never encrypted (neither mautrix nor the
+// homeserver encrypts m.room.redaction), so the text is passed on only where the message itself
+// went out in plaintext: into a channel's room that the state cache holds unencrypted. A private
+// chat, an encrypted room, or a room whose encryption is unknown gets no reason.
+func (br *Bridge) redactionReason(ctx context.Context, m *ircdb.Message, raw string) string {
+	if raw == "" || !ircid.ValidChannel(m.Target) {
+		return ""
+	}
+	store := br.host.Bot().StateStore
+	if store == nil {
+		return ""
+	}
+	if encrypted, err := store.IsEncrypted(ctx, m.RoomID); err != nil || encrypted {
+		return ""
+	}
+	return ircconv.Strip(ircconv.DecodeText(raw))
 }

@@ -415,8 +415,8 @@ func (s *session) handler(p *puppet) func(c *ircconn.Conn, msg *ircmsg.Message) 
 }
 
 // puppetWants reports whether a message a puppet received is one handlePuppetMessage acts on:
-// private messages, echoes of our own messages where they carry IDs we keep (see wantsEchoes),
-// KICK, and numerics refusing a message, a topic or a JOIN (refusalNumerics).
+// private messages and their deletions (REDACT), echoes of our own messages where they carry IDs
+// we keep (see wantsEchoes), KICK, and numerics refusing a message, a topic or a JOIN (refusalNumerics).
 func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 	switch msg.Command {
 	case "PRIVMSG", "NOTICE":
@@ -425,6 +425,10 @@ func puppetWants(c *ircconn.Conn, msg *ircmsg.Message) bool {
 			return true
 		}
 		return wantsEchoes(c) && c.CaseMapping().Equal(msg.Nick(), c.Nick())
+	case "REDACT":
+		// Only a private message's deletion: a channel's reaches the bridge's connection.
+		target := ircline.Param(msg, 0)
+		return target != "" && !strings.ContainsRune("#&+!", rune(target[0]))
 	case "KICK", "KILL", "ERROR", "474", "473", "475", "471", "403":
 		return true
 	}
