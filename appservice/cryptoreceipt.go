@@ -209,14 +209,15 @@ func (svc *Service) startFinalScrubs(ctx context.Context) {
 }
 
 // armRecentFinalScrubs arms the final scrub of every erasure that covered the crypto store or
-// the state cache, ran less than finalScrubWindow ago and whose job is done, for a quiet period
+// the state cache and whose job finished less than finalScrubWindow ago, for a quiet period
 // after its cleanup ended (the job's finish time; the tombstone's time once the job's row is
 // gone): later if that is still to come, at once if it fell due while the service was down (the
-// scrub is idempotent). Only the newest limit tombstones are looked at. A job still unfinished
-// is left to its cleanup, which the erasure runner resumes and whose scrub arms it.
+// scrub is idempotent). Only the newest limit such erasures are looked at (the database filters
+// scope and state before the limit, so other erasures cannot push them out). A job still
+// unfinished is left to its cleanup, which the erasure runner resumes and whose scrub arms it.
 func (svc *Service) armRecentFinalScrubs(ctx context.Context, limit int) {
 	now := svc.now()
-	tombstones, err := svc.engine.Store().RecentTombstonesWithJobs(ctx, now.Add(-finalScrubWindow), limit)
+	tombstones, err := svc.engine.Store().RecentTombstonesWithJobs(ctx, now.Add(-finalScrubWindow), limit, e2ee.Module, CoreModule)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to find the erasures whose final scrub is due; skipping them")
 		return

@@ -184,8 +184,9 @@ func TestQuietPeriodRunsFromTheEndOfTheCleanup(t *testing.T) {
 // TestStartArmsTheFinalScrubsOfTheLastDay erases users while no final scrub can be armed (the
 // service is down), then starts: the final scrub of an erasure of the last finalScrubWindow that
 // fell due meanwhile runs at once, one not yet due is armed for later, and none is armed for an
-// older erasure or for a job still in cleanup (its cleanup's scrub arms it). With a cap, only
-// the newest tombstones are looked at.
+// older erasure or for a job still in cleanup (its cleanup's scrub arms it); one erased longer
+// ago whose cleanup ended within the window (a receipt refused for a day) is armed from its end.
+// With a cap, only the newest finished erasures are looked at: unfinished ones do not count.
 func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
@@ -195,10 +196,15 @@ func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 				missed = id.UserID("@missed:example.org")
 				due    = id.UserID("@due:example.org")
 				held   = id.UserID("@held:example.org")
+				slow   = id.UserID("@slow:example.org")
 				plain  = id.RoomID("!heldplain:example.org")
+				slowDM = id.RoomID("!slowplain:example.org")
 			)
 			for _, user := range []id.UserID{env.svc.as.BotMXID(), held} {
 				env.hs.SetMembership(plain, user, event.MembershipJoin)
+			}
+			for _, user := range []id.UserID{env.svc.as.BotMXID(), slow} {
+				env.hs.SetMembership(slowDM, user, event.MembershipJoin)
 			}
 			erase := func(user id.UserID, notify id.RoomID, wantState privacy.ErasureState) string {
 				t.Helper()
@@ -211,15 +217,29 @@ func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 				}
 				return receipt.JobID
 			}
+			slowReq := EraseRequest{Trigger: TriggerUser, Modules: []string{e2ee.Module}, NotifyRoom: slowDM, RequestID: "$forget-slow"}
+			env.hs.Fail(astest.PatternSend, http.StatusForbidden, "M_FORBIDDEN")
+			slowReceipt, err := env.svc.engine.Erase(env.ctx, slow, slowReq)
+			if err != nil || slowReceipt.State != string(privacy.ErasureCleanup) {
+				t.Fatalf("Erase(slow) = %v, %v; want it in cleanup", slowReceipt, err)
+			}
+			slowJob := slowReceipt.JobID
+			env.hs.Unfail(astest.PatternSend)
 			erase(old, "", privacy.ErasureDone)
 			clk.Advance(finalScrubWindow)
 			missedJob := erase(missed, "", privacy.ErasureDone)
 			clk.Advance(2 * time.Hour)
+			// The homeserver takes slow's receipt a day and two hours after the erasure.
+			if slowReceipt, err = env.svc.engine.Erase(env.ctx, slow, slowReq); err != nil || slowReceipt.State != string(privacy.ErasureDone) || slowReceipt.JobID != slowJob {
+				t.Fatalf("Erase(slow) again = %v, %v; want its job done", slowReceipt, err)
+			}
+			clk.Advance(time.Minute)
 			dueJob := erase(due, "", privacy.ErasureDone)
+			clk.Advance(time.Minute)
 			env.hs.Fail(astest.PatternSend, http.StatusForbidden, "M_FORBIDDEN")
 			erase(held, plain, privacy.ErasureCleanup)
 			// Rows racing goroutines stored about each before the service stopped.
-			for _, user := range []id.UserID{old, missed, due, held} {
+			for _, user := range []id.UserID{old, missed, due, held, slow} {
 				if err := env.svc.crypto.Store().PutDevice(env.ctx, user, &id.Device{UserID: user, DeviceID: "LATE", IdentityKey: id.Curve25519(user + "key"), SigningKey: id.Ed25519(user + "sign")}); err != nil {
 					t.Fatal(err)
 				}
@@ -228,13 +248,13 @@ func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 				return countQuery(t, env, `SELECT COUNT(*) FROM crypto_device WHERE user_id=$1`, user)
 			}
 
-			// A start with a cap of two looks at held's and due's tombstones only.
+			// A start with a cap of one looks at due's tombstone only: held's, newer, is unfinished.
 			env.svc.privacy.lock.Lock()
 			env.svc.privacy.scrubCtx, env.svc.privacy.scrubsStopped = env.ctx, false
 			env.svc.privacy.lock.Unlock()
-			env.svc.armRecentFinalScrubs(env.ctx, 2)
+			env.svc.armRecentFinalScrubs(env.ctx, 1)
 			if armed := armedFinalScrubs(env); !slices.Equal(armed, []string{dueJob}) {
-				t.Fatalf("final scrubs armed with a cap of 2: %v, want only %s", armed, dueJob)
+				t.Fatalf("final scrubs armed with a cap of 1: %v, want only %s", armed, dueJob)
 			}
 			env.svc.stopFinalScrubs()
 			noFinalScrub(t, ran, "with a cap that left the missed one out")
@@ -244,18 +264,23 @@ func TestStartArmsTheFinalScrubsOfTheLastDay(t *testing.T) {
 			if n := devices(missed); n != 0 {
 				t.Errorf("after the missed final scrub %d devices of the user remain", n)
 			}
-			if armed := armedFinalScrubs(env); !slices.Equal(armed, []string{dueJob}) {
-				t.Errorf("final scrubs armed after the start: %v, want only %s (missed: %s)", armed, dueJob, missedJob)
+			want := []string{dueJob, slowJob}
+			slices.Sort(want)
+			if armed := armedFinalScrubs(env); !slices.Equal(armed, want) {
+				t.Errorf("final scrubs armed after the start: %v, want %v (missed: %s)", armed, want, missedJob)
 			}
-			for _, user := range []id.UserID{old, due, held} {
+			for _, user := range []id.UserID{old, due, held, slow} {
 				if n := devices(user); n != 1 {
 					t.Errorf("after the start %d devices of %s remain, want its late one", n, user)
 				}
 			}
 			clk.Advance(erasureQuietPeriod)
+			waitScrubbed(t, ran) // slow's, then due's
 			waitScrubbed(t, ran)
-			if n := devices(due); n != 0 {
-				t.Errorf("after its final scrub %d devices of the due user remain", n)
+			for _, user := range []id.UserID{due, slow} {
+				if n := devices(user); n != 0 {
+					t.Errorf("after its final scrub %d devices of %s remain", n, user)
+				}
 			}
 		})
 	}

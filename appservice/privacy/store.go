@@ -139,7 +139,6 @@ const (
 		FROM as_tombstone t LEFT JOIN as_erasure e ON e.job_id=t.job_id
 	`
 	getTombstonesWithJobsQuery   = tombstoneWithJobColumns + `WHERE t.user_hash=$1 ORDER BY t.erased_at, t.job_id`
-	recentTombstonesWithJobQuery = tombstoneWithJobColumns + `WHERE t.erased_at>=$1 ORDER BY t.erased_at DESC, t.job_id DESC LIMIT $2`
 	insertKeyQuery               = `
 		INSERT INTO as_privacy_key (name, key_hex, created_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO NOTHING
@@ -286,11 +285,26 @@ func (pq *Store) TombstonesWithJobs(ctx context.Context, userHash string) ([]*To
 	return pq.tombstonesWithJobs(ctx, getTombstonesWithJobsQuery, userHash)
 }
 
-// RecentTombstonesWithJobs returns the newest tombstones, at most limit, of the erasures that ran
-// at or after since, newest first, each with its job's state and finish time (see
-// [Tombstone.JobState]). An empty slice if none.
-func (pq *Store) RecentTombstonesWithJobs(ctx context.Context, since time.Time, limit int) ([]*Tombstone, error) {
-	return pq.tombstonesWithJobs(ctx, recentTombstonesWithJobQuery, since.UnixMilli(), limit)
+// RecentTombstonesWithJobs returns the tombstones of the erasures that finished at or after
+// since (their job done then, or, once the job's row is gone, erased then), newest first, at most
+// limit, each with its job's state and finish time (see [Tombstone.JobState]). Erasures still
+// unfinished are left out. With modules, only full erasures and those whose scope includes one
+// of modules count; the limit applies after both filters. An empty slice if none.
+func (pq *Store) RecentTombstonesWithJobs(ctx context.Context, since time.Time, limit int, modules ...string) ([]*Tombstone, error) {
+	where := []string{`COALESCE(e.finished_at, t.erased_at)>=$1`, `(e.state IS NULL OR e.state='done')`}
+	args := []any{since.UnixMilli(), limit}
+	if len(modules) > 0 {
+		scopes := []string{"t.scope=$3"}
+		args = append(args, ScopeAll)
+		for _, module := range modules {
+			args = append(args, "%,"+module+",%")
+			scopes = append(scopes, fmt.Sprintf("(',' || t.scope || ',') LIKE $%d", len(args)))
+		}
+		where = append(where, "("+strings.Join(scopes, " OR ")+")")
+	}
+	query := tombstoneWithJobColumns + "WHERE " + strings.Join(where, " AND ") +
+		" ORDER BY COALESCE(e.finished_at, t.erased_at) DESC, t.job_id DESC LIMIT $2"
+	return pq.tombstonesWithJobs(ctx, query, args...)
 }
 
 // tombstonesWithJobs runs query, one of the tombstone queries joined with the jobs, with args.
