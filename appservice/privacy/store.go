@@ -138,8 +138,8 @@ const (
 			e.state, e.finished_at
 		FROM as_tombstone t LEFT JOIN as_erasure e ON e.job_id=t.job_id
 	`
-	getTombstonesWithJobsQuery   = tombstoneWithJobColumns + `WHERE t.user_hash=$1 ORDER BY t.erased_at, t.job_id`
-	insertKeyQuery               = `
+	getTombstonesWithJobsQuery = tombstoneWithJobColumns + `WHERE t.user_hash=$1 ORDER BY t.erased_at, t.job_id`
+	insertKeyQuery             = `
 		INSERT INTO as_privacy_key (name, key_hex, created_at) VALUES ($1, $2, $3)
 		ON CONFLICT (name) DO NOTHING
 	`
