@@ -32,6 +32,10 @@ const (
 	Timeout = 10 * time.Second
 	// MaxConns bounds the query connections served at once; more are closed at once.
 	MaxConns = 64
+	// RegisterGrace is how long a query about a connection the registry does not hold waits
+	// for it to be added: an IRC server may ask the moment it accepted the connection, before
+	// the bridge's dialer returned and registered it.
+	RegisterGrace = 3 * time.Second
 )
 
 // ErrBadRequest is returned by [ParseRequest] for a line that is not an ident query.
@@ -85,11 +89,13 @@ type connKey struct {
 type Registry struct {
 	mu    sync.Mutex
 	conns map[connKey]string
+	// added is closed, and replaced, whenever a connection is added.
+	added chan struct{}
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{conns: make(map[connKey]string)}
+	return &Registry{conns: make(map[connKey]string), added: make(chan struct{})}
 }
 
 // Add records that the connection from local to remote belongs to username, until the
@@ -104,6 +110,8 @@ func (r *Registry) Add(local, remote net.Addr, username string) (remove func()) 
 	key := connKey{local: lp.Port(), remote: rp}
 	r.mu.Lock()
 	r.conns[key] = username
+	close(r.added)
+	r.added = make(chan struct{})
 	r.mu.Unlock()
 	var once sync.Once
 	return func() {
@@ -123,6 +131,30 @@ func (r *Registry) Lookup(local uint16, remote netip.AddrPort) (string, bool) {
 	defer r.mu.Unlock()
 	u, ok := r.conns[connKey{local: local, remote: unmap(remote)}]
 	return u, ok
+}
+
+// LookupWithin is Lookup, waiting up to d for the connection to be added if it is not open
+// yet. It returns early if ctx ends.
+func (r *Registry) LookupWithin(ctx context.Context, local uint16, remote netip.AddrPort, d time.Duration) (string, bool) {
+	key := connKey{local: local, remote: unmap(remote)}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		r.mu.Lock()
+		u, ok := r.conns[key]
+		added := r.added
+		r.mu.Unlock()
+		if ok {
+			return u, true
+		}
+		select {
+		case <-added:
+		case <-timer.C:
+			return "", false
+		case <-ctx.Done():
+			return "", false
+		}
+	}
 }
 
 // Len returns the number of connections registered.
@@ -150,6 +182,10 @@ type Server struct {
 	reg *Registry
 	log zerolog.Logger
 	sem chan struct{}
+	// grace is how long a query waits for its connection to be registered (RegisterGrace).
+	grace time.Duration
+	// stopping is closed by Close: queries stop waiting.
+	stopping chan struct{}
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -161,7 +197,7 @@ type Server struct {
 // NewServer returns a server answering from reg, logging to log (never user names or queries'
 // ports next to Matrix IDs: it knows none).
 func NewServer(reg *Registry, log zerolog.Logger) *Server {
-	return &Server{reg: reg, log: log, sem: make(chan struct{}, MaxConns), conns: make(map[net.Conn]struct{})}
+	return &Server{reg: reg, log: log, sem: make(chan struct{}, MaxConns), conns: make(map[net.Conn]struct{}), grace: RegisterGrace, stopping: make(chan struct{})}
 }
 
 // Listen starts listening on addr (host:port) and serving in the background until Close.
@@ -197,6 +233,9 @@ func (s *Server) Addr() net.Addr {
 // server's goroutines until ctx ends.
 func (s *Server) Close(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stopping)
+	}
 	s.closed = true
 	var err error
 	if s.ln != nil {
@@ -266,7 +305,16 @@ func (s *Server) serve(c net.Conn) {
 	if err != nil {
 		return
 	}
-	_, _ = c.Write([]byte(s.Answer(line, c.RemoteAddr())))
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	_, _ = c.Write([]byte(s.answer(ctx, line, c.RemoteAddr(), s.grace)))
 }
 
 // readLine reads one line of at most MaxLineLength bytes (CR LF or LF ended).
@@ -291,6 +339,11 @@ func readLine(rd *bufio.Reader) (string, error) {
 // of the connection asked about if it is one of the bridge's connections to from's host,
 // else an ERROR reply (INVALID-PORT for a malformed query, NO-USER otherwise).
 func (s *Server) Answer(line string, from net.Addr) string {
+	return s.answer(context.Background(), line, from, 0)
+}
+
+// answer is Answer, waiting up to grace for the connection asked about to be registered.
+func (s *Server) answer(ctx context.Context, line string, from net.Addr, grace time.Duration) string {
 	local, remote, err := ParseRequest(line)
 	if err != nil {
 		return "0 , 0 : ERROR : INVALID-PORT\r\n"
@@ -300,7 +353,7 @@ func (s *Server) Answer(line string, from net.Addr) string {
 	if !ok {
 		return ports + " : ERROR : NO-USER\r\n"
 	}
-	user, ok := s.reg.Lookup(local, netip.AddrPortFrom(fromAP.Addr(), remote))
+	user, ok := s.reg.LookupWithin(ctx, local, netip.AddrPortFrom(fromAP.Addr(), remote), grace)
 	if !ok {
 		return ports + " : ERROR : NO-USER\r\n"
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,9 @@ func ircServer(t *testing.T) net.Listener {
 func startServer(t *testing.T, reg *Registry) *Server {
 	t.Helper()
 	s := NewServer(reg, zerolog.Nop())
+	// Queries about unknown connections answer NO-USER after the grace: short, so the tables of
+	// such queries run fast (TestQueryWaitsForTheConnectionToBeRegistered sets its own).
+	s.grace = 50 * time.Millisecond
 	if err := s.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -209,5 +213,49 @@ func TestCloseEndsIdleQueries(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := c.Read(make([]byte, 64)); err == nil {
 		t.Errorf("the idle query got %d bytes of answer, want its connection closed", n)
+	}
+}
+
+// TestQueryWaitsForTheConnectionToBeRegistered: an IRC server may ask about a connection the
+// moment it accepted it, before the bridge's dialer returned and registered it. The query waits
+// (up to RegisterGrace) and gets the user name, not NO-USER; one about a connection never
+// registered gets NO-USER after the grace.
+func TestQueryWaitsForTheConnectionToBeRegistered(t *testing.T) {
+	reg := NewRegistry()
+	s := startServer(t, reg)
+	s.grace = 2 * time.Second
+	irc := ircServer(t)
+	ircPort := irc.Addr().(*net.TCPAddr).Port
+	conn, err := net.Dial("tcp", irc.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	port := conn.LocalAddr().(*net.TCPAddr).Port
+
+	answered := make(chan string, 1)
+	go func() { answered <- query(t, s, fmt.Sprintf("%d , %d\r\n", port, ircPort)) }()
+	// Register once the query is being served (the server holds its connection).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		serving := len(s.conns)
+		s.mu.Unlock()
+		if serving > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the query was not taken within 5s")
+		}
+		runtime.Gosched()
+	}
+	reg.Add(conn.LocalAddr(), conn.RemoteAddr(), "mlate00000")
+	if got, want := <-answered, fmt.Sprintf("%d , %d : USERID : UNIX : mlate00000\r\n", port, ircPort); got != want {
+		t.Errorf("answer = %q, want %q", got, want)
+	}
+
+	s.grace = 50 * time.Millisecond
+	if got, want := query(t, s, fmt.Sprintf("%d , %d\r\n", 1, ircPort)), fmt.Sprintf("1 , %d : ERROR : NO-USER\r\n", ircPort); got != want {
+		t.Errorf("never registered: answer = %q, want %q", got, want)
 	}
 }
