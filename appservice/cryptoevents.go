@@ -298,13 +298,7 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		return
 	}
 	if content, ok := evt.Content.Parsed.(*event.EncryptedEventContent); ok && content.Algorithm == id.AlgorithmOlmV1 {
-		// Outside the transaction: the olm machine would otherwise fetch the sender's device
-		// keys from the homeserver while holding it. Bounded: the gate's stripe is held.
-		fetchCtx, cancel := context.WithTimeout(ctx, senderFetchTimeout)
-		if _, err = svc.crypto.Olm().GetOrFetchDeviceByKey(fetchCtx, evt.Sender, content.SenderKey); err != nil {
-			log.Debug().Err(err).Msg("Failed to get the sender's device keys")
-		}
-		cancel()
+		svc.prefetchSenderDevice(ctx, evt.Sender, content.SenderKey)
 	}
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
@@ -325,8 +319,37 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 }
 
 // senderFetchTimeout bounds the fetch of an olm message sender's device keys, which runs under
-// the sender's gate stripe: an erasure on that stripe waits for it.
-const senderFetchTimeout = 15 * time.Second
+// the sender's gate stripe: an erasure on that stripe waits for it, and so does the lane.
+const senderFetchTimeout = 5 * time.Second
+
+// prefetchSenderDevice fetches the device of an olm message's sender by its identity key before
+// the lane's transaction (the olm machine would otherwise fetch it while holding it), within
+// senderFetchTimeout. A fetch that fails or times out makes the lane skip the fetch for every
+// sender of the same server for failedServerPause (svc.senderFetchFailed, on the service's
+// clock): anyone can send olm events with fresh sender keys from a server that answers slowly,
+// and the lane handles one event at a time. Without the fetch the olm handling goes on as after
+// a failed one; the device is fetched later when needed.
+func (svc *Service) prefetchSenderDevice(ctx context.Context, sender id.UserID, senderKey id.SenderKey) {
+	log := zerolog.Ctx(ctx)
+	server := sender.Homeserver()
+	if svc.senderFetchFailed.skip(server, svc.now()) {
+		log.Debug().Msg("Skipping the sender's device fetch: a fetch from their server failed recently")
+		return
+	}
+	fetchCtx, cancel := context.WithTimeout(ctx, senderFetchTimeout)
+	defer cancel()
+	device, err := svc.crypto.Olm().GetOrFetchDeviceByKey(fetchCtx, sender, senderKey)
+	switch {
+	case err != nil:
+		// A crypto store error, not the server's.
+		log.Debug().Err(err).Msg("Failed to get the sender's device keys")
+	case device == nil && fetchCtx.Err() != nil && ctx.Err() == nil:
+		// The olm machine only logs a failed key query and returns no device; the deadline
+		// tells that the server did not answer in time.
+		log.Debug().Err(fetchCtx.Err()).Msg("Failed to fetch the sender's device keys in time; their server is skipped for a while")
+		svc.senderFetchFailed.failed(server, svc.now())
+	}
+}
 
 // keepOrDropToDevice decides, in a run with encryption enabled but without the olm machine
 // (its set-up failed), about a to-device row that passed the gate: an olm-encrypted event (it
@@ -350,7 +373,7 @@ func (svc *Service) keepOrDropToDevice(ctx context.Context, ie *database.InboxEv
 
 // keyRequestTimeout bounds the handling of one room key request: a key query for the
 // requester's devices and the answer, under the requester's gate stripe.
-const keyRequestTimeout = 15 * time.Second
+const keyRequestTimeout = 5 * time.Second
 
 // handleKeyRequest answers a room key request (see [e2ee.Machine.SetKeyShareGate] for the
 // policy) on a context detached from ctx's database transaction and write-error record,
