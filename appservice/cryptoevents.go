@@ -39,8 +39,8 @@ const (
 	// firstKeyWait is how long a room key is waited for before it is asked for: it is usually
 	// on its way, in a transaction right behind the event.
 	firstKeyWait = 3 * time.Second
-	// toDeviceAttempts bounds the tries to commit one to-device event before it is left in the
-	// inbox for the next run.
+	// toDeviceAttempts bounds the tries to check the sender's erasure gate of one to-device
+	// event, and to commit it, before it is left in the inbox for the next run.
 	toDeviceAttempts = 5
 )
 
@@ -221,7 +221,8 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 // The sender's erasure gate is held from the gate check through the end (see erasureGate): a
 // row of a gated sender (toDeviceSenderGated, by the row's arrival) is deleted unhandled,
 // whatever its type, also in a run without the olm machine, before it could be kept for a
-// later one. A row whose gate check failed is left in the inbox for the next run, unhandled.
+// later one. A gate check that fails is tried again like a commit (checkToDeviceGate); a row
+// whose check failed every time is left in the inbox for the next run, unhandled.
 // The lane's logs name no user: a drop would tell the log reader who was erased.
 func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEvent) {
 	log := zerolog.Ctx(ctx).With().
@@ -251,11 +252,10 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	// From the gate check through the commit, an erasure of the sender waits (see erasureGate):
 	// whatever this event stores about them is either deleted by the erasure or never stored.
 	defer svc.erasureGate.lock(ie.Sender)()
-	gated, err := svc.toDeviceSenderGated(ctx, ie.Sender, ie.ReceivedAt)
+	gated, err := svc.checkToDeviceGate(ctx, ie)
 	if err != nil {
 		// Never handled ungated: the row stays for the next run, like a commit that failed.
-		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
-		log.Error().Err(err).Msg("Failed to check the sender's erasure gate; the to-device event stays in the inbox and is handled after restart")
+		log.Error().Err(err).Msg("Giving up on the sender's erasure gate check; the to-device event stays in the inbox and is handled after restart")
 		svc.dispatcher.leaveToDevice(ie)
 		return
 	}
@@ -396,6 +396,24 @@ func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) 
 	return slices.DeleteFunc(users, func(user id.UserID) bool {
 		return svc.senderGatedNow(ctx, user)
 	})
+}
+
+// checkToDeviceGate checks the gate of ie's sender by its arrival (toDeviceSenderGated) until
+// the check succeeds, up to toDeviceAttempts times with growing pauses on the service's clock,
+// as commitToDevice does, and returns the last error if none did (or ctx ended).
+func (svc *Service) checkToDeviceGate(ctx context.Context, ie *database.InboxEvent) (bool, error) {
+	log := zerolog.Ctx(ctx)
+	for attempt := 1; ; attempt++ {
+		gated, err := svc.toDeviceSenderGated(ctx, ie.Sender, ie.ReceivedAt)
+		if err == nil {
+			return gated, nil
+		}
+		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
+		log.Error().Err(err).Int("attempt", attempt).Msg("Failed to check the sender's erasure gate")
+		if attempt >= toDeviceAttempts || !svc.sleep(ctx, time.Duration(attempt)*time.Second) {
+			return false, err
+		}
+	}
 }
 
 // commitToDevice runs commit until it succeeds, up to toDeviceAttempts times with growing

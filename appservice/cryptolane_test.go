@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,10 +230,15 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
 				db := astest.TestDB(t, dialect)
 				env := newE2EEEnv(t, db, nil, nil)
-				env.svc.clk = clock.NewFake(time.Now())
+				clk := clock.NewFake(time.Now())
+				env.svc.clk = clk
 				env.start()
 				tc.prepare(t, env)
 				env.put("l1", nil, []map[string]any{env.roomKey(env.megolm)})
+				if tc.inbox > 0 {
+					// The failing check is tried again after growing pauses, then given up.
+					advanceRetries(t, clk, toDeviceAttempts-1)
+				}
 				waitDrained(t, env.svc.dispatcher)
 				lines := laneLogLines(env.logs.String())
 				found := false
@@ -250,6 +256,63 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 				}
 				if n := countRows(t, db, "crypto_olm_session") + countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
 					t.Errorf("%d olm and megolm sessions stored, want 0", n)
+				}
+			})
+		}
+	}
+}
+
+// advanceRetries advances clk through the pauses of n retries (1 s, 2 s, …), each once a
+// waiter for it is armed.
+func advanceRetries(t *testing.T, clk *clock.Fake, n int) {
+	t.Helper()
+	for attempt := 1; attempt <= n; attempt++ {
+		if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Duration(attempt)*time.Second); err != nil {
+			t.Fatalf("retry %d: %v", attempt, err)
+		}
+		clk.Advance(time.Duration(attempt) * time.Second)
+	}
+}
+
+// TestFailedGateCheckIsTriedAgain makes the gate check of Alice's room key fail twice, then
+// succeed: the room key is handled in this run, after two pauses on the service's clock, and
+// its row is gone; a check that never succeeds leaves the row after toDeviceAttempts tries.
+func TestFailedGateCheckIsTriedAgain(t *testing.T) {
+	cases := []struct {
+		name     string
+		failures int
+		inbox    int
+		sessions int
+	}{
+		{"fails twice", 2, 0, 1},
+		{"fails every time", toDeviceAttempts, 1, 0},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tc := range cases {
+			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env := newE2EEEnv(t, db, nil, nil)
+				clk := clock.NewFake(time.Now())
+				env.svc.clk = clk
+				env.start()
+				var checks atomic.Int32
+				env.svc.erasureGate.checkFails = func(id.UserID) error {
+					if int(checks.Add(1)) <= tc.failures {
+						return errors.New("injected failure")
+					}
+					return nil
+				}
+				env.put("g1", nil, []map[string]any{env.roomKey(env.megolm)})
+				advanceRetries(t, clk, min(tc.failures, toDeviceAttempts-1))
+				waitDrained(t, env.svc.dispatcher)
+				if n, want := int(checks.Load()), min(tc.failures+1, toDeviceAttempts); n != want {
+					t.Errorf("%d gate checks, want %d", n, want)
+				}
+				if n := countRows(t, db, "as_inbox"); n != tc.inbox {
+					t.Errorf("%d inbox rows, want %d", n, tc.inbox)
+				}
+				if n := countRows(t, db, "crypto_megolm_inbound_session"); n != tc.sessions {
+					t.Errorf("%d room keys stored, want %d", n, tc.sessions)
 				}
 			})
 		}
