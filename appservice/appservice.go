@@ -64,6 +64,9 @@ type Service struct {
 	// erasureGate keeps a user's to-device handling and the deletion of their crypto rows by
 	// an erasure apart (cryptoprivacy.go).
 	erasureGate erasureGate
+	// senderFetchFailed holds the servers whose senders' device fetches the to-device lane
+	// skips for a while after one failed (cryptoevents.go).
+	senderFetchFailed serverBackoff
 	// keyRequests answers room key requests off the to-device lane (keyrequests.go).
 	keyRequests *keyRequestPool
 	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while

@@ -39,8 +39,8 @@ const (
 	// firstKeyWait is how long a room key is waited for before it is asked for: it is usually
 	// on its way, in a transaction right behind the event.
 	firstKeyWait = 3 * time.Second
-	// toDeviceAttempts bounds the tries to commit one to-device event before it is left in the
-	// inbox for the next run.
+	// toDeviceAttempts bounds the tries to check the sender's erasure gate of one to-device
+	// event, and to commit it, before it is left in the inbox for the next run.
 	toDeviceAttempts = 5
 )
 
@@ -221,7 +221,8 @@ func (svc *Service) afterEncryptionData(ctx context.Context, pt *parsedTransacti
 // The sender's erasure gate is held from the gate check through the end (see erasureGate): a
 // row of a gated sender (toDeviceSenderGated, by the row's arrival) is deleted unhandled,
 // whatever its type, also in a run without the olm machine, before it could be kept for a
-// later one. A row whose gate check failed is left in the inbox for the next run, unhandled.
+// later one. A gate check that fails is tried again like a commit (checkToDeviceGate); a row
+// whose check failed every time is left in the inbox for the next run, unhandled.
 // The lane's logs name no user: a drop would tell the log reader who was erased.
 func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEvent) {
 	log := zerolog.Ctx(ctx).With().
@@ -251,11 +252,10 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	// From the gate check through the commit, an erasure of the sender waits (see erasureGate):
 	// whatever this event stores about them is either deleted by the erasure or never stored.
 	defer svc.erasureGate.lock(ie.Sender)()
-	gated, err := svc.toDeviceSenderGated(ctx, ie.Sender, ie.ReceivedAt)
+	gated, err := svc.checkToDeviceGate(ctx, ie)
 	if err != nil {
 		// Never handled ungated: the row stays for the next run, like a commit that failed.
-		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
-		log.Error().Err(err).Msg("Failed to check the sender's erasure gate; the to-device event stays in the inbox and is handled after restart")
+		log.Error().Err(err).Msg("Giving up on the sender's erasure gate check; the to-device event stays in the inbox and is handled after restart")
 		svc.dispatcher.leaveToDevice(ie)
 		return
 	}
@@ -298,13 +298,7 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 		return
 	}
 	if content, ok := evt.Content.Parsed.(*event.EncryptedEventContent); ok && content.Algorithm == id.AlgorithmOlmV1 {
-		// Outside the transaction: the olm machine would otherwise fetch the sender's device
-		// keys from the homeserver while holding it. Bounded: the gate's stripe is held.
-		fetchCtx, cancel := context.WithTimeout(ctx, senderFetchTimeout)
-		if _, err = svc.crypto.Olm().GetOrFetchDeviceByKey(fetchCtx, evt.Sender, content.SenderKey); err != nil {
-			log.Debug().Err(err).Msg("Failed to get the sender's device keys")
-		}
-		cancel()
+		svc.prefetchSenderDevice(ctx, evt.Sender, content.SenderKey)
 	}
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {
@@ -325,8 +319,37 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 }
 
 // senderFetchTimeout bounds the fetch of an olm message sender's device keys, which runs under
-// the sender's gate stripe: an erasure on that stripe waits for it.
-const senderFetchTimeout = 15 * time.Second
+// the sender's gate stripe: an erasure on that stripe waits for it, and so does the lane.
+const senderFetchTimeout = 5 * time.Second
+
+// prefetchSenderDevice fetches the device of an olm message's sender by its identity key before
+// the lane's transaction (the olm machine would otherwise fetch it while holding it), within
+// senderFetchTimeout. A fetch that fails or times out makes the lane skip the fetch for every
+// sender of the same server for failedServerPause (svc.senderFetchFailed, on the service's
+// clock): anyone can send olm events with fresh sender keys from a server that answers slowly,
+// and the lane handles one event at a time. Without the fetch the olm handling goes on as after
+// a failed one; the device is fetched later when needed.
+func (svc *Service) prefetchSenderDevice(ctx context.Context, sender id.UserID, senderKey id.SenderKey) {
+	log := zerolog.Ctx(ctx)
+	server := sender.Homeserver()
+	if svc.senderFetchFailed.skip(server, svc.now()) {
+		log.Debug().Msg("Skipping the sender's device fetch: a fetch from their server failed recently")
+		return
+	}
+	fetchCtx, cancel := context.WithTimeout(ctx, senderFetchTimeout)
+	defer cancel()
+	device, err := svc.crypto.Olm().GetOrFetchDeviceByKey(fetchCtx, sender, senderKey)
+	switch {
+	case err != nil:
+		// A crypto store error, not the server's.
+		log.Debug().Err(err).Msg("Failed to get the sender's device keys")
+	case device == nil && fetchCtx.Err() != nil && ctx.Err() == nil:
+		// The olm machine only logs a failed key query and returns no device; the deadline
+		// tells that the server did not answer in time.
+		log.Debug().Err(fetchCtx.Err()).Msg("Failed to fetch the sender's device keys in time; their server is skipped for a while")
+		svc.senderFetchFailed.failed(server, svc.now())
+	}
+}
 
 // keepOrDropToDevice decides, in a run with encryption enabled but without the olm machine
 // (its set-up failed), about a to-device row that passed the gate: an olm-encrypted event (it
@@ -350,7 +373,7 @@ func (svc *Service) keepOrDropToDevice(ctx context.Context, ie *database.InboxEv
 
 // keyRequestTimeout bounds the handling of one room key request: a key query for the
 // requester's devices and the answer, under the requester's gate stripe.
-const keyRequestTimeout = 15 * time.Second
+const keyRequestTimeout = 5 * time.Second
 
 // handleKeyRequest answers a room key request (see [e2ee.Machine.SetKeyShareGate] for the
 // policy) on a context detached from ctx's database transaction and write-error record,
@@ -373,6 +396,24 @@ func (svc *Service) usersNotBeingErased(ctx context.Context, users []id.UserID) 
 	return slices.DeleteFunc(users, func(user id.UserID) bool {
 		return svc.senderGatedNow(ctx, user)
 	})
+}
+
+// checkToDeviceGate checks the gate of ie's sender by its arrival (toDeviceSenderGated) until
+// the check succeeds, up to toDeviceAttempts times with growing pauses on the service's clock,
+// as commitToDevice does, and returns the last error if none did (or ctx ended).
+func (svc *Service) checkToDeviceGate(ctx context.Context, ie *database.InboxEvent) (bool, error) {
+	log := zerolog.Ctx(ctx)
+	for attempt := 1; ; attempt++ {
+		gated, err := svc.toDeviceSenderGated(ctx, ie.Sender, ie.ReceivedAt)
+		if err == nil {
+			return gated, nil
+		}
+		svc.metrics.handlerErrors.WithLabelValues("crypto").Inc()
+		log.Error().Err(err).Int("attempt", attempt).Msg("Failed to check the sender's erasure gate")
+		if attempt >= toDeviceAttempts || !svc.sleep(ctx, time.Duration(attempt)*time.Second) {
+			return false, err
+		}
+	}
 }
 
 // commitToDevice runs commit until it succeeds, up to toDeviceAttempts times with growing

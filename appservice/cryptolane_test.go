@@ -1,11 +1,14 @@
 package appservice
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,10 +232,15 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
 				db := astest.TestDB(t, dialect)
 				env := newE2EEEnv(t, db, nil, nil)
-				env.svc.clk = clock.NewFake(time.Now())
+				clk := clock.NewFake(time.Now())
+				env.svc.clk = clk
 				env.start()
 				tc.prepare(t, env)
 				env.put("l1", nil, []map[string]any{env.roomKey(env.megolm)})
+				if tc.inbox > 0 {
+					// The failing check is tried again after growing pauses, then given up.
+					advanceRetries(t, clk, toDeviceAttempts-1)
+				}
 				waitDrained(t, env.svc.dispatcher)
 				lines := laneLogLines(env.logs.String())
 				found := false
@@ -250,6 +258,63 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 				}
 				if n := countRows(t, db, "crypto_olm_session") + countRows(t, db, "crypto_megolm_inbound_session"); n != 0 {
 					t.Errorf("%d olm and megolm sessions stored, want 0", n)
+				}
+			})
+		}
+	}
+}
+
+// advanceRetries advances clk through the pauses of n retries (1 s, 2 s, …), each once a
+// waiter for it is armed.
+func advanceRetries(t *testing.T, clk *clock.Fake, n int) {
+	t.Helper()
+	for attempt := 1; attempt <= n; attempt++ {
+		if err := clk.BlockUntilInterval(astest.Within(t, 20*time.Second), time.Duration(attempt)*time.Second); err != nil {
+			t.Fatalf("retry %d: %v", attempt, err)
+		}
+		clk.Advance(time.Duration(attempt) * time.Second)
+	}
+}
+
+// TestFailedGateCheckIsTriedAgain makes the gate check of Alice's room key fail twice, then
+// succeed: the room key is handled in this run, after two pauses on the service's clock, and
+// its row is gone; a check that never succeeds leaves the row after toDeviceAttempts tries.
+func TestFailedGateCheckIsTriedAgain(t *testing.T) {
+	cases := []struct {
+		name     string
+		failures int
+		inbox    int
+		sessions int
+	}{
+		{"fails twice", 2, 0, 1},
+		{"fails every time", toDeviceAttempts, 1, 0},
+	}
+	for _, dialect := range astest.Dialects(t) {
+		for _, tc := range cases {
+			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
+				db := astest.TestDB(t, dialect)
+				env := newE2EEEnv(t, db, nil, nil)
+				clk := clock.NewFake(time.Now())
+				env.svc.clk = clk
+				env.start()
+				var checks atomic.Int32
+				env.svc.erasureGate.checkFails = func(id.UserID) error {
+					if int(checks.Add(1)) <= tc.failures {
+						return errors.New("injected failure")
+					}
+					return nil
+				}
+				env.put("g1", nil, []map[string]any{env.roomKey(env.megolm)})
+				advanceRetries(t, clk, min(tc.failures, toDeviceAttempts-1))
+				waitDrained(t, env.svc.dispatcher)
+				if n, want := int(checks.Load()), min(tc.failures+1, toDeviceAttempts); n != want {
+					t.Errorf("%d gate checks, want %d", n, want)
+				}
+				if n := countRows(t, db, "as_inbox"); n != tc.inbox {
+					t.Errorf("%d inbox rows, want %d", n, tc.inbox)
+				}
+				if n := countRows(t, db, "crypto_megolm_inbound_session"); n != tc.sessions {
+					t.Errorf("%d room keys stored, want %d", n, tc.sessions)
 				}
 			})
 		}
@@ -368,5 +433,81 @@ func TestKeyRequestsBeyondTheQueueAreDropped(t *testing.T) {
 	}
 	if n := metricValue(t, env.svc.metrics.eventsReceived.WithLabelValues("key_request_dropped")); n != 1 {
 		t.Errorf("key requests dropped = %v, want 1", n)
+	}
+}
+
+// junkOlm returns an olm-encrypted to-device event from sender for the bot's device, under a
+// fresh random sender key, that nothing can decrypt.
+func (env *e2eeEnv) junkOlm(sender id.UserID) map[string]any {
+	env.t.Helper()
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		env.t.Fatal(err)
+	}
+	_, botIdentity := env.svc.crypto.Olm().GetAccount().Keys()
+	return map[string]any{
+		"type": event.ToDeviceEncrypted.Type, "sender": sender,
+		"to_user_id": env.svc.as.BotMXID(), "to_device_id": env.botDevice(),
+		"content": map[string]any{
+			"algorithm": id.AlgorithmOlmV1, "sender_key": base64.RawStdEncoding.EncodeToString(key),
+			"ciphertext": map[string]any{string(botIdentity): map[string]any{"type": 0, "body": "AwoganVuaw"}},
+		},
+	}
+}
+
+// TestSlowServerStallsTheLaneOnce holds every key query, as a remote homeserver that answers
+// slowly would, and sends two junk olm events of two users of that server under fresh sender
+// keys, then Alice's room key: the lane waits out the sender fetch of the first only (the
+// second is skipped: the server failed a fetch less than a minute ago), so Alice's room key is
+// stored within one fetch deadline, not two. A minute later on the service's clock, the fetch
+// of a sender of that server runs again.
+func TestSlowServerStallsTheLaneOnce(t *testing.T) {
+	const timedOut = "Failed to fetch the sender's device keys in time"
+	const skipped = "Skipping the sender's device fetch"
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			clk := clock.NewFake(time.Now())
+			env.svc.clk = clk
+			env.start()
+			release := make(chan struct{})
+			released := false
+			unblock := func() {
+				if !released {
+					released = true
+					close(release)
+					env.hs.OnRequest(astest.PatternKeysQuery, nil)
+				}
+			}
+			defer unblock()
+			env.hs.OnRequest(astest.PatternKeysQuery, func() { <-release })
+			start := time.Now()
+			env.put("s1", nil, []map[string]any{
+				env.junkOlm("@mallory1:evil.example"), env.junkOlm("@mallory2:evil.example"), env.roomKey(env.megolm),
+			})
+			within := astest.Within(t, 4*senderFetchTimeout)
+			for countRows(t, db, "crypto_megolm_inbound_session") == 0 {
+				select {
+				case <-env.svc.e2ee.keysChanged():
+				case <-within.Done():
+					t.Fatal("the room key was not stored")
+				}
+			}
+			if elapsed := time.Since(start); elapsed >= 2*senderFetchTimeout {
+				t.Errorf("the room key was stored after %s, want less than two fetch deadlines (%s)", elapsed, 2*senderFetchTimeout)
+			}
+			waitDrained(t, env.svc.dispatcher)
+			count := func(message string) int { return strings.Count(env.logs.String(), message) }
+			if n, m := count(timedOut), count(skipped); n != 1 || m != 1 {
+				t.Errorf("%d sender fetches timed out and %d were skipped, want 1 and 1", n, m)
+			}
+			clk.Advance(failedServerPause + time.Second)
+			env.put("s2", nil, []map[string]any{env.junkOlm("@mallory3:evil.example")})
+			waitDrained(t, env.svc.dispatcher)
+			if n, m := count(timedOut), count(skipped); n != 2 || m != 1 {
+				t.Errorf("after a minute: %d sender fetches timed out and %d were skipped, want 2 and 1", n, m)
+			}
+		})
 	}
 }
