@@ -81,6 +81,12 @@ func TestReplyQuotesOnlyRelayedEvents(t *testing.T) {
 		env.host.AddEvent(t, relayed)
 		env.handle(relayed)
 		watcher.MustWaitFor(t, irctest.Match("bob[m]", "PRIVMSG", testChannel, "bob's relayed words"))
+		// The relay's row is written after the line went out; a reply handled before it would
+		// (rightly) not quote what the bridge does not yet know it relayed.
+		env.eventually("the relayed message is recorded", func() bool {
+			rows, err := env.br.db.Message.Get(env.ctx, relayed.ID)
+			return err == nil && len(rows) > 0
+		})
 
 		reply := func(to id.EventID, body string) {
 			env.handle(env.event(testPortalRoom, testAlice, &event.MessageEventContent{
