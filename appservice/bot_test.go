@@ -101,7 +101,7 @@ func newBotEnv(t *testing.T, configure func(cfg *Config)) *botEnv {
 // newBotEnvOn is newBotEnv on the given database dialect.
 func newBotEnvOn(t *testing.T, dialect string, configure func(cfg *Config)) *botEnv {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	log := zerolog.New(astest.LogWriter(t)).Level(zerolog.DebugLevel)
 	ctx := log.WithContext(context.Background())
 	hs := astest.NewFakeHomeserver(t, botTestDomain, botTestASToken)
 

@@ -88,7 +88,7 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 	reg := testRegistration()
 	reg.EphemeralEvents, reg.MSC3202, reg.MSC4190 = true, true, true
 	logs := &lockedBuffer{}
-	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+	log := zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
 	svc, err := newService(cfg, reg, bridges, log, db)
 	if err != nil {
 		t.Fatal(err)

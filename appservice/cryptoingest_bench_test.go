@@ -108,7 +108,7 @@ func benchmarkIngestEncrypted(b *testing.B, dialect string, plain bool) {
 	})
 	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel).Hook(hook)
 	if os.Getenv("BENCH_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(b)).Level(zerolog.InfoLevel).Hook(hook)
+		log = zerolog.New(astest.LogWriter(b)).Level(zerolog.InfoLevel).Hook(hook)
 	}
 	svc, err := newService(cfg, testRegistration(), nil, log, db)
 	if err != nil {

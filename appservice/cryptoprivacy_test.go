@@ -290,7 +290,7 @@ func TestCryptoSessionRetention(t *testing.T) {
 // account, that never asks the homeserver for keys.
 func (env *privacyEnv) newTestMachine(pickleKey []byte) *e2ee.Machine {
 	env.t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(env.t)).Level(zerolog.WarnLevel)
+	log := zerolog.New(astest.LogWriter(env.t)).Level(zerolog.WarnLevel)
 	store := crypto.NewSQLCryptoStore(env.svc.rawDB, dbutil.ZeroLogger(log), e2ee.AccountID, "BOTDEV", pickleKey)
 	return env.machineOn(store)
 }
@@ -298,7 +298,7 @@ func (env *privacyEnv) newTestMachine(pickleKey []byte) *e2ee.Machine {
 // machineOn returns an olm machine on store, its account loaded (created if new).
 func (env *privacyEnv) machineOn(store *crypto.SQLCryptoStore) *e2ee.Machine {
 	env.t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(env.t)).Level(zerolog.WarnLevel)
+	log := zerolog.New(astest.LogWriter(env.t)).Level(zerolog.WarnLevel)
 	m := e2ee.NewMachine(env.svc.as.BotClient(), store, env.svc.stateStore, log)
 	m.Olm().DisableDecryptKeyFetching = true
 	if err := m.Olm().Load(env.ctx); err != nil {
@@ -603,7 +603,7 @@ func TestCryptoShredRepickles(t *testing.T) {
 			})
 			env.start()
 			ctx := env.ctx
-			log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+			log := zerolog.New(astest.LogWriter(t)).Level(zerolog.WarnLevel)
 			v := env.svc.vault.(*vault.Vault)
 			store, err := e2ee.OpenStore(ctx, env.svc.rawDB, v, log)
 			if err != nil {

@@ -28,7 +28,7 @@ func TestEncryptedErasureReceiptIsReadableAndLeavesNoRows(t *testing.T) {
 			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
 			// Every log line, to check that none names alice next to the erasure's user hash.
 			logs := &lockedBuffer{}
-			env.svc.log = zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+			env.svc.log = zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
 			env.svc.engine = env.svc.newEngine()
 			env.start()
 			env.shareKey()

@@ -13,6 +13,8 @@ import (
 	_ "github.com/lib/pq"
 	"github.com/rs/zerolog"
 	_ "go.mau.fi/util/dbutil/litestream"
+
+	"github.com/custodian-matrix/custodian/appservice/astest"
 )
 
 func TestRedactURI(t *testing.T) {
@@ -66,7 +68,7 @@ func TestRedactError(t *testing.T) {
 }
 
 func TestOpenDatabase(t *testing.T) {
-	log := zerolog.New(zerolog.NewTestWriter(t))
+	log := zerolog.New(astest.LogWriter(t))
 	t.Run("sqlite", func(t *testing.T) {
 		cfg := DefaultConfig().Database
 		cfg.URI = "file:" + filepath.Join(t.TempDir(), "c.db")
@@ -171,7 +173,7 @@ func TestSQLiteFilesArePrivate(t *testing.T) {
 			}
 			cfg := DefaultConfig().Database
 			cfg.URI = tt.uri(path)
-			db, err := openDatabase(&cfg, zerolog.New(zerolog.NewTestWriter(t)))
+			db, err := openDatabase(&cfg, zerolog.New(astest.LogWriter(t)))
 			if err != nil {
 				t.Fatalf("openDatabase() = %v", err)
 			}

@@ -151,7 +151,7 @@ func TestBridgesGetTheRouteOfAnEvent(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
 			rec, other := newRecordingBridge("rec"), newRecordingBridge("other")
-			log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+			log := zerolog.New(astest.LogWriter(t)).Level(zerolog.WarnLevel)
 			svc, err := newService(testConfig(deadHomeserver(t).URL), testRegistration(), []Bridge{rec, other}, log, astest.TestDB(t, dialect))
 			if err != nil {
 				t.Fatal(err)

@@ -131,7 +131,7 @@ func prepareService(t *testing.T, db *dbutil.Database, vc VaultConfig) *Service 
 	t.Helper()
 	cfg := testConfig(deadHomeserver(t).URL)
 	cfg.Vault = vc
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	log := zerolog.New(astest.LogWriter(t)).Level(zerolog.WarnLevel)
 	svc, err := newService(cfg, testRegistration(), nil, log, db)
 	if err != nil {
 		t.Fatal(err)
@@ -380,7 +380,7 @@ func TestShredRotationRetiresInboxKey(t *testing.T) {
 			keyFile, k1 := newKeyFile(t)
 			svc := prepareService(t, db, VaultConfig{KeyFile: &keyFile})
 			acceptDirect(t, svc, "1", messageEvent("$p", "!room:example.org", "@alice:example.org", "pending-body"))
-			ctx := zerolog.New(zerolog.NewTestWriter(t)).WithContext(context.Background())
+			ctx := zerolog.New(astest.LogWriter(t)).WithContext(context.Background())
 			_, before := inboxColumns(t, db)
 			var oldWrapped []byte
 			var oldKEK string

@@ -343,7 +343,7 @@ func newPrivacyEnvOn(t *testing.T, dialect string, db *dbutil.Database, configur
 		configure(cfg)
 	}
 	logs := newWatchedLog()
-	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+	log := zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
 	env := &privacyEnv{
 		t: t, dialect: dialect, hs: hs, clock: clock.NewFake(pvEpoch),
 		hooks: newPrivacyBridge("hooks"), other: newPrivacyBridge("other"), logs: logs,

@@ -148,5 +148,5 @@ func testLogger(t testing.TB) zerolog.Logger {
 		// The homeserver-ping retries against the dead homeserver would drown the results.
 		level = zerolog.ErrorLevel
 	}
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(level)
+	return zerolog.New(astest.LogWriter(t)).Level(level)
 }

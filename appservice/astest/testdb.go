@@ -78,7 +78,7 @@ func TestDB(t testing.TB, dialect string) *dbutil.Database {
 		t.Fatalf("failed to open %s test database: %v", dialect, err)
 	}
 	db.Owner = "custodian-test"
-	db.Log = dbutil.ZeroLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	db.Log = dbutil.ZeroLogger(zerolog.New(LogWriter(t)).Level(zerolog.WarnLevel))
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }

@@ -31,7 +31,7 @@ type TestDevice struct {
 // (as an appservice user), and uploads its device keys and one-time keys.
 func NewTestDevice(t testing.TB, hs *FakeHomeserver, userID id.UserID, deviceID id.DeviceID) *TestDevice {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Stringer("test_device", userID).Logger()
+	log := zerolog.New(LogWriter(t)).Level(zerolog.InfoLevel).With().Stringer("test_device", userID).Logger()
 	ctx := log.WithContext(context.Background())
 	cli, err := mautrix.NewClient(hs.URL(), userID, hs.asToken)
 	if err != nil {

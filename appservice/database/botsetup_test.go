@@ -16,7 +16,7 @@ import (
 
 func TestBotSetupQuery(t *testing.T) {
 	astest.ForEachDialect(t, func(t *testing.T, raw *dbutil.Database) {
-		ctx := zerolog.New(zerolog.NewTestWriter(t)).WithContext(context.Background())
+		ctx := zerolog.New(astest.LogWriter(t)).WithContext(context.Background())
 		db := database.New(raw)
 		if err := db.Upgrade(ctx); err != nil {
 			t.Fatal(err)

@@ -26,7 +26,7 @@ var cryptoTables = []string{
 }
 
 func testLog(t testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	return zerolog.New(astest.LogWriter(t)).Level(zerolog.WarnLevel)
 }
 
 // migratedDB returns a fresh database with the core's, the vault's and the crypto store's

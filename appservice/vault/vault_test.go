@@ -25,9 +25,9 @@ const (
 
 // testCtx returns a context whose logger writes to the test and, if buf is not nil, to buf.
 func testCtx(t testing.TB, buf *syncBuffer) context.Context {
-	var w zerolog.LevelWriter = zerolog.MultiLevelWriter(zerolog.NewTestWriter(t))
+	var w zerolog.LevelWriter = zerolog.MultiLevelWriter(astest.LogWriter(t))
 	if buf != nil {
-		w = zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), buf)
+		w = zerolog.MultiLevelWriter(astest.LogWriter(t), buf)
 	}
 	level := zerolog.DebugLevel
 	if _, ok := t.(*testing.B); ok {
@@ -59,7 +59,7 @@ func (sb *syncBuffer) String() string {
 func vaultDB(t testing.TB, dialect string) *dbutil.Database {
 	t.Helper()
 	core := astest.CoreDB(t, dialect)
-	child := ChildDB(core.Database, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	child := ChildDB(core.Database, zerolog.New(astest.LogWriter(t)).Level(zerolog.WarnLevel))
 	if err := child.Upgrade(context.Background()); err != nil {
 		t.Fatalf("failed to upgrade vault schema: %v", err)
 	}

@@ -57,7 +57,7 @@ func TestCoreStartsWithBridge(t *testing.T) {
 			reg := appservice.GenerateRegistration(cfg, bridges)
 			reg.AppToken, reg.ServerToken = "as-token", "hs-token"
 
-			log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+			log := zerolog.New(astest.LogWriter(t)).Level(zerolog.InfoLevel)
 			svc, err := appservice.New(cfg, reg, bridges, log)
 			if err != nil {
 				t.Fatal(err)

@@ -129,7 +129,7 @@ type Invite struct {
 func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	t.Helper()
 	logs := &syncBuffer{}
-	log := zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
+	log := zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
 	ctx := log.WithContext(context.Background())
 	h := &Host{
 		logs:     logs,
@@ -189,7 +189,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 // Logger returns a logger that writes to the test log and to [Host.Logs], for the contexts a
 // test passes to the bridge.
 func (h *Host) Logger() zerolog.Logger {
-	return zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(h.t), h.logs)).Level(zerolog.DebugLevel)
+	return zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(h.t), h.logs)).Level(zerolog.DebugLevel)
 }
 
 // Logs returns everything logged so far through the host's loggers (the bridge's, mautrix's
