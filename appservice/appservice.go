@@ -69,6 +69,9 @@ type Service struct {
 	senderFetchFailed serverBackoff
 	// keyRequests answers room key requests off the to-device lane (keyrequests.go).
 	keyRequests *keyRequestPool
+	// olmSenders maps the sender keys of recent olm messages to their senders, for the olm
+	// sessions the olm machine asks to unwedge (keyrequests.go).
+	olmSenders olmSenders
 	// cryptoKeyLock keeps a shred rotation from replacing the crypto store's pickle key while
 	// the store is being opened: start-up holds it from e2ee.OpenStore until crypto is set, and
 	// replaceCryptoKey and evictOlmSessions read crypto under it (cryptoprivacy.go).

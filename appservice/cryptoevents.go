@@ -299,6 +299,9 @@ func (svc *Service) handleToDeviceRow(ctx context.Context, ie *database.InboxEve
 	}
 	if content, ok := evt.Content.Parsed.(*event.EncryptedEventContent); ok && content.Algorithm == id.AlgorithmOlmV1 {
 		svc.prefetchSenderDevice(ctx, evt.Sender, content.SenderKey)
+		// Should the message not decrypt, the olm machine asks to unwedge the session by its
+		// sender key; the unwedge is then a job for the key-request workers, under the gate.
+		svc.olmSenders.note(content.SenderKey, evt.Sender, ie.ReceivedAt)
 	}
 	if svc.commitToDevice(ctx, func(ctx context.Context) error {
 		return svc.rawDB.DoTxn(ctx, nil, func(ctx context.Context) error {

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -506,5 +507,142 @@ func TestSlowServerStallsTheLaneOnce(t *testing.T) {
 				t.Errorf("after a minute: %d sender fetches timed out and %d were skipped, want 2 and 1", n, m)
 			}
 		})
+	}
+}
+
+// wedgedOlm returns an olm-encrypted to-device event from Alice under the identity key of her
+// reader device that cannot be decrypted (a pre-key message that makes no session): the olm
+// machine asks to unwedge the session with that device.
+func (env *e2eeEnv) wedgedOlm() map[string]any {
+	env.t.Helper()
+	evt := env.junkOlm(e2eeAlice)
+	content := evt["content"].(map[string]any)
+	content["sender_key"] = env.reader.Mach.OwnIdentity().IdentityKey
+	return evt
+}
+
+// dummiesTo returns the olm-encrypted to-device messages the bot sent to Alice's reader device.
+func (env *e2eeEnv) dummiesTo() []astest.ToDeviceMessage {
+	var out []astest.ToDeviceMessage
+	for _, msg := range env.hs.ToDevice(e2eeAlice) {
+		if msg.DeviceID == e2eeAliceReader && msg.Type == event.ToDeviceEncrypted.Type {
+			out = append(out, msg)
+		}
+	}
+	return out
+}
+
+// TestUnwedgeSendsADummyOverANewSession sends an olm message from Alice's reader device that
+// cannot be decrypted: the key-request workers unwedge the session, as the olm machine would,
+// by claiming a one-time key of that device and sending it an olm pre-key message over a new
+// session, which the device decrypts.
+func TestUnwedgeSendsADummyOverANewSession(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.start()
+			env.put("w1", nil, []map[string]any{env.wedgedOlm()})
+			env.hs.WaitFor(t, 20*time.Second, "the dummy to the reader device", func() bool { return len(env.dummiesTo()) > 0 })
+			if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != 1 {
+				t.Errorf("%d key claims, want 1", n)
+			}
+			// The reader handles the message (an m.dummy is handled and not returned): it now
+			// shares a new olm session with the bot's device.
+			botKey := env.svc.crypto.Olm().OwnIdentity().IdentityKey
+			for _, msg := range env.dummiesTo() {
+				evt := &event.Event{Sender: env.svc.as.BotMXID(), Type: event.ToDeviceEncrypted, Content: event.Content{VeryRaw: msg.Content}}
+				if err := evt.Content.ParseRaw(evt.Type); err != nil {
+					t.Fatal(err)
+				}
+				content := evt.Content.AsEncrypted()
+				if ct, ok := content.OlmCiphertext[env.reader.Mach.OwnIdentity().IdentityKey]; !ok || ct.Type != id.OlmMsgTypePreKey {
+					t.Errorf("the dummy is not a pre-key message to the reader device: %v", content.OlmCiphertext)
+				}
+				env.reader.Mach.HandleEncryptedEvent(env.ctx, evt)
+			}
+			if !env.reader.Mach.CryptoStore.HasSession(env.ctx, botKey) {
+				t.Error("the reader device could not decrypt the dummy: it has no olm session with the bot")
+			}
+			if n := countRows(t, db, "crypto_olm_session"); n != 1 {
+				t.Errorf("%d olm sessions stored, want the new one", n)
+			}
+		})
+	}
+}
+
+// TestUnwedgeChecksTheGate records Alice's erasure right after her undecryptable olm message
+// passed the lane's gate: the unwedge it asks for is checked against the gate again, so her
+// device is neither fetched nor stored, and no key is claimed or dummy sent. (The olm machine's
+// own unwedging ran in a goroutine outside the gate and did all of that.)
+func TestUnwedgeChecksTheGate(t *testing.T) {
+	const refused = "Not answering a room key request or unwedging: its sender's erasure is pending or recent"
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			db := astest.TestDB(t, dialect)
+			env := newE2EEEnv(t, db, nil, nil)
+			env.svc.clk = clock.NewFake(time.Now())
+			env.start()
+			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var once sync.Once
+			env.svc.erasureGate.held = func(user id.UserID) {
+				once.Do(func() {
+					if _, err := env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+						JobID: "er_unwedge", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+						State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+					}); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			claims := len(env.hs.RequestsTo(astest.PatternKeysClaim))
+			env.put("w1", nil, []map[string]any{env.wedgedOlm()})
+			// The gate check only logs, so this polls: at most 200 times, 100 ms apart.
+			for i := 0; !strings.Contains(env.logs.String(), refused) && len(env.dummiesTo()) == 0; i++ {
+				if i == 200 {
+					t.Fatal("the unwedge was neither refused nor sent within 20 s")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if n := len(env.dummiesTo()); n != 0 {
+				t.Errorf("%d dummies sent to the device of a user being erased", n)
+			}
+			if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != claims {
+				t.Errorf("%d key claims for a user being erased, want none", n-claims)
+			}
+		})
+	}
+}
+
+// TestOlmSendersForgetTheOldest notes more sender keys than an olmSenders keeps, one of them
+// twice: the oldest noted are forgotten first, a key noted again counts from its newest note,
+// and a taken key is forgotten.
+func TestOlmSendersForgetTheOldest(t *testing.T) {
+	var o olmSenders
+	key := func(i int) id.SenderKey { return id.SenderKey(fmt.Sprintf("key%d", i)) }
+	at := time.Unix(1_700_000_000, 0)
+	for i := range olmSenderEntries + 2 {
+		o.note(key(i), id.NewUserID(fmt.Sprintf("u%d", i), "example.org"), at)
+		if i == 2 {
+			o.note(key(0), "@again:example.org", at) // key0 noted again: now newer than key1 and key2
+		}
+	}
+	for i, want := range map[int]bool{0: true, 1: false, 2: false, 3: true, olmSenderEntries + 1: true} {
+		got, ok := o.take(key(i))
+		if ok != want {
+			t.Errorf("take(key%d) found = %v, want %v", i, ok, want)
+		}
+		if i == 0 && got.sender != "@again:example.org" {
+			t.Errorf("key0's sender = %s, want the newest note's", got.sender)
+		}
+	}
+	if _, ok := o.take(key(3)); ok {
+		t.Error("a taken key is still noted")
+	}
+	if n := len(o.order); n > 2*olmSenderEntries {
+		t.Errorf("%d notes kept, want at most %d", n, 2*olmSenderEntries)
 	}
 }

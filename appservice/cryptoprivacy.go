@@ -101,7 +101,7 @@ func (svc *Service) replaceCryptoKey(ctx context.Context) error {
 // while; handled, it would fetch and store the user's devices and olm sessions again. After the
 // period, traffic from the user is a new interaction and is handled as any other. The erasure's
 // final scrub runs a period after the cleanup's last scrub (see scrubAfterErasure) and deletes
-// what a racing goroutine (mautrix's olm unwedging, a late key request) wrote about the user
+// what a racing goroutine (a device-list fetch, a late key request) wrote about the user
 // meanwhile.
 const erasureQuietPeriod = 5 * time.Minute
 

@@ -102,6 +102,7 @@ func (svc *Service) setupCrypto(ctx context.Context) {
 	mach := e2ee.NewMachine(client, store, svc.stateStore, svc.log)
 	// Key requests from a user whose erasure is pending or recent are refused (cryptoprivacy.go).
 	mach.SetKeyShareGate(svc.senderGatedNow)
+	mach.SetUnwedgeHandler(svc.requestUnwedge)
 	// The decryption cache (BENCHMARKS.md): every path that changes crypto rows outside the
 	// machine empties it (erasure, retention, re-pickle, a rolled-back to-device commit). The
 	// reset of the account above ran before the machine, and so the cache, existed.

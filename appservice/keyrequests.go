@@ -18,13 +18,18 @@ const (
 	keyRequestQueue = 256
 )
 
-// keyRequestJob is a room key request taken from the to-device lane.
+// keyRequestJob is a room key request taken from the to-device lane, or an olm session to
+// unwedge.
 type keyRequestJob struct {
 	sender id.UserID
 	// arrived is when its inbox row was received: the worker's gate check judges by it.
 	arrived time.Time
+	// content is the room key request; nil for an unwedge.
 	content *event.RoomKeyRequestEventContent
-	log     zerolog.Logger
+	// senderKey is, for an unwedge, the identity key of the sender's device whose olm message
+	// could not be decrypted.
+	senderKey id.SenderKey
+	log       zerolog.Logger
 }
 
 // keyRequestPool answers room key requests off the to-device lane, so that a request whose
@@ -79,6 +84,98 @@ func (p *keyRequestPool) state() (int, <-chan struct{}) {
 	return p.pending, p.idle
 }
 
+// olmSenderEntries bounds the olm senders an olmSenders remembers.
+const olmSenderEntries = 256
+
+// olmSenders remembers who sent the last olm messages the lane handled, by sender key: the olm
+// machine asks to unwedge a session by sender key alone, from its own goroutine, after the lane
+// has moved on. At most olmSenderEntries are kept; the oldest noted is forgotten first (its
+// unwedge, if one is asked for, is dropped: the sender's client makes a new session itself
+// when the bot's messages fail). Safe for concurrent use; the zero value is ready.
+type olmSenders struct {
+	lock  sync.Mutex
+	items map[id.SenderKey]olmSender
+	// order holds the notes, oldest first; a key noted again appears twice, and only the note
+	// whose seq its item holds is current.
+	order []olmNote
+	seq   uint64
+}
+
+type olmSender struct {
+	sender  id.UserID
+	arrived time.Time
+	seq     uint64
+}
+
+type olmNote struct {
+	key id.SenderKey
+	seq uint64
+}
+
+// note records that an olm message from sender under senderKey, received at arrived, is being
+// handled.
+func (o *olmSenders) note(senderKey id.SenderKey, sender id.UserID, arrived time.Time) {
+	o.lock.Lock()
+	defer o.lock.Unlock()
+	if o.items == nil {
+		o.items = make(map[id.SenderKey]olmSender)
+	}
+	o.seq++
+	o.items[senderKey] = olmSender{sender: sender, arrived: arrived, seq: o.seq}
+	o.order = append(o.order, olmNote{key: senderKey, seq: o.seq})
+	for len(o.items) > olmSenderEntries || len(o.order) > 2*olmSenderEntries {
+		oldest := o.order[0]
+		o.order = o.order[1:]
+		if item, ok := o.items[oldest.key]; ok && item.seq == oldest.seq {
+			delete(o.items, oldest.key)
+		}
+	}
+}
+
+// take returns and forgets who sent the last olm message noted under senderKey.
+func (o *olmSenders) take(senderKey id.SenderKey) (olmSender, bool) {
+	o.lock.Lock()
+	defer o.lock.Unlock()
+	s, ok := o.items[senderKey]
+	delete(o.items, senderKey)
+	return s, ok
+}
+
+// requestUnwedge queues the unwedging of the session with the device of senderKey (see
+// [e2ee.Machine.SetUnwedgeHandler]; called on a goroutine of the olm machine). The sender is the
+// one the lane noted for the key; a key no longer noted is dropped.
+func (svc *Service) requestUnwedge(senderKey id.SenderKey) {
+	log := svc.log.With().Str("component", "crypto").Logger()
+	ctx := log.WithContext(context.Background())
+	sender, ok := svc.olmSenders.take(senderKey)
+	if !ok {
+		log.Debug().Msg("Not unwedging an olm session: its sender is no longer known")
+		return
+	}
+	svc.keyRequests.enqueue(ctx, svc, keyRequestJob{sender: sender.sender, arrived: sender.arrived, senderKey: senderKey})
+}
+
+// unwedgeSession runs an unwedge job (see [e2ee.Machine.Unwedge]) within keyRequestTimeout, on
+// the service's clock, unless a fetch from the sender's server failed recently (as the lane
+// skips it). Its logs name no user.
+func (svc *Service) unwedgeSession(ctx context.Context, job keyRequestJob) {
+	if svc.senderFetchFailed.skip(job.sender.Homeserver(), svc.now()) {
+		job.log.Debug().Msg("Not unwedging an olm session: a fetch from its sender's server failed recently")
+		return
+	}
+	detached, cancel := context.WithTimeout(job.log.WithContext(context.Background()), keyRequestTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	sent, err := svc.crypto.Unwedge(detached, job.sender, job.senderKey, svc.now())
+	switch {
+	case err != nil:
+		job.log.Debug().Err(err).Msg("Failed to unwedge an olm session")
+	case sent:
+		job.log.Debug().Msg("Sent a dummy event over a new olm session to unwedge a broken one")
+	}
+}
+
 // startKeyRequestWorkers starts the workers answering room key requests; they end when ctx
 // ends (stopServing cancels it and waits for them). Requests still queued then are lost,
 // which is harmless: clients ask again.
@@ -88,7 +185,7 @@ func (svc *Service) startKeyRequestWorkers(ctx context.Context) {
 	}
 }
 
-// keyRequestWorker answers queued room key requests until ctx ends. Each takes the sender's
+// keyRequestWorker answers queued room key requests, and runs queued unwedges, until ctx ends. Each takes the sender's
 // gate stripe and checks the gate again by the request's arrival (an erasure may have been
 // recorded since the lane let it through), then answers (handleKeyRequest, within
 // keyRequestTimeout) under the stripe; a gated sender or a failed check gets no answer.
@@ -104,7 +201,8 @@ func (svc *Service) keyRequestWorker(ctx context.Context) {
 	}
 }
 
-// answerKeyRequest answers one queued request under its sender's gate stripe.
+// answerKeyRequest answers one queued request, or runs one unwedge, under its sender's gate
+// stripe.
 func (svc *Service) answerKeyRequest(ctx context.Context, job keyRequestJob) {
 	ctx = job.log.WithContext(ctx)
 	defer svc.erasureGate.lock(job.sender)()
@@ -113,7 +211,11 @@ func (svc *Service) answerKeyRequest(ctx context.Context, job keyRequestJob) {
 		job.log.Warn().Err(err).Msg("Failed to check the erasure gate; not answering a room key request")
 		return
 	} else if gated {
-		job.log.Debug().Msg("Not answering a room key request: its sender's erasure is pending or recent")
+		job.log.Debug().Msg("Not answering a room key request or unwedging: its sender's erasure is pending or recent")
+		return
+	}
+	if job.content == nil {
+		svc.unwedgeSession(ctx, job)
 		return
 	}
 	svc.handleKeyRequest(ctx, job.sender, job.content)

@@ -32,7 +32,7 @@ func newMetrics() *metrics {
 		}, []string{"outcome"}),
 		eventsReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "custodian_events_received_total",
-			Help: "Events accepted into the inbox, by kind (pdu, ephemeral, to_device), to-device events dropped because they were not for the bot's device (to_device_dropped), and room key requests dropped because too many waited for an answer (key_request_dropped).",
+			Help: "Events accepted into the inbox, by kind (pdu, ephemeral, to_device), to-device events dropped because they were not for the bot's device (to_device_dropped), and room key requests and olm unwedges dropped because too many waited for a worker (key_request_dropped).",
 		}, []string{"kind"}),
 		ingestLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "custodian_ingest_duration_seconds",

@@ -3,6 +3,7 @@ package e2ee
 import (
 	"context"
 	"sync"
+	"time"
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/crypto"
@@ -27,6 +28,8 @@ type lockedStore struct {
 	*crypto.SQLCryptoStore
 	mu      sync.RWMutex
 	indexes *pendingIndexes
+	// wedged takes over the olm machine's unwedging (unwedge.go).
+	wedged wedgedSessions
 }
 
 var _ crypto.Store = (*lockedStore)(nil)
@@ -65,8 +68,12 @@ func (s *lockedStore) GetAccount(ctx context.Context) (*crypto.OlmAccount, error
 	return s.SQLCryptoStore.GetAccount(ctx)
 }
 
-// HasSession implements [crypto.Store].
+// HasSession implements [crypto.Store]. For the device [Machine.Unwedge] sends to, it reports
+// no session, so the olm machine makes a new one.
 func (s *lockedStore) HasSession(ctx context.Context, key id.SenderKey) bool {
+	if forced, ok := ctx.Value(newSessionFor{}).(id.SenderKey); ok && forced == key {
+		return false
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.SQLCryptoStore.HasSession(ctx, key)
@@ -77,6 +84,17 @@ func (s *lockedStore) GetSessions(ctx context.Context, key id.SenderKey) (crypto
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.SQLCryptoStore.GetSessions(ctx, key)
+}
+
+// GetNewestSessionCreationTS implements [crypto.Store]. Called from the olm machine's
+// unwedging goroutine (its context carries unwedgeMarker), it hands key to the unwedge handler
+// and answers "now", which ends the goroutine: the core unwedges instead (unwedge.go).
+func (s *lockedStore) GetNewestSessionCreationTS(ctx context.Context, key id.SenderKey) (time.Time, error) {
+	if ctx.Value(unwedgeMarker{}) != nil {
+		s.wedged.request(key)
+		return time.Now(), nil
+	}
+	return s.SQLCryptoStore.GetNewestSessionCreationTS(ctx, key)
 }
 
 // GetLatestSession implements [crypto.Store].

@@ -68,6 +68,9 @@ func NewMachine(client *mautrix.Client, store *crypto.SQLCryptoStore, stateStore
 	mach.DeleteKeysOnDeviceDelete = true
 	mach.RatchetKeysOnDecrypt = false
 	mach.DisableRatchetTracking = true
+	// Only the unwedging goroutine uses the background context: marked, it stops at its first
+	// store call and hands the work to the core (unwedge.go).
+	mach.SetBackgroundCtx(context.WithValue(context.Background(), unwedgeMarker{}, true))
 	return &Machine{mach: mach, store: store, locked: locked, states: stateStore, log: mlog}
 }
 
