@@ -150,6 +150,41 @@ func TestForgetWithdrawsExportFiles(t *testing.T) {
 	}
 }
 
+// TestScopedForgetWithdrawsExportFiles: the export file holds every module's data, so
+// forgetting one bridge withdraws it too (its message redacted, its upload deleted, its row
+// gone), and the user's other data stays.
+func TestScopedForgetWithdrawsExportFiles(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newPrivacyEnv(t, dialect, withAdminToken(t))
+			env.hs.adminToken = pvAdminToken
+			env.start()
+			env.setUpRoom(pvDM, true, pvAlice)
+			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+			env.text(pvDM, pvAlice, "export")
+			fileEvent := env.exportFileEvent(pvDM)
+
+			env.text(pvDM, pvAlice, "forget hooks")
+			env.text(pvDM, pvAlice, "forget hooks confirm")
+			if got := env.lastNotice(pvDM); !strings.Contains(got, "Done: I erased what hooks held about you") || !strings.Contains(got, "export file I sent you is withdrawn") {
+				t.Fatalf("last message %q, want the erasure receipt", got)
+			}
+			if got := env.redactionsOf(pvDM, fileEvent); got != 1 {
+				t.Errorf("after forget hooks the file's message was redacted %d times, want 1", got)
+			}
+			if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
+				t.Errorf("after forget hooks deleted media %v, want %v", got, want)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM as_export`); n != 0 {
+				t.Errorf("%d tracked export files after forget hooks, want 0", n)
+			}
+			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1`, pvAlice); n != 1 {
+				t.Errorf("%d users rows for alice after forget hooks, want hers kept", n)
+			}
+		})
+	}
+}
+
 // TestForgetRetriesFailedExportWithdrawal: when the homeserver fails to delete an export file at
 // forget, the erasure goes on, and the file's row stays, naming nobody, due at once, so the
 // expiry loop withdraws it later.

@@ -400,9 +400,10 @@ func (e *Engine) runErasure(ctx context.Context, job *ErasureJob) (*EraseReceipt
 		user := job.User
 		log.Info().Msg("Erasing user data")
 		job.RemoteFailed = e.eraseRemote(ctx, user, job.Modules)
+		// Every export file holds the data about to be erased, also a one-module erasure's:
+		// withdrawn, before the transaction below cascades the tracking rows away (full erasure).
+		e.withdrawExportsOf(ctx, user)
 		if len(job.Modules) == 0 {
-			// Before the transaction below cascades the tracking rows away.
-			e.withdrawExportsOf(ctx, user)
 			job.LeaveRooms = e.host.PrepareFullErasure(ctx, user)
 		}
 		counts, erasedAt, err := e.eraseRows(ctx, job)
@@ -853,7 +854,8 @@ func receiptMarkdown(r *EraseReceipt, leaving bool) string {
 	if len(r.Modules) == 0 {
 		sb.WriteString("Done: I erased everything Custodian held about you.\n\n")
 	} else {
-		fmt.Fprintf(&sb, "Done: I erased what %s held about you. Everything else is untouched.\n\n", strings.Join(r.Modules, ", "))
+		fmt.Fprintf(&sb, "Done: I erased what %s held about you. Everything else is untouched, but any export file I sent you "+
+			"is withdrawn, since it held this data too: send `export` for a new one.\n\n", strings.Join(r.Modules, ", "))
 	}
 	if len(totals) == 0 {
 		sb.WriteString("There was nothing to erase.\n")

@@ -17,9 +17,10 @@ const ExportExpiryInterval = time.Minute
 // most; the rest wait for the next pass.
 const exportExpiryBatch = 100
 
-// withdrawExportsOf withdraws every export file sent to user ([Host.WithdrawExport]). The
-// erasure of all of a user's data calls it before the transaction that unlinks the tracking
-// rows from the user (SET NULL). It is best effort: a failure is logged, with counts only, the
+// withdrawExportsOf withdraws every export file sent to user ([Host.WithdrawExport]). Every
+// erasure calls it, a one-module one too (the files hold that module's data as well), before
+// the transaction that, for a full erasure, unlinks the tracking rows from the user (SET NULL).
+// It is best effort: a failure is logged, with counts only, the
 // erasure goes on, and the file's expiry is moved to now, so the expiry loop retries it from its
 // row, which by then names nobody.
 func (e *Engine) withdrawExportsOf(ctx context.Context, user id.UserID) {
