@@ -874,14 +874,7 @@ func TestToDeviceEventOfSenderBeingErasedIsDropped(t *testing.T) {
 			env := newE2EEEnv(t, db, nil, nil)
 			env.svc.clk = clock.NewFake(time.Now())
 			env.start()
-			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
-				JobID: "er_todevice", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
-			}); err != nil {
+			if err := env.recordPendingErasure("er_todevice"); err != nil {
 				t.Fatal(err)
 			}
 			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))

@@ -213,14 +213,7 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 		inbox   int
 	}{
 		{"pending erasure", func(t *testing.T, env *e2eeEnv) {
-			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
-				JobID: "er_lanelog", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
-			}); err != nil {
+			if err := env.recordPendingErasure("er_lanelog"); err != nil {
 				t.Fatal(err)
 			}
 		}, "Dropping a to-device event: its sender's erasure is pending or recent", 0},
@@ -394,14 +387,7 @@ func TestKeyRequestWorkerChecksTheGateAgain(t *testing.T) {
 			env.svc.clk = clock.NewFake(time.Now())
 			env.start()
 			arrived := env.svc.now()
-			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
-				JobID: "er_worker", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-				State: privacy.ErasurePending, CreatedAt: env.svc.now(),
-			}); err != nil {
+			if err := env.recordPendingErasure("er_worker"); err != nil {
 				t.Fatal(err)
 			}
 			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
@@ -521,6 +507,20 @@ func (env *e2eeEnv) wedgedOlm() map[string]any {
 	return evt
 }
 
+// recordPendingErasure records an erasure of Alice, as jobID, that has not run yet (the runner
+// waits for the service's clock, which the tests that call it make fake).
+func (env *e2eeEnv) recordPendingErasure(jobID string) error {
+	hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
+	if err != nil {
+		return err
+	}
+	_, err = env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
+		JobID: jobID, User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
+		State: privacy.ErasurePending, CreatedAt: env.svc.now(),
+	})
+	return err
+}
+
 // dummiesTo returns the olm-encrypted to-device messages the bot sent to Alice's reader device.
 func (env *e2eeEnv) dummiesTo() []astest.ToDeviceMessage {
 	var out []astest.ToDeviceMessage
@@ -583,17 +583,10 @@ func TestUnwedgeChecksTheGate(t *testing.T) {
 			env := newE2EEEnv(t, db, nil, nil)
 			env.svc.clk = clock.NewFake(time.Now())
 			env.start()
-			hash, keyID, err := env.svc.engine.UserHash(env.ctx, e2eeAlice)
-			if err != nil {
-				t.Fatal(err)
-			}
 			var once sync.Once
 			env.svc.erasureGate.held = func(user id.UserID) {
 				once.Do(func() {
-					if _, err := env.svc.engine.Store().CreateErasure(env.ctx, &privacy.ErasureJob{
-						JobID: "er_unwedge", User: e2eeAlice, UserHash: hash, HashKeyID: keyID, Trigger: TriggerAdmin,
-						State: privacy.ErasurePending, CreatedAt: env.svc.now(),
-					}); err != nil {
+					if err := env.recordPendingErasure("er_unwedge"); err != nil {
 						t.Error(err)
 					}
 				})

@@ -1,6 +1,7 @@
 package appservice
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -110,78 +111,58 @@ func TestExportFileExpires(t *testing.T) {
 	}
 }
 
+// TestForgetWithdrawsExportFiles: forget withdraws the user's export files (their messages
+// redacted, their uploads deleted, their rows gone) before the erasing transaction. So does
+// forgetting one bridge, since every file holds that bridge's data too; the user's other data
+// stays then.
 func TestForgetWithdrawsExportFiles(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			env := newPrivacyEnv(t, dialect, withAdminToken(t))
-			env.hs.adminToken = pvAdminToken
-			env.start()
-			env.setUpRoom(pvDM, true, pvAlice)
-			env.text(pvDM, pvAlice, "export")
-			fileEvent := env.exportFileEvent(pvDM)
-			// The media is deleted while the user's data (and the row tracking the file) still
-			// exists: the erasing transaction comes after.
-			var rowsAtDelete atomic.Int64
-			rowsAtDelete.Store(-1)
-			env.hs.lock.Lock()
-			env.hs.onMediaDelete = func() {
-				rowsAtDelete.Store(int64(env.count(`SELECT COUNT(*) FROM as_export WHERE user_mxid=$1`, pvAlice)))
-			}
-			env.hs.lock.Unlock()
+	for _, scope := range []string{"", "hooks"} {
+		for _, dialect := range astest.Dialects(t) {
+			t.Run(dialect+"/"+cmp.Or(scope, "all"), func(t *testing.T) {
+				env := newPrivacyEnv(t, dialect, withAdminToken(t))
+				env.hs.adminToken = pvAdminToken
+				env.start()
+				env.setUpRoom(pvDM, true, pvAlice)
+				env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
+				env.text(pvDM, pvAlice, "export")
+				fileEvent := env.exportFileEvent(pvDM)
+				// The media is deleted while the user's data (and the row tracking the file)
+				// still exists: the erasing transaction comes after.
+				var rowsAtDelete atomic.Int64
+				rowsAtDelete.Store(-1)
+				env.hs.lock.Lock()
+				env.hs.onMediaDelete = func() {
+					rowsAtDelete.Store(int64(env.count(`SELECT COUNT(*) FROM as_export WHERE user_mxid=$1`, pvAlice)))
+				}
+				env.hs.lock.Unlock()
 
-			env.text(pvDM, pvAlice, "forget")
-			env.text(pvDM, pvAlice, "forget confirm")
-			if !strings.Contains(env.lastNotice(pvDM), "Done: I erased everything") {
-				t.Fatalf("last message %q, want the erasure receipt", env.lastNotice(pvDM))
-			}
-			if got := env.redactionsOf(pvDM, fileEvent); got != 1 {
-				t.Errorf("after forget the file's message was redacted %d times, want 1", got)
-			}
-			if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
-				t.Errorf("after forget deleted media %v, want %v", got, want)
-			}
-			if n := rowsAtDelete.Load(); n != 1 {
-				t.Errorf("the media was deleted with %d tracking rows left, want 1 (before the erasure)", n)
-			}
-			if n := env.count(`SELECT COUNT(*) FROM as_export`); n != 0 {
-				t.Errorf("%d tracked export files after forget, want 0", n)
-			}
-		})
-	}
-}
-
-// TestScopedForgetWithdrawsExportFiles: the export file holds every module's data, so
-// forgetting one bridge withdraws it too (its message redacted, its upload deleted, its row
-// gone), and the user's other data stays.
-func TestScopedForgetWithdrawsExportFiles(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			env := newPrivacyEnv(t, dialect, withAdminToken(t))
-			env.hs.adminToken = pvAdminToken
-			env.start()
-			env.setUpRoom(pvDM, true, pvAlice)
-			env.addHook(env.hooks, "h1", pvAlice, pvRoom, "$add1")
-			env.text(pvDM, pvAlice, "export")
-			fileEvent := env.exportFileEvent(pvDM)
-
-			env.text(pvDM, pvAlice, "forget hooks")
-			env.text(pvDM, pvAlice, "forget hooks confirm")
-			if got := env.lastNotice(pvDM); !strings.Contains(got, "Done: I erased what hooks held about you") || !strings.Contains(got, "export file I sent you is withdrawn") {
-				t.Fatalf("last message %q, want the erasure receipt", got)
-			}
-			if got := env.redactionsOf(pvDM, fileEvent); got != 1 {
-				t.Errorf("after forget hooks the file's message was redacted %d times, want 1", got)
-			}
-			if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
-				t.Errorf("after forget hooks deleted media %v, want %v", got, want)
-			}
-			if n := env.count(`SELECT COUNT(*) FROM as_export`); n != 0 {
-				t.Errorf("%d tracked export files after forget hooks, want 0", n)
-			}
-			if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1`, pvAlice); n != 1 {
-				t.Errorf("%d users rows for alice after forget hooks, want hers kept", n)
-			}
-		})
+				forget := strings.TrimSpace("forget " + scope)
+				env.text(pvDM, pvAlice, forget)
+				env.text(pvDM, pvAlice, forget+" confirm")
+				receipt, users := "Done: I erased everything", 0
+				if scope != "" {
+					receipt, users = "Done: I erased what hooks held about you. Everything else is untouched, but any export file I sent you is withdrawn", 1
+				}
+				if got := env.lastNotice(pvDM); !strings.Contains(got, receipt) {
+					t.Fatalf("last message %q, want the erasure receipt", got)
+				}
+				if got := env.redactionsOf(pvDM, fileEvent); got != 1 {
+					t.Errorf("after %s the file's message was redacted %d times, want 1", forget, got)
+				}
+				if got, want := env.hs.mediaDeleted(), []string{"example.org/upload1"}; !slices.Equal(got, want) {
+					t.Errorf("after %s deleted media %v, want %v", forget, got, want)
+				}
+				if n := rowsAtDelete.Load(); n != 1 {
+					t.Errorf("the media was deleted with %d tracking rows left, want 1 (before the erasure)", n)
+				}
+				if n := env.count(`SELECT COUNT(*) FROM as_export`); n != 0 {
+					t.Errorf("%d tracked export files after %s, want 0", n, forget)
+				}
+				if n := env.count(`SELECT COUNT(*) FROM users WHERE mxid=$1`, pvAlice); n != users {
+					t.Errorf("%d users rows for alice after %s, want %d", n, forget, users)
+				}
+			})
+		}
 	}
 }
 
