@@ -139,6 +139,21 @@ func newE2EEEnv(t *testing.T, db *dbutil.Database, prev *e2eeEnv, configure func
 	return env
 }
 
+// eachStartedE2EEEnv runs test, on each dialect, on an e2eeEnv of its own that is started, on a
+// fake clock set to now when fakeClock is true (the erasure runner then waits for the test).
+func eachStartedE2EEEnv(t *testing.T, fakeClock bool, test func(t *testing.T, env *e2eeEnv)) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+			if fakeClock {
+				env.svc.clk = clock.NewFake(time.Now())
+			}
+			env.start()
+			test(t, env)
+		})
+	}
+}
+
 // deliverToDevice makes hs push every to-device message for svc's bot to svc's listener at
 // base() in a transaction, as Synapse does with MSC2409.
 func deliverToDevice(hs *astest.FakeHomeserver, svc *Service, base func() string) {
@@ -868,32 +883,27 @@ func TestStateStoreFindsSharedEncryptedRooms(t *testing.T) {
 // reaching the olm machine, so neither her olm session nor her room key is stored, and the
 // device lists she changed are not fetched.
 func TestToDeviceEventOfSenderBeingErasedIsDropped(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.svc.clk = clock.NewFake(time.Now())
-			env.start()
-			if err := env.recordPendingErasure("er_todevice"); err != nil {
-				t.Fatal(err)
-			}
-			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
-			env.put("e1", nil, []map[string]any{env.roomKey(env.megolm)})
-			waitDrained(t, env.svc.dispatcher)
-			got := fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
-				countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
-			if want := "inbound sessions 0, olm sessions 0, inbox rows 0"; got != want {
-				t.Fatalf("after a to-device event of a sender being erased: %s; want %s", got, want)
-			}
-			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
-				t.Errorf("%d key queries after the event, want %d", n, queries)
-			}
-			// Her device list change: the users left after the filter are none.
-			if users := env.svc.usersNotBeingErased(env.ctx, []id.UserID{e2eeAlice, "@bob:example.org"}); !slices.Equal(users, []id.UserID{"@bob:example.org"}) {
-				t.Errorf("users whose keys are fetched = %v, want only bob", users)
-			}
-		})
-	}
+	eachStartedE2EEEnv(t, true, func(t *testing.T, env *e2eeEnv) {
+		db := env.db
+		if err := env.recordPendingErasure("er_todevice"); err != nil {
+			t.Fatal(err)
+		}
+		queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
+		env.put("e1", nil, []map[string]any{env.roomKey(env.megolm)})
+		waitDrained(t, env.svc.dispatcher)
+		got := fmt.Sprintf("inbound sessions %d, olm sessions %d, inbox rows %d",
+			countRows(t, db, "crypto_megolm_inbound_session"), countRows(t, db, "crypto_olm_session"), countRows(t, db, "as_inbox"))
+		if want := "inbound sessions 0, olm sessions 0, inbox rows 0"; got != want {
+			t.Fatalf("after a to-device event of a sender being erased: %s; want %s", got, want)
+		}
+		if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
+			t.Errorf("%d key queries after the event, want %d", n, queries)
+		}
+		// Her device list change: the users left after the filter are none.
+		if users := env.svc.usersNotBeingErased(env.ctx, []id.UserID{e2eeAlice, "@bob:example.org"}); !slices.Equal(users, []id.UserID{"@bob:example.org"}) {
+			t.Errorf("users whose keys are fetched = %v, want only bob", users)
+		}
+	})
 }
 
 // TestToDeviceEventWithEncryptionOffIsDropped stores a to-device row in a run with encryption
@@ -1246,85 +1256,81 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 // does not take it while the lane holds it, so the rows the event commits are deleted with the
 // rest, and none naming her is left.
 func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.start()
-			passed, release := make(chan struct{}), make(chan struct{})
-			var once sync.Once
-			env.svc.erasureGate.held = func(user id.UserID) {
-				if user == e2eeAlice {
-					once.Do(func() {
-						close(passed)
-						<-release
-					})
-				}
+	eachStartedE2EEEnv(t, false, func(t *testing.T, env *e2eeEnv) {
+		db := env.db
+		passed, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		env.svc.erasureGate.held = func(user id.UserID) {
+			if user == e2eeAlice {
+				once.Do(func() {
+					close(passed)
+					<-release
+				})
 			}
-			erasing, acquired := make(chan struct{}, 1), make(chan struct{}, 1)
-			env.svc.erasureGate.waiting = func(user id.UserID) {
-				if user == e2eeAlice {
-					erasing <- struct{}{}
-				}
+		}
+		erasing, acquired := make(chan struct{}, 1), make(chan struct{}, 1)
+		env.svc.erasureGate.waiting = func(user id.UserID) {
+			if user == e2eeAlice {
+				erasing <- struct{}{}
 			}
-			env.svc.erasureGate.acquired = func(user id.UserID) {
-				if user == e2eeAlice {
-					acquired <- struct{}{}
-				}
+		}
+		env.svc.erasureGate.acquired = func(user id.UserID) {
+			if user == e2eeAlice {
+				acquired <- struct{}{}
 			}
-			env.put("r1", nil, []map[string]any{env.roomKey(env.megolm)})
-			within := astest.Within(t, 20*time.Second)
-			select {
-			case <-passed:
-			case <-within.Done():
-				t.Fatal("the room key never passed the gate")
-			}
-			erased := make(chan error, 1)
-			go func() {
-				_, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin})
-				erased <- err
-			}()
-			select {
-			case <-erasing:
-			case err := <-erased:
-				close(release)
-				t.Fatalf("the erasure finished (%v) while a to-device event of the user was past its gate", err)
-			case <-within.Done():
-				t.Fatal("the erasure never came to the gate")
-			}
-			// The erasure is at the gate; it must not get past it while the lane holds it.
-			held := time.NewTimer(500 * time.Millisecond)
-			select {
-			case <-acquired:
-				held.Stop()
-				close(release)
-				t.Fatal("the erasure took the gate while the lane held it")
-			case <-held.C:
-			}
+		}
+		env.put("r1", nil, []map[string]any{env.roomKey(env.megolm)})
+		within := astest.Within(t, 20*time.Second)
+		select {
+		case <-passed:
+		case <-within.Done():
+			t.Fatal("the room key never passed the gate")
+		}
+		erased := make(chan error, 1)
+		go func() {
+			_, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin})
+			erased <- err
+		}()
+		select {
+		case <-erasing:
+		case err := <-erased:
 			close(release)
-			select {
-			case <-acquired:
-			case <-within.Done():
-				t.Fatal("the erasure never took the gate after the lane released it")
+			t.Fatalf("the erasure finished (%v) while a to-device event of the user was past its gate", err)
+		case <-within.Done():
+			t.Fatal("the erasure never came to the gate")
+		}
+		// The erasure is at the gate; it must not get past it while the lane holds it.
+		held := time.NewTimer(500 * time.Millisecond)
+		select {
+		case <-acquired:
+			held.Stop()
+			close(release)
+			t.Fatal("the erasure took the gate while the lane held it")
+		case <-held.C:
+		}
+		close(release)
+		select {
+		case <-acquired:
+		case <-within.Done():
+			t.Fatal("the erasure never took the gate after the lane released it")
+		}
+		select {
+		case err := <-erased:
+			if err != nil {
+				t.Fatal(err)
 			}
-			select {
-			case err := <-erased:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-within.Done():
-				t.Fatal("the erasure did not finish after the event committed")
-			}
-			waitDrained(t, env.svc.dispatcher)
-			_, identity := env.alice.Keys()
-			if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
-				t.Errorf("crypto rows naming alice after her erasure: %v", rows)
-			}
-			if n := countRows(t, db, "crypto_megolm_inbound_session") + countRows(t, db, "crypto_olm_session"); n != 0 {
-				t.Errorf("%d olm and megolm sessions after the erasure, want 0", n)
-			}
-		})
-	}
+		case <-within.Done():
+			t.Fatal("the erasure did not finish after the event committed")
+		}
+		waitDrained(t, env.svc.dispatcher)
+		_, identity := env.alice.Keys()
+		if rows := cryptoRowsOf(t, db, e2eeAlice, identity); len(rows) > 0 {
+			t.Errorf("crypto rows naming alice after her erasure: %v", rows)
+		}
+		if n := countRows(t, db, "crypto_megolm_inbound_session") + countRows(t, db, "crypto_olm_session"); n != 0 {
+			t.Errorf("%d olm and megolm sessions after the erasure, want 0", n)
+		}
+	})
 }
 
 // TestKeyShareIsRefusedToAGatedUser asks the bot's key-share policy about a session the bot
@@ -1394,38 +1400,33 @@ func TestKeyShareIsRefusedToAGatedUser(t *testing.T) {
 // to-device lane's would: the answer works on its own, so it stores the requesting device it
 // fetched, and records nothing against the caller.
 func TestKeyRequestIsHandledOutsideTheCallersTransaction(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.start()
-			var txnCtx context.Context
-			if err := env.svc.rawDB.DoTxn(env.ctx, nil, func(ctx context.Context) error {
-				txnCtx = ctx
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			ctx, failed := withWriteErrors(txnCtx)
-			evt := env.keyRequest("detached", id.SessionID(env.megolm.ID()))
-			content := &event.RoomKeyRequestEventContent{}
-			data, err := json.Marshal(evt["content"])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err = json.Unmarshal(data, content); err != nil {
-				t.Fatal(err)
-			}
-			env.svc.handleKeyRequest(ctx, e2eeAlice, content)
-			if err := failed.first(); err != nil {
-				t.Errorf("the key request recorded a failed write against its caller: %v", err)
-			}
-			device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader)
-			if err != nil || device == nil {
-				t.Errorf("requesting device after the key request = %v, %v; want it stored", device, err)
-			}
-		})
-	}
+	eachStartedE2EEEnv(t, false, func(t *testing.T, env *e2eeEnv) {
+		var txnCtx context.Context
+		if err := env.svc.rawDB.DoTxn(env.ctx, nil, func(ctx context.Context) error {
+			txnCtx = ctx
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, failed := withWriteErrors(txnCtx)
+		evt := env.keyRequest("detached", id.SessionID(env.megolm.ID()))
+		content := &event.RoomKeyRequestEventContent{}
+		data, err := json.Marshal(evt["content"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err = json.Unmarshal(data, content); err != nil {
+			t.Fatal(err)
+		}
+		env.svc.handleKeyRequest(ctx, e2eeAlice, content)
+		if err := failed.first(); err != nil {
+			t.Errorf("the key request recorded a failed write against its caller: %v", err)
+		}
+		device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader)
+		if err != nil || device == nil {
+			t.Errorf("requesting device after the key request = %v, %v; want it stored", device, err)
+		}
+	})
 }
 
 // TestFailedWriteWithReturningIsRecorded runs an INSERT … RETURNING through the crypto store's

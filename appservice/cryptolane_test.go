@@ -320,90 +320,80 @@ func TestFailedGateCheckIsTriedAgain(t *testing.T) {
 // is stored while the request is still waiting (key requests are answered off the lane), and
 // the request is answered once released.
 func TestKeyRequestDoesNotHoldUpTheLane(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.start()
-			queried, release := make(chan struct{}, 1), make(chan struct{})
-			released := false
-			unblock := func() {
-				if !released {
-					released = true
-					close(release)
-				}
+	eachStartedE2EEEnv(t, false, func(t *testing.T, env *e2eeEnv) {
+		db := env.db
+		queried, release := make(chan struct{}, 1), make(chan struct{})
+		released := false
+		unblock := func() {
+			if !released {
+				released = true
+				close(release)
 			}
-			defer unblock()
-			env.hs.OnRequest(astest.PatternKeysQuery, func() {
-				select {
-				case queried <- struct{}{}:
-				default:
-				}
-				<-release
-			})
-			var other id.UserID
-			for i := range 100 {
-				if u := id.NewUserID(fmt.Sprintf("requester%d", i), "example.org"); env.svc.erasureGate.stripe(u) != env.svc.erasureGate.stripe(e2eeAlice) {
-					other = u
-					break
-				}
-			}
-			if other == "" {
-				t.Fatal("no user on another stripe than alice's")
-			}
-			env.put("h1", nil, []map[string]any{fromSender(env.keyRequest("held", id.SessionID(env.megolm.ID())), other)})
-			within := astest.Within(t, 10*time.Second)
+		}
+		defer unblock()
+		env.hs.OnRequest(astest.PatternKeysQuery, func() {
 			select {
-			case <-queried:
-			case <-within.Done():
-				t.Fatal("the key request never queried the requester's keys")
+			case queried <- struct{}{}:
+			default:
 			}
-			env.put("h2", nil, []map[string]any{env.roomKey(env.megolm)})
-			for countRows(t, db, "crypto_megolm_inbound_session") == 0 {
-				select {
-				case <-env.svc.e2ee.keysChanged():
-				case <-within.Done():
-					t.Fatal("the room key was not stored while a key request waited for its answer")
-				}
-			}
-			unblock()
-			env.hs.OnRequest(astest.PatternKeysQuery, nil)
-			waitDrained(t, env.svc.dispatcher)
-			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n == 0 {
-				t.Error("the held key request made no key query")
-			}
+			<-release
 		})
-	}
+		var other id.UserID
+		for i := range 100 {
+			if u := id.NewUserID(fmt.Sprintf("requester%d", i), "example.org"); env.svc.erasureGate.stripe(u) != env.svc.erasureGate.stripe(e2eeAlice) {
+				other = u
+				break
+			}
+		}
+		if other == "" {
+			t.Fatal("no user on another stripe than alice's")
+		}
+		env.put("h1", nil, []map[string]any{fromSender(env.keyRequest("held", id.SessionID(env.megolm.ID())), other)})
+		within := astest.Within(t, 10*time.Second)
+		select {
+		case <-queried:
+		case <-within.Done():
+			t.Fatal("the key request never queried the requester's keys")
+		}
+		env.put("h2", nil, []map[string]any{env.roomKey(env.megolm)})
+		for countRows(t, db, "crypto_megolm_inbound_session") == 0 {
+			select {
+			case <-env.svc.e2ee.keysChanged():
+			case <-within.Done():
+				t.Fatal("the room key was not stored while a key request waited for its answer")
+			}
+		}
+		unblock()
+		env.hs.OnRequest(astest.PatternKeysQuery, nil)
+		waitDrained(t, env.svc.dispatcher)
+		if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n == 0 {
+			t.Error("the held key request made no key query")
+		}
+	})
 }
 
 // TestKeyRequestWorkerChecksTheGateAgain hands a key request worker a request of Alice's
 // after her erasure was recorded (as if it came while the request waited in the queue): it is
 // not answered, so her devices are neither queried nor stored.
 func TestKeyRequestWorkerChecksTheGateAgain(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.svc.clk = clock.NewFake(time.Now())
-			env.start()
-			arrived := env.svc.now()
-			if err := env.recordPendingErasure("er_worker"); err != nil {
-				t.Fatal(err)
-			}
-			queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
-			content := &event.RoomKeyRequestEventContent{
-				Action: event.KeyRequestActionRequest, RequestingDeviceID: e2eeAliceReader, RequestID: "queued",
-				Body: event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SessionID: id.SessionID(env.megolm.ID())},
-			}
-			env.svc.answerKeyRequest(env.ctx, keyRequestJob{sender: e2eeAlice, arrived: arrived, content: content, log: env.svc.log})
-			if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
-				t.Errorf("%d key queries after the gated request, want %d", n, queries)
-			}
-			if device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader); err != nil || device != nil {
-				t.Errorf("requesting device after the gated request = %v, %v; want none", device, err)
-			}
-		})
-	}
+	eachStartedE2EEEnv(t, true, func(t *testing.T, env *e2eeEnv) {
+		arrived := env.svc.now()
+		if err := env.recordPendingErasure("er_worker"); err != nil {
+			t.Fatal(err)
+		}
+		queries := len(env.hs.RequestsTo(astest.PatternKeysQuery))
+		content := &event.RoomKeyRequestEventContent{
+			Action: event.KeyRequestActionRequest, RequestingDeviceID: e2eeAliceReader, RequestID: "queued",
+			Body: event.RequestedKeyInfo{Algorithm: id.AlgorithmMegolmV1, RoomID: e2eeDM, SessionID: id.SessionID(env.megolm.ID())},
+		}
+		env.svc.answerKeyRequest(env.ctx, keyRequestJob{sender: e2eeAlice, arrived: arrived, content: content, log: env.svc.log})
+		if n := len(env.hs.RequestsTo(astest.PatternKeysQuery)); n != queries {
+			t.Errorf("%d key queries after the gated request, want %d", n, queries)
+		}
+		if device, err := env.svc.crypto.Store().GetDevice(env.ctx, e2eeAlice, e2eeAliceReader); err != nil || device != nil {
+			t.Errorf("requesting device after the gated request = %v, %v; want none", device, err)
+		}
+	})
 }
 
 // TestKeyRequestsBeyondTheQueueAreDropped queues more key requests than the queue holds with no
@@ -537,38 +527,34 @@ func (env *e2eeEnv) dummiesTo() []astest.ToDeviceMessage {
 // by claiming a one-time key of that device and sending it an olm pre-key message over a new
 // session, which the device decrypts.
 func TestUnwedgeSendsADummyOverANewSession(t *testing.T) {
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.start()
-			env.put("w1", nil, []map[string]any{env.wedgedOlm()})
-			env.hs.WaitFor(t, 20*time.Second, "the dummy to the reader device", func() bool { return len(env.dummiesTo()) > 0 })
-			if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != 1 {
-				t.Errorf("%d key claims, want 1", n)
+	eachStartedE2EEEnv(t, false, func(t *testing.T, env *e2eeEnv) {
+		db := env.db
+		env.put("w1", nil, []map[string]any{env.wedgedOlm()})
+		env.hs.WaitFor(t, 20*time.Second, "the dummy to the reader device", func() bool { return len(env.dummiesTo()) > 0 })
+		if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != 1 {
+			t.Errorf("%d key claims, want 1", n)
+		}
+		// The reader handles the message (an m.dummy is handled and not returned): it now
+		// shares a new olm session with the bot's device.
+		botKey := env.svc.crypto.Olm().OwnIdentity().IdentityKey
+		for _, msg := range env.dummiesTo() {
+			evt := &event.Event{Sender: env.svc.as.BotMXID(), Type: event.ToDeviceEncrypted, Content: event.Content{VeryRaw: msg.Content}}
+			if err := evt.Content.ParseRaw(evt.Type); err != nil {
+				t.Fatal(err)
 			}
-			// The reader handles the message (an m.dummy is handled and not returned): it now
-			// shares a new olm session with the bot's device.
-			botKey := env.svc.crypto.Olm().OwnIdentity().IdentityKey
-			for _, msg := range env.dummiesTo() {
-				evt := &event.Event{Sender: env.svc.as.BotMXID(), Type: event.ToDeviceEncrypted, Content: event.Content{VeryRaw: msg.Content}}
-				if err := evt.Content.ParseRaw(evt.Type); err != nil {
-					t.Fatal(err)
-				}
-				content := evt.Content.AsEncrypted()
-				if ct, ok := content.OlmCiphertext[env.reader.Mach.OwnIdentity().IdentityKey]; !ok || ct.Type != id.OlmMsgTypePreKey {
-					t.Errorf("the dummy is not a pre-key message to the reader device: %v", content.OlmCiphertext)
-				}
-				env.reader.Mach.HandleEncryptedEvent(env.ctx, evt)
+			content := evt.Content.AsEncrypted()
+			if ct, ok := content.OlmCiphertext[env.reader.Mach.OwnIdentity().IdentityKey]; !ok || ct.Type != id.OlmMsgTypePreKey {
+				t.Errorf("the dummy is not a pre-key message to the reader device: %v", content.OlmCiphertext)
 			}
-			if !env.reader.Mach.CryptoStore.HasSession(env.ctx, botKey) {
-				t.Error("the reader device could not decrypt the dummy: it has no olm session with the bot")
-			}
-			if n := countRows(t, db, "crypto_olm_session"); n != 1 {
-				t.Errorf("%d olm sessions stored, want the new one", n)
-			}
-		})
-	}
+			env.reader.Mach.HandleEncryptedEvent(env.ctx, evt)
+		}
+		if !env.reader.Mach.CryptoStore.HasSession(env.ctx, botKey) {
+			t.Error("the reader device could not decrypt the dummy: it has no olm session with the bot")
+		}
+		if n := countRows(t, db, "crypto_olm_session"); n != 1 {
+			t.Errorf("%d olm sessions stored, want the new one", n)
+		}
+	})
 }
 
 // TestUnwedgeChecksTheGate records Alice's erasure right after her undecryptable olm message
@@ -577,37 +563,31 @@ func TestUnwedgeSendsADummyOverANewSession(t *testing.T) {
 // own unwedging ran in a goroutine outside the gate and did all of that.)
 func TestUnwedgeChecksTheGate(t *testing.T) {
 	const refused = "Not answering a room key request or unwedging: its sender's erasure is pending or recent"
-	for _, dialect := range astest.Dialects(t) {
-		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			env.svc.clk = clock.NewFake(time.Now())
-			env.start()
-			var once sync.Once
-			env.svc.erasureGate.held = func(user id.UserID) {
-				once.Do(func() {
-					if err := env.recordPendingErasure("er_unwedge"); err != nil {
-						t.Error(err)
-					}
-				})
-			}
-			claims := len(env.hs.RequestsTo(astest.PatternKeysClaim))
-			env.put("w1", nil, []map[string]any{env.wedgedOlm()})
-			// The gate check only logs, so this polls: at most 200 times, 100 ms apart.
-			for i := 0; !strings.Contains(env.logs.String(), refused) && len(env.dummiesTo()) == 0; i++ {
-				if i == 200 {
-					t.Fatal("the unwedge was neither refused nor sent within 20 s")
+	eachStartedE2EEEnv(t, true, func(t *testing.T, env *e2eeEnv) {
+		var once sync.Once
+		env.svc.erasureGate.held = func(user id.UserID) {
+			once.Do(func() {
+				if err := env.recordPendingErasure("er_unwedge"); err != nil {
+					t.Error(err)
 				}
-				time.Sleep(100 * time.Millisecond)
+			})
+		}
+		claims := len(env.hs.RequestsTo(astest.PatternKeysClaim))
+		env.put("w1", nil, []map[string]any{env.wedgedOlm()})
+		// The gate check only logs, so this polls: at most 200 times, 100 ms apart.
+		for i := 0; !strings.Contains(env.logs.String(), refused) && len(env.dummiesTo()) == 0; i++ {
+			if i == 200 {
+				t.Fatal("the unwedge was neither refused nor sent within 20 s")
 			}
-			if n := len(env.dummiesTo()); n != 0 {
-				t.Errorf("%d dummies sent to the device of a user being erased", n)
-			}
-			if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != claims {
-				t.Errorf("%d key claims for a user being erased, want none", n-claims)
-			}
-		})
-	}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := len(env.dummiesTo()); n != 0 {
+			t.Errorf("%d dummies sent to the device of a user being erased", n)
+		}
+		if n := len(env.hs.RequestsTo(astest.PatternKeysClaim)); n != claims {
+			t.Errorf("%d key claims for a user being erased, want none", n-claims)
+		}
+	})
 }
 
 // TestOlmSendersForgetTheOldest notes more sender keys than an olmSenders keeps, one of them
