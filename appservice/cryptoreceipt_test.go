@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -26,10 +25,9 @@ func TestEncryptedErasureReceiptIsReadableAndLeavesNoRows(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
 			env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
-			// Every log line, to check that none names alice next to the erasure's user hash.
-			logs := &lockedBuffer{}
-			env.svc.log = zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
-			env.svc.engine = env.svc.newEngine()
+			// Every log line (the env's logger is the service's, mautrix's included), to check
+			// that none names alice next to the erasure's user hash.
+			logs := env.logs
 			env.start()
 			env.shareKey()
 			// A first message shares a room key with Alice's devices, so the crypto store names

@@ -62,7 +62,7 @@ func (p *keyRequestPool) enqueue(ctx context.Context, svc *Service, job keyReque
 	default:
 		p.finished()
 		svc.metrics.eventsReceived.WithLabelValues("key_request_dropped").Inc()
-		zerolog.Ctx(ctx).Debug().Msg("Dropping a room key request: too many are waiting to be answered")
+		zerolog.Ctx(ctx).Debug().Msg("Dropping a room key request or an unwedge: too many are waiting for a worker")
 	}
 }
 
@@ -156,18 +156,17 @@ func (svc *Service) requestUnwedge(senderKey id.SenderKey) {
 }
 
 // unwedgeSession runs an unwedge job (see [e2ee.Machine.Unwedge]) within keyRequestTimeout, on
-// the service's clock, unless a fetch from the sender's server failed recently (as the lane
-// skips it). Its logs name no user.
+// the service's clock. The sender's device is fetched when missing from the store, unless a
+// fetch from their server failed less than a minute ago (as the lane skips it). The core's own
+// lines name no user; mautrix's lines of the key claim and the send name the device's owner,
+// as on every key share, never next to an erasure's hash.
 func (svc *Service) unwedgeSession(ctx context.Context, job keyRequestJob) {
-	if svc.senderFetchFailed.skip(job.sender.Homeserver(), svc.now()) {
-		job.log.Debug().Msg("Not unwedging an olm session: a fetch from its sender's server failed recently")
-		return
-	}
 	detached, cancel := context.WithTimeout(job.log.WithContext(context.Background()), keyRequestTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	sent, err := svc.crypto.Unwedge(detached, job.sender, job.senderKey, svc.now())
+	fetch := !svc.senderFetchFailed.skip(job.sender.Homeserver(), svc.now())
+	sent, err := svc.crypto.Unwedge(detached, job.sender, job.senderKey, svc.now(), fetch)
 	switch {
 	case err != nil:
 		job.log.Debug().Err(err).Msg("Failed to unwedge an olm session")
@@ -208,7 +207,7 @@ func (svc *Service) answerKeyRequest(ctx context.Context, job keyRequestJob) {
 	defer svc.erasureGate.lock(job.sender)()
 	gated, err := svc.toDeviceSenderGated(ctx, job.sender, job.arrived)
 	if err != nil {
-		job.log.Warn().Err(err).Msg("Failed to check the erasure gate; not answering a room key request")
+		job.log.Warn().Err(err).Msg("Failed to check the erasure gate; not answering a room key request or unwedging")
 		return
 	} else if gated {
 		job.log.Debug().Msg("Not answering a room key request or unwedging: its sender's erasure is pending or recent")

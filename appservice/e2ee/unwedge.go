@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -60,24 +61,33 @@ func (m *Machine) SetUnwedgeHandler(fn func(senderKey id.SenderKey)) {
 }
 
 // Unwedge makes a new olm session with sender's device whose identity key is senderKey and
-// sends that device an m.dummy over it, which is how the olm machine unwedges a session, unless
-// an olm session with the device was made less than [crypto.MinUnwedgeInterval] before now. It
-// reports whether the dummy was sent. The device is read from the store, or fetched from the
-// sender's homeserver when missing; a sender key that matches none of the sender's devices
-// sends nothing and is no error. ctx bounds the fetch, the key claim and the send; what they
-// store (the device, the new session) commits on its own.
-func (m *Machine) Unwedge(ctx context.Context, sender id.UserID, senderKey id.SenderKey, now time.Time) (bool, error) {
+// sends that device an m.dummy over it, which is how the olm machine unwedges a session. It
+// reports whether the dummy was sent, and sends nothing (with a Debug line saying why, naming
+// no one) when an olm session with the device was made less than [crypto.MinUnwedgeInterval]
+// before now, or when the device is not in the store and fetch is false, or when the sender
+// key matches none of the sender's devices. With fetch, a device missing from the store is
+// fetched from the sender's homeserver. ctx bounds the fetch, the key claim and the send; what
+// they store (the device, the new session) commits on its own.
+func (m *Machine) Unwedge(ctx context.Context, sender id.UserID, senderKey id.SenderKey, now time.Time, fetch bool) (bool, error) {
+	log := zerolog.Ctx(ctx)
 	last, err := m.locked.SQLCryptoStore.GetNewestSessionCreationTS(ctx, senderKey)
 	if err != nil {
 		return false, fmt.Errorf("failed to read the newest olm session's creation time: %w", err)
 	}
 	if now.Sub(last) < crypto.MinUnwedgeInterval {
+		log.Debug().Msg("Not unwedging an olm session: one was made with the device less than an hour ago")
 		return false, nil
 	}
-	device, err := m.mach.GetOrFetchDeviceByKey(ctx, sender, senderKey)
+	var device *id.Device
+	if fetch {
+		device, err = m.mach.GetOrFetchDeviceByKey(ctx, sender, senderKey)
+	} else {
+		device, err = m.store.FindDeviceByKey(ctx, sender, senderKey)
+	}
 	if err != nil {
 		return false, fmt.Errorf("failed to find the device of the sender key: %w", err)
 	} else if device == nil {
+		log.Debug().Bool("fetched", fetch).Msg("Not unwedging an olm session: no device of its sender has the sender key")
 		return false, nil
 	}
 	ctx = context.WithValue(ctx, newSessionFor{}, device.IdentityKey)

@@ -76,6 +76,9 @@ type Host struct {
 	log      zerolog.Logger
 
 	logs *syncBuffer
+	// logWriter writes to the test log and to logs; made once, so that it is set up before the
+	// bridge's cleanups and its lines while the bridge stops still reach the test.
+	logWriter zerolog.LevelWriter
 
 	secretsOnce sync.Once
 	secrets     *appservice.SecretDetector
@@ -129,18 +132,20 @@ type Invite struct {
 func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 	t.Helper()
 	logs := &syncBuffer{}
-	log := zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(t), logs)).Level(zerolog.DebugLevel)
+	logWriter := zerolog.MultiLevelWriter(astest.LogWriter(t), logs)
+	log := zerolog.New(logWriter).Level(zerolog.DebugLevel)
 	ctx := log.WithContext(context.Background())
 	h := &Host{
-		logs:     logs,
-		t:        t,
-		br:       br,
-		HS:       astest.NewFakeHomeserver(t, Domain, ASToken),
-		RawDB:    astest.TestDB(t, dialect),
-		Secrets:  NewMemoryVault(),
-		bridgeID: br.ID(),
-		ns:       br.Namespaces(),
-		log:      log.With().Str("bridge", br.ID()).Logger(),
+		logs:      logs,
+		logWriter: logWriter,
+		t:         t,
+		br:        br,
+		HS:        astest.NewFakeHomeserver(t, Domain, ASToken),
+		RawDB:     astest.TestDB(t, dialect),
+		Secrets:   NewMemoryVault(),
+		bridgeID:  br.ID(),
+		ns:        br.Namespaces(),
+		log:       log.With().Str("bridge", br.ID()).Logger(),
 	}
 	h.CoreDB = database.New(h.RawDB)
 	if err := h.CoreDB.Upgrade(ctx); err != nil {
@@ -189,7 +194,7 @@ func New(t testing.TB, dialect string, br appservice.Bridge) *Host {
 // Logger returns a logger that writes to the test log and to [Host.Logs], for the contexts a
 // test passes to the bridge.
 func (h *Host) Logger() zerolog.Logger {
-	return zerolog.New(zerolog.MultiLevelWriter(astest.LogWriter(h.t), h.logs)).Level(zerolog.DebugLevel)
+	return zerolog.New(h.logWriter).Level(zerolog.DebugLevel)
 }
 
 // Logs returns everything logged so far through the host's loggers (the bridge's, mautrix's
