@@ -2,6 +2,7 @@ package e2ee
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -74,9 +75,12 @@ type cachingStore struct {
 	gen           uint64
 	sessions      map[sessionKey]entry[*crypto.InboundGroupSession]
 	fencedSession map[sessionKey]time.Time
-	devices       map[deviceKey]entry[*id.Device]
-	xsKeys        map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey]
-	sigs          map[sigKey]entry[bool]
+	// bySession maps a session ID to where its session was last cached, for advancing its
+	// latest ratchet after a decryption (see advanceRatchet).
+	bySession map[id.SessionID]sessionKey
+	devices   map[deviceKey]entry[*id.Device]
+	xsKeys    map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey]
+	sigs      map[sigKey]entry[bool]
 	// trustFence is when trust data (devices, cross-signing keys, signatures) written inside a
 	// transaction may be cached again; sessionFence the same for every inbound session, after
 	// a write inside a transaction that may have changed any of them.
@@ -148,6 +152,7 @@ func (c *cachingStore) reset() {
 	c.gen++
 	c.sessions = make(map[sessionKey]entry[*crypto.InboundGroupSession])
 	c.fencedSession = make(map[sessionKey]time.Time)
+	c.bySession = make(map[id.SessionID]sessionKey)
 	c.devices = make(map[deviceKey]entry[*id.Device])
 	c.xsKeys = make(map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey])
 	c.sigs = make(map[sigKey]entry[bool])
@@ -283,12 +288,15 @@ func copySession(s *crypto.InboundGroupSession) (*crypto.InboundGroupSession, bo
 func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, sessionID id.SessionID) (*crypto.InboundGroupSession, error) {
 	k := sessionKey{roomID, sessionID}
 	c.mu.Lock()
+	var cp *crypto.InboundGroupSession
 	cached, ok := get(c, c.sessions, k)
+	if ok {
+		// Copied under the lock: advanceRatchet changes the cached session in place.
+		cp, ok = copySession(cached)
+	}
 	c.mu.Unlock()
 	if ok {
-		if cp, ok := copySession(cached); ok {
-			return cp, nil
-		}
+		return cp, nil
 	}
 	gen, fill := c.begin(ctx)
 	sess, err := c.Store.GetGroupSession(ctx, roomID, sessionID)
@@ -299,10 +307,54 @@ func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, se
 		c.mu.Lock()
 		if c.sessionFillable(gen, k) {
 			put(c, c.sessions, k, cp)
+			putBounded(c.bySession, c.size, sessionID, k)
 		}
 		c.mu.Unlock()
 	}
 	return sess, nil
+}
+
+// ValidateMessageIndex implements [crypto.Store]. The olm machine calls it after a decryption
+// succeeded (the message's signature checked), so index is one the session's owner used; a new
+// one advances the cached session's latest ratchet (advanceRatchet).
+func (c *cachingStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
+	ok, err := c.Store.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
+	if ok && err == nil {
+		c.advanceRatchet(sessionID, index)
+	}
+	return ok, err
+}
+
+// advanceRatchet advances the latest ratchet of the cached session sessionID to index, when it
+// is behind. A megolm session decrypts message i by advancing a copy of its latest ratchet to i
+// when i is at or past it, and of its initial ratchet otherwise; the database keeps the session
+// as first received (keys are not ratcheted on decrypt, so a replay decrypts again), so each
+// copy the cache handed out started from there and advanced once per message index before it:
+// about 50 hash rounds per message of a session that lives for 100 messages. Advanced in the
+// cache, the next copy starts from the last index decrypted. The initial ratchet stays as it
+// is, so earlier indexes (out of order, replays) still decrypt, and nothing is written: the
+// ratchet is derived from the session's own data, and lives in memory only. When two cached
+// sessions share an ID (their sender made them so), only the last cached one advances, which
+// costs the other speed, never correctness.
+func (c *cachingStore) advanceRatchet(sessionID id.SessionID, index uint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, ok := c.bySession[sessionID]
+	if !ok {
+		return
+	}
+	e, ok := c.sessions[k]
+	if !ok {
+		return
+	}
+	internal, ok := e.v.Internal.(*session.MegolmInboundSession)
+	if !ok || index > math.MaxUint32 {
+		return
+	}
+	// Ahead by less than half the counter space: goolm's own test for "at or past".
+	if target := uint32(index); target != internal.Ratchet.Counter && target-internal.Ratchet.Counter < 1<<31 {
+		internal.Ratchet.AdvanceTo(target)
+	}
 }
 
 // PutGroupSession implements [crypto.Store].

@@ -11,6 +11,7 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/goolm/session"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -480,5 +481,58 @@ func TestForgetUncommittedWaitsForTheStore(t *testing.T) {
 		}
 	case <-env.ctx.Done():
 		t.Fatal("ForgetUncommitted did not finish once the lock was free")
+	}
+}
+
+// TestCacheAdvancesTheLatestRatchet decrypts a session's messages out of order with the cache
+// on: each new message index advances the cached session's latest ratchet (so the next
+// decryption starts there, not from the stored first index), an earlier index that was not
+// seen yet still decrypts (from the initial ratchet), an index reused by another event is still
+// refused, and
+// after an eviction the session read again from the database decrypts as before.
+func TestCacheAdvancesTheLatestRatchet(t *testing.T) {
+	for _, dialect := range astest.Dialects(t) {
+		t.Run(dialect, func(t *testing.T) {
+			env := newCacheEnv(t, dialect, true)
+			events := make([]*event.Event, 10)
+			for n := range events {
+				events[n] = env.sender.encryptedEvent(t, n)
+			}
+			store := env.bm.mach.Olm().CryptoStore
+			latest := func() uint32 {
+				t.Helper()
+				sess, err := store.GetGroupSession(env.ctx, env.sender.room, env.sender.out.ID())
+				if err != nil || sess == nil {
+					t.Fatalf("GetGroupSession = %v, %v", sess, err)
+				}
+				return sess.Internal.(*session.MegolmInboundSession).Ratchet.Counter
+			}
+			decrypt := func(n int) {
+				t.Helper()
+				got, err := env.bm.mach.Decrypt(env.ctx, events[n])
+				if err != nil || got.Content.AsMessage().Body != benchBody {
+					t.Fatalf("Decrypt(event %d) = %v", n, err)
+				}
+			}
+			for _, step := range []struct{ decrypt, latest int }{{2, 2}, {6, 6}, {4, 6}, {9, 9}} {
+				decrypt(step.decrypt)
+				if got := latest(); got != uint32(step.latest) {
+					t.Errorf("after event %d the cached latest ratchet is at %d, want %d", step.decrypt, got, step.latest)
+				}
+			}
+			// The same event decrypts again (a replay after a crash); another event reusing its
+			// message index does not.
+			decrypt(6)
+			forged := *events[6]
+			forged.ID = "$forged"
+			if _, err := env.bm.mach.Decrypt(env.ctx, &forged); err == nil {
+				t.Error("another event with a message index already used decrypted")
+			}
+			env.bm.mach.Evict()
+			decrypt(7)
+			if got := latest(); got != 7 {
+				t.Errorf("after an eviction and event 7 the cached latest ratchet is at %d, want 7", got)
+			}
+		})
 	}
 }
