@@ -314,9 +314,11 @@ func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, se
 	return sess, nil
 }
 
-// ValidateMessageIndex implements [crypto.Store]. The olm machine calls it after a decryption
-// succeeded (the message's signature checked), so index is one the session's owner used; a new
-// one advances the cached session's latest ratchet (advanceRatchet).
+// ValidateMessageIndex implements [crypto.Store]. With RatchetKeysOnDecrypt off, as
+// [NewMachine] sets it, the olm machine calls it only after a decryption succeeded (the
+// message's signature and MAC checked), so index is one the session's owner used; a new one
+// advances the cached session's latest ratchet (advanceRatchet). (With it on, mautrix also
+// calls it with the unauthenticated index of a message that failed to decrypt.)
 func (c *cachingStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
 	ok, err := c.Store.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
 	if ok && err == nil {
@@ -332,29 +334,57 @@ func (c *cachingStore) ValidateMessageIndex(ctx context.Context, sessionID id.Se
 // copy the cache handed out started from there and advanced once per message index before it:
 // about 50 hash rounds per message of a session that lives for 100 messages. Advanced in the
 // cache, the next copy starts from the last index decrypted. The initial ratchet stays as it
-// is, so earlier indexes (out of order, replays) still decrypt, and nothing is written: the
-// ratchet is derived from the session's own data, and lives in memory only. When two cached
-// sessions share an ID (their sender made them so), only the last cached one advances, which
-// costs the other speed, never correctness.
+// is, so earlier indexes (out of order, replays) still decrypt. The ratchet is derived from the
+// session's own data and lives in memory; the machine writes a cached copy back only when a
+// room key for a session it holds arrives again, and then the initial ratchet is still in it.
+//
+// The latest ratchet stays less than 2^31 past the initial one: goolm takes an index as "at or
+// past the latest" when it is less than 2^31 ahead of it (modulo 2^32), so a latest ratchet
+// further on would make an earlier index look ahead, and fail. The hashing runs outside the
+// cache's lock (a sender can make it take half a millisecond); when two advances race, the one
+// further on stays.
+//
+// When two cached sessions share an ID (their sender made them so), only the last cached one
+// advances, which costs the other speed, never correctness.
 func (c *cachingStore) advanceRatchet(sessionID id.SessionID, index uint) {
+	if index > math.MaxUint32 {
+		return
+	}
+	target := uint32(index)
+	c.mu.Lock()
+	internal := c.cachedInbound(sessionID)
+	if internal == nil || !ratchetBehind(internal, target) {
+		c.mu.Unlock()
+		return
+	}
+	ratchet := internal.Ratchet
+	c.mu.Unlock()
+	ratchet.AdvanceTo(target)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if current := c.cachedInbound(sessionID); current == internal && ratchetBehind(current, target) {
+		current.Ratchet = ratchet
+	}
+}
+
+// cachedInbound returns the goolm session cached under sessionID, or nil. c.mu must be held.
+func (c *cachingStore) cachedInbound(sessionID id.SessionID) *session.MegolmInboundSession {
 	k, ok := c.bySession[sessionID]
 	if !ok {
-		return
+		return nil
 	}
 	e, ok := c.sessions[k]
 	if !ok {
-		return
+		return nil
 	}
-	internal, ok := e.v.Internal.(*session.MegolmInboundSession)
-	if !ok || index > math.MaxUint32 {
-		return
-	}
-	// Ahead by less than half the counter space: goolm's own test for "at or past".
-	if target := uint32(index); target != internal.Ratchet.Counter && target-internal.Ratchet.Counter < 1<<31 {
-		internal.Ratchet.AdvanceTo(target)
-	}
+	internal, _ := e.v.Internal.(*session.MegolmInboundSession)
+	return internal
+}
+
+// ratchetBehind reports whether s's latest ratchet is behind target, and target less than 2^31
+// past s's initial ratchet (see advanceRatchet).
+func ratchetBehind(s *session.MegolmInboundSession, target uint32) bool {
+	return target != s.Ratchet.Counter && target-s.Ratchet.Counter < 1<<31 && target-s.InitialRatchet.Counter < 1<<31
 }
 
 // PutGroupSession implements [crypto.Store].

@@ -528,11 +528,48 @@ func TestCacheAdvancesTheLatestRatchet(t *testing.T) {
 			if _, err := env.bm.mach.Decrypt(env.ctx, &forged); err == nil {
 				t.Error("another event with a message index already used decrypted")
 			}
+			// The database keeps the session as received.
+			stored, err := env.bm.mach.Store().GetGroupSession(env.ctx, env.sender.room, env.sender.out.ID())
+			if err != nil || stored == nil {
+				t.Fatalf("stored session = %v, %v", stored, err)
+			}
+			if internal := stored.Internal.(*session.MegolmInboundSession); internal.Ratchet != internal.InitialRatchet {
+				t.Errorf("the stored session's latest ratchet is at %d, want it at its first index %d", internal.Ratchet.Counter, internal.InitialRatchet.Counter)
+			}
 			env.bm.mach.Evict()
 			decrypt(7)
 			if got := latest(); got != 7 {
 				t.Errorf("after an eviction and event 7 the cached latest ratchet is at %d, want 7", got)
 			}
 		})
+	}
+}
+
+// TestCacheRatchetStaysWithinHalfTheCounter decrypts, with the cache on, a message at index
+// 2^31-1 of a session first known at 0, then one 2^31+10, then one at 5: the cached latest
+// ratchet does not go 2^31 or more past the first index (goolm would then take index 5 as ahead
+// of it and fail), so the message at 5 still decrypts.
+func TestCacheRatchetStaysWithinHalfTheCounter(t *testing.T) {
+	env := newCacheEnv(t, astest.SQLite, true)
+	early := env.sender.encryptedEvent(t, 5)
+	out := env.sender.out.Internal.(*session.MegolmOutboundSession)
+	out.Ratchet.AdvanceTo(1<<31 - 1)
+	half := env.sender.encryptedEvent(t, 1<<31-1)
+	out.Ratchet.AdvanceTo(1<<31 + 10)
+	past := env.sender.encryptedEvent(t, 1<<31+10)
+	if _, err := env.bm.mach.Decrypt(env.ctx, half); err != nil {
+		t.Fatalf("Decrypt(index 2^31-1) = %v", err)
+	}
+	// Decrypted or not (the first index is 2^31+10 behind), it must not move the cache on.
+	_, _ = env.bm.mach.Decrypt(env.ctx, past)
+	sess, err := env.bm.mach.Olm().CryptoStore.GetGroupSession(env.ctx, env.sender.room, env.sender.out.ID())
+	if err != nil || sess == nil {
+		t.Fatalf("GetGroupSession = %v, %v", sess, err)
+	}
+	if got := sess.Internal.(*session.MegolmInboundSession).Ratchet.Counter; got != 1<<31-1 {
+		t.Errorf("the cached latest ratchet is at %d, want %d", got, 1<<31-1)
+	}
+	if got, err := env.bm.mach.Decrypt(env.ctx, early); err != nil || got.Content.AsMessage().Body != benchBody {
+		t.Errorf("Decrypt(index 5) after index 2^31+10 = %v", err)
 	}
 }
