@@ -76,8 +76,9 @@ type cachingStore struct {
 	sessions      map[sessionKey]entry[*crypto.InboundGroupSession]
 	fencedSession map[sessionKey]time.Time
 	// bySession maps a session ID to where its session was last cached, for advancing its
-	// latest ratchet after a decryption (see advanceRatchet).
+	// latest ratchet after a decryption (see advanceRatchet), which advance allows.
 	bySession map[id.SessionID]sessionKey
+	advance   bool
 	devices   map[deviceKey]entry[*id.Device]
 	xsKeys    map[id.UserID]entry[map[id.CrossSigningUsage]id.CrossSigningKey]
 	sigs      map[sigKey]entry[bool]
@@ -114,7 +115,10 @@ func (m *Machine) EnableCache(size int) {
 	if _, ok := m.mach.CryptoStore.(*cachingStore); ok {
 		return
 	}
-	m.mach.CryptoStore = newCachingStore(m.mach.CryptoStore, m.store.DB, size)
+	c := newCachingStore(m.mach.CryptoStore, m.store.DB, size)
+	// Only then is every index ValidateMessageIndex sees authenticated (see there).
+	c.advance = !m.mach.RatchetKeysOnDecrypt
+	m.mach.CryptoStore = c
 }
 
 // CacheEnabled reports whether [Machine.EnableCache] put the cache in front of the store.
@@ -318,10 +322,11 @@ func (c *cachingStore) GetGroupSession(ctx context.Context, roomID id.RoomID, se
 // [NewMachine] sets it, the olm machine calls it only after a decryption succeeded (the
 // message's signature and MAC checked), so index is one the session's owner used; a new one
 // advances the cached session's latest ratchet (advanceRatchet). (With it on, mautrix also
-// calls it with the unauthenticated index of a message that failed to decrypt.)
+// calls it with the unauthenticated index of a message that failed to decrypt, and
+// [Machine.EnableCache] leaves the ratchets alone.)
 func (c *cachingStore) ValidateMessageIndex(ctx context.Context, sessionID id.SessionID, eventID id.EventID, index uint, timestamp int64) (bool, error) {
 	ok, err := c.Store.ValidateMessageIndex(ctx, sessionID, eventID, index, timestamp)
-	if ok && err == nil {
+	if ok && err == nil && c.advance {
 		c.advanceRatchet(sessionID, index)
 	}
 	return ok, err
