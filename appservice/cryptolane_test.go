@@ -646,7 +646,7 @@ func TestUnwedgeChecksTheGate(t *testing.T) {
 
 // TestOlmSendersForgetTheOldest notes more sender keys than an olmSenders keeps, one of them
 // twice: the oldest noted are forgotten first, a key noted again counts from its newest note,
-// and a taken key is forgotten.
+// a taken key is forgotten, and so are the notes of a user forgotten after their erasure.
 func TestOlmSendersForgetTheOldest(t *testing.T) {
 	var o olmSenders
 	key := func(i int) id.SenderKey { return id.SenderKey(fmt.Sprintf("key%d", i)) }
@@ -669,4 +669,30 @@ func TestOlmSendersForgetTheOldest(t *testing.T) {
 	if _, ok := o.take(key(3)); ok {
 		t.Error("a taken key is still noted")
 	}
+	o.forgetUser("@u4:example.org")
+	if _, ok := o.take(key(4)); ok {
+		t.Error("a forgotten user's note is still there")
+	}
+	if _, ok := o.take(key(5)); !ok {
+		t.Error("forgetting one user dropped another's note")
+	}
+}
+
+// TestErasureForgetsTheOlmSendersNotes notes olm messages of Alice and Bob as the lane does,
+// then erases Alice: her note is gone from memory, Bob's stays.
+func TestErasureForgetsTheOlmSendersNotes(t *testing.T) {
+	eachStartedE2EEEnv(t, false, func(t *testing.T, env *e2eeEnv) {
+		bob := id.UserID("@bob:example.org")
+		env.svc.olmSenders.note("alicekey", e2eeAlice, time.Now())
+		env.svc.olmSenders.note("bobkey", bob, time.Now())
+		if _, err := env.svc.engine.Erase(env.ctx, e2eeAlice, EraseRequest{Trigger: TriggerAdmin, Modules: []string{e2ee.Module}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := env.svc.olmSenders.take("alicekey"); ok {
+			t.Error("the erased user's olm message note is still in memory")
+		}
+		if _, ok := env.svc.olmSenders.take("bobkey"); !ok {
+			t.Error("another user's olm message note was dropped")
+		}
+	})
 }

@@ -2,6 +2,7 @@ package appservice
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 
@@ -141,6 +142,14 @@ func (o *olmSenders) take(senderKey id.SenderKey) (olmSender, bool) {
 	return s, ok
 }
 
+// forgetUser drops every note of user (after their erasure). Their notes stay in order
+// until they leave it, as stale ones do.
+func (o *olmSenders) forgetUser(user id.UserID) {
+	o.lock.Lock()
+	defer o.lock.Unlock()
+	maps.DeleteFunc(o.items, func(_ id.SenderKey, s olmSender) bool { return s.sender == user })
+}
+
 // requestUnwedge queues the unwedging of the session with the device of senderKey (see
 // [e2ee.Machine.SetUnwedgeHandler]; called on a goroutine of the olm machine). The sender is the
 // one the lane noted for the key; a key no longer noted is dropped.
@@ -184,8 +193,8 @@ func (svc *Service) startKeyRequestWorkers(ctx context.Context) {
 	}
 }
 
-// keyRequestWorker answers queued room key requests, and runs queued unwedges, until ctx ends. Each takes the sender's
-// gate stripe and checks the gate again by the request's arrival (an erasure may have been
+// keyRequestWorker answers queued room key requests, and runs queued unwedges, until ctx ends.
+// Each takes the sender's gate stripe and checks the gate again by the request's arrival (an erasure may have been
 // recorded since the lane let it through), then answers (handleKeyRequest, within
 // keyRequestTimeout) under the stripe; a gated sender or a failed check gets no answer.
 func (svc *Service) keyRequestWorker(ctx context.Context) {

@@ -294,7 +294,7 @@ func (h engineHost) FullErasureCommitted(_ context.Context, user id.UserID) bool
 
 // ErasureCommitted, after an erasure that covered the crypto store (a full one, or one of the
 // e2ee module), drops the olm sessions the crypto store keeps in memory and the service's
-// in-memory references to the user's encrypted events. For a scope ScrubsAfterErasure covers,
+// in-memory references to the user's encrypted events and olm messages. For a scope ScrubsAfterErasure covers,
 // it remembers the user for the job's scrubs (see erasureCommittedScrub; the cleanup's scrub
 // arms the final one). After every erasure it drops the direct-chat verdicts ([directChats]):
 // the erasure scrubbed the state cache they may have been read from, and the user's private
@@ -304,6 +304,7 @@ func (h engineHost) ErasureCommitted(_ context.Context, c privacy.CommittedErasu
 	if crypto, _ := scrubScope(c.Modules); crypto {
 		h.svc.evictOlmSessions()
 		h.svc.e2ee.forgetUser(c.User)
+		h.svc.olmSenders.forgetUser(c.User)
 	}
 	h.svc.erasureCommittedScrub(c)
 }
