@@ -252,13 +252,7 @@ func (s *lockedStore) validateKnown(ctx context.Context, key indexKey, use index
 		p.boundKnown(key.session)
 		full := len(p.m) > p.limit
 		p.mu.Unlock()
-		if full && !s.inTxn(ctx) && p.flushing.CompareAndSwap(false, true) {
-			defer p.flushing.Store(false)
-			if err = s.writeIndexes(ctx); err != nil {
-				// The index is accepted and stays pending; the next done marks write it.
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to write pending message indexes")
-			}
-		}
+		s.flushIfFull(ctx, full)
 		return true, decided, nil
 	}
 	if _, large := p.large[key.session]; large {
@@ -370,14 +364,22 @@ func (s *lockedStore) validateLookup(ctx context.Context, key indexKey, use inde
 	p.m[key] = use
 	full := len(p.m) > p.limit
 	p.mu.Unlock()
-	if full && !s.inTxn(ctx) && p.flushing.CompareAndSwap(false, true) {
-		defer p.flushing.Store(false)
-		if err = s.writeIndexes(ctx); err != nil {
-			// The index is accepted and stays pending; the next done marks write it.
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to write pending message indexes")
-		}
-	}
+	s.flushIfFull(ctx, full)
 	return true, nil
+}
+
+// flushIfFull writes the pending message indexes when full (an index was just added past the
+// limit), unless ctx is inside a transaction or another write runs. A failure is logged: the
+// indexes, accepted already, stay pending, and the next done marks write them.
+func (s *lockedStore) flushIfFull(ctx context.Context, full bool) {
+	p := s.indexes
+	if !full || s.inTxn(ctx) || !p.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	defer p.flushing.Store(false)
+	if err := s.writeIndexes(ctx); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("Failed to write pending message indexes")
+	}
 }
 
 // loadSession returns the message indexes crypto_message_index records for session, at most
