@@ -154,6 +154,17 @@ func eachStartedE2EEEnv(t *testing.T, fakeClock bool, test func(t *testing.T, en
 	}
 }
 
+// startedE2EEEnvOnFakeClock returns a started e2eeEnv on a fresh database of dialect, whose
+// service runs on the returned fake clock, set to now.
+func startedE2EEEnvOnFakeClock(t *testing.T, dialect string) (*e2eeEnv, *clock.Fake) {
+	t.Helper()
+	env := newE2EEEnv(t, astest.TestDB(t, dialect), nil, nil)
+	clk := clock.NewFake(time.Now())
+	env.svc.clk = clk
+	env.start()
+	return env, clk
+}
+
 // deliverToDevice makes hs push every to-device message for svc's bot to svc's listener at
 // base() in a transaction, as Synapse does with MSC2409.
 func deliverToDevice(hs *astest.FakeHomeserver, svc *Service, base func() string) {
@@ -1094,11 +1105,8 @@ func TestFailedCryptoWriteKeepsTheToDeviceRow(t *testing.T) {
 	}
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			clk := clock.NewFake(time.Now())
-			env.svc.clk = clk
-			env.start()
+			env, clk := startedE2EEEnvOnFakeClock(t, dialect)
+			db := env.db
 			if _, err := db.Exec(env.ctx, inject[dialect][0]); err != nil {
 				t.Fatal(err)
 			}
@@ -1199,11 +1207,8 @@ func TestToDeviceEventAfterAnErasureIsDroppedForTheQuietPeriod(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		for _, tc := range cases {
 			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
-				db := astest.TestDB(t, dialect)
-				env := newE2EEEnv(t, db, nil, nil)
-				clk := clock.NewFake(time.Now())
-				env.svc.clk = clk
-				env.start()
+				env, clk := startedE2EEEnvOnFakeClock(t, dialect)
+				db := env.db
 				// The final scrub, due when the period ends, deletes rows naming her: the event
 				// after the period is sent once it ran.
 				scrubbed := make(chan error, 1)
@@ -1339,11 +1344,7 @@ func TestErasureWaitsForAToDeviceEventPastItsGate(t *testing.T) {
 func TestKeyShareIsRefusedToAGatedUser(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			clk := clock.NewFake(time.Now())
-			env.svc.clk = clk
-			env.start()
+			env, clk := startedE2EEEnvOnFakeClock(t, dialect)
 			signing, identity := env.alice.Keys()
 			device := &id.Device{UserID: e2eeAlice, DeviceID: e2eeAliceDevice, IdentityKey: identity, SigningKey: signing}
 			const session = id.SessionID("sent-to-alice")

@@ -224,11 +224,8 @@ func TestToDeviceLaneLogsNameNoUser(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		for _, tc := range cases {
 			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
-				db := astest.TestDB(t, dialect)
-				env := newE2EEEnv(t, db, nil, nil)
-				clk := clock.NewFake(time.Now())
-				env.svc.clk = clk
-				env.start()
+				env, clk := startedE2EEEnvOnFakeClock(t, dialect)
+				db := env.db
 				tc.prepare(t, env)
 				env.put("l1", nil, []map[string]any{env.roomKey(env.megolm)})
 				if tc.inbox > 0 {
@@ -286,11 +283,8 @@ func TestFailedGateCheckIsTriedAgain(t *testing.T) {
 	for _, dialect := range astest.Dialects(t) {
 		for _, tc := range cases {
 			t.Run(dialect+"/"+tc.name, func(t *testing.T) {
-				db := astest.TestDB(t, dialect)
-				env := newE2EEEnv(t, db, nil, nil)
-				clk := clock.NewFake(time.Now())
-				env.svc.clk = clk
-				env.start()
+				env, clk := startedE2EEEnvOnFakeClock(t, dialect)
+				db := env.db
 				var checks atomic.Int32
 				env.svc.erasureGate.checkFails = func(id.UserID) error {
 					if int(checks.Add(1)) <= tc.failures {
@@ -443,11 +437,8 @@ func TestSlowServerStallsTheLaneOnce(t *testing.T) {
 	const skipped = "Skipping the sender's device fetch"
 	for _, dialect := range astest.Dialects(t) {
 		t.Run(dialect, func(t *testing.T) {
-			db := astest.TestDB(t, dialect)
-			env := newE2EEEnv(t, db, nil, nil)
-			clk := clock.NewFake(time.Now())
-			env.svc.clk = clk
-			env.start()
+			env, clk := startedE2EEEnvOnFakeClock(t, dialect)
+			db := env.db
 			release := make(chan struct{})
 			released := false
 			unblock := func() {
